@@ -1,0 +1,109 @@
+"""Model outputs -> predictions, by the postprocessor the manifest names (a registry).
+
+Every postprocessor returns a :class:`Prediction`: labels with scores (and boxes for
+detectors) plus an inventory, the count per label, which is what an appliance shows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import JsonValue
+
+from agent.errors import ProcessingError
+from agent.preprocess import Letterbox
+
+Outputs = Sequence[npt.NDArray[np.generic]]
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    score: float
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in frame pixels
+
+
+@dataclass(frozen=True)
+class Prediction:
+    detections: tuple[Detection, ...]
+    scores: npt.NDArray[np.float32] = field(repr=False)  # per-label top score, for telemetry and agreement
+
+    @property
+    def inventory(self) -> dict[str, int]:
+        return dict(Counter(d.label for d in self.detections))
+
+    @property
+    def labels(self) -> set[str]:
+        return {d.label for d in self.detections}
+
+
+Postprocessor = Callable[[Outputs, Sequence[str], Mapping[str, JsonValue], Letterbox], Prediction]
+POSTPROCESSORS: dict[str, Postprocessor] = {}
+
+
+def register(name: str) -> Callable[[Postprocessor], Postprocessor]:
+    def wrap(fn: Postprocessor) -> Postprocessor:
+        POSTPROCESSORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get(name: str) -> Postprocessor:
+    try:
+        return POSTPROCESSORS[name]
+    except KeyError:
+        raise ProcessingError(
+            f"postprocessor {name!r} is not known to this agent (known: {', '.join(sorted(POSTPROCESSORS))}); "
+            "upgrade the agent or recompile the bundle"
+        ) from None
+
+
+def _scores(outputs: Outputs, labels: Sequence[str]) -> npt.NDArray[np.float32]:
+    if not outputs:
+        raise ProcessingError("the model returned no outputs")
+    scores = np.asarray(outputs[0], np.float32).reshape(-1)
+    if scores.size != len(labels):
+        raise ProcessingError(f"the model gave {scores.size} scores for {len(labels)} labels")
+    if not np.all(np.isfinite(scores)):
+        raise ProcessingError("the model output contains NaN or infinity")
+    return scores
+
+
+def _number(params: Mapping[str, JsonValue], key: str, default: float) -> float:
+    value = params.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ProcessingError(f"postprocessor parameter {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+@register("topk")
+def topk(outputs: Outputs, labels: Sequence[str], params: Mapping[str, JsonValue], _: Letterbox) -> Prediction:
+    """Single-label classification: the ``k`` best labels above ``min_score``."""
+    scores = _scores(outputs, labels)
+    if params.get("softmax", False):
+        e = np.exp(scores - scores.max())
+        scores = (e / e.sum()).astype(np.float32)
+    k, floor = int(_number(params, "k", 1)), _number(params, "min_score", 0.0)
+    order = np.argsort(-scores)[:k]
+    return Prediction(tuple(Detection(labels[i], float(scores[i])) for i in order if scores[i] >= floor), scores)
+
+
+@register("multilabel")
+def multilabel(outputs: Outputs, labels: Sequence[str], params: Mapping[str, JsonValue], _: Letterbox) -> Prediction:
+    """Independent per-label scores (already sigmoid-ed), each with its own threshold."""
+    scores = _scores(outputs, labels)
+    default = _number(params, "threshold", 0.5)
+    per_label = params.get("thresholds", {})
+    if not isinstance(per_label, dict):
+        raise ProcessingError("postprocessor parameter 'thresholds' must map label -> threshold")
+    found = []
+    for i, label in enumerate(labels):
+        threshold = _number(per_label, label, default)
+        if scores[i] >= threshold:
+            found.append(Detection(label, float(scores[i])))
+    return Prediction(tuple(found), scores)

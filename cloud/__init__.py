@@ -1,0 +1,1 @@
+"""The coldchain cloud: registry, fleet, rollouts, ingestion, monitoring, API."""

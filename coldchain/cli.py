@@ -1,0 +1,79 @@
+"""The ``coldchain`` command: one typer app whose sub-apps are imported only when used.
+
+``coldchain agent ...`` on a device must not import the compiler's or the cloud's
+dependencies, and ``coldchain --help`` must stay fast, so each sub-app is named here by
+module path and loaded on first use. A sub-app appears here only once it exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated, Any
+
+import typer
+from typer import _click  # typer's vendored click
+from typer.core import TyperCommand, TyperGroup
+
+from coldchain import __version__
+
+# name -> (module:attribute of a typer.Typer, one-line help shown in `coldchain --help`)
+SUBAPPS: dict[str, tuple[str, str]] = {
+    "keys": ("coldchain.keys_cli:app", "Signing keys: generate, sign and verify manifests."),
+    "demo": ("coldchain.demo_cli:app", "Run the end-to-end demo on embedded defaults."),
+}
+
+
+class LazyGroup(TyperGroup):
+    """A TyperGroup that imports a sub-app only when it is invoked (or asked for its own help)."""
+
+    _listing = False
+
+    def list_commands(self, ctx: _click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *SUBAPPS]
+
+    def get_command(self, ctx: _click.Context, cmd_name: str) -> _click.Command | None:
+        if cmd_name not in SUBAPPS:
+            return super().get_command(ctx, cmd_name)
+        target, short_help = SUBAPPS[cmd_name]
+        if self._listing:  # the top-level help only needs the one-liner
+            return TyperCommand(cmd_name, help=short_help)
+        module_name, attr = target.split(":")
+        sub: typer.Typer = getattr(importlib.import_module(module_name), attr)
+        command = typer.main.get_command(sub)
+        command.name = cmd_name
+        return command
+
+    def format_help(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+app = typer.Typer(
+    cls=LazyGroup,
+    name="coldchain",
+    help="Get ML models onto home appliances and keep them healthy there.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"coldchain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Get ML models onto home appliances and keep them healthy there."""
+
+
+def main(*args: Any) -> None:
+    app(*args)

@@ -1,0 +1,32 @@
+"""Shared rich console and the one place where expected errors become a clean exit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+from contract.errors import ContractError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` as an error and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors(*extra: type[Exception]) -> Iterator[None]:
+    """Turn the project's own errors (and ``extra`` ones) into a one-line message and exit code 1."""
+    expected: tuple[type[Exception], ...] = (ContractError, *extra)
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, expected):
+            raise fail(str(exc)) from exc
+        raise

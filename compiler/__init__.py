@@ -1,0 +1,1 @@
+"""The coldchain compiler: a registered model -> signed per-target bundles."""

@@ -1,0 +1,116 @@
+"""The base of every message model, bounded field types, and JSON decoding with readable errors."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
+
+from contract import SCHEMA_VERSION
+from contract.errors import PayloadError
+
+MAX_PAYLOAD_BYTES = 256 * 1024
+"""Largest JSON message accepted (chunks travel in their own binary frame)."""
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Text = Annotated[str, StringConstraints(max_length=2048)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+Count = Annotated[int, Field(ge=0)]
+LabelCounts = Annotated[dict[Label, Count], Field(max_length=4096)]
+Scalar = str | int | float | bool | None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ContractModel(BaseModel):
+    """Frozen, strict about unknown fields: a typo in a payload is an error, not a silent default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class Message(ContractModel):
+    """A payload that travels on its own: it carries ``schema_version``."""
+
+    schema_version: int = SCHEMA_VERSION
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {value} is not supported: this coldchain reads version {SCHEMA_VERSION}; "
+                "upgrade the older side"
+            )
+        return value
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=False).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> Self:
+        return decode(cls, payload)
+
+
+M = TypeVar("M")
+
+
+def problems_of(exc: ValidationError) -> tuple[str, ...]:
+    out = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(payload)"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if err["type"] == "missing" or isinstance(got, dict | list) else f" (got {str(got)[:60]!r})"
+        out.append(f"{where}: {msg}{shown}")
+    return tuple(out)
+
+
+def parse_object(payload: bytes | str, what: str, limit: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+    """Size-check and JSON-decode a payload that must be an object."""
+    size = len(payload)
+    if size > limit:
+        raise PayloadError(f"{what} payload is {size} bytes, more than the {limit} allowed")
+    try:
+        data = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"{what} payload is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PayloadError(f"{what} payload must be a JSON object, got {type(data).__name__}")
+    if "schema_version" not in data:
+        raise PayloadError(f"{what} payload has no schema_version: every coldchain payload must carry one")
+    return data
+
+
+def validate(adapter: TypeAdapter[M], data: Any, what: str) -> M:
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        raise PayloadError(f"{what} payload is invalid:", problems_of(exc)) from exc
+
+
+def decode(model: type[M], payload: bytes | str, limit: int = MAX_PAYLOAD_BYTES) -> M:
+    """Decode a JSON payload into ``model``, raising PayloadError that names every bad field."""
+    what = getattr(model, "__name__", str(model))
+    return validate(_adapter(model), parse_object(payload, what, limit), what)
+
+
+def decode_union(adapter: TypeAdapter[M], payload: bytes | str, what: str) -> M:
+    """Decode a payload into one of a discriminated union (events, commands)."""
+    return validate(adapter, parse_object(payload, what), what)
+
+
+_ADAPTERS: dict[object, TypeAdapter[Any]] = {}
+
+
+def _adapter(model: type[M]) -> TypeAdapter[M]:
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = TypeAdapter(model)
+    return adapter

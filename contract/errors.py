@@ -1,0 +1,42 @@
+"""Exceptions of the wire contract.
+
+ContractError                 anything the contract refuses
+├── TopicError                a topic that is not ours, or an id that cannot be in a topic
+├── PayloadError              a payload that does not validate (bad JSON, wrong
+│                             schema_version, missing or oversized field); ``problems``
+│                             lists each field and what is wrong with it
+├── SignatureError            a manifest whose signature does not verify
+│   └── UntrustedKeyError     signed by a key that is not in the trust store
+└── KeyFileError              a key file that is missing, unreadable or not an Ed25519 key
+"""
+
+from __future__ import annotations
+
+
+class ContractError(Exception):
+    """Base of every error raised by ``contract``."""
+
+
+class TopicError(ContractError, ValueError):
+    """A topic or topic component is invalid."""
+
+
+class PayloadError(ContractError, ValueError):
+    """A payload does not match its message model."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        self.problems = problems
+        detail = "".join(f"\n  - {p}" for p in problems)
+        super().__init__(message + detail)
+
+
+class SignatureError(ContractError):
+    """The signature over a manifest does not verify."""
+
+
+class UntrustedKeyError(SignatureError):
+    """The manifest is signed by a key the verifier does not trust."""
+
+
+class KeyFileError(ContractError, OSError):
+    """A key file cannot be read, written or parsed."""

@@ -1,0 +1,65 @@
+"""Device events on ``devices/{id}/events``: job progress, errors, self-test and shadow results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from contract.base import Count, Identifier, JobId, Message, Name, Text, decode_union, utc_now
+from contract.jobs import JobState
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Event(Message):
+    device_id: Identifier
+    ts: datetime = Field(default_factory=utc_now)
+    seq: Count = 0
+
+
+class JobEvent(_Event):
+    """A deploy job entered ``state``; ``reason`` says why (always set for FAILED/ROLLED_BACK)."""
+
+    type: Literal["job"] = "job"
+    job_id: JobId
+    state: JobState
+    reason: Text | None = None
+    progress: Fraction | None = None  # download progress, 0..1
+
+
+class ErrorEvent(_Event):
+    """Something the device refused or could not do, outside a job (e.g. a malformed command)."""
+
+    type: Literal["error"] = "error"
+    code: Name
+    message: Text
+    topic: Text | None = None
+    job_id: JobId | None = None
+
+
+class SelfTestEvent(_Event):
+    type: Literal["self_test"] = "self_test"
+    job_id: JobId
+    passed: bool
+    cases: Count
+    max_abs_error: Annotated[float, Field(ge=0)]
+    tolerance: Annotated[float, Field(ge=0)]
+
+
+class ShadowEvent(_Event):
+    """The candidate ran beside the active model on live frames; how often they agreed."""
+
+    type: Literal["shadow"] = "shadow"
+    job_id: JobId
+    frames: Count
+    agreement: Fraction
+
+
+Event = Annotated[JobEvent | ErrorEvent | SelfTestEvent | ShadowEvent, Field(discriminator="type")]
+EVENT: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def decode_event(payload: bytes | str) -> Event:
+    return decode_union(EVENT, payload, "event")

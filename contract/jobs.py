@@ -1,0 +1,61 @@
+"""The deploy job state machine shared by the agent (which runs it) and the cloud (which watches it)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from contract.errors import ContractError
+
+
+class JobState(StrEnum):
+    QUEUED = "QUEUED"
+    DOWNLOADING = "DOWNLOADING"
+    VERIFYING = "VERIFYING"
+    INSTALLING = "INSTALLING"
+    SELF_TEST = "SELF_TEST"
+    SHADOW = "SHADOW"
+    ACTIVATING = "ACTIVATING"
+    PROBATION = "PROBATION"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    ROLLED_BACK = "ROLLED_BACK"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.ROLLED_BACK})
+
+_S = JobState
+_FORWARD: dict[JobState, frozenset[JobState]] = {
+    _S.QUEUED: frozenset({_S.DOWNLOADING}),
+    _S.DOWNLOADING: frozenset({_S.VERIFYING}),
+    _S.VERIFYING: frozenset({_S.INSTALLING}),
+    _S.INSTALLING: frozenset({_S.SELF_TEST}),
+    _S.SELF_TEST: frozenset({_S.SHADOW, _S.ACTIVATING}),
+    _S.SHADOW: frozenset({_S.ACTIVATING}),
+    _S.ACTIVATING: frozenset({_S.PROBATION}),
+    _S.PROBATION: frozenset({_S.SUCCEEDED, _S.ROLLED_BACK}),
+}
+
+
+def allowed(current: JobState, new: JobState) -> bool:
+    """Whether a job may move from ``current`` to ``new``.
+
+    Any non-terminal state may fail; once the new bundle is active (ACTIVATING onwards) a
+    failure is a ROLLED_BACK, and a finished job may be rolled back later by command.
+    """
+    if current is new:
+        return False
+    if new is JobState.FAILED:
+        return not current.terminal
+    if new is JobState.ROLLED_BACK:
+        return current in (JobState.ACTIVATING, JobState.PROBATION, JobState.SUCCEEDED)
+    return new in _FORWARD.get(current, frozenset())
+
+
+def check_transition(current: JobState, new: JobState) -> JobState:
+    if not allowed(current, new):
+        raise ContractError(f"a deploy job cannot move from {current.value} to {new.value}")
+    return new

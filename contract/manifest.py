@@ -1,0 +1,224 @@
+"""The bundle manifest (``schema: coldchain.manifest/v1``): everything a device needs to know
+about a bundle, and everything an auditor needs to know about how it was made.
+
+``manifest.json`` is signed as exact bytes (``manifest.sig``); :func:`dump_manifest` writes
+canonical bytes (sorted keys, no spaces) so the same manifest always signs the same.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import Field, JsonValue, field_validator, model_validator
+
+from contract.base import (
+    ContractModel,
+    Count,
+    Label,
+    Message,
+    Name,
+    Sha256,
+    Text,
+    decode,
+    utc_now,
+)
+from contract.common import Histogram, Runtime
+from contract.transfer import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
+
+MANIFEST_SCHEMA: Final = "coldchain.manifest/v1"
+MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+Positive = Annotated[float, Field(gt=0)]
+Dim = Annotated[int, Field(ge=-1)]  # -1: dynamic
+
+
+class ModelSource(ContractModel):
+    name: Name
+    version: Name
+    source_uri: Text
+    sha256: Sha256  # of the source model file
+
+
+class RuntimeRequirement(ContractModel):
+    name: Runtime
+    min_version: Name
+
+
+class TargetInfo(ContractModel):
+    name: Name
+    profile: dict[str, JsonValue]  # the full resolved target profile, as the compiler used it
+    runtime: RuntimeRequirement
+
+
+class FileEntry(ContractModel):
+    path: Annotated[str, Field(min_length=1, max_length=256)]
+    size: Count
+    sha256: Sha256
+    chunk_size: Annotated[int, Field(ge=1, le=MAX_CHUNK_SIZE)] = DEFAULT_CHUNK_SIZE
+    chunks: Annotated[list[Sha256], Field(min_length=1)]
+    role: Literal["model", "golden", "engine_config", "labels", "other"] = "model"
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        p = PurePosixPath(value)
+        if p.is_absolute() or ".." in p.parts or "\\" in value or value in (MANIFEST_FILE, SIGNATURE_FILE):
+            raise ValueError("file path must be relative inside the bundle, without '..', and not the manifest")
+        return value
+
+    @model_validator(mode="after")
+    def _chunk_count(self) -> FileEntry:
+        expected = max(1, -(-self.size // self.chunk_size))
+        if len(self.chunks) != expected:
+            raise ValueError(f"{self.size} bytes in chunks of {self.chunk_size} need {expected} chunk hashes, "
+                             f"got {len(self.chunks)}")
+        return self
+
+
+class Layout(StrEnum):
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
+class TensorSpec(ContractModel):
+    name: Name
+    shape: Annotated[list[Dim], Field(max_length=8)]
+    dtype: Literal["float32", "float16", "uint8", "int8", "int32", "int64"]
+    layout: Layout | None = None
+
+
+class Quantization(ContractModel):
+    """Affine input quantization: q = round(x / scale) + zero_point."""
+
+    scale: Positive
+    zero_point: int
+
+
+class Preprocessing(ContractModel):
+    """From a decoded BGR uint8 frame to the model input: resize, colour, normalise, layout, dtype."""
+
+    resize: Literal["resize", "letterbox"]
+    width: Annotated[int, Field(gt=0, le=8192)]
+    height: Annotated[int, Field(gt=0, le=8192)]
+    color: Literal["RGB", "BGR"]
+    mean: Annotated[list[float], Field(min_length=3, max_length=3)] = [0.0, 0.0, 0.0]
+    std: Annotated[list[Positive], Field(min_length=3, max_length=3)] = [1.0, 1.0, 1.0]
+    pad_value: float = 0.0
+    layout: Layout = Layout.NCHW
+    dtype: Literal["float32", "float16", "uint8", "int8"] = "float32"
+    quantization: Quantization | None = None
+
+
+class Task(StrEnum):
+    CLASSIFICATION = "classification"
+    MULTILABEL = "multilabel"
+    DETECTION = "detection"
+
+
+class Postprocessor(ContractModel):
+    name: Name  # key in the agent's postprocessor registry: "topk", "multilabel", "nanodet", ...
+    params: dict[str, JsonValue] = {}
+
+
+class IOSpec(ContractModel):
+    inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=16)]
+    outputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=64)]
+    preprocessing: Preprocessing
+    task: Task
+    labels: Annotated[list[Label], Field(min_length=1, max_length=100_000)]
+    postprocessor: Postprocessor
+
+
+class PassRecord(ContractModel):
+    name: Name
+    config: dict[str, JsonValue]
+
+
+class LatencyMeasure(ContractModel):
+    p50_ms: Annotated[float, Field(ge=0)]
+    p95_ms: Annotated[float, Field(ge=0)]
+    host: Text
+    threads: Annotated[int, Field(ge=1)]
+
+
+class Metrics(ContractModel):
+    """Compile-time measurements; ``float_*`` for the source model, ``compiled_*`` for the bundle."""
+
+    float_metrics: dict[str, float] = {}
+    compiled_metrics: dict[str, float] = {}
+    float_size_bytes: Count
+    compiled_size_bytes: Count
+    float_latency: LatencyMeasure | None = None
+    compiled_latency: LatencyMeasure | None = None
+
+
+class Golden(ContractModel):
+    """Reference inputs and the outputs the compiled model must give (stored in ``file``, .npz)."""
+
+    file: Annotated[str, Field(min_length=1, max_length=256)]
+    cases: Annotated[int, Field(ge=1)]
+    atol: Annotated[float, Field(ge=0)]
+    rtol: Annotated[float, Field(ge=0)]
+
+
+class ReferenceProfile(ContractModel):
+    """Statistics on the calibration inputs and the model's outputs on them, for drift detection."""
+
+    samples: Annotated[int, Field(ge=1)]
+    input_histograms: dict[str, Histogram] = {}
+    score_histogram: Histogram | None = None
+    prediction_rates: dict[Label, Annotated[float, Field(ge=0)]] = {}
+
+
+class Manifest(Message):
+    schema_: Literal["coldchain.manifest/v1"] = Field(MANIFEST_SCHEMA, alias="schema")
+    sequence: Count
+    created_at: datetime = Field(default_factory=utc_now)
+    model: ModelSource
+    target: TargetInfo
+    files: Annotated[list[FileEntry], Field(min_length=1, max_length=256)]
+    io: IOSpec
+    passes: list[PassRecord] = []
+    toolchain: dict[Name, Name] = {}
+    calibration_sha256: Sha256 | None = None
+    metrics: Metrics
+    golden: Golden
+    reference: ReferenceProfile | None = None
+
+    model_config = {**Message.model_config, "populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _files(self) -> Manifest:
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError("file paths in a manifest must be unique")
+        if self.golden.file not in paths:
+            raise ValueError(f"golden file {self.golden.file!r} is not listed in files")
+        return self
+
+    def file(self, path: str) -> FileEntry:
+        for entry in self.files:
+            if entry.path == path:
+                return entry
+        raise KeyError(path)
+
+    @property
+    def model_file(self) -> FileEntry:
+        return next(f for f in self.files if f.role == "model")
+
+
+def dump_manifest(manifest: Manifest) -> bytes:
+    """Canonical bytes of a manifest: these are what gets signed and written as manifest.json."""
+    data: dict[str, Any] = manifest.model_dump(mode="json", by_alias=True)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def load_manifest(payload: bytes) -> Manifest:
+    """Parse manifest bytes, with a readable error for anything wrong."""
+    return decode(Manifest, payload, limit=MAX_MANIFEST_BYTES)

@@ -1,0 +1,145 @@
+"""MQTT topics: the only place where a coldchain topic is spelled.
+
+Every topic starts with ``coldchain/v1``. Builders validate their components (an id may
+not contain ``/``, ``+``, ``#`` or be empty), so a topic built here can always be parsed
+back by :func:`parse`. Subscription filters with wildcards and MQTT v5 shared
+subscriptions are built here too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from contract.errors import TopicError
+
+PREFIX = "coldchain/v1"
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class TopicKind(StrEnum):
+    STATE = "state"
+    TELEMETRY = "telemetry"
+    EVENTS = "events"
+    COMMANDS = "commands"
+    GROUP_CHUNKS = "group_chunks"
+    DEVICE_CHUNKS = "device_chunks"
+    MISSING = "missing"
+
+
+_DEVICE_LEAVES = {
+    "state": TopicKind.STATE,
+    "telemetry": TopicKind.TELEMETRY,
+    "events": TopicKind.EVENTS,
+    "commands": TopicKind.COMMANDS,
+}
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it can be a device or group id, else raise TopicError."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise TopicError(
+            f"{what} {value!r} is not valid: use 1-64 characters from letters, digits and '_.:-', "
+            "starting with a letter or digit (no '/', '+', '#' or spaces)"
+        )
+    return value
+
+
+def check_sha256(value: str) -> str:
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise TopicError(f"artifact sha256 {value!r} is not 64 lowercase hex digits")
+    return value
+
+
+def _device(device_id: str, leaf: str) -> str:
+    return f"{PREFIX}/devices/{check_id(device_id, 'device id')}/{leaf}"
+
+
+def state(device_id: str) -> str:
+    """Retained reported state of a device (QoS 1, retained; last will marks it offline)."""
+    return _device(device_id, "state")
+
+
+def telemetry(device_id: str) -> str:
+    return _device(device_id, "telemetry")
+
+
+def events(device_id: str) -> str:
+    return _device(device_id, "events")
+
+
+def commands(device_id: str) -> str:
+    return _device(device_id, "commands")
+
+
+def group_chunks(group: str, sha256: str) -> str:
+    """Chunks of one artifact for every device of a group (one publish, broker fan-out)."""
+    return f"{PREFIX}/groups/{check_id(group, 'group')}/artifacts/{check_sha256(sha256)}/chunks"
+
+
+def device_chunks(device_id: str, sha256: str) -> str:
+    """Repair chunks for one device."""
+    return _device(device_id, f"artifacts/{check_sha256(sha256)}/chunks")
+
+
+def missing(device_id: str, sha256: str) -> str:
+    """Where a device reports the chunks it still lacks."""
+    return _device(device_id, f"artifacts/{check_sha256(sha256)}/missing")
+
+
+# ---- subscription filters -------------------------------------------------------------
+
+def all_devices(kind: TopicKind) -> str:
+    """Filter matching ``kind`` for every device, e.g. ``coldchain/v1/devices/+/telemetry``."""
+    if kind in _DEVICE_LEAVES.values():
+        return f"{PREFIX}/devices/+/{kind.value}"
+    if kind is TopicKind.MISSING:
+        return f"{PREFIX}/devices/+/artifacts/+/missing"
+    raise TopicError(f"no all-devices filter for {kind.value}: group chunks are per group")
+
+
+def device_artifacts(device_id: str) -> str:
+    """Filter for every repair chunk addressed to one device."""
+    return _device(device_id, "artifacts/+/chunks")
+
+
+def group_artifacts(group: str) -> str:
+    """Filter for every artifact chunk published to a group."""
+    return f"{PREFIX}/groups/{check_id(group, 'group')}/artifacts/+/chunks"
+
+
+def shared(share_group: str, topic_filter: str) -> str:
+    """MQTT v5 shared subscription: ``$share/<group>/<filter>`` spreads messages over workers."""
+    return f"$share/{check_id(share_group, 'share group')}/{topic_filter}"
+
+
+# ---- parsing --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Topic:
+    kind: TopicKind
+    device_id: str | None = None
+    group: str | None = None
+    sha256: str | None = None
+
+
+def parse(topic: str) -> Topic:
+    """Parse a concrete topic (no wildcards) into its kind and components."""
+    if not isinstance(topic, str) or not topic.startswith(PREFIX + "/"):
+        raise TopicError(f"topic {topic!r} is not a coldchain topic (it must start with {PREFIX}/)")
+    parts = topic[len(PREFIX) + 1 :].split("/")
+    try:
+        if parts[0] == "devices" and len(parts) == 3 and parts[2] in _DEVICE_LEAVES:
+            return Topic(_DEVICE_LEAVES[parts[2]], device_id=check_id(parts[1], "device id"))
+        if parts[0] == "devices" and len(parts) == 5 and parts[2] == "artifacts":
+            kind = {"chunks": TopicKind.DEVICE_CHUNKS, "missing": TopicKind.MISSING}.get(parts[4])
+            if kind is not None:
+                return Topic(kind, device_id=check_id(parts[1], "device id"), sha256=check_sha256(parts[3]))
+        if parts[0] == "groups" and len(parts) == 5 and parts[2] == "artifacts" and parts[4] == "chunks":
+            return Topic(TopicKind.GROUP_CHUNKS, group=check_id(parts[1], "group"), sha256=check_sha256(parts[3]))
+    except TopicError as exc:
+        raise TopicError(f"topic {topic!r}: {exc}") from exc
+    raise TopicError(f"topic {topic!r} is not one of the coldchain/v1 topics (see contract/topics.py)")

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set-up, lint, types, import contracts, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh agent,compiler,cloud,litert,dev
+
+# Mosquitto (MQTT v5) for the integration tests; tests start their own instance on a free port.
+if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing mosquitto from apt"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== mypy (strict for contract/ and agent/)"
+.venv/bin/mypy
+echo "== import contracts"
+.venv/bin/lint-imports
+echo "== pytest"
+.venv/bin/pytest "$@"

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from coldchain import __version__
+from coldchain.cli import SUBAPPS, app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_subapps_that_exist() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    for name in SUBAPPS:
+        assert name in result.output
+    for absent in ("rollout", "fleet", "broker"):  # not built yet: absent, not stubs
+        assert absent not in result.output
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"coldchain {__version__}"
+
+
+def test_help_imports_no_subapp() -> None:
+    code = (
+        "import sys; from coldchain.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('coldchain.keys_cli', 'coldchain.demo_cli', 'onnxruntime', 'compiler', 'cv2') "
+        "if m in sys.modules]\n"
+        "print('LOADED', heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out
+
+
+def test_unknown_command_is_an_error() -> None:
+    result = runner.invoke(app, ["rollout"])
+    assert result.exit_code != 0
+
+
+def test_keys_generate_sign_verify_and_tamper(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    result = runner.invoke(app, ["keys", "generate", "--out", str(keys)])
+    assert result.exit_code == 0, result.output
+    assert (keys / "coldchain.key").stat().st_mode & 0o777 == 0o600
+    manifest = tmp_path / "manifest.json"
+    manifest.write_bytes((Path(__file__).parents[1] / "contract" / "golden" / "manifest.json").read_bytes())
+    result = runner.invoke(app, ["keys", "sign", str(manifest), "--key", str(keys / "coldchain.key")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "manifest.sig").exists()
+    verify = ["keys", "verify", str(manifest), "--trusted", str(keys / "coldchain.pub")]
+    result = runner.invoke(app, verify)
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output
+    data = bytearray(manifest.read_bytes())
+    data[100] ^= 0x20  # one byte
+    manifest.write_bytes(bytes(data))
+    result = runner.invoke(app, verify)
+    assert result.exit_code == 1
+    assert "does not match the signed bytes" in result.output
+
+
+def test_keys_generate_refuses_to_overwrite(tmp_path: Path) -> None:
+    args = ["keys", "generate", "--out", str(tmp_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "already exists" in result.output
+
+
+def test_verify_with_untrusted_key(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        assert runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--name", name]).exit_code == 0
+    manifest = tmp_path / "m.json"
+    manifest.write_text("{}")
+    assert runner.invoke(app, ["keys", "sign", str(manifest), "--key", str(tmp_path / "a.key")]).exit_code == 0
+    result = runner.invoke(app, ["keys", "verify", str(manifest), "--trusted", str(tmp_path / "b.pub")])
+    assert result.exit_code == 1
+    assert "not trusted" in result.output

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from contract.errors import PayloadError
+from contract.manifest import load_manifest
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _manifest() -> dict:  # type: ignore[type-arg]
+    return json.loads((GOLDEN / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.onnx", "a/../../b", "manifest.json"])
+def test_file_paths_stay_inside_the_bundle(path: str) -> None:
+    data = _manifest()
+    data["files"][0]["path"] = path
+    with pytest.raises(PayloadError, match="relative inside the bundle"):
+        load_manifest(json.dumps(data).encode())
+
+
+def test_chunk_hash_count_must_match_size() -> None:
+    data = _manifest()
+    data["files"][0]["size"] = 10_000_000
+    with pytest.raises(PayloadError, match="need 77 chunk hashes, got 3"):
+        load_manifest(json.dumps(data).encode())
+
+
+def test_golden_file_must_be_listed() -> None:
+    data = _manifest()
+    data["golden"]["file"] = "elsewhere.npz"
+    with pytest.raises(PayloadError, match="not listed in files"):
+        load_manifest(json.dumps(data).encode())
+
+
+def test_schema_name_is_checked() -> None:
+    data = _manifest()
+    data["schema"] = "coldchain.manifest/v9"
+    with pytest.raises(PayloadError, match="schema"):
+        load_manifest(json.dumps(data).encode())
+
+
+def test_every_design_field_is_present() -> None:
+    manifest = load_manifest((GOLDEN / "manifest.json").read_bytes())
+    assert manifest.model.sha256 and manifest.target.runtime.min_version
+    assert manifest.files[0].chunks and manifest.io.preprocessing.mean
+    assert manifest.passes and manifest.toolchain and manifest.calibration_sha256
+    assert manifest.metrics.compiled_latency is not None and manifest.golden.cases == 4
+    assert manifest.reference is not None and manifest.sequence == 7
