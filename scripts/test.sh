@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh machine: set-up, lint, types, import contracts, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh agent,compiler,cloud,litert,dev
+scripts/setup.sh agent,compiler,cloud,litert,train,dev
 
 # Mosquitto (MQTT v5) for the integration tests; tests start their own instance on a free port.
 if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -67,7 +67,7 @@ def _block(cin: int, cout: int, stride: int) -> list[nn.Module]:
 class FridgeNet(nn.Module):
     """Plain conv stack (easy to prune by channel and to quantize), GAP, linear, sigmoid."""
 
-    def __init__(self, classes: int = len(ITEM_KINDS), width: int = 24) -> None:
+    def __init__(self, classes: int = len(ITEM_KINDS), width: int = 16) -> None:
         super().__init__()
         w = width
         layers = _block(3, w, 2) + _block(w, 2 * w, 1) + _block(2 * w, 2 * w, 2)
@@ -115,7 +115,6 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     loss_fn = nn.BCELoss()
     gen = torch.Generator().manual_seed(0)
-    step = 0
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(images), generator=gen).numpy()
@@ -130,8 +129,7 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int,
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
-            step += 1
+            total += loss.item() * len(idx)
         print(f"epoch {epoch + 1}/{epochs} loss {total / len(order):.4f} ({time.time() - started:.0f} s)", flush=True)
 
 
@@ -147,11 +145,11 @@ def export(model: nn.Module, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("examples/fridge/model"))
-    parser.add_argument("--train-images", type=int, default=24000)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--train-images", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--width", type=int, default=24)
+    parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     torch.manual_seed(0)
