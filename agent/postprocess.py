@@ -74,7 +74,7 @@ def _scores(outputs: Outputs, labels: Sequence[str]) -> npt.NDArray[np.float32]:
     return scores
 
 
-def _number(params: Mapping[str, JsonValue], key: str, default: float) -> float:
+def number(params: Mapping[str, JsonValue], key: str, default: float) -> float:
     value = params.get(key, default)
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise ProcessingError(f"postprocessor parameter {key!r} must be a number, got {value!r}")
@@ -88,7 +88,7 @@ def topk(outputs: Outputs, labels: Sequence[str], params: Mapping[str, JsonValue
     if params.get("softmax", False):
         e = np.exp(scores - scores.max())
         scores = (e / e.sum()).astype(np.float32)
-    k, floor = int(_number(params, "k", 1)), _number(params, "min_score", 0.0)
+    k, floor = int(number(params, "k", 1)), number(params, "min_score", 0.0)
     order = np.argsort(-scores)[:k]
     return Prediction(tuple(Detection(labels[i], float(scores[i])) for i in order if scores[i] >= floor), scores)
 
@@ -97,13 +97,21 @@ def topk(outputs: Outputs, labels: Sequence[str], params: Mapping[str, JsonValue
 def multilabel(outputs: Outputs, labels: Sequence[str], params: Mapping[str, JsonValue], _: Letterbox) -> Prediction:
     """Independent per-label scores (already sigmoid-ed), each with its own threshold."""
     scores = _scores(outputs, labels)
-    default = _number(params, "threshold", 0.5)
+    default = number(params, "threshold", 0.5)
     per_label = params.get("thresholds", {})
     if not isinstance(per_label, dict):
         raise ProcessingError("postprocessor parameter 'thresholds' must map label -> threshold")
     found = []
     for i, label in enumerate(labels):
-        threshold = _number(per_label, label, default)
+        threshold = number(per_label, label, default)
         if scores[i] >= threshold:
             found.append(Detection(label, float(scores[i])))
     return Prediction(tuple(found), scores)
+
+
+def _load_builtin() -> None:
+    """Postprocessors defined in other modules register themselves on import."""
+    import agent.detection  # noqa: F401
+
+
+_load_builtin()

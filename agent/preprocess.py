@@ -26,6 +26,8 @@ class Letterbox:
     scale: float
     pad_x: float
     pad_y: float
+    frame_width: int = 0
+    frame_height: int = 0
 
 
 def check_frame(frame: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
@@ -51,7 +53,7 @@ def _place(frame: npt.NDArray[np.uint8], spec: Preprocessing) -> tuple[npt.NDArr
     h, w = frame.shape[:2]
     if spec.resize == "resize":
         out = cv2.resize(frame, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
-        return np.asarray(out, np.uint8), Letterbox(1.0, 0.0, 0.0)
+        return np.asarray(out, np.uint8), Letterbox(1.0, 0.0, 0.0, w, h)
     scale = min(spec.width / w, spec.height / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     resized = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
@@ -59,7 +61,7 @@ def _place(frame: npt.NDArray[np.uint8], spec: Preprocessing) -> tuple[npt.NDArr
     canvas = np.full((spec.height, spec.width, 3), pad, np.uint8)
     x0, y0 = (spec.width - nw) // 2, (spec.height - nh) // 2
     canvas[y0 : y0 + nh, x0 : x0 + nw] = resized
-    return canvas, Letterbox(scale, float(x0), float(y0))
+    return canvas, Letterbox(scale, float(x0), float(y0), w, h)
 
 
 def preprocess(frame: npt.NDArray[Any], spec: Preprocessing) -> tuple[npt.NDArray[Any], Letterbox]:

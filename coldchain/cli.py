@@ -18,6 +18,10 @@ from coldchain import __version__
 
 # name -> (module:attribute of a typer.Typer, one-line help shown in `coldchain --help`)
 SUBAPPS: dict[str, tuple[str, str]] = {
+    "compile": ("coldchain.compile_cli:app", "Compile a model into signed per-target bundles."),
+    "targets": ("coldchain.targets_cli:app", "List and show target profiles."),
+    "bundle": ("coldchain.bundle_cli:app", "Inspect and verify bundles."),
+    "model": ("coldchain.model_cli:app", "Register models in the MLflow registry."),
     "keys": ("coldchain.keys_cli:app", "Signing keys: generate, sign and verify manifests."),
     "demo": ("coldchain.demo_cli:app", "Run the end-to-end demo on embedded defaults."),
 }

@@ -46,10 +46,14 @@ def load_description(path: Path) -> ModelDescription:
         ) from exc
     except (OSError, yaml.YAMLError) as exc:
         raise DescriptionError(f"cannot read model description {path}: {exc}") from exc
+    return parse_description(data, str(path))
+
+
+def parse_description(data: object, where: str) -> ModelDescription:
     if not isinstance(data, dict):
-        raise DescriptionError(f"model description {path} must be a YAML mapping")
+        raise DescriptionError(f"model description {where} must be a YAML mapping")
     try:
         return ModelDescription.model_validate(data)
     except ValidationError as exc:
         problems = "".join(f"\n  - {p}" for p in problems_of(exc))
-        raise DescriptionError(f"model description {path} is invalid:{problems}") from exc
+        raise DescriptionError(f"model description {where} is invalid:{problems}") from exc

@@ -1,10 +1,20 @@
 """Exceptions of the compiler.
 
-CompilerError               anything the compiler refuses or cannot do
-└── DescriptionError        a model description file that is missing or invalid
+CompilerError                 anything the compiler refuses or cannot do
+├── DescriptionError          a model description file (model.yaml) that is missing or invalid
+├── TargetError               an unknown or invalid target profile (lists the valid ones)
+├── ModelLoadError            a model that cannot be read: missing, corrupt, not ONNX, bad registry URI
+├── UnsupportedOpsError       ops the target runtime cannot run (named in the message)
+├── CalibrationError          too few or unreadable calibration / evaluation images
+├── PassError                 a pass that failed or was configured wrongly
+└── BudgetError               no configuration meets the accuracy budget (``best`` holds the best found)
+
+Bundles that fail verification raise ``contract.errors.BundleError`` (shared with the agent).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class CompilerError(Exception):
@@ -13,3 +23,31 @@ class CompilerError(Exception):
 
 class DescriptionError(CompilerError, ValueError):
     """The model description (model.yaml) is missing or invalid."""
+
+
+class TargetError(CompilerError, ValueError):
+    """A target profile is unknown or invalid."""
+
+
+class ModelLoadError(CompilerError):
+    """A source model cannot be loaded."""
+
+
+class UnsupportedOpsError(CompilerError):
+    """The model uses ops that the target runtime cannot run."""
+
+
+class CalibrationError(CompilerError):
+    """Calibration or evaluation images are missing, too few or unreadable."""
+
+
+class PassError(CompilerError):
+    """A pass failed or its configuration is invalid."""
+
+
+class BudgetError(CompilerError):
+    """No configuration met the accuracy budget; ``best`` describes the best one found."""
+
+    def __init__(self, message: str, best: Any = None) -> None:
+        self.best = best
+        super().__init__(message)

@@ -7,7 +7,8 @@ ContractError                 anything the contract refuses
 │                             lists each field and what is wrong with it
 ├── SignatureError            a manifest whose signature does not verify
 │   └── UntrustedKeyError     signed by a key that is not in the trust store
-└── KeyFileError              a key file that is missing, unreadable or not an Ed25519 key
+├── KeyFileError              a key file that is missing, unreadable or not an Ed25519 key
+└── BundleError               a bundle directory or tarball that is malformed, incomplete or tampered
 """
 
 from __future__ import annotations
@@ -40,3 +41,7 @@ class UntrustedKeyError(SignatureError):
 
 class KeyFileError(ContractError, OSError):
     """A key file cannot be read, written or parsed."""
+
+
+class BundleError(ContractError):
+    """A bundle directory or tarball is malformed, incomplete or tampered with."""

@@ -1,0 +1,65 @@
+"""Where a compile starts: a model file or an MLflow URI, resolved to a local ONNX file, its
+identity (name, version, URI, sha256) and its description."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from compiler import onnxio
+from compiler.description import ModelDescription, load_description, parse_description
+from compiler.errors import DescriptionError, ModelLoadError
+from contract.manifest import ModelSource
+
+REGISTRY_PREFIXES = ("models:/", "runs:/")
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    info: ModelSource
+    description: ModelDescription
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def resolve(source: str, description: Path | None, workdir: Path, tracking_uri: str | None, opset: int) -> Source:
+    """Resolve ``source``; ``description`` overrides one stored in the registry."""
+    if source.startswith(REGISTRY_PREFIXES):
+        if tracking_uri is None:
+            raise ModelLoadError(f"{source} is a registry URI: give --mlflow-uri (e.g. sqlite:///mlflow.db)")
+        from compiler.registry import download_model
+
+        got = download_model(tracking_uri, source, workdir / "source")
+        if description is not None:
+            desc = load_description(description)
+        elif got.description_text is not None:
+            desc = parse_description(yaml.safe_load(got.description_text), f"{source} (registry tag)")
+        else:
+            raise DescriptionError(f"{source} was registered without a description: pass --description model.yaml")
+        path = got.path
+        if got.flavor == "pytorch":
+            from compiler.torch_export import export_pytorch
+
+            pre = desc.preprocessing
+            nchw = desc.input.layout.value == "NCHW"
+            shape = [1, 3, pre.height, pre.width] if nchw else [1, pre.height, pre.width, 3]
+            path = export_pytorch(got.path, workdir / "source" / "exported.onnx", desc.input.name, shape, opset)
+        onnxio.load(path)
+        info = ModelSource(name=got.name, version=got.version, source_uri=source, sha256=_sha256(path))
+        return Source(path, info, desc)
+    path = Path(source)
+    if not path.exists():
+        raise ModelLoadError(f"model {source} does not exist (give a file path, models:/name/version, "
+                             "models:/name@alias or runs:/run-id/path)")
+    if description is None:
+        raise DescriptionError(f"{source} needs a model description: pass --description model.yaml")
+    onnxio.load(path)
+    digest = _sha256(path)
+    info = ModelSource(name=path.stem, version=digest[:12], source_uri=path.resolve().as_uri(), sha256=digest)
+    return Source(path, info, load_description(description))

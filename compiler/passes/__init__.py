@@ -1,0 +1,30 @@
+"""The pass registry: every optimisation the compiler can apply, by name."""
+
+from __future__ import annotations
+
+from compiler.errors import PassError
+from compiler.passes.base import Pass, PassConfig
+from compiler.passes.cleanup import Cleanup
+from compiler.passes.fp16 import Float16
+from compiler.passes.litert import ConvertLiteRT
+from compiler.passes.prune_magnitude import PruneMagnitude
+from compiler.passes.prune_structured import PruneStructured
+from compiler.passes.quantize_dynamic import QuantizeDynamic
+from compiler.passes.quantize_static import QuantizeStatic
+from compiler.passes.tensorrt import TensorRTPrepare
+
+PASSES: dict[str, type[Pass[PassConfig]]] = {
+    p.name: p  # type: ignore[misc]
+    for p in (Cleanup, PruneStructured, PruneMagnitude, QuantizeStatic, QuantizeDynamic, Float16, ConvertLiteRT,
+              TensorRTPrepare)
+}
+
+
+def get_pass(name: str) -> type[Pass[PassConfig]]:
+    try:
+        return PASSES[name]
+    except KeyError:
+        raise PassError(f"unknown pass {name!r}; known passes: {', '.join(sorted(PASSES))}") from None
+
+
+__all__ = ["PASSES", "Pass", "PassConfig", "get_pass"]

@@ -1,0 +1,223 @@
+"""The accuracy-aware compile pipeline: the target's passes in order, each measured, each held
+to the target's budget.
+
+- Every step is measured: size, parameters, FLOPs, sparsity, fidelity against the float
+  model (and accuracy when the evaluation images carry labels), latency on this host with the
+  target's runtime.
+- A pass spec with ``search`` tries its values in order (e.g. pruning ratios, largest first)
+  and keeps the first result within budget; ``optional`` passes that never fit are skipped.
+- ``quantize.static`` over budget: nodes are ranked by per-node sensitivity and the most
+  sensitive are kept in float, 1, 2, 4, ... at a time, until the budget holds. What was kept
+  in float, and why, is reported.
+- If nothing fits, BudgetError carries the best result found.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.runtimes import ModelRuntime, open_runtime
+from compiler.description import ModelDescription
+from compiler.errors import BudgetError
+from compiler.evaluate import ImageSet, Run, latency_ms, run_model
+from compiler.graph import GraphStats, stats
+from compiler.iospec import io_for
+from compiler.metrics import detection_map, label_agreement, multilabel_f1, top1_accuracy, top1_agreement
+from compiler.passes import get_pass
+from compiler.passes.base import PassConfig
+from compiler.sensitivity import node_sensitivity
+from compiler.target import PassSpec, TargetProfile
+from contract.common import Runtime
+from contract.manifest import IOSpec, Task
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Step:
+    name: str
+    model: Path
+    config: dict[str, Any]
+    stats: GraphStats
+    fidelity: float
+    accuracy: float | None
+    latency_p50: float
+    latency_p95: float
+    within_budget: bool
+    note: str = ""
+
+
+@dataclass
+class CompileResult:
+    steps: list[Step]
+    io: IOSpec
+    reference: Run
+    kept_in_float: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def float_step(self) -> Step:
+        return self.steps[0]
+
+    @property
+    def final(self) -> Step:
+        return self.steps[-1]
+
+
+def evaluation_runtime(target: TargetProfile) -> Runtime:
+    """TensorRT bundles are validated as ONNX with onnxruntime on the build host's CPU."""
+    return Runtime.ONNXRUNTIME if target.runtime.name is Runtime.TENSORRT else target.runtime.name
+
+
+class Pipeline:
+    def __init__(self, description: ModelDescription, target: TargetProfile, calibration: ImageSet,
+                 evaluation: ImageSet, workdir: Path, progress: Progress = lambda _: None) -> None:
+        self.description = description
+        self.target = target
+        self.calibration = calibration
+        self.evaluation = evaluation
+        self.workdir = workdir
+        self.progress = progress
+        self.task = description.task
+        self.min_fidelity = target.budget.min_fidelity[self.task.value]
+
+    # ---- measuring ------------------------------------------------------------------------
+    def _runtime(self, model: Path) -> ModelRuntime:
+        return open_runtime(evaluation_runtime(self.target), model, self.target.host_threads)
+
+    def fidelity(self, reference: Run, run: Run, io: IOSpec) -> float:
+        if self.task is Task.DETECTION:
+            return detection_map(reference.predictions, run.predictions)
+        if self.task is Task.MULTILABEL:
+            return label_agreement(reference.predictions, run.predictions, io.labels)
+        return top1_agreement(reference.predictions, run.predictions)
+
+    def accuracy(self, run: Run) -> float | None:
+        truth = self.evaluation.truth
+        if truth is None:
+            return None
+        if self.task is Task.MULTILABEL:
+            return multilabel_f1(run.predictions, truth, self.description.labels)
+        return top1_accuracy(run.predictions, truth)
+
+    def measure(self, name: str, model: Path, config: dict[str, Any], reference: Run | None,
+                float_accuracy: float | None) -> tuple[Step, Run, IOSpec]:
+        io = io_for(model, self.description)
+        runtime = self._runtime(model)
+        run = run_model(runtime, io, self.evaluation)
+        fidelity = 1.0 if reference is None else self.fidelity(reference, run, io)
+        accuracy = self.accuracy(run)
+        feeds, _ = self.evaluation.inputs(io.preprocessing, io.inputs[0].name)
+        p50, p95 = latency_ms(runtime, feeds[0])
+        within = fidelity >= self.min_fidelity and (
+            accuracy is None or float_accuracy is None
+            or float_accuracy - accuracy <= self.target.budget.max_accuracy_drop)
+        step = Step(name, model, config, stats(model), fidelity, accuracy, p50, p95, within)
+        return step, run, io
+
+    # ---- running ------------------------------------------------------------------------
+    def _config(self, spec: PassSpec, overrides: dict[str, Any]) -> tuple[PassConfig, dict[str, Any]]:
+        cls = get_pass(spec.name)
+        values = {**spec.config, **overrides}
+        fields = cls.Config.model_fields
+        if "calibration" in fields:
+            values["calibration"] = self.calibration_file()
+        if "opset" in fields and values.get("opset") is None:
+            values["opset"] = self.target.opset
+        config = cls.config(values)
+        return config, config.model_dump(mode="json")
+
+    def calibration_file(self) -> Path:
+        path = self.workdir / "calibration.npz"
+        if not path.exists():
+            io = io_for(self.workdir / "float" / "model.onnx", self.description)
+            feeds, _ = self.calibration.inputs(io.preprocessing, io.inputs[0].name)
+            name = io.inputs[0].name
+            arrays: dict[str, Any] = {name: np.concatenate([f[name] for f in feeds])}
+            np.savez(path, **arrays)
+        return path
+
+    def _apply(self, spec: PassSpec, model: Path, overrides: dict[str, Any], tag: str) -> tuple[Path, dict[str, Any]]:
+        config, record = self._config(spec, overrides)
+        workdir = self.workdir / tag
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        out = get_pass(spec.name)().run(model, config, workdir)
+        return out, record
+
+    def run(self, source: Path) -> CompileResult:
+        float_dir = self.workdir / "float"
+        float_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, float_dir / "model.onnx")
+        self.progress("measuring the float model")
+        float_step, reference, _ = self.measure("float", float_dir / "model.onnx", {}, None, None)
+        steps, current = [float_step], float_step
+        kept: list[tuple[str, float]] = []
+        for index, spec in enumerate(self.target.passes):
+            self.progress(f"pass {spec.name}")
+            tag = f"{index:02d}-{spec.name}"
+            if spec.search:
+                step = self._search(spec, current, reference, float_step.accuracy, tag)
+            else:
+                out, record = self._apply(spec, current.model, {}, tag)
+                step, _, _ = self.measure(spec.name, out, record, reference, float_step.accuracy)
+                if not step.within_budget and "exclude_nodes" in get_pass(spec.name).Config.model_fields:
+                    step, kept = self._fallback(spec, current, step, reference, float_step.accuracy, tag)
+            if step is None:
+                continue
+            if not step.within_budget:
+                raise BudgetError(f"{spec.name} is over budget; " + self._over_budget(step), best=step)
+            steps.append(step)
+            current = step
+        return CompileResult(steps, io_for(current.model, self.description), reference, kept)
+
+    def _search(self, spec: PassSpec, current: Step, reference: Run, float_accuracy: float | None,
+                tag: str) -> Step | None:
+        (key, values), = spec.search.items()
+        best: Step | None = None
+        for value in values:
+            self.progress(f"pass {spec.name}: trying {key}={value}")
+            out, record = self._apply(spec, current.model, {key: value}, f"{tag}-{key}-{value}")
+            step, _, _ = self.measure(spec.name, out, record, reference, float_accuracy)
+            if step.within_budget and step.fidelity >= (spec.min_fidelity or 0.0):
+                step.note = f"{key}={value}: first value within budget of {values}"
+                return step
+            best = step if best is None or step.fidelity > best.fidelity else best
+        if spec.optional:
+            self.progress(f"pass {spec.name}: no {key} in {values} fits the budget; skipped")
+            return None
+        raise BudgetError(f"no {key} in {values} keeps {spec.name} within budget; " + self._over_budget(best),
+                          best=best)
+
+    def _fallback(self, spec: PassSpec, current: Step, failed: Step, reference: Run, float_accuracy: float | None,
+                  tag: str) -> tuple[Step, list[tuple[str, float]]]:
+        self.progress("int8 over budget: ranking nodes by quantization sensitivity")
+        ranking = [r for r in node_sensitivity(current.model, failed.model, self.calibration_file()) if r[1] > 0]
+        best, count = failed, 1
+        excluded_before = list(spec.config.get("exclude_nodes", []))
+        while count <= min(len(ranking), spec.max_float_nodes):
+            kept = ranking[:count]
+            self.progress(f"int8 over budget: keeping {count} most sensitive nodes in float")
+            out, record = self._apply(spec, current.model, {"exclude_nodes": excluded_before + [n for n, _ in kept]},
+                                      f"{tag}-float{count}")
+            step, _, _ = self.measure(spec.name, out, record, reference, float_accuracy)
+            if step.within_budget:
+                step.note = f"kept {count} node(s) in float: " + ", ".join(f"{n} (error {e:.4f})" for n, e in kept)
+                return step, kept
+            best = step if step.fidelity > best.fidelity else best
+            count *= 2
+        raise BudgetError(f"int8 stays over budget even with {min(len(ranking), spec.max_float_nodes)} nodes in float; "
+                          + self._over_budget(best), best=best)
+
+    def _over_budget(self, step: Step | None) -> str:
+        if step is None:
+            return "nothing was measured"
+        acc = "" if step.accuracy is None else f", accuracy {step.accuracy:.4f}"
+        return (f"best found: {step.name} with fidelity {step.fidelity:.4f} (budget {self.min_fidelity:.4f}){acc}, "
+                f"{step.stats.size_bytes} bytes; relax the budget (--min-fidelity) or change the target's passes")
+

@@ -1,0 +1,146 @@
+"""MLflow: registering source models with their description, reading them back, and recording
+each compile as a run whose bundle is registered again per target.
+
+Embedded default: a SQLite store (``sqlite:///…/mlflow.db``) with artifacts in a folder
+beside it, so ``mlflow ui --backend-store-uri sqlite:///…/mlflow.db`` shows the runs. At
+scale: the same code against an MLflow tracking server (PostgreSQL + object storage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compiler.errors import ModelLoadError
+
+DESCRIPTION_TAG = "coldchain.description"
+SOURCE_TAGS = ("coldchain.source_model", "coldchain.source_version")
+COMPILE_EXPERIMENT = "coldchain-compile"
+REGISTER_EXPERIMENT = "coldchain-models"
+
+
+def _mlflow(tracking_uri: str) -> Any:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return mlflow
+
+
+def sqlite_uri(workspace: Path) -> str:
+    return f"sqlite:///{(workspace / 'mlflow.db').resolve()}"
+
+
+def _experiment(mlflow: Any, name: str, artifacts: Path | None) -> str:
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = artifacts.resolve().as_uri() if artifacts is not None else None
+    return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: str
+    uri: str
+
+
+def register_model(tracking_uri: str, model: Path, name: str, description_text: str,
+                   artifacts: Path | None = None) -> Registered:
+    """Log an ONNX model in a run and register it as a new version of ``name`` with its description."""
+    mlflow = _mlflow(tracking_uri)
+    import onnx
+
+    proto = onnx.load(str(model))
+    experiment = _experiment(mlflow, REGISTER_EXPERIMENT, artifacts and artifacts / REGISTER_EXPERIMENT)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"register {name}"):
+        mlflow.log_text(description_text, "model.yaml")
+        info = mlflow.onnx.log_model(proto, name="model", registered_model_name=name,
+                                     save_as_external_data=False)
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(name, version, DESCRIPTION_TAG, description_text)
+    return Registered(name, version, f"models:/{name}/{version}")
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    path: Path  # an .onnx file, or an MLflow PyTorch model folder (flavor "pytorch")
+    name: str
+    version: str
+    description_text: str | None
+    flavor: str = "onnx"
+
+
+def download_model(tracking_uri: str, uri: str, destination: Path) -> Downloaded:
+    """Resolve ``models:/name/3``, ``models:/name@alias`` or ``runs:/id/path`` to a local ONNX file."""
+    mlflow = _mlflow(tracking_uri)
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    name, version, description = uri, "run", None
+    try:
+        if uri.startswith("models:/"):
+            ref = uri.removeprefix("models:/")
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            else:
+                name, _, number = ref.partition("/")
+                mv = client.get_model_version(name, number)
+            version = str(mv.version)
+            description = mv.tags.get(DESCRIPTION_TAG)
+            uri = f"models:/{name}/{version}"
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
+    except MlflowException as exc:
+        raise ModelLoadError(f"MLflow cannot resolve {uri}: {exc.message}") from exc
+    if local.is_file():
+        return Downloaded(local, name, version, description)
+    onnx_files = sorted(local.rglob("*.onnx"))
+    if onnx_files:
+        return Downloaded(onnx_files[0], name, version, description)
+    if (local / "MLmodel").exists() and "pytorch" in (local / "MLmodel").read_text():
+        return Downloaded(local, name, version, description, flavor="pytorch")
+    raise ModelLoadError(f"{uri} holds no ONNX model and no PyTorch model that coldchain can export")
+
+
+def record_compile(tracking_uri: str, artifacts: Path | None, source: str, target: str, steps: list[dict[str, Any]],
+                   params: dict[str, Any], bundle_tarball: Path, bundle_model_name: str,
+                   tags: dict[str, str]) -> Registered:
+    """One MLflow run per compile; the bundle is logged and registered as ``bundle_model_name``."""
+    mlflow = _mlflow(tracking_uri)
+    experiment = _experiment(mlflow, COMPILE_EXPERIMENT, artifacts and artifacts / COMPILE_EXPERIMENT)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"{source} -> {target}") as run:
+        mlflow.log_params(params)
+        for index, step in enumerate(steps):
+            mlflow.log_metrics({k: float(v) for k, v in step.items() if isinstance(v, int | float)}, step=index)
+        final = steps[-1]
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in final.items() if isinstance(v, int | float)})
+        mlflow.set_tags(tags)
+        mlflow.log_artifact(str(bundle_tarball), "bundle")
+        artifact_uri = f"runs:/{run.info.run_id}/bundle/{bundle_tarball.name}"
+    client = mlflow.MlflowClient()
+    with contextlib.suppress(Exception):
+        client.create_registered_model(bundle_model_name, tags={"coldchain.kind": "bundle"})
+    mv = client.create_model_version(bundle_model_name, artifact_uri, run_id=run.info.run_id, tags=tags)
+    return Registered(bundle_model_name, str(mv.version), f"models:/{bundle_model_name}/{mv.version}")
+
+
+def next_sequence(tracking_uri: str, bundle_model_name: str) -> int:
+    """1 + the highest sequence registered for this bundle stream (anti-rollback needs monotonic)."""
+    mlflow = _mlflow(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name='{bundle_model_name}'")
+    except Exception:
+        return 1
+    sequences = [int(v.tags.get("coldchain.sequence", 0)) for v in versions]
+    return max(sequences, default=0) + 1
