@@ -136,16 +136,18 @@ class Run:
 
 def run_model(runtime: ModelRuntime, io: IOSpec, images: ImageSet) -> Run:
     feeds, places = images.inputs(io.preprocessing, io.inputs[0].name)
+    outputs = [[np.asarray(o) for o in runtime.run(feed)] for feed in feeds]
+    return Run(outputs, postprocess_all(outputs, io, places))
+
+
+def postprocess_all(outputs: list[list[np.ndarray]], io: IOSpec, places: list[Letterbox],
+                    overrides: dict[str, Any] | None = None) -> list[Prediction]:
     post = postprocess.get(io.postprocessor.name)
-    outputs, predictions = [], []
-    for feed, place in zip(feeds, places, strict=True):
-        out = [np.asarray(o) for o in runtime.run(feed)]
-        outputs.append(out)
-        try:
-            predictions.append(post(out, io.labels, io.postprocessor.params, place))
-        except AgentError as exc:
-            raise CalibrationError(f"the model's outputs cannot be postprocessed: {exc}") from exc
-    return Run(outputs, predictions)
+    params = {**io.postprocessor.params, **(overrides or {})}
+    try:
+        return [post(out, io.labels, params, place) for out, place in zip(outputs, places, strict=True)]
+    except AgentError as exc:
+        raise CalibrationError(f"the model's outputs cannot be postprocessed: {exc}") from exc
 
 
 def latency_ms(runtime: ModelRuntime, feed: dict[str, Any], warmup: int = 5, iterations: int = 40) -> tuple[float,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from compiler.errors import PassError
 from compiler.passes.base import Pass, PassConfig
 from compiler.passes.cleanup import Cleanup
+from compiler.passes.equalize import Equalize
 from compiler.passes.fp16 import Float16
 from compiler.passes.litert import ConvertLiteRT
 from compiler.passes.prune_magnitude import PruneMagnitude
@@ -15,7 +16,7 @@ from compiler.passes.tensorrt import TensorRTPrepare
 
 PASSES: dict[str, type[Pass[PassConfig]]] = {
     p.name: p  # type: ignore[misc]
-    for p in (Cleanup, PruneStructured, PruneMagnitude, QuantizeStatic, QuantizeDynamic, Float16, ConvertLiteRT,
+    for p in (Cleanup, Equalize, PruneStructured, PruneMagnitude, QuantizeStatic, QuantizeDynamic, Float16, ConvertLiteRT,
               TensorRTPrepare)
 }
 

@@ -34,6 +34,8 @@ class QuantizeStaticConfig(PassConfig):
     symmetric_activations: bool = False
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: Annotated[float, Field(gt=90.0, le=100.0)] = 99.999
+    moving_average: bool = False  # MinMax: average per-batch ranges instead of the global extremes
+    quantize_bias: bool = True
     op_types: list[str] | None = None  # None: every op type onnxruntime can quantize
     exclude_nodes: list[str] = []
     calibration: Path | None = None  # filled by the pipeline: .npz of calibration inputs
@@ -56,6 +58,8 @@ class QuantizeStatic(Pass[QuantizeStaticConfig]):
             "WeightSymmetric": config.symmetric_weights,
             "CalibPercentile": config.percentile,
             "CalibTensorRangeSymmetric": config.symmetric_activations,
+            "CalibMovingAverage": config.moving_average,
+            "QuantizeBias": config.quantize_bias,
         }
         try:
             quantize_static(
