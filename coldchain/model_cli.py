@@ -12,6 +12,11 @@ from coldchain.console import console, user_errors
 app = typer.Typer(help="Register models in the MLflow registry.", no_args_is_help=True)
 
 
+@app.callback()
+def _group() -> None:
+    """Register models in the MLflow registry."""
+
+
 @app.command()
 def register(
     path: Annotated[Path, typer.Argument(help="ONNX model file.")],

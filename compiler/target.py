@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from compiler.errors import TargetError
 from contract.base import ContractModel, Name, Text, problems_of
@@ -80,14 +80,15 @@ class TargetProfile(ContractModel):
     passes: Annotated[list[PassSpec], Field(min_length=1)]
     host_threads: Annotated[int, Field(ge=1, le=64)] = 2  # threads when latency is measured on the build host
 
-    @model_validator(mode="after")
-    def _passes_known(self) -> TargetProfile:
+    @field_validator("passes")
+    @classmethod
+    def _passes_known(cls, passes: list[PassSpec]) -> list[PassSpec]:
         from compiler.passes import PASSES
 
-        unknown = [p.name for p in self.passes if p.name not in PASSES]
+        unknown = [p.name for p in passes if p.name not in PASSES]
         if unknown:
             raise ValueError(f"unknown passes {unknown}; known: {sorted(PASSES)}")
-        return self
+        return passes
 
 
 def list_targets() -> list[str]:

@@ -16,8 +16,8 @@ from compiler.passes.tensorrt import TensorRTPrepare
 
 PASSES: dict[str, type[Pass[PassConfig]]] = {
     p.name: p  # type: ignore[misc]
-    for p in (Cleanup, Equalize, PruneStructured, PruneMagnitude, QuantizeStatic, QuantizeDynamic, Float16, ConvertLiteRT,
-              TensorRTPrepare)
+    for p in (Cleanup, Equalize, PruneStructured, PruneMagnitude, QuantizeStatic, QuantizeDynamic, Float16,
+              ConvertLiteRT, TensorRTPrepare)
 }
 
 

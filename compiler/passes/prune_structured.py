@@ -66,7 +66,7 @@ def _prune(model: onnx.ModelProto, group: Group, keep: np.ndarray, mean: np.ndar
     if len(group.conv.input) > 2 and group.conv.input[2]:
         set_initializer(inits, group.conv.input[2], numpy_helper.to_array(inits[group.conv.input[2]])[keep])
     for node in group.chain:
-        if node.op_type == "BatchNormalization" or node.op_type == "Conv":  # BN, or a depthwise Conv
+        if node.op_type in {"BatchNormalization", "Conv"}:  # BN, or a depthwise Conv
             for name in node.input[1:]:
                 if name:
                     set_initializer(inits, name, numpy_helper.to_array(inits[name])[keep])

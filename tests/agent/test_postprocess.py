@@ -36,5 +36,5 @@ def test_bad_outputs_are_errors() -> None:
 
 
 def test_unknown_postprocessor() -> None:
-    with pytest.raises(ProcessingError, match="known: multilabel, topk"):
+    with pytest.raises(ProcessingError, match="known: multilabel, nanodet, topk"):
         postprocess.get("yolo9000")
