@@ -11,7 +11,9 @@ from compiler.passes.base import Pass, PassConfig
 
 class Float16Config(PassConfig):
     keep_io_types: bool = True
-    op_block_list: list[str] = []  # op types left in float32
+    # op types left in float32, besides onnxruntime's defaults; Resize's empty roi/scales inputs
+    # must not be converted (onnxruntime then rejects the graph)
+    op_block_list: list[str] = ["Resize"]
     node_block_list: list[str] = []
 
 
@@ -21,12 +23,12 @@ class Float16(Pass[Float16Config]):
     summary = "float16 weights and activations (float32 I/O kept)"
 
     def run(self, model: Path, config: Float16Config, workdir: Path) -> Path:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
         proto = onnxio.load(model)
         try:
             half = convert_float_to_float16(
-                proto, keep_io_types=config.keep_io_types, op_block_list=config.op_block_list or None,
+                proto, keep_io_types=config.keep_io_types, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *config.op_block_list],
                 node_block_list=config.node_block_list or None,
             )
         except Exception as exc:

@@ -36,6 +36,11 @@ class QuantizeStaticConfig(PassConfig):
     percentile: Annotated[float, Field(gt=90.0, le=100.0)] = 99.999
     moving_average: bool = False  # MinMax: average per-batch ranges instead of the global extremes
     quantize_bias: bool = True
+    # match each Conv's per-channel output mean (and spread) to the float model, layer by layer;
+    # keeps biases in float
+    bias_correction: bool = False
+    correct_scale: bool = True
+    correction_samples: Annotated[int, Field(ge=1, le=1024)] = 32
     op_types: list[str] | None = None  # None: every op type onnxruntime can quantize
     exclude_nodes: list[str] = []
     calibration: Path | None = None  # filled by the pipeline: .npz of calibration inputs
@@ -59,7 +64,7 @@ class QuantizeStatic(Pass[QuantizeStaticConfig]):
             "CalibPercentile": config.percentile,
             "CalibTensorRangeSymmetric": config.symmetric_activations,
             "CalibMovingAverage": config.moving_average,
-            "QuantizeBias": config.quantize_bias,
+            "QuantizeBias": config.quantize_bias and not config.bias_correction,
         }
         try:
             quantize_static(
@@ -72,4 +77,8 @@ class QuantizeStatic(Pass[QuantizeStaticConfig]):
             )
         except Exception as exc:  # onnxruntime.quantization raises bare exceptions of many kinds
             raise PassError(f"static quantization failed: {type(exc).__name__}: {exc}") from exc
+        if config.bias_correction:
+            from compiler.passes.bias_correction import correct
+
+            correct(model, out, config.calibration, config.correction_samples, config.correct_scale)  # type: ignore[arg-type]
         return out

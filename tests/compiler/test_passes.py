@@ -167,3 +167,18 @@ def test_litert_conversion_without_onnx2tf_says_what_to_do(tmp_path: Path) -> No
     with pytest.raises(PassError, match=r"setup-onnx2tf\.sh"):
         _run_pass("convert.litert", model, tmp_path, venv=tmp_path / "nowhere",
                   calibration=calibration(tmp_path / "cal.npz"))
+
+
+def test_bias_correction_keeps_float_biases_and_accuracy(tmp_path: Path) -> None:
+    model = small_cnn(tmp_path / "m.onnx")
+    cal = calibration(tmp_path / "cal.npz", count=32)
+    out = _run_pass("quantize.static", model, tmp_path, calibration=cal, bias_correction=True, correction_samples=16)
+    inits = {i.name: i for i in onnx.load(str(out)).graph.initializer}
+    assert inits["b1"].data_type == onnx.TensorProto.FLOAT
+    plain = _run_pass("quantize.static", model, tmp_path / "plain", calibration=cal)
+    x = np.random.default_rng(9).normal(0, 1, (64, 3, 16, 16)).astype(np.float32)
+    reference = np.concatenate([run(model, x[i : i + 1]) for i in range(64)])
+    corrected = np.abs(np.concatenate([run(out, x[i : i + 1]) for i in range(64)]) - reference).mean()
+    uncorrected = np.abs(np.concatenate([run(plain, x[i : i + 1]) for i in range(64)]) - reference).mean()
+    # Conv -> Relu is folded by the quantizer: the correction must compare pre-activation tensors
+    assert corrected <= 1.2 * uncorrected + 1e-4

@@ -1,0 +1,160 @@
+"""Our int8 against plain onnxruntime quantize_static defaults, the publisher's int8 and
+optimum's arm64 preset: size, fidelity (and accuracy), latency on this host. One table.
+
+    .venv/bin/python -m benchmarks.compile_quality [--model nanodet|fridge|both]
+
+NanoDet needs ../shared/data (calibrated on 100 grocery photos, evaluated on the other 196);
+the fridge model uses 100 + 400 generated photos with labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from agent.runtimes import open_runtime
+from compiler.description import ModelDescription, load_description
+from compiler.evaluate import ImageSet, image_sets, latency_ms
+from compiler.passes.calibration import NpzReader, load_samples
+from compiler.pipeline import Pipeline, Step
+from compiler.target import PassSpec, load_target
+from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
+from examples.fridge.synth import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+console = Console(width=160)
+
+
+@dataclass
+class Row:
+    model: str
+    variant: str
+    size: int
+    fidelity: float
+    accuracy: float | None
+    p50: float
+    note: str = ""
+
+
+def steady_latency(model: Path, feed: dict[str, np.ndarray], threads: int) -> float:
+    """Median of 5 rounds of p50 over 60 runs: the host's noise (2 shared cores) averaged out."""
+    runtime = open_runtime("onnxruntime", model, threads)
+    return float(np.median([latency_ms(runtime, feed, warmup=10, iterations=60)[0] for _ in range(5)]))
+
+
+def measure(p: Pipeline, ref, name: str, variant: str, model: Path, float_acc, feed, note: str = "") -> Row:  # type: ignore[no-untyped-def]
+    step: Step = p.measure(variant, model, {}, ref, float_acc)[0]
+    return Row(name, variant, step.stats.size_bytes, step.fidelity, step.accuracy,
+               steady_latency(model, feed, p.target.host_threads), note)
+
+
+def plain_ort_defaults(source: Path, calibration: Path, out: Path) -> Path:
+    from onnxruntime.quantization import quantize_static
+
+    quantize_static(str(source), str(out), NpzReader(load_samples(calibration, "baseline")))
+    return out
+
+
+def optimum_arm64(source: Path, calibration: Path, out_dir: Path) -> Path | None:
+    try:
+        from optimum.onnxruntime import ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
+    except ImportError:
+        return None
+    from datasets import Dataset
+
+    arrays = load_samples(calibration, "optimum")
+    (name, data), = arrays.items()
+    dataset = Dataset.from_dict({name: [x for x in data]})
+    quantizer = ORTQuantizer.from_pretrained(source.parent, file_name=source.name)
+    config = AutoQuantizationConfig.arm64(is_static=True, per_channel=True)
+    ranges = quantizer.fit(dataset=dataset, calibration_config=AutoCalibrationConfig.minmax(dataset),
+                           operators_to_quantize=config.operators_to_quantize)
+    quantizer.quantize(save_dir=out_dir, quantization_config=config, calibration_tensors_range=ranges)
+    return next(out_dir.glob("*.onnx"))
+
+
+def compare(name: str, source: Path, description: ModelDescription, cal: ImageSet, ev: ImageSet,
+            publisher: Path | None, work: Path) -> list[Row]:
+    target = load_target("arm64-cortex-a72-ort")
+    p = Pipeline(description, target, cal, ev, work, progress=lambda m: console.log(f"{name}: {m}"))
+    (work / "float").mkdir(parents=True)
+    shutil.copy(source, work / "float" / "model.onnx")
+    float_step, ref, io = p.measure("float", work / "float" / "model.onnx", {}, None, None)
+    feeds, _ = ev.inputs(io.preprocessing, io.inputs[0].name)
+    rows = [Row(name, "float32 (source)", float_step.stats.size_bytes, 1.0, float_step.accuracy,
+                steady_latency(source, feeds[0], target.host_threads))]
+    clean, _ = p._apply(PassSpec(name="cleanup"), float_step.model, {}, "cleanup")
+    calibration = p.calibration_file()
+    ours_spec = target.passes[1]
+    started = time.perf_counter()
+    ours, _ = p._apply(ours_spec, clean, {}, "ours")
+    seconds = time.perf_counter() - started
+    rows.append(measure(p, ref, name, "coldchain int8 (a72 target: QDQ U8S8 per-channel + bias correction)",
+                        ours, float_step.accuracy, feeds[0], f"{seconds:.0f} s to quantize"))
+    plain, _ = p._apply(PassSpec(name="quantize.static", config={**ours_spec.config, "bias_correction": False}),
+                        clean, {}, "ours-nobc")
+    rows.append(measure(p, ref, name, "coldchain int8 without bias correction", plain, float_step.accuracy, feeds[0]))
+    baseline = plain_ort_defaults(source, calibration, work / "ort-defaults.onnx")
+    rows.append(measure(p, ref, name, "onnxruntime quantize_static, defaults", baseline, float_step.accuracy,
+                        feeds[0]))
+    if publisher is not None:
+        rows.append(measure(p, ref, name, "publisher's int8", publisher, float_step.accuracy, feeds[0]))
+    optimum = optimum_arm64(clean, calibration, work / "optimum")
+    if optimum is None:
+        rows.append(Row(name, "optimum AutoQuantizationConfig.arm64", 0, float("nan"), None, float("nan"),
+                        "not run: the hf extra (optimum) is not installed"))
+    else:
+        rows.append(measure(p, ref, name, "optimum AutoQuantizationConfig.arm64", optimum, float_step.accuracy,
+                            feeds[0]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", choices=["nanodet", "fridge", "both"], default="both")
+    args = parser.parse_args()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.model in ("fridge", "both"):
+            write_dataset(work / "fridge-cal", 100, seed=201)
+            write_dataset(work / "fridge-eval", 400, seed=202)
+            desc = load_description(DESCRIPTION_FILE)
+            cal, ev, _ = image_sets(work / "fridge-cal", work / "fridge-eval", 100, 0, desc)
+            rows += compare("fridge", MODEL_FILE, desc, cal, ev, None, work / "fridge")
+        if args.model in ("nanodet", "both"):
+            if not (SHARED / "nanodet").exists():
+                console.print(f"[yellow]skipping NanoDet: {SHARED} is absent")
+            else:
+                desc = load_description(ROOT / "examples" / "nanodet" / "model.yaml")
+                cal, ev, _ = image_sets(SHARED / "grocery" / "val", None, 100, 0, desc)
+                rows += compare("nanodet", SHARED / "nanodet" / "object_detection_nanodet_2022nov.onnx", desc, cal,
+                                ev, SHARED / "nanodet" / "object_detection_nanodet_2022nov_int8.onnx",
+                                work / "nanodet")
+    table = Table(title=f"compile quality on {platform.machine()} ({platform.processor() or 'cpu'}), 2 threads")
+    for col in ("model", "variant", "size", "vs float", "fidelity", "accuracy", "p50 ms", "vs float", "note"):
+        table.add_column(col)
+    base: dict[str, Row] = {}
+    for r in rows:
+        base.setdefault(r.model, r)
+        b = base[r.model]
+        table.add_row(r.model, r.variant, f"{r.size:,}" if r.size else "-",
+                      f"{r.size / b.size:.2f}x" if r.size else "-", f"{r.fidelity:.4f}",
+                      "-" if r.accuracy is None else f"{r.accuracy:.4f}", f"{r.p50:.2f}",
+                      f"{r.p50 / b.p50:.2f}x" if r.p50 == r.p50 else "-", r.note)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
