@@ -46,13 +46,14 @@ def compile(
     seed: Annotated[int, typer.Option(help="Seed of the calibration/evaluation split.")] = 0,
 ) -> None:
     """Quantize, prune and convert for each target; measure every step; sign and bundle."""
+    from agent.errors import AgentError
     from compiler import intake
     from compiler.errors import CompilerError
     from compiler.evaluate import image_sets
     from compiler.target import load_target, with_min_fidelity
     from contract.signing import load_private_key
 
-    with user_errors(CompilerError):
+    with user_errors(CompilerError, AgentError):
         profiles = [with_min_fidelity(load_target(t), min_fidelity) for t in target]
         signing_key = load_private_key(key)
         src = intake.resolve(source, description, out / ".work", mlflow_uri, max(p.opset for p in profiles))

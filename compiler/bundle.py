@@ -74,7 +74,7 @@ def _small(frame: np.ndarray, longest: int = 96) -> np.ndarray:
 def _golden(result: CompileResult, target: TargetProfile, evaluation: ImageSet, directory: Path,
             cases: int) -> Golden:
     """Small real frames and strided samples of the compiled model's outputs on them (agent.selftest)."""
-    runtime = open_runtime(evaluation_runtime(target), result.final.model, 1)
+    runtime = open_runtime(evaluation_runtime(result.final.model), result.final.model, 1)
     arrays: dict[str, np.ndarray] = {}
     peak = 0.0
     count = min(cases, len(evaluation.frames))
@@ -100,7 +100,7 @@ def _golden(result: CompileResult, target: TargetProfile, evaluation: ImageSet, 
 
 
 def _reference(result: CompileResult, target: TargetProfile, calibration: ImageSet) -> ReferenceProfile:
-    runtime = open_runtime(evaluation_runtime(target), result.final.model, target.host_threads)
+    runtime = open_runtime(evaluation_runtime(result.final.model), result.final.model, target.host_threads)
     run = run_model(runtime, result.io, calibration)
     top = [float(np.max(p.scores)) if p.scores.size else 0.0 for p in run.predictions]
     rates = {label: float(np.mean([label in p.labels for p in run.predictions])) for label in result.io.labels}

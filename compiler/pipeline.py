@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from agent.runtimes import ModelRuntime, open_runtime
+from compiler import onnxio
 from compiler.description import ModelDescription
-from compiler.errors import BudgetError
+from compiler.errors import BudgetError, UnsupportedOpsError
 from compiler.evaluate import ImageSet, Run, latency_ms, postprocess_all, run_model
 from compiler.graph import GraphStats, stats
 from compiler.iospec import io_for
@@ -70,9 +71,10 @@ class CompileResult:
         return self.steps[-1]
 
 
-def evaluation_runtime(target: TargetProfile) -> Runtime:
-    """TensorRT bundles are validated as ONNX with onnxruntime on the build host's CPU."""
-    return Runtime.ONNXRUNTIME if target.runtime.name is Runtime.TENSORRT else target.runtime.name
+def evaluation_runtime(model: Path) -> Runtime:
+    """The runtime that measures a model file on the build host: LiteRT for .tflite, onnxruntime
+    for ONNX (TensorRT bundles are validated as ONNX with onnxruntime on the CPU)."""
+    return Runtime.LITERT if model.suffix == ".tflite" else Runtime.ONNXRUNTIME
 
 
 class Pipeline:
@@ -89,7 +91,7 @@ class Pipeline:
 
     # ---- measuring ------------------------------------------------------------------------
     def _runtime(self, model: Path) -> ModelRuntime:
-        return open_runtime(evaluation_runtime(self.target), model, self.target.host_threads)
+        return open_runtime(evaluation_runtime(model), model, self.target.host_threads)
 
     def fidelity(self, reference: Run, run: Run, io: IOSpec) -> float:
         if self.task is Task.DETECTION:
@@ -156,7 +158,17 @@ class Pipeline:
         out = get_pass(spec.name)().run(model, config, workdir)
         return out, record
 
+    def check_ops(self, source: Path) -> None:
+        """Refuse early, naming them, ops the target's runtime cannot run."""
+        blocked = set(self.target.runtime.unsupported_ops)
+        found = {(n.domain or "ai.onnx", n.op_type) for n in onnxio.load(source).graph.node}
+        bad = sorted(f"{op} ({domain})" for domain, op in found if op in blocked or f"{domain}:*" in blocked)
+        if bad:
+            raise UnsupportedOpsError(f"{self.target.runtime.name.value} on {self.target.name} cannot run "
+                                      f"{', '.join(bad)}; choose another target or replace these ops")
+
     def run(self, source: Path) -> CompileResult:
+        self.check_ops(source)
         float_dir = self.workdir / "float"
         float_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, float_dir / "model.onnx")
@@ -180,6 +192,10 @@ class Pipeline:
                 raise BudgetError(f"{spec.name} is over budget; " + self._over_budget(step), best=step)
             steps.append(step)
             current = step
+        limit = self.target.memory.max_model_mb * 1024 * 1024
+        if current.stats.size_bytes > limit:
+            raise BudgetError(f"the compiled model is {current.stats.size_bytes / 2**20:.1f} MiB, more than "
+                              f"{self.target.name}'s max_model_mb of {self.target.memory.max_model_mb}", best=current)
         return CompileResult(steps, io_for(current.model, self.description), reference, kept)
 
     def _search(self, spec: PassSpec, current: Step, reference: Run, float_accuracy: float | None,

@@ -28,8 +28,8 @@ class RuntimeProfile(ContractModel):
     name: Runtime
     min_version: Name
     threads: Annotated[int, Field(ge=1, le=64)] = 1
-    # ops the runtime runs; None = every op of the ONNX domain at the profile's opset
-    supported_ops: list[Name] | None = None
+    # ops (or "domain:*" for a whole domain) that this runtime cannot run; checked before compiling
+    unsupported_ops: list[Name] = []
 
 
 class Budget(ContractModel):

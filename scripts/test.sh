@@ -10,6 +10,9 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v ap
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
 fi
 
+# onnx2tf (TensorFlow, numpy 1.26) in its own environment, for the arm64-litert conversion tests.
+scripts/setup-onnx2tf.sh
+
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy (strict for contract/ and agent/)"

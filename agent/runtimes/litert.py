@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from agent.errors import ModelLoadFailed, RuntimeUnavailableError
@@ -49,4 +50,12 @@ class LiteRTRuntime:
         for detail in self._inputs:
             self.interpreter.set_tensor(detail["index"], feed[detail["name"]])
         self.interpreter.invoke()
-        return [self.interpreter.get_tensor(d["index"]) for d in self._outputs]
+        return [_dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self._outputs]
+
+
+def _dequantize(value: npt.NDArray[Any], detail: dict[str, Any]) -> npt.NDArray[Any]:
+    """Quantized outputs as float32 ((q - zero_point) * scale), so postprocessors see real scores."""
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if not scale or value.dtype.kind == "f":
+        return value
+    return (value.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)

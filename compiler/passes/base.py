@@ -7,6 +7,9 @@ so the pipeline can re-run any pass with another config (e.g. while searching a 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -40,3 +43,16 @@ class Pass(Generic[C]):
         except ValidationError as exc:
             problems = "".join(f"\n  - {p}" for p in problems_of(exc))
             raise PassError(f"invalid config for pass {cls.name}:{problems}") from exc
+
+
+@contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger for
+    every call; the pipeline already does that pre-processing, so the advice is silenced."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)

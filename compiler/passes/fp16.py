@@ -28,7 +28,8 @@ class Float16(Pass[Float16Config]):
         proto = onnxio.load(model)
         try:
             half = convert_float_to_float16(
-                proto, keep_io_types=config.keep_io_types, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *config.op_block_list],
+                proto, keep_io_types=config.keep_io_types,
+                op_block_list=[*DEFAULT_OP_BLOCK_LIST, *config.op_block_list],
                 node_block_list=config.node_block_list or None,
             )
         except Exception as exc:

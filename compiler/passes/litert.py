@@ -57,11 +57,12 @@ class ConvertLiteRT(Pass[ConvertLiteRTConfig]):
         calib = workdir / "calibration_nhwc.npy"
         np.save(calib, nhwc)
         np.save(workdir / SAMPLE_FILE, nhwc[:20])  # onnx2tf looks for this file before downloading one
-        channels = nhwc.shape[-1]
+        neutral = "[[[[" + ",".join(["0.0"] * nhwc.shape[-1]) + "]]]]"  # our data is normalized already
+        one = neutral.replace("0.0", "1.0")
         out_dir = workdir / "tf"
         cmd = [str(exe), "-i", str(model.resolve()), "-o", str(out_dir), "-oiqt", "-qt", config.quant_type,
                "-iqd", config.input_type, "-oqd", config.output_type,
-               "-cind", name, str(calib), str([0.0] * channels), str([1.0] * channels), "-n"]
+               "-cind", name, str(calib), neutral, one, "-n"]
         try:
             done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=config.timeout_s,
                                   check=False)

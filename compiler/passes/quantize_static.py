@@ -17,7 +17,7 @@ from pydantic import Field
 
 from compiler import onnxio
 from compiler.errors import PassError
-from compiler.passes.base import Pass, PassConfig
+from compiler.passes.base import Pass, PassConfig, quiet_root_logger
 from compiler.passes.calibration import NpzReader, load_samples
 
 _TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -67,14 +67,15 @@ class QuantizeStatic(Pass[QuantizeStaticConfig]):
             "QuantizeBias": config.quantize_bias and not config.bias_correction,
         }
         try:
-            quantize_static(
-                str(model), str(out), reader,
-                quant_format=QuantFormat.QDQ if config.format == "QDQ" else QuantFormat.QOperator,
-                op_types_to_quantize=config.op_types, per_channel=config.per_channel,
-                activation_type=_TYPES[config.activation_type], weight_type=_TYPES[config.weight_type],
-                nodes_to_exclude=list(config.exclude_nodes),
-                calibrate_method=_METHODS[config.calibration_method], extra_options=extra,
-            )
+            with quiet_root_logger():
+                quantize_static(
+                    str(model), str(out), reader,
+                    quant_format=QuantFormat.QDQ if config.format == "QDQ" else QuantFormat.QOperator,
+                    op_types_to_quantize=config.op_types, per_channel=config.per_channel,
+                    activation_type=_TYPES[config.activation_type], weight_type=_TYPES[config.weight_type],
+                    nodes_to_exclude=list(config.exclude_nodes),
+                    calibrate_method=_METHODS[config.calibration_method], extra_options=extra,
+                )
         except Exception as exc:  # onnxruntime.quantization raises bare exceptions of many kinds
             raise PassError(f"static quantization failed: {type(exc).__name__}: {exc}") from exc
         if config.bias_correction:
