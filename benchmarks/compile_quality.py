@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,18 +43,25 @@ class Row:
     accuracy: float | None
     p50: float
     note: str = ""
+    path: Path | None = None
 
 
-def steady_latency(model: Path, feed: dict[str, np.ndarray], threads: int) -> float:
-    """Median of 5 rounds of p50 over 60 runs: the host's noise (2 shared cores) averaged out."""
-    runtime = open_runtime("onnxruntime", model, threads)
-    return float(np.median([latency_ms(runtime, feed, warmup=10, iterations=60)[0] for _ in range(5)]))
+def interleaved_latency(rows: list[Row], feed: dict[str, np.ndarray], threads: int, rounds: int = 7) -> None:
+    """p50 of every variant, measured round-robin (all variants once per round, median over rounds),
+    so the drift of a shared 2-core host hits every variant alike."""
+    runtimes = [open_runtime("onnxruntime", r.path, threads) if r.path else None for r in rows]
+    samples: list[list[float]] = [[] for _ in rows]
+    for _ in range(rounds):
+        for i, runtime in enumerate(runtimes):
+            if runtime is not None:
+                samples[i].append(latency_ms(runtime, feed, warmup=5, iterations=40)[0])
+    for row, values in zip(rows, samples, strict=True):
+        row.p50 = float(np.median(values)) if values else float("nan")
 
 
-def measure(p: Pipeline, ref, name: str, variant: str, model: Path, float_acc, feed, note: str = "") -> Row:  # type: ignore[no-untyped-def]
+def measure(p: Pipeline, ref, name: str, variant: str, model: Path, float_acc, note: str = "") -> Row:  # type: ignore[no-untyped-def]
     step: Step = p.measure(variant, model, {}, ref, float_acc)[0]
-    return Row(name, variant, step.stats.size_bytes, step.fidelity, step.accuracy,
-               steady_latency(model, feed, p.target.host_threads), note)
+    return Row(name, variant, step.stats.size_bytes, step.fidelity, step.accuracy, float("nan"), note, model)
 
 
 def plain_ort_defaults(source: Path, calibration: Path, out: Path) -> Path:
@@ -88,35 +94,36 @@ def compare(name: str, source: Path, description: ModelDescription, cal: ImageSe
             publisher: Path | None, work: Path) -> list[Row]:
     target = load_target("arm64-cortex-a72-ort")
     p = Pipeline(description, target, cal, ev, work, progress=lambda m: console.log(f"{name}: {m}"))
-    (work / "float").mkdir(parents=True)
-    shutil.copy(source, work / "float" / "model.onnx")
-    float_step, ref, io = p.measure("float", work / "float" / "model.onnx", {}, None, None)
-    feeds, _ = ev.inputs(io.preprocessing, io.inputs[0].name)
-    rows = [Row(name, "float32 (source)", float_step.stats.size_bytes, 1.0, float_step.accuracy,
-                steady_latency(source, feeds[0], target.host_threads))]
-    clean, _ = p._apply(PassSpec(name="cleanup"), float_step.model, {}, "cleanup")
-    calibration = p.calibration_file()
-    ours_spec = target.passes[1]
     started = time.perf_counter()
-    ours, _ = p._apply(ours_spec, clean, {}, "ours")
+    result = p.run(source)  # the whole a72 pipeline, with its float fallback when int8 is over budget
     seconds = time.perf_counter() - started
-    rows.append(measure(p, ref, name, "coldchain int8 (a72 target: QDQ U8S8 per-channel + bias correction)",
-                        ours, float_step.accuracy, feeds[0], f"{seconds:.0f} s to quantize"))
-    plain, _ = p._apply(PassSpec(name="quantize.static", config={**ours_spec.config, "bias_correction": False}),
-                        clean, {}, "ours-nobc")
-    rows.append(measure(p, ref, name, "coldchain int8 without bias correction", plain, float_step.accuracy, feeds[0]))
+    float_step, ref = result.float_step, result.reference
+    feeds, _ = ev.inputs(result.io.preprocessing, result.io.inputs[0].name)
+    rows = [Row(name, "float32 (source)", float_step.stats.size_bytes, 1.0, float_step.accuracy, float("nan"),
+                path=source)]
+    kept = f", {len(result.kept_in_float)} stem nodes kept in float" if result.kept_in_float else ""
+    rows.append(measure(p, ref, name, "coldchain a72 bundle (QDQ U8S8 per-channel, float biases)" + kept,
+                        result.final.model, float_step.accuracy, f"{seconds:.0f} s whole pipeline"))
+    clean = result.steps[1].model
+    calibration = p.calibration_file()
+    spec = target.passes[1]
+    plain, _ = p._apply(spec, clean, {}, "plain")
+    rows.append(measure(p, ref, name, "coldchain int8, no float fallback", plain, float_step.accuracy))
+    corrected, _ = p._apply(PassSpec(name="quantize.static", config={**spec.config, "bias_correction": True}), clean,
+                            {}, "corrected")
+    rows.append(measure(p, ref, name, "coldchain int8 + layer-wise bias correction, no fallback", corrected,
+                        float_step.accuracy))
     baseline = plain_ort_defaults(source, calibration, work / "ort-defaults.onnx")
-    rows.append(measure(p, ref, name, "onnxruntime quantize_static, defaults", baseline, float_step.accuracy,
-                        feeds[0]))
+    rows.append(measure(p, ref, name, "onnxruntime quantize_static, defaults", baseline, float_step.accuracy))
     if publisher is not None:
-        rows.append(measure(p, ref, name, "publisher's int8", publisher, float_step.accuracy, feeds[0]))
+        rows.append(measure(p, ref, name, "publisher's int8", publisher, float_step.accuracy))
     optimum = optimum_arm64(clean, calibration, work / "optimum")
     if optimum is None:
         rows.append(Row(name, "optimum AutoQuantizationConfig.arm64", 0, float("nan"), None, float("nan"),
                         "not run: the hf extra (optimum) is not installed"))
     else:
-        rows.append(measure(p, ref, name, "optimum AutoQuantizationConfig.arm64", optimum, float_step.accuracy,
-                            feeds[0]))
+        rows.append(measure(p, ref, name, "optimum AutoQuantizationConfig.arm64", optimum, float_step.accuracy))
+    interleaved_latency(rows, feeds[0], target.host_threads)
     return rows
 
 

@@ -60,7 +60,7 @@ def compile(
         cal, ev, skipped = image_sets(calibration, evaluation, calibration_count, seed, src.description)
         console.print(f"[bold]{src.info.name}[/] v{src.info.version}: {len(cal.paths)} calibration and "
                       f"{len(ev.paths)} evaluation images" + (f", {skipped} unreadable skipped" if skipped else ""))
-        results = [_compile_one(src, profile, cal, ev, signing_key, out, sequence, mlflow_uri) for profile in profiles]
+        results = [compile_one(src, profile, cal, ev, signing_key, out, sequence, mlflow_uri) for profile in profiles]
     summary = Table(title="Bundles")
     for col in ("target", "bundle", "size", "vs float", "fidelity", "latency vs float", "kept in float"):
         summary.add_column(col)
@@ -72,7 +72,7 @@ def compile(
     console.print(summary)
 
 
-def _compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int | None,  # type: ignore[no-untyped-def]
+def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int | None,  # type: ignore[no-untyped-def]
                  mlflow_uri: str | None):
     from compiler.bundle import write_bundle
     from compiler.pipeline import Pipeline
@@ -101,7 +101,7 @@ def _compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int | 
     console.print(_steps_table(f"{src.info.name} -> {profile.name} ({time.perf_counter() - started:.0f} s)",
                                result.steps))
     if result.kept_in_float:
-        console.print("kept in float (most sensitive to int8): " + ", ".join(
+        console.print("kept in float: " + ", ".join(
             f"{name} (error {err:.4f})" for name, err in result.kept_in_float))
     return profile, result, bundle
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from contract.errors import ContractError
 
@@ -18,7 +19,7 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``message`` as an error and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     return typer.Exit(code)
 
 

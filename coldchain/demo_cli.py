@@ -1,9 +1,11 @@
 """``coldchain demo``: the end-to-end demo on embedded defaults.
 
-Today it runs what exists: it generates fridge-shelf photos, runs the demo fridge model on
-them exactly as a device does (manifest-style preprocessing, onnxruntime, multilabel
-postprocessing) and shows the inventory per photo and the accuracy. Compilation, the
-broker, the cloud and rollouts join it as they land.
+It runs what exists today, in a workspace folder: generates fridge-shelf photos, registers
+the demo fridge model in an MLflow SQLite registry, compiles it for a Raspberry Pi 4 class
+board (signed, measured bundle), verifies the bundle as a device would, runs the verified
+bundle's golden self-test and then takes inventory on fresh photos with the device's own
+code path. The broker, simulated agents, rollouts and drift join it with the agent and
+cloud issues.
 """
 
 from __future__ import annotations
@@ -13,76 +15,112 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from coldchain.console import console, fail, user_errors
 
 app = typer.Typer(help="Run the end-to-end demo on embedded defaults.")
 
+TARGET = "arm64-cortex-a72-ort"
+
 
 @app.command()
 def demo(
     workspace: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")] = Path("demo-workspace"),
-    photos: Annotated[int, typer.Option(min=1, max=10_000, help="How many fridge photos to generate.")] = 40,
+    photos: Annotated[int, typer.Option(min=1, max=10_000, help="Fridge photos to take inventory of.")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the photo generator.")] = 2026,
 ) -> None:
-    """Generate fridge photos and take inventory with the demo fridge model."""
+    """Register, compile, verify and run the demo fridge model; take inventory of fridge photos."""
+    import cv2
     import numpy as np
-    import onnxruntime as ort
 
     from agent import postprocess
+    from agent.errors import AgentError
     from agent.preprocess import preprocess
-    from compiler.description import load_description
+    from agent.runtimes import open_runtime
+    from agent.selftest import run_golden
+    from coldchain.compile_cli import compile_one
+    from compiler import intake
     from compiler.errors import CompilerError
+    from compiler.evaluate import image_sets
+    from compiler.registry import register_model, sqlite_uri
+    from compiler.target import load_target
+    from contract import signing
+    from contract.bundle import unpack, verify_dir
     from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
-    from examples.fridge.synth import stream, write_dataset
+    from examples.fridge.synth import write_dataset
 
-    with user_errors(CompilerError):
-        description = load_description(DESCRIPTION_FILE)
-    frames = workspace / "frames"
+    started = time.perf_counter()
     console.rule("[bold]coldchain demo")
     console.print(f"workspace: {workspace.resolve()}")
-    with Progress(console=console) as progress:
-        task = progress.add_task("generating fridge photos", total=photos)
-        write_dataset(frames, photos, seed, on_image=lambda _: progress.advance(task))
-    session = ort.InferenceSession(str(MODEL_FILE), providers=["CPUExecutionProvider"])
-    post = postprocess.get(description.postprocessor.name)
-    truth_rows = (frames / "labels.csv").read_text().splitlines()[1:]
-    table = Table(title=f"Inventory by the demo model ({MODEL_FILE.name})")
+    workspace.mkdir(parents=True, exist_ok=True)
+    with user_errors(CompilerError, AgentError, OSError):
+        with Progress(console=console) as progress:
+            for name, count, offset in (("calibration", 100, 1), ("evaluation", 200, 2), ("frames", photos, 3)):
+                task = progress.add_task(f"generating {name} photos", total=count)
+
+                def advance(_: int, task: TaskID = task) -> None:
+                    progress.advance(task)
+
+                write_dataset(workspace / name, count, seed + offset, on_image=advance)
+        keys = workspace / "keys"
+        pair = (signing.write_keypair(keys, "demo") if not (keys / "demo.key").exists()
+                else signing.KeyPairPaths(keys / "demo.key", keys / "demo.pub", ""))
+        uri = sqlite_uri(workspace)
+        with console.status("registering the fridge model in MLflow"):
+            registered = register_model(uri, MODEL_FILE, "fridge", DESCRIPTION_FILE.read_text(),
+                                        workspace / "mlartifacts")
+        console.print(f"registered [bold]{registered.uri}[/] in {uri}")
+        out = workspace / "bundles"
+        source = intake.resolve(registered.uri, None, out / ".work", uri, 17)
+        cal, ev, _ = image_sets(workspace / "calibration", workspace / "evaluation", 100, seed, source.description)
+        _, _, bundle = compile_one(source, load_target(TARGET), cal, ev, signing.load_private_key(pair.private), out,
+                                    None, uri)
+        installed = unpack(bundle.tarball, workspace / "device" / bundle.tarball.name.removesuffix(".tar.gz"))
+        manifest = verify_dir(installed, signing.TrustStore.from_paths([pair.public]))
+        runtime = open_runtime(manifest.target.runtime.name, installed / manifest.model_file.path, 2)
+        check = run_golden(runtime, manifest.io, manifest.golden, installed / manifest.golden.file)
+        console.print(f"bundle verified (signature, {len(manifest.files)} files, every chunk hash); golden self-test "
+                      f"{'[green]passed' if check.passed else '[red]FAILED'}[/] (max error {check.max_abs_error:.4f} "
+                      f"<= {check.tolerance:.4f})")
+        if not check.passed:
+            raise fail("the bundle's golden self-test failed on this machine")
+        _inventory(workspace / "frames", manifest, runtime, cv2, np, postprocess, preprocess)
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s. See the compile runs with:\n"
+                  f"  .venv/bin/mlflow ui --backend-store-uri {uri}")
+
+
+def _inventory(frames: Path, manifest, runtime, cv2, np, postprocess, preprocess) -> None:  # type: ignore[no-untyped-def]
+    io = manifest.io
+    post = postprocess.get(io.postprocessor.name)
+    rows = (frames / "labels.csv").read_text().splitlines()[1:]
+    table = Table(title=f"Inventory by the compiled bundle ({manifest.target.name}, sequence {manifest.sequence})")
     for col in ("photo", "in the fridge (truth)", "model sees", "ok"):
         table.add_column(col)
-    hits = np.zeros((len(description.labels), 3), np.int64)  # tp, fp, fn per label
+    hits = np.zeros((len(io.labels), 3), np.int64)  # tp, fp, fn per label
     latencies = []
-    import cv2
-
-    for shelf, row in zip(stream(seed), truth_rows, strict=False):
+    for row in rows:
         name, *flags = row.split(",")
-        truth = {label for label, flag in zip(description.labels, flags, strict=True) if flag == "1"}
-        image = cv2.imread(str(frames / name))
-        if image is None:
-            raise fail(f"cannot decode {frames / name}: the photo is unreadable")
+        truth = {label for label, flag in zip(io.labels, flags, strict=True) if flag == "1"}
         started = time.perf_counter()
-        x, placement = preprocess(image, description.preprocessing)
-        outputs = session.run(None, {description.input.name: x})
-        prediction = post(outputs, description.labels, description.postprocessor.params, placement)
+        x, place = preprocess(cv2.imread(str(frames / name)), io.preprocessing)
+        seen = post(runtime.run({io.inputs[0].name: x}), io.labels, io.postprocessor.params, place).labels
         latencies.append((time.perf_counter() - started) * 1000)
-        seen = prediction.labels
-        for i, label in enumerate(description.labels):
+        for i, label in enumerate(io.labels):
             hits[i] += [label in seen and label in truth, label in seen and label not in truth,
                         label in truth and label not in seen]
-        if len(table.rows) < 12:
-            table.add_row(name, ", ".join(sorted(shelf.inventory)) or "(empty)",
-                          ", ".join(sorted(seen)) or "(empty)", "[green]yes[/]" if seen == truth else "[red]no[/]")
+        if len(table.rows) < 10:
+            table.add_row(name, ", ".join(sorted(truth)) or "(empty)", ", ".join(sorted(seen)) or "(empty)",
+                          "[green]yes[/]" if seen == truth else "[red]no[/]")
     console.print(table)
-    summary = Table(title=f"Per-label F1 on {photos} fresh photos")
+    f1 = [2 * tp / max(2 * tp + fp + fn, 1) for tp, fp, fn in hits]
+    summary = Table(title=f"Per-label F1 of the int8 bundle on {len(rows)} fresh photos")
     summary.add_column("label")
     summary.add_column("F1", justify="right")
-    f1s = []
-    for label, (tp, fp, fn) in zip(description.labels, hits, strict=True):
-        f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-        f1s.append(f1)
-        summary.add_row(label, f"{f1:.3f}")
-    summary.add_row("[bold]mean", f"[bold]{np.mean(f1s):.3f}")
+    for label, value in zip(io.labels, f1, strict=True):
+        summary.add_row(label, f"{value:.3f}")
+    summary.add_row("[bold]mean", f"[bold]{np.mean(f1):.3f}")
     console.print(summary)
-    console.print(f"latency per photo (preprocess + infer + postprocess): p50 {np.percentile(latencies, 50):.2f} ms")
+    console.print(f"latency per photo (preprocess + int8 inference + postprocess): "
+                  f"p50 {np.percentile(latencies, 50):.2f} ms")

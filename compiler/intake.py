@@ -12,6 +12,7 @@ import yaml
 from compiler import onnxio
 from compiler.description import ModelDescription, load_description, parse_description
 from compiler.errors import DescriptionError, ModelLoadError
+from compiler.hf_export import export_hf, is_hf_model
 from contract.manifest import ModelSource
 
 REGISTRY_PREFIXES = ("models:/", "runs:/")
@@ -54,6 +55,8 @@ def resolve(source: str, description: Path | None, workdir: Path, tracking_uri: 
         info = ModelSource(name=got.name, version=got.version, source_uri=source, sha256=_sha256(path))
         return Source(path, info, desc)
     path = Path(source)
+    if is_hf_model(path):
+        path = export_hf(path, workdir / "source" / "hf", opset)
     if not path.exists():
         raise ModelLoadError(f"model {source} does not exist (give a file path, models:/name/version, "
                              "models:/name@alias or runs:/run-id/path)")

@@ -218,23 +218,31 @@ class Pipeline:
 
     def _fallback(self, spec: PassSpec, current: Step, failed: Step, reference: Run, float_accuracy: float | None,
                   tag: str) -> tuple[Step, list[tuple[str, float]]]:
+        """Keep nodes in float until int8 fits: first the most sensitive nodes (1, 4, 16), then the
+        input stem (the first 4, 8, 16, 32 nodes in graph order), where early high-resolution
+        activations often carry the loss and isolated float islands only add requantization."""
         self.progress("int8 over budget: ranking nodes by quantization sensitivity")
         ranking = [r for r in node_sensitivity(current.model, failed.model, self.calibration_file()) if r[1] > 0]
-        best, count = failed, 1
+        error = dict(ranking)
+        order = [n.name for n in onnxio.load(current.model).graph.node if n.name]
+        cap = spec.max_float_nodes
+        candidates = [(f"the {k} most sensitive node(s)", ranking[:k])
+                      for k in (1, 4, 16) if k <= min(len(ranking), cap)]
+        candidates += [(f"the first {k} nodes (input stem)", [(n, error.get(n, 0.0)) for n in order[:k]])
+                       for k in (4, 8, 16, 32) if k <= min(len(order), cap)]
         excluded_before = list(spec.config.get("exclude_nodes", []))
-        while count <= min(len(ranking), spec.max_float_nodes):
-            kept = ranking[:count]
-            self.progress(f"int8 over budget: keeping {count} most sensitive nodes in float")
+        best = failed
+        for index, (what, kept) in enumerate(candidates):
+            self.progress(f"int8 over budget: keeping {what} in float")
             out, record = self._apply(spec, current.model, {"exclude_nodes": excluded_before + [n for n, _ in kept]},
-                                      f"{tag}-float{count}")
+                                      f"{tag}-float{index}")
             step, _, _ = self.measure(spec.name, out, record, reference, float_accuracy)
             if step.within_budget:
-                step.note = f"kept {count} node(s) in float: " + ", ".join(f"{n} (error {e:.4f})" for n, e in kept)
+                step.note = f"kept {what} in float: " + ", ".join(f"{n} (error {e:.4f})" for n, e in kept)
                 return step, kept
             best = step if step.fidelity > best.fidelity else best
-            count *= 2
-        raise BudgetError(f"int8 stays over budget even with {min(len(ranking), spec.max_float_nodes)} nodes in float; "
-                          + self._over_budget(best), best=best)
+        raise BudgetError(f"int8 stays over budget with up to {cap} nodes kept in float; " + self._over_budget(best),
+                          best=best)
 
     def _over_budget(self, step: Step | None) -> str:
         if step is None:

@@ -64,7 +64,7 @@ class PassSpec(ContractModel):
     search: Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], Field(max_length=1)] = {}
     optional: bool = False
     min_fidelity: Fraction | None = None  # stricter than the budget: leave room for later passes
-    max_float_nodes: Annotated[int, Field(ge=0, le=1024)] = 16
+    max_float_nodes: Annotated[int, Field(ge=0, le=1024)] = 32
 
 
 class TargetProfile(ContractModel):

@@ -83,3 +83,4 @@ def test_verify_with_untrusted_key(tmp_path: Path) -> None:
     result = runner.invoke(app, ["keys", "verify", str(manifest), "--trusted", str(tmp_path / "b.pub")])
     assert result.exit_code == 1
     assert "not trusted" in result.output
+

@@ -122,3 +122,17 @@ def test_budget_nothing_can_meet(tmp_path: Path, fridge_images: tuple[Path, Path
     result = _compile(tmp_path, fridge_images, keys, "-t", str(target))
     assert result.exit_code == 1  # type: ignore[attr-defined]
     assert "no ratio in [0.9, 0.8]" in result.output and "best found" in result.output  # type: ignore[attr-defined]
+
+
+def test_hugging_face_folder_without_the_hf_extra(tmp_path: Path, fridge_images: tuple[Path, Path],
+                                                   keys: signing.KeyPairPaths) -> None:
+    try:
+        import optimum.exporters.onnx  # noqa: F401
+    except ImportError:
+        folder = tmp_path / "vit"
+        folder.mkdir()
+        (folder / "config.json").write_text('{"model_type": "vit"}')
+        result = _compile(tmp_path, fridge_images, keys, "-t", "x86-64-avx512-ort", model=folder)
+        assert result.exit_code == 1 and "install coldchain[hf]" in result.output  # type: ignore[attr-defined]
+    else:
+        pytest.skip("optimum is installed: the export itself would run")

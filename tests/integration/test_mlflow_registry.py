@@ -35,6 +35,7 @@ def test_register_compile_and_find_the_bundle(tmp_path: Path) -> None:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient()
     versions = sorted(client.search_model_versions("name='fridge--arm64-cortex-a72-ort'"), key=lambda v: v.version)
     assert [v.tags["coldchain.sequence"] for v in versions] == ["1", "2"]
