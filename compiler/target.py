@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -78,7 +79,11 @@ class TargetProfile(ContractModel):
     budget: Budget = Budget()
     memory: Memory
     passes: Annotated[list[PassSpec], Field(min_length=1)]
-    host_threads: Annotated[int, Field(ge=1, le=64)] = 2  # threads when latency is measured on the build host
+
+    @property
+    def host_threads(self) -> int:
+        """Threads when latency is measured on the build host: the profile's, at most the host's cores."""
+        return max(1, min(self.runtime.threads, os.cpu_count() or 1))
 
     @field_validator("passes")
     @classmethod
