@@ -80,6 +80,9 @@ def _read_truth(folder: Path, paths: list[Path], labels: Sequence[str], task: Ta
         if header[1:] != list(labels):
             raise CalibrationError(f"{table} columns {header[1:]} differ from the model's labels {list(labels)}")
         return np.array([[float(v) for v in body[str(p.relative_to(folder))]] for p in paths], np.float32)
+    if len(header) != 2:
+        raise CalibrationError(f"{table} has {len(header)} columns; for a classification model it must be "
+                               "'file,label' (one label name per image)")
     index = {label: i for i, label in enumerate(labels)}
     try:
         return np.array([index[body[str(p.relative_to(folder))][0]] for p in paths], np.int64)
