@@ -182,3 +182,14 @@ def test_bias_correction_keeps_float_biases_and_accuracy(tmp_path: Path) -> None
     uncorrected = np.abs(np.concatenate([run(plain, x[i : i + 1]) for i in range(64)]) - reference).mean()
     # Conv -> Relu is folded by the quantizer: the correction must compare pre-activation tensors
     assert corrected <= 1.2 * uncorrected + 1e-4
+
+
+def test_cleanup_reads_external_data(tmp_path: Path) -> None:
+    model = small_cnn(tmp_path / "m.onnx")
+    proto = onnx.load(str(model))
+    external = tmp_path / "ext" / "m.onnx"
+    external.parent.mkdir()
+    onnx.save(proto, str(external), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    assert (external.parent / "weights.bin").stat().st_size > 3000
+    out = _run_pass("cleanup", external, tmp_path, opset=17)
+    assert np.allclose(run(out, X[:1]), run(model, X[:1]), atol=1e-5)

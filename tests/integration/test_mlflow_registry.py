@@ -45,6 +45,16 @@ def test_register_compile_and_find_the_bundle(tmp_path: Path) -> None:
     assert run.data.params["target"] == "arm64-cortex-a72-ort"
     assert run.data.metrics["final_fidelity"] >= 0.99
     assert [m.step for m in client.get_metric_history(run.info.run_id, "size_bytes")] == [0, 1, 2]
+    client.set_registered_model_alias("fridge", "production", "1")
+    by_alias = runner.invoke(app, ["compile", "models:/fridge@production", "-t", "arm64-cortex-a72-ort",
+                                   "--calibration", str(tmp_path / "images"), "--calibration-count", "40", "--key",
+                                   str(keys.private), "--out", str(tmp_path / "alias"), "--mlflow-uri", uri])
+    assert by_alias.exit_code == 0, by_alias.output
+    assert len(list((tmp_path / "alias").glob("fridge-1-arm64-cortex-a72-ort-3.tar.gz"))) == 1
+    unknown = runner.invoke(app, ["compile", "models:/fridge@nightly", "-t", "arm64-cortex-a72-ort", "--calibration",
+                                  str(tmp_path / "images"), "--key", str(keys.private), "--out", str(tmp_path / "x"),
+                                  "--mlflow-uri", uri])
+    assert unknown.exit_code == 1 and "MLflow cannot resolve models:/fridge@nightly" in unknown.output
     local = Path(mlflow.artifacts.download_artifacts(versions[1].source, dst_path=str(tmp_path / "dl")))
     assert local.name.endswith("-2.tar.gz")
     verify = runner.invoke(app, ["bundle", "verify", str(local), "--trusted", str(keys.public)])
