@@ -4,7 +4,11 @@ AgentError                  anything the agent refuses or cannot do
 ├── FrameError              a frame that cannot be used (``kind`` says why: empty, truncated, ...)
 ├── ProcessingError         pre/post-processing cannot follow the manifest (bad spec or output)
 ├── RuntimeUnavailableError the runtime a bundle needs is not installed here
-└── ModelLoadFailed         the runtime is there but cannot load the model
+├── ModelLoadFailed         the runtime is there but cannot load the model
+├── ConfigError             the agent configuration is missing or invalid (names each field)
+├── SlotError               the A/B slot store refuses an operation (e.g. nothing to roll back to)
+├── TransferError           an artifact download cannot continue (wrong size, hash mismatch)
+└── SpoolError              the telemetry spool cannot be opened or written
 """
 
 from __future__ import annotations
@@ -32,3 +36,19 @@ class RuntimeUnavailableError(AgentError):
 
 class ModelLoadFailed(AgentError):
     """The runtime cannot load the model file."""
+
+
+class ConfigError(AgentError, ValueError):
+    """The agent configuration is missing or invalid."""
+
+
+class SlotError(AgentError):
+    """The A/B slot store refuses an operation."""
+
+
+class TransferError(AgentError):
+    """An artifact download cannot continue."""
+
+
+class SpoolError(AgentError):
+    """The telemetry spool cannot be opened or written."""

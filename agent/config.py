@@ -1,0 +1,147 @@
+"""Agent configuration: one TOML or YAML file plus ``COLDCHAIN_*`` environment overrides.
+
+Environment variables override file values; nested fields use a double underscore, e.g.
+``COLDCHAIN_BROKER__URL=mqtts://broker:8883`` or ``COLDCHAIN_DEVICE_ID=fridge-0042``.
+Anything invalid fails at start with the field and the reason (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+from contract.base import Identifier, problems_of
+
+ENV_PREFIX = "COLDCHAIN_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BrokerConfig(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
+        return value
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.url).port or (8883 if self.tls else 1883)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> BrokerConfig:
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate authentication)")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+
+class SourceConfig(_Section):
+    """Where frames come from: a camera (``/dev/video0`` or an index), a folder, a file, or a URL."""
+
+    kind: Literal["camera", "folder", "file", "url"] = "folder"
+    location: str = "frames"
+    loop: bool = True
+
+
+class LimitsConfig(_Section):
+    threads: Annotated[int, Field(ge=1, le=64)] = 2
+    spool_max_windows: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    max_frame_pixels: Annotated[int, Field(ge=64 * 64, le=8192 * 8192)] = 4096 * 4096
+
+
+class AgentConfig(_Section):
+    device_id: Identifier
+    board: str = "unknown"
+    groups: Annotated[list[Identifier], Field(max_length=32)] = []
+    data_dir: Path = Path("/var/lib/coldchain")
+    trusted_keys: Annotated[list[Path], Field(min_length=1)]
+    broker: BrokerConfig = BrokerConfig()
+    source: SourceConfig = SourceConfig()
+    inference_interval_s: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    telemetry_window_s: Annotated[float, Field(ge=1, le=86400)] = 60.0
+    limits: LimitsConfig = LimitsConfig()
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_exist(cls, paths: list[Path]) -> list[Path]:
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise ValueError(f"trusted key file(s) not found: {', '.join(missing)}")
+        return paths
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read agent configuration {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"agent configuration {path} is not valid {path.suffix.lstrip('.').upper()}: {exc}") \
+            from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"agent configuration {path} must be a mapping of settings")
+    return data
+
+
+def _overlay(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        target = merged
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        leaf = path[-1]
+        target[leaf] = [v for v in value.split(",") if v] if leaf in ("groups", "trusted_keys") else value
+    return merged
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """File (TOML if ``.toml``, else YAML) overlaid with ``COLDCHAIN_*`` variables."""
+    data = _read(path) if path is not None else {}
+    merged = _overlay(data, os.environ if environ is None else environ)
+    try:
+        return AgentConfig.model_validate(merged)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        problems = "".join(f"\n  - {p}" for p in problems_of(exc))
+        raise ConfigError(f"invalid agent configuration{where}:{problems}") from exc

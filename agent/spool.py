@@ -1,0 +1,97 @@
+"""The telemetry spool: every window is stored in SQLite before it is published and deleted only
+when the broker acknowledged it, so windows survive broker outages and agent restarts
+(Greengrass's spooler loses RAM-held messages on restart and drops the oldest silently).
+
+The spool is bounded: when full, the oldest windows are evicted and the eviction is counted,
+and the count travels in the next windows (``Telemetry.spool.evicted``), never silently.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import SpoolError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS windows (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    seq: int
+    payload: bytes
+
+
+class Spool:
+    def __init__(self, path: Path, max_windows: int) -> None:
+        if max_windows < 1:
+            raise SpoolError("the spool must hold at least one window")
+        self.max_windows = max_windows
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open the telemetry spool {path}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield self._db
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise SpoolError(f"telemetry spool write failed: {exc}") from exc
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def next_seq(self) -> int:
+        """The next window sequence number: strictly increasing for the device's whole life."""
+        with self._tx() as db:
+            value = self._counter("seq") + 1
+            db.execute("INSERT OR REPLACE INTO counters VALUES ('seq', ?)", (value,))
+        return value
+
+    def put(self, seq: int, payload: bytes) -> int:
+        """Store a window; returns how many old windows were evicted to make room."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO windows VALUES (?, ?)", (seq, payload))
+            (count,) = db.execute("SELECT COUNT(*) FROM windows").fetchone()
+            evict = max(0, int(count) - self.max_windows)
+            if evict:
+                db.execute("DELETE FROM windows WHERE seq IN (SELECT seq FROM windows ORDER BY seq LIMIT ?)",
+                           (evict,))
+                db.execute("INSERT OR REPLACE INTO counters VALUES ('evicted', ?)",
+                           (self._counter("evicted") + evict,))
+        return evict
+
+    def pending(self, limit: int = 100) -> list[Pending]:
+        rows = self._db.execute("SELECT seq, payload FROM windows ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [Pending(int(seq), bytes(payload)) for seq, payload in rows]
+
+    def ack(self, seq: int) -> None:
+        """The broker acknowledged window ``seq``: only now is it deleted."""
+        with self._tx() as db:
+            db.execute("DELETE FROM windows WHERE seq = ?", (seq,))
+
+    @property
+    def size(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM windows").fetchone()[0])
+
+    @property
+    def evicted(self) -> int:
+        return self._counter("evicted")
+
+    def close(self) -> None:
+        self._db.close()

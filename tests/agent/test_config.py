@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.errors import ConfigError
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    path = tmp_path / "ops.pub"
+    path.write_text("-----BEGIN PUBLIC KEY-----\n")
+    return path
+
+
+def test_toml_with_environment_overrides(tmp_path: Path, key: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(f'device_id = "fridge-1"\ntrusted_keys = ["{key}"]\ngroups = ["eu"]\n'
+                    '[broker]\nurl = "mqtt://127.0.0.1:1883"\n')
+    config = load_config(path, {"COLDCHAIN_BROKER__URL": "mqtts://broker.local:8883",
+                                "COLDCHAIN_TELEMETRY_WINDOW_S": "30", "COLDCHAIN_GROUPS": "eu,beta",
+                                "OTHER": "ignored"})
+    assert config.device_id == "fridge-1" and config.groups == ["eu", "beta"]
+    assert config.broker.tls and config.broker.host == "broker.local" and config.broker.port == 8883
+    assert config.telemetry_window_s == 30.0
+
+
+def test_yaml_and_every_problem_named(tmp_path: Path, key: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"device_id: fridge/1\ntrusted_keys: [{key}, {tmp_path / 'missing.pub'}]\n"
+                    "broker: {url: 'http://nope'}\ninference_interval_s: -1\nsurprise: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    text = str(info.value)
+    for field in ("device_id", "trusted_keys", "broker.url", "inference_interval_s", "surprise"):
+        assert f"  - {field}" in text, text
+    assert "missing.pub" in text and "mqtt://host:1883" in text
+
+
+def test_tls_client_cert_needs_both_files(tmp_path: Path, key: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="cert_file and key_file go together"):
+        load_config(None, {"COLDCHAIN_DEVICE_ID": "d", "COLDCHAIN_TRUSTED_KEYS": str(key),
+                           "COLDCHAIN_BROKER__CERT_FILE": str(cert)})
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml", {})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("device_id = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, {})
