@@ -40,3 +40,38 @@ def open_runtime(runtime: Runtime | str, model: Path, threads: int = 1) -> Model
 
 def as_float32(outputs: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[np.float32]]:
     return [np.asarray(o, dtype=np.float32) for o in outputs]
+
+
+def available() -> dict[Runtime, str]:
+    """The runtimes this device can load, with their versions (reported in the device state)."""
+    found: dict[Runtime, str] = {}
+    try:
+        import onnxruntime
+
+        found[Runtime.ONNXRUNTIME] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        from agent.runtimes.litert import _interpreter_class
+
+        found[Runtime.LITERT] = _interpreter_class()[1]
+    except RuntimeUnavailableError:
+        pass
+    try:
+        import tensorrt
+
+        found[Runtime.TENSORRT] = str(tensorrt.__version__)
+    except ImportError:
+        pass
+    return found
+
+
+def version_at_least(version: str, minimum: str) -> bool:
+    """Compare dotted versions numerically (``1.32.0 >= 1.17``); unparsable parts count as 0."""
+
+    def parts(v: str) -> list[int]:
+        return [int(p) if p.isdigit() else 0 for p in v.split("+", maxsplit=1)[0].split(".")]
+
+    a, b = parts(version), parts(minimum)
+    width = max(len(a), len(b))
+    return a + [0] * (width - len(a)) >= b + [0] * (width - len(b))

@@ -1,0 +1,211 @@
+"""The deploy job, as plain decisions on messages (no MQTT here: the loop enqueues, this decides).
+
+QUEUED -> DOWNLOADING -> VERIFYING -> INSTALLING -> SELF_TEST -> ACTIVATING -> PROBATION ->
+SUCCEEDED, or FAILED(reason) / ROLLED_BACK(reason). Each state is persisted before the work
+of the next begins, and every step can be repeated after a crash: verification re-reads the
+finished artifact, installation rewrites the inactive slot, activation checks whether the
+pointer already names the new bundle. A bundle becomes active only after its signature,
+every hash, the runtime, the anti-rollback sequence and the golden self-test pass.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import AgentError, TransferError
+from agent.jobs import JobRecord, JobStore
+from agent.receiver import Download
+from agent.runtimes import open_runtime, version_at_least
+from agent.selftest import run_golden
+from agent.slots import SlotName, SlotStore
+from contract.bundle import manifest_sha256, unpack, verify_dir
+from contract.commands import DeployCommand
+from contract.common import Runtime
+from contract.errors import ContractError
+from contract.jobs import JobState
+from contract.manifest import Manifest
+from contract.signing import TrustStore
+from contract.transfer import Chunk
+
+Emit = Callable[[str, JobState, str | None, float | None], None]  # job id, state, reason, progress
+
+
+@dataclass(frozen=True)
+class ProbationLimits:
+    max_error_rate: float = 0.05
+    latency_factor: float = 3.0  # p95 on the device may exceed the build host's p95 by this factor
+    min_inferences: int = 20
+
+
+class Deployer:
+    def __init__(self, data_dir: Path, trust: TrustStore, runtimes: dict[Runtime, str], emit: Emit,
+                 threads: int = 1, limits: ProbationLimits = ProbationLimits()) -> None:
+        self.data_dir = data_dir
+        self.trust = trust
+        self.runtimes = runtimes
+        self.emit = emit
+        self.threads = threads
+        self.limits = limits
+        self.slots = SlotStore(data_dir)
+        self.jobs = JobStore(data_dir)
+
+    # ---- messages ---------------------------------------------------------------------
+    def on_deploy(self, command: DeployCommand) -> JobRecord:
+        """A deploy command; idempotent by job id (a repeated command only re-reports the state)."""
+        existing = self.jobs.get(command.job_id)
+        if existing is not None:
+            self.emit(existing.job_id, existing.state, existing.reason, None)
+            return existing
+        record = JobRecord(command.job_id, command.model_dump(mode="json"))
+        record.history.append((JobState.QUEUED.value, None, ""))
+        self.jobs.save(record)
+        self.emit(record.job_id, JobState.QUEUED, None, None)
+        self._move(record, JobState.DOWNLOADING)
+        self._download(command)
+        return record
+
+    def on_chunk(self, job_id: str, chunk: Chunk) -> JobRecord | None:
+        """A verified chunk for a downloading job; continues the job once the artifact is whole."""
+        record = self.jobs.get(job_id)
+        if record is None or record.state is not JobState.DOWNLOADING:
+            return record
+        download = self._download(DeployCommand.model_validate(record.command))
+        if download.accept(chunk) and download.complete:
+            return self.advance(record)
+        return record
+
+    def missing(self, job_id: str) -> list[int]:
+        record = self.jobs.get(job_id)
+        if record is None or record.state is not JobState.DOWNLOADING:
+            return []
+        return self._download(DeployCommand.model_validate(record.command)).missing()
+
+    def resume(self) -> list[JobRecord]:
+        """After a restart: continue every unfinished job from its persisted state."""
+        return [self.advance(record) for record in self.jobs.unfinished()]
+
+    # ---- the state machine -----------------------------------------------------------
+    def advance(self, record: JobRecord) -> JobRecord:
+        command = DeployCommand.model_validate(record.command)
+        try:
+            if record.state is JobState.DOWNLOADING:
+                download = self._download(command)
+                if not download.complete:
+                    return record
+                self._move(record, JobState.VERIFYING)
+            if record.state is JobState.VERIFYING:
+                self._verify(record, command)
+                self._move(record, JobState.INSTALLING)
+            if record.state is JobState.INSTALLING:
+                record.slot = self.slots.install(self._staging(command))
+                self.jobs.save(record)
+                self._move(record, JobState.SELF_TEST)
+            if record.state is JobState.SELF_TEST:
+                self._self_test(record)
+                self._move(record, JobState.ACTIVATING)
+            if record.state is JobState.ACTIVATING:
+                pointer = self.slots.pointer()
+                if pointer.active_sha256 != record.manifest_sha256:
+                    self.slots.activate(self._slot(record), record.manifest_sha256 or "", record.sequence or 0)
+                record.probation_started = time.time()
+                self._move(record, JobState.PROBATION)
+        except (AgentError, ContractError) as exc:
+            return self._fail(record, str(exc))
+        return record
+
+    def probation(self, record: JobRecord, inferences: int, errors: int, non_finite: int, p95_ms: float | None,
+                  now: float | None = None) -> JobRecord:
+        """Judge the new bundle on live frames; roll back by itself when it misbehaves."""
+        if record.state is not JobState.PROBATION:
+            return record
+        manifest = self._active_manifest()
+        reason = None
+        if non_finite:
+            reason = f"{non_finite} outputs were NaN or infinite"
+        elif inferences >= self.limits.min_inferences and errors / max(inferences, 1) > self.limits.max_error_rate:
+            reason = f"error rate {errors / inferences:.1%} above {self.limits.max_error_rate:.0%}"
+        elif p95_ms is not None and manifest.metrics.compiled_latency is not None:
+            ceiling = manifest.metrics.compiled_latency.p95_ms * self.limits.latency_factor
+            if p95_ms > ceiling:
+                reason = f"latency p95 {p95_ms:.1f} ms above {ceiling:.1f} ms"
+        if reason is not None:
+            self.slots.rollback()
+            return self._move(record, JobState.ROLLED_BACK, f"probation failed: {reason}; previous bundle restored")
+        command = DeployCommand.model_validate(record.command)
+        if (now or time.time()) - (record.probation_started or 0) >= command.probation_s:
+            self._cleanup(command)
+            return self._move(record, JobState.SUCCEEDED)
+        return record
+
+    # ---- steps --------------------------------------------------------------------------
+    def _download(self, command: DeployCommand) -> Download:
+        return Download(self.data_dir, command.artifact)
+
+    def _staging(self, command: DeployCommand) -> Path:
+        return self.data_dir / "staging" / command.artifact.sha256
+
+    def _verify(self, record: JobRecord, command: DeployCommand) -> Manifest:
+        download = self._download(command)
+        artifact = download.dir / "artifact"
+        if not artifact.exists():
+            artifact = download.finish()
+        staging = self._staging(command)
+        shutil.rmtree(staging, ignore_errors=True)
+        unpack(artifact, staging)
+        manifest = verify_dir(staging, self.trust)
+        record.manifest_sha256 = manifest_sha256(staging)
+        record.sequence = manifest.sequence
+        if record.manifest_sha256 != command.bundle.sha256:
+            raise TransferError("the bundle's manifest is not the one the deploy command names")
+        runtime = manifest.target.runtime
+        have = self.runtimes.get(runtime.name)
+        if have is None:
+            raise AgentError(f"this device has no {runtime.name.value} runtime; the bundle needs it")
+        if not version_at_least(have, runtime.min_version):
+            raise AgentError(f"{runtime.name.value} {have} is older than the bundle's minimum {runtime.min_version}")
+        active = self.slots.pointer().active_sequence
+        if active is not None and manifest.sequence <= active:
+            raise AgentError(f"bundle sequence {manifest.sequence} is not newer than the active {active}: "
+                             "refused (anti-rollback); an older bundle needs an operator-signed rollback")
+        self.jobs.save(record)
+        return manifest
+
+    def _slot(self, record: JobRecord) -> SlotName:
+        if record.slot not in ("a", "b"):
+            raise AgentError("the job has no installed slot")
+        return record.slot  # type: ignore[return-value]
+
+    def _self_test(self, record: JobRecord) -> None:
+        directory = self.slots.path(self._slot(record))
+        manifest = verify_dir(directory, self.trust)  # the installed copy, not the staging one
+        runtime = open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, self.threads)
+        result = run_golden(runtime, manifest.io, manifest.golden, directory / manifest.golden.file)
+        if not result.passed:
+            raise AgentError(f"golden self-test failed: max error {result.max_abs_error:.4g} above tolerance "
+                             f"{result.tolerance:.4g}; the runtime here does not compute what the compiler measured")
+
+    def _active_manifest(self) -> Manifest:
+        path = self.slots.active_path()
+        if path is None:
+            raise AgentError("no active bundle")
+        return verify_dir(path, self.trust)
+
+    def _cleanup(self, command: DeployCommand) -> None:
+        self._download(command).discard()
+        shutil.rmtree(self._staging(command), ignore_errors=True)
+
+    def _move(self, record: JobRecord, state: JobState, reason: str | None = None) -> JobRecord:
+        self.jobs.move(record, state, reason)
+        self.emit(record.job_id, state, reason, None)
+        return record
+
+    def _fail(self, record: JobRecord, reason: str) -> JobRecord:
+        """FAILED, with the active bundle untouched; ROLLED_BACK if the new bundle had become active."""
+        if record.manifest_sha256 is not None and self.slots.pointer().active_sha256 == record.manifest_sha256:
+            self.slots.rollback()
+            return self._move(record, JobState.ROLLED_BACK, reason)
+        return self._move(record, JobState.FAILED, reason)

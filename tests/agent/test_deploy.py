@@ -1,0 +1,179 @@
+"""The deploy job on real signed bundles compiled from the demo fridge model (no broker: chunks are
+handed to the deployer the way the MQTT loop will)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.deploy import Deployer
+from agent.runtimes import available
+from compiler.bundle import write_bundle
+from compiler.description import load_description
+from compiler.evaluate import image_sets
+from compiler.pipeline import Pipeline
+from compiler.target import load_target
+from contract import signing
+from contract.bundle import file_entry, pack, unpack
+from contract.commands import ArtifactRef, DeployCommand
+from contract.common import BundleRef
+from contract.jobs import JobState
+from contract.manifest import dump_manifest, load_manifest
+from contract.transfer import decode_chunk, encode_chunk
+from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
+from examples.fridge.synth import write_dataset
+
+CHUNK = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("deploy")
+    write_dataset(root / "cal", 30, seed=1)
+    write_dataset(root / "eval", 40, seed=2)
+    description = load_description(DESCRIPTION_FILE)
+    cal, ev, _ = image_sets(root / "cal", root / "eval", 30, 0, description)
+    target = load_target("arm64-cortex-a72-ort")
+    result = Pipeline(description, target, cal, ev, root / "work").run(MODEL_FILE)
+    trusted = signing.write_keypair(root / "keys", "ops")
+    rogue = signing.write_keypair(root / "keys", "rogue")
+    key = signing.load_private_key(trusted.private)
+    from contract.manifest import ModelSource
+
+    source = ModelSource(name="fridge", version="1", source_uri="file:///fridge.onnx", sha256="0" * 64)
+    bundles = {seq: write_bundle(result, source, target, cal, ev, key, root / "bundles", seq) for seq in (4, 5, 6)}
+    return {"root": root, "trust": signing.TrustStore.from_paths([trusted.public]), "bundles": bundles,
+            "trusted_key": key, "rogue_key": signing.load_private_key(rogue.private)}
+
+
+def _command(tarball: Path, manifest_sha: str, sequence: int, job: str) -> tuple[DeployCommand, list[bytes]]:
+    data = tarball.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    count = -(-len(data) // CHUNK)
+    ref = ArtifactRef(sha256=sha, size=len(data), chunk_size=CHUNK, chunk_count=count, group="eu")
+    bundle = BundleRef(model_name="fridge", model_version="1", target="arm64-cortex-a72-ort", sequence=sequence,
+                       sha256=manifest_sha)
+    frames = [encode_chunk(sha, i, count, data[i * CHUNK:(i + 1) * CHUNK]) for i in range(count)]
+    return DeployCommand(job_id=job, bundle=bundle, artifact=ref, probation_s=60), frames
+
+
+def _deployer(data: Path, world: dict[str, object], events: list[tuple[str, JobState, str | None]],
+              runtimes: dict | None = None) -> Deployer:  # type: ignore[type-arg]
+    return Deployer(data, world["trust"], available() if runtimes is None else runtimes,  # type: ignore[arg-type]
+                    lambda job, state, reason, _: events.append((job, state, reason)))
+
+
+def _deploy(deployer: Deployer, world: dict[str, object], seq: int, job: str) -> None:
+    bundle = world["bundles"][seq]  # type: ignore[index]
+    command, frames = _command(bundle.tarball, bundle.ref.sha256, seq, job)
+    deployer.on_deploy(command)
+    for frame in frames:
+        deployer.on_chunk(job, decode_chunk(frame))
+
+
+def test_happy_path_then_anti_rollback(tmp_path: Path, world: dict[str, object]) -> None:
+    events: list[tuple[str, JobState, str | None]] = []
+    deployer = _deployer(tmp_path, world, events)
+    _deploy(deployer, world, 5, "job-1")
+    states = [s for _, s, _ in events]
+    assert states == [JobState.QUEUED, JobState.DOWNLOADING, JobState.VERIFYING, JobState.INSTALLING,
+                      JobState.SELF_TEST, JobState.ACTIVATING, JobState.PROBATION]
+    record = deployer.jobs.get("job-1")
+    assert record is not None and deployer.slots.pointer().active_sequence == 5
+    done = deployer.probation(record, inferences=100, errors=0, non_finite=0, p95_ms=0.5,
+                              now=(record.probation_started or 0) + 61)
+    assert done.state is JobState.SUCCEEDED
+    assert not (tmp_path / "downloads").exists() or not any((tmp_path / "downloads").iterdir())
+    # an older sequence is refused and the active bundle stays
+    _deploy(deployer, world, 4, "job-2")
+    old = deployer.jobs.get("job-2")
+    assert old is not None and old.state is JobState.FAILED and "anti-rollback" in (old.reason or "")
+    assert deployer.slots.pointer().active_sequence == 5
+
+
+def test_restart_mid_download_resumes_without_refetching(tmp_path: Path, world: dict[str, object]) -> None:
+    bundle = world["bundles"][5]  # type: ignore[index]
+    command, frames = _command(bundle.tarball, bundle.ref.sha256, 5, "job-r")
+    first = _deployer(tmp_path, world, [])
+    first.on_deploy(command)
+    half = len(frames) // 2
+    for frame in frames[:half]:
+        first.on_chunk("job-r", decode_chunk(frame))
+    events: list[tuple[str, JobState, str | None]] = []
+    second = _deployer(tmp_path, world, events)  # the agent restarted
+    second.resume()
+    assert second.missing("job-r") == list(range(half, len(frames)))
+    for frame in frames[half:]:
+        second.on_chunk("job-r", decode_chunk(frame))
+    record = second.jobs.get("job-r")
+    assert record is not None and record.state is JobState.PROBATION
+
+
+def test_untrusted_signature_fails_and_leaves_the_active_bundle(tmp_path: Path, world: dict[str, object]) -> None:
+    events: list[tuple[str, JobState, str | None]] = []
+    deployer = _deployer(tmp_path, world, events)
+    _deploy(deployer, world, 5, "job-ok")
+    bundle = world["bundles"][6]  # type: ignore[index]
+    directory = unpack(bundle.tarball, tmp_path / "resigned")
+    (directory / "manifest.sig").write_bytes(signing.sign((directory / "manifest.json").read_bytes(),
+                                                          world["rogue_key"]))  # type: ignore[arg-type]
+    tarball = pack(directory, tmp_path / "rogue.tar.gz")
+    command, frames = _command(tarball, bundle.ref.sha256, 6, "job-rogue")
+    deployer.on_deploy(command)
+    for frame in frames:
+        deployer.on_chunk("job-rogue", decode_chunk(frame))
+    record = deployer.jobs.get("job-rogue")
+    assert record is not None and record.state is JobState.FAILED and "not trusted" in (record.reason or "")
+    assert deployer.slots.pointer().active_sequence == 5
+
+
+def test_missing_runtime_fails(tmp_path: Path, world: dict[str, object]) -> None:
+    deployer = _deployer(tmp_path, world, [], runtimes={})
+    _deploy(deployer, world, 5, "job-nort")
+    record = deployer.jobs.get("job-nort")
+    assert record is not None and record.state is JobState.FAILED
+    assert "no onnxruntime runtime" in (record.reason or "")
+    assert deployer.slots.pointer().active is None
+
+
+def test_failed_self_test_never_activates(tmp_path: Path, world: dict[str, object]) -> None:
+    bundle = world["bundles"][6]  # type: ignore[index]
+    directory = unpack(bundle.tarball, tmp_path / "bad-golden")
+    golden = directory / "golden.npz"
+    with np.load(golden) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["output/0/0"] = arrays["output/0/0"] + 0.5  # the recorded outputs are wrong
+    np.savez_compressed(golden, **arrays)
+    manifest = load_manifest((directory / "manifest.json").read_bytes())
+    files = [file_entry(directory, f.path, f.role) if f.path == "golden.npz" else f for f in manifest.files]
+    data = dump_manifest(manifest.model_copy(update={"files": files}))
+    (directory / "manifest.json").write_bytes(data)
+    (directory / "manifest.sig").write_bytes(signing.sign(data, world["trusted_key"]))  # type: ignore[arg-type]
+    tarball = pack(directory, tmp_path / "bad.tar.gz")
+    deployer = _deployer(tmp_path / "device", world, [])
+    command, frames = _command(tarball, hashlib.sha256(data).hexdigest(), 6, "job-golden")
+    deployer.on_deploy(command)
+    for frame in frames:
+        deployer.on_chunk("job-golden", decode_chunk(frame))
+    record = deployer.jobs.get("job-golden")
+    assert record is not None and record.state is JobState.FAILED
+    assert "golden self-test failed" in (record.reason or "")
+    assert deployer.slots.pointer().active is None
+
+
+def test_failing_probation_rolls_back_by_itself(tmp_path: Path, world: dict[str, object]) -> None:
+    events: list[tuple[str, JobState, str | None]] = []
+    deployer = _deployer(tmp_path, world, events)
+    _deploy(deployer, world, 5, "job-a")
+    first = deployer.jobs.get("job-a")
+    assert first is not None
+    deployer.probation(first, 100, 0, 0, 0.5, now=(first.probation_started or 0) + 61)
+    _deploy(deployer, world, 6, "job-b")
+    second = deployer.jobs.get("job-b")
+    assert second is not None and deployer.slots.pointer().active_sequence == 6
+    rolled = deployer.probation(second, inferences=100, errors=30, non_finite=0, p95_ms=0.5)
+    assert rolled.state is JobState.ROLLED_BACK and "error rate 30.0%" in (rolled.reason or "")
+    assert deployer.slots.pointer().active_sequence == 5
