@@ -1,0 +1,136 @@
+"""Frame sources: a camera (``/dev/videoN`` or an index), a folder of images (looping), a file, or
+an RTSP/HTTP URL. A bad frame raises FrameError with a kind (``empty``, ``truncated``,
+``corrupt``, ``too_large``, ``channels``, ``depth``, ``capture``) that the loop counts and
+skips; a source never stops the loop because of one frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import FrameError
+from agent.preprocess import check_frame
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header, without decoding the pixels."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width, height
+    if data.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+                return width, height
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+            i += 2 + length
+    return None
+
+
+def decode(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
+    """Bytes of an image file -> BGR uint8, or FrameError naming what is wrong."""
+    if not data:
+        raise FrameError("empty", "the frame has zero bytes")
+    size = _header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise FrameError("too_large", f"the frame claims {size[0]}x{size[1]} pixels, above the limit of {max_pixels}")
+    if data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-64:]:
+        raise FrameError("truncated", "the JPEG has no end-of-image marker: the file was cut short")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise FrameError("corrupt", "the frame is not a decodable image")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise FrameError("too_large", f"the frame has {image.shape[1]}x{image.shape[0]} pixels, above the limit")
+    return check_frame(image)
+
+
+class FrameSource(Protocol):
+    name: str
+
+    def read(self) -> npt.NDArray[np.uint8]: ...
+
+    def close(self) -> None: ...
+
+
+class FolderSource:
+    """Images of a folder in name order; loops when ``loop`` (a fixed camera replaying a day)."""
+
+    def __init__(self, folder: Path, loop: bool = True, max_pixels: int = 4096 * 4096) -> None:
+        self.name = str(folder)
+        self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise FrameError("capture", f"frame folder {folder} holds no images")
+        self.loop, self.max_pixels = loop, max_pixels
+        self._order: Iterator[Path] = iter(self.files)
+
+    def read(self) -> npt.NDArray[np.uint8]:
+        path = next(self._order, None)
+        if path is None:
+            if not self.loop:
+                raise StopIteration
+            self._order = iter(self.files)
+            path = next(self._order)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise FrameError("capture", f"cannot read {path.name}: {exc.strerror}") from exc
+        return decode(data, self.max_pixels)
+
+    def close(self) -> None:
+        pass
+
+
+class FileSource(FolderSource):
+    def __init__(self, path: Path, max_pixels: int = 4096 * 4096) -> None:
+        self.name = str(path)
+        self.files = [path]
+        self.loop, self.max_pixels = True, max_pixels
+        self._order = iter(self.files)
+
+
+class CaptureSource:
+    """A camera (``/dev/video0`` or ``0``) or a stream URL (``rtsp://``, ``http://``) through OpenCV."""
+
+    def __init__(self, location: str, max_pixels: int = 4096 * 4096) -> None:
+        self.name = location
+        target: Any = int(location) if location.isdigit() else location
+        self.capture = cv2.VideoCapture(target)
+        self.max_pixels = max_pixels
+        if not self.capture.isOpened():
+            raise FrameError("capture", f"cannot open camera or stream {location}")
+
+    def read(self) -> npt.NDArray[np.uint8]:
+        ok, frame = self.capture.read()
+        if not ok or frame is None:
+            raise FrameError("capture", f"{self.name} returned no frame")
+        if frame.shape[0] * frame.shape[1] > self.max_pixels:
+            raise FrameError("too_large", f"{self.name} delivered {frame.shape[1]}x{frame.shape[0]} pixels")
+        return check_frame(frame)
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+def open_source(kind: str, location: str, loop: bool, max_pixels: int) -> FrameSource:
+    if kind == "folder":
+        return FolderSource(Path(location), loop, max_pixels)
+    if kind == "file":
+        return FileSource(Path(location), max_pixels)
+    return CaptureSource(location, max_pixels)
