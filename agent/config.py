@@ -29,6 +29,7 @@ class _Section(BaseModel):
 
 class BrokerConfig(_Section):
     url: str = "mqtt://127.0.0.1:1883"
+    protocol: Literal["5", "3.1.1"] = "5"  # MQTT v5 where the broker speaks it (amqtt speaks 3.1.1)
     username: str | None = None
     password: str | None = None
     ca_file: Path | None = None

@@ -128,13 +128,13 @@ class Deployer:
             reason = f"{non_finite} outputs were NaN or infinite"
         elif inferences >= self.limits.min_inferences and errors / max(inferences, 1) > self.limits.max_error_rate:
             reason = f"error rate {errors / inferences:.1%} above {self.limits.max_error_rate:.0%}"
-        elif p95_ms is not None and manifest.metrics.compiled_latency is not None:
+        elif (p95_ms is not None and manifest.metrics.compiled_latency is not None
+              and inferences >= self.limits.min_inferences):
             ceiling = manifest.metrics.compiled_latency.p95_ms * self.limits.latency_factor
             if p95_ms > ceiling:
                 reason = f"latency p95 {p95_ms:.1f} ms above {ceiling:.1f} ms"
         if reason is not None:
-            self.slots.rollback()
-            return self._move(record, JobState.ROLLED_BACK, f"probation failed: {reason}; previous bundle restored")
+            return self._move(record, JobState.ROLLED_BACK, f"probation failed: {reason}; {self._restore()}")
         command = DeployCommand.model_validate(record.command)
         if (now or time.time()) - (record.probation_started or 0) >= command.probation_s:
             self._cleanup(command)
@@ -203,9 +203,16 @@ class Deployer:
         self.emit(record.job_id, state, reason, None)
         return record
 
+    def _restore(self) -> str:
+        """Back to the previous bundle, or to no model at all when this was the first one."""
+        if self.slots.pointer().previous is None:
+            self.slots.deactivate()
+            return "there was no previous bundle, so no model is active"
+        self.slots.rollback()
+        return "previous bundle restored"
+
     def _fail(self, record: JobRecord, reason: str) -> JobRecord:
         """FAILED, with the active bundle untouched; ROLLED_BACK if the new bundle had become active."""
         if record.manifest_sha256 is not None and self.slots.pointer().active_sha256 == record.manifest_sha256:
-            self.slots.rollback()
-            return self._move(record, JobState.ROLLED_BACK, reason)
+            return self._move(record, JobState.ROLLED_BACK, f"{reason}; {self._restore()}")
         return self._move(record, JobState.FAILED, reason)

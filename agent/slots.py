@@ -123,3 +123,11 @@ class SlotStore:
                       previous_sequence=current.active_sequence)
         atomic_write(self.root / POINTER, json.dumps(asdict(new), sort_keys=True).encode())
         return new
+
+    def deactivate(self) -> Pointer:
+        """Atomically leave no bundle active (the failing first bundle stays in its slot as ``previous``)."""
+        current = self.pointer()
+        new = Pointer(active=None, previous=current.active, previous_sha256=current.active_sha256,
+                      previous_sequence=current.active_sequence)
+        atomic_write(self.root / POINTER, json.dumps(asdict(new), sort_keys=True).encode())
+        return new

@@ -7,57 +7,15 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from agent.deploy import Deployer
 from agent.runtimes import available
-from compiler.bundle import write_bundle
-from compiler.description import load_description
-from compiler.evaluate import image_sets
-from compiler.pipeline import Pipeline
-from compiler.target import load_target
 from contract import signing
 from contract.bundle import file_entry, pack, unpack
-from contract.commands import ArtifactRef, DeployCommand
-from contract.common import BundleRef
 from contract.jobs import JobState
 from contract.manifest import dump_manifest, load_manifest
-from contract.transfer import decode_chunk, encode_chunk
-from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
-from examples.fridge.synth import write_dataset
-
-CHUNK = 64 * 1024
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    root = tmp_path_factory.mktemp("deploy")
-    write_dataset(root / "cal", 30, seed=1)
-    write_dataset(root / "eval", 40, seed=2)
-    description = load_description(DESCRIPTION_FILE)
-    cal, ev, _ = image_sets(root / "cal", root / "eval", 30, 0, description)
-    target = load_target("arm64-cortex-a72-ort")
-    result = Pipeline(description, target, cal, ev, root / "work").run(MODEL_FILE)
-    trusted = signing.write_keypair(root / "keys", "ops")
-    rogue = signing.write_keypair(root / "keys", "rogue")
-    key = signing.load_private_key(trusted.private)
-    from contract.manifest import ModelSource
-
-    source = ModelSource(name="fridge", version="1", source_uri="file:///fridge.onnx", sha256="0" * 64)
-    bundles = {seq: write_bundle(result, source, target, cal, ev, key, root / "bundles", seq) for seq in (4, 5, 6)}
-    return {"root": root, "trust": signing.TrustStore.from_paths([trusted.public]), "bundles": bundles,
-            "trusted_key": key, "rogue_key": signing.load_private_key(rogue.private)}
-
-
-def _command(tarball: Path, manifest_sha: str, sequence: int, job: str) -> tuple[DeployCommand, list[bytes]]:
-    data = tarball.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    count = -(-len(data) // CHUNK)
-    ref = ArtifactRef(sha256=sha, size=len(data), chunk_size=CHUNK, chunk_count=count, group="eu")
-    bundle = BundleRef(model_name="fridge", model_version="1", target="arm64-cortex-a72-ort", sequence=sequence,
-                       sha256=manifest_sha)
-    frames = [encode_chunk(sha, i, count, data[i * CHUNK:(i + 1) * CHUNK]) for i in range(count)]
-    return DeployCommand(job_id=job, bundle=bundle, artifact=ref, probation_s=60), frames
+from contract.transfer import decode_chunk
+from tests.conftest import deploy_command
 
 
 def _deployer(data: Path, world: dict[str, object], events: list[tuple[str, JobState, str | None]],
@@ -68,7 +26,7 @@ def _deployer(data: Path, world: dict[str, object], events: list[tuple[str, JobS
 
 def _deploy(deployer: Deployer, world: dict[str, object], seq: int, job: str) -> None:
     bundle = world["bundles"][seq]  # type: ignore[index]
-    command, frames = _command(bundle.tarball, bundle.ref.sha256, seq, job)
+    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, seq, job)
     deployer.on_deploy(command)
     for frame in frames:
         deployer.on_chunk(job, decode_chunk(frame))
@@ -96,7 +54,7 @@ def test_happy_path_then_anti_rollback(tmp_path: Path, world: dict[str, object])
 
 def test_restart_mid_download_resumes_without_refetching(tmp_path: Path, world: dict[str, object]) -> None:
     bundle = world["bundles"][5]  # type: ignore[index]
-    command, frames = _command(bundle.tarball, bundle.ref.sha256, 5, "job-r")
+    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-r")
     first = _deployer(tmp_path, world, [])
     first.on_deploy(command)
     half = len(frames) // 2
@@ -121,7 +79,7 @@ def test_untrusted_signature_fails_and_leaves_the_active_bundle(tmp_path: Path, 
     (directory / "manifest.sig").write_bytes(signing.sign((directory / "manifest.json").read_bytes(),
                                                           world["rogue_key"]))  # type: ignore[arg-type]
     tarball = pack(directory, tmp_path / "rogue.tar.gz")
-    command, frames = _command(tarball, bundle.ref.sha256, 6, "job-rogue")
+    command, frames = deploy_command(tarball, bundle.ref.sha256, 6, "job-rogue")
     deployer.on_deploy(command)
     for frame in frames:
         deployer.on_chunk("job-rogue", decode_chunk(frame))
@@ -154,7 +112,7 @@ def test_failed_self_test_never_activates(tmp_path: Path, world: dict[str, objec
     (directory / "manifest.sig").write_bytes(signing.sign(data, world["trusted_key"]))  # type: ignore[arg-type]
     tarball = pack(directory, tmp_path / "bad.tar.gz")
     deployer = _deployer(tmp_path / "device", world, [])
-    command, frames = _command(tarball, hashlib.sha256(data).hexdigest(), 6, "job-golden")
+    command, frames = deploy_command(tarball, hashlib.sha256(data).hexdigest(), 6, "job-golden")
     deployer.on_deploy(command)
     for frame in frames:
         deployer.on_chunk("job-golden", decode_chunk(frame))
@@ -177,3 +135,13 @@ def test_failing_probation_rolls_back_by_itself(tmp_path: Path, world: dict[str,
     rolled = deployer.probation(second, inferences=100, errors=30, non_finite=0, p95_ms=0.5)
     assert rolled.state is JobState.ROLLED_BACK and "error rate 30.0%" in (rolled.reason or "")
     assert deployer.slots.pointer().active_sequence == 5
+
+
+def test_first_bundle_failing_probation_leaves_no_model_active(tmp_path: Path, world: dict[str, object]) -> None:
+    deployer = _deployer(tmp_path, world, [])
+    _deploy(deployer, world, 5, "job-first")
+    record = deployer.jobs.get("job-first")
+    assert record is not None
+    rolled = deployer.probation(record, inferences=50, errors=0, non_finite=2, p95_ms=0.5)
+    assert rolled.state is JobState.ROLLED_BACK and "no model is active" in (rolled.reason or "")
+    assert deployer.slots.pointer().active is None and deployer.slots.pointer().previous_sequence == 5

@@ -1,0 +1,287 @@
+"""The agent: one thread that drains the transport's queue, runs inference on frames, closes
+telemetry windows into the spool and publishes them until the broker acknowledges each.
+
+Every decision is a plain method (``handle``, ``infer_once``, ``close_window``,
+``publish_pending``), so it can be driven without a broker in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from agent import postprocess, runtimes
+from agent.config import AgentConfig
+from agent.deploy import Deployer
+from agent.errors import AgentError, FrameError
+from agent.frames import FrameSource
+from agent.mqtt import Acked, Connected, Disconnected, Inbound, Received, Transport
+from agent.preprocess import preprocess
+from agent.spool import Spool
+from agent.telemetry import Window
+from contract import topics
+from contract.bundle import verify_dir
+from contract.commands import DeployCommand, RollbackCommand, SetConfigCommand, decode_command
+from contract.common import BundleRef, RuntimeInfo
+from contract.errors import ContractError
+from contract.events import ErrorEvent, JobEvent
+from contract.jobs import JobState
+from contract.manifest import Manifest
+from contract.signing import TrustStore
+from contract.state import DeviceState, JobSummary, offline
+from contract.transfer import decode_chunk
+
+log = logging.getLogger("coldchain.agent")
+AGENT_VERSION = "0.1.0"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, transport: Transport, source: FrameSource | None) -> None:
+        self.config = config
+        self.transport = transport
+        self.source = source
+        self.trust = TrustStore.from_paths(config.trusted_keys)
+        self.available = runtimes.available()
+        self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads)
+        self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows)
+        self.window = Window()
+        self.window_started = time.monotonic()
+        self.next_inference = self.next_repair = time.monotonic()
+        self.in_flight: dict[int, int] = {}  # mid -> telemetry seq
+        self.event_seq = 0
+        self.connected = False
+        self._model: tuple[str, Manifest, runtimes.ModelRuntime] | None = None
+        self.malformed = 0
+
+    # ---- outbound ---------------------------------------------------------------------
+    def _emit(self, job_id: str, state: JobState, reason: str | None, progress: float | None) -> None:
+        self.event_seq += 1
+        event = JobEvent(device_id=self.config.device_id, seq=self.event_seq, job_id=job_id, state=state,
+                         reason=reason, progress=progress)
+        self.transport.publish(topics.events(self.config.device_id), event.to_json())
+        if state.terminal or state in (JobState.PROBATION, JobState.QUEUED):
+            self.publish_state()
+
+    def _error(self, code: str, message: str, topic: str | None = None) -> None:
+        self.event_seq += 1
+        event = ErrorEvent(device_id=self.config.device_id, seq=self.event_seq, code=code, message=message[:2000],
+                           topic=topic)
+        self.transport.publish(topics.events(self.config.device_id), event.to_json())
+
+    def bundle_ref(self) -> BundleRef | None:
+        loaded = self.active_model()
+        if loaded is None:
+            return None
+        sha, manifest, _ = loaded
+        return BundleRef(model_name=manifest.model.name, model_version=manifest.model.version,
+                         target=manifest.target.name, sequence=manifest.sequence, sha256=sha)
+
+    def state(self) -> DeviceState:
+        jobs = [r for r in self.deployer.jobs.all()]
+        current = max(jobs, key=lambda r: len(r.history), default=None)
+        return DeviceState(
+            device_id=self.config.device_id, online=True, board=self.config.board, agent_version=AGENT_VERSION,
+            runtimes=[RuntimeInfo(name=k, version=v) for k, v in self.available.items()],
+            active=self.bundle_ref(), groups=self.config.groups,
+            job=None if current is None else JobSummary(job_id=current.job_id, state=current.state))
+
+    def publish_state(self) -> None:
+        self.transport.publish(topics.state(self.config.device_id), self.state().to_json(), retain=True)
+
+    def subscriptions(self) -> list[str]:
+        device = self.config.device_id
+        return [topics.commands(device), topics.device_artifacts(device),
+                *[topics.group_artifacts(g) for g in self.config.groups]]
+
+    # ---- inbound ----------------------------------------------------------------------
+    def handle(self, item: Inbound) -> None:
+        if isinstance(item, Connected):
+            self.connected = True
+            self.transport.subscribe(self.subscriptions())
+            self.publish_state()
+            self.in_flight.clear()  # unacknowledged windows are still in the spool: send again
+        elif isinstance(item, Disconnected):
+            self.connected = False
+        elif isinstance(item, Acked):
+            seq = self.in_flight.pop(item.mid, None)
+            if seq is not None:
+                self.spool.ack(seq)
+        elif isinstance(item, Received):
+            self.on_message(item.topic, item.payload)
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            parsed = topics.parse(topic)
+            if parsed.kind is topics.TopicKind.COMMANDS:
+                self.on_command(payload, topic)
+            elif parsed.kind in (topics.TopicKind.GROUP_CHUNKS, topics.TopicKind.DEVICE_CHUNKS):
+                chunk = decode_chunk(payload)
+                for record in self.deployer.jobs.unfinished():
+                    if record.command.get("artifact", {}).get("sha256") == chunk.header.sha256:
+                        self.deployer.on_chunk(record.job_id, chunk)
+        except (ContractError, AgentError) as exc:
+            self.malformed += 1
+            log.warning("refused a message on %s: %s", topic, exc)
+            self._error("malformed_message", str(exc), topic)
+
+    def on_command(self, payload: bytes, topic: str) -> None:
+        command = decode_command(payload)
+        if isinstance(command, DeployCommand):
+            self.deployer.on_deploy(command)
+        elif isinstance(command, RollbackCommand):
+            self.deployer.slots.rollback()
+            self._model = None
+            self.publish_state()
+        elif isinstance(command, SetConfigCommand):
+            updates = {k: v for k, v in (("inference_interval_s", command.inference_interval_s),
+                                         ("telemetry_window_s", command.telemetry_window_s)) if v is not None}
+            self.config = self.config.model_copy(update=updates)
+        else:
+            self._error("unsupported_command", f"{command.type} is not supported by this agent yet", topic)
+
+    # ---- inference and telemetry -------------------------------------------------------
+    def active_model(self) -> tuple[str, Manifest, runtimes.ModelRuntime] | None:
+        pointer = self.deployer.slots.pointer()
+        path = self.deployer.slots.active_path()
+        if path is None or pointer.active_sha256 is None:
+            return None
+        if self._model is None or self._model[0] != pointer.active_sha256:
+            manifest = verify_dir(path, self.trust)
+            runtime = runtimes.open_runtime(manifest.target.runtime.name, path / manifest.model_file.path,
+                                            self.config.limits.threads)
+            self._warm_up(manifest, runtime)
+            self._model = (pointer.active_sha256, manifest, runtime)
+        return self._model
+
+    @staticmethod
+    def _warm_up(manifest: Manifest, runtime: runtimes.ModelRuntime) -> None:
+        """One untimed run: the first inference of a session allocates and is not representative."""
+        blank = np.zeros((manifest.io.preprocessing.height, manifest.io.preprocessing.width, 3), np.uint8)
+        x, _ = preprocess(blank, manifest.io.preprocessing)
+        runtime.run({manifest.io.inputs[0].name: x})
+
+    def infer_once(self) -> None:
+        if self.source is None:
+            return
+        try:
+            frame = self.source.read()
+        except FrameError as exc:
+            self.window.frame_skipped(exc.kind)
+            return
+        loaded = self.active_model()
+        if loaded is None:
+            return
+        _, manifest, runtime = loaded
+        io = manifest.io
+        started = time.perf_counter()
+        try:
+            x, place = preprocess(frame, io.preprocessing)
+            outputs = runtime.run({io.inputs[0].name: x})
+            if not all(np.all(np.isfinite(np.asarray(o, np.float32))) for o in outputs):
+                self.window.non_finite += 1
+            prediction = postprocess.get(io.postprocessor.name)(outputs, io.labels, io.postprocessor.params, place)
+        except AgentError as exc:
+            self.window.error(type(exc).__name__)
+            return
+        self.window.inferred(frame, prediction, (time.perf_counter() - started) * 1000)
+
+    def close_window(self) -> None:
+        seq = self.spool.next_seq()
+        telemetry = self.window.close(self.config.device_id, seq, self.bundle_ref(), self.spool.size,
+                                      self.spool.evicted)
+        self.spool.put(seq, telemetry.to_json())
+        for record in self.deployer.jobs.unfinished():
+            if record.state is JobState.PROBATION:
+                self.deployer.probation(record, self.window.inferences, sum(self.window.errors.values()),
+                                        self.window.non_finite, self.window.p95())
+                self._model = None
+        self.window = Window()
+        self.window_started = time.monotonic()
+
+    def publish_pending(self) -> None:
+        if not self.connected:
+            return
+        waiting = set(self.in_flight.values())
+        for pending in self.spool.pending():
+            if pending.seq in waiting:
+                continue
+            mid = self.transport.publish(topics.telemetry(self.config.device_id), pending.payload)
+            if mid is None:
+                return
+            self.in_flight[mid] = pending.seq
+
+    def request_missing(self) -> None:
+        for record in self.deployer.jobs.unfinished():
+            if record.state is JobState.DOWNLOADING:
+                missing = self.deployer.missing(record.job_id)
+                if missing:
+                    report = self.deployer._download(DeployCommand.model_validate(record.command)).missing_report(
+                        self.config.device_id)
+                    self.transport.publish(topics.missing(self.config.device_id, report.sha256), report.to_json())
+
+    # ---- the loop -----------------------------------------------------------------------
+    def step(self, repair_every_s: float = 5.0) -> None:
+        """One turn of the loop: a queued message if there is one, else whatever is due."""
+        try:
+            self.handle(self.transport.inbox.get(timeout=0.05))
+            return
+        except queue.Empty:
+            pass
+        now = time.monotonic()
+        if now >= self.next_inference:
+            self.next_inference = now + self.config.inference_interval_s
+            self.infer_once()
+        if now - self.window_started >= self.config.telemetry_window_s:
+            self.close_window()
+        if now >= self.next_repair:
+            self.next_repair = now + repair_every_s
+            self.request_missing()
+        self.publish_pending()
+
+    def run(self, until: float | None = None, repair_every_s: float = 5.0,
+            stop: threading.Event | None = None) -> None:
+        self.deployer.resume()
+        self.transport.start()
+        try:
+            while (until is None or time.monotonic() < until) and not (stop is not None and stop.is_set()):
+                try:
+                    self.step(repair_every_s)
+                except (AgentError, ContractError, OSError) as exc:  # the loop never dies on one bad step
+                    log.exception("agent step failed")
+                    self._error("agent_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self.transport.publish(topics.state(self.config.device_id), offline(self.config.device_id).to_json(),
+                                   retain=True)
+            self.transport.stop()
+            self.spool.close()
+
+
+def run_agent(config: AgentConfig, source: FrameSource | None, seconds: float | None = None) -> Agent:
+    from agent.mqtt import MqttTransport
+
+    transport = MqttTransport(config.device_id, config.broker, topics.state(config.device_id),
+                              offline(config.device_id).to_json())
+    agent = Agent(config, transport, source)
+    agent.run(until=None if seconds is None else time.monotonic() + seconds)
+    return agent
+
+
+def data_dir_status(data_dir: Path) -> dict[str, object]:
+    """What ``coldchain agent status`` shows: slots, jobs and the spool, read from the data directory."""
+    from agent.jobs import JobStore
+    from agent.slots import SlotStore
+
+    pointer = SlotStore(data_dir).pointer()
+    jobs = JobStore(data_dir).all()
+    spool = Spool(data_dir / "telemetry.db", 1_000_000)
+    try:
+        return {"active": pointer.active, "active_sequence": pointer.active_sequence, "previous": pointer.previous,
+                "jobs": [(j.job_id, j.state.value, j.reason) for j in jobs], "spool_pending": spool.size,
+                "spool_evicted": spool.evicted}
+    finally:
+        spool.close()

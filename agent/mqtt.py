@@ -1,0 +1,121 @@
+"""The MQTT connection (paho-mqtt 2, MQTT v5): callbacks only put events on a queue; the agent's
+loop decides what to do with them. A retained offline state is the last will; reconnection
+uses exponential backoff with jitter; QoS 1 publishes report their broker acknowledgement."""
+
+from __future__ import annotations
+
+import queue
+import random
+import ssl
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.config import BrokerConfig
+
+
+@dataclass(frozen=True)
+class Connected:
+    pass
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Acked:
+    mid: int
+
+
+Inbound = Connected | Disconnected | Received | Acked
+
+
+class Transport(Protocol):
+    inbox: queue.Queue[Inbound]
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None: ...
+
+    def subscribe(self, topics: list[str]) -> None: ...
+
+
+class MqttTransport:
+    def __init__(self, client_id: str, broker: BrokerConfig, will_topic: str, will_payload: bytes) -> None:
+        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self.broker = broker
+        self.v5 = broker.protocol == "5"
+        if self.v5:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        else:  # a persistent session too, so QoS 1 commands queued while offline are delivered
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                                      clean_session=False)
+        self.client.will_set(will_topic, will_payload, qos=1, retain=True)
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            self.client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None,
+                                certfile=str(broker.cert_file) if broker.cert_file else None,
+                                keyfile=str(broker.key_file) if broker.key_file else None,
+                                cert_reqs=ssl.CERT_REQUIRED)
+        # paho doubles the delay up to the maximum; the jitter spreads a fleet's reconnects
+        low = broker.reconnect_min_s * random.uniform(1.0, 1.5)
+        self.client.reconnect_delay_set(max(1, int(low)), max(int(low) + 1, int(broker.reconnect_max_s)))
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+
+    # callbacks: enqueue only
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        if not reason.is_failure:
+            self.inbox.put(Connected())
+        else:
+            self.inbox.put(Disconnected(str(reason)))
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        self.inbox.put(Disconnected(str(reason)))
+
+    def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.inbox.put(Received(message.topic, bytes(message.payload)))
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any = None, properties: Any = None) -> None:
+        self.inbox.put(Acked(mid))
+
+    def start(self) -> None:
+        if self.v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 24 * 3600  # queued QoS 1 commands survive a short outage
+            self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
+                                      clean_start=False, properties=properties)
+        else:
+            self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
+        if not self.client.is_connected():
+            return None
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
+
+    def subscribe(self, topics: list[str]) -> None:
+        if topics:
+            self.client.subscribe([(t, 1) for t in topics])

@@ -1,0 +1,73 @@
+"""The embedded broker: amqtt started in-process on 127.0.0.1 (never 0.0.0.0), in its own thread
+with its own event loop. At scale it is replaced by Mosquitto or an EMQX/HiveMQ cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from types import TracebackType
+from typing import Any
+
+from cloud.errors import BrokerError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """``with EmbeddedBroker() as broker: broker.url`` -> ``mqtt://127.0.0.1:<port>`` (MQTT 3.1.1)."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host, self.port = host, port or free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="amqtt", daemon=True)
+        self._broker: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> EmbeddedBroker:
+        from amqtt.broker import Broker
+
+        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 0}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        self._thread.start()
+        self._broker = Broker(config, loop=self._loop)
+
+        async def _start() -> None:
+            await self._broker.start()
+
+        try:
+            asyncio.run_coroutine_threadsafe(_start(), self._loop).result(timeout=15)
+        except Exception as exc:
+            raise BrokerError(f"the embedded broker could not start on {self.host}:{self.port}: {exc}") from exc
+        return self
+
+    def stop(self) -> None:
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # amqtt reports its own slow shutdown as errors
+        if self._broker is not None:
+            async def _stop() -> None:
+                await self._broker.shutdown()
+
+            try:
+                asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(timeout=15)
+            except Exception:
+                logging.getLogger("coldchain.broker").warning("amqtt did not shut down cleanly")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

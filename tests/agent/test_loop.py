@@ -1,0 +1,107 @@
+"""The agent's decisions, driven through an in-memory transport (the real broker is in
+tests/integration)."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.frames import FolderSource
+from agent.loop import Agent, data_dir_status
+from agent.mqtt import Acked, Connected, Inbound, Received
+from contract import topics
+from contract.events import decode_event
+from contract.jobs import JobState
+from contract.state import DeviceState
+from contract.telemetry import Telemetry
+from examples.fridge.synth import write_dataset
+from tests.conftest import deploy_command
+
+
+class MemoryTransport:
+    def __init__(self) -> None:
+        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self.published: list[tuple[str, bytes, bool]] = []
+        self.subscribed: list[str] = []
+        self.mid = 0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
+        self.mid += 1
+        self.published.append((topic, payload, retain))
+        return self.mid
+
+    def subscribe(self, topic_filters: list[str]) -> None:
+        self.subscribed += topic_filters
+
+    def on(self, topic: str) -> list[bytes]:
+        return [p for t, p, _ in self.published if t == topic]
+
+
+@pytest.fixture
+def agent(tmp_path: Path, world: dict[str, object]) -> tuple[Agent, MemoryTransport]:
+    root: Path = world["root"]  # type: ignore[assignment]
+    frames = tmp_path / "frames"
+    write_dataset(frames, 6, seed=9)
+    (frames / "broken.jpg").write_bytes(b"")
+    config = AgentConfig(device_id="fridge-7", groups=["eu"], data_dir=tmp_path / "data",
+                         trusted_keys=[root / "keys" / "ops.pub"])
+    transport = MemoryTransport()
+    return Agent(config, transport, FolderSource(frames)), transport
+
+
+def test_connect_subscribes_and_reports_state(agent: tuple[Agent, MemoryTransport]) -> None:
+    a, t = agent
+    a.handle(Connected())
+    assert set(t.subscribed) == {topics.commands("fridge-7"), topics.device_artifacts("fridge-7"),
+                                 topics.group_artifacts("eu")}
+    (state,) = t.on(topics.state("fridge-7"))
+    parsed = DeviceState.from_json(state)
+    assert parsed.online and parsed.active is None and {r.name.value for r in parsed.runtimes} >= {"onnxruntime"}
+
+
+def test_deploy_infer_and_telemetry_until_acknowledged(agent: tuple[Agent, MemoryTransport],
+                                                       world: dict[str, object]) -> None:
+    a, t = agent
+    a.handle(Connected())
+    bundle = world["bundles"][5]  # type: ignore[index]
+    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-9")
+    a.handle(Received(topics.commands("fridge-7"), command.to_json()))
+    for frame in frames:
+        a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
+    states = [decode_event(p).state for p in t.on(topics.events("fridge-7"))]  # type: ignore[union-attr]
+    assert states[-1] is JobState.PROBATION
+    for _ in range(7):
+        a.infer_once()
+    assert a.window.inferences == 6 and a.window.skipped == {"empty": 1}
+    a.close_window()
+    a.publish_pending()
+    (payload,) = t.on(topics.telemetry("fridge-7"))
+    telemetry = Telemetry.from_json(payload)
+    assert telemetry.seq == 1 and telemetry.inferences == 6 and telemetry.frames_skipped == {"empty": 1}
+    assert telemetry.bundle is not None and telemetry.bundle.sequence == 5
+    assert telemetry.latency_ms is not None and sum(telemetry.predictions.values()) >= 1
+    assert a.spool.size == 1  # kept until the broker acknowledges it
+    mid = next(iter(a.in_flight))
+    a.handle(Acked(mid))
+    assert a.spool.size == 0
+    status = data_dir_status(a.config.data_dir)
+    assert status["active_sequence"] == 5 and ("job-9", "PROBATION", None) in status["jobs"]
+
+
+def test_malformed_messages_are_answered_not_fatal(agent: tuple[Agent, MemoryTransport]) -> None:
+    a, t = agent
+    a.handle(Received(topics.commands("fridge-7"), b"{not json"))
+    a.handle(Received(topics.group_chunks("eu", "a" * 64), b"garbage"))
+    a.handle(Received("coldchain/v1/devices/fridge-7/unknown", b"{}"))
+    events = [decode_event(p) for p in t.on(topics.events("fridge-7"))]
+    assert [e.type for e in events] == ["error", "error", "error"]
+    assert a.malformed == 3

@@ -1,0 +1,108 @@
+"""A bundle compiled from the demo model reaches an agent through a real broker, in chunks, is
+verified, self-tested and activated; the agent infers on generated photos and the telemetry a
+subscriber receives validates against the contract."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import AgentConfig, BrokerConfig
+from agent.frames import FolderSource
+from agent.loop import Agent
+from agent.mqtt import MqttTransport
+from contract import topics
+from contract.events import JobEvent, decode_event
+from contract.jobs import JobState
+from contract.state import DeviceState, offline
+from contract.telemetry import Telemetry
+from examples.fridge.synth import write_dataset
+from tests.conftest import deploy_command
+
+pytestmark = pytest.mark.integration
+
+
+def _cloud_client(url: str, v5: bool, inbox: queue.Queue[tuple[str, bytes]]) -> mqtt.Client:
+    parsed = urlparse(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+    client.on_message = lambda c, u, m: inbox.put((m.topic, bytes(m.payload)))
+    client.connect(parsed.hostname or "127.0.0.1", parsed.port or 1883)
+    client.loop_start()
+    return client
+
+
+def _wait(inbox: queue.Queue[tuple[str, bytes]], predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            topic, payload = inbox.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        found = predicate(topic, payload)
+        if found is not None:
+            return found
+    pytest.fail("timed out waiting for a message")
+
+
+@pytest.mark.parametrize("broker", ["amqtt", "mosquitto"])
+def test_bundle_delivered_activated_and_telemetry_received(broker: str, request: pytest.FixtureRequest,
+                                                           tmp_path: Path, world: dict[str, object]) -> None:
+    url: str = request.getfixturevalue(f"{broker}_url")
+    v5 = broker == "mosquitto"
+    device = f"fridge-{broker}"
+    write_dataset(tmp_path / "frames", 8, seed=3)
+    root: Path = world["root"]  # type: ignore[assignment]
+    config = AgentConfig(device_id=device, groups=["eu"], data_dir=tmp_path / "data",
+                         trusted_keys=[root / "keys" / "ops.pub"], inference_interval_s=0.05, telemetry_window_s=1,
+                         broker=BrokerConfig(url=url, protocol="5" if v5 else "3.1.1", reconnect_min_s=1))
+    transport = MqttTransport(device, config.broker, topics.state(device), offline(device).to_json())
+    agent = Agent(config, transport, FolderSource(tmp_path / "frames"))
+    stop = threading.Event()
+    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    cloud = _cloud_client(url, v5, inbox)
+    for kind in ("state", "events", "telemetry"):
+        cloud.subscribe(f"coldchain/v1/devices/{device}/{kind}", 1)
+    thread = threading.Thread(target=agent.run, kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    try:
+        _wait(inbox, lambda t, p: True if t == topics.state(device) and DeviceState.from_json(p).online else None)
+        bundle = world["bundles"][5]  # type: ignore[index]
+        command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, f"job-{broker}")
+        cloud.publish(topics.commands(device), command.to_json(), qos=1)
+        time.sleep(0.5)
+        for frame in frames:  # one publish per chunk on the group topic
+            cloud.publish(topics.group_chunks("eu", command.artifact.sha256), frame, qos=1)
+
+        def probation(topic: str, payload: bytes) -> JobEvent | None:
+            if topic != topics.events(device):
+                return None
+            event = decode_event(payload)
+            if isinstance(event, JobEvent) and event.state in (JobState.PROBATION, JobState.FAILED):
+                return event
+            return None
+
+        event = _wait(inbox, probation)
+        assert event.state is JobState.PROBATION, event.reason
+
+        def telemetry(topic: str, payload: bytes) -> Telemetry | None:
+            if topic != topics.telemetry(device):
+                return None
+            window = Telemetry.from_json(payload)  # validates against the contract
+            return window if window.inferences > 0 else None
+
+        window = _wait(inbox, telemetry)
+        assert window.bundle is not None and window.bundle.sequence == 5
+        assert window.latency_ms is not None and window.input_stats.histograms
+        assert sum(window.predictions.values()) > 0
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        cloud.loop_stop()
+        cloud.disconnect()
