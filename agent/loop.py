@@ -39,9 +39,14 @@ from contract.transfer import decode_chunk
 log = logging.getLogger("coldchain.agent")
 AGENT_VERSION = "0.1.0"
 
+_SHARED: dict[str, tuple[Manifest, runtimes.ModelRuntime]] = {}
+_SHARED_LOCK = threading.Lock()
+
 
 class Agent:
-    def __init__(self, config: AgentConfig, transport: Transport, source: FrameSource | None) -> None:
+    def __init__(self, config: AgentConfig, transport: Transport, source: FrameSource | None,
+                 share_models: bool = False) -> None:
+        self.share_models = share_models  # simulated fleets: one model session per bundle, not per device
         self.config = config
         self.transport = transport
         self.source = source
@@ -151,11 +156,18 @@ class Agent:
         if path is None or pointer.active_sha256 is None:
             return None
         if self._model is None or self._model[0] != pointer.active_sha256:
-            manifest = verify_dir(path, self.trust)
-            runtime = runtimes.open_runtime(manifest.target.runtime.name, path / manifest.model_file.path,
-                                            self.config.limits.threads)
-            self._warm_up(manifest, runtime)
-            self._model = (pointer.active_sha256, manifest, runtime)
+            sha = pointer.active_sha256
+            with _SHARED_LOCK:
+                shared = _SHARED.get(sha) if self.share_models else None
+                if shared is None:
+                    manifest = verify_dir(path, self.trust)
+                    runtime = runtimes.open_runtime(manifest.target.runtime.name, path / manifest.model_file.path,
+                                                    self.config.limits.threads)
+                    self._warm_up(manifest, runtime)
+                    shared = (manifest, runtime)
+                    if self.share_models:
+                        _SHARED[sha] = shared
+            self._model = (sha, *shared)
         return self._model
 
     @staticmethod

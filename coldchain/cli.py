@@ -22,6 +22,7 @@ SUBAPPS: dict[str, tuple[str, str]] = {
     "targets": ("coldchain.targets_cli:app", "List and show target profiles."),
     "bundle": ("coldchain.bundle_cli:app", "Inspect and verify bundles."),
     "model": ("coldchain.model_cli:app", "Register models in the MLflow registry."),
+    "agent": ("coldchain.agent_cli:app", "Run the device agent, inspect it, infer locally, simulate a fleet."),
     "keys": ("coldchain.keys_cli:app", "Signing keys: generate, sign and verify manifests."),
     "demo": ("coldchain.demo_cli:app", "Run the end-to-end demo on embedded defaults."),
 }

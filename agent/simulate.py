@@ -1,0 +1,49 @@
+"""Many agents in one process, for fleet tests and benchmarks: each has its own identity, MQTT
+connection, data directory (slots, jobs, spool) and frame source, and all agents running the
+same bundle share one model session."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from agent.config import AgentConfig, BrokerConfig
+from agent.frames import FolderSource
+from agent.loop import Agent
+from agent.mqtt import MqttTransport
+from contract import topics
+from contract.state import offline
+
+
+def simulated_agents(count: int, broker: BrokerConfig, data_root: Path, trusted_keys: list[Path],
+                     groups: list[str], frames: Path | None, prefix: str = "sim",
+                     inference_interval_s: float = 1.0, telemetry_window_s: float = 10.0) -> list[Agent]:
+    agents = []
+    for i in range(count):
+        device = f"{prefix}-{i:04d}"
+        config = AgentConfig(device_id=device, groups=groups, data_dir=data_root / device, trusted_keys=trusted_keys,
+                             broker=broker, inference_interval_s=inference_interval_s,
+                             telemetry_window_s=telemetry_window_s)
+        transport = MqttTransport(device, broker, topics.state(device), offline(device).to_json())
+        source = FolderSource(frames) if frames is not None else None
+        agents.append(Agent(config, transport, source, share_models=True))
+    return agents
+
+
+def run_all(agents: list[Agent], seconds: float | None, stop: threading.Event | None = None) -> None:
+    """Run every agent in its own thread until ``seconds`` pass or ``stop`` is set."""
+    stop = stop or threading.Event()
+    until = None if seconds is None else time.monotonic() + seconds
+    threads = [threading.Thread(target=a.run, kwargs={"until": until, "stop": stop}, daemon=True,
+                                name=a.config.device_id) for a in agents]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)

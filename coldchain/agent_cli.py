@@ -1,0 +1,123 @@
+"""``coldchain agent``: run the device agent, read its state, infer locally, simulate a fleet.
+
+Imports only the agent and the contract: a device installs ``coldchain[agent]`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from coldchain.console import console, user_errors
+
+app = typer.Typer(help="Run the device agent and inspect it.", no_args_is_help=True)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option(help="Agent configuration (TOML or YAML); COLDCHAIN_* overrides.")],
+    seconds: Annotated[float | None, typer.Option(min=1, help="Stop after this long (default: run forever).")] = None,
+) -> None:
+    """Connect to the broker, install bundles, infer on frames, report telemetry."""
+    from agent.config import load_config
+    from agent.errors import AgentError
+    from agent.frames import open_source
+    from agent.loop import run_agent
+
+    with user_errors(AgentError):
+        settings = load_config(config)
+        source = open_source(settings.source.kind, settings.source.location, settings.source.loop,
+                             settings.limits.max_frame_pixels)
+        console.print(f"agent [bold]{settings.device_id}[/] -> {settings.broker.url} (data in {settings.data_dir})")
+        run_agent(settings, source, seconds)
+
+
+@app.command()
+def status(data_dir: Annotated[Path, typer.Option(help="The agent's data directory.")] = Path("/var/lib/coldchain"),
+           ) -> None:
+    """Active and previous bundle, jobs and the telemetry spool, read from the data directory."""
+    from agent.errors import AgentError
+    from agent.loop import data_dir_status
+
+    with user_errors(AgentError):
+        info = data_dir_status(data_dir)
+    table = Table(title=f"agent data in {data_dir}", show_header=False)
+    table.add_row("active slot", f"{info['active']} (sequence {info['active_sequence']})")
+    table.add_row("previous slot", str(info["previous"]))
+    table.add_row("telemetry spool", f"{info['spool_pending']} windows waiting, {info['spool_evicted']} evicted")
+    console.print(table)
+    jobs = Table(title="jobs")
+    for col in ("job", "state", "reason"):
+        jobs.add_column(col)
+    for job_id, state, reason in info["jobs"]:  # type: ignore[attr-defined]
+        jobs.add_row(job_id, state, reason or "")
+    console.print(jobs)
+
+
+@app.command()
+def infer(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    trusted: Annotated[list[Path], typer.Option(help="Trusted public key (.pub) or folder; repeatable.")],
+    threads: Annotated[int, typer.Option(min=1, max=64)] = 2,
+) -> None:
+    """One-shot local inference with a verified bundle (for firmware developers)."""
+    import tempfile
+
+    from agent import postprocess, runtimes
+    from agent.errors import AgentError
+    from agent.frames import decode
+    from agent.preprocess import preprocess
+    from contract.bundle import unpack, verify_dir
+    from contract.signing import TrustStore
+
+    with tempfile.TemporaryDirectory() as tmp, user_errors(AgentError, OSError):
+        directory = unpack(bundle, Path(tmp)) if bundle.is_file() else bundle
+        manifest = verify_dir(directory, TrustStore.from_paths(trusted))
+        runtime = runtimes.open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, threads)
+        post = postprocess.get(manifest.io.postprocessor.name)
+        table = Table(title=f"{manifest.model.name} v{manifest.model.version} ({manifest.target.name})")
+        for col in ("image", "prediction", "inventory", "ms"):
+            table.add_column(col)
+        for image in images:
+            try:
+                frame = decode(image.read_bytes(), 8192 * 8192)
+            except AgentError as exc:
+                table.add_row(str(image), f"[red]{exc}[/]", "", "")
+                continue
+            started = time.perf_counter()
+            x, place = preprocess(frame, manifest.io.preprocessing)
+            prediction = post(runtime.run({manifest.io.inputs[0].name: x}), manifest.io.labels,
+                              manifest.io.postprocessor.params, place)
+            ms = (time.perf_counter() - started) * 1000
+            shown = ", ".join(f"{d.label} {d.score:.2f}" for d in prediction.detections[:5]) or "(nothing)"
+            table.add_row(str(image), shown, ", ".join(f"{k} x{v}" for k, v in prediction.inventory.items()),
+                          f"{ms:.1f}")
+    console.print(table)
+
+
+@app.command()
+def simulate(
+    count: Annotated[int, typer.Option(min=1, max=2000, help="How many agents.")],
+    trusted: Annotated[list[Path], typer.Option(help="Trusted public key (.pub); repeatable.")],
+    broker: Annotated[str, typer.Option(help="Broker URL.")] = "mqtt://127.0.0.1:1883",
+    protocol: Annotated[str, typer.Option(help="MQTT protocol: 5 or 3.1.1 (amqtt).")] = "5",
+    group: Annotated[list[str], typer.Option(help="Group of every simulated device; repeatable.")] = ["sim"],  # noqa: B006
+    frames: Annotated[Path | None, typer.Option(help="Folder of frames every agent loops over.")] = None,
+    data: Annotated[Path, typer.Option(help="Root of the agents' data directories.")] = Path("sim-agents"),
+    seconds: Annotated[float | None, typer.Option(min=1, help="Stop after this long.")] = None,
+) -> None:
+    """N agents in one process, each with its own identity, state and spool, sharing model sessions."""
+    from agent.config import BrokerConfig
+    from agent.errors import AgentError
+    from agent.simulate import run_all, simulated_agents
+
+    with user_errors(AgentError, ValueError):
+        agents = simulated_agents(count, BrokerConfig(url=broker, protocol=protocol), data, trusted,
+                                  group, frames)
+    console.print(f"{count} simulated agents -> {broker} (groups {', '.join(group)}, data in {data})")
+    run_all(agents, seconds)
