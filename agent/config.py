@@ -21,6 +21,8 @@ from agent.errors import ConfigError
 from contract.base import Identifier, problems_of
 
 ENV_PREFIX = "COLDCHAIN_"
+NOT_SETTINGS = frozenset({"COLDCHAIN_FAULT", "COLDCHAIN_FAULT_AFTER", "COLDCHAIN_ONNX2TF_VENV"})
+"""COLDCHAIN_* variables that belong to other parts (fault injection, the compiler), not to the agent."""
 
 
 class _Section(BaseModel):
@@ -125,7 +127,7 @@ def _read(path: Path) -> dict[str, Any]:
 def _overlay(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         target = merged

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import AgentError, TransferError
+from agent.faults import fault
 from agent.jobs import JobRecord, JobStore
 from agent.receiver import Download
 from agent.runtimes import open_runtime, version_at_least
@@ -74,7 +75,10 @@ class Deployer:
         if record is None or record.state is not JobState.DOWNLOADING:
             return record
         download = self._download(DeployCommand.model_validate(record.command))
-        if download.accept(chunk) and download.complete:
+        accepted = download.accept(chunk)
+        if accepted:
+            fault("download")
+        if accepted and download.complete:
             return self.advance(record)
         return record
 
@@ -85,8 +89,16 @@ class Deployer:
         return self._download(DeployCommand.model_validate(record.command)).missing()
 
     def resume(self) -> list[JobRecord]:
-        """After a restart: continue every unfinished job from its persisted state."""
-        return [self.advance(record) for record in self.jobs.unfinished()]
+        """After a restart: continue every unfinished job from its persisted state, and report the
+        state of those that had nothing to redo (a download waiting for chunks, a probation)."""
+        resumed = []
+        for stored in self.jobs.unfinished():
+            before = stored.state
+            record = self.advance(stored)
+            if record.state is before:
+                self.emit(record.job_id, record.state, record.reason, None)
+            resumed.append(record)
+        return resumed
 
     # ---- the state machine -----------------------------------------------------------
     def advance(self, record: JobRecord) -> JobRecord:
@@ -99,6 +111,7 @@ class Deployer:
                 self._move(record, JobState.VERIFYING)
             if record.state is JobState.VERIFYING:
                 self._verify(record, command)
+                fault("after_verify")
                 self._move(record, JobState.INSTALLING)
             if record.state is JobState.INSTALLING:
                 record.slot = self.slots.install(self._staging(command))
@@ -113,6 +126,7 @@ class Deployer:
                     self.slots.activate(self._slot(record), record.manifest_sha256 or "", record.sequence or 0)
                 record.probation_started = time.time()
                 self._move(record, JobState.PROBATION)
+                fault("probation")
         except (AgentError, ContractError) as exc:
             return self._fail(record, str(exc))
         return record

@@ -41,6 +41,7 @@ AGENT_VERSION = "0.1.0"
 
 _SHARED: dict[str, tuple[Manifest, runtimes.ModelRuntime]] = {}
 _SHARED_LOCK = threading.Lock()
+OUTBOX_LIMIT = 1000
 
 
 class Agent:
@@ -62,13 +63,14 @@ class Agent:
         self.connected = False
         self._model: tuple[str, Manifest, runtimes.ModelRuntime] | None = None
         self.malformed = 0
+        self.outbox: list[tuple[str, bytes]] = []  # events produced while offline
 
     # ---- outbound ---------------------------------------------------------------------
     def _emit(self, job_id: str, state: JobState, reason: str | None, progress: float | None) -> None:
         self.event_seq += 1
         event = JobEvent(device_id=self.config.device_id, seq=self.event_seq, job_id=job_id, state=state,
                          reason=reason, progress=progress)
-        self.transport.publish(topics.events(self.config.device_id), event.to_json())
+        self.send(topics.events(self.config.device_id), event.to_json())
         if state.terminal or state in (JobState.PROBATION, JobState.QUEUED):
             self.publish_state()
 
@@ -76,7 +78,14 @@ class Agent:
         self.event_seq += 1
         event = ErrorEvent(device_id=self.config.device_id, seq=self.event_seq, code=code, message=message[:2000],
                            topic=topic)
-        self.transport.publish(topics.events(self.config.device_id), event.to_json())
+        self.send(topics.events(self.config.device_id), event.to_json())
+
+    def send(self, topic: str, payload: bytes) -> None:
+        """Publish an event now, or keep it (bounded) until the connection is back."""
+        if self.connected and self.transport.publish(topic, payload) is not None:
+            return
+        self.outbox.append((topic, payload))
+        del self.outbox[:-OUTBOX_LIMIT]
 
     def bundle_ref(self) -> BundleRef | None:
         loaded = self.active_model()
@@ -109,6 +118,9 @@ class Agent:
             self.connected = True
             self.transport.subscribe(self.subscriptions())
             self.publish_state()
+            waiting, self.outbox = self.outbox, []
+            for topic, payload in waiting:
+                self.send(topic, payload)
             self.in_flight.clear()  # unacknowledged windows are still in the spool: send again
         elif isinstance(item, Disconnected):
             self.connected = False

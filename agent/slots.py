@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.errors import SlotError
+from agent.faults import fault
 
 SlotName = Literal["a", "b"]
 POINTER = "ACTIVE"
@@ -52,6 +53,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    if path.name == POINTER:
+        fault("mid_activation")  # the new pointer is written but not yet in place
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -99,6 +102,7 @@ class SlotStore:
         target = self.path(slot)
         shutil.rmtree(target)
         shutil.copytree(bundle_dir, target)
+        fault("mid_install")  # copied, not yet made durable: a crash here leaves a slot nobody points to
         fsync_tree(target)
         return slot
 

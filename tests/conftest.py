@@ -54,13 +54,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "trusted_key": key, "rogue_key": signing.load_private_key(rogue.private)}
 
 
-def deploy_command(tarball: Path, manifest_sha: str, sequence: int, job: str,
-                   group: str = "eu") -> tuple[DeployCommand, list[bytes]]:
+def deploy_command(tarball: Path, manifest_sha: str, sequence: int, job: str, group: str = "eu",
+                   chunk: int = CHUNK) -> tuple[DeployCommand, list[bytes]]:
     data = tarball.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    count = -(-len(data) // CHUNK)
-    ref = ArtifactRef(sha256=sha, size=len(data), chunk_size=CHUNK, chunk_count=count, group=group)
+    count = -(-len(data) // chunk)
+    ref = ArtifactRef(sha256=sha, size=len(data), chunk_size=chunk, chunk_count=count, group=group)
     bundle = BundleRef(model_name="fridge", model_version="1", target="arm64-cortex-a72-ort", sequence=sequence,
                        sha256=manifest_sha)
-    frames = [encode_chunk(sha, i, count, data[i * CHUNK:(i + 1) * CHUNK]) for i in range(count)]
+    frames = [encode_chunk(sha, i, count, data[i * chunk:(i + 1) * chunk]) for i in range(count)]
     return DeployCommand(job_id=job, bundle=bundle, artifact=ref, probation_s=60), frames

@@ -99,7 +99,9 @@ def test_deploy_infer_and_telemetry_until_acknowledged(agent: tuple[Agent, Memor
 
 def test_malformed_messages_are_answered_not_fatal(agent: tuple[Agent, MemoryTransport]) -> None:
     a, t = agent
-    a.handle(Received(topics.commands("fridge-7"), b"{not json"))
+    a.handle(Received(topics.commands("fridge-7"), b"{not json"))  # offline: the answer waits
+    assert not t.on(topics.events("fridge-7")) and len(a.outbox) == 1
+    a.handle(Connected())
     a.handle(Received(topics.group_chunks("eu", "a" * 64), b"garbage"))
     a.handle(Received("coldchain/v1/devices/fridge-7/unknown", b"{}"))
     events = [decode_event(p) for p in t.on(topics.events("fridge-7"))]
