@@ -8,11 +8,8 @@ import queue
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import AgentConfig, BrokerConfig
 from agent.frames import FolderSource
@@ -25,30 +22,9 @@ from contract.state import DeviceState, offline
 from contract.telemetry import Telemetry
 from examples.fridge.synth import write_dataset
 from tests.conftest import deploy_command
+from tests.integration.cloud_side import cloud_client, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _cloud_client(url: str, v5: bool, inbox: queue.Queue[tuple[str, bytes]]) -> mqtt.Client:
-    parsed = urlparse(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
-    client.on_message = lambda c, u, m: inbox.put((m.topic, bytes(m.payload)))
-    client.connect(parsed.hostname or "127.0.0.1", parsed.port or 1883)
-    client.loop_start()
-    return client
-
-
-def _wait(inbox: queue.Queue[tuple[str, bytes]], predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            topic, payload = inbox.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        found = predicate(topic, payload)
-        if found is not None:
-            return found
-    pytest.fail("timed out waiting for a message")
 
 
 @pytest.mark.parametrize("broker", ["amqtt", "mosquitto"])
@@ -66,13 +42,14 @@ def test_bundle_delivered_activated_and_telemetry_received(broker: str, request:
     agent = Agent(config, transport, FolderSource(tmp_path / "frames"))
     stop = threading.Event()
     inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    cloud = _cloud_client(url, v5, inbox)
+    cloud = cloud_client(url, v5, inbox)
     for kind in ("state", "events", "telemetry"):
         cloud.subscribe(f"coldchain/v1/devices/{device}/{kind}", 1)
     thread = threading.Thread(target=agent.run, kwargs={"stop": stop}, daemon=True)
     thread.start()
     try:
-        _wait(inbox, lambda t, p: True if t == topics.state(device) and DeviceState.from_json(p).online else None)
+        assert wait_for(inbox, lambda t, p: True if t == topics.state(device) and DeviceState.from_json(p).online
+                        else None), "the agent never came online"
         bundle = world["bundles"][5]  # type: ignore[index]
         command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, f"job-{broker}")
         cloud.publish(topics.commands(device), command.to_json(), qos=1)
@@ -88,8 +65,8 @@ def test_bundle_delivered_activated_and_telemetry_received(broker: str, request:
                 return event
             return None
 
-        event = _wait(inbox, probation)
-        assert event.state is JobState.PROBATION, event.reason
+        event = wait_for(inbox, probation)
+        assert event is not None and event.state is JobState.PROBATION, event.reason
 
         def telemetry(topic: str, payload: bytes) -> Telemetry | None:
             if topic != topics.telemetry(device):
@@ -97,8 +74,8 @@ def test_bundle_delivered_activated_and_telemetry_received(broker: str, request:
             window = Telemetry.from_json(payload)  # validates against the contract
             return window if window.inferences > 0 else None
 
-        window = _wait(inbox, telemetry)
-        assert window.bundle is not None and window.bundle.sequence == 5
+        window = wait_for(inbox, telemetry)
+        assert window is not None and window.bundle is not None and window.bundle.sequence == 5
         assert window.latency_ms is not None and window.input_stats.histograms
         assert sum(window.predictions.values()) > 0
     finally:

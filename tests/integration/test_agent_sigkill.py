@@ -10,11 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.deploy import Deployer
 from agent.runtimes import available
@@ -27,6 +24,7 @@ from contract.signing import TrustStore
 from contract.transfer import MissingChunks, decode_chunk
 from examples.fridge.synth import write_dataset
 from tests.conftest import deploy_command
+from tests.integration.cloud_side import cloud_client, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,29 +38,6 @@ def _agent(config: Path, fault: str | None, after: int = 1) -> subprocess.Popen[
     code = "import sys; from coldchain.cli import main; main()"
     return subprocess.Popen([sys.executable, "-c", code, "agent", "run", "--config", str(config)], env=env,
                             stdout=subprocess.DEVNULL, stderr=open(str(config) + ".log", "ab"))
-
-
-def _client(url: str, inbox: queue.Queue[tuple[str, bytes]], device: str) -> mqtt.Client:
-    parsed = urlparse(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = lambda c, u, m: inbox.put((m.topic, bytes(m.payload)))
-    client.connect(parsed.hostname or "127.0.0.1", parsed.port or 1883)
-    client.loop_start()
-    client.subscribe(f"coldchain/v1/devices/{device}/#", 1)
-    return client
-
-
-def _drain_until(inbox: queue.Queue[tuple[str, bytes]], want, timeout: float):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            topic, payload = inbox.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        found = want(topic, payload)
-        if found is not None:
-            return found
-    return None
 
 
 def _assert_whole(data: Path, trust: TrustStore, allowed: set[str]) -> None:
@@ -95,12 +70,12 @@ def test_sigkill_at_each_point_of_a_deploy(fault: str, tmp_path: Path, mosquitto
                       f'telemetry_window_s = 2\n[broker]\nurl = "{mosquitto_url}"\nprotocol = "5"\n'
                       f'[source]\nkind = "folder"\nlocation = "{tmp_path / "frames"}"\n')
     inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    cloud = _client(mosquitto_url, inbox, device)
+    cloud = cloud_client(mosquitto_url, True, inbox, [f"coldchain/v1/devices/{device}/#"])
     command, frames = deploy_command(new.tarball, new.ref.sha256, 6, f"job-{fault}", chunk=16 * 1024)
     after = 3 if fault == "download" else 1
     agent = _agent(config, fault, after)
     try:
-        assert _drain_until(inbox, lambda t, p: True if t == topics.state(device) and b'"online":true' in p else None,
+        assert wait_for(inbox, lambda t, p: True if t == topics.state(device) and b'"online":true' in p else None,
                             30), "the agent never came online"
         cloud.publish(topics.commands(device), command.to_json(), qos=1)
         time.sleep(0.3)
@@ -129,12 +104,12 @@ def test_sigkill_at_each_point_of_a_deploy(fault: str, tmp_path: Path, mosquitto
 
         if fault == "download":
             assert len(persisted) >= 3 and len(frames) > 8
-            report = _drain_until(inbox, missing_report, 30)
+            report = wait_for(inbox, missing_report, 30)
             assert report is not None, "the restarted agent did not ask for its missing chunks"
             assert not persisted & set(report.indices()), "chunks persisted before the kill were asked for again"
             for index in report.indices():
                 cloud.publish(topics.device_chunks(device, command.artifact.sha256), frames[index], qos=1)
-        event = _drain_until(inbox, final, 60)
+        event = wait_for(inbox, final, 60)
         assert event is not None and event.state is JobState.PROBATION, event
         _assert_whole(data, trust, {new.ref.sha256})
     finally:
