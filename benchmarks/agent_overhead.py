@@ -1,0 +1,127 @@
+"""The agent's per-frame pipeline against bare ``InferenceSession.run`` on ready tensors.
+
+    .venv/bin/python -m benchmarks.agent_overhead [--frames 300]
+
+For the demo fridge bundle (compiled here for arm64-cortex-a72-ort) and, where ../shared/data
+exists, the real NanoDet int8 bundle (compiled here, about a minute): decode (JPEG bytes ->
+BGR), then preprocess + infer + postprocess + telemetry bookkeeping (what the agent does per
+frame, decode excluded), against the same model's bare run on an already prepared input.
+Also frames per second of the whole pipeline and the process RSS idle and busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from agent import postprocess
+from agent.frames import decode
+from agent.preprocess import preprocess
+from agent.runtimes import open_runtime
+from agent.telemetry import Window
+from compiler.bundle import write_bundle
+from compiler.description import load_description
+from compiler.evaluate import image_sets
+from compiler.pipeline import Pipeline
+from compiler.target import load_target
+from contract import signing
+from contract.manifest import ModelSource
+from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
+from examples.fridge.synth import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+console = Console(width=160)
+
+
+def compile_bundle(name: str, source: Path, description: Path, calibration: Path, evaluation: Path | None,
+                   work: Path) -> Path:
+    desc = load_description(description)
+    cal, ev, _ = image_sets(calibration, evaluation, 100, 0, desc)
+    target = load_target("arm64-cortex-a72-ort")
+    result = Pipeline(desc, target, cal, ev, work / f"{name}-work",
+                      progress=lambda m: console.log(f"{name}: {m}")).run(source)
+    key = signing.generate_private_key()
+    info = ModelSource(name=name, version="bench", source_uri=source.as_uri(), sha256="0" * 64)
+    return write_bundle(result, info, target, cal, ev, key, work / "bundles", 1).directory
+
+
+def measure(name: str, bundle: Path, photos: list[bytes], frames: int, threads: int) -> dict[str, float]:
+    from contract.manifest import load_manifest
+
+    manifest = load_manifest((bundle / "manifest.json").read_bytes())
+    io = manifest.io
+    process = psutil.Process()
+    runtime = open_runtime(manifest.target.runtime.name, bundle / manifest.model_file.path, threads)
+    post = postprocess.get(io.postprocessor.name)
+    ready, _ = preprocess(decode(photos[0], 1 << 26), io.preprocessing)
+    feed = {io.inputs[0].name: ready}
+    for _ in range(10):
+        runtime.run(feed)
+    rss_idle = process.memory_info().rss
+    bare, decoding, pipeline = [], [], []
+    window = Window()
+    for i in range(frames):
+        started = time.perf_counter()
+        runtime.run(feed)
+        bare.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        frame = decode(photos[i % len(photos)], 1 << 26)
+        decoded = time.perf_counter()
+        x, place = preprocess(frame, io.preprocessing)
+        prediction = post(runtime.run({io.inputs[0].name: x}), io.labels, io.postprocessor.params, place)
+        window.inferred(frame, prediction, 0.0)
+        done = time.perf_counter()
+        decoding.append(decoded - started)
+        pipeline.append(done - decoded)
+    rss_busy = process.memory_info().rss
+    ms = lambda v: float(np.median(v)) * 1000  # noqa: E731
+    return {"bare": ms(bare), "pipeline": ms(pipeline), "decode": ms(decoding),
+            "fps": 1.0 / (float(np.median(pipeline)) + float(np.median(decoding))),
+            "rss_idle": rss_idle / 2**20, "rss_busy": rss_busy / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_dataset(work / "cal", 100, seed=31)
+        write_dataset(work / "frames", 50, seed=32)
+        fridge = compile_bundle("fridge", MODEL_FILE, DESCRIPTION_FILE, work / "cal", work / "frames", work)
+        photos = [p.read_bytes() for p in sorted((work / "frames").glob("*.jpg"))]
+        results.append(("fridge int8 (256x192 JPEG frames)", measure("fridge", fridge, photos, args.frames,
+                                                                      args.threads)))
+        if (SHARED / "nanodet").exists():
+            nanodet = compile_bundle("nanodet", SHARED / "nanodet" / "object_detection_nanodet_2022nov.onnx",
+                                     ROOT / "examples" / "nanodet" / "model.yaml", SHARED / "grocery" / "val", None,
+                                     work)
+            grocery = [p.read_bytes() for p in sorted((SHARED / "grocery" / "val").rglob("*.jpg"))[:50]]
+            results.append(("NanoDet int8 (grocery JPEG photos)", measure("nanodet", nanodet, grocery,
+                                                                          args.frames // 3, args.threads)))
+        else:
+            console.print(f"[yellow]NanoDet skipped: {SHARED} is absent")
+    table = Table(title=f"agent pipeline overhead on {platform.machine()}, {args.threads} threads (median per frame)")
+    for col in ("bundle", "bare run ms", "pipeline ms (no decode)", "ratio", "decode ms", "fps (all)",
+                "RSS idle MiB", "RSS busy MiB"):
+        table.add_column(col, justify="right" if col != "bundle" else "left")
+    for name, r in results:
+        table.add_row(name, f"{r['bare']:.3f}", f"{r['pipeline']:.3f}", f"{r['pipeline'] / r['bare']:.2f}x",
+                      f"{r['decode']:.3f}", f"{r['fps']:.0f}", f"{r['rss_idle']:.0f}", f"{r['rss_busy']:.0f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
