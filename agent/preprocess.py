@@ -67,6 +67,18 @@ def _place(frame: npt.NDArray[np.uint8], spec: Preprocessing) -> tuple[npt.NDArr
 def preprocess(frame: npt.NDArray[Any], spec: Preprocessing) -> tuple[npt.NDArray[Any], Letterbox]:
     """Model input with a batch dimension of 1, and where the frame went (for box mapping)."""
     image, placement = _place(check_frame(frame), spec)
+    if spec.dtype == "float32" and spec.layout is Layout.NCHW:
+        # the common case, channel plane by channel plane in place: 20x faster than normalising the
+        # interleaved image and transposing it (0.13 ms instead of 2.6 ms at 416x416)
+        planes = cv2.split(image)  # B, G, R
+        if spec.color == "RGB":
+            planes = planes[::-1]
+        out = np.empty((1, 3, image.shape[0], image.shape[1]), np.float32)
+        for c, plane in enumerate(planes):
+            out[0, c] = plane
+            out[0, c] -= spec.mean[c]
+            out[0, c] *= 1.0 / spec.std[c]
+        return out, placement
     if spec.color == "RGB":
         image = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), np.uint8)
     x: npt.NDArray[Any]
