@@ -26,13 +26,19 @@ from agent.spool import Spool
 from agent.telemetry import Window
 from contract import topics
 from contract.bundle import verify_dir
-from contract.commands import DeployCommand, RollbackCommand, SetConfigCommand, decode_command
+from contract.commands import (
+    DeployCommand,
+    RollbackCommand,
+    SetConfigCommand,
+    authorization_bytes,
+    decode_command,
+)
 from contract.common import BundleRef, RuntimeInfo
 from contract.errors import ContractError
 from contract.events import ErrorEvent, JobEvent
 from contract.jobs import JobState
 from contract.manifest import Manifest
-from contract.signing import TrustStore
+from contract.signing import TrustStore, verify_signature
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import decode_chunk
 
@@ -151,15 +157,33 @@ class Agent:
         if isinstance(command, DeployCommand):
             self.deployer.on_deploy(command)
         elif isinstance(command, RollbackCommand):
-            self.deployer.slots.rollback()
-            self._model = None
-            self.publish_state()
+            self.on_rollback(command, topic)
         elif isinstance(command, SetConfigCommand):
             updates = {k: v for k, v in (("inference_interval_s", command.inference_interval_s),
                                          ("telemetry_window_s", command.telemetry_window_s)) if v is not None}
             self.config = self.config.model_copy(update=updates)
         else:
             self._error("unsupported_command", f"{command.type} is not supported by this agent yet", topic)
+
+    def on_rollback(self, command: RollbackCommand, topic: str) -> None:
+        """Back to the previous slot: an older sequence, so only with an operator's signature."""
+        if command.authorization is None:
+            self._error("rollback_refused", "a rollback installs an older bundle and must be signed by an operator "
+                        "key this device trusts (authorization missing)", topic)
+            return
+        try:
+            verify_signature(authorization_bytes(command), command.authorization.key_id,
+                             command.authorization.signature, self.trust)
+        except ContractError as exc:
+            self._error("rollback_refused", f"rollback authorization does not verify: {exc}", topic)
+            return
+        pointer = self.deployer.slots.pointer()
+        if command.to is not None and command.to.sha256 != pointer.previous_sha256:
+            self._error("rollback_refused", "the requested bundle is not the previous one on this device", topic)
+            return
+        self.deployer.slots.rollback()
+        self._model = None
+        self.publish_state()
 
     # ---- inference and telemetry -------------------------------------------------------
     def active_model(self) -> tuple[str, Manifest, runtimes.ModelRuntime] | None:

@@ -162,3 +162,9 @@ def verify(data: bytes, signature_file: bytes, trust: TrustStore) -> str:
             "was changed after signing; do not install it"
         ) from exc
     return sig.key_id
+
+
+def verify_signature(data: bytes, kid: str, signature_b64: str, trust: TrustStore) -> None:
+    """Verify a detached signature (e.g. an operator's rollback authorization) against the trust store."""
+    signature_file = SignatureFile(key_id=kid, signature=signature_b64).to_json()
+    verify(data, signature_file, trust)

@@ -107,3 +107,39 @@ def test_malformed_messages_are_answered_not_fatal(agent: tuple[Agent, MemoryTra
     events = [decode_event(p) for p in t.on(topics.events("fridge-7"))]
     assert [e.type for e in events] == ["error", "error", "error"]
     assert a.malformed == 3
+
+
+def test_rollback_needs_an_operator_signature(agent: tuple[Agent, MemoryTransport],
+                                              world: dict[str, object]) -> None:
+    import base64
+    import json
+
+    from contract import signing
+    from contract.commands import Authorization, RollbackCommand, authorization_bytes
+
+    a, t = agent
+    a.handle(Connected())
+    for seq, job in ((5, "j5"), (6, "j6")):
+        bundle = world["bundles"][seq]  # type: ignore[index]
+        command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, seq, job)
+        a.handle(Received(topics.commands("fridge-7"), command.to_json()))
+        for frame in frames:
+            a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
+        record = a.deployer.jobs.get(job)
+        assert record is not None
+        a.deployer.probation(record, 100, 0, 0, 0.5, now=(record.probation_started or 0) + 61)
+    assert a.deployer.slots.pointer().active_sequence == 6
+    unsigned = RollbackCommand(job_id="rb-1", reason="gate failed")
+    a.handle(Received(topics.commands("fridge-7"), unsigned.to_json()))
+    forged = unsigned.model_copy(update={"job_id": "rb-2", "authorization": Authorization(
+        key_id="0" * 16, signature=base64.b64encode(b"x" * 64).decode())})
+    a.handle(Received(topics.commands("fridge-7"), forged.to_json()))
+    assert a.deployer.slots.pointer().active_sequence == 6
+    refusals = [json.loads(p) for p in t.on(topics.events("fridge-7")) if b"rollback_refused" in p]
+    assert len(refusals) == 2
+    body = RollbackCommand(job_id="rb-3", reason="gate failed")
+    signature = json.loads(signing.sign(authorization_bytes(body), world["trusted_key"]))  # type: ignore[arg-type]
+    signed = body.model_copy(update={"authorization": Authorization(key_id=signature["key_id"],
+                                                                    signature=signature["signature"])})
+    a.handle(Received(topics.commands("fridge-7"), signed.to_json()))
+    assert a.deployer.slots.pointer().active_sequence == 5
