@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
 import threading
 import time
 from pathlib import Path
@@ -315,7 +316,10 @@ def run_agent(config: AgentConfig, source: FrameSource | None, seconds: float | 
     transport = MqttTransport(config.device_id, config.broker, topics.state(config.device_id),
                               offline(config.device_id).to_json())
     agent = Agent(config, transport, source)
-    agent.run(until=None if seconds is None else time.monotonic() + seconds)
+    stop = threading.Event()
+    # systemd stops with SIGTERM: finish the step, publish the offline state, close the spool
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    agent.run(until=None if seconds is None else time.monotonic() + seconds, stop=stop)
     return agent
 
 
