@@ -103,8 +103,8 @@ class Agent:
                          target=manifest.target.name, sequence=manifest.sequence, sha256=sha)
 
     def state(self) -> DeviceState:
-        jobs = [r for r in self.deployer.jobs.all()]
-        current = max(jobs, key=lambda r: len(r.history), default=None)
+        # the job that moved last (history times are ISO 8601 UTC, so they sort as text)
+        current = max(self.deployer.jobs.all(), key=lambda r: r.history[-1][2] if r.history else "", default=None)
         return DeviceState(
             device_id=self.config.device_id, online=True, board=self.config.board, agent_version=AGENT_VERSION,
             runtimes=[RuntimeInfo(name=k, version=v) for k, v in self.available.items()],

@@ -107,10 +107,10 @@ def compare(name: str, source: Path, description: ModelDescription, cal: ImageSe
     clean = result.steps[1].model
     calibration = p.calibration_file()
     spec = target.passes[1]
-    plain, _ = p._apply(spec, clean, {}, "plain")
+    plain, _ = p.apply_pass(spec, clean, {}, "plain")
     rows.append(measure(p, ref, name, "coldchain int8, no float fallback", plain, float_step.accuracy))
-    corrected, _ = p._apply(PassSpec(name="quantize.static", config={**spec.config, "bias_correction": True}), clean,
-                            {}, "corrected")
+    corrected_spec = PassSpec(name="quantize.static", config={**spec.config, "bias_correction": True})
+    corrected, _ = p.apply_pass(corrected_spec, clean, {}, "corrected")
     rows.append(measure(p, ref, name, "coldchain int8 + layer-wise bias correction, no fallback", corrected,
                         float_step.accuracy))
     baseline = plain_ort_defaults(source, calibration, work / "ort-defaults.onnx")

@@ -150,7 +150,8 @@ class Pipeline:
             np.savez(path, **arrays)
         return path
 
-    def _apply(self, spec: PassSpec, model: Path, overrides: dict[str, Any], tag: str) -> tuple[Path, dict[str, Any]]:
+    def apply_pass(self, spec: PassSpec, model: Path, overrides: dict[str, Any],
+                   tag: str) -> tuple[Path, dict[str, Any]]:
         config, record = self._config(spec, overrides)
         workdir = self.workdir / tag
         shutil.rmtree(workdir, ignore_errors=True)
@@ -182,7 +183,7 @@ class Pipeline:
             if spec.search:
                 step = self._search(spec, current, reference, float_step.accuracy, tag)
             else:
-                out, record = self._apply(spec, current.model, {}, tag)
+                out, record = self.apply_pass(spec, current.model, {}, tag)
                 step, _, _ = self.measure(spec.name, out, record, reference, float_step.accuracy)
                 if not step.within_budget and "exclude_nodes" in get_pass(spec.name).Config.model_fields:
                     step, kept = self._fallback(spec, current, step, reference, float_step.accuracy, tag)
@@ -204,7 +205,7 @@ class Pipeline:
         best: Step | None = None
         for value in values:
             self.progress(f"pass {spec.name}: trying {key}={value}")
-            out, record = self._apply(spec, current.model, {key: value}, f"{tag}-{key}-{value}")
+            out, record = self.apply_pass(spec, current.model, {key: value}, f"{tag}-{key}-{value}")
             step, _, _ = self.measure(spec.name, out, record, reference, float_accuracy)
             if step.within_budget and step.fidelity >= (spec.min_fidelity or 0.0):
                 step.note = f"{key}={value}: first value within budget of {values}"
@@ -234,8 +235,9 @@ class Pipeline:
         best = failed
         for index, (what, kept) in enumerate(candidates):
             self.progress(f"int8 over budget: keeping {what} in float")
-            out, record = self._apply(spec, current.model, {"exclude_nodes": excluded_before + [n for n, _ in kept]},
-                                      f"{tag}-float{index}")
+            out, record = self.apply_pass(spec, current.model,
+                                          {"exclude_nodes": excluded_before + [n for n, _ in kept]},
+                                          f"{tag}-float{index}")
             step, _, _ = self.measure(spec.name, out, record, reference, float_accuracy)
             if step.within_budget:
                 step.note = f"kept {what} in float: " + ", ".join(f"{n} (error {e:.4f})" for n, e in kept)
