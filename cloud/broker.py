@@ -4,6 +4,7 @@ with its own event loop. At scale it is replaced by Mosquitto or an EMQX/HiveMQ 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -60,8 +61,18 @@ class EmbeddedBroker:
 
             try:
                 asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(timeout=15)
-            except Exception:
+            except Exception:  # shutting down anyway
                 logging.getLogger("coldchain.broker").warning("amqtt did not shut down cleanly")
+
+        async def _cancel_rest() -> None:  # amqtt leaves its broadcast task behind
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):  # shutting down anyway
+                asyncio.run_coroutine_threadsafe(_cancel_rest(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
