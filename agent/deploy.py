@@ -30,7 +30,7 @@ from contract.errors import ContractError
 from contract.jobs import JobState
 from contract.manifest import Manifest
 from contract.signing import TrustStore
-from contract.transfer import Chunk
+from contract.transfer import Chunk, MissingChunks
 
 Emit = Callable[[str, JobState, str | None, float | None], None]  # job id, state, reason, progress
 
@@ -87,6 +87,14 @@ class Deployer:
         if record is None or record.state is not JobState.DOWNLOADING:
             return []
         return self._download(DeployCommand.model_validate(record.command)).missing()
+
+    def missing_report(self, job_id: str, device_id: str) -> MissingChunks | None:
+        """What a downloading job still lacks, as the message the device sends; None when nothing is."""
+        record = self.jobs.get(job_id)
+        if record is None or record.state is not JobState.DOWNLOADING:
+            return None
+        download = self._download(DeployCommand.model_validate(record.command))
+        return download.missing_report(device_id) if not download.complete else None
 
     def resume(self) -> list[JobRecord]:
         """After a restart: continue every unfinished job from its persisted state, and report the

@@ -266,12 +266,9 @@ class Agent:
 
     def request_missing(self) -> None:
         for record in self.deployer.jobs.unfinished():
-            if record.state is JobState.DOWNLOADING:
-                missing = self.deployer.missing(record.job_id)
-                if missing:
-                    report = self.deployer._download(DeployCommand.model_validate(record.command)).missing_report(
-                        self.config.device_id)
-                    self.transport.publish(topics.missing(self.config.device_id, report.sha256), report.to_json())
+            report = self.deployer.missing_report(record.job_id, self.config.device_id)
+            if report is not None:
+                self.transport.publish(topics.missing(self.config.device_id, report.sha256), report.to_json())
 
     # ---- the loop -----------------------------------------------------------------------
     def step(self, repair_every_s: float = 5.0) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from agent import postprocess
 from agent.errors import AgentError
+from agent.frames import IMAGE_SUFFIXES
 from agent.postprocess import Prediction
 from agent.preprocess import Letterbox, preprocess
 from agent.runtimes import ModelRuntime
@@ -27,7 +28,6 @@ from compiler.description import ModelDescription
 from compiler.errors import CalibrationError
 from contract.manifest import IOSpec, Preprocessing, Task
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 LABELS_FILE = "labels.csv"
 
 
