@@ -108,6 +108,26 @@ class Deployer:
             resumed.append(record)
         return resumed
 
+    def cancel(self, job_id: str, reason: str) -> JobRecord | None:
+        """Stop a job that has not activated its bundle yet (FAILED); later states are left alone."""
+        record = self.jobs.get(job_id)
+        before_activation = (JobState.QUEUED, JobState.DOWNLOADING, JobState.VERIFYING, JobState.INSTALLING,
+                             JobState.SELF_TEST, JobState.SHADOW)
+        if record is None or record.state not in before_activation:
+            return record
+        self._cleanup(DeployCommand.model_validate(record.command))
+        return self._move(record, JobState.FAILED, f"cancelled: {reason}")
+
+    def roll_back_active(self, reason: str) -> str:
+        """An operator's rollback: the job that activated the current bundle ends ROLLED_BACK."""
+        active = self.slots.pointer().active_sha256
+        if active is None:
+            return "no bundle is active: nothing to roll back"
+        for record in self.jobs.all():
+            if record.manifest_sha256 == active and record.state in (JobState.PROBATION, JobState.SUCCEEDED):
+                return self._move(record, JobState.ROLLED_BACK, f"{reason}; {self._restore()}").reason or ""
+        return self._restore()
+
     # ---- the state machine -----------------------------------------------------------
     def advance(self, record: JobRecord) -> JobRecord:
         command = DeployCommand.model_validate(record.command)

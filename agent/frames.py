@@ -72,11 +72,13 @@ class FrameSource(Protocol):
 class FolderSource:
     """Images of a folder in name order; loops when ``loop`` (a fixed camera replaying a day)."""
 
-    def __init__(self, folder: Path, loop: bool = True, max_pixels: int = 4096 * 4096) -> None:
+    def __init__(self, folder: Path, loop: bool = True, max_pixels: int = 4096 * 4096, start: int = 0) -> None:
         self.name = str(folder)
-        self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.files:
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
             raise FrameError("capture", f"frame folder {folder} holds no images")
+        start %= len(files)  # simulated fleets: each device starts at another photo
+        self.files = files[start:] + files[:start]
         self.loop, self.max_pixels = loop, max_pixels
         self._order: Iterator[Path] = iter(self.files)
 

@@ -28,6 +28,7 @@ from agent.telemetry import Window
 from contract import topics
 from contract.bundle import verify_dir
 from contract.commands import (
+    CancelCommand,
     DeployCommand,
     RollbackCommand,
     SetConfigCommand,
@@ -116,8 +117,13 @@ class Agent:
 
     def subscriptions(self) -> list[str]:
         device = self.config.device_id
+        groups = set(self.config.groups)
+        for record in self.deployer.jobs.unfinished():  # rollout waves publish on a group of their own
+            group = record.command.get("artifact", {}).get("group")
+            if group:
+                groups.add(group)
         return [topics.commands(device), topics.device_artifacts(device),
-                *[topics.group_artifacts(g) for g in self.config.groups]]
+                *[topics.group_artifacts(g) for g in sorted(groups)]]
 
     # ---- inbound ----------------------------------------------------------------------
     def handle(self, item: Inbound) -> None:
@@ -156,7 +162,12 @@ class Agent:
     def on_command(self, payload: bytes, topic: str) -> None:
         command = decode_command(payload)
         if isinstance(command, DeployCommand):
+            group = command.artifact.group
+            if group is not None and group not in self.config.groups:  # a rollout wave's own group topic
+                self.transport.subscribe([topics.group_artifacts(group)])
             self.deployer.on_deploy(command)
+        elif isinstance(command, CancelCommand):
+            self.deployer.cancel(command.target_job_id, f"job {command.job_id} from the cloud")
         elif isinstance(command, RollbackCommand):
             self.on_rollback(command, topic)
         elif isinstance(command, SetConfigCommand):
@@ -179,10 +190,12 @@ class Agent:
             self._error("rollback_refused", f"rollback authorization does not verify: {exc}", topic)
             return
         pointer = self.deployer.slots.pointer()
+        if command.to is not None and command.to.sha256 == pointer.active_sha256:
+            return  # already there: a repeated rollback changes nothing
         if command.to is not None and command.to.sha256 != pointer.previous_sha256:
             self._error("rollback_refused", "the requested bundle is not the previous one on this device", topic)
             return
-        self.deployer.slots.rollback()
+        self.deployer.roll_back_active(f"rolled back by the cloud: {command.reason}")
         self._model = None
         self.publish_state()
 

@@ -55,7 +55,8 @@ class Transport(Protocol):
 
 
 class MqttTransport:
-    def __init__(self, client_id: str, broker: BrokerConfig, will_topic: str, will_payload: bytes) -> None:
+    def __init__(self, client_id: str, broker: BrokerConfig, will_topic: str | None = None,
+                 will_payload: bytes = b"") -> None:
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.broker = broker
         self.v5 = broker.protocol == "5"
@@ -64,7 +65,8 @@ class MqttTransport:
         else:  # a persistent session too, so QoS 1 commands queued while offline are delivered
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                                       clean_session=False)
-        self.client.will_set(will_topic, will_payload, qos=1, retain=True)
+        if will_topic is not None:
+            self.client.will_set(will_topic, will_payload, qos=1, retain=True)
         if broker.username:
             self.client.username_pw_set(broker.username, broker.password)
         if broker.tls:

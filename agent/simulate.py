@@ -26,7 +26,7 @@ def simulated_agents(count: int, broker: BrokerConfig, data_root: Path, trusted_
                              broker=broker, inference_interval_s=inference_interval_s,
                              telemetry_window_s=telemetry_window_s)
         transport = MqttTransport(device, broker, topics.state(device), offline(device).to_json())
-        source = FolderSource(frames) if frames is not None else None
+        source = FolderSource(frames, start=i * 7919) if frames is not None else None
         agents.append(Agent(config, transport, source, share_models=True))
     return agents
 

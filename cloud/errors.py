@@ -1,7 +1,11 @@
 """Exceptions of the cloud.
 
 CloudError            anything the cloud refuses or cannot do
-└── BrokerError       the embedded broker cannot start or stop
+├── BrokerError       the embedded broker cannot start or stop, or a broker cannot be reached
+├── StoreError        the database URL is wrong or the database cannot be opened
+├── NotFoundError     a device, bundle or rollout that does not exist
+├── BundleImportError a bundle tarball that is not a valid, signed coldchain bundle
+└── RolloutError      a rollout that cannot be started or changed (bad plan, wrong status)
 """
 
 from __future__ import annotations
@@ -12,4 +16,20 @@ class CloudError(Exception):
 
 
 class BrokerError(CloudError):
-    """The embedded broker cannot start or stop."""
+    """The embedded broker cannot start or stop, or a broker cannot be reached."""
+
+
+class StoreError(CloudError):
+    """The database URL is wrong or the database cannot be opened."""
+
+
+class NotFoundError(CloudError):
+    """A device, bundle or rollout that does not exist."""
+
+
+class BundleImportError(CloudError):
+    """A bundle tarball that is not a valid, signed coldchain bundle."""
+
+
+class RolloutError(CloudError):
+    """A rollout that cannot be started or changed."""

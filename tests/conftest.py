@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.bundle import write_bundle
+from compiler.bundle import Bundle, write_bundle
 from compiler.description import load_description
 from compiler.evaluate import image_sets
 from compiler.pipeline import Pipeline
@@ -51,7 +51,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     source = ModelSource(name="fridge", version="1", source_uri="file:///fridge.onnx", sha256="0" * 64)
     bundles = {seq: write_bundle(result, source, target, cal, ev, key, root / "bundles", seq) for seq in (4, 5, 6)}
     return {"root": root, "trust": signing.TrustStore.from_paths([trusted.public]), "bundles": bundles,
-            "trusted_key": key, "rogue_key": signing.load_private_key(rogue.private)}
+            "trusted_key": key, "rogue_key": signing.load_private_key(rogue.private), "sets": (cal, ev),
+            "description": description, "target": target}
+
+
+@pytest.fixture(scope="session")
+def faulty_bundle(world: dict[str, object]) -> Bundle:
+    """Sequence 7: the fridge model with a broken head (sees milk everywhere); signed like the rest."""
+    from examples.fridge.faulty import write_faulty_model
+
+    root: Path = world["root"]  # type: ignore[assignment]
+    cal, ev = world["sets"]  # type: ignore[misc]
+    model = write_faulty_model(MODEL_FILE, root / "faulty" / "fridge-v2.onnx")
+    result = Pipeline(world["description"], world["target"], cal, ev, root / "work-faulty").run(model)  # type: ignore[arg-type]
+    source = ModelSource(name="fridge", version="2", source_uri="file:///fridge-v2.onnx", sha256="1" * 64)
+    return write_bundle(result, source, world["target"], cal, ev, world["trusted_key"],  # type: ignore[arg-type]
+                        root / "bundles", 7)
 
 
 def deploy_command(tarball: Path, manifest_sha: str, sequence: int, job: str, group: str = "eu",

@@ -1,0 +1,233 @@
+"""The rollout controller: a bundle goes to a selected fleet in waves; a wave starts only after
+the previous wave's gates passed; a failing gate halts the rollout and rolls back every device
+it touched. All state lives in the store, so ``step()`` after a restart continues where the last
+controller stopped; every command carries a job id the device acts on once. Operators change a
+rollout through :mod:`cloud.rollouts`, which only writes the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent.mqtt import Transport
+from cloud.errors import NotFoundError
+from cloud.fleet import bundle_ref
+from cloud.gates import WaveEvidence, evaluate, failed
+from cloud.monitor import prediction_rates, raise_alert, summarize, windows
+from cloud.plan import RolloutPlan
+from cloud.publisher import Publisher
+from cloud.rollouts import ABORTED, ABORTING, ACTIVE, ROLLED_BACK, ROLLING_BACK, RUNNING, SUCCEEDED
+from cloud.store import BundleRow, Device, EventRow, Rollout, RolloutDevice, TelemetryRow, now
+from contract import topics
+from contract.commands import Authorization, CancelCommand, DeployCommand, RollbackCommand, authorization_bytes
+from contract.common import BundleRef
+from contract.jobs import JobState
+from contract.manifest import Manifest
+from contract.signing import key_id
+
+log = logging.getLogger("coldchain.rollout")
+TERMINAL = frozenset({s.value for s in JobState if s.terminal} | {"TIMED_OUT", "SKIPPED"})
+
+
+class Controller:
+    def __init__(self, sessions: sessionmaker[Session], transport: Transport, publisher: Publisher,
+                 operator_key: Ed25519PrivateKey, clock: Callable[[], datetime] = now,
+                 notify: Callable[[str], None] | None = None) -> None:
+        self.sessions, self.transport, self.publisher = sessions, transport, publisher
+        self.key, self.clock = operator_key, clock
+        self.notify = notify or log.info
+
+    # ---- the loop -------------------------------------------------------------------------
+    def step(self) -> None:
+        """Advance every unfinished rollout by what is due now."""
+        with self.sessions() as session:
+            ids = session.scalars(select(Rollout.id).where(Rollout.status.in_(ACTIVE))).all()
+        for rollout_id in ids:
+            with self.sessions.begin() as session:
+                rollout = session.get(Rollout, rollout_id)
+                if rollout is None:
+                    continue
+                if rollout.status == RUNNING:
+                    self._run(session, rollout)
+                elif rollout.status == ROLLING_BACK:
+                    self._roll_back(session, rollout)
+                elif rollout.status == ABORTING:
+                    self._abort(session, rollout)
+
+    def _devices(self, session: Session, rollout_id: str, wave: int | None = None) -> list[RolloutDevice]:
+        query = select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)
+        if wave is not None:
+            query = query.where(RolloutDevice.wave == wave)
+        return list(session.scalars(query.order_by(RolloutDevice.device_id)).all())
+
+    def _run(self, session: Session, rollout: Rollout) -> None:
+        plan = RolloutPlan.model_validate(rollout.plan)
+        bundle = session.get(BundleRow, rollout.bundle_sha256)
+        if bundle is None:
+            raise NotFoundError(f"rollout {rollout.id} names bundle {rollout.bundle_sha256[:12]}, which is gone")
+        wave = self._devices(session, rollout.id, rollout.wave)
+        clock = self.clock()
+        if rollout.wave_started_at is None:
+            self._start_wave(rollout, bundle, plan, wave, clock)
+            return
+        if rollout.chunks_published_at is None:
+            acked = all(d.state != "PENDING" for d in wave if d.deploy_sent_at is not None)
+            if acked or clock - rollout.wave_started_at > timedelta(seconds=plan.timeouts.ack_s):
+                artifact = self.publisher.artifact_for(_path(bundle))
+                self.publisher.start_group(artifact, _wave_group(rollout))
+                rollout.chunks_published_at = clock
+            return
+        if rollout.wave_settled_at is None:
+            if clock - rollout.wave_started_at > timedelta(seconds=plan.timeouts.wave_s):
+                for device in wave:
+                    if device.state not in TERMINAL:
+                        device.reason = f"no result within {plan.timeouts.wave_s:g} s (was {device.state})"
+                        self._cancel(device, device.reason)
+                        device.state = "TIMED_OUT"
+            if all(d.state in TERMINAL for d in wave):
+                rollout.wave_settled_at = clock
+            return
+        if clock - rollout.wave_settled_at < timedelta(seconds=plan.timeouts.observe_s):
+            return
+        self._judge(session, rollout, bundle, plan, wave)
+
+    def _start_wave(self, rollout: Rollout, bundle: BundleRow, plan: RolloutPlan, wave: list[RolloutDevice],
+                    clock: datetime) -> None:
+        artifact = self.publisher.artifact_for(_path(bundle))
+        group = _wave_group(rollout)
+        for device in wave:
+            if device.state != "PENDING":
+                continue
+            command = DeployCommand(job_id=device.job_id, bundle=bundle_ref(bundle), artifact=artifact.ref(group),
+                                    probation_s=plan.probation_s)
+            self.transport.publish(topics.commands(device.device_id), command.to_json())
+            device.deploy_sent_at = clock
+        rollout.wave_started_at = clock
+        self.notify(f"rollout {rollout.id}: wave {rollout.wave + 1} started ({len(wave)} devices)")
+
+    def _judge(self, session: Session, rollout: Rollout, bundle: BundleRow, plan: RolloutPlan,
+               wave: list[RolloutDevice]) -> None:
+        evidence = self.evidence(session, rollout, wave)
+        manifest = Manifest.model_validate(bundle.manifest)
+        results = evaluate(plan.gates, evidence, manifest)
+        rollout.gate_results = [*rollout.gate_results, {"wave": rollout.wave, "results": [r.to_json() for r in
+                                                                                          results]}]
+        bad = failed(results)
+        if bad:
+            reason = f"wave {rollout.wave + 1} failed its gate: " + "; ".join(
+                f"{r.gate} {_fmt(r.value)} (limit {_fmt(r.limit)}): {r.detail}" for r in bad)
+            rollout.status, rollout.reason = ROLLING_BACK, reason
+            raise_alert(session, "gate_failed", "rollout", rollout.id, reason, bad[0].value)
+            self.notify(f"rollout {rollout.id}: {reason}")
+            return
+        self.notify(f"rollout {rollout.id}: wave {rollout.wave + 1} passed its gates")
+        last = max((d.wave for d in self._devices(session, rollout.id)), default=0)
+        if rollout.wave >= last:
+            rollout.status = SUCCEEDED
+            self.notify(f"rollout {rollout.id}: SUCCEEDED")
+            return
+        rollout.wave += 1
+        rollout.wave_started_at = rollout.chunks_published_at = rollout.wave_settled_at = None
+
+    def evidence(self, session: Session, rollout: Rollout, wave: list[RolloutDevice]) -> WaveEvidence:
+        ids = [d.device_id for d in wave if d.state == JobState.SUCCEEDED.value]
+        started = rollout.wave_started_at
+        rows = session.scalars(select(TelemetryRow).where(
+            TelemetryRow.device_id.in_(ids), TelemetryRow.bundle_sha256 == rollout.bundle_sha256,
+            TelemetryRow.received_at >= started)).all() if ids else []
+        previous = {d.previous["sha256"] for d in wave if d.previous}
+        base_rows = session.scalars(select(TelemetryRow).where(
+            TelemetryRow.bundle_sha256.in_(previous), TelemetryRow.inferences > 0)
+            .order_by(TelemetryRow.id.desc()).limit(2000)).all() if previous else []
+        baseline, source = prediction_rates(summarize(windows(base_rows))), "the previous bundle"
+        if not baseline:
+            bundle = session.get(BundleRow, rollout.bundle_sha256)
+            reference = (bundle.manifest.get("reference") or {}) if bundle else {}
+            baseline, source = dict(reference.get("prediction_rates") or {}), "the reference profile"
+        jobs = [d.job_id for d in wave]
+        shadows = session.scalars(select(EventRow).where(EventRow.type == "shadow", EventRow.job_id.in_(jobs))).all()
+        return WaveEvidence([d.state for d in wave if d.state != "SKIPPED"], summarize(windows(rows)), baseline,
+                            source, [float(e.payload.get("agreement", 0.0)) for e in shadows])
+
+    def _abort(self, session: Session, rollout: Rollout) -> None:
+        for device in self._devices(session, rollout.id):
+            if device.deploy_sent_at is not None and device.state not in TERMINAL and not device.activated:
+                self._cancel(device, rollout.reason or "aborted")
+            elif device.state == "PENDING":
+                device.state, device.reason = "SKIPPED", rollout.reason
+        rollout.status = ABORTED
+        self.notify(f"rollout {rollout.id}: ABORTED ({rollout.reason})")
+
+    # ---- rolling back -----------------------------------------------------------------------
+    def _roll_back(self, session: Session, rollout: Rollout) -> None:
+        """Every touched device back to what it ran before; done when each confirmed (or timed out)."""
+        plan = RolloutPlan.model_validate(rollout.plan)
+        clock = self.clock()
+        pending = 0
+        for device in self._devices(session, rollout.id):
+            if device.rolled_back or device.state in ("SKIPPED", "FAILED", "TIMED_OUT"):
+                continue
+            if device.state == "PENDING":
+                device.state, device.reason = "SKIPPED", "the rollout was halted before this device's wave"
+                continue
+            if device.state == JobState.ROLLED_BACK.value:  # the device's own probation did it
+                device.rolled_back = True
+                continue
+            if device.state not in TERMINAL and not device.activated:
+                if device.rollback_sent_at is None:
+                    self._cancel(device, rollout.reason or "rollout halted")
+                    device.rollback_sent_at = clock
+                pending += 1
+                continue
+            current = session.get(Device, device.device_id)
+            still_on_it = current is not None and current.active_sha256 == rollout.bundle_sha256
+            if not still_on_it and device.rollback_sent_at is not None:
+                device.rolled_back = True
+                continue
+            if not still_on_it and not device.activated:
+                continue
+            if device.rollback_sent_at is None or clock - device.rollback_sent_at > timedelta(seconds=30):
+                self._send_rollback(device, rollout)
+                device.rollback_sent_at = device.rollback_sent_at or clock
+            if clock - (device.rollback_sent_at or clock) > timedelta(seconds=plan.timeouts.rollback_s):
+                device.reason = f"did not confirm the rollback within {plan.timeouts.rollback_s:g} s"
+                raise_alert(session, "rollback_unconfirmed", "device", device.device_id, device.reason)
+                device.rolled_back = True
+                continue
+            pending += 1
+        if pending == 0:
+            rollout.status = ROLLED_BACK
+            self.notify(f"rollout {rollout.id}: ROLLED_BACK ({rollout.reason})")
+
+    def _send_rollback(self, device: RolloutDevice, rollout: Rollout) -> None:
+        to = BundleRef.model_validate(device.previous) if device.previous else None
+        command = RollbackCommand(job_id=f"{device.job_id}.rollback", to=to, reason=(rollout.reason or "")[:2000])
+        signature = base64.b64encode(self.key.sign(authorization_bytes(command))).decode()
+        command = command.model_copy(update={"authorization": Authorization(
+            key_id=key_id(self.key.public_key()), signature=signature)})
+        self.transport.publish(topics.commands(device.device_id), command.to_json())
+
+    def _cancel(self, device: RolloutDevice, reason: str) -> None:
+        command = CancelCommand(job_id=f"{device.job_id}.cancel", target_job_id=device.job_id)
+        self.transport.publish(topics.commands(device.device_id), command.to_json())
+        log.info("cancel %s: %s", device.job_id, reason)
+
+
+def _wave_group(rollout: Rollout) -> str:
+    return f"{rollout.id}.w{rollout.wave + 1}"
+
+
+def _path(bundle: BundleRow) -> Path:
+    return Path(bundle.tarball)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"

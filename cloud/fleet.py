@@ -1,0 +1,100 @@
+"""Fleet inventory and bundle catalogue: devices as they report themselves plus operator-assigned
+groups and tags; bundles verified against the trusted keys before the cloud will deploy them."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloud.errors import BundleImportError, NotFoundError
+from cloud.plan import Selector
+from cloud.store import BundleRow, Device
+from contract.bundle import manifest_sha256, unpack, verify_dir
+from contract.common import BundleRef
+from contract.errors import ContractError
+from contract.signing import TrustStore
+
+
+def add_bundle(session: Session, tarball: Path, trust: TrustStore) -> BundleRow:
+    """Verify a bundle tarball (signature, every file hash) and add it to the catalogue (idempotent)."""
+    tarball = tarball.resolve()
+    try:
+        data = tarball.read_bytes()
+        with tempfile.TemporaryDirectory(prefix="coldchain-bundle-") as tmp:
+            directory = unpack(data, Path(tmp) / "b")
+            manifest = verify_dir(directory, trust)
+            sha = manifest_sha256(directory)
+    except OSError as exc:
+        raise BundleImportError(f"cannot read bundle {tarball}: {exc.strerror or exc}") from exc
+    except ContractError as exc:
+        raise BundleImportError(f"{tarball.name} is not a deployable bundle: {exc}") from exc
+    row = session.get(BundleRow, sha)
+    if row is None:
+        row = BundleRow(sha256=sha, model_name=manifest.model.name, model_version=manifest.model.version,
+                        target=manifest.target.name, sequence=manifest.sequence, tarball=str(tarball),
+                        artifact_sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                        manifest=manifest.model_dump(mode="json", by_alias=True))
+        session.add(row)
+    return row
+
+
+def bundle_ref(row: BundleRow) -> BundleRef:
+    return BundleRef(model_name=row.model_name, model_version=row.model_version, target=row.target,
+                     sequence=row.sequence, sha256=row.sha256)
+
+
+def find_bundle(session: Session, prefix: str) -> BundleRow:
+    """A bundle by its manifest sha256 or a unique prefix of it."""
+    rows = session.scalars(select(BundleRow).where(BundleRow.sha256.startswith(prefix.lower()))).all()
+    if len(rows) != 1:
+        known = ", ".join(f"{r.sha256[:12]} ({r.model_name} #{r.sequence})" for r in
+                          session.scalars(select(BundleRow)).all()) or "none; add one with `coldchain cloud add-bundle`"
+        what = "matches several bundles" if rows else "matches no bundle"
+        raise NotFoundError(f"{prefix!r} {what}; known bundles: {known}")
+    return rows[0]
+
+
+def matches(device: Device, selector: Selector) -> bool:
+    groups = set(device.all_groups())
+    return ((not selector.groups or bool(groups & set(selector.groups)))
+            and (not selector.boards or device.board in selector.boards)
+            and all(device.tags.get(k) == v for k, v in selector.tags.items())
+            and (not selector.devices or device.id in selector.devices))
+
+
+def select_devices(session: Session, selector: Selector) -> list[Device]:
+    """Matching devices, online ones first, then by id (a deterministic wave order)."""
+    devices = [d for d in session.scalars(select(Device)).all() if matches(d, selector)]
+    return sorted(devices, key=lambda d: (not d.online, d.id))
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFoundError(f"no device {device_id!r}: devices appear once they publish their state")
+    return device
+
+
+def tag(session: Session, device_ids: Sequence[str], tags: dict[str, str | None], add_groups: Sequence[str] = (),
+        remove_groups: Sequence[str] = ()) -> list[Device]:
+    """Set (value) or remove (None) tags and assign or unassign groups on devices."""
+    from contract.topics import check_id
+
+    changed = []
+    for device_id in device_ids:
+        device = get_device(session, device_id)
+        new_tags = dict(device.tags)
+        for key, value in tags.items():
+            if value is None:
+                new_tags.pop(key, None)
+            else:
+                new_tags[check_id(key, "tag name")] = value
+        device.tags = new_tags
+        device.groups = sorted({*device.groups, *(check_id(g, "group") for g in add_groups)} - set(remove_groups))
+        changed.append(device)
+    return changed

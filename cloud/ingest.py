@@ -1,0 +1,209 @@
+"""Ingestion: what devices publish, validated against the contract and stored.
+
+``ingest(session, topic, payload)`` is a plain function: state upserts the device, telemetry is
+stored once per ``(device, seq)``, events once per payload digest (and move the rollout job they
+belong to), missing-chunk reports are handed back for the publisher, and anything invalid lands
+in ``dead_letters`` with the reason. :class:`IngestWorker` runs it behind an MQTT connection with
+a persistent session, optionally as one of several MQTT v5 shared-subscription workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent.mqtt import Connected, Inbound, Received, Transport
+from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, TelemetryRow, now
+from contract import topics
+from contract.errors import ContractError
+from contract.events import JobEvent, decode_event
+from contract.jobs import JobState
+from contract.state import DeviceState
+from contract.telemetry import Telemetry
+from contract.transfer import MissingChunks
+
+log = logging.getLogger("coldchain.ingest")
+DEAD_LETTER_BYTES = 64 * 1024
+_ORDER = {state: i for i, state in enumerate(JobState)}
+ACTIVE_STATES = frozenset({JobState.ACTIVATING, JobState.PROBATION, JobState.SUCCEEDED})
+
+Kind = Literal["stored", "duplicate", "dead", "missing", "ignored"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Kind
+    reason: str | None = None
+    missing: MissingChunks | None = None
+
+
+def _insert(session: Session, table: Any, values: dict[str, Any], keys: list[str]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING; True if a row was written (safe with concurrent workers)."""
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        raise NotImplementedError(f"the store speaks SQLite and PostgreSQL, not {dialect}")
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+    return bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+
+
+def dead_letter(session: Session, topic: str, payload: bytes, reason: str) -> Outcome:
+    session.add(DeadLetter(topic=topic[:1000], payload=payload[:DEAD_LETTER_BYTES], reason=reason[:4000]))
+    log.info("dead letter on %s: %s", topic, reason)
+    return Outcome("dead", reason)
+
+
+def ingest(session: Session, topic: str, payload: bytes) -> Outcome:  # noqa: PLR0911 (one return per kind)
+    """Validate and store one message. Never raises for bad input: that is a dead letter."""
+    try:
+        parsed = topics.parse(topic)
+        device = parsed.device_id
+        if parsed.kind is topics.TopicKind.STATE:
+            return _state(session, DeviceState.from_json(payload), device)
+        if parsed.kind is topics.TopicKind.TELEMETRY:
+            return _telemetry(session, Telemetry.from_json(payload), device)
+        if parsed.kind is topics.TopicKind.EVENTS:
+            return _event(session, payload, device)
+        if parsed.kind is topics.TopicKind.MISSING:
+            report = MissingChunks.from_json(payload)
+            if report.device_id != device or report.sha256 != parsed.sha256:
+                return dead_letter(session, topic, payload, "missing-chunk report names another device or artifact "
+                                   "than its topic")
+            return Outcome("missing", missing=report)
+        return Outcome("ignored")
+    except ContractError as exc:
+        return dead_letter(session, topic, payload, f"{type(exc).__name__}: {exc}")
+
+
+def _check_device(payload_device: str, topic_device: str | None) -> None:
+    if payload_device != topic_device:
+        raise ContractError(f"payload device_id {payload_device!r} does not match the topic's {topic_device!r}: "
+                            "a device may publish only under its own id")
+
+
+def _state(session: Session, state: DeviceState, device_id: str | None) -> Outcome:
+    _check_device(state.device_id, device_id)
+    row = session.get(Device, state.device_id)
+    if row is None:
+        row = Device(id=state.device_id, groups=[], tags={}, reported_groups=[])
+        session.add(row)
+    row.online, row.last_seen = state.online, now()
+    if state.online:  # the last will carries identity only: keep what the device said before
+        row.board, row.agent_version = state.board, state.agent_version
+        row.reported_groups = list(state.groups)
+        row.active = None if state.active is None else state.active.model_dump(mode="json")
+        row.active_sha256 = None if state.active is None else state.active.sha256
+        row.previous = None if state.previous is None else state.previous.model_dump(mode="json")
+        if state.job is not None:
+            row.job_id, row.job_state = state.job.job_id, state.job.state.value
+    return Outcome("stored")
+
+
+def _telemetry(session: Session, window: Telemetry, device_id: str | None) -> Outcome:
+    _check_device(window.device_id, device_id)
+    stored = _insert(session, TelemetryRow.__table__, {
+        "device_id": window.device_id, "seq": window.seq,
+        "bundle_sha256": None if window.bundle is None else window.bundle.sha256,
+        "window_start": window.window_start, "window_end": window.window_end, "inferences": window.inferences,
+        "errors": sum(window.errors.values()),
+        "latency_p95": None if window.latency_ms is None else window.latency_ms.p95,
+        "payload": window.model_dump(mode="json"), "received_at": now()}, ["device_id", "seq"])
+    return Outcome("stored" if stored else "duplicate")
+
+
+def _event(session: Session, payload: bytes, device_id: str | None) -> Outcome:
+    event = decode_event(payload)
+    _check_device(event.device_id, device_id)
+    job_id = getattr(event, "job_id", None)
+    state = event.state.value if isinstance(event, JobEvent) else None
+    reason = event.reason if isinstance(event, JobEvent) else getattr(event, "message", None)
+    stored = _insert(session, EventRow.__table__, {
+        "digest": hashlib.sha256(payload).hexdigest(), "device_id": event.device_id, "type": event.type,
+        "job_id": job_id, "state": state, "reason": reason, "payload": event.model_dump(mode="json"), "ts": event.ts,
+        "received_at": now()}, ["digest"])
+    if stored and isinstance(event, JobEvent):
+        job_moved(session, event)
+    return Outcome("stored" if stored else "duplicate")
+
+
+def job_moved(session: Session, event: JobEvent) -> None:
+    """Move the rollout job an event belongs to, forward only (events may arrive out of order)."""
+    row = session.scalar(select(RolloutDevice).where(RolloutDevice.job_id == event.job_id))
+    if row is None or row.device_id != event.device_id:
+        return
+    current = JobState(row.state) if row.state in JobState.__members__ else None
+    new = event.state
+    forward = current is None or (not current.terminal and _ORDER[new] > _ORDER[current]) or (
+        new is JobState.ROLLED_BACK and current is JobState.SUCCEEDED)
+    if forward:
+        row.state, row.reason = new.value, event.reason
+    if new in ACTIVE_STATES:
+        row.activated = True
+    session.execute(update(Device).where(Device.id == event.device_id)
+                    .values(job_id=event.job_id, job_state=row.state))
+
+
+INGEST_FILTERS = [topics.all_devices(k) for k in (topics.TopicKind.STATE, topics.TopicKind.TELEMETRY,
+                                                  topics.TopicKind.EVENTS, topics.TopicKind.MISSING)]
+
+
+def subscriptions(share_group: str | None) -> list[str]:
+    """What an ingestion worker subscribes to; shared (``$share/<group>/...``) when it is one of several."""
+    return [topics.shared(share_group, f) if share_group else f for f in INGEST_FILTERS]
+
+
+class IngestWorker:
+    """Drains a transport's queue into the store in batches (one transaction per batch).
+
+    Missing-chunk reports go to ``on_missing`` (the publisher). Counts are kept for monitoring.
+    """
+
+    def __init__(self, transport: Transport, sessions: sessionmaker[Session], share_group: str | None = None,
+                 batch: int = 200, on_missing: Any = None) -> None:
+        self.transport, self.sessions, self.share_group = transport, sessions, share_group
+        self.batch, self.on_missing = batch, on_missing
+        self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0}
+        self.connected = threading.Event()
+
+    def drain(self, timeout: float = 0.2) -> int:
+        """Handle what is queued (up to ``batch`` messages) in one transaction; return how many."""
+        items: list[Inbound] = []
+        try:
+            items.append(self.transport.inbox.get(timeout=timeout))
+            while len(items) < self.batch:
+                items.append(self.transport.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        received = [i for i in items if isinstance(i, Received)]
+        if any(isinstance(i, Connected) for i in items):
+            self.transport.subscribe(subscriptions(self.share_group))
+            self.connected.set()
+        if not received:
+            return 0
+        reports = []
+        with self.sessions.begin() as session:
+            for item in received:
+                outcome = ingest(session, item.topic, item.payload)
+                self.counts[outcome.kind] += 1
+                if outcome.missing is not None:
+                    reports.append(outcome.missing)
+        if self.on_missing is not None:
+            for report in reports:
+                self.on_missing(report)
+        return len(received)
+
+    def run(self, stop: threading.Event) -> None:
+        self.transport.start()
+        try:
+            while not stop.is_set():
+                self.drain()
+        finally:
+            self.transport.stop()

@@ -1,0 +1,153 @@
+"""Monitoring: telemetry windows summed per device, group or bundle, with latency, error rate,
+inventory, and prediction and input drift against the bundle's reference profile and against the
+bundle that ran before it."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloud.drift import add_histograms, histogram_psi, label_js
+from cloud.store import Alert, BundleRow, Device, TelemetryRow
+from contract.common import Histogram
+from contract.manifest import ReferenceProfile
+from contract.telemetry import Telemetry
+
+Scope = Literal["device", "group", "bundle"]
+
+
+@dataclass
+class Summary:
+    windows: int = 0
+    inferences: int = 0
+    errors: int = 0
+    frames_skipped: int = 0
+    latency_p50: float | None = None  # inference-weighted mean of the windows' percentiles
+    latency_p95: float | None = None
+    predictions: Counter[str] = field(default_factory=Counter)
+    inventory: dict[str, int] = field(default_factory=dict)  # the latest window's
+    input_histograms: dict[str, Histogram] = field(default_factory=dict)
+    devices: set[str] = field(default_factory=set)
+
+    @property
+    def error_rate(self) -> float:
+        total = self.inferences + self.errors
+        return self.errors / total if total else 0.0
+
+
+def summarize(windows: Iterable[Telemetry]) -> Summary:
+    s = Summary()
+    weighted = [0.0, 0.0, 0]
+    per_stat: dict[str, list[Histogram]] = defaultdict(list)
+    latest: datetime | None = None
+    for w in windows:
+        s.windows += 1
+        s.devices.add(w.device_id)
+        s.inferences += w.inferences
+        s.errors += sum(w.errors.values())
+        s.frames_skipped += sum(w.frames_skipped.values())
+        s.predictions.update(w.predictions)
+        if w.latency_ms is not None and w.inferences:
+            weighted[0] += w.latency_ms.p50 * w.inferences
+            weighted[1] += w.latency_ms.p95 * w.inferences
+            weighted[2] += w.inferences
+        for name, h in w.input_stats.histograms.items():
+            per_stat[name].append(h)
+        if w.inventory and (latest is None or w.window_end > latest):
+            latest, s.inventory = w.window_end, dict(w.inventory)
+    if weighted[2]:
+        s.latency_p50, s.latency_p95 = weighted[0] / weighted[2], weighted[1] / weighted[2]
+    for name, hs in per_stat.items():
+        total = add_histograms(hs)
+        if total is not None:
+            s.input_histograms[name] = total
+    return s
+
+
+def prediction_rates(s: Summary) -> dict[str, float]:
+    return {k: v / s.inferences for k, v in s.predictions.items()} if s.inferences else {}
+
+
+def prediction_drift(s: Summary, baseline: dict[str, float]) -> float | None:
+    """Jensen-Shannon between the label rates seen and a baseline (reference or previous bundle)."""
+    rates = prediction_rates(s)
+    if not rates or not baseline:
+        return None
+    return label_js(baseline, rates)
+
+
+def input_drift(s: Summary, reference: ReferenceProfile | None) -> dict[str, float]:
+    """PSI per input statistic against the reference profile (statistics both sides have)."""
+    if reference is None:
+        return {}
+    out = {}
+    for name, observed in s.input_histograms.items():
+        ref = reference.input_histograms.get(name)
+        value = None if ref is None else histogram_psi(ref, observed)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def windows(rows: Sequence[TelemetryRow]) -> list[Telemetry]:
+    return [Telemetry.model_validate(r.payload) for r in rows]
+
+
+@dataclass(frozen=True)
+class MonitorRow:
+    scope: Scope
+    subject: str
+    summary: Summary
+    reference_drift: float | None  # predictions vs the bundle's reference profile
+    input_psi: float | None  # the worst input statistic
+    bundles: tuple[str, ...]
+
+
+def monitor(session: Session, scope: Scope, since: datetime | None = None) -> list[MonitorRow]:
+    """One row per device, group or bundle over the telemetry received since ``since``."""
+    query = select(TelemetryRow)
+    if since is not None:
+        query = query.where(TelemetryRow.received_at >= since)
+    rows = session.scalars(query.order_by(TelemetryRow.window_end)).all()
+    devices = {d.id: d for d in session.scalars(select(Device)).all()}
+    bundles = {b.sha256: b for b in session.scalars(select(BundleRow)).all()}
+    buckets: dict[str, list[TelemetryRow]] = defaultdict(list)
+    for row in rows:
+        if scope == "device":
+            buckets[row.device_id].append(row)
+        elif scope == "bundle":
+            buckets[row.bundle_sha256 or "(none)"].append(row)
+        else:
+            device = devices.get(row.device_id)
+            for group in (device.all_groups() if device else []) or ["(no group)"]:
+                buckets[group].append(row)
+    out = []
+    for subject, bucket in sorted(buckets.items()):
+        s = summarize(windows(bucket))
+        shas = tuple(sorted({r.bundle_sha256 for r in bucket if r.bundle_sha256}))
+        reference = _reference(bundles[shas[0]]) if len(shas) == 1 and shas[0] in bundles else None
+        drift = prediction_drift(s, reference.prediction_rates) if reference else None
+        psis = input_drift(s, reference)
+        label = subject if scope != "bundle" or subject not in bundles else _bundle_label(bundles[subject])
+        out.append(MonitorRow(scope, label, s, drift, max(psis.values()) if psis else None, shas))
+    return out
+
+
+def _reference(bundle: BundleRow) -> ReferenceProfile | None:
+    reference = bundle.manifest.get("reference")
+    return None if reference is None else ReferenceProfile.model_validate(reference)
+
+
+def _bundle_label(bundle: BundleRow) -> str:
+    return f"{bundle.model_name} v{bundle.model_version} #{bundle.sequence} ({bundle.sha256[:8]})"
+
+
+def raise_alert(session: Session, kind: str, scope: str, subject: str, message: str,
+                value: float | None = None) -> None:
+    session.add(Alert(kind=kind, scope=scope, subject=subject[:128], message=message, value=value))

@@ -1,0 +1,72 @@
+"""The cloud process: one MQTT connection (persistent session) that ingests what devices publish,
+answers their missing-chunk reports, and drives the rollout controller every ``step_s``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+
+from agent.config import BrokerConfig
+from agent.mqtt import MqttTransport
+from cloud.controller import Controller
+from cloud.errors import BrokerError
+from cloud.ingest import IngestWorker
+from cloud.publisher import Publisher
+from cloud.store import BundleRow, open_store
+
+log = logging.getLogger("coldchain.cloud")
+
+
+class Cloud:
+    def __init__(self, store_url: str, broker: BrokerConfig, operator_key: Ed25519PrivateKey,
+                 client_id: str = "coldchain-cloud", share_group: str | None = None,
+                 bytes_per_s: float | None = None, notify: Callable[[str], None] | None = None,
+                 chunk_size: int = 128 * 1024) -> None:
+        self.sessions = open_store(store_url)
+        self.transport = MqttTransport(client_id, broker)
+        self.publisher = Publisher(self.transport, self._resolve, bytes_per_s, chunk_size)
+        self.worker = IngestWorker(self.transport, self.sessions, share_group if broker.protocol == "5" else None,
+                                   on_missing=self.publisher.repair)
+        self.controller = Controller(self.sessions, self.transport, self.publisher, operator_key, notify=notify)
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _resolve(self, artifact_sha256: str) -> Path | None:
+        with self.sessions() as session:
+            row = session.scalars(select(BundleRow).where(BundleRow.artifact_sha256 == artifact_sha256)).first()
+            return None if row is None else Path(row.tarball)
+
+    def run(self, step_s: float = 0.5, until: float | None = None) -> None:
+        self.transport.start()
+        next_step = time.monotonic()
+        try:
+            while not self.stop_event.is_set() and (until is None or time.monotonic() < until):
+                self.worker.drain(timeout=0.1)
+                if time.monotonic() >= next_step and self.worker.connected.is_set():
+                    next_step = time.monotonic() + step_s
+                    try:
+                        self.controller.step()
+                    except Exception:  # one bad step must not stop ingestion; the next step retries
+                        log.exception("rollout controller step failed")
+            while self.worker.drain(timeout=0.05):  # what already arrived is stored before leaving
+                pass
+        finally:
+            self.transport.stop()
+
+    def start(self) -> Cloud:
+        self._thread = threading.Thread(target=self.run, daemon=True, name="coldchain-cloud")
+        self._thread.start()
+        if not self.worker.connected.wait(15):
+            raise BrokerError("the cloud did not connect to the broker within 15 s: is it running at that URL?")
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)

@@ -1,0 +1,224 @@
+"""The cloud's database: SQLAlchemy 2 models for the fleet, bundles, rollouts, telemetry, events,
+dead letters and alerts. A SQLite file by default; PostgreSQL (psycopg) by URL, same models.
+
+``open_store(url)`` creates the tables if they are missing and returns a session factory.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from cloud.errors import StoreError
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes on SQLite too (which stores them naive): always read back as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the store: use timezone-aware UTC times")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Device(Base):
+    """A device, as it reports itself (retained state) plus what operators assigned (groups, tags)."""
+
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    board: Mapped[str | None] = mapped_column(String(128))
+    agent_version: Mapped[str | None] = mapped_column(String(128))
+    reported_groups: Mapped[list[Any]] = mapped_column(default=list)
+    groups: Mapped[list[Any]] = mapped_column(default=list)  # operator-assigned
+    tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    active_sha256: Mapped[str | None] = mapped_column(String(64))
+    active: Mapped[dict[str, Any] | None] = mapped_column()
+    previous: Mapped[dict[str, Any] | None] = mapped_column()
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    job_state: Mapped[str | None] = mapped_column(String(32))
+    first_seen: Mapped[datetime] = mapped_column(default=now)
+    last_seen: Mapped[datetime] = mapped_column(default=now)
+
+    def all_groups(self) -> list[str]:
+        return sorted({*self.reported_groups, *self.groups})
+
+
+class BundleRow(Base):
+    """A signed bundle the cloud can deploy: its manifest and where its tarball lies."""
+
+    __tablename__ = "bundles"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)  # of manifest.json
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(128))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    tarball: Mapped[str] = mapped_column(Text)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    manifest: Mapped[dict[str, Any]] = mapped_column()
+    added_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    bundle_sha256: Mapped[str] = mapped_column(ForeignKey("bundles.sha256"))
+    plan: Mapped[dict[str, Any]] = mapped_column()  # a RolloutPlan (selector, waves, gates, timeouts)
+    status: Mapped[str] = mapped_column(String(24))
+    wave: Mapped[int] = mapped_column(Integer, default=0)  # index of the current wave
+    wave_started_at: Mapped[datetime | None] = mapped_column()
+    wave_settled_at: Mapped[datetime | None] = mapped_column()  # every job of the wave ended
+    chunks_published_at: Mapped[datetime | None] = mapped_column()
+    reason: Mapped[str | None] = mapped_column(Text)
+    gate_results: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
+
+
+class RolloutDevice(Base):
+    """One device of a rollout: its wave, job and what it ran before (to roll back to)."""
+
+    __tablename__ = "rollout_devices"
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str] = mapped_column(String(128), unique=True)
+    state: Mapped[str] = mapped_column(String(32), default="PENDING")
+    reason: Mapped[str | None] = mapped_column(Text)
+    previous: Mapped[dict[str, Any] | None] = mapped_column()
+    deploy_sent_at: Mapped[datetime | None] = mapped_column()
+    activated: Mapped[bool] = mapped_column(Boolean, default=False)  # the bundle became active at some point
+    rollback_sent_at: Mapped[datetime | None] = mapped_column()
+    rolled_back: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
+
+
+class TelemetryRow(Base):
+    __tablename__ = "telemetry"
+    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_telemetry_device_seq"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    bundle_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    window_start: Mapped[datetime] = mapped_column()
+    window_end: Mapped[datetime] = mapped_column()
+    inferences: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    latency_p95: Mapped[float | None] = mapped_column(Float)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column(default=now, index=True)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the payload: redeliveries dedupe
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    state: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    ts: Mapped[datetime] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    topic: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(48))  # gate_failed, drift, error_rate, latency, rollout
+    scope: Mapped[str] = mapped_column(String(16))  # device, group, bundle, rollout
+    subject: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text)
+    value: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+DEFAULT_URL = "sqlite:///coldchain.db"
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(connection: Any, _: Any) -> None:
+                cursor = connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")  # readers (API, CLI) beside the writer
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+
+            return engine
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        return create_engine(url, pool_pre_ping=True)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise StoreError(f"cannot use the store at {url!r}: {exc}. Give a sqlite:///PATH or "
+                         "postgresql://user:password@host/db URL") from exc
+
+
+def open_store(url: str = DEFAULT_URL) -> sessionmaker[Session]:
+    """Connect, create missing tables, and return a session factory."""
+    engine = make_engine(url)
+    try:
+        Base.metadata.create_all(engine)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot open the store at {engine.url.render_as_string(hide_password=True)}: "
+                         f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
+    return sessionmaker(engine, expire_on_commit=False)
