@@ -51,8 +51,8 @@ def _insert(session: Session, table: Any, values: dict[str, Any], keys: list[str
     if dialect not in ("sqlite", "postgresql"):
         raise NotImplementedError(f"the store speaks SQLite and PostgreSQL, not {dialect}")
     insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
-    return bool(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=keys).returning(table.c.id)
+    return session.execute(statement).first() is not None
 
 
 def dead_letter(session: Session, topic: str, payload: bytes, reason: str) -> Outcome:

@@ -10,6 +10,12 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v ap
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
 fi
 
+# PostgreSQL for the store tests (they start a throwaway cluster of their own on a free port).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing postgresql from apt"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
 # onnx2tf (TensorFlow, numpy 1.26) in its own environment, for the arm64-litert conversion tests.
 scripts/setup-onnx2tf.sh
 

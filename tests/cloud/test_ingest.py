@@ -1,0 +1,121 @@
+"""Ingestion on SQLite and PostgreSQL: devices from their state, telemetry once per (device, seq),
+events once per payload, rollout jobs moved forward only, malformed payloads in dead letters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloud.ingest import ingest
+from cloud.store import BundleRow, DeadLetter, Device, EventRow, Rollout, RolloutDevice, TelemetryRow
+from contract import topics
+from contract.common import BundleRef, LatencyStats
+from contract.events import JobEvent
+from contract.jobs import JobState
+from contract.state import DeviceState, offline
+from contract.telemetry import Telemetry
+from contract.transfer import MissingChunks
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+REF = BundleRef(model_name="fridge", model_version="1", target="t", sequence=3, sha256="a" * 64)
+
+
+def window(device: str, seq: int, inferences: int = 10) -> bytes:
+    return Telemetry(device_id=device, seq=seq, window_start=T0 + timedelta(seconds=seq),
+                     window_end=T0 + timedelta(seconds=seq + 1), bundle=REF, inferences=inferences,
+                     errors={"RuntimeError": 1}, predictions={"apple": 4},
+                     latency_ms=LatencyStats(p50=1, p95=2, p99=3, mean=1.2, max=4)).to_json()
+
+
+def count(sessions: sessionmaker[Session], table: type) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def test_state_creates_device_and_last_will_keeps_what_it_said(sessions: sessionmaker[Session]) -> None:
+    state = DeviceState(device_id="d1", online=True, board="pi4", groups=["eu"], active=REF)
+    with sessions.begin() as session:
+        assert ingest(session, topics.state("d1"), state.to_json()).kind == "stored"
+        assert ingest(session, topics.state("d1"), offline("d1").to_json()).kind == "stored"
+    with sessions() as session:
+        device = session.get(Device, "d1")
+        assert device is not None and not device.online
+        assert device.board == "pi4" and device.reported_groups == ["eu"] and device.active_sha256 == "a" * 64
+        assert device.last_seen.tzinfo is not None
+
+
+def test_redelivered_telemetry_is_stored_once(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        kinds = [ingest(session, topics.telemetry("d1"), window("d1", s)).kind for s in (1, 2, 1, 2, 3)]
+    assert kinds == ["stored", "stored", "duplicate", "duplicate", "stored"]
+    with sessions.begin() as session:  # and in a later transaction too
+        assert ingest(session, topics.telemetry("d1"), window("d1", 3)).kind == "duplicate"
+        assert ingest(session, topics.telemetry("d2"), window("d2", 3)).kind == "stored"
+    assert count(sessions, TelemetryRow) == 4
+    with sessions() as session:
+        row = session.scalars(select(TelemetryRow).where(TelemetryRow.seq == 1)).one()
+        assert row.errors == 1 and row.latency_p95 == 2 and row.bundle_sha256 == "a" * 64
+
+
+def test_malformed_payloads_go_to_dead_letters_with_reason(sessions: sessionmaker[Session]) -> None:
+    bad = [
+        (topics.telemetry("d1"), b"{not json"),
+        (topics.telemetry("d1"), b'{"schema_version": 1, "device_id": "d1"}'),
+        (topics.telemetry("d1"), window("someone-else", 1)),
+        (topics.events("d1"), b'{"schema_version": 1, "type": "bogus", "device_id": "d1"}'),
+        ("coldchain/v1/devices/d1/whatever", b"{}"),
+        (topics.state("d1"), b'{"schema_version": 99, "device_id": "d1", "online": true}'),
+    ]
+    with sessions.begin() as session:
+        outcomes = [ingest(session, t, p) for t, p in bad]
+    assert [o.kind for o in outcomes] == ["dead"] * len(bad)
+    with sessions() as session:
+        letters = session.scalars(select(DeadLetter).order_by(DeadLetter.id)).all()
+        assert len(letters) == len(bad)
+        assert "does not match the topic" in letters[2].reason
+        assert "seq" in letters[1].reason  # names the missing field
+        assert letters[0].payload == b"{not json"
+        assert all(letter.reason for letter in letters)
+    assert count(sessions, TelemetryRow) == 0
+
+
+def test_events_dedupe_and_move_rollout_jobs_forward_only(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        session.add(BundleRow(sha256="b" * 64, model_name="m", model_version="1", target="t", sequence=1,
+                              tarball="/x", artifact_sha256="c" * 64, size=1, manifest={}))
+        session.flush()
+        session.add(Rollout(id="r1", bundle_sha256="b" * 64, plan={}, status="RUNNING"))
+        session.flush()
+        session.add(RolloutDevice(rollout_id="r1", device_id="d1", wave=0, job_id="r1.d1"))
+
+    def event(state: JobState, seq: int) -> bytes:
+        return JobEvent(device_id="d1", seq=seq, job_id="r1.d1", state=state, ts=T0 + timedelta(seconds=seq),
+                        reason="why" if state is JobState.ROLLED_BACK else None).to_json()
+
+    sequence = [event(JobState.QUEUED, 1), event(JobState.DOWNLOADING, 2), event(JobState.PROBATION, 4),
+                event(JobState.VERIFYING, 3), event(JobState.PROBATION, 4)]
+    with sessions.begin() as session:
+        kinds = [ingest(session, topics.events("d1"), p).kind for p in sequence]
+    assert kinds == ["stored"] * 4 + ["duplicate"]
+    with sessions() as session:
+        row = session.get(RolloutDevice, ("r1", "d1"))
+        assert row is not None and row.state == "PROBATION" and row.activated  # VERIFYING came late: ignored
+    with sessions.begin() as session:
+        ingest(session, topics.events("d1"), event(JobState.SUCCEEDED, 5))
+        ingest(session, topics.events("d1"), event(JobState.ROLLED_BACK, 6))
+    with sessions() as session:
+        row = session.get(RolloutDevice, ("r1", "d1"))
+        assert row is not None and row.state == "ROLLED_BACK" and row.reason == "why"
+        assert session.get(Device, "d1") is None or True
+    assert count(sessions, EventRow) == 6
+
+
+def test_missing_report_is_handed_back_not_stored(sessions: sessionmaker[Session]) -> None:
+    report = MissingChunks.from_indices("d1", "e" * 64, 10, [1, 2, 7])
+    with sessions.begin() as session:
+        outcome = ingest(session, topics.missing("d1", "e" * 64), report.to_json())
+        liar = ingest(session, topics.missing("d2", "e" * 64), report.to_json())
+    assert outcome.kind == "missing" and outcome.missing is not None and outcome.missing.indices() == [1, 2, 7]
+    assert liar.kind == "dead"
