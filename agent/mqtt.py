@@ -32,6 +32,8 @@ class Disconnected:
 class Received:
     topic: str
     payload: bytes
+    mid: int = 0
+    qos: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Transport(Protocol):
 
 class MqttTransport:
     def __init__(self, client_id: str, broker: BrokerConfig, will_topic: str | None = None,
-                 will_payload: bytes = b"") -> None:
+                 will_payload: bytes = b"", manual_ack: bool = False) -> None:
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.broker = broker
         self.v5 = broker.protocol == "5"
@@ -65,6 +67,8 @@ class MqttTransport:
         else:  # a persistent session too, so QoS 1 commands queued while offline are delivered
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                                       clean_session=False)
+        if manual_ack:  # the receiver acknowledges a QoS 1 message only once it is stored (see ack)
+            self.client.manual_ack_set(True)
         if will_topic is not None:
             self.client.will_set(will_topic, will_payload, qos=1, retain=True)
         if broker.username:
@@ -93,7 +97,7 @@ class MqttTransport:
         self.inbox.put(Disconnected(str(reason)))
 
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.inbox.put(Received(message.topic, bytes(message.payload)))
+        self.inbox.put(Received(message.topic, bytes(message.payload), message.mid, message.qos))
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any = None, properties: Any = None) -> None:
         self.inbox.put(Acked(mid))
@@ -117,6 +121,11 @@ class MqttTransport:
             return None
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
+
+    def ack(self, mid: int, qos: int) -> None:
+        """With ``manual_ack``: tell the broker a message is safely handled (it redelivers otherwise)."""
+        if qos > 0:
+            self.client.ack(mid, qos)
 
     def subscribe(self, topics: list[str]) -> None:
         if topics:

@@ -195,6 +195,10 @@ class IngestWorker:
                 self.counts[outcome.kind] += 1
                 if outcome.missing is not None:
                     reports.append(outcome.missing)
+        ack = getattr(self.transport, "ack", None)
+        if ack is not None:  # stored (committed) first, acknowledged after: a crash in between redelivers
+            for item in received:
+                ack(item.mid, item.qos)
         if self.on_missing is not None:
             for report in reports:
                 self.on_missing(report)

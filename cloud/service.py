@@ -29,7 +29,7 @@ class Cloud:
                  bytes_per_s: float | None = None, notify: Callable[[str], None] | None = None,
                  chunk_size: int = 128 * 1024) -> None:
         self.sessions = open_store(store_url)
-        self.transport = MqttTransport(client_id, broker)
+        self.transport = MqttTransport(client_id, broker, manual_ack=True)
         self.publisher = Publisher(self.transport, self._resolve, bytes_per_s, chunk_size)
         self.worker = IngestWorker(self.transport, self.sessions, share_group if broker.protocol == "5" else None,
                                    on_missing=self.publisher.repair)
