@@ -1,0 +1,83 @@
+"""``coldchain fleet``: the devices the cloud knows (from their retained state), their groups and tags."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from coldchain.cloud_views import DEFAULT_DB, Db, fleet_table
+from coldchain.console import console, fail, user_errors
+
+app = typer.Typer(help="List, show and tag devices.", no_args_is_help=True)
+
+
+def _sessions(db: str):  # type: ignore[no-untyped-def]
+    from cloud.store import open_store
+
+    return open_store(db)
+
+
+@app.command("list")
+def list_(db: Db = DEFAULT_DB,
+          group: Annotated[str | None, typer.Option(help="Only devices of this group.")] = None,
+          online: Annotated[bool, typer.Option("--online", help="Only devices online now.")] = False) -> None:
+    """Every device, online ones first."""
+    from cloud.errors import CloudError
+    from cloud.fleet import select_devices
+    from cloud.plan import Selector
+
+    with user_errors(CloudError), _sessions(db)() as session:
+        devices = select_devices(session, Selector(groups=[group] if group else []))
+        console.print(fleet_table([d for d in devices if d.online or not online]))
+
+
+@app.command()
+def show(device: Annotated[str, typer.Argument(help="Device id.")], db: Db = DEFAULT_DB) -> None:
+    """One device: what it reports, what operators assigned, its recent jobs."""
+    from sqlalchemy import select
+
+    from cloud.errors import CloudError
+    from cloud.fleet import get_device
+    from cloud.store import EventRow
+
+    with user_errors(CloudError), _sessions(db)() as session:
+        d = get_device(session, device)
+        console.print(fleet_table([d]))
+        events = session.scalars(select(EventRow).where(EventRow.device_id == device)
+                                 .order_by(EventRow.id.desc()).limit(15)).all()
+        table = Table(title=f"Recent events of {device}")
+        for column in ("time", "type", "job", "state", "reason"):
+            table.add_column(column)
+        for e in reversed(events):
+            table.add_row(f"{e.ts:%H:%M:%S}", e.type, e.job_id or "-", e.state or "-", (e.reason or "")[:100])
+        console.print(table)
+
+
+def _pairs(values: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise fail(f"--set takes key=value, got {value!r}")
+        out[key] = val
+    return out
+
+
+@app.command()
+def tag(devices: Annotated[list[str], typer.Argument(help="Device ids.")],
+        set_: Annotated[list[str], typer.Option("--set", help="Tag key=value (repeatable).")] = [],  # noqa: B006
+        unset: Annotated[list[str], typer.Option(help="Tag key to remove (repeatable).")] = [],  # noqa: B006
+        add_group: Annotated[list[str], typer.Option(help="Assign a group (repeatable).")] = [],  # noqa: B006
+        remove_group: Annotated[list[str], typer.Option(help="Unassign a group (repeatable).")] = [],  # noqa: B006
+        db: Db = DEFAULT_DB) -> None:
+    """Set or remove tags and assign groups; rollouts select devices by both."""
+    from cloud.errors import CloudError
+    from cloud.fleet import tag as tag_devices
+    from contract.errors import TopicError
+
+    changes: dict[str, str | None] = {**_pairs(set_), **dict.fromkeys(unset)}
+    with user_errors(CloudError, TopicError), _sessions(db).begin() as session:
+        changed = tag_devices(session, devices, changes, add_group, remove_group)
+        console.print(fleet_table(changed))

@@ -1,0 +1,122 @@
+"""``coldchain rollout``: start, watch, pause, resume, abort and roll back staged rollouts.
+
+These commands write the store; the running cloud (``coldchain cloud serve``) acts on them.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Annotated
+
+import typer
+
+from coldchain.cloud_views import DEFAULT_DB, Db, rollout_table, rollouts_table
+from coldchain.console import console, fail, user_errors
+
+app = typer.Typer(help="Staged rollouts with health gates and automatic rollback.", no_args_is_help=True)
+Id = Annotated[str, typer.Argument(help="Rollout id (see `coldchain rollout status`).")]
+Reason = Annotated[str | None, typer.Option(help="Why (recorded and sent to the devices).")]
+
+
+def _sessions(db: str):  # type: ignore[no-untyped-def]
+    from cloud.store import open_store
+
+    return open_store(db)
+
+
+def _errors() -> AbstractContextManager[None]:
+    from pydantic import ValidationError
+
+    from cloud.errors import CloudError
+
+    return user_errors(CloudError, ValidationError)
+
+
+@app.command()
+def start(
+    bundle: Annotated[str, typer.Argument(help="Bundle manifest sha256 (or a unique prefix), from `cloud bundles`.")],
+    waves: Annotated[str, typer.Option(help="Cumulative wave sizes: device counts or percentages.")] = "1,10%,50%,100%",
+    group: Annotated[list[str], typer.Option(help="Select devices of this group (repeatable).")] = [],  # noqa: B006
+    board: Annotated[list[str], typer.Option(help="Select devices of this board (repeatable).")] = [],  # noqa: B006
+    tag: Annotated[list[str], typer.Option(help="Select devices with tag key=value (repeatable).")] = [],  # noqa: B006
+    min_success: Annotated[float, typer.Option(min=0, max=1, help="Gate: jobs succeeded per wave.")] = 1.0,
+    max_error_rate: Annotated[float, typer.Option(min=0, max=1, help="Gate: inference errors.")] = 0.02,
+    max_latency_ratio: Annotated[float, typer.Option(min=0, help="Gate: p95 vs manifest (0 = off).")] = 3.0,
+    max_prediction_drift: Annotated[float, typer.Option(min=0, max=1, help="Gate: JS vs previous bundle.")] = 0.15,
+    max_input_drift: Annotated[float, typer.Option(min=0, help="Gate: PSI vs reference (0 = off).")] = 0.25,
+    min_inferences: Annotated[int, typer.Option(min=0, help="Inferences needed per wave to judge.")] = 20,
+    probation_s: Annotated[float, typer.Option(min=1, help="Device-side probation after activation.")] = 300.0,
+    observe_s: Annotated[float, typer.Option(min=0, help="Telemetry gathered after a wave's jobs end.")] = 120.0,
+    wave_timeout_s: Annotated[float, typer.Option(min=1, help="A job not done by then counts as failed.")] = 1800.0,
+    rollout_id: Annotated[str | None, typer.Option("--id", help="Rollout id (idempotent).")] = None,
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Create a rollout; the running cloud sends wave 1 at its next step."""
+    from cloud import rollouts
+    from cloud.plan import Gates, RolloutPlan, Selector, Timeouts
+
+    tags = {}
+    for pair in tag:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise fail(f"--tag takes key=value, got {pair!r}")
+        tags[key] = value
+    with _errors():
+        plan = RolloutPlan(
+            selector=Selector(groups=group, boards=board, tags=tags), waves=waves,
+            gates=Gates(min_success_ratio=min_success, max_error_rate=max_error_rate,
+                        max_latency_ratio=max_latency_ratio or None, max_prediction_drift=max_prediction_drift,
+                        max_input_drift=max_input_drift or None, min_inferences=min_inferences),
+            timeouts=Timeouts(observe_s=observe_s, wave_s=wave_timeout_s), probation_s=probation_s)
+        sessions = _sessions(db)
+        new_id = rollouts.start(sessions, bundle, plan, rollout_id)
+        with sessions() as session:
+            console.print(rollout_table(rollouts.view(session, new_id)))
+
+
+@app.command()
+def status(rollout: Annotated[str | None, typer.Argument(help="A rollout id; none: the recent ones.")] = None,
+           db: Db = DEFAULT_DB) -> None:
+    """Recent rollouts, or one rollout wave by wave with its gate results."""
+    from cloud import rollouts
+
+    with _errors(), _sessions(db)() as session:
+        if rollout is None:
+            console.print(rollouts_table(rollouts.recent(session)))
+        else:
+            console.print(rollout_table(rollouts.view(session, rollout)))
+
+
+def _act(action: str, rollout: str, db: str, reason: str | None = None) -> None:
+    from cloud import rollouts
+
+    with _errors():
+        sessions = _sessions(db)
+        function = getattr(rollouts, action)
+        function(sessions, rollout, reason) if reason else function(sessions, rollout)
+        with sessions() as session:
+            console.print(rollout_table(rollouts.view(session, rollout)))
+
+
+@app.command()
+def pause(rollout: Id, db: Db = DEFAULT_DB) -> None:
+    """No new wave starts; jobs already sent continue."""
+    _act("pause", rollout, db)
+
+
+@app.command()
+def resume(rollout: Id, db: Db = DEFAULT_DB) -> None:
+    """Continue a paused rollout."""
+    _act("resume", rollout, db)
+
+
+@app.command()
+def abort(rollout: Id, reason: Reason = None, db: Db = DEFAULT_DB) -> None:
+    """Stop: cancel jobs not yet activated; devices already on the new bundle keep it."""
+    _act("abort", rollout, db, reason)
+
+
+@app.command()
+def rollback(rollout: Id, reason: Reason = None, db: Db = DEFAULT_DB) -> None:
+    """Put every device the rollout touched back on what it ran before (operator-signed)."""
+    _act("rollback", rollout, db, reason)

@@ -1,0 +1,84 @@
+"""The HTTP API over a real store: reads are open, writes need the bearer token, errors are 4xx
+with the reason, and a rollout started over HTTP is the same rollout the CLI shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from cloud.api import create_app
+from cloud.errors import CloudError
+from cloud.fleet import add_bundle
+from cloud.ingest import ingest
+from cloud.store import open_store, sqlite_url
+from coldchain.cli import app as cli
+from contract import topics
+from contract.state import DeviceState
+
+TOKEN = "t0ken-for-the-tests-only"
+
+
+@pytest.fixture
+def store(tmp_path: Path, world: dict[str, object]) -> tuple[str, str]:
+    url = sqlite_url(tmp_path / "cloud.db")
+    sessions = open_store(url)
+    with sessions.begin() as session:
+        for i in range(4):
+            device = f"fridge-{i}"
+            state = DeviceState(device_id=device, online=True, board="pi4", groups=["eu" if i < 3 else "us"])
+            ingest(session, topics.state(device), state.to_json())
+        sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
+    return url, sha
+
+
+def test_reads_writes_and_auth(store: tuple[str, str]) -> None:
+    url, sha = store
+    client = TestClient(create_app(open_store(url), TOKEN))
+    assert [d["id"] for d in client.get("/devices", params={"group": "eu"}).json()] == [
+        "fridge-0", "fridge-1", "fridge-2"]
+    assert client.get("/devices/nope").status_code == 404
+    body = {"bundle": sha[:10], "plan": {"selector": {"groups": ["eu"]}, "waves": [{"count": 1}, {"percent": 100}]},
+            "rollout_id": "r-api"}
+    assert client.post("/rollouts", json=body).status_code == 401
+    assert client.post("/rollouts", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    created = client.post("/rollouts", json=body, headers=auth)
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "RUNNING" and created.json()["waves"] == 2
+    assert client.post("/rollouts/r-api/resume", headers=auth).status_code == 409  # it is not paused
+    assert client.post("/rollouts/r-api/pause", headers=auth).json()["status"] == "PAUSED"
+    aborted = client.post("/rollouts/r-api/abort", headers=auth, json={"reason": "wrong fridge"}).json()
+    assert aborted["status"] == "ABORTING" and aborted["reason"] == "wrong fridge"
+    bad = client.post("/rollouts", headers=auth, json={"bundle": sha, "plan": {"waves": [{"percent": 0}]}})
+    assert bad.status_code == 422 and "percent" in bad.text
+    assert client.get("/openapi.json").json()["info"]["title"] == "coldchain cloud"
+    assert client.get("/telemetry/summary").status_code == 200
+    with pytest.raises(CloudError, match="16 characters"):
+        create_app(open_store(url), "short")
+
+
+def test_cli_fleet_tag_and_rollout(store: tuple[str, str]) -> None:
+    url, sha = store
+    runner = CliRunner()
+    result = runner.invoke(cli, ["fleet", "tag", "fridge-3", "--set", "ring=canary", "--add-group", "beta",
+                                 "--db", url])
+    assert result.exit_code == 0, result.output
+    listed = runner.invoke(cli, ["fleet", "list", "--group", "beta", "--db", url])
+    assert "fridge-3" in listed.output and "fridge-0" not in listed.output
+    started = runner.invoke(cli, ["rollout", "start", sha[:12], "--group", "beta", "--waves", "100%", "--id", "r-cli",
+                                  "--db", url])
+    assert started.exit_code == 0, started.output
+    assert "r-cli" in started.output and "PENDING 1" in started.output
+    unknown = runner.invoke(cli, ["rollout", "start", "ffff", "--db", url])
+    assert unknown.exit_code == 1 and "matches no bundle" in unknown.output
+    nobody = runner.invoke(cli, ["rollout", "start", sha[:12], "--group", "mars", "--db", url])
+    assert nobody.exit_code == 1 and "matches no device" in nobody.output
+    waves = runner.invoke(cli, ["rollout", "start", sha[:12], "--waves", "50%,10%", "--db", url])
+    assert waves.exit_code == 1 and "must grow" in waves.output
+    rolled = runner.invoke(cli, ["rollout", "rollback", "r-cli", "--reason", "test", "--db", url])
+    assert rolled.exit_code == 0 and "ROLLING_BACK" in rolled.output
+    status = runner.invoke(cli, ["rollout", "status", "--db", url])
+    assert "r-cli" in status.output
