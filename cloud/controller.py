@@ -147,11 +147,17 @@ class Controller:
         base_rows = session.scalars(select(TelemetryRow).where(
             TelemetryRow.bundle_sha256.in_(previous), TelemetryRow.inferences > 0)
             .order_by(TelemetryRow.id.desc()).limit(2000)).all() if previous else []
-        baseline, source = prediction_rates(summarize(windows(base_rows))), "the previous bundle"
-        if not baseline:
+        baseline, source = prediction_rates(summarize(windows(base_rows))), "the previous bundle on these devices"
+        if not baseline:  # no telemetry of what ran before: the reference of the model's previous bundle
             bundle = session.get(BundleRow, rollout.bundle_sha256)
-            reference = (bundle.manifest.get("reference") or {}) if bundle else {}
-            baseline, source = dict(reference.get("prediction_rates") or {}), "the reference profile"
+            if bundle is None:
+                return WaveEvidence([d.state for d in wave], summarize(windows(rows)), {}, "nothing")
+            before = session.scalars(select(BundleRow).where(
+                BundleRow.model_name == bundle.model_name, BundleRow.target == bundle.target,
+                BundleRow.sequence < bundle.sequence).order_by(BundleRow.sequence.desc())).first()
+            chosen = before or bundle
+            baseline = dict((chosen.manifest.get("reference") or {}).get("prediction_rates") or {})
+            source = f"the reference profile of bundle #{chosen.sequence}"
         jobs = [d.job_id for d in wave]
         shadows = session.scalars(select(EventRow).where(EventRow.type == "shadow", EventRow.job_id.in_(jobs))).all()
         return WaveEvidence([d.state for d in wave if d.state != "SKIPPED"], summarize(windows(rows)), baseline,

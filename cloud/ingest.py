@@ -13,11 +13,13 @@ import hashlib
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.mqtt import Connected, Inbound, Received, Transport
@@ -188,13 +190,10 @@ class IngestWorker:
             self.connected.set()
         if not received:
             return 0
-        reports = []
-        with self.sessions.begin() as session:
-            for item in received:
-                outcome = ingest(session, item.topic, item.payload)
-                self.counts[outcome.kind] += 1
-                if outcome.missing is not None:
-                    reports.append(outcome.missing)
+        outcomes = self._store(received)
+        for outcome in outcomes:
+            self.counts[outcome.kind] += 1
+        reports = [o.missing for o in outcomes if o.missing is not None]
         ack = getattr(self.transport, "ack", None)
         if ack is not None:  # stored (committed) first, acknowledged after: a crash in between redelivers
             for item in received:
@@ -203,6 +202,20 @@ class IngestWorker:
             for report in reports:
                 self.on_missing(report)
         return len(received)
+
+    def _store(self, received: list[Received], attempts: int = 8) -> list[Outcome]:
+        """One transaction for the batch; a busy or lost database is retried (the messages are not
+        acknowledged until it commits, so nothing is lost while it retries)."""
+        for attempt in range(attempts):
+            try:
+                with self.sessions.begin() as session:
+                    return [ingest(session, item.topic, item.payload) for item in received]
+            except OperationalError as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("store busy or unreachable (%s); retrying a batch of %d", exc.orig, len(received))
+                time.sleep(min(0.05 * 2 ** attempt, 2.0))
+        return []
 
     def run(self, stop: threading.Event) -> None:
         self.transport.start()

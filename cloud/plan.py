@@ -73,7 +73,9 @@ class Gates(_Frozen):
     max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = 0.02  # errors / (inferences + errors)
     max_latency_ratio: Annotated[float, Field(gt=0)] | None = 3.0  # p95 on devices / the manifest's p95
     max_prediction_drift: Annotated[float, Field(ge=0, le=1)] | None = 0.15  # Jensen-Shannon, base 2
-    max_input_drift: Annotated[float, Field(ge=0)] | None = 0.25  # PSI against the reference profile
+    # PSI against the reference profile. Off by default: on a small wave (few devices, correlated
+    # frames) PSI is mostly sampling noise; turn it on for large waves (0.25 = significant).
+    max_input_drift: Annotated[float, Field(ge=0)] | None = None
     min_shadow_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
     min_inferences: Annotated[int, Field(ge=0)] = 20  # evidence needed on the new bundle per wave
 

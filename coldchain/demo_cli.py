@@ -1,11 +1,12 @@
 """``coldchain demo``: the end-to-end demo on embedded defaults.
 
-It runs what exists today, in a workspace folder: generates fridge-shelf photos, registers
-the demo fridge model in an MLflow SQLite registry, compiles it for a Raspberry Pi 4 class
-board (signed, measured bundle), verifies the bundle as a device would, runs the verified
-bundle's golden self-test and then takes inventory on fresh photos with the device's own
-code path. The broker, simulated agents, rollouts and drift join it with the agent and
-cloud issues.
+In a workspace folder: generates fridge-shelf photos, registers the demo fridge model in an
+MLflow SQLite registry, compiles it for a Raspberry Pi 4 class board (signed, measured bundle),
+verifies the bundle as a device would, runs its golden self-test and takes inventory on fresh
+photos with the device's own code path. Then a deliberately faulty v2 (broken classifier head)
+is registered and compiled too, and the fleet half runs (``coldchain.demo_fleet``): embedded
+broker, cloud, simulated fridges in two groups, v1 rolled out in waves, v2 caught by its
+prediction-drift gate and rolled back automatically.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ TARGET = "arm64-cortex-a72-ort"
 
 
 @app.command()
-def demo(
+def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
     workspace: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")] = Path("demo-workspace"),
-    photos: Annotated[int, typer.Option(min=1, max=10_000, help="Fridge photos to take inventory of.")] = 40,
+    photos: Annotated[int, typer.Option(min=20, max=10_000, help="Fridge photos the fridges see.")] = 120,
+    fridges: Annotated[int, typer.Option(min=1, max=500, help="Simulated fridges per group (two groups).")] = 12,
     seed: Annotated[int, typer.Option(help="Seed of the photo generator.")] = 2026,
 ) -> None:
     """Register, compile, verify and run the demo fridge model; take inventory of fridge photos."""
@@ -40,7 +42,9 @@ def demo(
     from agent.preprocess import preprocess
     from agent.runtimes import open_runtime
     from agent.selftest import run_golden
+    from cloud.errors import CloudError
     from coldchain.compile_cli import compile_one
+    from coldchain.demo_fleet import run_fleet, summary_table
     from compiler import intake
     from compiler.errors import CompilerError
     from compiler.evaluate import image_sets
@@ -49,13 +53,14 @@ def demo(
     from contract import signing
     from contract.bundle import unpack, verify_dir
     from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
+    from examples.fridge.faulty import write_faulty_model
     from examples.fridge.synth import write_dataset
 
     started = time.perf_counter()
     console.rule("[bold]coldchain demo")
     console.print(f"workspace: {workspace.resolve()}")
     workspace.mkdir(parents=True, exist_ok=True)
-    with user_errors(CompilerError, AgentError, OSError):
+    with user_errors(CompilerError, AgentError, CloudError, OSError, TimeoutError):
         with Progress(console=console) as progress:
             for name, count, offset in (("calibration", 100, 1), ("evaluation", 200, 2), ("frames", photos, 3)):
                 task = progress.add_task(f"generating {name} photos", total=count)
@@ -68,15 +73,22 @@ def demo(
         pair = (signing.write_keypair(keys, "demo") if not (keys / "demo.key").exists()
                 else signing.KeyPairPaths(keys / "demo.key", keys / "demo.pub", ""))
         uri = sqlite_uri(workspace)
-        with console.status("registering the fridge model in MLflow"):
-            registered = register_model(uri, MODEL_FILE, "fridge", DESCRIPTION_FILE.read_text(),
-                                        workspace / "mlartifacts")
-        console.print(f"registered [bold]{registered.uri}[/] in {uri}")
         out = workspace / "bundles"
-        source = intake.resolve(registered.uri, None, out / ".work", uri, 17)
-        cal, ev, _ = image_sets(workspace / "calibration", workspace / "evaluation", 100, seed, source.description)
-        _, _, bundle = compile_one(source, load_target(TARGET), cal, ev, signing.load_private_key(pair.private), out,
-                                    None, uri)
+        key = signing.load_private_key(pair.private)
+        sets: list[object] = []
+
+        def register_and_compile(model: Path, what: str):  # type: ignore[no-untyped-def]
+            with console.status(f"registering {what} in MLflow"):
+                registered = register_model(uri, model, "fridge", DESCRIPTION_FILE.read_text(),
+                                            workspace / "mlartifacts")
+            console.print(f"registered [bold]{registered.uri}[/] in {uri}")
+            source = intake.resolve(registered.uri, None, out / ".work", uri, 17)
+            if not sets:
+                sets.extend(image_sets(workspace / "calibration", workspace / "evaluation", 100, seed,
+                                       source.description)[:2])
+            return compile_one(source, load_target(TARGET), sets[0], sets[1], key, out, None, uri)[2]
+
+        bundle = register_and_compile(MODEL_FILE, "the fridge model")
         installed = unpack(bundle.tarball, workspace / "device" / bundle.tarball.name.removesuffix(".tar.gz"))
         manifest = verify_dir(installed, signing.TrustStore.from_paths([pair.public]))
         runtime = open_runtime(manifest.target.runtime.name, installed / manifest.model_file.path, 2)
@@ -87,8 +99,18 @@ def demo(
         if not check.passed:
             raise fail("the bundle's golden self-test failed on this machine")
         _inventory(workspace / "frames", manifest, runtime, cv2, np, postprocess, preprocess)
-    console.print(f"demo finished in {time.perf_counter() - started:.0f} s. See the compile runs with:\n"
-                  f"  .venv/bin/mlflow ui --backend-store-uri {uri}")
+        console.rule("[bold]v2: a faulty model (broken classifier head) that passes every compile-time check")
+        broken = write_faulty_model(MODEL_FILE, workspace / "models" / "fridge-v2-broken-head.onnx")
+        faulty = register_and_compile(broken, "v2")
+        console.rule("[bold]the fleet: broker, cloud, simulated fridges, staged rollouts")
+        results = run_fleet(workspace, [bundle.tarball, faulty.tarball], (pair.private, pair.public),
+                            workspace / "frames", fridges)
+        console.print(summary_table(results))
+    db = f"sqlite:///{(workspace / 'cloud.db').resolve()}"
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s. Look further with:\n"
+                  f"  .venv/bin/mlflow ui --backend-store-uri {uri}      (compile runs, registered bundles)\n"
+                  f"  .venv/bin/coldchain rollout status demo-v2 --db {db}\n"
+                  f"  .venv/bin/coldchain monitor --by device --db {db} --plot {workspace / 'monitor.png'}")
 
 
 def _inventory(frames: Path, manifest, runtime, cv2, np, postprocess, preprocess) -> None:  # type: ignore[no-untyped-def]

@@ -43,7 +43,7 @@ def start(
     max_error_rate: Annotated[float, typer.Option(min=0, max=1, help="Gate: inference errors.")] = 0.02,
     max_latency_ratio: Annotated[float, typer.Option(min=0, help="Gate: p95 vs manifest (0 = off).")] = 3.0,
     max_prediction_drift: Annotated[float, typer.Option(min=0, max=1, help="Gate: JS vs previous bundle.")] = 0.15,
-    max_input_drift: Annotated[float, typer.Option(min=0, help="Gate: PSI vs reference (0 = off).")] = 0.25,
+    max_input_drift: Annotated[float, typer.Option(min=0, help="Gate: PSI vs reference (0 = off).")] = 0.0,
     min_inferences: Annotated[int, typer.Option(min=0, help="Inferences needed per wave to judge.")] = 20,
     probation_s: Annotated[float, typer.Option(min=1, help="Device-side probation after activation.")] = 300.0,
     observe_s: Annotated[float, typer.Option(min=0, help="Telemetry gathered after a wave's jobs end.")] = 120.0,

@@ -1,0 +1,140 @@
+"""The fleet half of ``coldchain demo``: the embedded broker, the cloud and simulated fridges in two
+groups; v1 rolled out in waves while the fridges take inventory of generated photos; then a
+deliberately faulty v2 that fails its prediction-drift gate and is rolled back automatically."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
+
+from agent.config import BrokerConfig
+from agent.loop import Agent
+from agent.simulate import simulated_agents
+from cloud import rollouts
+from cloud.broker import EmbeddedBroker
+from cloud.fleet import add_bundle
+from cloud.monitor import monitor
+from cloud.plan import Gates, RolloutPlan, Selector, Timeouts
+from cloud.service import Cloud
+from cloud.store import Alert, Device, sqlite_url
+from coldchain.cloud_views import alerts_table, fleet_table, monitor_table, rollout_table
+from coldchain.console import console
+from contract.signing import TrustStore, load_private_key
+
+GROUPS = ("kitchen-eu", "kitchen-us")
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    rollout: str
+    status: str
+    seconds: float
+    devices: int
+    reason: str | None
+
+
+def demo_plan(groups: list[str], waves: str) -> RolloutPlan:
+    """Short probation and observation so the demo fits in minutes; production keeps the defaults."""
+    return RolloutPlan(selector=Selector(groups=groups), waves=waves,
+                       gates=Gates(min_inferences=20, max_latency_ratio=None),
+                       timeouts=Timeouts(ack_s=3, wave_s=90, observe_s=4), probation_s=3, chunk_size=64 * 1024)
+
+
+def run_fleet(workspace: Path, bundles: list[Path], keys: tuple[Path, Path], frames: Path,
+              per_group: int) -> list[FleetResult]:
+    private, public = keys
+    with EmbeddedBroker() as broker:
+        console.print(f"embedded broker on [bold]{broker.url}[/] (amqtt, 127.0.0.1 only)")
+        config = BrokerConfig(url=broker.url, protocol="3.1.1", reconnect_min_s=1)
+        store = sqlite_url(workspace / "cloud.db")
+        (workspace / "cloud.db").unlink(missing_ok=True)
+        cloud = Cloud(store, config, load_private_key(private), notify=lambda m: console.log(f"[cyan]{m}"))
+        agents: list[Agent] = []
+        for group in GROUPS:
+            agents += simulated_agents(per_group, config, workspace / "devices", [public], [group], frames,
+                                       prefix=group, inference_interval_s=0.25, telemetry_window_s=2)
+        stop = threading.Event()
+        threads = [threading.Thread(target=a.run, kwargs={"stop": stop}, daemon=True) for a in agents]
+        cloud.start()
+        for thread in threads:  # staggered, as a real fleet connects (amqtt dislikes a stampede)
+            thread.start()
+            time.sleep(0.05)
+        try:
+            return _rollouts(cloud, agents, bundles, public)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=15)
+            cloud.stop()
+
+
+def _rollouts(cloud: Cloud, agents: list[Agent], bundles: list[Path], public: Path) -> list[FleetResult]:
+    sessions = cloud.sessions
+    _wait_online(cloud, len(agents))
+    with sessions.begin() as session:
+        good, faulty = (add_bundle(session, b, TrustStore.from_paths([public])).sha256 for b in bundles)
+    with sessions() as session:
+        console.print(fleet_table(session.scalars(select(Device).order_by(Device.id)).all()[:6]))
+        console.print(f"... {len(agents)} simulated fridges in groups {', '.join(GROUPS)}, one shared model "
+                      "session per bundle")
+    results = [_follow(cloud, rollouts.start(sessions, good, demo_plan(list(GROUPS), "1,25%,100%"), "demo-v1"),
+                       "v1 to every fridge")]
+    time.sleep(4)  # a few telemetry windows on v1: the baseline the v2 gate compares with
+    with sessions() as session:
+        console.print(monitor_table(monitor(session, "group"), "Telemetry per group (v1 everywhere)"))
+    results.append(_follow(cloud, rollouts.start(sessions, faulty, demo_plan([GROUPS[0]], "2,50%,100%"), "demo-v2"),
+                           "faulty v2 to kitchen-eu"))
+    with sessions() as session:
+        console.print(monitor_table(monitor(session, "bundle"), "Telemetry per bundle"))
+        console.print(alerts_table(session.scalars(select(Alert).order_by(Alert.id)).all()))
+    return results
+
+
+def _wait_online(cloud: Cloud, count: int, timeout: float = 60) -> None:
+    with console.status(f"waiting for {count} fridges to come online"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with cloud.sessions() as session:
+                if len(session.scalars(select(Device.id).where(Device.online.is_(True))).all()) >= count:
+                    return
+            time.sleep(0.3)
+    raise TimeoutError(f"only some of {count} simulated fridges came online within {timeout:.0f} s")
+
+
+def _follow(cloud: Cloud, rollout_id: str, what: str, timeout: float = 240) -> FleetResult:
+    started = time.monotonic()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"rollout {rollout_id}: {what}", total=1, status="")
+        while time.monotonic() - started < timeout:
+            with cloud.sessions() as session:
+                view = rollouts.view(session, rollout_id)
+                done = sum(1 for d in view.devices if d.state in ("SUCCEEDED", "SKIPPED") or d.rolled_back)
+                progress.update(task, total=len(view.devices), completed=done,
+                                status=f"{view.rollout.status} wave {view.rollout.wave + 1}/{view.waves()}")
+                if view.rollout.status in rollouts.FINISHED:
+                    break
+            time.sleep(0.5)
+    with cloud.sessions() as session:
+        view = rollouts.view(session, rollout_id)
+        console.print(rollout_table(view))
+        return FleetResult(rollout_id, view.rollout.status, time.monotonic() - started, len(view.devices),
+                           view.rollout.reason)
+
+
+def summary_table(results: list[FleetResult]) -> Table:
+    table = Table(title="Rollouts in this demo")
+    for column in ("rollout", "devices", "result", "time", "why"):
+        table.add_column(column)
+    for r in results:
+        colour = "green" if r.status == "SUCCEEDED" else "yellow"
+        table.add_row(r.rollout, str(r.devices), f"[{colour}]{r.status}[/]", f"{r.seconds:.0f} s",
+                      (r.reason or "all gates passed")[:110])
+    return table
