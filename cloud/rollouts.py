@@ -45,8 +45,9 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
                                "matches no device: check `coldchain fleet list`")
         taken = set(session.scalars(select(RolloutDevice.device_id).where(RolloutDevice.rollout_id.in_(busy),
                                                                          RolloutDevice.state == "PENDING")).all())
-        if taken & {d.id for d in devices}:
-            raise RolloutError(f"{len(taken & {d.id for d in devices})} selected devices wait in unfinished rollouts "
+        waiting = taken & {d.id for d in devices}
+        if waiting:
+            raise RolloutError(f"{len(waiting)} selected devices wait in unfinished rollouts "
                                f"({', '.join(busy)}): finish, abort or roll those back first")
         sizes = plan.sizes(len(devices))
         session.add(Rollout(id=rollout_id, bundle_sha256=row.sha256, plan=plan.model_dump(mode="json"),

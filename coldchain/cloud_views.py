@@ -11,6 +11,8 @@ import typer
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
     from cloud.monitor import MonitorRow
     from cloud.rollouts import RolloutView
     from cloud.store import Alert, Device, Rollout
@@ -21,6 +23,13 @@ Broker = Annotated[str, typer.Option("--broker", envvar="COLDCHAIN_BROKER", help
 Protocol = Annotated[str, typer.Option(help="MQTT protocol: 5, or 3.1.1 for brokers without v5 (amqtt).")]
 DEFAULT_DB = "sqlite:///coldchain.db"
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+def open_sessions(db: str) -> sessionmaker[Session]:
+    """The store behind ``--db`` (imported here, lazily, so ``coldchain --help`` stays light)."""
+    from cloud.store import open_store
+
+    return open_store(db)
 
 
 def _age(when: datetime | None) -> str:

@@ -7,16 +7,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from coldchain.cloud_views import DEFAULT_DB, Db, fleet_table
+from coldchain.cloud_views import DEFAULT_DB, Db, fleet_table, open_sessions
 from coldchain.console import console, fail, user_errors
 
 app = typer.Typer(help="List, show and tag devices.", no_args_is_help=True)
-
-
-def _sessions(db: str):  # type: ignore[no-untyped-def]
-    from cloud.store import open_store
-
-    return open_store(db)
 
 
 @app.command("list")
@@ -28,7 +22,7 @@ def list_(db: Db = DEFAULT_DB,
     from cloud.fleet import select_devices
     from cloud.plan import Selector
 
-    with user_errors(CloudError), _sessions(db)() as session:
+    with user_errors(CloudError), open_sessions(db)() as session:
         devices = select_devices(session, Selector(groups=[group] if group else []))
         console.print(fleet_table([d for d in devices if d.online or not online]))
 
@@ -42,7 +36,7 @@ def show(device: Annotated[str, typer.Argument(help="Device id.")], db: Db = DEF
     from cloud.fleet import get_device
     from cloud.store import EventRow
 
-    with user_errors(CloudError), _sessions(db)() as session:
+    with user_errors(CloudError), open_sessions(db)() as session:
         d = get_device(session, device)
         console.print(fleet_table([d]))
         events = session.scalars(select(EventRow).where(EventRow.device_id == device)
@@ -78,6 +72,6 @@ def tag(devices: Annotated[list[str], typer.Argument(help="Device ids.")],
     from contract.errors import TopicError
 
     changes: dict[str, str | None] = {**_pairs(set_), **dict.fromkeys(unset)}
-    with user_errors(CloudError, TopicError), _sessions(db).begin() as session:
+    with user_errors(CloudError, TopicError), open_sessions(db).begin() as session:
         changed = tag_devices(session, devices, changes, add_group, remove_group)
         console.print(fleet_table(changed))

@@ -10,18 +10,12 @@ from typing import Annotated
 
 import typer
 
-from coldchain.cloud_views import DEFAULT_DB, Db, rollout_table, rollouts_table
+from coldchain.cloud_views import DEFAULT_DB, Db, open_sessions, rollout_table, rollouts_table
 from coldchain.console import console, fail, user_errors
 
 app = typer.Typer(help="Staged rollouts with health gates and automatic rollback.", no_args_is_help=True)
 Id = Annotated[str, typer.Argument(help="Rollout id (see `coldchain rollout status`).")]
 Reason = Annotated[str | None, typer.Option(help="Why (recorded and sent to the devices).")]
-
-
-def _sessions(db: str):  # type: ignore[no-untyped-def]
-    from cloud.store import open_store
-
-    return open_store(db)
 
 
 def _errors() -> AbstractContextManager[None]:
@@ -68,7 +62,7 @@ def start(
                         max_latency_ratio=max_latency_ratio or None, max_prediction_drift=max_prediction_drift,
                         max_input_drift=max_input_drift or None, min_inferences=min_inferences),
             timeouts=Timeouts(observe_s=observe_s, wave_s=wave_timeout_s), probation_s=probation_s)
-        sessions = _sessions(db)
+        sessions = open_sessions(db)
         new_id = rollouts.start(sessions, bundle, plan, rollout_id)
         with sessions() as session:
             console.print(rollout_table(rollouts.view(session, new_id)))
@@ -80,7 +74,7 @@ def status(rollout: Annotated[str | None, typer.Argument(help="A rollout id; non
     """Recent rollouts, or one rollout wave by wave with its gate results."""
     from cloud import rollouts
 
-    with _errors(), _sessions(db)() as session:
+    with _errors(), open_sessions(db)() as session:
         if rollout is None:
             console.print(rollouts_table(rollouts.recent(session)))
         else:
@@ -91,7 +85,7 @@ def _act(action: str, rollout: str, db: str, reason: str | None = None) -> None:
     from cloud import rollouts
 
     with _errors():
-        sessions = _sessions(db)
+        sessions = open_sessions(db)
         function = getattr(rollouts, action)
         function(sessions, rollout, reason) if reason else function(sessions, rollout)
         with sessions() as session:
