@@ -11,7 +11,6 @@ import base64
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
@@ -81,7 +80,7 @@ class Controller:
         if rollout.chunks_published_at is None:
             acked = all(d.state != "PENDING" for d in wave if d.deploy_sent_at is not None)
             if acked or clock - rollout.wave_started_at > timedelta(seconds=plan.timeouts.ack_s):
-                artifact = self.publisher.artifact_for(_path(bundle))
+                artifact = self.publisher.artifact(bundle.artifact_sha256)
                 self.publisher.start_group(artifact, _wave_group(rollout))
                 rollout.chunks_published_at = clock
             return
@@ -101,7 +100,7 @@ class Controller:
 
     def _start_wave(self, rollout: Rollout, bundle: BundleRow, plan: RolloutPlan, wave: list[RolloutDevice],
                     clock: datetime) -> None:
-        artifact = self.publisher.artifact_for(_path(bundle))
+        artifact = self.publisher.artifact(bundle.artifact_sha256)
         group = _wave_group(rollout)
         for device in wave:
             if device.state != "PENDING":
@@ -139,6 +138,7 @@ class Controller:
 
     def evidence(self, session: Session, rollout: Rollout, wave: list[RolloutDevice]) -> WaveEvidence:
         ids = [d.device_id for d in wave if d.state == JobState.SUCCEEDED.value]
+        states = [d.state for d in wave if d.state != "SKIPPED"]
         started = rollout.wave_started_at
         rows = session.scalars(select(TelemetryRow).where(
             TelemetryRow.device_id.in_(ids), TelemetryRow.bundle_sha256 == rollout.bundle_sha256,
@@ -151,7 +151,7 @@ class Controller:
         if not baseline:  # no telemetry of what ran before: the reference of the model's previous bundle
             bundle = session.get(BundleRow, rollout.bundle_sha256)
             if bundle is None:
-                return WaveEvidence([d.state for d in wave], summarize(windows(rows)), {}, "nothing")
+                return WaveEvidence(states, summarize(windows(rows)), {}, "nothing")
             before = session.scalars(select(BundleRow).where(
                 BundleRow.model_name == bundle.model_name, BundleRow.target == bundle.target,
                 BundleRow.sequence < bundle.sequence).order_by(BundleRow.sequence.desc())).first()
@@ -160,7 +160,7 @@ class Controller:
             source = f"the reference profile of bundle #{chosen.sequence}"
         jobs = [d.job_id for d in wave]
         shadows = session.scalars(select(EventRow).where(EventRow.type == "shadow", EventRow.job_id.in_(jobs))).all()
-        return WaveEvidence([d.state for d in wave if d.state != "SKIPPED"], summarize(windows(rows)), baseline,
+        return WaveEvidence(states, summarize(windows(rows)), baseline,
                             source, [float(e.payload.get("agreement", 0.0)) for e in shadows])
 
     def _abort(self, session: Session, rollout: Rollout) -> None:
@@ -229,10 +229,6 @@ class Controller:
 
 def _wave_group(rollout: Rollout) -> str:
     return f"{rollout.id}.w{rollout.wave + 1}"
-
-
-def _path(bundle: BundleRow) -> Path:
-    return Path(bundle.tarball)
 
 
 def _fmt(value: float | None) -> str:

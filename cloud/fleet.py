@@ -18,6 +18,7 @@ from contract.bundle import manifest_sha256, unpack, verify_dir
 from contract.common import BundleRef
 from contract.errors import ContractError
 from contract.signing import TrustStore
+from contract.topics import check_id
 
 
 def add_bundle(session: Session, tarball: Path, trust: TrustStore) -> BundleRow:
@@ -83,8 +84,6 @@ def get_device(session: Session, device_id: str) -> Device:
 def tag(session: Session, device_ids: Sequence[str], tags: dict[str, str | None], add_groups: Sequence[str] = (),
         remove_groups: Sequence[str] = ()) -> list[Device]:
     """Set (value) or remove (None) tags and assign or unassign groups on devices."""
-    from contract.topics import check_id
-
     changed = []
     for device_id in device_ids:
         device = get_device(session, device_id)

@@ -86,11 +86,6 @@ class Publisher:
                 self._artifacts[sha256] = found
         return found
 
-    def artifact_for(self, tarball: Path) -> Artifact:
-        found = Artifact.load(tarball, self.chunk_size)
-        with self._lock:
-            return self._artifacts.setdefault(found.sha256, found)
-
     def _send(self, topic: str, frame: bytes, stop: threading.Event | None) -> bool:
         while self.transport.publish(topic, frame) is None:  # not connected: wait for the connection
             if stop is not None and stop.wait(0.2):
