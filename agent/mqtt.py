@@ -16,6 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import BrokerConfig
+from agent.mqtt_loop import SharedLoop
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,10 @@ class Transport(Protocol):
 
 class MqttTransport:
     def __init__(self, client_id: str, broker: BrokerConfig, will_topic: str | None = None,
-                 will_payload: bytes = b"", manual_ack: bool = False) -> None:
+                 will_payload: bytes = b"", manual_ack: bool = False, loop: SharedLoop | None = None) -> None:
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.broker = broker
+        self.loop = loop  # None: paho's own network thread for this client
         self.v5 = broker.protocol == "5"
         if self.v5:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -110,9 +112,16 @@ class MqttTransport:
                                       clean_start=False, properties=properties)
         else:
             self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s)
-        self.client.loop_start()
+        if self.loop is not None:
+            self.loop.add(self.client, self.broker.reconnect_min_s, self.broker.reconnect_max_s)
+        else:
+            self.client.loop_start()
 
     def stop(self) -> None:
+        if self.loop is not None:
+            self.loop.remove(self.client)
+            self.client.disconnect()
+            return
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -12,6 +12,7 @@ from agent.config import AgentConfig, BrokerConfig
 from agent.frames import FolderSource
 from agent.loop import Agent
 from agent.mqtt import MqttTransport
+from agent.mqtt_loop import SharedLoop
 from contract import topics
 from contract.state import offline
 
@@ -20,12 +21,13 @@ def simulated_agents(count: int, broker: BrokerConfig, data_root: Path, trusted_
                      groups: list[str], frames: Path | None, prefix: str = "sim",
                      inference_interval_s: float = 1.0, telemetry_window_s: float = 10.0) -> list[Agent]:
     agents = []
+    network = SharedLoop()  # one epoll thread for every connection: paho's select() stops at fd 1024
     for i in range(count):
         device = f"{prefix}-{i:04d}"
         config = AgentConfig(device_id=device, groups=groups, data_dir=data_root / device, trusted_keys=trusted_keys,
                              broker=broker, inference_interval_s=inference_interval_s,
                              telemetry_window_s=telemetry_window_s)
-        transport = MqttTransport(device, broker, topics.state(device), offline(device).to_json())
+        transport = MqttTransport(device, broker, topics.state(device), offline(device).to_json(), loop=network)
         source = FolderSource(frames, start=i * 7919) if frames is not None else None
         agents.append(Agent(config, transport, source, share_models=True))
     return agents

@@ -97,8 +97,9 @@ def ingest_rate(url: str, store: str, workers: int, messages: list[tuple[str, by
     stop = threading.Event()
     running = []
     for i in range(workers):
-        transport = MqttTransport(f"bench-ingest-{i}-{time.monotonic_ns()}", BrokerConfig(url=url, protocol="5"),
-                                  manual_ack=True)
+        # stable client ids, as a deployment would use: a persistent session that is never resumed
+        # stays a member of the shared subscription and keeps its share of the messages queued
+        transport = MqttTransport(f"bench-ingest-{workers}w-{i}", BrokerConfig(url=url, protocol="5"), manual_ack=True)
         worker = IngestWorker(transport, sessions, share_group="ingest" if workers > 1 else None, batch=500)
         threading.Thread(target=worker.run, args=(stop,), daemon=True).start()
         worker.connected.wait(10)

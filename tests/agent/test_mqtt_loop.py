@@ -1,0 +1,55 @@
+"""The shared network loop drives more connections than select() can watch: file descriptors
+numbered past 1024 are padded in first, so every client's socket lands beyond that line."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import BrokerConfig
+from agent.mqtt import Connected, MqttTransport, Received
+from agent.mqtt_loop import SharedLoop
+from cloud.broker import EmbeddedBroker
+
+
+@pytest.fixture
+def high_fds(tmp_path: Path) -> Iterator[None]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard file limit {hard} does not allow descriptors past 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(tmp_path, os.O_RDONLY) for _ in range(1030)]
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_clients_beyond_fd_1024_connect_publish_and_receive(high_fds: None) -> None:
+    loop = SharedLoop()
+    with EmbeddedBroker() as broker:
+        config = BrokerConfig(url=broker.url, protocol="3.1.1")
+        transports = [MqttTransport(f"loop-{i}", config, loop=loop) for i in range(5)]
+        for t in transports:
+            t.start()
+        for t in transports:
+            assert isinstance(t.inbox.get(timeout=10), Connected)
+            assert t.client.socket().fileno() >= 1024  # select() could not watch this socket
+            t.subscribe(["loop/test"])
+        time.sleep(0.5)
+        assert transports[0].publish("loop/test", b"hello") is not None
+        for t in transports:
+            item = t.inbox.get(timeout=10)
+            while not isinstance(item, Received):
+                item = t.inbox.get(timeout=10)
+            assert item.payload == b"hello"
+        for t in transports:
+            t.stop()
+    loop.stop()
