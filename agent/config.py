@@ -21,8 +21,10 @@ from agent.errors import ConfigError
 from contract.base import Identifier, problems_of
 
 ENV_PREFIX = "COLDCHAIN_"
-NOT_SETTINGS = frozenset({"COLDCHAIN_FAULT", "COLDCHAIN_FAULT_AFTER", "COLDCHAIN_ONNX2TF_VENV"})
-"""COLDCHAIN_* variables that belong to other parts (fault injection, the compiler), not to the agent."""
+NOT_SETTINGS = frozenset({"COLDCHAIN_FAULT", "COLDCHAIN_FAULT_AFTER", "COLDCHAIN_ONNX2TF_VENV", "COLDCHAIN_DB",
+                          "COLDCHAIN_BROKER", "COLDCHAIN_API_TOKEN"})
+"""COLDCHAIN_* variables that belong to other parts (fault injection, the compiler, the cloud's
+commands), not to the agent; the agent's broker URL is ``COLDCHAIN_BROKER__URL``."""
 
 
 class _Section(BaseModel):

@@ -72,6 +72,7 @@ class Agent:
         self._model: tuple[str, Manifest, runtimes.ModelRuntime] | None = None
         self.malformed = 0
         self.outbox: list[tuple[str, bytes]] = []  # events produced while offline
+        self.last_chunk: dict[str, float] = {}  # job id -> when its last chunk arrived
 
     # ---- outbound ---------------------------------------------------------------------
     def _emit(self, job_id: str, state: JobState, reason: str | None, progress: float | None) -> None:
@@ -153,6 +154,7 @@ class Agent:
                 chunk = decode_chunk(payload)
                 for record in self.deployer.jobs.unfinished():
                     if record.command.get("artifact", {}).get("sha256") == chunk.header.sha256:
+                        self.last_chunk[record.job_id] = time.monotonic()
                         self.deployer.on_chunk(record.job_id, chunk)
         except (ContractError, AgentError) as exc:
             self.malformed += 1
@@ -277,8 +279,14 @@ class Agent:
                 return
             self.in_flight[mid] = pending.seq
 
-    def request_missing(self) -> None:
+    def request_missing(self, quiet_s: float = 5.0) -> None:
+        """Report what each download lacks, but only once its chunks stopped arriving for ``quiet_s``:
+        chunks still flowing (or queued in this agent's inbox) are not missing, and asking for them
+        again would only add load where it is already high."""
+        now = time.monotonic()
         for record in self.deployer.jobs.unfinished():
+            if now - self.last_chunk.get(record.job_id, -quiet_s) < quiet_s:
+                continue
             report = self.deployer.missing_report(record.job_id, self.config.device_id)
             if report is not None:
                 self.transport.publish(topics.missing(self.config.device_id, report.sha256), report.to_json())

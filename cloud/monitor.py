@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import select
@@ -107,6 +107,7 @@ class MonitorRow:
     reference_drift: float | None  # predictions vs the bundle's reference profile
     input_psi: float | None  # the worst input statistic
     bundles: tuple[str, ...]
+    previous_drift: float | None = None  # bundle scope: predictions vs the model's previous bundle
 
 
 def monitor(session: Session, scope: Scope, since: datetime | None = None) -> list[MonitorRow]:
@@ -128,15 +129,62 @@ def monitor(session: Session, scope: Scope, since: datetime | None = None) -> li
             for group in (device.all_groups() if device else []) or ["(no group)"]:
                 buckets[group].append(row)
     out = []
+    summaries = {subject: summarize(windows(bucket)) for subject, bucket in buckets.items()}
     for subject, bucket in sorted(buckets.items()):
-        s = summarize(windows(bucket))
+        s = summaries[subject]
         shas = tuple(sorted({r.bundle_sha256 for r in bucket if r.bundle_sha256}))
         reference = _reference(bundles[shas[0]]) if len(shas) == 1 and shas[0] in bundles else None
         drift = prediction_drift(s, reference.prediction_rates) if reference else None
         psis = input_drift(s, reference)
+        before = _previous(bundles, subject) if scope == "bundle" else None
+        previous = prediction_drift(s, prediction_rates(summaries[before])) if before in summaries else None
         label = subject if scope != "bundle" or subject not in bundles else _bundle_label(bundles[subject])
-        out.append(MonitorRow(scope, label, s, drift, max(psis.values()) if psis else None, shas))
+        out.append(MonitorRow(scope, label, s, drift, max(psis.values()) if psis else None, shas, previous))
     return out
+
+
+def _previous(bundles: dict[str, BundleRow], sha: str) -> str | None:
+    """The same model's bundle for the same target with the next lower sequence."""
+    this = bundles.get(sha)
+    if this is None:
+        return None
+    older = [b for b in bundles.values() if b.model_name == this.model_name and b.target == this.target
+             and b.sequence < this.sequence]
+    return max(older, key=lambda b: b.sequence).sha256 if older else None
+
+
+@dataclass(frozen=True)
+class AlertLimits:
+    max_prediction_drift: float = 0.15
+    max_input_drift: float = 0.25
+    max_error_rate: float = 0.05
+    min_inferences: int = 100  # too little evidence raises nothing
+    quiet_s: float = 600.0  # the same alert is not raised again this soon
+
+
+def check_alerts(session: Session, since: datetime, limits: AlertLimits = AlertLimits()) -> list[str]:
+    """Raise (store) alerts for bundles whose recent telemetry drifts or errs; returns the messages."""
+    raised = []
+    for row in monitor(session, "bundle", since):
+        if row.summary.inferences < limits.min_inferences:
+            continue
+        checks = (("prediction_drift", row.reference_drift, limits.max_prediction_drift,
+                   "prediction drift (JS) vs the reference profile"),
+                  ("prediction_drift", row.previous_drift, limits.max_prediction_drift,
+                   "prediction drift (JS) vs the previous bundle"),
+                  ("input_drift", row.input_psi, limits.max_input_drift, "input drift (PSI) vs the reference profile"),
+                  ("error_rate", row.summary.error_rate, limits.max_error_rate, "error rate"))
+        for kind, value, limit, what in checks:
+            if value is None or value <= limit:
+                continue
+            recent = session.scalar(select(Alert.id).where(
+                Alert.kind == kind, Alert.subject == row.subject[:128],
+                Alert.created_at >= datetime.now(since.tzinfo) - timedelta(seconds=limits.quiet_s)))
+            if recent is None:
+                message = f"{what} {value:.3f} above {limit:g} on {len(row.summary.devices)} devices"
+                raise_alert(session, kind, "bundle", row.subject, message, value)
+                raised.append(f"{row.subject}: {message}")
+    return raised
 
 
 def _reference(bundle: BundleRow) -> ReferenceProfile | None:

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,6 +18,7 @@ from agent.mqtt import MqttTransport
 from cloud.controller import Controller
 from cloud.errors import BrokerError
 from cloud.ingest import IngestWorker
+from cloud.monitor import check_alerts
 from cloud.publisher import Publisher
 from cloud.store import BundleRow, open_store
 
@@ -35,6 +37,7 @@ class Cloud:
                                    on_missing=self.publisher.repair)
         self.controller = Controller(self.sessions, self.transport, self.publisher, operator_key, notify=notify)
         self.stop_event = threading.Event()
+        self.alert_every_s, self.alert_window_s = 60.0, 900.0
         self._thread: threading.Thread | None = None
 
     def _resolve(self, artifact_sha256: str) -> Path | None:
@@ -44,20 +47,33 @@ class Cloud:
 
     def run(self, step_s: float = 0.5, until: float | None = None) -> None:
         self.transport.start()
-        next_step = time.monotonic()
+        next_step = next_check = time.monotonic()
         try:
             while not self.stop_event.is_set() and (until is None or time.monotonic() < until):
                 self.worker.drain(timeout=0.1)
                 if time.monotonic() >= next_step and self.worker.connected.is_set():
-                    next_step = time.monotonic() + step_s
+                    next_step = next_check = time.monotonic() + step_s
                     try:
                         self.controller.step()
                     except Exception:  # one bad step must not stop ingestion; the next step retries
                         log.exception("rollout controller step failed")
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.alert_every_s
+                    self._check_alerts()
             while self.worker.drain(timeout=0.05):  # what already arrived is stored before leaving
                 pass
         finally:
             self.transport.stop()
+
+    def _check_alerts(self) -> None:
+        """Monitoring: drift and error alerts over the last ``alert_window_s`` of telemetry."""
+        since = datetime.now(UTC) - timedelta(seconds=self.alert_window_s)
+        try:
+            with self.sessions.begin() as session:
+                for message in check_alerts(session, since):
+                    self.controller.notify(f"alert: {message}")
+        except Exception:  # monitoring must not stop ingestion
+            log.exception("alert check failed")
 
     def start(self) -> Cloud:
         self._thread = threading.Thread(target=self.run, daemon=True, name="coldchain-cloud")

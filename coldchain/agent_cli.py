@@ -21,15 +21,19 @@ app = typer.Typer(help="Run the device agent and inspect it.", no_args_is_help=T
 def run(
     config: Annotated[Path, typer.Option(help="Agent configuration (TOML or YAML); COLDCHAIN_* overrides.")],
     seconds: Annotated[float | None, typer.Option(min=1, help="Stop after this long (default: run forever).")] = None,
+    broker: Annotated[str | None, typer.Option(help="Broker URL, over the file and COLDCHAIN_BROKER__URL.")] = None,
 ) -> None:
     """Connect to the broker, install bundles, infer on frames, report telemetry."""
+    import os
+
     from agent.config import load_config
     from agent.errors import AgentError
     from agent.frames import open_source
     from agent.loop import run_agent
 
     with user_errors(AgentError):
-        settings = load_config(config)
+        overrides = {"COLDCHAIN_BROKER__URL": broker} if broker else {}
+        settings = load_config(config, {**os.environ, **overrides})
         source = open_source(settings.source.kind, settings.source.location, settings.source.loop,
                              settings.limits.max_frame_pixels)
         console.print(f"agent [bold]{settings.device_id}[/] -> {settings.broker.url} (data in {settings.data_dir})")

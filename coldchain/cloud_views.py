@@ -96,7 +96,7 @@ def rollout_table(view: RolloutView) -> Table:
 def monitor_table(rows: Sequence[MonitorRow], title: str) -> Table:
     table = Table(title=title)
     for column in ("subject", "devices", "windows", "inferences", "error rate", "p50 ms", "p95 ms",
-                   "prediction drift (JS)", "input drift (PSI)", "inventory (latest)"):
+                   "drift vs reference (JS)", "drift vs previous (JS)", "input drift (PSI)", "inventory (latest)"):
         table.add_column(column, justify="right" if column not in ("subject", "inventory (latest)") else "left")
     for row in rows:
         s = row.summary
@@ -107,7 +107,7 @@ def monitor_table(rows: Sequence[MonitorRow], title: str) -> Table:
         inventory = ", ".join(f"{k} {v}" for k, v in sorted(s.inventory.items())) or "-"
         table.add_row(row.subject, str(len(s.devices)), str(s.windows), str(s.inferences), f"{s.error_rate:.1%}",
                       num(s.latency_p50), num(s.latency_p95), num(row.reference_drift, ".3f"),
-                      num(row.input_psi, ".3f"), inventory)
+                      num(row.previous_drift, ".3f"), num(row.input_psi, ".3f"), inventory)
     return table
 
 

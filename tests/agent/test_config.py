@@ -21,7 +21,8 @@ def test_toml_with_environment_overrides(tmp_path: Path, key: Path) -> None:
                     '[broker]\nurl = "mqtt://127.0.0.1:1883"\n')
     config = load_config(path, {"COLDCHAIN_BROKER__URL": "mqtts://broker.local:8883",
                                 "COLDCHAIN_TELEMETRY_WINDOW_S": "30", "COLDCHAIN_GROUPS": "eu,beta",
-                                "OTHER": "ignored"})
+                                "OTHER": "ignored", "COLDCHAIN_DB": "sqlite:///cloud.db",  # the cloud's, not ours
+                                "COLDCHAIN_BROKER": "mqtt://elsewhere:1883", "COLDCHAIN_API_TOKEN": "x" * 20})
     assert config.device_id == "fridge-1" and config.groups == ["eu", "beta"]
     assert config.broker.tls and config.broker.host == "broker.local" and config.broker.port == 8883
     assert config.telemetry_window_s == 30.0

@@ -17,6 +17,7 @@ from contract.events import decode_event
 from contract.jobs import JobState
 from contract.state import DeviceState
 from contract.telemetry import Telemetry
+from contract.transfer import MissingChunks
 from examples.fridge.synth import write_dataset
 from tests.conftest import deploy_command
 
@@ -143,3 +144,22 @@ def test_rollback_needs_an_operator_signature(agent: tuple[Agent, MemoryTranspor
                                                                     signature=signature["signature"])})
     a.handle(Received(topics.commands("fridge-7"), signed.to_json()))
     assert a.deployer.slots.pointer().active_sequence == 5
+
+
+def test_missing_chunks_requested_only_once_the_stream_went_quiet(agent: tuple[Agent, MemoryTransport],
+                                                                  world: dict[str, object]) -> None:
+    a, t = agent
+    a.handle(Connected())
+    bundle = world["bundles"][5]  # type: ignore[index]
+    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-q")
+    a.handle(Received(topics.commands("fridge-7"), command.to_json()))
+    missing_topic = topics.missing("fridge-7", command.artifact.sha256)
+    a.request_missing()
+    assert len(t.on(missing_topic)) == 1  # nothing arrived yet: everything is missing
+    a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frames[0]))
+    a.request_missing(quiet_s=60)
+    assert len(t.on(missing_topic)) == 1  # chunks are flowing: not asked again
+    a.request_missing(quiet_s=0)
+    reports = t.on(missing_topic)
+    assert len(reports) == 2
+    assert MissingChunks.from_json(reports[-1]).indices() == list(range(1, len(frames)))
