@@ -64,8 +64,10 @@ class Publisher:
     """Publishes artifacts through ``transport``; ``resolve(sha)`` finds an artifact's tarball."""
 
     def __init__(self, transport: Transport, resolve: Callable[[str], Path | None],
-                 bytes_per_s: float | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+                 bytes_per_s: float | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 notify: Callable[[str], None] | None = None) -> None:
         self.transport, self.resolve, self.chunk_size = transport, resolve, chunk_size
+        self.notify = notify or log.info
         self.limit = RateLimit(bytes_per_s)
         self.egress_bytes = self.repair_bytes = 0
         self.progress: dict[tuple[str, str], int] = {}  # (sha, group) -> chunks published so far
@@ -102,12 +104,17 @@ class Publisher:
         """Every chunk once on the group topic, in order."""
         topic = topics.group_chunks(group, artifact.sha256)
         key = (artifact.sha256, group)
+        started, count = time.monotonic(), len(artifact.frames)
         for index, frame in enumerate(artifact.frames):
             if not self._send(topic, frame, stop):
                 return
             self.progress[key] = index + 1
             if on_chunk is not None:
-                on_chunk(index + 1, len(artifact.frames))
+                on_chunk(index + 1, count)
+            if (index + 1) % max(1, count // 4) == 0 or index + 1 == count:
+                self.notify(f"published {index + 1}/{count} chunks of {artifact.sha256[:12]} to group {group} "
+                            f"({artifact.size * (index + 1) / count / 2**20:.2f} MiB, "
+                            f"{time.monotonic() - started:.1f} s)")
 
     def start_group(self, artifact: Artifact, group: str, stop: threading.Event | None = None) -> threading.Thread:
         """``publish_group`` in a background thread (the controller keeps watching meanwhile)."""

@@ -32,7 +32,7 @@ class Cloud:
                  chunk_size: int = 128 * 1024) -> None:
         self.sessions = open_store(store_url)
         self.transport = MqttTransport(client_id, broker, manual_ack=True)
-        self.publisher = Publisher(self.transport, self._resolve, bytes_per_s, chunk_size)
+        self.publisher = Publisher(self.transport, self._resolve, bytes_per_s, chunk_size, notify)
         self.worker = IngestWorker(self.transport, self.sessions, share_group if broker.protocol == "5" else None,
                                    on_missing=self.publisher.repair)
         self.controller = Controller(self.sessions, self.transport, self.publisher, operator_key, notify=notify)
