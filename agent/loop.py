@@ -167,6 +167,7 @@ class Agent:
             group = command.artifact.group
             if group is not None and group not in self.config.groups:  # a rollout wave's own group topic
                 self.transport.subscribe([topics.group_artifacts(group)])
+            self.last_chunk.setdefault(command.job_id, time.monotonic())  # the stream starts soon: wait for it
             self.deployer.on_deploy(command)
         elif isinstance(command, CancelCommand):
             self.deployer.cancel(command.target_job_id, f"job {command.job_id} from the cloud")

@@ -78,9 +78,10 @@ class Controller:
             self._start_wave(rollout, bundle, plan, wave, clock)
             return
         if rollout.chunks_published_at is None:
+            artifact = self.publisher.artifact(bundle.artifact_sha256)
+            self.publisher.announce(artifact, _wave_group(rollout))  # again after a restart: idempotent
             acked = all(d.state != "PENDING" for d in wave if d.deploy_sent_at is not None)
             if acked or clock - rollout.wave_started_at > timedelta(seconds=plan.timeouts.ack_s):
-                artifact = self.publisher.artifact(bundle.artifact_sha256)
                 self.publisher.start_group(artifact, _wave_group(rollout))
                 rollout.chunks_published_at = clock
             return

@@ -116,6 +116,11 @@ class Publisher:
                             f"({artifact.size * (index + 1) / count / 2**20:.2f} MiB, "
                             f"{time.monotonic() - started:.1f} s)")
 
+    def announce(self, artifact: Artifact, group: str) -> None:
+        """A group stream of ``artifact`` is about to start: hold repairs of it until the stream
+        has passed the chunks asked for (devices ask for everything before the first chunk)."""
+        self.progress.setdefault((artifact.sha256, group), 0)
+
     def start_group(self, artifact: Artifact, group: str, stop: threading.Event | None = None) -> threading.Thread:
         """``publish_group`` in a background thread (the controller keeps watching meanwhile)."""
         self.progress[(artifact.sha256, group)] = 0

@@ -155,7 +155,9 @@ def test_missing_chunks_requested_only_once_the_stream_went_quiet(agent: tuple[A
     a.handle(Received(topics.commands("fridge-7"), command.to_json()))
     missing_topic = topics.missing("fridge-7", command.artifact.sha256)
     a.request_missing()
-    assert len(t.on(missing_topic)) == 1  # nothing arrived yet: everything is missing
+    assert t.on(missing_topic) == []  # the stream has just been announced: wait for it
+    a.request_missing(quiet_s=0)
+    assert len(t.on(missing_topic)) == 1  # nothing arrived within the wait: everything is missing
     a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frames[0]))
     a.request_missing(quiet_s=60)
     assert len(t.on(missing_topic)) == 1  # chunks are flowing: not asked again

@@ -37,7 +37,8 @@ def test_group_stream_and_repairs(tmp_path: Path) -> None:
     publisher = Publisher(transport, lambda sha: tarball, chunk_size=1024, notify=notes.append)  # type: ignore[arg-type]
     artifact = publisher.artifact(Artifact.load(tarball, 1024).sha256)
     assert len(artifact.frames) == 11 and artifact.ref("w1").chunk_count == 11
-    publisher.progress[(artifact.sha256, "w1")] = 0
+    assert publisher.streaming(artifact.sha256) is None
+    publisher.announce(artifact, "w1")
     assert publisher.streaming(artifact.sha256) == 0
     report = MissingChunks.from_indices("d1", artifact.sha256, 11, [0, 3, 7])
     assert publisher.repair(report) == 0  # the group stream has not passed those chunks yet
