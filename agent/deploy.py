@@ -147,7 +147,12 @@ class Deployer:
                 self._move(record, JobState.SELF_TEST)
             if record.state is JobState.SELF_TEST:
                 self._self_test(record)
+                if command.shadow_s and self.slots.pointer().active_sha256 is not None:
+                    record.shadow_started = time.time()
+                    return self._move(record, JobState.SHADOW)  # the loop runs it beside the active model
                 self._move(record, JobState.ACTIVATING)
+            if record.state is JobState.SHADOW:
+                return record  # until end_shadow
             if record.state is JobState.ACTIVATING:
                 pointer = self.slots.pointer()
                 if pointer.active_sha256 != record.manifest_sha256:
@@ -158,6 +163,25 @@ class Deployer:
         except (AgentError, ContractError) as exc:
             return self._fail(record, str(exc))
         return record
+
+    def shadow_due(self, record: JobRecord, now: float | None = None) -> bool:
+        command = DeployCommand.model_validate(record.command)
+        return (record.state is JobState.SHADOW
+                and (now or time.time()) - (record.shadow_started or 0) >= (command.shadow_s or 0))
+
+    def candidate_path(self, record: JobRecord) -> Path:
+        """Where a job installed its bundle (the inactive slot until activation)."""
+        return self.slots.path(self._slot(record))
+
+    def cancel_shadow(self, record: JobRecord, reason: str) -> JobRecord:
+        return self._fail(record, reason) if record.state is JobState.SHADOW else record
+
+    def end_shadow(self, record: JobRecord) -> JobRecord:
+        """The shadow run is over (its agreement reported): activate."""
+        if record.state is not JobState.SHADOW:
+            return record
+        self._move(record, JobState.ACTIVATING)
+        return self.advance(record)
 
     def probation(self, record: JobRecord, inferences: int, errors: int, non_finite: int, p95_ms: float | None,
                   now: float | None = None) -> JobRecord:

@@ -24,6 +24,7 @@ class JobRecord:
     manifest_sha256: str | None = None
     sequence: int | None = None
     probation_started: float | None = None  # Unix time
+    shadow_started: float | None = None  # Unix time
     history: list[tuple[str, str | None, str]] = field(default_factory=list)  # (state, reason, UTC time)
 
     @property

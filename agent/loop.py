@@ -21,8 +21,10 @@ from agent.config import AgentConfig
 from agent.deploy import Deployer
 from agent.errors import AgentError, FrameError
 from agent.frames import FrameSource
+from agent.jobs import JobRecord
 from agent.mqtt import Acked, Connected, Disconnected, Inbound, Received, Transport
 from agent.preprocess import preprocess
+from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
 from contract import topics
@@ -37,7 +39,7 @@ from contract.commands import (
 )
 from contract.common import BundleRef, RuntimeInfo
 from contract.errors import ContractError
-from contract.events import ErrorEvent, JobEvent
+from contract.events import ErrorEvent, JobEvent, ShadowEvent
 from contract.jobs import JobState
 from contract.manifest import Manifest
 from contract.signing import TrustStore, verify_signature
@@ -73,6 +75,7 @@ class Agent:
         self.malformed = 0
         self.outbox: list[tuple[str, bytes]] = []  # events produced while offline
         self.last_chunk: dict[str, float] = {}  # job id -> when its last chunk arrived
+        self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
 
     # ---- outbound ---------------------------------------------------------------------
     def _emit(self, job_id: str, state: JobState, reason: str | None, progress: float | None) -> None:
@@ -254,6 +257,8 @@ class Agent:
             self.window.error(type(exc).__name__)
             return
         self.window.inferred(frame, prediction, (time.perf_counter() - started) * 1000)
+        for run in self.shadows.values():  # candidates in SHADOW see the same frame (not timed)
+            run.compare(frame, prediction)
 
     def close_window(self) -> None:
         seq = self.spool.next_seq()
@@ -265,8 +270,31 @@ class Agent:
                 self.deployer.probation(record, self.window.inferences, sum(self.window.errors.values()),
                                         self.window.non_finite, self.window.p95())
                 self._model = None
+            elif record.state is JobState.SHADOW:
+                self.shadow_step(record)
         self.window = Window()
         self.window_started = time.monotonic()
+
+    def shadow_step(self, record: JobRecord) -> None:
+        """Start the shadow run of a job in SHADOW, or, once its time is up, report it and activate."""
+        run = self.shadows.get(record.job_id)
+        if run is None:
+            try:
+                run = ShadowRun.open(record.job_id, self.deployer.candidate_path(record), self.trust,
+                                     self.config.limits.threads)
+            except (AgentError, ContractError) as exc:
+                self.deployer.cancel_shadow(record, f"the candidate cannot run beside the active model: {exc}")
+                return
+            self.shadows[record.job_id] = run
+        if not self.deployer.shadow_due(record):
+            return
+        del self.shadows[record.job_id]
+        self.event_seq += 1
+        event = ShadowEvent(device_id=self.config.device_id, seq=self.event_seq, job_id=record.job_id,
+                            frames=run.frames, agreement=run.agreement)
+        self.send(topics.events(self.config.device_id), event.to_json())
+        self.deployer.end_shadow(record)
+        self._model = None
 
     def publish_pending(self) -> None:
         if not self.connected:

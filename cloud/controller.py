@@ -107,7 +107,7 @@ class Controller:
             if device.state != "PENDING":
                 continue
             command = DeployCommand(job_id=device.job_id, bundle=bundle_ref(bundle), artifact=artifact.ref(group),
-                                    probation_s=plan.probation_s)
+                                    probation_s=plan.probation_s, shadow_s=plan.shadow_s)
             self.transport.publish(topics.commands(device.device_id), command.to_json())
             device.deploy_sent_at = clock
         rollout.wave_started_at = clock

@@ -94,6 +94,7 @@ class RolloutPlan(_Frozen):
     gates: Gates = Gates()
     timeouts: Timeouts = Timeouts()
     probation_s: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 300.0
+    shadow_s: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None  # run beside the active model first
     chunk_size: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 128 * 1024
     bytes_per_s: Annotated[float, Field(gt=0)] | None = None
 

@@ -40,6 +40,8 @@ def start(
     max_input_drift: Annotated[float, typer.Option(min=0, help="Gate: PSI vs reference (0 = off).")] = 0.0,
     min_inferences: Annotated[int, typer.Option(min=0, help="Inferences needed per wave to judge.")] = 20,
     probation_s: Annotated[float, typer.Option(min=1, help="Device-side probation after activation.")] = 300.0,
+    shadow_s: Annotated[float, typer.Option(min=0, help="Shadow run beside the active model first (0 = none).")] = 0.0,
+    min_shadow_agreement: Annotated[float, typer.Option(min=0, max=1, help="Gate: shadow agreement (0 = off).")] = 0.0,
     observe_s: Annotated[float, typer.Option(min=0, help="Telemetry gathered after a wave's jobs end.")] = 120.0,
     wave_timeout_s: Annotated[float, typer.Option(min=1, help="A job not done by then counts as failed.")] = 1800.0,
     rollout_id: Annotated[str | None, typer.Option("--id", help="Rollout id (idempotent).")] = None,
@@ -60,8 +62,10 @@ def start(
             selector=Selector(groups=group, boards=board, tags=tags), waves=waves,
             gates=Gates(min_success_ratio=min_success, max_error_rate=max_error_rate,
                         max_latency_ratio=max_latency_ratio or None, max_prediction_drift=max_prediction_drift,
-                        max_input_drift=max_input_drift or None, min_inferences=min_inferences),
-            timeouts=Timeouts(observe_s=observe_s, wave_s=wave_timeout_s), probation_s=probation_s)
+                        max_input_drift=max_input_drift or None, min_inferences=min_inferences,
+                        min_shadow_agreement=min_shadow_agreement or None),
+            timeouts=Timeouts(observe_s=observe_s, wave_s=wave_timeout_s), probation_s=probation_s,
+            shadow_s=shadow_s or None)
         sessions = open_sessions(db)
         new_id = rollouts.start(sessions, bundle, plan, rollout_id)
         with sessions() as session:

@@ -4,6 +4,7 @@ tests/integration)."""
 from __future__ import annotations
 
 import queue
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from agent.frames import FolderSource
 from agent.loop import Agent, data_dir_status
 from agent.mqtt import Acked, Connected, Inbound, Received
 from contract import topics
-from contract.events import decode_event
+from contract.events import ShadowEvent, decode_event
 from contract.jobs import JobState
 from contract.state import DeviceState
 from contract.telemetry import Telemetry
@@ -165,3 +166,34 @@ def test_missing_chunks_requested_only_once_the_stream_went_quiet(agent: tuple[A
     reports = t.on(missing_topic)
     assert len(reports) == 2
     assert MissingChunks.from_json(reports[-1]).indices() == list(range(1, len(frames)))
+
+
+def test_shadow_run_reports_agreement_then_activates(agent: tuple[Agent, MemoryTransport],
+                                                     world: dict[str, object], faulty_bundle: object) -> None:
+    a, t = agent
+    a.handle(Connected())
+    bundle = world["bundles"][5]  # type: ignore[index]
+    first, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-s1")
+    a.handle(Received(topics.commands("fridge-7"), first.to_json()))
+    for frame in frames:
+        a.handle(Received(topics.group_chunks("eu", first.artifact.sha256), frame))
+    faulty = faulty_bundle
+    second, frames = deploy_command(faulty.tarball, faulty.ref.sha256, 7, "job-s2")  # type: ignore[attr-defined]
+    second = second.model_copy(update={"shadow_s": 0.5})
+    a.handle(Received(topics.commands("fridge-7"), second.to_json()))
+    for frame in frames:
+        a.handle(Received(topics.group_chunks("eu", second.artifact.sha256), frame))
+    assert a.deployer.jobs.get("job-s2").state is JobState.SHADOW  # type: ignore[union-attr]
+    assert a.bundle_ref().sequence == 5  # type: ignore[union-attr]  # the candidate is not active yet
+    a.close_window()  # opens the shadow run
+    for _ in range(6):
+        a.infer_once()
+    time.sleep(0.6)
+    a.close_window()  # time is up: report and activate
+    events = [decode_event(p) for p in t.on(topics.events("fridge-7"))]
+    shadow = [e for e in events if isinstance(e, ShadowEvent)]
+    assert len(shadow) == 1 and shadow[0].job_id == "job-s2" and shadow[0].frames == 5  # one frame is empty
+    assert shadow[0].agreement < 0.5  # the broken head sees milk everywhere
+    assert a.deployer.jobs.get("job-s2").state is JobState.PROBATION  # type: ignore[union-attr]
+    assert a.bundle_ref().sequence == 7  # type: ignore[union-attr]
+    assert not a.shadows

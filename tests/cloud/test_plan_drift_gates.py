@@ -76,6 +76,10 @@ def test_gates_pass_healthy_and_name_what_failed(world: dict[str, object]) -> No
     bad = {r.gate: r for r in failed(evaluate(gates, broken, manifest))}
     assert set(bad) == {"job_success", "error_rate", "prediction_drift"}
     assert "1 ROLLED_BACK" in bad["job_success"].detail
+    shadowed = WaveEvidence(["SUCCEEDED"], healthy.summary, baseline, "the previous bundle", [0.31, 0.35])
+    verdict = {r.gate: r for r in evaluate(Gates(max_latency_ratio=None, min_shadow_agreement=0.9,
+                                                 min_inferences=10), shadowed, manifest)}
+    assert not verdict["shadow_agreement"].passed and verdict["shadow_agreement"].value == pytest.approx(0.33)
     idle = _evidence(["SUCCEEDED"], 3, 0, {}, baseline)
     assert [r.gate for r in failed(evaluate(gates, idle, manifest))] == ["evidence"]
 

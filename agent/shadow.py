@@ -1,0 +1,55 @@
+"""A shadow run: the installed candidate runs beside the active model on the same live frames,
+and how often both see the same thing is counted (the same top label for classification, the
+same set of labels for multi-label and detection). The result travels as a ShadowEvent; the
+cloud's rollout gate decides what it means."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from agent import postprocess, runtimes
+from agent.errors import AgentError
+from agent.postprocess import Prediction
+from agent.preprocess import preprocess
+from contract.bundle import verify_dir
+from contract.manifest import Manifest
+from contract.signing import TrustStore
+
+
+@dataclass
+class ShadowRun:
+    job_id: str
+    manifest: Manifest
+    runtime: runtimes.ModelRuntime
+    frames: int = 0
+    agreed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, job_id: str, directory: Path, trust: TrustStore, threads: int) -> ShadowRun:
+        manifest = verify_dir(directory, trust)
+        runtime = runtimes.open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, threads)
+        return cls(job_id, manifest, runtime)
+
+    def compare(self, frame: npt.NDArray[np.uint8], active: Prediction) -> bool:
+        """Run the candidate on ``frame``; True when it agrees with the active model's prediction."""
+        io = self.manifest.io
+        self.frames += 1
+        try:
+            x, place = preprocess(frame, io.preprocessing)
+            outputs = self.runtime.run({io.inputs[0].name: x})
+            candidate = postprocess.get(io.postprocessor.name)(outputs, io.labels, io.postprocessor.params, place)
+        except AgentError as exc:
+            self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
+            return False
+        same = set(candidate.labels) == set(active.labels)
+        self.agreed += same
+        return same
+
+    @property
+    def agreement(self) -> float:
+        return self.agreed / self.frames if self.frames else 0.0
