@@ -44,7 +44,7 @@ from contract.jobs import JobState
 from contract.manifest import Manifest
 from contract.signing import TrustStore, verify_signature
 from contract.state import DeviceState, JobSummary, offline
-from contract.transfer import decode_chunk
+from contract.transfer import MissingChunks, decode_chunk
 
 log = logging.getLogger("coldchain.agent")
 AGENT_VERSION = "0.1.0"
@@ -75,6 +75,7 @@ class Agent:
         self.malformed = 0
         self.outbox: list[tuple[str, bytes]] = []  # events produced while offline
         self.last_chunk: dict[str, float] = {}  # job id -> when its last chunk arrived
+        self.highest_chunk: dict[str, int] = {}  # job id -> highest chunk index received
         self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
 
     # ---- outbound ---------------------------------------------------------------------
@@ -158,6 +159,8 @@ class Agent:
                 for record in self.deployer.jobs.unfinished():
                     if record.command.get("artifact", {}).get("sha256") == chunk.header.sha256:
                         self.last_chunk[record.job_id] = time.monotonic()
+                        self.highest_chunk[record.job_id] = max(chunk.header.index,
+                                                                self.highest_chunk.get(record.job_id, -1))
                         self.deployer.on_chunk(record.job_id, chunk)
         except (ContractError, AgentError) as exc:
             self.malformed += 1
@@ -308,15 +311,25 @@ class Agent:
                 return
             self.in_flight[mid] = pending.seq
 
-    def request_missing(self, quiet_s: float = 5.0) -> None:
-        """Report what each download lacks, but only once its chunks stopped arriving for ``quiet_s``:
-        chunks still flowing (or queued in this agent's inbox) are not missing, and asking for them
-        again would only add load where it is already high."""
+    def request_missing(self, quiet_s: float = 5.0, stall_s: float = 30.0) -> None:
+        """Report what each download lacks, once its chunks stopped arriving for ``quiet_s``.
+
+        Chunks of a stream arrive in order, so while a stream may only be slow (quiet for less than
+        ``stall_s``) only gaps *below* the highest chunk received are missing; chunks beyond it may
+        still be queued at the broker or in this agent's inbox, and asking for them again would only
+        add load where it is already high. After ``stall_s`` of silence everything lacking is asked for.
+        """
         now = time.monotonic()
         for record in self.deployer.jobs.unfinished():
-            if now - self.last_chunk.get(record.job_id, -quiet_s) < quiet_s:
+            quiet = now - self.last_chunk.get(record.job_id, -stall_s)
+            if quiet < quiet_s:
                 continue
             report = self.deployer.missing_report(record.job_id, self.config.device_id)
+            highest = self.highest_chunk.get(record.job_id)
+            if report is not None and quiet < stall_s and highest is not None:
+                gaps = [i for i in report.indices() if i < highest]
+                report = MissingChunks.from_indices(report.device_id, report.sha256, report.chunk_count,
+                                                    gaps) if gaps else None
             if report is not None:
                 self.transport.publish(topics.missing(self.config.device_id, report.sha256), report.to_json())
 

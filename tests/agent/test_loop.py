@@ -160,12 +160,15 @@ def test_missing_chunks_requested_only_once_the_stream_went_quiet(agent: tuple[A
     a.request_missing(quiet_s=0)
     assert len(t.on(missing_topic)) == 1  # nothing arrived within the wait: everything is missing
     a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frames[0]))
+    a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frames[2]))  # chunk 1 was lost
     a.request_missing(quiet_s=60)
     assert len(t.on(missing_topic)) == 1  # chunks are flowing: not asked again
-    a.request_missing(quiet_s=0)
+    a.request_missing(quiet_s=0)  # quiet, but maybe only slow: just the gap below the highest chunk
+    assert MissingChunks.from_json(t.on(missing_topic)[-1]).indices() == [1]
+    a.request_missing(quiet_s=0, stall_s=0)  # stalled: everything lacking
     reports = t.on(missing_topic)
-    assert len(reports) == 2
-    assert MissingChunks.from_json(reports[-1]).indices() == list(range(1, len(frames)))
+    assert len(reports) == 3
+    assert MissingChunks.from_json(reports[-1]).indices() == [1, *range(3, len(frames))]
 
 
 def test_shadow_run_reports_agreement_then_activates(agent: tuple[Agent, MemoryTransport],
