@@ -14,6 +14,7 @@ from agent.frames import FolderSource
 from agent.loop import Agent, data_dir_status
 from agent.mqtt import Acked, Connected, Inbound, Received
 from contract import topics
+from contract.commands import DeployCommand
 from contract.events import ShadowEvent, decode_event
 from contract.jobs import JobState
 from contract.state import DeviceState
@@ -60,6 +61,16 @@ def agent(tmp_path: Path, world: dict[str, object]) -> tuple[Agent, MemoryTransp
     return Agent(config, transport, FolderSource(frames)), transport
 
 
+def deliver(a: Agent, bundle: object, seq: int, job: str, shadow_s: float | None = None) -> DeployCommand:
+    """The deploy command for ``bundle``, then every chunk of it on the group topic."""
+    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, seq, job)  # type: ignore[attr-defined]
+    command = command.model_copy(update={"shadow_s": shadow_s})
+    a.handle(Received(topics.commands("fridge-7"), command.to_json()))
+    for frame in frames:
+        a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
+    return command
+
+
 def test_connect_subscribes_and_reports_state(agent: tuple[Agent, MemoryTransport]) -> None:
     a, t = agent
     a.handle(Connected())
@@ -74,11 +85,7 @@ def test_deploy_infer_and_telemetry_until_acknowledged(agent: tuple[Agent, Memor
                                                        world: dict[str, object]) -> None:
     a, t = agent
     a.handle(Connected())
-    bundle = world["bundles"][5]  # type: ignore[index]
-    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-9")
-    a.handle(Received(topics.commands("fridge-7"), command.to_json()))
-    for frame in frames:
-        a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
+    deliver(a, world["bundles"][5], 5, "job-9")  # type: ignore[index]
     states = [decode_event(p).state for p in t.on(topics.events("fridge-7"))]  # type: ignore[union-attr]
     assert states[-1] is JobState.PROBATION
     for _ in range(7):
@@ -122,11 +129,7 @@ def test_rollback_needs_an_operator_signature(agent: tuple[Agent, MemoryTranspor
     a, t = agent
     a.handle(Connected())
     for seq, job in ((5, "j5"), (6, "j6")):
-        bundle = world["bundles"][seq]  # type: ignore[index]
-        command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, seq, job)
-        a.handle(Received(topics.commands("fridge-7"), command.to_json()))
-        for frame in frames:
-            a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
+        deliver(a, world["bundles"][seq], seq, job)  # type: ignore[index]
         record = a.deployer.jobs.get(job)
         assert record is not None
         a.deployer.probation(record, 100, 0, 0, 0.5, now=(record.probation_started or 0) + 61)
@@ -175,17 +178,8 @@ def test_shadow_run_reports_agreement_then_activates(agent: tuple[Agent, MemoryT
                                                      world: dict[str, object], faulty_bundle: object) -> None:
     a, t = agent
     a.handle(Connected())
-    bundle = world["bundles"][5]  # type: ignore[index]
-    first, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-s1")
-    a.handle(Received(topics.commands("fridge-7"), first.to_json()))
-    for frame in frames:
-        a.handle(Received(topics.group_chunks("eu", first.artifact.sha256), frame))
-    faulty = faulty_bundle
-    second, frames = deploy_command(faulty.tarball, faulty.ref.sha256, 7, "job-s2")  # type: ignore[attr-defined]
-    second = second.model_copy(update={"shadow_s": 0.5})
-    a.handle(Received(topics.commands("fridge-7"), second.to_json()))
-    for frame in frames:
-        a.handle(Received(topics.group_chunks("eu", second.artifact.sha256), frame))
+    deliver(a, world["bundles"][5], 5, "job-s1")  # type: ignore[index]
+    deliver(a, faulty_bundle, 7, "job-s2", shadow_s=0.5)
     assert a.deployer.jobs.get("job-s2").state is JobState.SHADOW  # type: ignore[union-attr]
     assert a.bundle_ref().sequence == 5  # type: ignore[union-attr]  # the candidate is not active yet
     a.close_window()  # opens the shadow run
