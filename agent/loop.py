@@ -13,8 +13,10 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from agent import postprocess, runtimes
 from agent.config import AgentConfig
@@ -32,6 +34,7 @@ from contract.bundle import verify_dir
 from contract.commands import (
     CancelCommand,
     DeployCommand,
+    ProfileCommand,
     RollbackCommand,
     SetConfigCommand,
     authorization_bytes,
@@ -39,7 +42,7 @@ from contract.commands import (
 )
 from contract.common import BundleRef, RuntimeInfo
 from contract.errors import ContractError
-from contract.events import ErrorEvent, JobEvent, ShadowEvent
+from contract.events import ErrorEvent, JobEvent, ProfileEvent, ShadowEvent
 from contract.jobs import JobState
 from contract.manifest import Manifest
 from contract.signing import TrustStore, verify_signature
@@ -183,8 +186,33 @@ class Agent:
             updates = {k: v for k, v in (("inference_interval_s", command.inference_interval_s),
                                          ("telemetry_window_s", command.telemetry_window_s)) if v is not None}
             self.config = self.config.model_copy(update=updates)
+        elif isinstance(command, ProfileCommand):
+            self.on_profile(command, topic)
         else:
             self._error("unsupported_command", f"{command.type} is not supported by this agent yet", topic)
+
+    def on_profile(self, command: ProfileCommand, topic: str) -> None:
+        """Time the active model on this device (model only, after warm-up) and report it."""
+        loaded = self.active_model()
+        if loaded is None:
+            self._error("no_active_model", "profile needs an active bundle; none is installed", topic)
+            return
+        sha, manifest, runtime = loaded
+        feed = self._blank_feed(manifest)
+        for _ in range(command.warmup):
+            runtime.run(feed)
+        times = []
+        for _ in range(command.iterations):
+            started = time.perf_counter()
+            runtime.run(feed)
+            times.append((time.perf_counter() - started) * 1000)
+        name = manifest.target.runtime.name
+        self.event_seq += 1
+        event = ProfileEvent(device_id=self.config.device_id, seq=self.event_seq, job_id=command.job_id,
+                             bundle_sha256=sha, runtime=f"{name.value} {self.available.get(name, '?')}",
+                             iterations=command.iterations, p50_ms=float(np.percentile(times, 50)),
+                             p95_ms=float(np.percentile(times, 95)), mean_ms=float(np.mean(times)))
+        self.send(topics.events(self.config.device_id), event.to_json())
 
     def on_rollback(self, command: RollbackCommand, topic: str) -> None:
         """Back to the previous slot: an older sequence, so only with an operator's signature."""
@@ -230,11 +258,15 @@ class Agent:
         return self._model
 
     @staticmethod
-    def _warm_up(manifest: Manifest, runtime: runtimes.ModelRuntime) -> None:
-        """One untimed run: the first inference of a session allocates and is not representative."""
+    def _blank_feed(manifest: Manifest) -> dict[str, npt.NDArray[Any]]:
+        """The model input made from a black frame, through the manifest's preprocessing."""
         blank = np.zeros((manifest.io.preprocessing.height, manifest.io.preprocessing.width, 3), np.uint8)
-        x, _ = preprocess(blank, manifest.io.preprocessing)
-        runtime.run({manifest.io.inputs[0].name: x})
+        return {manifest.io.inputs[0].name: preprocess(blank, manifest.io.preprocessing)[0]}
+
+    @classmethod
+    def _warm_up(cls, manifest: Manifest, runtime: runtimes.ModelRuntime) -> None:
+        """One untimed run: the first inference of a session allocates and is not representative."""
+        runtime.run(cls._blank_feed(manifest))
 
     def infer_once(self) -> None:
         if self.source is None:

@@ -57,7 +57,20 @@ class ShadowEvent(_Event):
     agreement: Fraction
 
 
-Event = Annotated[JobEvent | ErrorEvent | SelfTestEvent | ShadowEvent, Field(discriminator="type")]
+class ProfileEvent(_Event):
+    """The answer to a profile command: the active model's latency measured on the device."""
+
+    type: Literal["profile"] = "profile"
+    job_id: JobId
+    bundle_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    runtime: Name
+    iterations: Annotated[int, Field(ge=1)]
+    p50_ms: Annotated[float, Field(ge=0)]
+    p95_ms: Annotated[float, Field(ge=0)]
+    mean_ms: Annotated[float, Field(ge=0)]
+
+
+Event = Annotated[JobEvent | ErrorEvent | SelfTestEvent | ShadowEvent | ProfileEvent, Field(discriminator="type")]
 EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
 

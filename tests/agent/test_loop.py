@@ -194,3 +194,19 @@ def test_shadow_run_reports_agreement_then_activates(agent: tuple[Agent, MemoryT
     assert a.deployer.jobs.get("job-s2").state is JobState.PROBATION  # type: ignore[union-attr]
     assert a.bundle_ref().sequence == 7  # type: ignore[union-attr]
     assert not a.shadows
+
+
+def test_profile_reports_on_device_latency(agent: tuple[Agent, MemoryTransport], world: dict[str, object]) -> None:
+    from contract.commands import ProfileCommand
+    from contract.events import ErrorEvent, ProfileEvent
+
+    a, t = agent
+    a.handle(Connected())
+    a.handle(Received(topics.commands("fridge-7"), ProfileCommand(job_id="p0", iterations=5).to_json()))
+    (refused,) = [decode_event(p) for p in t.on(topics.events("fridge-7"))]
+    assert isinstance(refused, ErrorEvent) and refused.code == "no_active_model"
+    deliver(a, world["bundles"][5], 5, "job-p")  # type: ignore[index]
+    a.handle(Received(topics.commands("fridge-7"), ProfileCommand(job_id="p1", iterations=20).to_json()))
+    (profile,) = [e for e in map(decode_event, t.on(topics.events("fridge-7"))) if isinstance(e, ProfileEvent)]
+    assert profile.job_id == "p1" and profile.iterations == 20 and profile.runtime.startswith("onnxruntime ")
+    assert 0 < profile.p50_ms <= profile.p95_ms and profile.bundle_sha256 == world["bundles"][5].ref.sha256  # type: ignore[index]

@@ -44,7 +44,7 @@ def test_every_message_kind_has_a_golden_example() -> None:
     commands = {json.loads(p.read_text())["type"] for p in FILES if p.stem.startswith("command_")}
     assert commands == {"deploy", "rollback", "cancel", "profile", "set_config", "shadow_start", "shadow_stop"}
     events = {json.loads(p.read_text())["type"] for p in FILES if p.stem.startswith("event_")}
-    assert events == {"job", "error", "self_test", "shadow"}
+    assert events == {"job", "error", "self_test", "shadow", "profile"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
