@@ -52,6 +52,7 @@ class Deployer:
         self.threads = threads
         self.limits = limits
         self.slots = SlotStore(data_dir)
+        self.engine_cache = data_dir / "engines"  # TensorRT plans, keyed by model, TensorRT version and GPU
         self.jobs = JobStore(data_dir)
 
     # ---- messages ---------------------------------------------------------------------
@@ -248,7 +249,8 @@ class Deployer:
     def _self_test(self, record: JobRecord) -> None:
         directory = self.slots.path(self._slot(record))
         manifest = verify_dir(directory, self.trust)  # the installed copy, not the staging one
-        runtime = open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, self.threads)
+        runtime = open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, self.threads,
+                               self.engine_cache)  # TensorRT builds its engine here, at install
         result = run_golden(runtime, manifest.io, manifest.golden, directory / manifest.golden.file)
         if not result.passed:
             raise AgentError(f"golden self-test failed: max error {result.max_abs_error:.4g} above tolerance "

@@ -249,7 +249,7 @@ class Agent:
                 if shared is None:
                     manifest = verify_dir(path, self.trust)
                     runtime = runtimes.open_runtime(manifest.target.runtime.name, path / manifest.model_file.path,
-                                                    self.config.limits.threads)
+                                                    self.config.limits.threads, self.deployer.engine_cache)
                     self._warm_up(manifest, runtime)
                     shared = (manifest, runtime)
                     if self.share_models:
@@ -316,7 +316,7 @@ class Agent:
         if run is None:
             try:
                 run = ShadowRun.open(record.job_id, self.deployer.candidate_path(record), self.trust,
-                                     self.config.limits.threads)
+                                     self.config.limits.threads, self.deployer.engine_cache)
             except (AgentError, ContractError) as exc:
                 self.deployer.cancel_shadow(record, f"the candidate cannot run beside the active model: {exc}")
                 return

@@ -30,9 +30,11 @@ class ShadowRun:
     errors: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, job_id: str, directory: Path, trust: TrustStore, threads: int) -> ShadowRun:
+    def open(cls, job_id: str, directory: Path, trust: TrustStore, threads: int,
+             engine_cache: Path | None = None) -> ShadowRun:
         manifest = verify_dir(directory, trust)
-        runtime = runtimes.open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, threads)
+        runtime = runtimes.open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, threads,
+                                        engine_cache)
         return cls(job_id, manifest, runtime)
 
     def compare(self, frame: npt.NDArray[np.uint8], active: Prediction) -> bool:

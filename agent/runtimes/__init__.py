@@ -24,8 +24,9 @@ class ModelRuntime(Protocol):
     def run(self, feed: Mapping[str, npt.NDArray[Any]]) -> Sequence[npt.NDArray[Any]]: ...
 
 
-def open_runtime(runtime: Runtime | str, model: Path, threads: int = 1) -> ModelRuntime:
-    """Load ``model`` with ``runtime``; RuntimeUnavailableError says what to install when it is missing."""
+def open_runtime(runtime: Runtime | str, model: Path, threads: int = 1, cache_dir: Path | None = None) -> ModelRuntime:
+    """Load ``model`` with ``runtime``; RuntimeUnavailableError says what to install when it is missing.
+    ``cache_dir`` keeps built TensorRT engines (keyed by model, settings, TensorRT version and GPU)."""
     kind = Runtime(runtime)
     if kind is Runtime.ONNXRUNTIME:
         from agent.runtimes.ort import OrtRuntime
@@ -35,6 +36,10 @@ def open_runtime(runtime: Runtime | str, model: Path, threads: int = 1) -> Model
         from agent.runtimes.litert import LiteRTRuntime
 
         return LiteRTRuntime(model, threads)
+    if kind is Runtime.TENSORRT:
+        from agent.runtimes.tensorrt import TensorRTRuntime
+
+        return TensorRTRuntime(model, threads, cache_dir)
     raise RuntimeUnavailableError(f"runtime {kind.value} is not available in this agent build")
 
 

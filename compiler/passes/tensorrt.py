@@ -21,13 +21,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from agent.runtimes.tensorrt import ENGINE_CONFIG
 from compiler import onnxio
 from compiler.errors import PassError
 from compiler.passes.base import Pass, PassConfig
 from compiler.passes.quantize_static import QuantizeStatic, QuantizeStaticConfig
 
 EXTRAS = "bundle_extras"
-ENGINE_CONFIG = "engine_config.json"
 
 
 class TensorRTPrepareConfig(PassConfig):
@@ -51,31 +51,16 @@ def engine_config(model: Path, config: TensorRTPrepareConfig) -> dict[str, objec
 
 
 def build_engine(model: Path, settings: dict[str, object], out: Path) -> Path:
-    """Build a serialized TensorRT engine (TensorRT's documented Python API); needs tensorrt."""
+    """Build the engine here with the agent's own builder (the device builds it the same way)."""
+    from agent.errors import AgentError
+    from agent.runtimes.tensorrt import build_engine as agent_build_engine
+
     try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise PassError("building a TensorRT engine needs the tensorrt Python package and an NVIDIA GPU; "
-                        "the bundle still carries the ONNX and engine_config.json for the device to build") from exc
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(model.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise PassError(f"TensorRT cannot parse {model.name}: {errors}")
-    cfg = builder.create_builder_config()
-    cfg.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace_mb"]) << 20)  # type: ignore[call-overload]
-    cfg.builder_optimization_level = int(settings["builder_optimization_level"])  # type: ignore[call-overload]
-    if settings.get("fp16"):
-        cfg.set_flag(trt.BuilderFlag.FP16)
-    if settings.get("int8"):
-        cfg.set_flag(trt.BuilderFlag.INT8)
-    engine = builder.build_serialized_network(network, cfg)
-    if engine is None:
-        raise PassError(f"TensorRT failed to build an engine from {model.name}")
-    out.write_bytes(bytes(engine))
-    return out
+        return agent_build_engine(model, settings, out)
+    except AgentError as exc:
+        raise PassError(f"building a TensorRT engine needs the tensorrt Python package and an NVIDIA GPU; "
+                        f"the bundle still carries the ONNX and engine_config.json for the device to build "
+                        f"({exc})") from exc
 
 
 class TensorRTPrepare(Pass[TensorRTPrepareConfig]):
