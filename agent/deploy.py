@@ -38,7 +38,8 @@ Emit = Callable[[str, JobState, str | None, float | None], None]  # job id, stat
 @dataclass(frozen=True)
 class ProbationLimits:
     max_error_rate: float = 0.05
-    latency_factor: float = 3.0  # p95 on the device may exceed the build host's p95 by this factor
+    latency_factor: float = 3.0  # the model's p95 on the device may exceed the build host's p95 by this factor
+    latency_slack_ms: float = 2.0  # plus this much: a sub-millisecond model is otherwise judged on scheduler noise
     min_inferences: int = 20
 
 
@@ -197,7 +198,8 @@ class Deployer:
             reason = f"error rate {errors / inferences:.1%} above {self.limits.max_error_rate:.0%}"
         elif (p95_ms is not None and manifest.metrics.compiled_latency is not None
               and inferences >= self.limits.min_inferences):
-            ceiling = manifest.metrics.compiled_latency.p95_ms * self.limits.latency_factor
+            expected = manifest.metrics.compiled_latency.p95_ms
+            ceiling = expected * self.limits.latency_factor + self.limits.latency_slack_ms
             if p95_ms > ceiling:
                 reason = f"latency p95 {p95_ms:.1f} ms above {ceiling:.1f} ms"
         if reason is not None:

@@ -284,14 +284,16 @@ class Agent:
         started = time.perf_counter()
         try:
             x, place = preprocess(frame, io.preprocessing)
+            model_started = time.perf_counter()
             outputs = runtime.run({io.inputs[0].name: x})
+            model_ms = (time.perf_counter() - model_started) * 1000
             if not all(np.all(np.isfinite(np.asarray(o, np.float32))) for o in outputs):
                 self.window.non_finite += 1
             prediction = postprocess.get(io.postprocessor.name)(outputs, io.labels, io.postprocessor.params, place)
         except AgentError as exc:
             self.window.error(type(exc).__name__)
             return
-        self.window.inferred(frame, prediction, (time.perf_counter() - started) * 1000)
+        self.window.inferred(frame, prediction, (time.perf_counter() - started) * 1000, model_ms)
         for run in self.shadows.values():  # candidates in SHADOW see the same frame (not timed)
             run.compare(frame, prediction)
 

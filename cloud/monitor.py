@@ -28,8 +28,9 @@ class Summary:
     inferences: int = 0
     errors: int = 0
     frames_skipped: int = 0
-    latency_p50: float | None = None  # inference-weighted mean of the windows' percentiles
+    latency_p50: float | None = None  # inference-weighted mean of the windows' percentiles (per frame)
     latency_p95: float | None = None
+    model_p95: float | None = None  # the runtime call alone, comparable with the manifest's latency
     predictions: Counter[str] = field(default_factory=Counter)
     inventory: dict[str, int] = field(default_factory=dict)  # the latest window's
     input_histograms: dict[str, Histogram] = field(default_factory=dict)
@@ -44,6 +45,7 @@ class Summary:
 def summarize(windows: Iterable[Telemetry]) -> Summary:
     s = Summary()
     weighted = [0.0, 0.0, 0]
+    model = [0.0, 0]
     per_stat: dict[str, list[Histogram]] = defaultdict(list)
     latest: datetime | None = None
     for w in windows:
@@ -57,12 +59,17 @@ def summarize(windows: Iterable[Telemetry]) -> Summary:
             weighted[0] += w.latency_ms.p50 * w.inferences
             weighted[1] += w.latency_ms.p95 * w.inferences
             weighted[2] += w.inferences
+        if w.model_latency_ms is not None and w.inferences:
+            model[0] += w.model_latency_ms.p95 * w.inferences
+            model[1] += w.inferences
         for name, h in w.input_stats.histograms.items():
             per_stat[name].append(h)
         if w.inventory and (latest is None or w.window_end > latest):
             latest, s.inventory = w.window_end, dict(w.inventory)
     if weighted[2]:
         s.latency_p50, s.latency_p95 = weighted[0] / weighted[2], weighted[1] / weighted[2]
+    if model[1]:
+        s.model_p95 = model[0] / model[1]
     for name, hs in per_stat.items():
         total = add_histograms(hs)
         if total is not None:

@@ -42,7 +42,8 @@ class Telemetry(Message):
     inferences: Count = 0
     frames_skipped: LabelCounts = {}  # bad frames by kind: truncated, empty, depth, too_large, ...
     errors: LabelCounts = {}  # inference errors by kind
-    latency_ms: LatencyStats | None = None
+    latency_ms: LatencyStats | None = None  # per frame: preprocess + inference + postprocess
+    model_latency_ms: LatencyStats | None = None  # the runtime call alone: comparable with the manifest's
     predictions: LabelCounts = {}  # how often each label was predicted
     inventory: LabelCounts = {}  # count per label in the latest frame
     input_stats: InputStats = InputStats()

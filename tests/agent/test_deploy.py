@@ -145,3 +145,16 @@ def test_first_bundle_failing_probation_leaves_no_model_active(tmp_path: Path, w
     rolled = deployer.probation(record, inferences=50, errors=0, non_finite=2, p95_ms=0.5)
     assert rolled.state is JobState.ROLLED_BACK and "no model is active" in (rolled.reason or "")
     assert deployer.slots.pointer().active is None and deployer.slots.pointer().previous_sequence == 5
+
+
+def test_probation_latency_ceiling_has_slack_for_tiny_models(tmp_path: Path, world: dict[str, object]) -> None:
+    deployer = _deployer(tmp_path, world, [])
+    _deploy(deployer, world, 5, "job-lat")
+    record = deployer.jobs.get("job-lat")
+    assert record is not None
+    expected = world["bundles"][5].manifest.metrics.compiled_latency.p95_ms  # type: ignore[index]
+    ceiling = expected * 3 + 2.0
+    kept = deployer.probation(record, inferences=100, errors=0, non_finite=0, p95_ms=ceiling - 0.1)
+    assert kept.state is JobState.PROBATION  # 3x a sub-millisecond p95 alone would be scheduler noise
+    rolled = deployer.probation(record, inferences=100, errors=0, non_finite=0, p95_ms=ceiling + 0.5)
+    assert rolled.state is JobState.ROLLED_BACK and "latency p95" in (rolled.reason or "")
