@@ -40,6 +40,7 @@ class SharedLoop:
         self.entries: dict[int, _Entry] = {}  # id(client) -> entry
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._started = False
         self._thread = threading.Thread(target=self._run, name="mqtt-shared-loop", daemon=True)
 
     # ---- paho's external-loop hooks (called with the client's own locks held: keep them short) ----
@@ -69,10 +70,11 @@ class SharedLoop:
         client.on_socket_close = self._close
         client.on_socket_register_write = self._want_write
         client.on_socket_unregister_write = self._done_writing
-        with self._lock:
+        with self._lock:  # agents start concurrently: the thread is started exactly once
             self.entries[id(client)] = _Entry(client, min_delay, max_delay, min_delay)
-        if not self._thread.is_alive():
-            self._thread.start()
+            if not self._started:
+                self._started = True
+                self._thread.start()
 
     def remove(self, client: mqtt.Client) -> None:
         """Stop reconnecting ``client`` (disconnect it first to leave cleanly)."""
@@ -81,7 +83,8 @@ class SharedLoop:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._started:
+            self._thread.join(timeout=5)
 
     # ---- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:

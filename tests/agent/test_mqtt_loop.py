@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,8 +40,11 @@ def test_clients_beyond_fd_1024_connect_publish_and_receive(high_fds: None) -> N
     with EmbeddedBroker() as broker:
         config = BrokerConfig(url=broker.url, protocol="3.1.1")
         transports = [MqttTransport(f"loop-{i}", config, loop=loop) for i in range(5)]
-        for t in transports:
-            t.start()
+        starters = [threading.Thread(target=t.start) for t in transports]  # concurrently, as agents do
+        for starter in starters:
+            starter.start()
+        for starter in starters:
+            starter.join()
         for t in transports:
             assert isinstance(t.inbox.get(timeout=10), Connected)
             t.subscribe(["loop/test"])
