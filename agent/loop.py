@@ -198,14 +198,7 @@ class Agent:
             self._error("no_active_model", "profile needs an active bundle; none is installed", topic)
             return
         sha, manifest, runtime = loaded
-        feed = self._blank_feed(manifest)
-        for _ in range(command.warmup):
-            runtime.run(feed)
-        times = []
-        for _ in range(command.iterations):
-            started = time.perf_counter()
-            runtime.run(feed)
-            times.append((time.perf_counter() - started) * 1000)
+        times = runtimes.time_runs(runtime, self._blank_feed(manifest), command.warmup, command.iterations)
         name = manifest.target.runtime.name
         self.event_seq += 1
         event = ProfileEvent(device_id=self.config.device_id, seq=self.event_seq, job_id=command.job_id,

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.mqtt import Transport
 from cloud.errors import NotFoundError
-from cloud.fleet import bundle_ref
+from cloud.fleet import bundle_ref, previous_bundle
 from cloud.gates import WaveEvidence, evaluate, failed
 from cloud.monitor import prediction_rates, raise_alert, summarize, windows
 from cloud.plan import RolloutPlan
@@ -153,10 +153,7 @@ class Controller:
             bundle = session.get(BundleRow, rollout.bundle_sha256)
             if bundle is None:
                 return WaveEvidence(states, summarize(windows(rows)), {}, "nothing")
-            before = session.scalars(select(BundleRow).where(
-                BundleRow.model_name == bundle.model_name, BundleRow.target == bundle.target,
-                BundleRow.sequence < bundle.sequence).order_by(BundleRow.sequence.desc())).first()
-            chosen = before or bundle
+            chosen = previous_bundle(session, bundle) or bundle
             baseline = dict((chosen.manifest.get("reference") or {}).get("prediction_rates") or {})
             source = f"the reference profile of bundle #{chosen.sequence}"
         jobs = [d.job_id for d in wave]

@@ -44,6 +44,13 @@ def add_bundle(session: Session, tarball: Path, trust: TrustStore) -> BundleRow:
     return row
 
 
+def previous_bundle(session: Session, row: BundleRow) -> BundleRow | None:
+    """The same model's bundle for the same target with the next lower sequence."""
+    return session.scalars(select(BundleRow).where(
+        BundleRow.model_name == row.model_name, BundleRow.target == row.target,
+        BundleRow.sequence < row.sequence).order_by(BundleRow.sequence.desc())).first()
+
+
 def bundle_ref(row: BundleRow) -> BundleRef:
     return BundleRef(model_name=row.model_name, model_version=row.model_version, target=row.target,
                      sequence=row.sequence, sha256=row.sha256)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud.drift import add_histograms, histogram_psi, label_js
+from cloud.fleet import previous_bundle
 from cloud.store import Alert, BundleRow, Device, TelemetryRow
 from contract.common import Histogram
 from contract.manifest import ReferenceProfile
@@ -143,21 +144,12 @@ def monitor(session: Session, scope: Scope, since: datetime | None = None) -> li
         reference = _reference(bundles[shas[0]]) if len(shas) == 1 and shas[0] in bundles else None
         drift = prediction_drift(s, reference.prediction_rates) if reference else None
         psis = input_drift(s, reference)
-        before = _previous(bundles, subject) if scope == "bundle" else None
+        older = previous_bundle(session, bundles[subject]) if scope == "bundle" and subject in bundles else None
+        before = None if older is None else older.sha256
         previous = prediction_drift(s, prediction_rates(summaries[before])) if before in summaries else None
         label = subject if scope != "bundle" or subject not in bundles else _bundle_label(bundles[subject])
         out.append(MonitorRow(scope, label, s, drift, max(psis.values()) if psis else None, shas, previous))
     return out
-
-
-def _previous(bundles: dict[str, BundleRow], sha: str) -> str | None:
-    """The same model's bundle for the same target with the next lower sequence."""
-    this = bundles.get(sha)
-    if this is None:
-        return None
-    older = [b for b in bundles.values() if b.model_name == this.model_name and b.target == this.target
-             and b.sequence < this.sequence]
-    return max(older, key=lambda b: b.sequence).sha256 if older else None
 
 
 @dataclass(frozen=True)

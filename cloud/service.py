@@ -52,7 +52,7 @@ class Cloud:
             while not self.stop_event.is_set() and (until is None or time.monotonic() < until):
                 self.worker.drain(timeout=0.1)
                 if time.monotonic() >= next_step and self.worker.connected.is_set():
-                    next_step = next_check = time.monotonic() + step_s
+                    next_step = time.monotonic() + step_s
                     try:
                         self.controller.step()
                     except Exception:  # one bad step must not stop ingestion; the next step retries

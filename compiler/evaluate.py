@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from agent.errors import AgentError
 from agent.frames import IMAGE_SUFFIXES
 from agent.postprocess import Prediction
 from agent.preprocess import Letterbox, preprocess
-from agent.runtimes import ModelRuntime
+from agent.runtimes import ModelRuntime, time_runs
 from compiler.description import ModelDescription
 from compiler.errors import CalibrationError
 from contract.manifest import IOSpec, Preprocessing, Task
@@ -156,11 +155,5 @@ def postprocess_all(outputs: list[list[np.ndarray]], io: IOSpec, places: list[Le
 def latency_ms(runtime: ModelRuntime, feed: dict[str, Any], warmup: int = 5, iterations: int = 40) -> tuple[float,
                                                                                                            float]:
     """p50 and p95 of ``runtime.run`` on one ready input, in milliseconds."""
-    for _ in range(warmup):
-        runtime.run(feed)
-    times = []
-    for _ in range(iterations):
-        started = time.perf_counter()
-        runtime.run(feed)
-        times.append((time.perf_counter() - started) * 1000)
+    times = time_runs(runtime, feed, warmup, iterations)
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +42,20 @@ def open_runtime(runtime: Runtime | str, model: Path, threads: int = 1, cache_di
 
         return TensorRTRuntime(model, threads, cache_dir)
     raise RuntimeUnavailableError(f"runtime {kind.value} is not available in this agent build")
+
+
+def time_runs(runtime: ModelRuntime, feed: Mapping[str, npt.NDArray[Any]], warmup: int = 5,
+              iterations: int = 40) -> list[float]:
+    """Milliseconds of each of ``iterations`` calls of ``runtime.run`` on one ready input, after
+    ``warmup`` untimed calls (the compiler's measurements and the device's profile command)."""
+    for _ in range(warmup):
+        runtime.run(feed)
+    times = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        runtime.run(feed)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
 
 
 def as_float32(outputs: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[np.float32]]:
