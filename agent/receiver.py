@@ -91,7 +91,8 @@ class Download:
             self._bitmap = bytearray(self.ref.chunk_count)
             atomic_write(self.bitmap_path, bytes(self._bitmap))
             raise TransferError(f"artifact {self.ref.sha256[:12]} does not match its sha256 although every chunk "
-                                "did: every chunk will be fetched again")
+                                "matched its own hash: a chunk was tampered with on the way (or the artifact is "
+                                "not the one announced); refused, nothing installed")
         done = self.dir / "artifact"
         os.replace(self.part, done)
         fsync_dir(self.dir)

@@ -158,3 +158,42 @@ def test_probation_latency_ceiling_has_slack_for_tiny_models(tmp_path: Path, wor
     assert kept.state is JobState.PROBATION  # 3x a sub-millisecond p95 alone would be scheduler noise
     rolled = deployer.probation(record, inferences=100, errors=0, non_finite=0, p95_ms=ceiling + 0.5)
     assert rolled.state is JobState.ROLLED_BACK and "latency p95" in (rolled.reason or "")
+
+
+def test_tampered_chunk_fails_the_job_and_leaves_the_active_bundle(tmp_path: Path,
+                                                                   world: dict[str, object]) -> None:
+    """A chunk rewritten on the way with a matching header hash: only the whole-file hash can tell."""
+    from contract.transfer import encode_chunk
+
+    deployer = _deployer(tmp_path, world, [])
+    _deploy(deployer, world, 5, "job-ok")
+    bundle = world["bundles"][6]  # type: ignore[index]
+    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 6, "job-tampered")
+    deployer.on_deploy(command)
+    for frame in frames:
+        chunk = decode_chunk(frame)
+        if chunk.header.index == 1:
+            evil = bytes([chunk.data[0] ^ 0xFF]) + chunk.data[1:]
+            chunk = decode_chunk(encode_chunk(chunk.header.sha256, 1, chunk.header.count, evil))
+        deployer.on_chunk("job-tampered", chunk)
+    record = deployer.jobs.get("job-tampered")
+    assert record is not None and record.state is JobState.FAILED and "tampered with" in (record.reason or "")
+    assert deployer.slots.pointer().active_sequence == 5
+
+
+def test_bad_signature_fails_and_leaves_the_active_bundle(tmp_path: Path, world: dict[str, object]) -> None:
+    deployer = _deployer(tmp_path, world, [])
+    _deploy(deployer, world, 5, "job-ok")
+    bundle = world["bundles"][6]  # type: ignore[index]
+    directory = unpack(bundle.tarball, tmp_path / "edited")
+    manifest = (directory / "manifest.json").read_bytes()
+    (directory / "manifest.json").write_bytes(manifest.replace(b'"sequence":6', b'"sequence":60'))
+    assert (directory / "manifest.json").read_bytes() != manifest
+    tarball = pack(directory, tmp_path / "edited.tar.gz")
+    command, frames = deploy_command(tarball, bundle.ref.sha256, 6, "job-edited")
+    deployer.on_deploy(command)
+    for frame in frames:
+        deployer.on_chunk("job-edited", decode_chunk(frame))
+    record = deployer.jobs.get("job-edited")
+    assert record is not None and record.state is JobState.FAILED and "signed bytes" in (record.reason or "")
+    assert deployer.slots.pointer().active_sequence == 5

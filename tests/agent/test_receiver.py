@@ -62,7 +62,7 @@ def test_whole_file_mismatch_restarts(tmp_path: Path) -> None:
     count = ref.chunk_count
     for i in range(count):
         download.accept(decode_chunk(encode_chunk(fake.sha256, i, count, data[i * CHUNK:(i + 1) * CHUNK])))
-    with pytest.raises(TransferError, match="fetched again"):
+    with pytest.raises(TransferError, match="tampered with"):
         download.finish()
     assert Download(tmp_path, fake).received == 0
 
