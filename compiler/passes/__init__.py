@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from compiler.errors import PassError
 from compiler.passes.base import Pass, PassConfig
+from compiler.passes.channel_shuffle import ChannelShuffle
 from compiler.passes.cleanup import Cleanup
 from compiler.passes.equalize import Equalize
 from compiler.passes.fp16 import Float16
@@ -16,8 +17,8 @@ from compiler.passes.tensorrt import TensorRTPrepare
 
 PASSES: dict[str, type[Pass[PassConfig]]] = {
     p.name: p  # type: ignore[misc]
-    for p in (Cleanup, Equalize, PruneStructured, PruneMagnitude, QuantizeStatic, QuantizeDynamic, Float16,
-              ConvertLiteRT, TensorRTPrepare)
+    for p in (Cleanup, ChannelShuffle, Equalize, PruneStructured, PruneMagnitude, QuantizeStatic, QuantizeDynamic,
+              Float16, ConvertLiteRT, TensorRTPrepare)
 }
 
 

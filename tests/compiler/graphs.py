@@ -58,3 +58,64 @@ def run(path: Path, x: np.ndarray) -> np.ndarray:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])
+
+
+def shufflenet_units(path: Path, k: int = 4, seed: int = 0, opset: int = 17) -> Path:
+    """A stem, two ShuffleNet v2 units and a stage end, image [1,3,8,8] -> [1,2k,8,8] and [1,3,8,8].
+
+    Each unit: Split in halves, branch Conv1x1 -> LeakyRelu -> depthwise 3x3 -> Conv1x1 -> LeakyRelu
+    on the second half, Concat with the first, then the two-group channel shuffle
+    (Reshape -> Transpose(0,2,1,3,4) -> Reshape). The stage end's shuffle is read by a depthwise
+    Conv (-> Conv1x1) and by a Conv1x1, as in NanoDet's backbone.
+    """
+    rng = np.random.default_rng(seed)
+    c = 2 * k
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def weight(name: str, shape: tuple[int, ...]) -> str:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name))
+        return name
+
+    def conv(name: str, x: str, out_ch: int, in_ch: int, group: int = 1, kernel: int = 1) -> str:
+        nodes.append(helper.make_node("Conv", [x, weight(f"{name}_w", (out_ch, in_ch // group, kernel, kernel)),
+                                               weight(f"{name}_b", (out_ch,))], [name], name=name, group=group,
+                                      pads=[kernel // 2] * 4))
+        return name
+
+    def leaky(x: str) -> str:
+        nodes.append(helper.make_node("LeakyRelu", [x], [f"{x}_act"], name=f"{x}_act", alpha=0.1))
+        return f"{x}_act"
+
+    def shuffle(name: str, a: str, b: str) -> str:
+        inits.extend([numpy_helper.from_array(np.array([1, 2, k, 8, 8], np.int64), f"{name}_s5"),
+                      numpy_helper.from_array(np.array([1, c, 8, 8], np.int64), f"{name}_s4")])
+        nodes.extend([
+            helper.make_node("Concat", [a, b], [f"{name}_cat"], name=f"{name}_cat", axis=1),
+            helper.make_node("Reshape", [f"{name}_cat", f"{name}_s5"], [f"{name}_r5"], name=f"{name}_r5"),
+            helper.make_node("Transpose", [f"{name}_r5"], [f"{name}_t"], name=f"{name}_t", perm=[0, 2, 1, 3, 4]),
+            helper.make_node("Reshape", [f"{name}_t", f"{name}_s4"], [name], name=f"{name}_r4"),
+        ])
+        return name
+
+    x = leaky(conv("stem", "image", c, 3, kernel=3))
+    for u in range(2):
+        inits.append(numpy_helper.from_array(np.array([k, k], np.int64), f"u{u}_halves"))
+        nodes.append(helper.make_node("Split", [x, f"u{u}_halves"], [f"u{u}_x1", f"u{u}_x2"], name=f"u{u}_split",
+                                      axis=1))
+        h = leaky(conv(f"u{u}_pw1", f"u{u}_x2", k, k))
+        h = conv(f"u{u}_dw", h, k, k, group=k, kernel=3)
+        h = leaky(conv(f"u{u}_pw2", h, k, k))
+        x = shuffle(f"u{u}_shuffle", f"u{u}_x1", h)
+    side = conv("end_dw", x, c, c, group=c, kernel=3)
+    out_a = conv("end_pw", side, c, c)
+    out_b = conv("end_fpn", x, 3, c)
+    graph = helper.make_graph(nodes, "shufflenet_units",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(out_a, TensorProto.FLOAT, [1, c, 8, 8]),
+                               helper.make_tensor_value_info(out_b, TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

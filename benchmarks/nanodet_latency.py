@@ -1,0 +1,121 @@
+"""Where NanoDet's int8 time goes on this host: paired latency ratios and the transpose cost.
+
+    .venv/bin/python -m benchmarks.nanodet_latency [--rounds 41]
+
+1. Variants against the source float file, measured in pairs (each round times every
+   variant back to back; the ratio is taken per round, so a shared host's drift cancels):
+   the a72 bundle's int8 (first 8 nodes in float), the same after ``fold.channel_shuffle``,
+   and both at one thread.
+2. onnxruntime's uint8 NCHW->NHWC Transpose, alone, at 1 and 2 threads, by channel count:
+   the layout transposes its channels-last int8 graph inserts around every channel shuffle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from rich.console import Console
+from rich.table import Table
+
+from compiler.description import load_description
+from compiler.evaluate import image_sets
+from compiler.passes import get_pass
+from compiler.pipeline import Pipeline
+from compiler.target import load_target
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT.parent / "shared" / "data" / "nanodet" / "object_detection_nanodet_2022nov.onnx"
+console = Console(width=140)
+
+
+def session(model: Path | bytes, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def p50_ms(s: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 20) -> float:
+    for _ in range(3):
+        s.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        s.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def variants(work: Path) -> dict[str, Path]:
+    desc = load_description(ROOT / "examples" / "nanodet" / "model.yaml")
+    calibration, evaluation, _ = image_sets(SOURCE.parents[1] / "grocery" / "val", None, 100, 0, desc)
+    target = load_target("arm64-cortex-a72-ort")
+    pipeline = Pipeline(desc, target, calibration, evaluation, work)
+    (work / "float").mkdir()
+    shutil.copy(SOURCE, work / "float" / "model.onnx")
+    clean, _ = pipeline.apply_pass(target.passes[0], SOURCE, {}, "clean")
+    folded = get_pass("fold.channel_shuffle")().run(clean, get_pass("fold.channel_shuffle").config({}),
+                                                    _mkdir(work / "fold"))
+    quantize = target.passes[-1]
+    stem = [n.name for n in onnx.load(str(clean)).graph.node][:8]  # what the budget fallback keeps in float
+    int8, _ = pipeline.apply_pass(quantize, clean, {"exclude_nodes": stem}, "int8")
+    int8_folded, _ = pipeline.apply_pass(quantize, folded, {"exclude_nodes": stem}, "int8-fold")
+    return {"float32 source": SOURCE, "int8 (a72 bundle)": int8, "int8 + fold.channel_shuffle": int8_folded}
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def paired(models: dict[str, Path], rounds: int) -> Table:
+    x = np.random.default_rng(0).normal(0, 1, (1, 3, 416, 416)).astype(np.float32)
+    table = Table(title=f"NanoDet latency, paired over {rounds} rounds")
+    for column in ("variant", "threads", "p50 ms", "vs float (same threads)", "q25-q75"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for threads in (2, 1):
+        sessions = {name: session(path, threads) for name, path in models.items()}
+        feed = {next(iter(sessions.values())).get_inputs()[0].name: x}
+        ms = np.array([[p50_ms(s, feed) for s in sessions.values()] for _ in range(rounds)])
+        for i, name in enumerate(sessions):
+            ratio = ms[:, i] / ms[:, 0]
+            table.add_row(name, str(threads), f"{np.median(ms[:, i]):.2f}", f"{np.median(ratio):.3f}x",
+                          f"{np.percentile(ratio, 25):.3f}-{np.percentile(ratio, 75):.3f}")
+    return table
+
+
+def transposes() -> Table:
+    table = Table(title="uint8 Transpose NCHW->NHWC [1,C,52,52], onnxruntime alone")
+    for column in ("channels", "1 thread us", "2 threads us"):
+        table.add_column(column, justify="right")
+    for channels in (58, 64, 116, 128, 232, 256):
+        shape = [1, channels, 52, 52]
+        graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 3, 1])], "t",
+                                  [helper.make_tensor_value_info("x", TensorProto.UINT8, shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+        feed = {"x": np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)}
+        cells = [f"{p50_ms(session(model, t), feed, 200) * 1000:.0f}" for t in (1, 2)]
+        table.add_row(str(channels), *cells)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=41)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        console.print(paired(variants(Path(tmp)), args.rounds))
+    console.print(transposes())
+
+
+if __name__ == "__main__":
+    main()
