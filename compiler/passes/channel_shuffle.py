@@ -36,7 +36,7 @@ from onnx import helper, numpy_helper
 from compiler import onnxio
 from compiler.graph import initializers
 from compiler.passes.base import Pass, PassConfig
-from compiler.passes.channels import set_initializer
+from compiler.passes.channels import consumers, int_attr, set_initializer
 
 
 class ChannelShuffleConfig(PassConfig):
@@ -52,10 +52,8 @@ class _Edit:
 
 
 def _users(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
+    """Readers of every tensor; a graph output counts as a reader that absorbs nothing."""
+    users = consumers(model)
     for out in model.graph.output:
         users.setdefault(out.name, []).append(onnx.NodeProto(op_type="<graph output>"))
     return users
@@ -68,10 +66,6 @@ def _channels(model: onnx.ModelProto, name: str) -> int | None:
             if len(dims) == 4 and dims[1].HasField("dim_value"):
                 return int(dims[1].dim_value)
     return None
-
-
-def _int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((int(a.i) for a in node.attribute if a.name == name), default)
 
 
 def _split_sizes(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[int] | None:
@@ -107,7 +101,7 @@ class _Rewriter:
 
     def _depthwise(self, conv: onnx.NodeProto, channels: int) -> bool:
         bias = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
-        return (_int_attr(conv, "group", 1) == channels and self._own_weight(conv, 0, channels)
+        return (int_attr(conv, "group", 1) == channels and self._own_weight(conv, 0, channels)
                 and (bias is None or (bias in self.inits and self.weight_uses.get(bias, 0) == 1)))
 
     def _absorbing(self, tensor: str, channels: int, depth: int = 0) -> bool:
@@ -117,7 +111,7 @@ class _Rewriter:
         for conv in users:
             if conv.op_type != "Conv" or conv.input[0] != tensor:
                 return False
-            if _int_attr(conv, "group", 1) == 1:
+            if int_attr(conv, "group", 1) == 1:
                 if not self._own_weight(conv, 1, channels):
                     return False
             elif depth > 0 or not self._depthwise(conv, channels) \
@@ -131,7 +125,7 @@ class _Rewriter:
         for conv in list(self.users[tensor]):
             w = numpy_helper.to_array(self.inits[conv.input[1]])
             permuted = np.empty_like(w)
-            if _int_attr(conv, "group", 1) == 1:
+            if int_attr(conv, "group", 1) == 1:
                 permuted[:, order] = w
             else:
                 permuted[order] = w
@@ -171,7 +165,7 @@ class _Rewriter:
         concat = self.producer.get(groups.input[0])
         merge = self._only_user(transpose.output[0], "Reshape")
         if (len(shape) != 5 or int(shape[1]) != 2 or concat is None or concat.op_type != "Concat"
-                or len(concat.input) != 2 or _int_attr(concat, "axis", 0) not in (1, -3) or merge is None
+                or len(concat.input) != 2 or int_attr(concat, "axis", 0) not in (1, -3) or merge is None
                 or self._only_user(concat.output[0], "Reshape") is None
                 or self._only_user(groups.output[0], "Transpose") is None):
             return False
@@ -183,7 +177,7 @@ class _Rewriter:
         split = self._only_user(shuffled, "Split")
         edit = _Edit(remove={concat.name, groups.name, transpose.name, merge.name})
         base = transpose.name or shuffled
-        if split is not None and _int_attr(split, "axis", 0) in (1, -3) \
+        if split is not None and int_attr(split, "axis", 0) in (1, -3) \
                 and _split_sizes(split, self.inits) == [k, k] and len(split.output) == 2:
             a_lo, a_hi = self._halves(a, k // 2, f"{base}_a", edit)
             b_lo, b_hi = self._halves(b, k // 2, f"{base}_b", edit)

@@ -36,7 +36,7 @@ class Group:
     consumers: list[tuple[onnx.NodeProto, int]] = field(default_factory=list)  # (Conv or Gemm/MatMul, in-axis)
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     out: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -44,7 +44,7 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+def int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
 
 
@@ -58,7 +58,7 @@ def _head(node: onnx.NodeProto, users: dict[str, list[onnx.NodeProto]], inits: d
     if len(fc) != 1 or fc[0].input[0] != nxt[0].output[0] or fc[0].input[1] not in inits:
         return None
     if fc[0].op_type == "Gemm":
-        return fc[0], 1 if _attr(fc[0], "transB", 0) else 0
+        return fc[0], 1 if int_attr(fc[0], "transB", 0) else 0
     return (fc[0], 0) if fc[0].op_type == "MatMul" else None
 
 
@@ -67,7 +67,7 @@ def is_depthwise(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bo
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
         return False
     dims = list(inits[node.input[1]].dims)
-    return len(dims) == 4 and dims[1] == 1 and _attr(node, "group", 1) == dims[0] > 1
+    return len(dims) == 4 and dims[1] == 1 and int_attr(node, "group", 1) == dims[0] > 1
 
 
 def _follow(conv: onnx.NodeProto, users: dict[str, list[onnx.NodeProto]], inits: dict[str, onnx.TensorProto],
@@ -96,7 +96,7 @@ def _sliceable(tensor: str, users: dict[str, list[onnx.NodeProto]], inits: dict[
     """Consumers of ``tensor`` whose input channels can be sliced, or None if any cannot."""
     found = []
     for user in users[tensor]:
-        if (user.op_type == "Conv" and _attr(user, "group", 1) == 1 and user.input[0] == tensor
+        if (user.op_type == "Conv" and int_attr(user, "group", 1) == 1 and user.input[0] == tensor
                 and user.input[1] in inits and uses[user.input[1]] == 1):
             found.append((user, 1))
         elif user.op_type == "GlobalAveragePool" and (head := _head(user, users, inits)) is not None:
@@ -108,7 +108,7 @@ def _sliceable(tensor: str, users: dict[str, list[onnx.NodeProto]], inits: dict[
 
 def find_groups(model: onnx.ModelProto, exclude: set[str], through: frozenset[str] = PER_CHANNEL) -> list[Group]:
     inits = initializers(model)
-    users = _consumers(model)
+    users = consumers(model)
     outputs = {o.name for o in model.graph.output}
     uses: dict[str, int] = {}
     for node in model.graph.node:
@@ -116,13 +116,13 @@ def find_groups(model: onnx.ModelProto, exclude: set[str], through: frozenset[st
             uses[name] = uses.get(name, 0) + 1
     groups = []
     for conv in model.graph.node:
-        if (conv.op_type != "Conv" or conv.name in exclude or _attr(conv, "group", 1) != 1
+        if (conv.op_type != "Conv" or conv.name in exclude or int_attr(conv, "group", 1) != 1
                 or conv.input[1] not in inits or uses[conv.input[1]] != 1):
             continue
         followed = _follow(conv, users, inits, outputs, through)
-        consumers = followed and _sliceable(followed[1], users, inits, uses)
-        if followed and consumers:
-            groups.append(Group(conv, followed[0], followed[1], consumers))
+        readers = followed and _sliceable(followed[1], users, inits, uses)
+        if followed and readers:
+            groups.append(Group(conv, followed[0], followed[1], readers))
     return groups
 
 
