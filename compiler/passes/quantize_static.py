@@ -3,7 +3,8 @@
 QDQ (default; what TensorRT and the ORT ARM/x86 kernels want) or QOperator; per-channel
 weights (needs opset >= 13: run ``cleanup`` with the target opset first); MinMax, Entropy
 or Percentile calibration on the pipeline's calibration tensors; op types to quantize and
-nodes to keep in float (the pipeline fills ``exclude_nodes`` from per-node sensitivity).
+nodes to keep in float (the pipeline fills ``exclude_nodes`` from per-node sensitivity);
+optionally one range for the tensors each Concat joins (``qdq_scales``).
 On x86 and ARM, U8S8 (uint8 activations, int8 symmetric weights) is the fast combination.
 """
 
@@ -19,6 +20,7 @@ from compiler import onnxio
 from compiler.errors import PassError
 from compiler.passes.base import Pass, PassConfig, quiet_root_logger
 from compiler.passes.calibration import NpzReader, load_samples
+from compiler.passes.qdq_scales import share_concat_scales
 
 _TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 _METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -41,6 +43,8 @@ class QuantizeStaticConfig(PassConfig):
     bias_correction: bool = False
     correct_scale: bool = True
     correction_samples: Annotated[int, Field(ge=1, le=1024)] = 32
+    # one range for all tensors a Concat joins: onnxruntime then copies instead of requantizing
+    share_concat_scales: bool = False
     op_types: list[str] | None = None  # None: every op type onnxruntime can quantize
     exclude_nodes: list[str] = []
     calibration: Path | None = None  # filled by the pipeline: .npz of calibration inputs
@@ -78,6 +82,10 @@ class QuantizeStatic(Pass[QuantizeStaticConfig]):
                 )
         except Exception as exc:  # onnxruntime.quantization raises bare exceptions of many kinds
             raise PassError(f"static quantization failed: {type(exc).__name__}: {exc}") from exc
+        if config.share_concat_scales:
+            quantized = onnxio.load(out)
+            if share_concat_scales(quantized):
+                onnxio.save(quantized, out)
         if config.bias_correction:
             from compiler.passes.bias_correction import correct
 

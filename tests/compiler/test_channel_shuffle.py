@@ -82,3 +82,4 @@ def test_int8_model_needs_fewer_layout_transposes(tmp_path: Path) -> None:
         return sum(n.op_type == "Transpose" for n in onnx.load(str(work / "optimized.onnx")).graph.node)
 
     assert transposes(folded, "after") < transposes(source, "before")
+
