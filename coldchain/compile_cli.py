@@ -62,12 +62,15 @@ def compile(
                       f"{len(ev.paths)} evaluation images" + (f", {skipped} unreadable skipped" if skipped else ""))
         results = [compile_one(src, profile, cal, ev, signing_key, out, sequence, mlflow_uri) for profile in profiles]
     summary = Table(title="Bundles")
-    for col in ("target", "bundle", "size", "vs float", "fidelity", "latency vs float", "kept in float"):
+    for col in ("target", "bundle", "model", "vs float", "bundle .tar.gz", "vs float ", "fidelity",
+                "latency vs float", "kept in float"):
         summary.add_column(col)
     for profile, result, bundle in results:
         first, last = result.float_step, result.final
+        packed = bundle.tarball.stat().st_size
         summary.add_row(profile.name, str(bundle.tarball), f"{last.stats.size_bytes / 1024:.0f} KiB",
-                        f"{last.stats.size_bytes / first.stats.size_bytes:.2f}x", f"{last.fidelity:.4f}",
+                        f"{last.stats.size_bytes / first.stats.size_bytes:.2f}x", f"{packed / 1024:.0f} KiB",
+                        f"{packed / first.stats.size_bytes:.2f}x", f"{last.fidelity:.4f}",
                         f"{last.latency_p50 / first.latency_p50:.2f}x", str(len(result.kept_in_float)))
     console.print(summary)
 

@@ -184,6 +184,9 @@ class Pipeline:
                 step = self._search(spec, current, reference, float_step.accuracy, tag)
             else:
                 out, record = self.apply_pass(spec, current.model, {}, tag)
+                if out == current.model:  # the pass found nothing to change
+                    self.progress(f"pass {spec.name}: nothing to change")
+                    continue
                 step, _, _ = self.measure(spec.name, out, record, reference, float_step.accuracy)
                 if not step.within_budget and "exclude_nodes" in get_pass(spec.name).Config.model_fields:
                     step, kept = self._fallback(spec, current, step, reference, float_step.accuracy, tag)

@@ -1,7 +1,8 @@
 """What a pass is: a name, a frozen typed config, and ``run(model, config, workdir) -> model``.
 
 A model here is a path to a model file (ONNX, or ``.tflite`` after conversion). A pass
-writes its output under ``workdir`` and returns the path; it keeps no state between runs,
+writes its output under ``workdir`` and returns the path (or returns its input path when it
+has nothing to change, and the pipeline then records no step); it keeps no state between runs,
 so the pipeline can re-run any pass with another config (e.g. while searching a budget).
 """
 

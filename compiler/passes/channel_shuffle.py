@@ -236,7 +236,8 @@ class ChannelShuffle(Pass[ChannelShuffleConfig]):
 
     def run(self, model: Path, config: ChannelShuffleConfig, workdir: Path) -> Path:
         proto = onnxio.load(model)
-        fold_shuffles(proto, set(config.exclude_nodes))
+        if not fold_shuffles(proto, set(config.exclude_nodes)):
+            return model  # nothing to fold: the pipeline records no step
         out = workdir / "model.onnx"
         onnxio.save(proto, out)
         return out

@@ -83,3 +83,11 @@ def test_int8_model_needs_fewer_layout_transposes(tmp_path: Path) -> None:
 
     assert transposes(folded, "after") < transposes(source, "before")
 
+
+
+def test_model_without_shuffles_is_returned_unchanged(tmp_path: Path) -> None:
+    from tests.compiler.graphs import small_cnn
+
+    source = small_cnn(tmp_path / "cnn.onnx")
+    cls = get_pass("fold.channel_shuffle")
+    assert cls().run(source, cls.config({}), tmp_path) == source
