@@ -102,15 +102,16 @@ def compare(name: str, source: Path, description: ModelDescription, cal: ImageSe
     rows = [Row(name, "float32 (source)", float_step.stats.size_bytes, 1.0, float_step.accuracy, float("nan"),
                 path=source)]
     kept = f", {len(result.kept_in_float)} stem nodes kept in float" if result.kept_in_float else ""
-    rows.append(measure(p, ref, name, "coldchain a72 bundle (QDQ U8S8 per-channel, float biases)" + kept,
-                        result.final.model, float_step.accuracy, f"{seconds:.0f} s whole pipeline"))
-    clean = result.steps[1].model
+    rows.append(measure(p, ref, name, "coldchain a72 bundle (QDQ U8S8 per-channel, float biases, shared Concat "
+                        "ranges)" + kept, result.final.model, float_step.accuracy, f"{seconds:.0f} s whole pipeline"))
+    clean = result.steps[1].model  # after cleanup: what the other quantizers get
+    before_int8 = result.steps[-2].model  # what our quantize.static got (after fold/pruning where they apply)
     calibration = p.calibration_file()
-    spec = target.passes[1]
-    plain, _ = p.apply_pass(spec, clean, {}, "plain")
+    spec = next(s for s in target.passes if s.name == "quantize.static")
+    plain, _ = p.apply_pass(spec, before_int8, {}, "plain")
     rows.append(measure(p, ref, name, "coldchain int8, no float fallback", plain, float_step.accuracy))
     corrected_spec = PassSpec(name="quantize.static", config={**spec.config, "bias_correction": True})
-    corrected, _ = p.apply_pass(corrected_spec, clean, {}, "corrected")
+    corrected, _ = p.apply_pass(corrected_spec, before_int8, {}, "corrected")
     rows.append(measure(p, ref, name, "coldchain int8 + layer-wise bias correction, no fallback", corrected,
                         float_step.accuracy))
     baseline = plain_ort_defaults(source, calibration, work / "ort-defaults.onnx")
