@@ -62,7 +62,7 @@ def compile(
                       f"{len(ev.paths)} evaluation images" + (f", {skipped} unreadable skipped" if skipped else ""))
         results = [compile_one(src, profile, cal, ev, signing_key, out, sequence, mlflow_uri) for profile in profiles]
     summary = Table(title="Bundles")
-    for col in ("target", "bundle", "model", "vs float", "bundle .tar.gz", "vs float ", "fidelity",
+    for col in ("target", "bundle", "model", "model vs float", "bundle .tar.gz", "bundle vs float", "fidelity",
                 "latency vs float", "kept in float"):
         summary.add_column(col)
     for profile, result, bundle in results:

@@ -36,7 +36,7 @@ from onnx import helper, numpy_helper
 from compiler import onnxio
 from compiler.graph import initializers
 from compiler.passes.base import Pass, PassConfig
-from compiler.passes.channels import consumers, int_attr, set_initializer
+from compiler.passes.channels import consumers, input_uses, int_attr, set_initializer
 
 
 class ChannelShuffleConfig(PassConfig):
@@ -82,10 +82,7 @@ class _Rewriter:
         self.inits = initializers(model)
         self.users = _users(model)
         self.producer = {o: n for n in model.graph.node for o in n.output}
-        self.weight_uses: dict[str, int] = {}
-        for node in model.graph.node:
-            for name in node.input:
-                self.weight_uses[name] = self.weight_uses.get(name, 0) + 1
+        self.weight_uses = input_uses(model)
         self.opset = onnxio.opset_of(model)
         self.edits: dict[str, _Edit] = {}  # keyed by the Concat's output
         self.removed: set[str] = set()

@@ -44,6 +44,15 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
+def input_uses(model: onnx.ModelProto) -> dict[str, int]:
+    """How many node inputs read each tensor or initializer."""
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    return uses
+
+
 def int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
 
@@ -110,10 +119,7 @@ def find_groups(model: onnx.ModelProto, exclude: set[str], through: frozenset[st
     inits = initializers(model)
     users = consumers(model)
     outputs = {o.name for o in model.graph.output}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = input_uses(model)
     groups = []
     for conv in model.graph.node:
         if (conv.op_type != "Conv" or conv.name in exclude or int_attr(conv, "group", 1) != 1

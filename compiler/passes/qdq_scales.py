@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from compiler.graph import initializers
+from compiler.passes.channels import consumers
 
 
 class _Components:
@@ -51,10 +52,7 @@ def share_concat_scales(model: onnx.ModelProto) -> int:
     """Give each group of Concat-joined tensors one (scale, zero point); returns how many groups."""
     inits = initializers(model)
     producer = {o: n for n in model.graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = consumers(model)
     components = _Components()
     for concat in (n for n in model.graph.node if n.op_type == "Concat"):
         dqs = [producer.get(name) for name in concat.input]
