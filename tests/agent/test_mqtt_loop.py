@@ -7,7 +7,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,26 +19,35 @@ from cloud.broker import EmbeddedBroker
 
 
 @pytest.fixture
-def high_fds(tmp_path: Path) -> Iterator[None]:
+def high_fds(tmp_path: Path) -> Iterator[Callable[[], None]]:
+    """Yields ``fill()``: take every free descriptor below 1040, so new sockets land above
+    select()'s limit. Call it again right before opening sockets: objects of earlier tests
+    collected in between may have closed low descriptors."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 1200:
         pytest.skip(f"the hard file limit {hard} does not allow descriptors past 1024")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
-    held = [os.open(tmp_path, os.O_RDONLY)]
-    while held[-1] < 1040:  # every descriptor below 1040 taken: new sockets land above select()'s limit
+    held: list[int] = []
+
+    def fill() -> None:
         held.append(os.open(tmp_path, os.O_RDONLY))
+        while held[-1] < 1040:  # os.open returns the lowest free descriptor
+            held.append(os.open(tmp_path, os.O_RDONLY))
+
+    fill()
     try:
-        yield
+        yield fill
     finally:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_clients_beyond_fd_1024_connect_publish_and_receive(high_fds: None) -> None:
+def test_clients_beyond_fd_1024_connect_publish_and_receive(high_fds: Callable[[], None]) -> None:
     loop = SharedLoop()
     with EmbeddedBroker() as broker:
         config = BrokerConfig(url=broker.url, protocol="3.1.1")
+        high_fds()
         transports = [MqttTransport(f"loop-{i}", config, loop=loop) for i in range(5)]
         starters = [threading.Thread(target=t.start) for t in transports]  # concurrently, as agents do
         for starter in starters:
