@@ -17,18 +17,17 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 from rich.console import Console
 from rich.table import Table
 
+from agent.runtimes import open_runtime
 from compiler.description import load_description
-from compiler.evaluate import image_sets
+from compiler.evaluate import image_sets, latency_ms
 from compiler.passes import get_pass
 from compiler.pipeline import Pipeline
 from compiler.target import load_target
@@ -36,24 +35,6 @@ from compiler.target import load_target
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "data" / "nanodet" / "object_detection_nanodet_2022nov.onnx"
 console = Console(width=140)
-
-
-def session(model: Path | bytes, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                providers=["CPUExecutionProvider"])
-
-
-def p50_ms(s: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 20) -> float:
-    for _ in range(3):
-        s.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        s.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
 
 
 def variants(work: Path) -> tuple[dict[str, Path], dict[str, float]]:
@@ -94,10 +75,10 @@ def paired(models: dict[str, Path], fidelity: dict[str, float], rounds: int) -> 
                    "fastest vs fastest"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     for threads in (2, 1):
-        sessions = {name: session(path, threads) for name, path in models.items()}
-        feed = {next(iter(sessions.values())).get_inputs()[0].name: x}
-        ms = np.array([[p50_ms(s, feed) for s in sessions.values()] for _ in range(rounds)])
-        for i, name in enumerate(sessions):
+        runtimes = {name: open_runtime("onnxruntime", path, threads) for name, path in models.items()}
+        feed = {next(iter(runtimes.values())).input_names[0]: x}
+        ms = np.array([[latency_ms(r, feed, 3, 20)[0] for r in runtimes.values()] for _ in range(rounds)])
+        for i, name in enumerate(runtimes):
             ratio = ms[:, i] / ms[:, 0]
             table.add_row(name, f"{fidelity[name]:.4f}", str(threads), f"{np.median(ms[:, i]):.2f}",
                           f"{np.median(ratio):.3f}x",
@@ -106,7 +87,7 @@ def paired(models: dict[str, Path], fidelity: dict[str, float], rounds: int) -> 
     return table
 
 
-def transposes() -> Table:
+def transposes(work: Path) -> Table:
     table = Table(title="uint8 Transpose NCHW->NHWC [1,C,52,52], onnxruntime alone")
     for column in ("channels", "1 thread us", "2 threads us"):
         table.add_column(column, justify="right")
@@ -115,9 +96,10 @@ def transposes() -> Table:
         graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 3, 1])], "t",
                                   [helper.make_tensor_value_info("x", TensorProto.UINT8, shape)],
                                   [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+        model = work / f"transpose-{channels}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
         feed = {"x": np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)}
-        cells = [f"{p50_ms(session(model, t), feed, 200) * 1000:.0f}" for t in (1, 2)]
+        cells = [f"{latency_ms(open_runtime('onnxruntime', model, t), feed, 3, 200)[0] * 1000:.0f}" for t in (1, 2)]
         table.add_row(str(channels), *cells)
     return table
 
@@ -129,7 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models, fidelity = variants(Path(tmp))
         console.print(paired(models, fidelity, args.rounds))
-    console.print(transposes())
+        console.print(transposes(Path(tmp)))
 
 
 if __name__ == "__main__":

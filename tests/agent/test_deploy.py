@@ -24,12 +24,16 @@ def _deployer(data: Path, world: dict[str, object], events: list[tuple[str, JobS
                     lambda job, state, reason, _: events.append((job, state, reason)))
 
 
-def _deploy(deployer: Deployer, world: dict[str, object], seq: int, job: str) -> None:
-    bundle = world["bundles"][seq]  # type: ignore[index]
-    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, seq, job)
+def _deliver(deployer: Deployer, tarball: Path, manifest_sha256: str, seq: int, job: str) -> None:
+    command, frames = deploy_command(tarball, manifest_sha256, seq, job)
     deployer.on_deploy(command)
     for frame in frames:
         deployer.on_chunk(job, decode_chunk(frame))
+
+
+def _deploy(deployer: Deployer, world: dict[str, object], seq: int, job: str) -> None:
+    bundle = world["bundles"][seq]  # type: ignore[index]
+    _deliver(deployer, bundle.tarball, bundle.ref.sha256, seq, job)
 
 
 def test_happy_path_then_anti_rollback(tmp_path: Path, world: dict[str, object]) -> None:
@@ -79,10 +83,7 @@ def test_untrusted_signature_fails_and_leaves_the_active_bundle(tmp_path: Path, 
     (directory / "manifest.sig").write_bytes(signing.sign((directory / "manifest.json").read_bytes(),
                                                           world["rogue_key"]))  # type: ignore[arg-type]
     tarball = pack(directory, tmp_path / "rogue.tar.gz")
-    command, frames = deploy_command(tarball, bundle.ref.sha256, 6, "job-rogue")
-    deployer.on_deploy(command)
-    for frame in frames:
-        deployer.on_chunk("job-rogue", decode_chunk(frame))
+    _deliver(deployer, tarball, bundle.ref.sha256, 6, "job-rogue")
     record = deployer.jobs.get("job-rogue")
     assert record is not None and record.state is JobState.FAILED and "not trusted" in (record.reason or "")
     assert deployer.slots.pointer().active_sequence == 5
@@ -112,10 +113,7 @@ def test_failed_self_test_never_activates(tmp_path: Path, world: dict[str, objec
     (directory / "manifest.sig").write_bytes(signing.sign(data, world["trusted_key"]))  # type: ignore[arg-type]
     tarball = pack(directory, tmp_path / "bad.tar.gz")
     deployer = _deployer(tmp_path / "device", world, [])
-    command, frames = deploy_command(tarball, hashlib.sha256(data).hexdigest(), 6, "job-golden")
-    deployer.on_deploy(command)
-    for frame in frames:
-        deployer.on_chunk("job-golden", decode_chunk(frame))
+    _deliver(deployer, tarball, hashlib.sha256(data).hexdigest(), 6, "job-golden")
     record = deployer.jobs.get("job-golden")
     assert record is not None and record.state is JobState.FAILED
     assert "golden self-test failed" in (record.reason or "")
@@ -190,10 +188,7 @@ def test_bad_signature_fails_and_leaves_the_active_bundle(tmp_path: Path, world:
     (directory / "manifest.json").write_bytes(manifest.replace(b'"sequence":6', b'"sequence":60'))
     assert (directory / "manifest.json").read_bytes() != manifest
     tarball = pack(directory, tmp_path / "edited.tar.gz")
-    command, frames = deploy_command(tarball, bundle.ref.sha256, 6, "job-edited")
-    deployer.on_deploy(command)
-    for frame in frames:
-        deployer.on_chunk("job-edited", decode_chunk(frame))
+    _deliver(deployer, tarball, bundle.ref.sha256, 6, "job-edited")
     record = deployer.jobs.get("job-edited")
     assert record is not None and record.state is JobState.FAILED and "signed bytes" in (record.reason or "")
     assert deployer.slots.pointer().active_sequence == 5

@@ -4,9 +4,6 @@ DESIGN asks for: a device publishes only under its own id (MQTT v5 shows the ref
 from __future__ import annotations
 
 import queue
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ from agent.mqtt import MqttTransport
 from cloud.broker import free_port
 from contract import topics
 from contract.state import DeviceState, offline
+from tests.integration import mosquitto
 from tests.integration.tls import CertificateAuthority
 
 pytestmark = pytest.mark.integration
@@ -42,9 +40,7 @@ topic readwrite #
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[str, CertificateAuthority]]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        pytest.skip("mosquitto is not installed (scripts/test.sh installs it from apt)")
+    mosquitto.binary()
     ca = CertificateAuthority(tmp_path / "pki")
     cert, key = ca.issue("broker", server=True)
     port = free_port()
@@ -53,17 +49,8 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[str, CertificateAuthority]]:
     conf.write_text(f"user root\nper_listener_settings false\nallow_anonymous false\nacl_file {tmp_path / 'acl'}\n"
                     f"persistence false\nlistener {port} 127.0.0.1\ncafile {ca.ca_file}\ncertfile {cert}\n"
                     f"keyfile {key}\nrequire_certificate true\nuse_identity_as_username true\n")
-    process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield f"mqtts://127.0.0.1:{port}", ca
-    process.terminate()
-    process.wait(timeout=10)
-
+    with mosquitto.running(conf, port):
+        yield f"mqtts://127.0.0.1:{port}", ca
 
 def _client(url: str, ca: CertificateAuthority, name: str) -> tuple[mqtt.Client, queue.Queue[Any]]:
     cert, key = ca.issue(name)

@@ -4,9 +4,6 @@ meantime reaches the receiver, and de-duplicating by ``seq`` leaves each exactly
 from __future__ import annotations
 
 import queue
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,21 +19,9 @@ from contract import topics
 from contract.state import offline
 from contract.telemetry import Telemetry
 from examples.fridge.synth import write_dataset
+from tests.integration import mosquitto
 
 pytestmark = pytest.mark.integration
-
-
-def _mosquitto(conf: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail("mosquitto did not start")
 
 
 def _collect(inbox: queue.Queue[tuple[str, bytes]], quiet_s: float, limit_s: float) -> list[int]:
@@ -53,14 +38,13 @@ def _collect(inbox: queue.Queue[tuple[str, bytes]], quiet_s: float, limit_s: flo
 
 
 def test_outage_loses_no_window(tmp_path: Path, world: dict[str, object]) -> None:
-    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
-        pytest.skip("mosquitto is not installed (scripts/test.sh installs it from apt)")
+    mosquitto.binary()
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
     # persistence keeps the receiver's session (and its subscription) across the restart
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\nuser root\n"
                     f"persistence_location {tmp_path}/\nautosave_interval 1\n")
-    broker = _mosquitto(conf, port)
+    broker = mosquitto.start(conf, port)
     url = f"mqtt://127.0.0.1:{port}"
     device = "fridge-outage"
     write_dataset(tmp_path / "frames", 4, seed=2)
@@ -93,7 +77,7 @@ def test_outage_loses_no_window(tmp_path: Path, world: dict[str, object]) -> Non
         broker.wait(timeout=10)
         time.sleep(4)
         assert agent.spool.size >= 2, "windows produced during the outage should wait in the spool"
-        broker = _mosquitto(conf, port)
+        broker = mosquitto.start(conf, port)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and agent.spool.size > 0:
             time.sleep(0.2)
