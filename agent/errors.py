@@ -2,6 +2,7 @@
 
 AgentError                  anything the agent refuses or cannot do
 ├── FrameError              a frame that cannot be used (``kind`` says why: empty, truncated, ...)
+├── SourceEnded             a finite frame source (a folder with ``loop = false``) has no frames left
 ├── ProcessingError         pre/post-processing cannot follow the manifest (bad spec or output)
 ├── RuntimeUnavailableError the runtime a bundle needs is not installed here
 ├── ModelLoadFailed         the runtime is there but cannot load the model
@@ -24,6 +25,10 @@ class FrameError(AgentError, ValueError):
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
         super().__init__(message)
+
+
+class SourceEnded(AgentError):
+    """A finite frame source has given every frame it has: the agent reports it once and waits."""
 
 
 class ProcessingError(AgentError, ValueError):

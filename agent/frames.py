@@ -1,7 +1,8 @@
 """Frame sources: a camera (``/dev/videoN`` or an index), a folder of images (looping), a file, or
 an RTSP/HTTP URL. A bad frame raises FrameError with a kind (``empty``, ``truncated``,
 ``corrupt``, ``too_large``, ``channels``, ``depth``, ``capture``) that the loop counts and
-skips; a source never stops the loop because of one frame.
+skips; a source never stops the loop because of one frame. A finite source that has given every
+frame raises SourceEnded: the agent reports that once and goes on serving commands.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.errors import FrameError
+from agent.errors import FrameError, SourceEnded
 from agent.preprocess import check_frame
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -86,7 +87,8 @@ class FolderSource:
         path = next(self._order, None)
         if path is None:
             if not self.loop:
-                raise StopIteration
+                raise SourceEnded(f"frame folder {self.name}: all {len(self.files)} images were read "
+                                  "(loop = false); inference waits for another source")
             self._order = iter(self.files)
             path = next(self._order)
         try:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from agent import postprocess, runtimes
 from agent.config import AgentConfig
 from agent.deploy import Deployer
-from agent.errors import AgentError, FrameError
+from agent.errors import AgentError, FrameError, SourceEnded
 from agent.frames import FrameSource
 from agent.jobs import JobRecord
 from agent.mqtt import Acked, Connected, Disconnected, Inbound, Received, Transport
@@ -80,6 +80,7 @@ class Agent:
         self.last_chunk: dict[str, float] = {}  # job id -> when its last chunk arrived
         self.highest_chunk: dict[str, int] = {}  # job id -> highest chunk index received
         self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
+        self.source_ended = False  # a finite source gave every frame: no more inference, the rest goes on
 
     # ---- outbound ---------------------------------------------------------------------
     def _emit(self, job_id: str, state: JobState, reason: str | None, progress: float | None) -> None:
@@ -262,12 +263,17 @@ class Agent:
         runtime.run(cls._blank_feed(manifest))
 
     def infer_once(self) -> None:
-        if self.source is None:
+        if self.source is None or self.source_ended:
             return
         try:
             frame = self.source.read()
         except FrameError as exc:
             self.window.frame_skipped(exc.kind)
+            return
+        except SourceEnded as exc:  # a state, reported once: the agent stays up for commands and telemetry
+            self.source_ended = True
+            log.info("%s", exc)
+            self._error("source_ended", str(exc))
             return
         loaded = self.active_model()
         if loaded is None:

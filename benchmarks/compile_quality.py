@@ -10,6 +10,7 @@ the fridge model uses 100 + 400 generated photos with labels.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import tempfile
 import time
@@ -84,8 +85,13 @@ def optimum_arm64(source: Path, calibration: Path, out_dir: Path) -> Path | None
     dataset = Dataset.from_dict({name: [x for x in data]})
     quantizer = ORTQuantizer.from_pretrained(source.parent, file_name=source.name)
     config = AutoQuantizationConfig.arm64(is_static=True, per_channel=True)
-    ranges = quantizer.fit(dataset=dataset, calibration_config=AutoCalibrationConfig.minmax(dataset),
-                           operators_to_quantize=config.operators_to_quantize)
+    scratch = out_dir / "calibration"
+    scratch.mkdir(parents=True, exist_ok=True)
+    # fit() writes its calibration graph (augmented_model.onnx) into the working directory by default
+    with contextlib.chdir(scratch):
+        ranges = quantizer.fit(dataset=dataset, calibration_config=AutoCalibrationConfig.minmax(dataset),
+                               onnx_augmented_model_name=str(scratch / "augmented_model.onnx"),
+                               operators_to_quantize=config.operators_to_quantize)
     quantizer.quantize(save_dir=out_dir, quantization_config=config, calibration_tensors_range=ranges)
     return next(out_dir.glob("*.onnx"))
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from coldchain.console import console, user_errors
+from coldchain.console import console, err_console, user_errors
 
 app = typer.Typer(help="Run the device agent and inspect it.", no_args_is_help=True)
 
@@ -62,14 +63,37 @@ def status(data_dir: Annotated[Path, typer.Option(help="The agent's data directo
     console.print(jobs)
 
 
+def _expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Image files from the arguments: files as given, folders as the images below them (name order).
+    A missing path or a folder without images is one problem line; the rest go on."""
+    from agent.frames import IMAGE_SUFFIXES
+
+    images: list[Path] = []
+    problems: list[str] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images += found
+            if not found:
+                problems.append(f"{path}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif path.exists():
+            images.append(path)
+        else:
+            problems.append(f"{path}: no such file or folder")
+    return images, problems
+
+
 @app.command()
 def infer(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     trusted: Annotated[list[Path], typer.Option(help="Trusted public key (.pub) or folder; repeatable.")],
     threads: Annotated[int, typer.Option(min=1, max=64)] = 2,
 ) -> None:
-    """One-shot local inference with a verified bundle (for firmware developers)."""
+    """One-shot local inference with a verified bundle (for firmware developers).
+
+    A frame that cannot be used is a row with the reason; a missing path is one error line, the
+    other images are still inferred, and the exit code is then 1."""
     import tempfile
 
     from agent import postprocess, runtimes
@@ -79,6 +103,9 @@ def infer(
     from contract.bundle import unpack, verify_dir
     from contract.signing import TrustStore
 
+    files, problems = _expand(images)
+    for problem in problems:
+        err_console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
     with tempfile.TemporaryDirectory() as tmp, user_errors(AgentError, OSError):
         directory = unpack(bundle, Path(tmp)) if bundle.is_file() else bundle
         manifest = verify_dir(directory, TrustStore.from_paths(trusted))
@@ -87,11 +114,14 @@ def infer(
         table = Table(title=f"{manifest.model.name} v{manifest.model.version} ({manifest.target.name})")
         for col in ("image", "prediction", "inventory", "ms"):
             table.add_column(col)
-        for image in images:
+        for image in files:
             try:
                 frame = decode(image.read_bytes(), 8192 * 8192)
+            except OSError as exc:
+                table.add_row(str(image), f"[red]cannot read: {escape(exc.strerror or str(exc))}[/]", "", "")
+                continue
             except AgentError as exc:
-                table.add_row(str(image), f"[red]{exc}[/]", "", "")
+                table.add_row(str(image), f"[red]{escape(str(exc))}[/]", "", "")
                 continue
             started = time.perf_counter()
             x, place = preprocess(frame, manifest.io.preprocessing)
@@ -102,6 +132,8 @@ def infer(
             table.add_row(str(image), shown, ", ".join(f"{k} x{v}" for k, v in prediction.inventory.items()),
                           f"{ms:.1f}")
     console.print(table)
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from coldchain.console import console, user_errors
+from agent.errors import AgentError
+from coldchain.console import console, err_console, fail, user_errors
+from compiler.errors import CompilerError, first_line
+from contract.errors import ContractError
 
 app = typer.Typer(help="Compile a model into signed per-target bundles, with proof that accuracy survived.")
 
@@ -45,10 +51,11 @@ def compile(
                                                        help="Override the budget's fidelity.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the calibration/evaluation split.")] = 0,
 ) -> None:
-    """Quantize, prune and convert for each target; measure every step; sign and bundle."""
-    from agent.errors import AgentError
+    """Quantize, prune and convert for each target; measure every step; sign and bundle.
+
+    Targets are compiled one after another, each on its own: a failing target is reported (where it
+    stopped, why, the full log on disk) and the others go on; the exit code is 1 if any failed."""
     from compiler import intake
-    from compiler.errors import CompilerError
     from compiler.evaluate import image_sets
     from compiler.target import load_target, with_min_fidelity
     from contract.signing import load_private_key
@@ -60,61 +67,138 @@ def compile(
         cal, ev, skipped = image_sets(calibration, evaluation, calibration_count, seed, src.description)
         console.print(f"[bold]{src.info.name}[/] v{src.info.version}: {len(cal.paths)} calibration and "
                       f"{len(ev.paths)} evaluation images" + (f", {skipped} unreadable skipped" if skipped else ""))
-        results = [compile_one(src, profile, cal, ev, signing_key, out, sequence, mlflow_uri) for profile in profiles]
+    # each target on its own: one that fails is reported and the others go on
+    outcomes = [compile_one(src, profile, cal, ev, signing_key, out, sequence, mlflow_uri) for profile in profiles]
+    console.print(_summary(outcomes))
+    failed = [o for o in outcomes if o.failure is not None]
+    if failed:
+        raise fail(f"{len(failed)} of {len(outcomes)} targets failed: "
+                   + "; ".join(f"{o.profile.name} ({o.failure.log})" for o in failed))  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class Failure:
+    stage: str  # where the compile stopped (the pipeline's last stage)
+    reason: str  # one readable line
+    log: Path  # the full log, traceback included
+
+
+@dataclass(frozen=True)
+class Outcome:
+    profile: Any
+    result: Any = None  # CompileResult when it succeeded
+    bundle: Any = None
+    failure: Failure | None = None
+
+
+def _summary(outcomes: list[Outcome]) -> Table:
     summary = Table(title="Bundles")
-    for col in ("target", "bundle", "model", "model vs float", "bundle .tar.gz", "bundle vs float", "fidelity",
-                "latency vs float", "kept in float"):
+    for col in ("target", "outcome", "bundle", "model", "model vs float", "bundle .tar.gz", "bundle vs float",
+                "fidelity", "latency vs float", "kept in float"):
         summary.add_column(col)
-    for profile, result, bundle in results:
-        first, last = result.float_step, result.final
-        packed = bundle.tarball.stat().st_size
-        summary.add_row(profile.name, str(bundle.tarball), f"{last.stats.size_bytes / 1024:.0f} KiB",
+    for o in outcomes:
+        if o.failure is not None:
+            summary.add_row(o.profile.name, f"[red]FAILED[/] at {escape(o.failure.stage)}: {escape(o.failure.reason)}",
+                            str(o.failure.log), *[""] * 7)
+            continue
+        first, last = o.result.float_step, o.result.final
+        packed = o.bundle.tarball.stat().st_size
+        summary.add_row(o.profile.name, "[green]ok[/]", str(o.bundle.tarball),
+                        f"{last.stats.size_bytes / 1024:.0f} KiB",
                         f"{last.stats.size_bytes / first.stats.size_bytes:.2f}x", f"{packed / 1024:.0f} KiB",
                         f"{packed / first.stats.size_bytes:.2f}x", f"{last.fidelity:.4f}",
-                        f"{last.latency_p50 / first.latency_p50:.2f}x", str(len(result.kept_in_float)))
-    console.print(summary)
+                        f"{last.latency_p50 / first.latency_p50:.2f}x", str(len(o.result.kept_in_float)))
+    return summary
 
 
 def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int | None,  # type: ignore[no-untyped-def]
-                 mlflow_uri: str | None):
+                mlflow_uri: str | None) -> Outcome:
+    """One target: pipeline, signed bundle, MLflow run. A failure is caught, logged in full on disk,
+    recorded as a FAILED MLflow run, and returned: the other targets go on."""
     from compiler.bundle import write_bundle
     from compiler.pipeline import Pipeline
 
     started = time.perf_counter()
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[target]}[/] {task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+    workdir = out / ".work" / f"{src.info.name}-{profile.name}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = (workdir / "compile.log").resolve()
+    with log_path.open("w") as log, Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.fields[target]}[/] {task.description}"),
+            TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("starting", target=profile.name)
 
         def report(message: str, task: TaskID = task) -> None:
+            log.write(f"{time.perf_counter() - started:8.1f} s  {message}\n")
+            log.flush()
             progress.update(task, description=message)
 
-        pipeline = Pipeline(src.description, profile, cal, ev, out / ".work" / f"{src.info.name}-{profile.name}",
-                            progress=report)
-        result = pipeline.run(src.path)
+        pipeline = Pipeline(src.description, profile, cal, ev, workdir, progress=report)
         bundle_name = f"{src.info.name}--{profile.name}"
-        if sequence is None:
-            from compiler.registry import next_sequence
+        best = None  # a BudgetError's best attempt, shown in the failed target's step table
+        failure: Failure | None = None
+        try:
+            result = pipeline.run(src.path)
+            if sequence is None:
+                from compiler.registry import next_sequence
 
-            sequence = next_sequence(mlflow_uri, bundle_name) if mlflow_uri else int(time.time())
-        report("writing the signed bundle")
-        bundle = write_bundle(result, src.info, profile, cal, ev, signing_key, out, sequence)
+                sequence = next_sequence(mlflow_uri, bundle_name) if mlflow_uri else int(time.time())
+            pipeline.report("writing the signed bundle")
+            bundle = write_bundle(result, src.info, profile, cal, ev, signing_key, out, sequence)
+            if mlflow_uri:
+                pipeline.report("recording the compile in MLflow")
+                _record(mlflow_uri, out, src, profile, result, bundle, bundle_name)
+        except Exception as exc:  # one target's failure, whatever it is, must not stop the others
+            expected = isinstance(exc, CompilerError | AgentError | ContractError)
+            words = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            reason = words if expected and words else f"{type(exc).__name__}: {first_line(exc)}"
+            log.write(f"FAILED at {pipeline.stage}: {reason}\n\n{traceback.format_exc()}")
+            failure = Failure(pipeline.stage, reason, log_path)
+            best = getattr(exc, "best", None)
+    seconds = time.perf_counter() - started
+    steps = list(pipeline.steps)
+    if best is not None and best not in steps:
+        steps.append(best)
+    title = f"{src.info.name} -> {profile.name} ({seconds:.0f} s)" + (" [red]FAILED[/]" if failure else "")
+    if steps:
+        console.print(_steps_table(title, steps))
+    if failure is not None:
+        err_console.print(f"[bold red]error:[/] {escape(profile.name)}: failed at {escape(failure.stage)}: "
+                          f"{escape(failure.reason)} (full log: {failure.log})", highlight=False)
         if mlflow_uri:
-            report("recording the compile in MLflow")
-            _record(mlflow_uri, out, src, profile, result, bundle, bundle_name)
-    console.print(_steps_table(f"{src.info.name} -> {profile.name} ({time.perf_counter() - started:.0f} s)",
-                               result.steps))
+            _record_failure(mlflow_uri, out, src, profile, steps, failure)
+        return Outcome(profile, failure=failure)
     if result.kept_in_float:
         console.print("kept in float: " + ", ".join(
             f"{name} (error {err:.4f})" for name, err in result.kept_in_float))
-    return profile, result, bundle
+    return Outcome(profile, result, bundle)
+
+
+def _step_metrics(steps: list) -> list[dict[str, float]]:  # type: ignore[type-arg]
+    return [{"size_bytes": s.stats.size_bytes, "parameters": s.stats.parameters, "flops": s.stats.flops,
+             "fidelity": s.fidelity, "latency_p50_ms": s.latency_p50, "latency_p95_ms": s.latency_p95,
+             **({"accuracy": s.accuracy} if s.accuracy is not None else {})} for s in steps]
+
+
+def _record_failure(uri: str, out: Path, src, profile, steps: list,  # type: ignore[no-untyped-def,type-arg]
+                    failure: Failure) -> None:
+    """A failed target is an MLflow run too: status FAILED, the reason as a tag, the log as an artifact."""
+    from compiler.registry import record_failed_compile
+
+    tags = {"coldchain.source_model": src.info.name, "coldchain.source_version": src.info.version,
+            "coldchain.target": profile.name, "coldchain.failed_at": failure.stage[:250],
+            "coldchain.failure": failure.reason[:5000]}
+    params = {"target": profile.name, "source": src.info.source_uri}
+    try:
+        record_failed_compile(uri, out / "mlartifacts", src.info.name, profile.name, _step_metrics(steps), params,
+                              tags, failure.log)
+    except Exception as exc:  # the registry being down must not hide the compile's own failure
+        err_console.print(f"[yellow]warning:[/] could not record the failed compile in MLflow: {first_line(exc)}")
 
 
 def _record(uri: str, out: Path, src, profile, result, bundle, bundle_name: str) -> None:  # type: ignore[no-untyped-def]
     from compiler.registry import record_compile
 
-    steps = [{"size_bytes": s.stats.size_bytes, "parameters": s.stats.parameters, "flops": s.stats.flops,
-              "fidelity": s.fidelity, "latency_p50_ms": s.latency_p50, "latency_p95_ms": s.latency_p95,
-              **({"accuracy": s.accuracy} if s.accuracy is not None else {})} for s in result.steps]
+    steps = _step_metrics(result.steps)
     params = {"target": profile.name, "passes": ",".join(s.name for s in result.steps[1:]),
               "source": src.info.source_uri, "sequence": bundle.manifest.sequence}
     tags = {"coldchain.source_model": src.info.name, "coldchain.source_version": src.info.version,

@@ -86,7 +86,11 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
             if not sets:
                 sets.extend(image_sets(workspace / "calibration", workspace / "evaluation", 100, seed,
                                        source.description)[:2])
-            return compile_one(source, load_target(TARGET), sets[0], sets[1], key, out, None, uri)[2]
+            outcome = compile_one(source, load_target(TARGET), sets[0], sets[1], key, out, None, uri)
+            if outcome.failure is not None:
+                raise fail(f"compiling {what} failed at {outcome.failure.stage}: {outcome.failure.reason} "
+                           f"(full log: {outcome.failure.log})")
+            return outcome.bundle
 
         bundle = register_and_compile(MODEL_FILE, "the fridge model")
         installed = unpack(bundle.tarball, workspace / "device" / bundle.tarball.name.removesuffix(".tar.gz"))

@@ -45,6 +45,12 @@ class PassError(CompilerError):
     """A pass failed or its configuration is invalid."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line (onnx and onnxruntime messages run over many)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class BudgetError(CompilerError):
     """No configuration met the accuracy budget; ``best`` describes the best one found."""
 

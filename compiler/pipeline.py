@@ -25,7 +25,7 @@ import numpy as np
 from agent.runtimes import ModelRuntime, open_runtime
 from compiler import onnxio
 from compiler.description import ModelDescription
-from compiler.errors import BudgetError, UnsupportedOpsError
+from compiler.errors import BudgetError, CompilerError, PassError, UnsupportedOpsError, first_line
 from compiler.evaluate import ImageSet, Run, latency_ms, postprocess_all, run_model
 from compiler.graph import GraphStats, stats
 from compiler.iospec import io_for
@@ -84,10 +84,12 @@ class Pipeline:
         self.target = target
         self.calibration = calibration
         self.evaluation = evaluation
-        self.workdir = workdir
+        self.workdir = workdir.resolve()  # passes hand paths below it to subprocesses with other cwds
         self.progress = progress
         self.task = description.task
         self.min_fidelity = target.budget.min_fidelity[self.task.value]
+        self.steps: list[Step] = []  # the steps kept so far: what a failed compile still reports
+        self.stage = "starting"  # what the pipeline is doing now: where a failed compile stopped
 
     # ---- measuring ------------------------------------------------------------------------
     def _runtime(self, model: Path) -> ModelRuntime:
@@ -156,7 +158,12 @@ class Pipeline:
         workdir = self.workdir / tag
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
-        out = get_pass(spec.name)().run(model, config, workdir)
+        try:
+            out = get_pass(spec.name)().run(model, config, workdir)
+        except CompilerError:
+            raise
+        except Exception as exc:  # a pass's bug or a library's refusal: one line that names the pass
+            raise PassError(f"pass {spec.name} failed: {type(exc).__name__}: {first_line(exc)}") from exc
         return out, record
 
     def check_ops(self, source: Path) -> None:
@@ -168,24 +175,30 @@ class Pipeline:
             raise UnsupportedOpsError(f"{self.target.runtime.name.value} on {self.target.name} cannot run "
                                       f"{', '.join(bad)}; choose another target or replace these ops")
 
+    def report(self, stage: str) -> None:
+        self.stage = stage
+        self.progress(stage)
+
     def run(self, source: Path) -> CompileResult:
+        self.stage = "checking the model's ops"
         self.check_ops(source)
         float_dir = self.workdir / "float"
         float_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, float_dir / "model.onnx")
-        self.progress("measuring the float model")
+        self.report("measuring the float model")
         float_step, reference, _ = self.measure("float", float_dir / "model.onnx", {}, None, None)
-        steps, current = [float_step], float_step
+        steps, current = self.steps, float_step
+        steps[:] = [float_step]
         kept: list[tuple[str, float]] = []
         for index, spec in enumerate(self.target.passes):
-            self.progress(f"pass {spec.name}")
+            self.report(f"pass {spec.name}")
             tag = f"{index:02d}-{spec.name}"
             if spec.search:
                 step = self._search(spec, current, reference, float_step.accuracy, tag)
             else:
                 out, record = self.apply_pass(spec, current.model, {}, tag)
                 if out == current.model:  # the pass found nothing to change
-                    self.progress(f"pass {spec.name}: nothing to change")
+                    self.report(f"pass {spec.name}: nothing to change")
                     continue
                 step, _, _ = self.measure(spec.name, out, record, reference, float_step.accuracy)
                 if not step.within_budget and "exclude_nodes" in get_pass(spec.name).Config.model_fields:
@@ -196,6 +209,7 @@ class Pipeline:
                 raise BudgetError(f"{spec.name} is over budget; " + self._over_budget(step), best=step)
             steps.append(step)
             current = step
+        self.stage = "checking the memory budget"
         limit = self.target.memory.max_model_mb * 1024 * 1024
         if current.stats.size_bytes > limit:
             raise BudgetError(f"the compiled model is {current.stats.size_bytes / 2**20:.1f} MiB, more than "
@@ -207,7 +221,7 @@ class Pipeline:
         (key, values), = spec.search.items()
         best: Step | None = None
         for value in values:
-            self.progress(f"pass {spec.name}: trying {key}={value}")
+            self.report(f"pass {spec.name}: trying {key}={value}")
             out, record = self.apply_pass(spec, current.model, {key: value}, f"{tag}-{key}-{value}")
             step, _, _ = self.measure(spec.name, out, record, reference, float_accuracy)
             if step.within_budget and step.fidelity >= (spec.min_fidelity or 0.0):
@@ -215,7 +229,7 @@ class Pipeline:
                 return step
             best = step if best is None or step.fidelity > best.fidelity else best
         if spec.optional:
-            self.progress(f"pass {spec.name}: no {key} in {values} fits the budget; skipped")
+            self.report(f"pass {spec.name}: no {key} in {values} fits the budget; skipped")
             return None
         raise BudgetError(f"no {key} in {values} keeps {spec.name} within budget; " + self._over_budget(best),
                           best=best)
@@ -225,7 +239,7 @@ class Pipeline:
         """Keep nodes in float until int8 fits: first the most sensitive nodes (1, 4, 16), then the
         input stem (the first 4, 8, 16, 32 nodes in graph order), where early high-resolution
         activations often carry the loss and isolated float islands only add requantization."""
-        self.progress("int8 over budget: ranking nodes by quantization sensitivity")
+        self.report("int8 over budget: ranking nodes by quantization sensitivity")
         ranking = [r for r in node_sensitivity(current.model, failed.model, self.calibration_file()) if r[1] > 0]
         error = dict(ranking)
         order = [n.name for n in onnxio.load(current.model).graph.node if n.name]
@@ -237,7 +251,7 @@ class Pipeline:
         excluded_before = list(spec.config.get("exclude_nodes", []))
         best = failed
         for index, (what, kept) in enumerate(candidates):
-            self.progress(f"int8 over budget: keeping {what} in float")
+            self.report(f"int8 over budget: keeping {what} in float")
             out, record = self.apply_pass(spec, current.model,
                                           {"exclude_nodes": excluded_before + [n for n, _ in kept]},
                                           f"{tag}-float{index}")

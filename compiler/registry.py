@@ -119,12 +119,7 @@ def record_compile(tracking_uri: str, artifacts: Path | None, source: str, targe
     mlflow = _mlflow(tracking_uri)
     experiment = _experiment(mlflow, COMPILE_EXPERIMENT, artifacts and artifacts / COMPILE_EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment, run_name=f"{source} -> {target}") as run:
-        mlflow.log_params(params)
-        for index, step in enumerate(steps):
-            mlflow.log_metrics({k: float(v) for k, v in step.items() if isinstance(v, int | float)}, step=index)
-        final = steps[-1]
-        mlflow.log_metrics({f"final_{k}": float(v) for k, v in final.items() if isinstance(v, int | float)})
-        mlflow.set_tags(tags)
+        _log_steps(mlflow, params, steps, tags)
         mlflow.log_artifact(str(bundle_tarball), "bundle")
         artifact_uri = f"runs:/{run.info.run_id}/bundle/{bundle_tarball.name}"
     client = mlflow.MlflowClient()
@@ -132,6 +127,31 @@ def record_compile(tracking_uri: str, artifacts: Path | None, source: str, targe
         client.create_registered_model(bundle_model_name, tags={"coldchain.kind": "bundle"})
     mv = client.create_model_version(bundle_model_name, artifact_uri, run_id=run.info.run_id, tags=tags)
     return Registered(bundle_model_name, str(mv.version), f"models:/{bundle_model_name}/{mv.version}")
+
+
+def _log_steps(mlflow: Any, params: dict[str, Any], steps: list[dict[str, Any]], tags: dict[str, str]) -> None:
+    mlflow.log_params(params)
+    for index, step in enumerate(steps):
+        mlflow.log_metrics({k: float(v) for k, v in step.items() if isinstance(v, int | float)}, step=index)
+    if steps:
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in steps[-1].items() if isinstance(v, int | float)})
+    mlflow.set_tags(tags)
+
+
+def record_failed_compile(tracking_uri: str, artifacts: Path | None, source: str, target: str,
+                          steps: list[dict[str, Any]], params: dict[str, Any], tags: dict[str, str],
+                          log: Path) -> str:
+    """A compile that failed is a run too, with status FAILED, the steps measured before it stopped,
+    the reason in its tags and the full log as an artifact. Returns the run id."""
+    mlflow = _mlflow(tracking_uri)
+    experiment = _experiment(mlflow, COMPILE_EXPERIMENT, artifacts and artifacts / COMPILE_EXPERIMENT)
+    run = mlflow.start_run(experiment_id=experiment, run_name=f"{source} -> {target} (failed)")
+    try:
+        _log_steps(mlflow, params, steps, tags)
+        mlflow.log_artifact(str(log), "log")
+    finally:
+        mlflow.end_run(status="FAILED")
+    return str(run.info.run_id)
 
 
 def next_sequence(tracking_uri: str, bundle_model_name: str) -> int:

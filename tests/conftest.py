@@ -21,6 +21,26 @@ from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
 from examples.fridge.synth import write_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+_UNTRACKED_BEFORE: set[str] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from tests.strays import untracked
+
+    _UNTRACKED_BEFORE.update(untracked(REPO))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if it left files in the checkout (tests write only under tmp_path)."""
+    from tests.strays import strays
+
+    left = strays(REPO, _UNTRACKED_BEFORE)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"FAILED: the test run left files in the checkout: {', '.join(left)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

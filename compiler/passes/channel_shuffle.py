@@ -36,7 +36,7 @@ from onnx import helper, numpy_helper
 from compiler import onnxio
 from compiler.graph import initializers
 from compiler.passes.base import Pass, PassConfig
-from compiler.passes.channels import consumers, input_uses, int_attr, set_initializer
+from compiler.passes.channels import consumers, input_uses, int_attr, write_input
 
 
 class ChannelShuffleConfig(PassConfig):
@@ -130,9 +130,9 @@ class _Rewriter:
                     bias = numpy_helper.to_array(self.inits[conv.input[2]])
                     moved = np.empty_like(bias)
                     moved[order] = bias
-                    set_initializer(self.inits, conv.input[2], moved)
+                    write_input(self.model, self.inits, conv, 2, moved)
                 self._absorb(conv.output[0], conv.output[0], order)
-            set_initializer(self.inits, conv.input[1], permuted)
+            write_input(self.model, self.inits, conv, 1, permuted)
             conv.input[0] = source
 
     def _perm_conv(self, source: str, order: np.ndarray, out: str, name: str) -> onnx.NodeProto:

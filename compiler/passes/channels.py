@@ -163,7 +163,24 @@ def activation_stats(model_path: Path, groups: list[Group], calibration: Path | 
     return stats
 
 
-def set_initializer(inits: dict[str, onnx.TensorProto], name: str, value: np.ndarray) -> None:
-    inits[name].CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(inits[name]).dtype), name))
+def write_input(model: onnx.ModelProto, inits: dict[str, onnx.TensorProto], node: onnx.NodeProto, index: int,
+                value: np.ndarray) -> None:
+    """Give input ``index`` of ``node`` (an initializer) the new ``value``, copy on write: when other
+    node inputs read the same initializer (the torch exporter de-duplicates identical folded biases
+    and BatchNorm parameters), ``node`` gets a copy of its own and the other readers keep theirs."""
+    name = node.input[index]
+    dtype = numpy_helper.to_array(inits[name]).dtype
+    readers = sum(1 for other in model.graph.node for i in other.input if i == name)
+    if readers <= 1:
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(dtype), name))
+        return
+    base, n = f"{name}__{node.name or node.output[0]}", 0
+    private = base
+    while private in inits:
+        n += 1
+        private = f"{base}_{n}"
+    model.graph.initializer.append(numpy_helper.from_array(value.astype(dtype), private))
+    inits[private] = model.graph.initializer[-1]
+    node.input[index] = private
 
 

@@ -22,7 +22,7 @@ from pydantic import Field
 from compiler import onnxio
 from compiler.graph import initializers
 from compiler.passes.base import Pass, PassConfig
-from compiler.passes.channels import POSITIVELY_HOMOGENEOUS, activation_stats, find_groups, set_initializer
+from compiler.passes.channels import POSITIVELY_HOMOGENEOUS, activation_stats, find_groups, write_input
 
 
 class EqualizeConfig(PassConfig):
@@ -52,16 +52,16 @@ class Equalize(Pass[EqualizeConfig]):
             scale = (act / act.mean()) ** config.alpha / (weight / weight.mean()) ** (1.0 - config.alpha)
             scale = np.clip(scale, 1.0 / config.max_scale, config.max_scale)
             w = numpy_helper.to_array(inits[group.conv.input[1]])
-            set_initializer(inits, group.conv.input[1], w / scale.reshape(-1, *([1] * (w.ndim - 1))))
+            write_input(proto, inits, group.conv, 1, w / scale.reshape(-1, *([1] * (w.ndim - 1))))
             if len(group.conv.input) > 2 and group.conv.input[2]:
-                set_initializer(inits, group.conv.input[2], numpy_helper.to_array(inits[group.conv.input[2]]) / scale)
+                write_input(proto, inits, group.conv, 2, numpy_helper.to_array(inits[group.conv.input[2]]) / scale)
             for node in group.chain:  # depthwise Convs: weights act per channel, biases scale with it
                 if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
-                    set_initializer(inits, node.input[2], numpy_helper.to_array(inits[node.input[2]]) / scale)
+                    write_input(proto, inits, node, 2, numpy_helper.to_array(inits[node.input[2]]) / scale)
             for node, axis in group.consumers:
                 cw = numpy_helper.to_array(inits[node.input[1]])
                 shape = [1] * cw.ndim
                 shape[axis] = channels
-                set_initializer(inits, node.input[1], cw * scale.reshape(shape))
+                write_input(proto, inits, node, 1, cw * scale.reshape(shape))
         onnx.checker.check_model(proto)
         return onnxio.save(proto, workdir / "model.equalized.onnx")

@@ -2,7 +2,9 @@
 
 onnx2tf needs TensorFlow and numpy 1.26, which cannot live beside the rest of coldchain,
 so it runs as a subprocess from its own virtual environment (``scripts/setup-onnx2tf.sh``
-creates it; ``venv`` or ``COLDCHAIN_ONNX2TF_VENV`` points to it). It is given our own
+creates it; ``venv`` or ``COLDCHAIN_ONNX2TF_VENV`` points to it, else it is looked for beside the
+virtual environment coldchain runs in, in the source checkout, and in the user's data folder).
+Every path handed to it is absolute: it runs in its own working directory. It is given our own
 calibration data (``-cind``) and our own placeholder sample file in its working directory,
 so it never downloads anything.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -21,7 +24,8 @@ from compiler.errors import PassError
 from compiler.passes.base import Pass, PassConfig
 from compiler.passes.calibration import load_samples
 
-DEFAULT_VENV = Path(__file__).resolve().parents[2] / ".venv-onnx2tf"
+DEFAULT_VENV = Path(__file__).resolve().parents[2] / ".venv-onnx2tf"  # a source checkout's
+VENV_NAME = ".venv-onnx2tf"
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
@@ -35,13 +39,25 @@ class ConvertLiteRTConfig(PassConfig):
     calibration: Path | None = None  # filled by the pipeline
 
 
+def onnx2tf_candidates(config: ConvertLiteRTConfig) -> list[Path]:
+    """Where onnx2tf's environment is looked for, in order: the pass config, COLDCHAIN_ONNX2TF_VENV,
+    beside the environment coldchain runs in, the source checkout, the user's data folder."""
+    if config.venv is not None:
+        return [config.venv.resolve()]
+    if os.environ.get("COLDCHAIN_ONNX2TF_VENV"):
+        return [Path(os.environ["COLDCHAIN_ONNX2TF_VENV"]).resolve()]
+    data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return [Path(sys.prefix).resolve().parent / VENV_NAME, DEFAULT_VENV, data_home / "coldchain" / "onnx2tf"]
+
+
 def onnx2tf_executable(config: ConvertLiteRTConfig) -> Path:
-    venv = config.venv or Path(os.environ.get("COLDCHAIN_ONNX2TF_VENV", DEFAULT_VENV))
-    exe = venv / "bin" / "onnx2tf"
-    if not exe.exists():
-        raise PassError(f"onnx2tf is not installed at {venv}: run scripts/setup-onnx2tf.sh (TensorFlow in its own "
-                        "virtual environment), or set COLDCHAIN_ONNX2TF_VENV")
-    return exe
+    candidates = onnx2tf_candidates(config)
+    for venv in candidates:
+        if (venv / "bin" / "onnx2tf").exists():
+            return venv / "bin" / "onnx2tf"
+    raise PassError(f"onnx2tf is not installed (looked in {', '.join(map(str, candidates))}): create its own "
+                    "virtual environment with scripts/setup-onnx2tf.sh VENV (TensorFlow, numpy 1.26) and set "
+                    "COLDCHAIN_ONNX2TF_VENV=VENV")
 
 
 class ConvertLiteRT(Pass[ConvertLiteRTConfig]):
@@ -51,6 +67,7 @@ class ConvertLiteRT(Pass[ConvertLiteRTConfig]):
 
     def run(self, model: Path, config: ConvertLiteRTConfig, workdir: Path) -> Path:
         exe = onnx2tf_executable(config)
+        workdir = workdir.resolve()  # onnx2tf runs in workdir: a relative path would point below it
         arrays = load_samples(config.calibration, "convert.litert")
         (name, data), = arrays.items()
         nhwc = np.ascontiguousarray(data[: config.samples].transpose(0, 2, 3, 1), np.float32)
@@ -68,11 +85,13 @@ class ConvertLiteRT(Pass[ConvertLiteRTConfig]):
                                   check=False)
         except subprocess.TimeoutExpired as exc:
             raise PassError(f"onnx2tf did not finish within {config.timeout_s} s") from exc
-        (workdir / "onnx2tf.log").write_text(done.stdout + done.stderr)
+        log = workdir / "onnx2tf.log"
+        log.write_text(done.stdout + done.stderr)
         produced = sorted(out_dir.glob("*_full_integer_quant.tflite"))
         if done.returncode != 0 or not produced:
-            tail = (done.stdout + done.stderr).strip().splitlines()[-12:]
-            raise PassError(f"onnx2tf failed (exit {done.returncode}); last lines:\n" + "\n".join(tail))
+            lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+            last = lines[-1] if lines else "no output"
+            raise PassError(f"onnx2tf failed (exit {done.returncode}): {last} (full log: {log})")
         out = workdir / "model.tflite"
         out.write_bytes(produced[0].read_bytes())
         return out

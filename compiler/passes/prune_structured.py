@@ -25,10 +25,10 @@ from onnx import numpy_helper
 from pydantic import Field
 
 from compiler import onnxio
-from compiler.errors import PassError
+from compiler.errors import PassError, first_line
 from compiler.graph import initializers
 from compiler.passes.base import Pass, PassConfig
-from compiler.passes.channels import ChannelStats, Group, activation_stats, find_groups, set_initializer
+from compiler.passes.channels import ChannelStats, Group, activation_stats, find_groups, write_input
 
 
 class PruneStructuredConfig(PassConfig):
@@ -62,14 +62,14 @@ def _prune(model: onnx.ModelProto, group: Group, keep: np.ndarray, mean: np.ndar
            inits: dict[str, onnx.TensorProto]) -> None:
     w = numpy_helper.to_array(inits[group.conv.input[1]])
     drop = np.setdiff1d(np.arange(w.shape[0]), keep)
-    set_initializer(inits, group.conv.input[1], w[keep])
+    write_input(model, inits, group.conv, 1, w[keep])
     if len(group.conv.input) > 2 and group.conv.input[2]:
-        set_initializer(inits, group.conv.input[2], numpy_helper.to_array(inits[group.conv.input[2]])[keep])
+        write_input(model, inits, group.conv, 2, numpy_helper.to_array(inits[group.conv.input[2]])[keep])
     for node in group.chain:
         if node.op_type in {"BatchNormalization", "Conv"}:  # BN, or a depthwise Conv
-            for name in node.input[1:]:
-                if name:
-                    set_initializer(inits, name, numpy_helper.to_array(inits[name])[keep])
+            for index in range(1, len(node.input)):
+                if node.input[index]:
+                    write_input(model, inits, node, index, numpy_helper.to_array(inits[node.input[index]])[keep])
         if node.op_type == "Conv":
             next(a for a in node.attribute if a.name == "group").i = len(keep)
     for node, axis in group.consumers:
@@ -83,8 +83,8 @@ def _prune(model: onnx.ModelProto, group: Group, keep: np.ndarray, mean: np.ndar
             else:
                 shift = np.tensordot(mean[drop], dropped, axes=([0], [axis]))
             bias = _ensure_bias(model, node, inits, shift.size, cw.dtype)
-            set_initializer(inits, bias, numpy_helper.to_array(inits[bias]) + shift)
-        set_initializer(inits, node.input[1], np.take(cw, keep, axis=axis))
+            write_input(model, inits, node, 2, numpy_helper.to_array(inits[bias]) + shift)  # Conv or Gemm
+        write_input(model, inits, node, 1, np.take(cw, keep, axis=axis))
 
 
 def _importance(group: Group, inits: dict[str, onnx.TensorProto], stats: dict[str, ChannelStats],
@@ -127,7 +127,11 @@ class PruneStructured(Pass[PruneStructuredConfig]):
                 continue
             keep = np.sort(np.argsort(-importance, kind="stable")[:n_keep])
             mean = stats[group.tensor].mean if group.tensor in stats else None
-            _prune(proto, group, keep, mean if config.bias_compensation else None, inits)
+            try:
+                _prune(proto, group, keep, mean if config.bias_compensation else None, inits)
+            except (ValueError, IndexError, KeyError) as exc:
+                raise PassError(f"prune.structured cannot remove channels of Conv {group.conv.name or group.tensor!r}: "
+                                f"{type(exc).__name__}: {first_line(exc)}") from exc
         del proto.graph.value_info[:]
         proto = onnx.shape_inference.infer_shapes(proto)
         try:

@@ -210,3 +210,48 @@ def test_profile_reports_on_device_latency(agent: tuple[Agent, MemoryTransport],
     (profile,) = [e for e in map(decode_event, t.on(topics.events("fridge-7"))) if isinstance(e, ProfileEvent)]
     assert profile.job_id == "p1" and profile.iterations == 20 and profile.runtime.startswith("onnxruntime ")
     assert 0 < profile.p50_ms <= profile.p95_ms and profile.bundle_sha256 == world["bundles"][5].ref.sha256  # type: ignore[index]
+
+
+def test_a_finite_source_ends_in_a_reported_state_and_the_agent_stays_up(tmp_path: Path,
+                                                                         world: dict[str, object]) -> None:
+    """A folder with loop = false: at its end the running agent reports ``source_ended`` once and
+    goes on handling commands (here: a whole deploy, handled after the end was reported)."""
+    import threading
+
+    from contract.events import ErrorEvent, JobEvent
+
+    root: Path = world["root"]  # type: ignore[assignment]
+    write_dataset(tmp_path / "frames", 3, seed=4)
+    config = AgentConfig(device_id="fridge-7", groups=["eu"], data_dir=tmp_path / "data",
+                         trusted_keys=[root / "keys" / "ops.pub"], inference_interval_s=0)
+    transport = MemoryTransport()
+    a = Agent(config, transport, FolderSource(tmp_path / "frames", loop=False))
+    stop = threading.Event()
+    thread = threading.Thread(target=a.run, kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    try:
+        transport.inbox.put(Connected())
+
+        def events() -> list[object]:
+            return [decode_event(p) for p in list(transport.on(topics.events("fridge-7")))]
+
+        deadline = time.monotonic() + 60
+        while not any(isinstance(e, ErrorEvent) and e.code == "source_ended" for e in events()):
+            assert thread.is_alive(), "the agent died at the end of its folder"
+            assert time.monotonic() < deadline, "the end of the folder was never reported"
+            time.sleep(0.01)
+        bundle = world["bundles"][5]  # type: ignore[index]
+        command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-after-end")
+        transport.inbox.put(Received(topics.commands("fridge-7"), command.to_json()))
+        for frame in frames:
+            transport.inbox.put(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
+        while not any((isinstance(e, JobEvent) and e.job_id == "job-after-end" and e.state.terminal)
+                      or (isinstance(e, JobEvent) and e.state is JobState.PROBATION) for e in events()):
+            assert thread.is_alive() and time.monotonic() < deadline, "the deploy after the end was not handled"
+            time.sleep(0.01)
+        assert thread.is_alive()
+        ended = [e for e in events() if isinstance(e, ErrorEvent) and e.code == "source_ended"]
+        assert len(ended) == 1 and "all 3 images were read" in ended[0].message
+    finally:
+        stop.set()
+        thread.join(timeout=30)

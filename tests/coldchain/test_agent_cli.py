@@ -39,6 +39,21 @@ def test_infer_on_a_verified_bundle(tmp_path: Path, world: dict[str, object]) ->
     assert refused.exit_code == 1 and "not trusted" in refused.output
 
 
+def test_infer_takes_folders_and_goes_on_past_a_missing_path(tmp_path: Path, world: dict[str, object]) -> None:
+    write_dataset(tmp_path / "photos" / "shelf", 3, seed=6)
+    (tmp_path / "empty").mkdir()
+    bundle = world["bundles"][5]  # type: ignore[index]
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    result = runner.invoke(app, ["agent", "infer", str(bundle.tarball), str(tmp_path / "missing.jpg"),
+                                 str(tmp_path / "photos"), str(tmp_path / "empty"), "--trusted", str(keys)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, output  # not every path could be read
+    assert "missing.jpg: no such file or folder" in output and "the folder holds no images" in output
+    assert output.count("Traceback") == 0
+    rows = [line for line in result.output.splitlines() if line.startswith(f"│ {str(tmp_path)[:20]}")]
+    assert len(rows) == 3 and all(" x1" in row for row in rows), result.output  # the folder, after the missing path
+
+
 def test_status_reads_the_data_directory(tmp_path: Path, world: dict[str, object]) -> None:
     deployer = Deployer(tmp_path, world["trust"], available(), lambda *a: None)  # type: ignore[arg-type]
     bundle = world["bundles"][5]  # type: ignore[index]

@@ -119,3 +119,50 @@ def shufflenet_units(path: Path, k: int = 4, seed: int = 0, opset: int = 17) -> 
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def shared_params_cnn(path: Path, share: bool = True, seed: int = 0) -> Path:
+    """image [N,3,16,16] -> Conv(8) -> BN -> Relu -> Conv(8) -> BN -> Relu -> Conv(8) -> Relu -> GAP -> Gemm(4).
+
+    With ``share``, the three Convs read one bias initializer and the two BatchNorms one set of
+    parameters, as the torch exporter leaves them when it de-duplicates identical folded tensors;
+    without, every node has its own copy of the same values (the same function).
+    """
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {
+        "w1": rng.normal(0, 0.5, (8, 3, 3, 3)), "w2": rng.normal(0, 0.3, (8, 8, 3, 3)),
+        "w3": rng.normal(0, 0.3, (8, 8, 1, 1)), "wf": rng.normal(0, 0.5, (4, 8)), "bf": rng.normal(0, 0.1, 4)}
+    bias = rng.normal(0, 0.1, 8)
+    bn = {"scale": rng.uniform(0.5, 1.5, 8), "shift": rng.normal(0, 0.1, 8), "mean": rng.normal(0, 0.1, 8),
+          "var": rng.uniform(0.5, 1.5, 8)}
+
+    def shared(name: str, value: np.ndarray, user: str) -> str:
+        key = name if share else f"{name}_{user}"
+        arrays.setdefault(key, value)
+        return key
+
+    def bn_inputs(user: str) -> list[str]:
+        return [shared(f"bn_{k}", v, user) for k, v in bn.items()]
+
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", shared("bias", bias, "c1")], ["c1"], name="conv1", pads=[1] * 4),
+        helper.make_node("BatchNormalization", ["c1", *bn_inputs("bn1")], ["n1"], name="bn1"),
+        helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", shared("bias", bias, "c2")], ["c2"], name="conv2", pads=[1] * 4),
+        helper.make_node("BatchNormalization", ["c2", *bn_inputs("bn2")], ["n2"], name="bn2"),
+        helper.make_node("Relu", ["n2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", shared("bias", bias, "c3")], ["c3"], name="conv3"),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["scores"], name="fc", transB=1),
+    ]
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items()]
+    graph = helper.make_graph(nodes, "shared_params_cnn",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -136,3 +136,38 @@ def test_hugging_face_folder_without_the_hf_extra(tmp_path: Path, fridge_images:
         assert result.exit_code == 1 and "install coldchain[hf]" in result.output  # type: ignore[attr-defined]
     else:
         pytest.skip("optimum is installed: the export itself would run")
+
+
+def test_a_failing_target_does_not_stop_the_others(tmp_path: Path, fridge_images: tuple[Path, Path],
+                                                    keys: signing.KeyPairPaths) -> None:
+    """The failing target comes first: the one after it is still compiled and bundled; the summary
+    lists both with their outcome; the failure names target and stage in one line, keeps the full
+    log on disk and is a FAILED MLflow run with its reason; the exit code says not all succeeded."""
+    targets = Path(__file__).parents[2] / "compiler" / "targets"
+    tiny = tmp_path / "tiny-memory.yaml"
+    tiny.write_text((targets / "jetson-orin-trt-fp16.yaml").read_text()
+                    .replace("name: jetson-orin-trt-fp16", "name: tiny-memory")
+                    .replace("max_model_mb: 512", "max_model_mb: 0.01"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "out"
+    result = _compile(out, fridge_images, keys, "-t", str(tiny), "-t", "jetson-orin-trt-fp16", "--mlflow-uri", uri)
+    output = " ".join(result.output.split())  # type: ignore[attr-defined]
+    assert result.exit_code == 1, output  # type: ignore[attr-defined]
+    assert "tiny-memory: failed at checking the memory budget" in output and "max_model_mb of 0.01" in output
+    assert "1 of 2 targets failed" in output
+    assert "FAILED" in output and "ok" in output  # the summary row of each
+    assert len(list(out.glob("*-jetson-orin-trt-fp16-5.tar.gz"))) == 1  # the next target went on
+    assert not list(out.glob("*tiny-memory*.tar.gz"))
+    (log,) = (out / ".work").glob("*-tiny-memory/compile.log")
+    text = log.read_text()
+    assert "FAILED at checking the memory budget" in text and "Traceback" in text and "measuring the float" in text
+    assert "Traceback" not in result.output  # type: ignore[attr-defined]
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("coldchain-compile").experiment_id])
+    status = {r.data.tags["coldchain.target"]: r for r in runs}
+    assert status["tiny-memory"].info.status == "FAILED"
+    assert "max_model_mb" in status["tiny-memory"].data.tags["coldchain.failure"]
+    assert status["jetson-orin-trt-fp16"].info.status == "FINISHED"

@@ -9,24 +9,36 @@ import pytest
 from typer.testing import CliRunner
 
 from coldchain.cli import app
-from compiler.passes.litert import DEFAULT_VENV
+from compiler.errors import PassError
+from compiler.passes.litert import ConvertLiteRTConfig, onnx2tf_executable
 from contract import signing
 from contract.bundle import unpack, verify_dir
 from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
 
-pytestmark = pytest.mark.skipif(not (DEFAULT_VENV / "bin" / "onnx2tf").exists(),
-                                reason=f"onnx2tf is not installed at {DEFAULT_VENV}: run scripts/setup-onnx2tf.sh")
+
+def _onnx2tf_missing() -> str | None:
+    try:
+        onnx2tf_executable(ConvertLiteRTConfig())
+    except PassError as exc:
+        return str(exc)
+    return None
+
+
+pytestmark = pytest.mark.skipif(_onnx2tf_missing() is not None, reason=str(_onnx2tf_missing()))
 
 
 def test_litert_bundle_runs_within_budget(tmp_path: Path, fridge_images: tuple[Path, Path],
-                                          keys: signing.KeyPairPaths) -> None:
+                                          keys: signing.KeyPairPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a relative --out (the default ``bundles`` is one): onnx2tf runs in its own working
+    directory, so every path it is given must be absolute."""
     pytest.importorskip("ai_edge_litert", reason="the litert extra is not installed")
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, [
         "compile", str(MODEL_FILE), "--description", str(DESCRIPTION_FILE), "-t", "arm64-litert",
         "--calibration", str(fridge_images[0]), "--evaluation", str(fridge_images[1]), "--key", str(keys.private),
-        "--out", str(tmp_path), "--sequence", "3"])
+        "--out", "bundles", "--sequence", "3"])
     assert result.exit_code == 0, result.output
-    (tarball,) = tmp_path.glob("*-arm64-litert-3.tar.gz")
+    (tarball,) = (tmp_path / "bundles").glob("*-arm64-litert-3.tar.gz")
     directory = unpack(tarball, tmp_path / "b")
     manifest = verify_dir(directory, signing.TrustStore.from_paths([keys.public]))
     assert manifest.model_file.path == "model.tflite"
@@ -36,3 +48,9 @@ def test_litert_bundle_runs_within_budget(tmp_path: Path, fridge_images: tuple[P
     assert metrics["compiled_metrics"]["fidelity"] >= 0.98
     assert metrics["float_metrics"]["accuracy"] - metrics["compiled_metrics"]["accuracy"] <= 0.01
     assert metrics["compiled_size_bytes"] <= 0.35 * metrics["float_size_bytes"]
+
+
+def test_a_missing_onnx2tf_says_where_it_looked_and_how_to_create_it(tmp_path: Path) -> None:
+    with pytest.raises(PassError, match=r"setup-onnx2tf\.sh") as info:
+        onnx2tf_executable(ConvertLiteRTConfig(venv=tmp_path / "nowhere"))
+    assert str(tmp_path / "nowhere") in str(info.value)

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from compiler.errors import PassError
 from compiler.graph import stats
 from compiler.passes import PASSES, get_pass
-from tests.compiler.graphs import calibration, run, small_cnn
+from tests.compiler.graphs import calibration, run, shared_params_cnn, small_cnn
 
 X = np.random.default_rng(5).normal(0, 1, (4, 3, 16, 16)).astype(np.float32)
 
@@ -90,6 +90,23 @@ def test_structured_pruning_removes_channels_and_compensates(tmp_path: Path) -> 
                      calibration=cal)
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(both)).graph.initializer}
     assert inits["w2"].shape[0] == 6 and inits["wf"].shape == (4, 6)  # the Gemm head is rewired too
+
+
+@pytest.mark.parametrize("name", ["prune.structured", "equalize"])
+def test_shared_initializers_are_copied_on_write(tmp_path: Path, name: str) -> None:
+    """The torch exporter lets several Convs read one de-duplicated bias (and BatchNorms one set of
+    parameters): changing it for one node must not change it for the others. The pass must give
+    exactly what it gives on the same model with private copies."""
+    cal = calibration(tmp_path / "cal.npz")
+    config: dict[str, object] = {"calibration": cal}
+    if name == "prune.structured":
+        config |= {"ratio": 0.25, "min_channels": 1, "multiple_of": 1}
+    shared = _run_pass(name, shared_params_cnn(tmp_path / "shared.onnx"), tmp_path / "s", **config)
+    private = _run_pass(name, shared_params_cnn(tmp_path / "private.onnx", share=False), tmp_path / "p", **config)
+    assert np.allclose(run(shared, X), run(private, X), atol=1e-5)
+    assert stats(shared).parameters <= stats(private).parameters  # only what is written is copied
+    if name == "prune.structured":
+        assert stats(shared).parameters < stats(tmp_path / "private.onnx").parameters
 
 
 def test_structured_pruning_without_compensation_changes_outputs(tmp_path: Path) -> None:
