@@ -45,7 +45,9 @@ class ProbationLimits:
 
 class Deployer:
     def __init__(self, data_dir: Path, trust: TrustStore, runtimes: dict[Runtime, str], emit: Emit,
-                 threads: int = 1, limits: ProbationLimits = ProbationLimits()) -> None:
+                 threads: int = 1, limits: ProbationLimits = ProbationLimits(),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # wall-clock seconds: shadow and probation periods (injected by tests)
         self.data_dir = data_dir
         self.trust = trust
         self.runtimes = runtimes
@@ -150,7 +152,7 @@ class Deployer:
             if record.state is JobState.SELF_TEST:
                 self._self_test(record)
                 if command.shadow_s and self.slots.pointer().active_sha256 is not None:
-                    record.shadow_started = time.time()
+                    record.shadow_started = self.clock()
                     return self._move(record, JobState.SHADOW)  # the loop runs it beside the active model
                 self._move(record, JobState.ACTIVATING)
             if record.state is JobState.SHADOW:
@@ -159,7 +161,7 @@ class Deployer:
                 pointer = self.slots.pointer()
                 if pointer.active_sha256 != record.manifest_sha256:
                     self.slots.activate(self._slot(record), record.manifest_sha256 or "", record.sequence or 0)
-                record.probation_started = time.time()
+                record.probation_started = self.clock()
                 self._move(record, JobState.PROBATION)
                 fault("probation")
         except (AgentError, ContractError) as exc:
@@ -169,7 +171,7 @@ class Deployer:
     def shadow_due(self, record: JobRecord, now: float | None = None) -> bool:
         command = DeployCommand.model_validate(record.command)
         return (record.state is JobState.SHADOW
-                and (now or time.time()) - (record.shadow_started or 0) >= (command.shadow_s or 0))
+                and (now or self.clock()) - (record.shadow_started or 0) >= (command.shadow_s or 0))
 
     def candidate_path(self, record: JobRecord) -> Path:
         """Where a job installed its bundle (the inactive slot until activation)."""
@@ -205,7 +207,7 @@ class Deployer:
         if reason is not None:
             return self._move(record, JobState.ROLLED_BACK, f"probation failed: {reason}; {self._restore()}")
         command = DeployCommand.model_validate(record.command)
-        if (now or time.time()) - (record.probation_started or 0) >= command.probation_s:
+        if (now or self.clock()) - (record.probation_started or 0) >= command.probation_s:
             self._cleanup(command)
             return self._move(record, JobState.SUCCEEDED)
         return record

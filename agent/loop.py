@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +60,15 @@ OUTBOX_LIMIT = 1000
 
 class Agent:
     def __init__(self, config: AgentConfig, transport: Transport, source: FrameSource | None,
-                 share_models: bool = False) -> None:
+                 share_models: bool = False, clock: Callable[[], float] = time.time) -> None:
         self.share_models = share_models  # simulated fleets: one model session per bundle, not per device
         self.config = config
         self.transport = transport
         self.source = source
         self.trust = TrustStore.from_paths(config.trusted_keys)
         self.available = runtimes.available()
-        self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads)
+        self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
+                                 clock=clock)
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows)
         self.window = Window()
         self.window_started = time.monotonic()

@@ -42,7 +42,15 @@ class Acked:
     mid: int
 
 
-Inbound = Connected | Disconnected | Received | Acked
+@dataclass(frozen=True)
+class Subscribed:
+    """The broker's SUBACK: the subscription ``mid`` is in place (``granted``) or was refused."""
+
+    mid: int
+    granted: bool
+
+
+Inbound = Connected | Disconnected | Received | Acked | Subscribed
 
 
 class Transport(Protocol):
@@ -54,7 +62,7 @@ class Transport(Protocol):
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None: ...
 
-    def subscribe(self, topics: list[str]) -> None: ...
+    def subscribe(self, topics: list[str]) -> int | None: ...
 
 
 class MqttTransport:
@@ -87,6 +95,7 @@ class MqttTransport:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
 
     # callbacks: enqueue only
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
@@ -103,6 +112,9 @@ class MqttTransport:
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any = None, properties: Any = None) -> None:
         self.inbox.put(Acked(mid))
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any = None) -> None:
+        self.inbox.put(Subscribed(mid, not any(r.is_failure for r in reasons)))
 
     def start(self) -> None:
         if self.v5:
@@ -136,6 +148,9 @@ class MqttTransport:
         if qos > 0:
             self.client.ack(mid, qos)
 
-    def subscribe(self, topics: list[str]) -> None:
-        if topics:
-            self.client.subscribe([(t, 1) for t in topics])
+    def subscribe(self, topics: list[str]) -> int | None:
+        """Subscribe at QoS 1; the broker's answer comes later as ``Subscribed(mid)`` in the inbox."""
+        if not topics:
+            return None
+        result, mid = self.client.subscribe([(t, 1) for t in topics])
+        return mid if result == mqtt.MQTT_ERR_SUCCESS else None

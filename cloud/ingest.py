@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.mqtt import Connected, Inbound, Received, Transport
+from agent.mqtt import Connected, Inbound, Received, Subscribed, Transport
 from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, TelemetryRow, now
 from contract import topics
 from contract.errors import ContractError
@@ -174,6 +174,7 @@ class IngestWorker:
         self.batch, self.on_missing = batch, on_missing
         self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0}
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker confirmed the subscriptions (SUBACK)
 
     def drain(self, timeout: float = 0.2) -> int:
         """Handle what is queued (up to ``batch`` messages) in one transaction; return how many."""
@@ -188,6 +189,8 @@ class IngestWorker:
         if any(isinstance(i, Connected) for i in items):
             self.transport.subscribe(subscriptions(self.share_group))
             self.connected.set()
+        if any(isinstance(i, Subscribed) and i.granted for i in items):
+            self.subscribed.set()
         if not received:
             return 0
         outcomes = self._store(received)

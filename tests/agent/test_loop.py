@@ -177,6 +177,8 @@ def test_missing_chunks_requested_only_once_the_stream_went_quiet(agent: tuple[A
 def test_shadow_run_reports_agreement_then_activates(agent: tuple[Agent, MemoryTransport],
                                                      world: dict[str, object], faulty_bundle: object) -> None:
     a, t = agent
+    clock = [1_000_000.0]
+    a.deployer.clock = lambda: clock[0]  # shadow periods on an injected clock, not on sleeps
     a.handle(Connected())
     deliver(a, world["bundles"][5], 5, "job-s1")  # type: ignore[index]
     deliver(a, faulty_bundle, 7, "job-s2", shadow_s=0.5)
@@ -185,7 +187,9 @@ def test_shadow_run_reports_agreement_then_activates(agent: tuple[Agent, MemoryT
     a.close_window()  # opens the shadow run
     for _ in range(6):
         a.infer_once()
-    time.sleep(0.6)
+    a.close_window()  # not yet: still in SHADOW
+    assert a.deployer.jobs.get("job-s2").state is JobState.SHADOW  # type: ignore[union-attr]
+    clock[0] += 0.6
     a.close_window()  # time is up: report and activate
     events = [decode_event(p) for p in t.on(topics.events("fridge-7"))]
     shadow = [e for e in events if isinstance(e, ShadowEvent)]

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import resource
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.config import BrokerConfig
-from agent.mqtt import Connected, MqttTransport, Received
+from agent.mqtt import Connected, MqttTransport, Received, Subscribed
 from agent.mqtt_loop import SharedLoop
 from cloud.broker import EmbeddedBroker
 
@@ -55,16 +54,16 @@ def test_clients_beyond_fd_1024_connect_publish_and_receive(high_fds: Callable[[
         for starter in starters:
             starter.join()
         for t in transports:
-            assert isinstance(t.inbox.get(timeout=10), Connected)
-            t.subscribe(["loop/test"])
+            assert isinstance(t.inbox.get(timeout=30), Connected)
+            mid = t.subscribe(["loop/test"])
+            assert t.inbox.get(timeout=30) == Subscribed(mid, True)  # the broker's SUBACK: in place
         # select() could not watch these (other tests' threads may free a low descriptor meanwhile)
         assert sum(t.client.socket().fileno() >= 1024 for t in transports) >= 3
-        time.sleep(0.5)
         assert transports[0].publish("loop/test", b"hello") is not None
         for t in transports:
-            item = t.inbox.get(timeout=10)
+            item = t.inbox.get(timeout=30)
             while not isinstance(item, Received):
-                item = t.inbox.get(timeout=10)
+                item = t.inbox.get(timeout=30)
             assert item.payload == b"hello"
         for t in transports:
             t.stop()

@@ -54,6 +54,8 @@ while True:
     i += 1
     slot = store.inactive()
     store.activate(slot, f"sha{i}", i)
+    if i == 1:  # the parent kills only once the flipping has begun
+        print("flipping", flush=True)
 """
 
 
@@ -64,11 +66,16 @@ def test_sigkill_during_activation_leaves_a_whole_pointer(tmp_path: Path) -> Non
     store = SlotStore(data)
     store.activate("a", "sha0", 0)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    for delay in (0.05, 0.08, 0.11, 0.13, 0.17, 0.2):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(data)], env=env)
-        time.sleep(delay)
+    flips = []
+    for delay in (0.0, 0.003, 0.007, 0.011, 0.017, 0.023):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(data)], env=env, stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline() == "flipping\n"  # its first write is done
+        time.sleep(delay)  # not a wait for readiness: it spreads the kill over the flip cycle
         child.send_signal(signal.SIGKILL)
         child.wait()
+        child.stdout.close()
         pointer = SlotStore(data).pointer()
+        flips.append(pointer.active_sequence)
         assert pointer.active in ("a", "b") and pointer.active_sha256 is not None
         assert pointer.active_sequence is not None and pointer.previous in ("a", "b")
+    assert all(f is not None and f >= 1 for f in flips)  # every child was killed after it had flipped

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from contract.state import DeviceState, offline
 from contract.telemetry import Telemetry
 from examples.fridge.synth import write_dataset
 from tests.conftest import deploy_command
-from tests.integration.cloud_side import cloud_client, wait_for
+from tests.integration.cloud_side import cloud_client, job_accepted, subscribe, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +43,7 @@ def test_bundle_delivered_activated_and_telemetry_received(broker: str, request:
     inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
     cloud = cloud_client(url, v5, inbox)
     for kind in ("state", "events", "telemetry"):
-        cloud.subscribe(f"coldchain/v1/devices/{device}/{kind}", 1)
+        subscribe(cloud, f"coldchain/v1/devices/{device}/{kind}")
     thread = threading.Thread(target=agent.run, kwargs={"stop": stop}, daemon=True)
     thread.start()
     try:
@@ -53,7 +52,7 @@ def test_bundle_delivered_activated_and_telemetry_received(broker: str, request:
         bundle = world["bundles"][5]  # type: ignore[index]
         command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, f"job-{broker}")
         cloud.publish(topics.commands(device), command.to_json(), qos=1)
-        time.sleep(0.5)
+        assert wait_for(inbox, job_accepted(command.job_id)), "the agent did not take the deploy command"
         for frame in frames:  # one publish per chunk on the group topic
             cloud.publish(topics.group_chunks("eu", command.artifact.sha256), frame, qos=1)
 

@@ -8,7 +8,6 @@ import os
 import queue
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from contract.signing import TrustStore
 from contract.transfer import MissingChunks, decode_chunk
 from examples.fridge.synth import write_dataset
 from tests.conftest import deploy_command
-from tests.integration.cloud_side import cloud_client, wait_for
+from tests.integration.cloud_side import cloud_client, job_accepted, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +77,7 @@ def test_sigkill_at_each_point_of_a_deploy(fault: str, tmp_path: Path, mosquitto
         assert wait_for(inbox, lambda t, p: True if t == topics.state(device) and b'"online":true' in p else None,
                             30), "the agent never came online"
         cloud.publish(topics.commands(device), command.to_json(), qos=1)
-        time.sleep(0.3)
+        assert wait_for(inbox, job_accepted(command.job_id), 60), "the agent did not take the deploy command"
         sent = frames[:8] if fault == "download" else frames
         for frame in sent:
             cloud.publish(topics.group_chunks("eu", command.artifact.sha256), frame, qos=1)
