@@ -20,6 +20,7 @@ from agent.errors import AgentError, TransferError
 from agent.faults import fault
 from agent.jobs import JobRecord, JobStore
 from agent.receiver import Download
+from agent.recovery import check_slots
 from agent.runtimes import open_runtime, version_at_least
 from agent.selftest import run_golden
 from agent.slots import SlotName, SlotStore
@@ -30,6 +31,7 @@ from contract.errors import ContractError
 from contract.jobs import JobState
 from contract.manifest import Manifest
 from contract.signing import TrustStore
+from contract.state import SlotStatus
 from contract.transfer import Chunk, MissingChunks
 
 Emit = Callable[[str, JobState, str | None, float | None], None]  # job id, state, reason, progress
@@ -55,6 +57,7 @@ class Deployer:
         self.threads = threads
         self.limits = limits
         self.slots = SlotStore(data_dir)
+        self.recovered = check_slots(self.slots, trust)  # what was repaired at start, for the agent to report
         self.engine_cache = data_dir / "engines"  # TensorRT plans, keyed by model, TensorRT version and GPU
         self.jobs = JobStore(data_dir)
 
@@ -122,15 +125,24 @@ class Deployer:
         self._cleanup(DeployCommand.model_validate(record.command))
         return self._move(record, JobState.FAILED, f"cancelled: {reason}")
 
-    def roll_back_active(self, reason: str) -> str:
-        """An operator's rollback: the job that activated the current bundle ends ROLLED_BACK."""
-        active = self.slots.pointer().active_sha256
-        if active is None:
-            return "no bundle is active: nothing to roll back"
+    def roll_back_active(self, reason: str, to_sha256: str | None = None) -> str:
+        """An operator's rollback to a known-good bundle still on this device (``to_sha256``, or the
+        one other than the active): the active bundle is marked bad and the job that activated it
+        ends ROLLED_BACK. Raises SlotError, saying why, when there is no such bundle."""
+        pointer = self.slots.pointer()
+        active = pointer.active_sha256
+        if active is not None and to_sha256 == active:
+            return "already active: nothing to do"
+        slot = self.slots.known_good(to_sha256)  # refuses before anything changes
+        target = pointer.slots[slot].bundle
+        done = f"known-good bundle #{target.sequence if target else '?'} restored"
+        if pointer.active is not None:
+            self.slots.mark(pointer.active, SlotStatus.BAD)
+        self.slots.activate(slot)
         for record in self.jobs.all():
             if record.manifest_sha256 == active and record.state in (JobState.PROBATION, JobState.SUCCEEDED):
-                return self._move(record, JobState.ROLLED_BACK, f"{reason}; {self._restore()}").reason or ""
-        return self._restore()
+                return self._move(record, JobState.ROLLED_BACK, f"{reason}; {done}").reason or ""
+        return done
 
     # ---- the state machine -----------------------------------------------------------
     def advance(self, record: JobRecord) -> JobRecord:
@@ -146,7 +158,7 @@ class Deployer:
                 fault("after_verify")
                 self._move(record, JobState.INSTALLING)
             if record.state is JobState.INSTALLING:
-                record.slot = self.slots.install(self._staging(command))
+                record.slot = self.slots.install(self._staging(command), command.bundle)
                 self.jobs.save(record)
                 self._move(record, JobState.SELF_TEST)
             if record.state is JobState.SELF_TEST:
@@ -160,7 +172,7 @@ class Deployer:
             if record.state is JobState.ACTIVATING:
                 pointer = self.slots.pointer()
                 if pointer.active_sha256 != record.manifest_sha256:
-                    self.slots.activate(self._slot(record), record.manifest_sha256 or "", record.sequence or 0)
+                    self.slots.activate(self._slot(record))
                 record.probation_started = self.clock()
                 self._move(record, JobState.PROBATION)
                 fault("probation")
@@ -209,6 +221,7 @@ class Deployer:
         command = DeployCommand.model_validate(record.command)
         if (now or self.clock()) - (record.probation_started or 0) >= command.probation_s:
             self._cleanup(command)
+            self.slots.mark(self._slot(record), SlotStatus.GOOD)  # known-good on this device from now on
             return self._move(record, JobState.SUCCEEDED)
         return record
 
@@ -276,15 +289,26 @@ class Deployer:
         return record
 
     def _restore(self) -> str:
-        """Back to the previous bundle, or to no model at all when this was the first one."""
-        if self.slots.pointer().previous is None:
+        """The active bundle failed here: mark it bad and go back to the known-good bundle in the
+        other slot, or to no model at all when there is none (a first bundle)."""
+        pointer = self.slots.pointer()
+        if pointer.active is not None:
+            self.slots.mark(pointer.active, SlotStatus.BAD)
+        good = pointer.previous
+        if good is None:
             self.slots.deactivate()
-            return "there was no previous bundle, so no model is active"
-        self.slots.rollback()
-        return "previous bundle restored"
+            return "there is no known-good bundle on this device, so no model is active"
+        self.slots.activate(good)
+        target = pointer.slots[good].bundle
+        return f"known-good bundle #{target.sequence if target else '?'} restored"
 
     def _fail(self, record: JobRecord, reason: str) -> JobRecord:
-        """FAILED, with the active bundle untouched; ROLLED_BACK if the new bundle had become active."""
-        if record.manifest_sha256 is not None and self.slots.pointer().active_sha256 == record.manifest_sha256:
+        """FAILED, with the active bundle untouched; ROLLED_BACK if the new bundle had become active.
+        A bundle installed here that failed (self-test) is marked bad in its slot."""
+        pointer = self.slots.pointer()
+        if record.manifest_sha256 is not None and pointer.active_sha256 == record.manifest_sha256:
             return self._move(record, JobState.ROLLED_BACK, f"{reason}; {self._restore()}")
+        if (record.slot in ("a", "b") and record.manifest_sha256 is not None
+                and pointer.holding(record.manifest_sha256) == record.slot):
+            self.slots.mark(self._slot(record), SlotStatus.BAD)
         return self._move(record, JobState.FAILED, reason)

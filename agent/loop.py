@@ -22,7 +22,7 @@ import numpy.typing as npt
 from agent import postprocess, runtimes
 from agent.config import AgentConfig
 from agent.deploy import Deployer
-from agent.errors import AgentError, FrameError, SourceEnded
+from agent.errors import AgentError, FrameError, SlotError, SourceEnded
 from agent.frames import FrameSource
 from agent.jobs import JobRecord
 from agent.mqtt import Acked, Connected, Disconnected, Inbound, Received, Transport
@@ -83,6 +83,9 @@ class Agent:
         self.highest_chunk: dict[str, int] = {}  # job id -> highest chunk index received
         self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
         self.source_ended = False  # a finite source gave every frame: no more inference, the rest goes on
+        if self.deployer.recovered:  # the data directory was repaired at start: say what was done, once
+            log.warning("%s", self.deployer.recovered)
+            self._error("slots_recovered", self.deployer.recovered)
 
     # ---- outbound ---------------------------------------------------------------------
     def _emit(self, job_id: str, state: JobState, reason: str | None, progress: float | None) -> None:
@@ -117,10 +120,11 @@ class Agent:
     def state(self) -> DeviceState:
         # the job that moved last (history times are ISO 8601 UTC, so they sort as text)
         current = max(self.deployer.jobs.all(), key=lambda r: r.history[-1][2] if r.history else "", default=None)
+        pointer = self.deployer.slots.pointer()
         return DeviceState(
             device_id=self.config.device_id, online=True, board=self.config.board, agent_version=AGENT_VERSION,
             runtimes=[RuntimeInfo(name=k, version=v) for k, v in self.available.items()],
-            active=self.bundle_ref(), groups=self.config.groups,
+            active=self.bundle_ref(), previous=pointer.previous_bundle, slots=pointer.slots, groups=self.config.groups,
             job=None if current is None else JobSummary(job_id=current.job_id, state=current.state))
 
     def publish_state(self) -> None:
@@ -225,10 +229,12 @@ class Agent:
         pointer = self.deployer.slots.pointer()
         if command.to is not None and command.to.sha256 == pointer.active_sha256:
             return  # already there: a repeated rollback changes nothing
-        if command.to is not None and command.to.sha256 != pointer.previous_sha256:
-            self._error("rollback_refused", "the requested bundle is not the previous one on this device", topic)
+        try:
+            self.deployer.roll_back_active(f"rolled back by the cloud: {command.reason}",
+                                           None if command.to is None else command.to.sha256)
+        except SlotError as exc:  # no known-good bundle to go to: the active one stays, and the cloud hears why
+            self._error("rollback_refused", str(exc), topic)
             return
-        self.deployer.roll_back_active(f"rolled back by the cloud: {command.reason}")
         self._model = None
         self.publish_state()
 
@@ -427,7 +433,11 @@ def data_dir_status(data_dir: Path) -> dict[str, object]:
     jobs = JobStore(data_dir).all()
     spool = Spool(data_dir / "telemetry.db", 1_000_000)
     try:
+        slots = {name: {"status": slot.status.value, "sha256": slot.bundle.sha256 if slot.bundle else None,
+                        "sequence": slot.bundle.sequence if slot.bundle else None}
+                 for name, slot in pointer.slots.items()}
         return {"active": pointer.active, "active_sequence": pointer.active_sequence, "previous": pointer.previous,
+                "slots": slots,
                 "jobs": [(j.job_id, j.state.value, j.reason) for j in jobs], "spool_pending": spool.size,
                 "spool_evicted": spool.evicted}
     finally:

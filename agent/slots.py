@@ -1,15 +1,24 @@
-"""A/B slots with an atomic active pointer, so a power cut can never activate a partial bundle.
+"""A/B slots whose persisted pointer is the single source of truth, so that neither a power cut nor
+a rollback can activate a bundle other than the one the pointer names.
 
 Layout under ``<data_dir>/slots``::
 
     a/            one installed bundle (directory)
     b/            the other
-    ACTIVE        JSON pointer: {"active": "a"|"b"|null, "previous": ..., sequences and shas}
+    ACTIVE        JSON: which slot is active, and for *each* slot what it holds (bundle ref) and its
+                  status; the bundles that passed probation here (known-good) and that failed (bad)
 
-A bundle is installed into the *inactive* slot (its old content removed first); the pointer
-is only rewritten after the new slot is complete and fsynced. The pointer is replaced by
-writing a temporary file, fsyncing it, renaming it over ``ACTIVE`` and fsyncing the
-directory: after a crash at any instant, ``ACTIVE`` is either the old or the new pointer.
+Slot statuses (``contract.state.SlotStatus``): ``empty``, ``installing`` (being overwritten: its
+content is nobody's), ``candidate`` (installed and verified, not yet proven), ``good`` (passed
+probation on this device), ``bad`` (failed self-test or probation, or was rolled back).
+
+- A slot's record is rewritten *before* its content is touched: the pointer never names content
+  that is gone (the slot is ``installing`` while it is being overwritten).
+- Rollback means back to a known-good bundle that is still in a slot, never "swap slots"; a bad
+  bundle is never re-activated by a rollback; with no known-good bundle the store refuses.
+- The pointer is replaced by writing a temporary file, fsyncing it, renaming it over ``ACTIVE``
+  and fsyncing the directory: after a crash at any instant it is the old or the new pointer.
+- It is read from disk once (or after ``reload()``); this process is its only writer.
 """
 
 from __future__ import annotations
@@ -17,25 +26,78 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from agent.errors import SlotError
 from agent.faults import fault
+from contract.common import BundleRef
+from contract.state import Slot, SlotStatus
 
 SlotName = Literal["a", "b"]
+SLOTS: tuple[SlotName, SlotName] = ("a", "b")
 POINTER = "ACTIVE"
+HISTORY = 32  # known-good and bad shas remembered
 
 
 @dataclass(frozen=True)
 class Pointer:
     active: SlotName | None = None
-    previous: SlotName | None = None
-    active_sha256: str | None = None  # manifest sha256 of the active bundle
-    previous_sha256: str | None = None
-    active_sequence: int | None = None
-    previous_sequence: int | None = None
+    slots: dict[SlotName, Slot] = field(default_factory=lambda: {s: Slot(status=SlotStatus.EMPTY) for s in SLOTS})
+    good: tuple[str, ...] = ()  # manifest shas that passed probation here, oldest first
+    bad: tuple[str, ...] = ()  # manifest shas that failed here, oldest first
+
+    def bundle(self, slot: SlotName | None) -> BundleRef | None:
+        return None if slot is None else self.slots[slot].bundle
+
+    @property
+    def active_bundle(self) -> BundleRef | None:
+        return self.bundle(self.active)
+
+    @property
+    def active_sha256(self) -> str | None:
+        ref = self.active_bundle
+        return None if ref is None else ref.sha256
+
+    @property
+    def active_sequence(self) -> int | None:
+        ref = self.active_bundle
+        return None if ref is None else ref.sequence
+
+    @property
+    def previous(self) -> SlotName | None:
+        """The slot a rollback without a target goes to: the other one, if it holds a known-good bundle."""
+        other = other_slot(self.active) if self.active is not None else None
+        candidates = [other] if other is not None else list(SLOTS)
+        return next((s for s in candidates if self.slots[s].status is SlotStatus.GOOD), None)
+
+    @property
+    def previous_bundle(self) -> BundleRef | None:
+        return self.bundle(self.previous)
+
+    def holding(self, sha256: str) -> SlotName | None:
+        return next((s for s in SLOTS if (b := self.slots[s].bundle) is not None and b.sha256 == sha256), None)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"version": 2, "active": self.active,
+                           "slots": {s: self.slots[s].model_dump(mode="json") for s in SLOTS},
+                           "good": list(self.good), "bad": list(self.bad)}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Pointer:
+        if data.get("version") != 2:
+            raise ValueError(f"unknown slot pointer version {data.get('version')!r}")
+        active = data.get("active")
+        if active not in (None, *SLOTS):
+            raise ValueError(f"active slot {active!r} is neither a nor b")
+        slots = {s: Slot.model_validate(data["slots"][s]) for s in SLOTS}
+        return cls(active, slots, tuple(str(x) for x in data.get("good", [])),
+                   tuple(str(x) for x in data.get("bad", [])))
+
+
+def other_slot(slot: SlotName) -> SlotName:
+    return "b" if slot == "a" else "a"
 
 
 def fsync_dir(path: Path) -> None:
@@ -68,23 +130,41 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(directory)
 
 
+def _remember(history: tuple[str, ...], sha256: str) -> tuple[str, ...]:
+    return (*[h for h in history if h != sha256], sha256)[-HISTORY:]
+
+
 class SlotStore:
     def __init__(self, data_dir: Path) -> None:
         self.root = data_dir / "slots"
         self.root.mkdir(parents=True, exist_ok=True)
-        for name in ("a", "b"):
+        for name in SLOTS:
             (self.root / name).mkdir(exist_ok=True)
+        self._pointer: Pointer | None = None
 
+    # ---- reading ------------------------------------------------------------------------
     def pointer(self) -> Pointer:
+        if self._pointer is None:
+            self._pointer = self._read()
+        return self._pointer
+
+    def reload(self) -> Pointer:
+        self._pointer = None
+        return self.pointer()
+
+    def _read(self) -> Pointer:
         path = self.root / POINTER
         if not path.exists():
             return Pointer()
         try:
             data = json.loads(path.read_text())
-            return Pointer(**data)
-        except (ValueError, TypeError) as exc:
+            return Pointer.from_json(data) if isinstance(data, dict) else Pointer.from_json({})
+        except (ValueError, TypeError, KeyError) as exc:
             raise SlotError(f"slot pointer {path} is unreadable ({exc}); this cannot result from a crash, "
-                            "only from outside tampering: reinstall the agent's data directory") from exc
+                            "only from outside tampering or a damaged disk") from exc
+
+    def slots(self) -> dict[SlotName, Slot]:
+        return dict(self.pointer().slots)
 
     def path(self, slot: SlotName) -> Path:
         return self.root / slot
@@ -96,42 +176,81 @@ class SlotStore:
     def inactive(self) -> SlotName:
         return "b" if self.pointer().active == "a" else "a"
 
-    def install(self, bundle_dir: Path) -> SlotName:
-        """Copy a verified bundle into the inactive slot and make it durable; does not activate it."""
+    # ---- writing ------------------------------------------------------------------------
+    def write(self, pointer: Pointer) -> Pointer:
+        """Replace the persisted pointer (atomically) and the one in memory."""
+        atomic_write(self.root / POINTER, pointer.to_json())
+        self._pointer = pointer
+        return pointer
+
+    def _with_slot(self, slot: SlotName, status: SlotStatus, bundle: BundleRef | None) -> Pointer:
+        current = self.pointer()
+        return replace(current, slots={**current.slots, slot: Slot(status=status, bundle=bundle)})
+
+    def install(self, bundle_dir: Path, bundle: BundleRef) -> SlotName:
+        """Copy a verified bundle into the inactive slot and make it durable, as a ``candidate``; the
+        slot is recorded as ``installing`` before its old content is removed. Does not activate it."""
         slot = self.inactive()
+        self.write(self._with_slot(slot, SlotStatus.INSTALLING, None))
         target = self.path(slot)
         shutil.rmtree(target)
         shutil.copytree(bundle_dir, target)
-        fault("mid_install")  # copied, not yet made durable: a crash here leaves a slot nobody points to
+        fault("mid_install")  # copied, not yet made durable: a crash here leaves a slot marked installing
         fsync_tree(target)
+        self.write(self._with_slot(slot, SlotStatus.CANDIDATE, bundle))
         return slot
 
-    def activate(self, slot: SlotName, sha256: str, sequence: int) -> Pointer:
-        """Atomically make ``slot`` active; the previously active slot becomes ``previous``."""
+    def activate(self, slot: SlotName) -> Pointer:
+        """Atomically make ``slot`` (a candidate or a known-good bundle) the active one."""
         current = self.pointer()
+        record = current.slots[slot]
         if current.active == slot:
             raise SlotError(f"slot {slot} is already active")
-        new = Pointer(active=slot, previous=current.active, active_sha256=sha256,
-                      previous_sha256=current.active_sha256, active_sequence=sequence,
-                      previous_sequence=current.active_sequence)
-        atomic_write(self.root / POINTER, json.dumps(asdict(new), sort_keys=True).encode())
-        return new
+        if record.bundle is None or record.status not in (SlotStatus.CANDIDATE, SlotStatus.GOOD):
+            raise SlotError(f"slot {slot} holds no bundle that may be activated (status {record.status.value})")
+        return self.write(replace(current, active=slot))
 
-    def rollback(self) -> Pointer:
-        """Atomically switch back to the previous slot (kept intact until the next install)."""
+    def mark(self, slot: SlotName, status: SlotStatus) -> Pointer:
+        """Record what this device learned of a slot's bundle: ``good`` (passed probation), ``bad``."""
         current = self.pointer()
-        if current.previous is None or current.active is None:
-            raise SlotError("there is no previous bundle to roll back to")
-        new = Pointer(active=current.previous, previous=current.active, active_sha256=current.previous_sha256,
-                      previous_sha256=current.active_sha256, active_sequence=current.previous_sequence,
-                      previous_sequence=current.active_sequence)
-        atomic_write(self.root / POINTER, json.dumps(asdict(new), sort_keys=True).encode())
-        return new
+        record = current.slots[slot]
+        if record.bundle is None:
+            return current
+        pointer = self._with_slot(slot, status, record.bundle)
+        sha = record.bundle.sha256
+        if status is SlotStatus.GOOD:
+            pointer = replace(pointer, good=_remember(pointer.good, sha), bad=tuple(b for b in pointer.bad if b != sha))
+        elif status is SlotStatus.BAD:
+            pointer = replace(pointer, bad=_remember(pointer.bad, sha))
+        return self.write(pointer)
+
+    def known_good(self, sha256: str | None = None) -> SlotName:
+        """The slot a rollback goes to: the one holding ``sha256``, or (None) the known-good bundle
+        other than the active one. Refuses, saying why, when that bundle is bad, gone or unproven."""
+        pointer = self.pointer()
+        if sha256 is None:
+            slot = pointer.previous
+            if slot is None:
+                raise SlotError("there is no known-good bundle on this device other than the active one: "
+                                "nothing to roll back to")
+            return slot
+        if sha256 in pointer.bad:
+            raise SlotError(f"bundle {sha256[:12]} failed on this device (bad): a rollback never re-activates it")
+        slot = pointer.holding(sha256)
+        if slot is None:
+            raise SlotError(f"bundle {sha256[:12]} is not on this device (its slot was overwritten since): "
+                            "deploy it again instead")
+        if pointer.slots[slot].status is not SlotStatus.GOOD:
+            raise SlotError(f"bundle {sha256[:12]} never passed probation on this device "
+                            f"({pointer.slots[slot].status.value}): not a known-good bundle")
+        return slot
 
     def deactivate(self) -> Pointer:
-        """Atomically leave no bundle active (the failing first bundle stays in its slot as ``previous``)."""
+        """Atomically leave no bundle active (the slots keep their content and status)."""
+        return self.write(replace(self.pointer(), active=None))
+
+    def forget(self, slot: SlotName) -> Pointer:
+        """The slot's content is unusable (damaged, unverifiable): record it as empty."""
         current = self.pointer()
-        new = Pointer(active=None, previous=current.active, previous_sha256=current.active_sha256,
-                      previous_sequence=current.active_sequence)
-        atomic_write(self.root / POINTER, json.dumps(asdict(new), sort_keys=True).encode())
-        return new
+        pointer = self._with_slot(slot, SlotStatus.EMPTY, None)
+        return self.write(replace(pointer, active=None) if current.active == slot else pointer)

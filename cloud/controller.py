@@ -23,7 +23,17 @@ from cloud.gates import WaveEvidence, evaluate, failed
 from cloud.monitor import prediction_rates, raise_alert, summarize, windows
 from cloud.plan import RolloutPlan
 from cloud.publisher import Publisher
-from cloud.rollouts import ABORTED, ABORTING, ACTIVE, ROLLED_BACK, ROLLING_BACK, RUNNING, SUCCEEDED
+from cloud.rollouts import (
+    ABORTED,
+    ABORTING,
+    ACTIVE,
+    ROLLED_BACK,
+    ROLLING_BACK,
+    RUNNING,
+    SUCCEEDED,
+    RollbackStep,
+    rollback_step,
+)
 from cloud.store import BundleRow, Device, EventRow, Rollout, RolloutDevice, TelemetryRow, now
 from contract import topics
 from contract.commands import Authorization, CancelCommand, DeployCommand, RollbackCommand, authorization_bytes
@@ -198,22 +208,30 @@ class Controller:
                 continue
             if not still_on_it and not device.activated:
                 continue
+            step = rollback_step(rollout, device, current)
+            if step.action == "impossible":  # nothing known-good on the device: say so, never guess a slot
+                device.reason = step.why
+                raise_alert(session, "rollback_impossible", "device", device.device_id, step.why)
+                device.rollback_sent_at = device.rollback_sent_at or clock
+                continue
             if device.rollback_sent_at is None or clock - device.rollback_sent_at > timedelta(seconds=30):
-                self._send_rollback(device, rollout)
+                self._send_rollback(device, rollout, step)
                 device.rollback_sent_at = device.rollback_sent_at or clock
             if clock - (device.rollback_sent_at or clock) > timedelta(seconds=plan.timeouts.rollback_s):
                 device.reason = f"did not confirm the rollback within {plan.timeouts.rollback_s:g} s"
                 raise_alert(session, "rollback_unconfirmed", "device", device.device_id, device.reason)
-                device.rolled_back = True
+                device.state = "TIMED_OUT"  # not ROLLED_BACK: the fleet view must not claim what did not happen
                 continue
             pending += 1
         if pending == 0:
             rollout.status = ROLLED_BACK
             self.notify(f"rollout {rollout.id}: ROLLED_BACK ({rollout.reason})")
 
-    def _send_rollback(self, device: RolloutDevice, rollout: Rollout) -> None:
-        to = BundleRef.model_validate(device.previous) if device.previous else None
-        command = RollbackCommand(job_id=f"{device.job_id}.rollback", to=to, reason=(rollout.reason or "")[:2000])
+    def _send_rollback(self, device: RolloutDevice, rollout: Rollout, step: RollbackStep) -> None:
+        """The exact bundle the device goes back to: its own last known-good (``rollback_step``)."""
+        to = BundleRef.model_validate(step.to) if step.to else None
+        command = RollbackCommand(job_id=f"{device.job_id}.rollback", to=to,
+                                  reason=f"{rollout.reason or 'rolled back'}; {step.why}"[:2000])
         signature = base64.b64encode(self.key.sign(authorization_bytes(command))).decode()
         command = command.model_copy(update={"authorization": Authorization(
             key_id=key_id(self.key.public_key()), signature=signature)})

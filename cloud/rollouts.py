@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloud.errors import NotFoundError, RolloutError
 from cloud.fleet import find_bundle, select_devices
 from cloud.plan import RolloutPlan
-from cloud.store import BundleRow, Rollout, RolloutDevice, now
+from cloud.store import BundleRow, Device, Rollout, RolloutDevice, now
+from contract.jobs import JobState
 
 RUNNING, PAUSED, SUCCEEDED = "RUNNING", "PAUSED", "SUCCEEDED"
 ROLLING_BACK, ROLLED_BACK, ABORTING, ABORTED = "ROLLING_BACK", "ROLLED_BACK", "ABORTING", "ABORTED"
@@ -92,6 +94,46 @@ def abort(sessions: sessionmaker[Session], rollout_id: str, reason: str = "abort
 
 def rollback(sessions: sessionmaker[Session], rollout_id: str, reason: str = "rolled back by an operator") -> Rollout:
     return _set(sessions, rollout_id, {RUNNING, PAUSED, SUCCEEDED, ABORTING, ABORTED}, ROLLING_BACK, reason)
+
+
+NOT_STARTED = frozenset({"PENDING", "SKIPPED", "FAILED", "TIMED_OUT", JobState.ROLLED_BACK.value})
+
+
+@dataclass(frozen=True)
+class RollbackStep:
+    """What rolling a rollout back does to one device, computed from what the device reported."""
+
+    device_id: str
+    action: str  # "roll back", "cancel", "nothing", "impossible"
+    current: dict[str, Any] | None  # the bundle the device reports active (BundleRef as JSON)
+    to: dict[str, Any] | None  # the exact bundle it goes back to: its own last known-good
+    why: str
+
+
+def rollback_step(rollout: Rollout, entry: RolloutDevice, device: Device | None) -> RollbackStep:
+    """One device's rollback: back to the known-good bundle *the device* reports (never a bundle it
+    marked bad, never "the other slot"), or nothing when it no longer runs the rollout's bundle."""
+    current = device.active if device is not None else None
+    if entry.state in NOT_STARTED and not entry.activated:
+        return RollbackStep(entry.device_id, "nothing", current, None, f"the job is {entry.state}")
+    if not entry.activated and entry.state not in (JobState.SUCCEEDED.value, JobState.PROBATION.value):
+        return RollbackStep(entry.device_id, "cancel", current, None, "the job has not activated the bundle")
+    if device is None or device.active_sha256 != rollout.bundle_sha256:
+        return RollbackStep(entry.device_id, "nothing", current, None, "the device no longer runs this bundle")
+    known_good = device.previous
+    if not known_good or known_good.get("sha256") == rollout.bundle_sha256:
+        return RollbackStep(entry.device_id, "impossible", current, None,
+                            "the device reports no known-good bundle to go back to: it keeps this one")
+    return RollbackStep(entry.device_id, "roll back", current, known_good,
+                        f"to its last known-good bundle #{known_good.get('sequence')}")
+
+
+def rollback_plan(session: Session, rollout_id: str) -> list[RollbackStep]:
+    """What ``rollback`` would do, device by device (the CLI shows it before acting)."""
+    rollout = get(session, rollout_id)
+    entries = session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)
+                              .order_by(RolloutDevice.wave, RolloutDevice.device_id)).all()
+    return [rollback_step(rollout, e, session.get(Device, e.device_id)) for e in entries]
 
 
 def get(session: Session, rollout_id: str) -> Rollout:

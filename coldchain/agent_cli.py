@@ -52,9 +52,16 @@ def status(data_dir: Annotated[Path, typer.Option(help="The agent's data directo
         info = data_dir_status(data_dir)
     table = Table(title=f"agent data in {data_dir}", show_header=False)
     table.add_row("active slot", f"{info['active']} (sequence {info['active_sequence']})")
-    table.add_row("previous slot", str(info["previous"]))
+    table.add_row("rollback goes to", "-" if info["previous"] is None else f"slot {info['previous']}")
     table.add_row("telemetry spool", f"{info['spool_pending']} windows waiting, {info['spool_evicted']} evicted")
     console.print(table)
+    slots = Table(title="slots")
+    for col in ("slot", "status", "sequence", "bundle sha256"):
+        slots.add_column(col)
+    for name, slot in info["slots"].items():  # type: ignore[attr-defined]
+        active = " (active)" if name == info["active"] else ""
+        slots.add_row(name + active, slot["status"], str(slot["sequence"] or "-"), (slot["sha256"] or "-")[:16])
+    console.print(slots)
     jobs = Table(title="jobs")
     for col in ("job", "state", "reason"):
         jobs.add_column(col)

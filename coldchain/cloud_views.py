@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from cloud.monitor import MonitorRow
-    from cloud.rollouts import RolloutView
+    from cloud.rollouts import RollbackStep, RolloutView
     from cloud.store import Alert, Device, Rollout
 
 Db = Annotated[str, typer.Option("--db", envvar="COLDCHAIN_DB",
@@ -90,6 +90,22 @@ def rollout_table(view: RolloutView) -> Table:
                       ", ".join(f"{_styled(k)} {v}" for k, v in sorted(states.items())), gate_text)
     if r.reason:
         table.caption = r.reason
+    return table
+
+
+def rollback_plan_table(rollout_id: str, plan: Sequence[RollbackStep]) -> Table:
+    """Which device goes to which bundle, from what each device reported (before anything is sent)."""
+    table = Table(title=f"Rolling back {rollout_id}: the plan")
+    for col in ("device", "action", "runs now", "goes to", "why"):
+        table.add_column(col)
+    style = {"roll back": "yellow", "impossible": "red", "cancel": "yellow", "nothing": "dim"}
+
+    def ref(bundle: dict[str, object] | None) -> str:
+        return "-" if not bundle else f"#{bundle.get('sequence')} {str(bundle.get('sha256', ''))[:10]}"
+
+    for step in plan:
+        table.add_row(step.device_id, f"[{style.get(step.action, 'white')}]{step.action}[/]", ref(step.current),
+                      ref(step.to), step.why)
     return table
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from coldchain.cloud_views import DEFAULT_DB, Db, open_sessions, rollout_table, rollouts_table
+from coldchain.cloud_views import DEFAULT_DB, Db, open_sessions, rollback_plan_table, rollout_table, rollouts_table
 from coldchain.console import console, fail, user_errors
 
 app = typer.Typer(help="Staged rollouts with health gates and automatic rollback.", no_args_is_help=True)
@@ -115,6 +115,20 @@ def abort(rollout: Id, reason: Reason = None, db: Db = DEFAULT_DB) -> None:
 
 
 @app.command()
-def rollback(rollout: Id, reason: Reason = None, db: Db = DEFAULT_DB) -> None:
-    """Put every device the rollout touched back on what it ran before (operator-signed)."""
+def rollback(rollout: Id, reason: Reason = None, db: Db = DEFAULT_DB,
+             yes: Annotated[bool, typer.Option("--yes", "-y", help="Act without showing the plan first.")] = False,
+             ) -> None:
+    """Put every device the rollout touched back on its own last known-good bundle (operator-signed).
+
+    Shows first which device goes to which bundle (from what each device reported), then asks."""
+    from cloud import rollouts
+
+    if not yes:
+        with _errors():
+            sessions = open_sessions(db)
+            with sessions() as session:
+                plan = rollouts.rollback_plan(session, rollout)
+        console.print(rollback_plan_table(rollout, plan))
+        if not typer.confirm("Roll back as shown?", default=False):
+            raise fail("nothing was changed", code=1)
     _act("rollback", rollout, db, reason)

@@ -14,10 +14,13 @@ from contract.jobs import JobState
 
 
 class SlotStatus(StrEnum):
+    """What a device knows of the bundle in one of its slots (which one is active is ``active``)."""
+
     EMPTY = "empty"
-    INSTALLING = "installing"
-    READY = "ready"
-    ACTIVE = "active"
+    INSTALLING = "installing"  # being overwritten: its content belongs to no bundle
+    CANDIDATE = "candidate"  # installed and verified, not yet proven on this device
+    GOOD = "good"  # passed probation on this device: a rollback may return to it
+    BAD = "bad"  # failed its self-test or probation here, or was rolled back: never re-activated by a rollback
 
 
 class Slot(ContractModel):
@@ -38,7 +41,7 @@ class DeviceState(Message):
     agent_version: Name | None = None
     runtimes: Annotated[list[RuntimeInfo], Field(max_length=8)] = []
     active: BundleRef | None = None
-    previous: BundleRef | None = None
+    previous: BundleRef | None = None  # the known-good bundle a rollback would return to, if any
     slots: dict[Literal["a", "b"], Slot] = {}
     groups: Annotated[list[Identifier], Field(max_length=32)] = []
     tags: Annotated[dict[Identifier, Name], Field(max_length=64)] = {}

@@ -142,7 +142,9 @@ def test_first_bundle_failing_probation_leaves_no_model_active(tmp_path: Path, w
     assert record is not None
     rolled = deployer.probation(record, inferences=50, errors=0, non_finite=2, p95_ms=0.5)
     assert rolled.state is JobState.ROLLED_BACK and "no model is active" in (rolled.reason or "")
-    assert deployer.slots.pointer().active is None and deployer.slots.pointer().previous_sequence == 5
+    pointer = deployer.slots.pointer()
+    assert pointer.active is None and pointer.previous is None  # a bad bundle is nothing to go back to
+    assert [(s.status.value, s.bundle.sequence) for s in pointer.slots.values() if s.bundle] == [("bad", 5)]
 
 
 def test_probation_latency_ceiling_has_slack_for_tiny_models(tmp_path: Path, world: dict[str, object]) -> None:

@@ -11,6 +11,8 @@ import pytest
 
 from agent.errors import SlotError
 from agent.slots import SlotStore
+from contract.common import BundleRef
+from contract.state import SlotStatus
 
 
 def _bundle(tmp_path: Path, name: str, size: int = 1000) -> Path:
@@ -21,39 +23,75 @@ def _bundle(tmp_path: Path, name: str, size: int = 1000) -> Path:
     return directory
 
 
-def test_install_activate_rollback(tmp_path: Path) -> None:
+def _ref(sequence: int) -> BundleRef:
+    return BundleRef(model_name="m", model_version="1", target="t", sequence=sequence, sha256=f"{sequence:064x}")
+
+
+def test_install_activate_mark_and_roll_back_to_known_good(tmp_path: Path) -> None:
     store = SlotStore(tmp_path / "data")
     assert store.pointer().active is None and store.active_path() is None
-    slot = store.install(_bundle(tmp_path, "v1"))
+    slot = store.install(_bundle(tmp_path, "v1"), _ref(1))
     assert slot == "a" and store.pointer().active is None  # installed, not active
-    store.activate(slot, "sha1", 1)
+    assert store.pointer().slots["a"].status is SlotStatus.CANDIDATE
+    store.activate(slot)
+    store.mark(slot, SlotStatus.GOOD)
     assert store.active_path() == store.path("a")
-    slot2 = store.install(_bundle(tmp_path, "v2"))
+    slot2 = store.install(_bundle(tmp_path, "v2"), _ref(2))
     assert slot2 == "b"
-    pointer = store.activate(slot2, "sha2", 2)
-    assert (pointer.active, pointer.previous, pointer.previous_sequence) == ("b", "a", 1)
-    back = store.rollback()
-    assert (back.active, back.active_sha256, back.active_sequence) == ("a", "sha1", 1)
-    assert (store.active_path() / "model.onnx").read_bytes().startswith(b"v1")
+    pointer = store.activate(slot2)
+    assert (pointer.active, pointer.previous, pointer.active_sequence) == ("b", "a", 2)
+    assert store.known_good() == "a" and store.known_good(_ref(1).sha256) == "a"
+    store.mark("b", SlotStatus.BAD)
+    back = store.activate(store.known_good())
+    assert (back.active, back.active_sha256, back.active_sequence) == ("a", _ref(1).sha256, 1)
+    assert (store.active_path() / "model.onnx").read_bytes().startswith(b"v1")  # type: ignore[operator]
     with pytest.raises(SlotError, match="already active"):
-        store.activate("a", "sha1", 1)
+        store.activate("a")
+    with pytest.raises(SlotError, match="bad"):
+        store.known_good(_ref(2).sha256)
+    assert SlotStore(tmp_path / "data").pointer() == store.pointer()  # what is on disk is what it said
+
+
+def test_installing_overwrites_the_record_before_the_content(tmp_path: Path) -> None:
+    """A crash in the middle of an install leaves the slot ``installing``: never a record naming
+    content that is gone."""
+    store = SlotStore(tmp_path / "data")
+    store.activate(store.install(_bundle(tmp_path, "v1"), _ref(1)))
+    store.mark("a", SlotStatus.GOOD)
+    store.activate(store.install(_bundle(tmp_path, "v2"), _ref(2)))
+    store.mark("b", SlotStatus.GOOD)
+    broken = _bundle(tmp_path, "v3")
+    (broken / "sub").mkdir()
+    (broken / "sub" / "x").symlink_to("/nonexistent")  # copytree fails part-way
+    with pytest.raises(OSError):
+        store.install(broken, _ref(3))
+    on_disk = SlotStore(tmp_path / "data").pointer()
+    assert on_disk.slots["a"].status is SlotStatus.INSTALLING and on_disk.slots["a"].bundle is None
+    with pytest.raises(SlotError, match="not on this device"):
+        store.known_good(_ref(1).sha256)
 
 
 def test_nothing_to_roll_back(tmp_path: Path) -> None:
-    with pytest.raises(SlotError, match="no previous bundle"):
-        SlotStore(tmp_path).rollback()
+    with pytest.raises(SlotError, match="no known-good bundle"):
+        SlotStore(tmp_path).known_good()
 
 
 CHILD = """
 import sys
 from pathlib import Path
 from agent.slots import SlotStore
+from contract.common import BundleRef
+from contract.state import SlotStatus
+from agent.slots import Pointer
+from contract.common import BundleRef
+from contract.state import Slot, SlotStatus
 store = SlotStore(Path(sys.argv[1]))
 i = 0
 while True:
     i += 1
+    ref = BundleRef(model_name="m", model_version="1", target="t", sequence=i, sha256=f"{i:064x}")
     slot = store.inactive()
-    store.activate(slot, f"sha{i}", i)
+    store.write(Pointer(slot, {**store.pointer().slots, slot: Slot(status=SlotStatus.GOOD, bundle=ref)}))
     if i == 1:  # the parent kills only once the flipping has begun
         print("flipping", flush=True)
 """
@@ -64,7 +102,7 @@ def test_sigkill_during_activation_leaves_a_whole_pointer(tmp_path: Path) -> Non
     always parse and name a slot, never be torn or empty."""
     data = tmp_path / "data"
     store = SlotStore(data)
-    store.activate("a", "sha0", 0)
+    store.activate(store.install(_bundle(tmp_path, "v0"), _ref(0)))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     flips = []
     for delay in (0.0, 0.003, 0.007, 0.011, 0.017, 0.023):
@@ -77,5 +115,5 @@ def test_sigkill_during_activation_leaves_a_whole_pointer(tmp_path: Path) -> Non
         pointer = SlotStore(data).pointer()
         flips.append(pointer.active_sequence)
         assert pointer.active in ("a", "b") and pointer.active_sha256 is not None
-        assert pointer.active_sequence is not None and pointer.previous in ("a", "b")
+        assert pointer.active_sequence is not None and pointer.slots[pointer.active].bundle is not None
     assert all(f is not None and f >= 1 for f in flips)  # every child was killed after it had flipped

@@ -78,7 +78,53 @@ def test_cli_fleet_tag_and_rollout(store: tuple[str, str]) -> None:
     assert nobody.exit_code == 1 and "matches no device" in nobody.output
     waves = runner.invoke(cli, ["rollout", "start", sha[:12], "--waves", "50%,10%", "--db", url])
     assert waves.exit_code == 1 and "must grow" in waves.output
-    rolled = runner.invoke(cli, ["rollout", "rollback", "r-cli", "--reason", "test", "--db", url])
+    rolled = runner.invoke(cli, ["rollout", "rollback", "r-cli", "--reason", "test", "--yes", "--db", url])
     assert rolled.exit_code == 0 and "ROLLING_BACK" in rolled.output
     status = runner.invoke(cli, ["rollout", "status", "--db", url])
     assert "r-cli" in status.output
+
+
+def test_rollback_plan_names_each_devices_own_known_good_bundle(store: tuple[str, str],
+                                                                world: dict[str, object]) -> None:
+    """Computed from what each device reported: one goes back to the known-good bundle it names,
+    one reports none (it keeps the bundle: never "the other slot"), one no longer runs the bundle;
+    the CLI shows this plan and acts only when confirmed."""
+    from cloud import rollouts
+    from cloud.store import RolloutDevice
+    from contract.state import Slot, SlotStatus
+
+    url, sha = store
+    sessions = open_store(url)
+    bundles = world["bundles"]  # type: ignore[index]
+    five, four = bundles[5].ref, bundles[4].ref  # type: ignore[index]
+    with sessions.begin() as session:
+        add_bundle(session, bundles[4].tarball, world["trust"])  # type: ignore[index,arg-type]
+    rollouts.start(sessions, sha, rollouts.RolloutPlan.model_validate(
+        {"selector": {"groups": ["eu"]}, "waves": [{"percent": 100}]}), rollout_id="r-plan")
+    reported = {
+        "fridge-0": DeviceState(device_id="fridge-0", online=True, active=five, previous=four, slots={
+            "a": Slot(status=SlotStatus.GOOD, bundle=four), "b": Slot(status=SlotStatus.CANDIDATE, bundle=five)}),
+        "fridge-1": DeviceState(device_id="fridge-1", online=True, active=five, previous=None, slots={
+            "a": Slot(status=SlotStatus.BAD, bundle=four), "b": Slot(status=SlotStatus.CANDIDATE, bundle=five)}),
+        "fridge-2": DeviceState(device_id="fridge-2", online=True, active=four, previous=None),
+    }
+    with sessions.begin() as session:
+        for device, state in reported.items():
+            ingest(session, topics.state(device), state.to_json())
+        for entry in session.query(RolloutDevice).filter_by(rollout_id="r-plan"):
+            entry.state, entry.activated = "SUCCEEDED", True
+    with sessions() as session:
+        plan = {step.device_id: step for step in rollouts.rollback_plan(session, "r-plan")}
+    assert plan["fridge-0"].action == "roll back" and plan["fridge-0"].to == four.model_dump(mode="json")
+    assert plan["fridge-1"].action == "impossible" and plan["fridge-1"].to is None
+    assert plan["fridge-2"].action == "nothing"
+    runner = CliRunner()
+    declined = runner.invoke(cli, ["rollout", "rollback", "r-plan", "--db", url], input="n\n")
+    assert declined.exit_code == 1 and "nothing was changed" in declined.output, declined.output
+    rows = {line.split("│")[1].strip(): line for line in declined.output.splitlines() if line.count("│") > 2}
+    assert "roll back" in rows["fridge-0"] and f"#4 {four.sha256[:10]}" in rows["fridge-0"], declined.output
+    assert "impossible" in rows["fridge-1"] and "nothing" in rows["fridge-2"]
+    with sessions() as session:
+        assert rollouts.get(session, "r-plan").status == "RUNNING"
+    confirmed = runner.invoke(cli, ["rollout", "rollback", "r-plan", "--yes", "--db", url])
+    assert confirmed.exit_code == 0 and "ROLLING_BACK" in confirmed.output
