@@ -239,7 +239,7 @@ class Deployer:
             artifact = download.finish()
         staging = self._staging(command)
         shutil.rmtree(staging, ignore_errors=True)
-        unpack(artifact, staging)
+        unpack(artifact, staging, self.trust)  # signature first, then only what it declares, if it fits
         manifest = verify_dir(staging, self.trust)
         record.manifest_sha256 = manifest_sha256(staging)
         record.sequence = manifest.sequence
@@ -311,4 +311,5 @@ class Deployer:
         if (record.slot in ("a", "b") and record.manifest_sha256 is not None
                 and pointer.holding(record.manifest_sha256) == record.slot):
             self.slots.mark(self._slot(record), SlotStatus.BAD)
+        self._cleanup(DeployCommand.model_validate(record.command))  # a failed job leaves no copies behind
         return self._move(record, JobState.FAILED, reason)

@@ -27,7 +27,7 @@ def add_bundle(session: Session, tarball: Path, trust: TrustStore) -> BundleRow:
     try:
         data = tarball.read_bytes()
         with tempfile.TemporaryDirectory(prefix="coldchain-bundle-") as tmp:
-            directory = unpack(data, Path(tmp) / "b")
+            directory = unpack(data, Path(tmp) / "b", trust)
             manifest = verify_dir(directory, trust)
             sha = manifest_sha256(directory)
     except OSError as exc:

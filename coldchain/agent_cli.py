@@ -114,8 +114,9 @@ def infer(
     for problem in problems:
         err_console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
     with tempfile.TemporaryDirectory() as tmp, user_errors(AgentError, OSError):
-        directory = unpack(bundle, Path(tmp)) if bundle.is_file() else bundle
-        manifest = verify_dir(directory, TrustStore.from_paths(trusted))
+        trust = TrustStore.from_paths(trusted)
+        directory = unpack(bundle, Path(tmp), trust) if bundle.is_file() else bundle
+        manifest = verify_dir(directory, trust)
         runtime = runtimes.open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, threads)
         post = postprocess.get(manifest.io.postprocessor.name)
         table = Table(title=f"{manifest.model.name} v{manifest.model.version} ({manifest.target.name})")

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from coldchain.console import console, user_errors
 from contract.manifest import MANIFEST_FILE, Manifest, load_manifest
+from contract.signing import TrustStore
 
 app = typer.Typer(help="Inspect and verify bundles.", no_args_is_help=True)
 
@@ -42,10 +43,12 @@ def _manifest_table(m: Manifest) -> Table:
     return table
 
 
-def _open(path: Path, scratch: Path) -> Path:
+def _open(path: Path, scratch: Path, trust: TrustStore | None = None) -> Path:
+    """A bundle directory as given, or the tarball extracted under ``scratch`` (signature first when
+    ``trust`` is given; never more than the manifest declares)."""
     from contract.bundle import unpack
 
-    return unpack(path, scratch) if path.is_file() else path
+    return unpack(path, scratch, trust) if path.is_file() else path
 
 
 @app.command()
@@ -66,6 +69,7 @@ def verify(
     from contract.signing import TrustStore
 
     with tempfile.TemporaryDirectory() as tmp, user_errors(OSError):
-        manifest = verify_dir(_open(path, Path(tmp)), TrustStore.from_paths(trusted))
+        trust = TrustStore.from_paths(trusted)
+        manifest = verify_dir(_open(path, Path(tmp), trust), trust)
     console.print(f"[green]valid[/]: {manifest.model.name} v{manifest.model.version} for {manifest.target.name}, "
                   f"sequence {manifest.sequence}, {len(manifest.files)} files verified")

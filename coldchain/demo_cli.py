@@ -93,8 +93,9 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
             return outcome.bundle
 
         bundle = register_and_compile(MODEL_FILE, "the fridge model")
-        installed = unpack(bundle.tarball, workspace / "device" / bundle.tarball.name.removesuffix(".tar.gz"))
-        manifest = verify_dir(installed, signing.TrustStore.from_paths([pair.public]))
+        trust = signing.TrustStore.from_paths([pair.public])
+        installed = unpack(bundle.tarball, workspace / "device" / bundle.tarball.name.removesuffix(".tar.gz"), trust)
+        manifest = verify_dir(installed, trust)
         runtime = open_runtime(manifest.target.runtime.name, installed / manifest.model_file.path, 2)
         check = run_golden(runtime, manifest.io, manifest.golden, installed / manifest.golden.file)
         console.print(f"bundle verified (signature, {len(manifest.files)} files, every chunk hash); golden self-test "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Self, TypeVar
 
@@ -13,6 +14,8 @@ from contract.errors import PayloadError
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 """Largest JSON message accepted (chunks travel in their own binary frame)."""
+MAX_DEPTH = 32
+"""Deepest nesting of objects and arrays accepted: no contract message needs more than a few."""
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(max_length=2048)]
@@ -77,15 +80,38 @@ def parse_object(payload: bytes | str, what: str, limit: int = MAX_PAYLOAD_BYTES
     size = len(payload)
     if size > limit:
         raise PayloadError(f"{what} payload is {size} bytes, more than the {limit} allowed")
+    raw = payload.encode() if isinstance(payload, str) else payload
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and nesting(raw) > MAX_DEPTH:  # counting is cheap
+        raise PayloadError(f"{what} payload nests objects or arrays more than {MAX_DEPTH} deep")
     try:
         data = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PayloadError(f"{what} payload is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the depth check above should have caught it; never let it through
+        raise PayloadError(f"{what} payload nests too deeply") from exc
     if not isinstance(data, dict):
         raise PayloadError(f"{what} payload must be a JSON object, got {type(data).__name__}")
     if "schema_version" not in data:
         raise PayloadError(f"{what} payload has no schema_version: every coldchain payload must carry one")
     return data
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def nesting(payload: bytes | str) -> int:
+    """How deep objects and arrays nest in a JSON text, without parsing it (strings are skipped,
+    so brackets inside them do not count); a deep payload is refused before ``json.loads`` recurses."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(_STRINGS.sub(b'""', data)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def validate(adapter: TypeAdapter[M], data: Any, what: str) -> M:

@@ -194,3 +194,32 @@ def test_bad_signature_fails_and_leaves_the_active_bundle(tmp_path: Path, world:
     record = deployer.jobs.get("job-edited")
     assert record is not None and record.state is JobState.FAILED and "signed bytes" in (record.reason or "")
     assert deployer.slots.pointer().active_sequence == 5
+
+
+def test_a_gzip_bomb_is_refused_before_extraction_and_leaves_nothing(tmp_path: Path,
+                                                                     world: dict[str, object]) -> None:
+    """An unsigned tarball that unpacks to 256 MiB of zeros: the job fails at VERIFYING with the
+    reason, nothing of it stays on disk (download or staging), and the active bundle is untouched."""
+    import gzip
+    import io
+    import tarfile
+
+    events: list[tuple[str, JobState, str | None]] = []
+    data = tmp_path / "data"
+    deployer = _deployer(data, world, events)
+    _deploy(deployer, world, 5, "job-ok")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("model.onnx")
+        info.size = 256 * 1024 * 1024
+        tar.addfile(info, io.BytesIO(b"\0" * info.size))
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(gzip.compress(raw.getvalue(), compresslevel=9))
+    assert bomb.stat().st_size < 1024 * 1024
+    _deliver(deployer, bomb, world["bundles"][6].ref.sha256, 6, "job-bomb")  # type: ignore[index]
+    record = deployer.jobs.get("job-bomb")
+    assert record is not None and record.state is JobState.FAILED
+    assert "must start with manifest.json" in (record.reason or "")
+    artifact = hashlib.sha256(bomb.read_bytes()).hexdigest()
+    assert not (data / "staging" / artifact).exists() and not (data / "downloads" / artifact).exists()
+    assert deployer.slots.pointer().active_sequence == 5

@@ -8,7 +8,7 @@ import pytest
 
 from contract import signing
 from contract.bundle import file_entry, pack, unpack, verify_dir
-from contract.errors import BundleError, SignatureError
+from contract.errors import BundleError, ContractError, SignatureError
 from contract.manifest import dump_manifest, load_manifest
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -73,3 +73,85 @@ def test_unpack_refuses_escapes(tmp_path: Path) -> None:
     assert not (tmp_path / "escape.txt").exists()
     with pytest.raises(BundleError, match="unreadable"):
         unpack(b"not a tarball", tmp_path / "out2")
+
+
+def _tar(members: list[tuple[str, bytes]], declared_size: dict[str, int] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _signed_parts(directory: Path) -> list[tuple[str, bytes]]:
+    return [(name, (directory / name).read_bytes()) for name in ("manifest.json", "manifest.sig")]
+
+
+def test_an_unsigned_gzip_bomb_is_refused_before_anything_is_written(tmp_path: Path,
+                                                                     bundle: tuple[Path, signing.TrustStore]) -> None:
+    """2 MB compressed, 2 GiB of zeros inside, no manifest first: refused at the first header."""
+    _, trust = bundle
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("model.onnx")
+        info.size = 2 * 1024**3
+
+        class Zeros(io.RawIOBase):
+            left = info.size
+
+            def read(self, n: int = -1) -> bytes:
+                n = min(n if n >= 0 else 1 << 20, self.left, 1 << 20)
+                self.left -= n
+                return b"\0" * n
+
+        tar.addfile(info, Zeros())
+    bomb = buffer.getvalue()
+    assert len(bomb) < 3 * 1024**2
+    out = tmp_path / "out"
+    with pytest.raises(BundleError, match=r"must start with manifest\.json"):
+        unpack(bomb, out, trust)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_signed_manifest_caps_what_is_extracted(tmp_path: Path, bundle: tuple[Path, signing.TrustStore]) -> None:
+    directory, trust = bundle
+    model = (directory / "model.onnx").read_bytes()
+    golden = (directory / "golden.npz").read_bytes()
+    head = _signed_parts(directory)
+    cases = {
+        "larger": ([*head, ("model.onnx", model + b"x" * 10000000), ("golden.npz", golden)], "bytes in the tarball"),
+        "unlisted": ([*head, ("model.onnx", model), ("golden.npz", golden), ("evil.so", b"x")], "does not list"),
+        "twice": ([*head, ("model.onnx", model), ("model.onnx", model), ("golden.npz", golden)], "twice"),
+        "missing": ([*head, ("model.onnx", model)], "lacks files"),
+        "changed": ([*head, ("model.onnx", model[:-1] + b"!"), ("golden.npz", golden)], "does not match"),
+        "escape": ([*head, ("../model.onnx", model)], "not a plain relative file"),
+    }
+    for case, (members, message) in cases.items():
+        out = tmp_path / case
+        with pytest.raises(BundleError, match=message):
+            unpack(_tar(members), out, trust)
+        written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.exists() else 0
+        assert written <= len(model) + len(golden) + 100_000, case  # never more than declared
+    forged = [("manifest.json", head[0][1].replace(b'"sequence":7', b'"sequence":8')), head[1]]
+    with pytest.raises(SignatureError):
+        unpack(_tar([*forged, ("model.onnx", model), ("golden.npz", golden)]), tmp_path / "forged", trust)
+    assert not (tmp_path / "forged").exists()  # refused before a byte was written
+
+
+def test_too_little_space_is_refused_up_front(tmp_path: Path, bundle: tuple[Path, signing.TrustStore]) -> None:
+    directory, trust = bundle
+    tarball = pack(directory, tmp_path / "b.tar.gz")
+    with pytest.raises(BundleError, match="not enough space"):
+        unpack(tarball, tmp_path / "out", trust, reserve_bytes=1 << 60)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_deeply_nested_signed_manifest_is_an_error(tmp_path: Path) -> None:
+    pair = signing.write_keypair(tmp_path / "k2", "k")
+    nested = b'{"schema_version": 1, "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    signature = signing.sign(nested, signing.load_private_key(pair.private))
+    with pytest.raises(ContractError, match="nests"):
+        unpack(_tar([("manifest.json", nested), ("manifest.sig", signature)]), tmp_path / "n",
+               signing.TrustStore.from_paths([pair.public]))

@@ -91,3 +91,22 @@ def test_bad_device_id_in_payload() -> None:
     data["device_id"] = "fridge/+/1"
     with pytest.raises(PayloadError, match="device_id"):
         decode(Telemetry, json.dumps(data))
+
+
+@pytest.mark.parametrize("depth", [33, 1000, 100_000])
+def test_deeply_nested_payloads_are_refused_before_parsing(depth: int) -> None:
+    """A ~30 KB payload of nested arrays killed the agent and the cloud with RecursionError."""
+    from contract.commands import decode_command
+    from contract.telemetry import Telemetry
+
+    nested = b'{"schema_version": 1, "x": ' + b"[" * depth + b"]" * depth + b"}"
+    for parse in (Telemetry.from_json, decode_command):
+        with pytest.raises(PayloadError, match="nests"):
+            parse(nested)
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    from contract.base import nesting
+
+    assert nesting(b'{"a": [1, {"b": "[[[[\\"]]{{{"}]}') == 3
+    assert nesting(b'{"deep": "' + b"[" * 10_000 + b'"}') == 1
