@@ -19,9 +19,10 @@ from pathlib import Path
 from agent.errors import AgentError, TransferError
 from agent.faults import fault
 from agent.jobs import JobRecord, JobStore
+from agent.model import LoadedBundle
 from agent.receiver import Download
 from agent.recovery import check_slots
-from agent.runtimes import open_runtime, version_at_least
+from agent.runtimes import version_at_least
 from agent.selftest import run_golden
 from agent.slots import SlotName, SlotStore
 from contract.bundle import manifest_sha256, unpack, verify_dir
@@ -57,6 +58,7 @@ class Deployer:
         self.threads = threads
         self.limits = limits
         self.slots = SlotStore(data_dir)
+        self._manifests: dict[str, Manifest] = {}  # by manifest sha: verified once, not every window
         self.recovered = check_slots(self.slots, trust)  # what was repaired at start, for the agent to report
         self.engine_cache = data_dir / "engines"  # TensorRT plans, keyed by model, TensorRT version and GPU
         self.jobs = JobStore(data_dir)
@@ -265,19 +267,23 @@ class Deployer:
 
     def _self_test(self, record: JobRecord) -> None:
         directory = self.slots.path(self._slot(record))
-        manifest = verify_dir(directory, self.trust)  # the installed copy, not the staging one
-        runtime = open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, self.threads,
-                               self.engine_cache)  # TensorRT builds its engine here, at install
-        result = run_golden(runtime, manifest.io, manifest.golden, directory / manifest.golden.file)
+        # the installed copy, not the staging one; TensorRT builds its engine here, at install
+        with LoadedBundle.open_bundle(directory, self.trust, self.threads, self.engine_cache) as candidate:
+            result = run_golden(candidate, candidate.manifest.golden, directory / candidate.manifest.golden.file)
+            self._manifests[candidate.sha256] = candidate.manifest
         if not result.passed:
             raise AgentError(f"golden self-test failed: max error {result.max_abs_error:.4g} above tolerance "
                              f"{result.tolerance:.4g}; the runtime here does not compute what the compiler measured")
 
     def _active_manifest(self) -> Manifest:
-        path = self.slots.active_path()
-        if path is None:
+        """The active bundle's manifest, read once per bundle (it was verified when installed)."""
+        path, sha = self.slots.active_path(), self.slots.pointer().active_sha256
+        if path is None or sha is None:
             raise AgentError("no active bundle")
-        return verify_dir(path, self.trust)
+        if sha not in self._manifests:
+            self._manifests.clear()
+            self._manifests[sha] = verify_dir(path, self.trust)
+        return self._manifests[sha]
 
     def _cleanup(self, command: DeployCommand) -> None:
         self._download(command).discard()

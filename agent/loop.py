@@ -14,24 +14,21 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from agent import postprocess, runtimes
+from agent import runtimes
 from agent.config import AgentConfig
 from agent.deploy import Deployer
 from agent.errors import AgentError, FrameError, SlotError, SourceEnded
 from agent.frames import FrameSource
 from agent.jobs import JobRecord
+from agent.model import LoadedBundle
 from agent.mqtt import Acked, Connected, Disconnected, Inbound, Received, Transport
-from agent.preprocess import preprocess
 from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
 from contract import topics
-from contract.bundle import verify_dir
 from contract.commands import (
     CancelCommand,
     DeployCommand,
@@ -45,7 +42,6 @@ from contract.common import BundleRef, RuntimeInfo
 from contract.errors import ContractError
 from contract.events import ErrorEvent, JobEvent, ProfileEvent, ShadowEvent
 from contract.jobs import JobState
-from contract.manifest import Manifest
 from contract.signing import TrustStore, verify_signature
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import MissingChunks, decode_chunk
@@ -53,7 +49,7 @@ from contract.transfer import MissingChunks, decode_chunk
 log = logging.getLogger("coldchain.agent")
 AGENT_VERSION = "0.1.0"
 
-_SHARED: dict[str, tuple[Manifest, runtimes.ModelRuntime]] = {}
+_SHARED: dict[str, LoadedBundle] = {}  # simulated fleets: one loaded bundle per sha, shared by every agent
 _SHARED_LOCK = threading.Lock()
 OUTBOX_LIMIT = 1000
 
@@ -76,7 +72,7 @@ class Agent:
         self.in_flight: dict[int, int] = {}  # mid -> telemetry seq
         self.event_seq = 0
         self.connected = False
-        self._model: tuple[str, Manifest, runtimes.ModelRuntime] | None = None
+        self._model: LoadedBundle | None = None  # the active bundle, loaded and verified once per activation
         self.malformed = 0
         self.outbox: list[tuple[str, bytes]] = []  # events produced while offline
         self.last_chunk: dict[str, float] = {}  # job id -> when its last chunk arrived
@@ -111,11 +107,7 @@ class Agent:
 
     def bundle_ref(self) -> BundleRef | None:
         loaded = self.active_model()
-        if loaded is None:
-            return None
-        sha, manifest, _ = loaded
-        return BundleRef(model_name=manifest.model.name, model_version=manifest.model.version,
-                         target=manifest.target.name, sequence=manifest.sequence, sha256=sha)
+        return None if loaded is None else loaded.ref
 
     def state(self) -> DeviceState:
         # the job that moved last (history times are ISO 8601 UTC, so they sort as text)
@@ -204,9 +196,8 @@ class Agent:
         if loaded is None:
             self._error("no_active_model", "profile needs an active bundle; none is installed", topic)
             return
-        sha, manifest, runtime = loaded
-        times = runtimes.time_runs(runtime, self._blank_feed(manifest), command.warmup, command.iterations)
-        name = manifest.target.runtime.name
+        times = loaded.time_runs(None, command.warmup, command.iterations)
+        sha, name = loaded.sha256, loaded.manifest.target.runtime.name
         self.event_seq += 1
         event = ProfileEvent(device_id=self.config.device_id, seq=self.event_seq, job_id=command.job_id,
                              bundle_sha256=sha, runtime=f"{name.value} {self.available.get(name, '?')}",
@@ -235,40 +226,32 @@ class Agent:
         except SlotError as exc:  # no known-good bundle to go to: the active one stays, and the cloud hears why
             self._error("rollback_refused", str(exc), topic)
             return
-        self._model = None
         self.publish_state()
 
     # ---- inference and telemetry -------------------------------------------------------
-    def active_model(self) -> tuple[str, Manifest, runtimes.ModelRuntime] | None:
+    def active_model(self) -> LoadedBundle | None:
+        """The active bundle, loaded and verified once when it became active (the pointer is in
+        memory: this is a comparison per frame, not a disk read); the one before it is closed."""
         pointer = self.deployer.slots.pointer()
         path = self.deployer.slots.active_path()
-        if path is None or pointer.active_sha256 is None:
+        sha = pointer.active_sha256
+        if self._model is not None and self._model.sha256 == sha:
+            return self._model
+        if self._model is not None and not self.share_models:
+            self._model.close()
+        self._model = None
+        if path is None or sha is None:
             return None
-        if self._model is None or self._model[0] != pointer.active_sha256:
-            sha = pointer.active_sha256
-            with _SHARED_LOCK:
-                shared = _SHARED.get(sha) if self.share_models else None
-                if shared is None:
-                    manifest = verify_dir(path, self.trust)
-                    runtime = runtimes.open_runtime(manifest.target.runtime.name, path / manifest.model_file.path,
-                                                    self.config.limits.threads, self.deployer.engine_cache)
-                    self._warm_up(manifest, runtime)
-                    shared = (manifest, runtime)
-                    if self.share_models:
-                        _SHARED[sha] = shared
-            self._model = (sha, *shared)
-        return self._model
-
-    @staticmethod
-    def _blank_feed(manifest: Manifest) -> dict[str, npt.NDArray[Any]]:
-        """The model input made from a black frame, through the manifest's preprocessing."""
-        blank = np.zeros((manifest.io.preprocessing.height, manifest.io.preprocessing.width, 3), np.uint8)
-        return {manifest.io.inputs[0].name: preprocess(blank, manifest.io.preprocessing)[0]}
-
-    @classmethod
-    def _warm_up(cls, manifest: Manifest, runtime: runtimes.ModelRuntime) -> None:
-        """One untimed run: the first inference of a session allocates and is not representative."""
-        runtime.run(cls._blank_feed(manifest))
+        with _SHARED_LOCK:
+            loaded = _SHARED.get(sha) if self.share_models else None
+            if loaded is None:
+                loaded = LoadedBundle.open_bundle(path, self.trust, self.config.limits.threads,
+                                                  self.deployer.engine_cache)
+                loaded.run(loaded.blank())  # the first run of a session allocates: not a representative one
+                if self.share_models:
+                    _SHARED[sha] = loaded
+        self._model = loaded
+        return loaded
 
     def infer_once(self) -> None:
         if self.source is None or self.source_ended:
@@ -286,34 +269,30 @@ class Agent:
         loaded = self.active_model()
         if loaded is None:
             return
-        _, manifest, runtime = loaded
-        io = manifest.io
-        started = time.perf_counter()
         try:
-            x, place = preprocess(frame, io.preprocessing)
-            model_started = time.perf_counter()
-            outputs = runtime.run({io.inputs[0].name: x})
-            model_ms = (time.perf_counter() - model_started) * 1000
-            if not all(np.all(np.isfinite(np.asarray(o, np.float32))) for o in outputs):
-                self.window.non_finite += 1
-            prediction = postprocess.get(io.postprocessor.name)(outputs, io.labels, io.postprocessor.params, place)
+            result = loaded.predict(frame)
         except AgentError as exc:
             self.window.error(type(exc).__name__)
             return
-        self.window.inferred(frame, prediction, (time.perf_counter() - started) * 1000, model_ms)
+        if not all(np.all(np.isfinite(np.asarray(o, np.float32))) for o in result.outputs):
+            self.window.non_finite += 1
+        self.window.inferred(frame, result.prediction, result.total_ms, result.model_ms)
         for run in self.shadows.values():  # candidates in SHADOW see the same frame (not timed)
-            run.compare(frame, prediction)
+            run.compare(frame, result.prediction)
 
     def close_window(self) -> None:
         seq = self.spool.next_seq()
         telemetry = self.window.close(self.config.device_id, seq, self.bundle_ref(), self.spool.size,
                                       self.spool.evicted)
         self.spool.put(seq, telemetry.to_json())
+        for job_id in list(self.shadows):  # a shadow candidate whose job was cancelled: close it
+            record = self.deployer.jobs.get(job_id)
+            if record is None or record.state is not JobState.SHADOW:
+                self.shadows.pop(job_id).close()
         for record in self.deployer.jobs.unfinished():
             if record.state is JobState.PROBATION:
                 self.deployer.probation(record, self.window.inferences, sum(self.window.errors.values()),
                                         self.window.non_finite, self.window.p95())
-                self._model = None
             elif record.state is JobState.SHADOW:
                 self.shadow_step(record)
         self.window = Window()
@@ -332,13 +311,12 @@ class Agent:
             self.shadows[record.job_id] = run
         if not self.deployer.shadow_due(record):
             return
-        del self.shadows[record.job_id]
+        self.shadows.pop(record.job_id).close()
         self.event_seq += 1
         event = ShadowEvent(device_id=self.config.device_id, seq=self.event_seq, job_id=record.job_id,
                             frames=run.frames, agreement=run.agreement)
         self.send(topics.events(self.config.device_id), event.to_json())
         self.deployer.end_shadow(record)
-        self._model = None
 
     def publish_pending(self) -> None:
         if not self.connected:

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from agent.errors import AgentError
-from agent.preprocess import preprocess
-from agent.runtimes import ModelRuntime
-from contract.manifest import Golden, IOSpec
+from agent.model import LoadedModel
+from contract.manifest import Golden
 
 MAX_GOLDEN_VALUES = 1024  # per output and case
 
@@ -35,7 +34,7 @@ def output_stride(size: int) -> int:
     return max(1, -(-size // MAX_GOLDEN_VALUES))
 
 
-def run_golden(runtime: ModelRuntime, io: IOSpec, golden: Golden, path: Path) -> SelfTest:
+def run_golden(model: LoadedModel, golden: Golden, path: Path) -> SelfTest:
     """Run every golden case; passes when every sampled output is within ``atol + rtol * |expected|``."""
     try:
         data = np.load(path)
@@ -44,8 +43,7 @@ def run_golden(runtime: ModelRuntime, io: IOSpec, golden: Golden, path: Path) ->
     worst, ok = 0.0, True
     with data:
         for i in range(golden.cases):
-            x, _ = preprocess(data[f"frame/{i}"], io.preprocessing)
-            outputs = runtime.run({io.inputs[0].name: x})
+            outputs = model.run(model.prepare(data[f"frame/{i}"])[0])
             for j, out in enumerate(outputs):
                 stride = int(data[f"stride/{j}"])
                 got = np.asarray(out, np.float32).ravel()[::stride]

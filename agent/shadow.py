@@ -11,20 +11,16 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from agent import postprocess, runtimes
 from agent.errors import AgentError
+from agent.model import LoadedBundle
 from agent.postprocess import Prediction
-from agent.preprocess import preprocess
-from contract.bundle import verify_dir
-from contract.manifest import Manifest
 from contract.signing import TrustStore
 
 
 @dataclass
 class ShadowRun:
     job_id: str
-    manifest: Manifest
-    runtime: runtimes.ModelRuntime
+    candidate: LoadedBundle
     frames: int = 0
     agreed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -32,25 +28,22 @@ class ShadowRun:
     @classmethod
     def open(cls, job_id: str, directory: Path, trust: TrustStore, threads: int,
              engine_cache: Path | None = None) -> ShadowRun:
-        manifest = verify_dir(directory, trust)
-        runtime = runtimes.open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, threads,
-                                        engine_cache)
-        return cls(job_id, manifest, runtime)
+        return cls(job_id, LoadedBundle.open_bundle(directory, trust, threads, engine_cache))
 
     def compare(self, frame: npt.NDArray[np.uint8], active: Prediction) -> bool:
         """Run the candidate on ``frame``; True when it agrees with the active model's prediction."""
-        io = self.manifest.io
         self.frames += 1
         try:
-            x, place = preprocess(frame, io.preprocessing)
-            outputs = self.runtime.run({io.inputs[0].name: x})
-            candidate = postprocess.get(io.postprocessor.name)(outputs, io.labels, io.postprocessor.params, place)
+            candidate = self.candidate.predict(frame).prediction
         except AgentError as exc:
             self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
             return False
         same = set(candidate.labels) == set(active.labels)
         self.agreed += same
         return same
+
+    def close(self) -> None:
+        self.candidate.close()
 
     @property
     def agreement(self) -> float:

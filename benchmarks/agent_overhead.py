@@ -22,9 +22,8 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from agent import postprocess
 from agent.frames import decode
-from agent.preprocess import preprocess
+from agent.model import LoadedBundle
 from agent.runtimes import open_runtime
 from agent.telemetry import Window
 from compiler.bundle import write_bundle
@@ -54,31 +53,34 @@ def compile_bundle(name: str, source: Path, description: Path, calibration: Path
     return write_bundle(result, info, target, cal, ev, key, work / "bundles", 1).directory
 
 
-def measure(name: str, bundle: Path, photos: list[bytes], frames: int, threads: int) -> dict[str, float]:
+def open_runtime_for(bundle: Path, threads: int):  # type: ignore[no-untyped-def]
     from contract.manifest import load_manifest
 
     manifest = load_manifest((bundle / "manifest.json").read_bytes())
-    io = manifest.io
+    return open_runtime(manifest.target.runtime.name, bundle / manifest.model_file.path, threads)
+
+
+def measure(name: str, bundle: Path, photos: list[bytes], frames: int, threads: int) -> dict[str, float]:
+    from contract.manifest import load_manifest
+
+    loaded = LoadedBundle(bundle, load_manifest((bundle / "manifest.json").read_bytes()), "0" * 64,
+                          open_runtime_for(bundle, threads))
     process = psutil.Process()
-    runtime = open_runtime(manifest.target.runtime.name, bundle / manifest.model_file.path, threads)
-    post = postprocess.get(io.postprocessor.name)
-    ready, _ = preprocess(decode(photos[0], 1 << 26), io.preprocessing)
-    feed = {io.inputs[0].name: ready}
+    ready, _ = loaded.prepare(decode(photos[0], 1 << 26))
     for _ in range(10):
-        runtime.run(feed)
+        loaded.run(ready)
     rss_idle = process.memory_info().rss
     bare, decoding, pipeline = [], [], []
     window = Window()
     for i in range(frames):
         started = time.perf_counter()
-        runtime.run(feed)
+        loaded.run(ready)  # the model alone
         bare.append(time.perf_counter() - started)
 
         started = time.perf_counter()
         frame = decode(photos[i % len(photos)], 1 << 26)
         decoded = time.perf_counter()
-        x, place = preprocess(frame, io.preprocessing)
-        prediction = post(runtime.run({io.inputs[0].name: x}), io.labels, io.postprocessor.params, place)
+        prediction = loaded.predict(frame).prediction  # the agent's one path
         window.inferred(frame, prediction, 0.0)
         done = time.perf_counter()
         decoding.append(decoded - started)

@@ -21,9 +21,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from agent.runtimes import open_runtime
+from agent.runtimes import open_runtime, time_runs
 from compiler.description import ModelDescription, load_description
-from compiler.evaluate import ImageSet, image_sets, latency_ms
+from compiler.evaluate import ImageSet, image_sets
 from compiler.passes.calibration import NpzReader, load_samples
 from compiler.pipeline import Pipeline, Step
 from compiler.target import PassSpec, load_target
@@ -55,7 +55,7 @@ def interleaved_latency(rows: list[Row], feed: dict[str, np.ndarray], threads: i
     for _ in range(rounds):
         for i, runtime in enumerate(runtimes):
             if runtime is not None:
-                samples[i].append(latency_ms(runtime, feed, warmup=5, iterations=40)[0])
+                samples[i].append(float(np.percentile(time_runs(runtime, feed, warmup=5, iterations=40), 50)))
     for row, values in zip(rows, samples, strict=True):
         row.p50 = float(np.median(values)) if values else float("nan")
 

@@ -25,9 +25,9 @@ from onnx import TensorProto, helper
 from rich.console import Console
 from rich.table import Table
 
-from agent.runtimes import open_runtime
+from agent.runtimes import open_runtime, time_runs
 from compiler.description import load_description
-from compiler.evaluate import image_sets, latency_ms
+from compiler.evaluate import image_sets
 from compiler.passes import get_pass
 from compiler.pipeline import Pipeline
 from compiler.target import load_target
@@ -77,7 +77,8 @@ def paired(models: dict[str, Path], fidelity: dict[str, float], rounds: int) -> 
     for threads in (2, 1):
         runtimes = {name: open_runtime("onnxruntime", path, threads) for name, path in models.items()}
         feed = {next(iter(runtimes.values())).input_names[0]: x}
-        ms = np.array([[latency_ms(r, feed, 3, 20)[0] for r in runtimes.values()] for _ in range(rounds)])
+        ms = np.array([[np.percentile(time_runs(r, feed, 3, 20), 50) for r in runtimes.values()]
+                       for _ in range(rounds)])
         for i, name in enumerate(runtimes):
             ratio = ms[:, i] / ms[:, 0]
             table.add_row(name, f"{fidelity[name]:.4f}", str(threads), f"{np.median(ms[:, i]):.2f}",
@@ -99,7 +100,8 @@ def transposes(work: Path) -> Table:
         model = work / f"transpose-{channels}.onnx"
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
         feed = {"x": np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)}
-        cells = [f"{latency_ms(open_runtime('onnxruntime', model, t), feed, 3, 200)[0] * 1000:.0f}" for t in (1, 2)]
+        cells = [f"{np.percentile(time_runs(open_runtime('onnxruntime', model, t), feed, 3, 200), 50) * 1000:.0f}"
+                 for t in (1, 2)]
         table.add_row(str(channels), *cells)
     return table
 

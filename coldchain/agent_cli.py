@@ -5,7 +5,6 @@ Imports only the agent and the contract: a device installs ``coldchain[agent]`` 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -103,11 +102,10 @@ def infer(
     other images are still inferred, and the exit code is then 1."""
     import tempfile
 
-    from agent import postprocess, runtimes
     from agent.errors import AgentError
     from agent.frames import decode
-    from agent.preprocess import preprocess
-    from contract.bundle import unpack, verify_dir
+    from agent.model import LoadedBundle
+    from contract.bundle import unpack
     from contract.signing import TrustStore
 
     files, problems = _expand(images)
@@ -116,9 +114,8 @@ def infer(
     with tempfile.TemporaryDirectory() as tmp, user_errors(AgentError, OSError):
         trust = TrustStore.from_paths(trusted)
         directory = unpack(bundle, Path(tmp), trust) if bundle.is_file() else bundle
-        manifest = verify_dir(directory, trust)
-        runtime = runtimes.open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, threads)
-        post = postprocess.get(manifest.io.postprocessor.name)
+        loaded = LoadedBundle.open_bundle(directory, trust, threads)
+        manifest = loaded.manifest
         table = Table(title=f"{manifest.model.name} v{manifest.model.version} ({manifest.target.name})")
         for col in ("image", "prediction", "inventory", "ms"):
             table.add_column(col)
@@ -131,14 +128,12 @@ def infer(
             except AgentError as exc:
                 table.add_row(str(image), f"[red]{escape(str(exc))}[/]", "", "")
                 continue
-            started = time.perf_counter()
-            x, place = preprocess(frame, manifest.io.preprocessing)
-            prediction = post(runtime.run({manifest.io.inputs[0].name: x}), manifest.io.labels,
-                              manifest.io.postprocessor.params, place)
-            ms = (time.perf_counter() - started) * 1000
+            result = loaded.predict(frame)
+            prediction, ms = result.prediction, result.total_ms
             shown = ", ".join(f"{d.label} {d.score:.2f}" for d in prediction.detections[:5]) or "(nothing)"
             table.add_row(str(image), shown, ", ".join(f"{k} x{v}" for k, v in prediction.inventory.items()),
                           f"{ms:.1f}")
+        loaded.close()
     console.print(table)
     if problems:
         raise typer.Exit(1)

@@ -37,10 +37,8 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
     import cv2
     import numpy as np
 
-    from agent import postprocess
     from agent.errors import AgentError
-    from agent.preprocess import preprocess
-    from agent.runtimes import open_runtime
+    from agent.model import LoadedBundle
     from agent.selftest import run_golden
     from cloud.errors import CloudError
     from coldchain.compile_cli import compile_one
@@ -51,7 +49,7 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
     from compiler.registry import register_model, sqlite_uri
     from compiler.target import load_target
     from contract import signing
-    from contract.bundle import unpack, verify_dir
+    from contract.bundle import unpack
     from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
     from examples.fridge.faulty import write_faulty_model
     from examples.fridge.synth import write_dataset
@@ -95,15 +93,16 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
         bundle = register_and_compile(MODEL_FILE, "the fridge model")
         trust = signing.TrustStore.from_paths([pair.public])
         installed = unpack(bundle.tarball, workspace / "device" / bundle.tarball.name.removesuffix(".tar.gz"), trust)
-        manifest = verify_dir(installed, trust)
-        runtime = open_runtime(manifest.target.runtime.name, installed / manifest.model_file.path, 2)
-        check = run_golden(runtime, manifest.io, manifest.golden, installed / manifest.golden.file)
+        loaded = LoadedBundle.open_bundle(installed, trust, threads=2)
+        manifest = loaded.manifest
+        check = run_golden(loaded, manifest.golden, installed / manifest.golden.file)
         console.print(f"bundle verified (signature, {len(manifest.files)} files, every chunk hash); golden self-test "
                       f"{'[green]passed' if check.passed else '[red]FAILED'}[/] (max error {check.max_abs_error:.4f} "
                       f"<= {check.tolerance:.4f})")
         if not check.passed:
             raise fail("the bundle's golden self-test failed on this machine")
-        _inventory(workspace / "frames", manifest, runtime, cv2, np, postprocess, preprocess)
+        with loaded:
+            _inventory(workspace / "frames", loaded, cv2, np)
         console.rule("[bold]v2: a faulty model (broken classifier head) that passes every compile-time check")
         broken = write_faulty_model(MODEL_FILE, workspace / "models" / "fridge-v2-broken-head.onnx")
         faulty = register_and_compile(broken, "v2")
@@ -118,9 +117,8 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
                   f"  .venv/bin/coldchain monitor --by device --db {db} --plot {workspace / 'monitor.png'}")
 
 
-def _inventory(frames: Path, manifest, runtime, cv2, np, postprocess, preprocess) -> None:  # type: ignore[no-untyped-def]
-    io = manifest.io
-    post = postprocess.get(io.postprocessor.name)
+def _inventory(frames: Path, loaded, cv2, np) -> None:  # type: ignore[no-untyped-def]
+    io, manifest = loaded.io, loaded.manifest
     rows = (frames / "labels.csv").read_text().splitlines()[1:]
     table = Table(title=f"Inventory by the compiled bundle ({manifest.target.name}, sequence {manifest.sequence})")
     for col in ("photo", "in the fridge (truth)", "model sees", "ok"):
@@ -130,10 +128,9 @@ def _inventory(frames: Path, manifest, runtime, cv2, np, postprocess, preprocess
     for row in rows:
         name, *flags = row.split(",")
         truth = {label for label, flag in zip(io.labels, flags, strict=True) if flag == "1"}
-        started = time.perf_counter()
-        x, place = preprocess(cv2.imread(str(frames / name)), io.preprocessing)
-        seen = post(runtime.run({io.inputs[0].name: x}), io.labels, io.postprocessor.params, place).labels
-        latencies.append((time.perf_counter() - started) * 1000)
+        result = loaded.predict(cv2.imread(str(frames / name)))
+        seen = result.prediction.labels
+        latencies.append(result.total_ms)
         for i, label in enumerate(io.labels):
             hits[i] += [label in seen and label in truth, label in seen and label not in truth,
                         label in truth and label not in seen]

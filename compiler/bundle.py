@@ -15,8 +15,7 @@ import onnxruntime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import stats as agent_stats
-from agent.preprocess import preprocess
-from agent.runtimes import open_runtime
+from agent.model import LoadedModel
 from agent.selftest import output_stride, run_golden
 from compiler.evaluate import ImageSet, run_model
 from compiler.passes.tensorrt import EXTRAS
@@ -74,15 +73,14 @@ def _small(frame: np.ndarray, longest: int = 96) -> np.ndarray:
 def _golden(result: CompileResult, target: TargetProfile, evaluation: ImageSet, directory: Path,
             cases: int) -> Golden:
     """Small real frames and strided samples of the compiled model's outputs on them (agent.selftest)."""
-    runtime = open_runtime(evaluation_runtime(result.final.model), result.final.model, 1)
+    model = LoadedModel.open(result.final.model, result.io, evaluation_runtime(result.final.model), 1)
     arrays: dict[str, np.ndarray] = {}
     peak = 0.0
     count = min(cases, len(evaluation.frames))
     for i, frame in enumerate(evaluation.frames[:count]):
         small = _small(frame)
         arrays[f"frame/{i}"] = small
-        x, _ = preprocess(small, result.io.preprocessing)
-        for j, out in enumerate(runtime.run({result.io.inputs[0].name: x})):
+        for j, out in enumerate(model.predict(small).outputs):
             flat = np.asarray(out, np.float32).ravel()
             stride = output_stride(flat.size)
             arrays[f"stride/{j}"] = np.array(stride)
@@ -92,7 +90,8 @@ def _golden(result: CompileResult, target: TargetProfile, evaluation: ImageSet, 
     # Another CPU or runtime build may round int8 differently by a step or two: 2 % of the
     # output range (at least 1e-3) separates that from a broken runtime.
     golden = Golden(file=GOLDEN_FILE, cases=count, atol=max(1e-3, 0.02 * peak), rtol=0.0)
-    check = run_golden(runtime, result.io, golden, directory / GOLDEN_FILE)
+    with model:
+        check = run_golden(model, golden, directory / GOLDEN_FILE)
     if not check.passed:
         raise BundleError(f"the bundle fails its own golden self-test on the build host (max error "
                           f"{check.max_abs_error:.4g}, tolerance {check.tolerance:.4g})")
@@ -100,8 +99,9 @@ def _golden(result: CompileResult, target: TargetProfile, evaluation: ImageSet, 
 
 
 def _reference(result: CompileResult, target: TargetProfile, calibration: ImageSet) -> ReferenceProfile:
-    runtime = open_runtime(evaluation_runtime(result.final.model), result.final.model, target.host_threads)
-    run = run_model(runtime, result.io, calibration)
+    with LoadedModel.open(result.final.model, result.io, evaluation_runtime(result.final.model),
+                          target.host_threads) as model:
+        run = run_model(model, calibration)
     top = [float(np.max(p.scores)) if p.scores.size else 0.0 for p in run.predictions]
     rates = {label: float(np.mean([label in p.labels for p in run.predictions])) for label in result.io.labels}
     return ReferenceProfile(

@@ -20,9 +20,9 @@ import numpy as np
 from agent import postprocess
 from agent.errors import AgentError
 from agent.frames import IMAGE_SUFFIXES
+from agent.model import LoadedModel
 from agent.postprocess import Prediction
 from agent.preprocess import Letterbox, preprocess
-from agent.runtimes import ModelRuntime, time_runs
 from compiler.description import ModelDescription
 from compiler.errors import CalibrationError
 from contract.manifest import IOSpec, Preprocessing, Task
@@ -136,10 +136,15 @@ class Run:
     predictions: list[Prediction]
 
 
-def run_model(runtime: ModelRuntime, io: IOSpec, images: ImageSet) -> Run:
-    feeds, places = images.inputs(io.preprocessing, io.inputs[0].name)
-    outputs = [[np.asarray(o) for o in runtime.run(feed)] for feed in feeds]
-    return Run(outputs, postprocess_all(outputs, io, places))
+def run_model(model: LoadedModel, images: ImageSet) -> Run:
+    """Every image through the agent's own path (``LoadedModel``); inputs are prepared once per set."""
+    name = model.io.inputs[0].name
+    feeds, places = images.inputs(model.io.preprocessing, name)
+    try:
+        results = [model.infer(feed[name], place) for feed, place in zip(feeds, places, strict=True)]
+    except AgentError as exc:
+        raise CalibrationError(f"the model's outputs cannot be postprocessed: {exc}") from exc
+    return Run([r.outputs for r in results], [r.prediction for r in results])
 
 
 def postprocess_all(outputs: list[list[np.ndarray]], io: IOSpec, places: list[Letterbox],
@@ -152,8 +157,7 @@ def postprocess_all(outputs: list[list[np.ndarray]], io: IOSpec, places: list[Le
         raise CalibrationError(f"the model's outputs cannot be postprocessed: {exc}") from exc
 
 
-def latency_ms(runtime: ModelRuntime, feed: dict[str, Any], warmup: int = 5, iterations: int = 40) -> tuple[float,
-                                                                                                           float]:
-    """p50 and p95 of ``runtime.run`` on one ready input, in milliseconds."""
-    times = time_runs(runtime, feed, warmup, iterations)
+def latency_ms(model: LoadedModel, x: np.ndarray, warmup: int = 5, iterations: int = 40) -> tuple[float, float]:
+    """p50 and p95 of the model alone on one prepared input, in milliseconds."""
+    times = model.time_runs(x, warmup, iterations)
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtimes import ModelRuntime, open_runtime
+from agent.model import LoadedModel
 from compiler import onnxio
 from compiler.description import ModelDescription
 from compiler.errors import BudgetError, CompilerError, PassError, UnsupportedOpsError, first_line
@@ -92,8 +92,8 @@ class Pipeline:
         self.stage = "starting"  # what the pipeline is doing now: where a failed compile stopped
 
     # ---- measuring ------------------------------------------------------------------------
-    def _runtime(self, model: Path) -> ModelRuntime:
-        return open_runtime(evaluation_runtime(model), model, self.target.host_threads)
+    def _open(self, model: Path, io: IOSpec) -> LoadedModel:
+        return LoadedModel.open(model, io, evaluation_runtime(model), self.target.host_threads)
 
     def fidelity(self, reference: Run, run: Run, io: IOSpec) -> float:
         if self.task is Task.DETECTION:
@@ -118,12 +118,12 @@ class Pipeline:
     def measure(self, name: str, model: Path, config: dict[str, Any], reference: Run | None,
                 float_accuracy: float | None) -> tuple[Step, Run, IOSpec]:
         io = io_for(model, self.description)
-        runtime = self._runtime(model)
-        run = run_model(runtime, io, self.evaluation)
+        with self._open(model, io) as loaded:
+            run = run_model(loaded, self.evaluation)
+            feeds, _ = self.evaluation.inputs(io.preprocessing, io.inputs[0].name)
+            p50, p95 = latency_ms(loaded, feeds[0][io.inputs[0].name])
         fidelity = 1.0 if reference is None else self.fidelity(reference, run, io)
         accuracy = self.accuracy(run)
-        feeds, _ = self.evaluation.inputs(io.preprocessing, io.inputs[0].name)
-        p50, p95 = latency_ms(runtime, feeds[0])
         within = fidelity >= self.min_fidelity and (
             accuracy is None or float_accuracy is None
             or float_accuracy - accuracy <= self.target.budget.max_accuracy_drop)

@@ -24,6 +24,9 @@ class ModelRuntime(Protocol):
 
     def run(self, feed: Mapping[str, npt.NDArray[Any]]) -> Sequence[npt.NDArray[Any]]: ...
 
+    def close(self) -> None:
+        """Free the session, interpreter or GPU buffers; the runtime is unusable afterwards."""
+
 
 def open_runtime(runtime: Runtime | str, model: Path, threads: int = 1, cache_dir: Path | None = None) -> ModelRuntime:
     """Load ``model`` with ``runtime``; RuntimeUnavailableError says what to install when it is missing.

@@ -46,6 +46,9 @@ class LiteRTRuntime:
         self.input_names = [d["name"] for d in self._inputs]
         self.output_names = [d["name"] for d in self._outputs]
 
+    def close(self) -> None:
+        self.interpreter = None
+
     def run(self, feed: Mapping[str, npt.NDArray[Any]]) -> Sequence[npt.NDArray[Any]]:
         for detail in self._inputs:
             self.interpreter.set_tensor(detail["index"], feed[detail["name"]])

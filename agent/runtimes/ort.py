@@ -30,3 +30,6 @@ class OrtRuntime:
 
     def run(self, feed: Mapping[str, npt.NDArray[Any]]) -> Sequence[npt.NDArray[Any]]:
         return self.session.run(self.output_names, dict(feed))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.session = None  # onnxruntime frees the session with its last reference

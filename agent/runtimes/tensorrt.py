@@ -132,6 +132,17 @@ class TensorRTRuntime:
         self.context.set_tensor_address(name, pointer)
         return pointer
 
+    def close(self) -> None:
+        """Free every device buffer and the stream (the engine and context go with their references)."""
+        for pointer, _ in self.buffers.values():
+            if pointer:
+                _check(self.cudart.cudaFree(pointer))
+        self.buffers.clear()
+        if self.stream is not None:
+            _check(self.cudart.cudaStreamDestroy(self.stream))
+            self.stream = None
+        self.context = self.engine = None
+
     def run(self, feed: Mapping[str, npt.NDArray[Any]]) -> Sequence[npt.NDArray[Any]]:
         cudart = self.cudart
         kinds = cudart.cudaMemcpyKind

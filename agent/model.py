@@ -1,0 +1,127 @@
+"""The one path from a frame to a prediction: preprocess -> the runtime -> postprocess.
+
+Everything that runs a model goes through :class:`LoadedModel`: the agent loop and its shadow
+runs, the golden self-test, the profile command, ``coldchain agent infer``, the demo, and the
+compiler's evaluation, latency and golden I/O. So what probation, shadow runs and compile-time
+fidelity measure cannot drift apart. A verified bundle is a :class:`LoadedBundle`: verified once
+when it is opened, closed when it is no longer active (``close()`` or ``with``).
+``tests/agent/test_model.py`` fails if anything else calls a runtime's ``run()``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent import postprocess, runtimes
+from agent.postprocess import Prediction
+from agent.preprocess import Letterbox, preprocess
+from contract.bundle import manifest_sha256, verify_dir
+from contract.common import BundleRef, Runtime
+from contract.manifest import IOSpec, Manifest
+from contract.signing import TrustStore
+
+Outputs = list[npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class Inference:
+    prediction: Prediction
+    outputs: Outputs
+    model_ms: float  # the runtime alone
+    total_ms: float  # preprocessing, runtime and postprocessing
+
+
+class LoadedModel:
+    """A model file with its runtime open, and the IO spec that says how frames become inputs and
+    outputs become predictions."""
+
+    def __init__(self, runtime: runtimes.ModelRuntime, io: IOSpec) -> None:
+        self.runtime = runtime
+        self.io = io
+        self._post = postprocess.get(io.postprocessor.name)
+
+    @classmethod
+    def open(cls, model: Path, io: IOSpec, runtime: Runtime | str, threads: int = 1,
+             cache_dir: Path | None = None) -> LoadedModel:
+        return cls(runtimes.open_runtime(runtime, model, threads, cache_dir), io)
+
+    # ---- the path ---------------------------------------------------------------------------
+    def prepare(self, frame: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[Any], Letterbox]:
+        return preprocess(frame, self.io.preprocessing)
+
+    def run(self, x: npt.NDArray[Any]) -> Outputs:
+        """The model on one prepared input: the only call of a runtime's ``run`` in coldchain."""
+        return [np.asarray(o) for o in self.runtime.run({self.io.inputs[0].name: x})]
+
+    def decide(self, outputs: Outputs, place: Letterbox, overrides: dict[str, Any] | None = None) -> Prediction:
+        params = self.io.postprocessor.params if not overrides else {**self.io.postprocessor.params, **overrides}
+        return self._post(outputs, self.io.labels, params, place)
+
+    def infer(self, x: npt.NDArray[Any], place: Letterbox) -> Inference:
+        """A prepared input (the compiler prepares its evaluation images once) to a prediction."""
+        started = time.perf_counter()
+        outputs = self.run(x)
+        model_ms = (time.perf_counter() - started) * 1000
+        prediction = self.decide(outputs, place)
+        return Inference(prediction, outputs, model_ms, (time.perf_counter() - started) * 1000)
+
+    def predict(self, frame: npt.NDArray[np.uint8]) -> Inference:
+        """A frame (BGR uint8, any size) to a prediction."""
+        started = time.perf_counter()
+        x, place = self.prepare(frame)
+        result = self.infer(x, place)
+        return Inference(result.prediction, result.outputs, result.model_ms, (time.perf_counter() - started) * 1000)
+
+    # ---- timing -----------------------------------------------------------------------------
+    def blank(self) -> npt.NDArray[Any]:
+        """The model input made from a black frame."""
+        spec = self.io.preprocessing
+        return self.prepare(np.zeros((spec.height, spec.width, 3), np.uint8))[0]
+
+    def time_runs(self, x: npt.NDArray[Any] | None = None, warmup: int = 5, iterations: int = 40) -> list[float]:
+        """Milliseconds of each of ``iterations`` runs on one prepared input after ``warmup`` untimed
+        ones (the compiler's latency, the device's profile command and its install-time timing)."""
+        x = self.blank() if x is None else x
+        return runtimes.time_runs(self.runtime, {self.io.inputs[0].name: x}, warmup, iterations)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        self.runtime.close()
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+class LoadedBundle(LoadedModel):
+    """A bundle directory, verified once (signature, every file hash) when it is opened."""
+
+    def __init__(self, directory: Path, manifest: Manifest, sha256: str, runtime: runtimes.ModelRuntime) -> None:
+        super().__init__(runtime, manifest.io)
+        self.directory, self.manifest, self.sha256 = directory, manifest, sha256
+
+    @classmethod
+    def open_bundle(cls, directory: Path, trust: TrustStore, threads: int = 1,
+                    cache_dir: Path | None = None) -> LoadedBundle:
+        manifest = verify_dir(directory, trust)
+        runtime = runtimes.open_runtime(manifest.target.runtime.name, directory / manifest.model_file.path, threads,
+                                        cache_dir)
+        return cls(directory, manifest, manifest_sha256(directory), runtime)
+
+    @property
+    def ref(self) -> BundleRef:
+        return BundleRef(model_name=self.manifest.model.name, model_version=self.manifest.model.version,
+                         target=self.manifest.target.name, sequence=self.manifest.sequence, sha256=self.sha256)
+
+    def __enter__(self) -> LoadedBundle:
+        return self
