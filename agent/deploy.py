@@ -19,7 +19,7 @@ from pathlib import Path
 from agent.errors import AgentError, TransferError
 from agent.faults import fault
 from agent.jobs import JobRecord, JobStore
-from agent.model import LoadedBundle
+from agent.model import LoadedBundle, paired_latency
 from agent.receiver import Download
 from agent.recovery import check_slots
 from agent.runtimes import version_at_least
@@ -40,10 +40,14 @@ Emit = Callable[[str, JobState, str | None, float | None], None]  # job id, stat
 
 @dataclass(frozen=True)
 class ProbationLimits:
+    """How a new bundle is judged on this device. Latency is judged against the bundle it replaces,
+    timed on this same device (never against the build host's figure, which is information only)."""
+
     max_error_rate: float = 0.05
-    latency_factor: float = 3.0  # the model's p95 on the device may exceed the build host's p95 by this factor
-    latency_slack_ms: float = 2.0  # plus this much: a sub-millisecond model is otherwise judged on scheduler noise
+    max_latency_ratio: float = 1.5  # candidate / predecessor model latency (a deploy command may set its own)
+    latency_slack_ms: float = 2.0  # plus this much live: a sub-millisecond model is otherwise judged on noise
     min_inferences: int = 20
+    timing_rounds: int = 15  # paired rounds of the install-time timing
 
 
 class Deployer:
@@ -58,7 +62,6 @@ class Deployer:
         self.threads = threads
         self.limits = limits
         self.slots = SlotStore(data_dir)
-        self._manifests: dict[str, Manifest] = {}  # by manifest sha: verified once, not every window
         self.recovered = check_slots(self.slots, trust)  # what was repaired at start, for the agent to report
         self.engine_cache = data_dir / "engines"  # TensorRT plans, keyed by model, TensorRT version and GPU
         self.jobs = JobStore(data_dir)
@@ -201,23 +204,29 @@ class Deployer:
         self._move(record, JobState.ACTIVATING)
         return self.advance(record)
 
+    def latency_limit(self, record: JobRecord) -> float:
+        ratio = DeployCommand.model_validate(record.command).max_latency_ratio
+        return ratio if ratio is not None else self.limits.max_latency_ratio
+
     def probation(self, record: JobRecord, inferences: int, errors: int, non_finite: int, p95_ms: float | None,
-                  now: float | None = None) -> JobRecord:
-        """Judge the new bundle on live frames; roll back by itself when it misbehaves."""
+                  now: float | None = None, baseline_p95_ms: float | None = None) -> JobRecord:
+        """Judge the new bundle on live frames; roll back by itself when it misbehaves.
+
+        ``baseline_p95_ms``: the live model p95 the bundle it replaced had on this device (the
+        agent keeps it per bundle); without one, latency was judged at install (paired timing)."""
         if record.state is not JobState.PROBATION:
             return record
-        manifest = self._active_manifest()
         reason = None
+        limit = self.latency_limit(record)
         if non_finite:
             reason = f"{non_finite} outputs were NaN or infinite"
         elif inferences >= self.limits.min_inferences and errors / max(inferences, 1) > self.limits.max_error_rate:
             reason = f"error rate {errors / inferences:.1%} above {self.limits.max_error_rate:.0%}"
-        elif (p95_ms is not None and manifest.metrics.compiled_latency is not None
-              and inferences >= self.limits.min_inferences):
-            expected = manifest.metrics.compiled_latency.p95_ms
-            ceiling = expected * self.limits.latency_factor + self.limits.latency_slack_ms
+        elif p95_ms is not None and baseline_p95_ms is not None and inferences >= self.limits.min_inferences:
+            ceiling = baseline_p95_ms * limit + self.limits.latency_slack_ms
             if p95_ms > ceiling:
-                reason = f"latency p95 {p95_ms:.1f} ms above {ceiling:.1f} ms"
+                reason = (f"model latency p95 {p95_ms:.1f} ms on this device, above {ceiling:.1f} ms "
+                          f"({limit:g}x the {baseline_p95_ms:.1f} ms of the bundle it replaced, plus slack)")
         if reason is not None:
             return self._move(record, JobState.ROLLED_BACK, f"probation failed: {reason}; {self._restore()}")
         command = DeployCommand.model_validate(record.command)
@@ -270,20 +279,29 @@ class Deployer:
         # the installed copy, not the staging one; TensorRT builds its engine here, at install
         with LoadedBundle.open_bundle(directory, self.trust, self.threads, self.engine_cache) as candidate:
             result = run_golden(candidate, candidate.manifest.golden, directory / candidate.manifest.golden.file)
-            self._manifests[candidate.sha256] = candidate.manifest
         if not result.passed:
             raise AgentError(f"golden self-test failed: max error {result.max_abs_error:.4g} above tolerance "
                              f"{result.tolerance:.4g}; the runtime here does not compute what the compiler measured")
+        self._time_against_active(record, directory)
 
-    def _active_manifest(self) -> Manifest:
-        """The active bundle's manifest, read once per bundle (it was verified when installed)."""
-        path, sha = self.slots.active_path(), self.slots.pointer().active_sha256
-        if path is None or sha is None:
-            raise AgentError("no active bundle")
-        if sha not in self._manifests:
-            self._manifests.clear()
-            self._manifests[sha] = verify_dir(path, self.trust)
-        return self._manifests[sha]
+    def _time_against_active(self, record: JobRecord, directory: Path) -> None:
+        """Time the candidate and the active bundle in alternation on this device: too much slower
+        than what it replaces, it is refused before it ever becomes active."""
+        active = self.slots.active_path()
+        record.predecessor_sha256 = self.slots.pointer().active_sha256
+        if active is None or record.predecessor_sha256 in (None, record.manifest_sha256):
+            self.jobs.save(record)
+            return
+        with LoadedBundle.open_bundle(directory, self.trust, self.threads, self.engine_cache) as candidate, \
+                LoadedBundle.open_bundle(active, self.trust, self.threads, self.engine_cache) as predecessor:
+            record.install_ms, record.predecessor_ms = paired_latency(candidate, predecessor,
+                                                                      self.limits.timing_rounds)
+        self.jobs.save(record)
+        limit = self.latency_limit(record)
+        ratio = record.install_ms / max(record.predecessor_ms, 1e-6)
+        if ratio > limit:  # medians of paired rounds: steady enough to judge without slack
+            raise AgentError(f"on this device the candidate takes {record.install_ms:.2f} ms per inference, "
+                             f"{ratio:.2f}x the {record.predecessor_ms:.2f} ms of the active bundle (limit {limit:g}x)")
 
     def _cleanup(self, command: DeployCommand) -> None:
         self._download(command).discard()

@@ -25,6 +25,9 @@ class JobRecord:
     sequence: int | None = None
     probation_started: float | None = None  # Unix time
     shadow_started: float | None = None  # Unix time
+    predecessor_sha256: str | None = None  # the bundle that was active when this one was installed
+    install_ms: float | None = None  # the candidate's model latency at install, paired with
+    predecessor_ms: float | None = None  # ... the predecessor's, timed on this device in the same rounds
     history: list[tuple[str, str | None, str]] = field(default_factory=list)  # (state, reason, UTC time)
 
     @property

@@ -79,6 +79,7 @@ class Agent:
         self.highest_chunk: dict[str, int] = {}  # job id -> highest chunk index received
         self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
         self.source_ended = False  # a finite source gave every frame: no more inference, the rest goes on
+        self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
         if self.deployer.recovered:  # the data directory was repaired at start: say what was done, once
             log.warning("%s", self.deployer.recovered)
             self._error("slots_recovered", self.deployer.recovered)
@@ -289,10 +290,15 @@ class Agent:
             record = self.deployer.jobs.get(job_id)
             if record is None or record.state is not JobState.SHADOW:
                 self.shadows.pop(job_id).close()
+        active = self.deployer.slots.pointer().active_sha256
+        if active is not None and self.window.inferences >= self.deployer.limits.min_inferences:
+            self.live_p95[active] = self.window.p95()  # what each bundle did here: the next one is judged on it
+            del_oldest(self.live_p95, 8)
         for record in self.deployer.jobs.unfinished():
             if record.state is JobState.PROBATION:
+                baseline = self.live_p95.get(record.predecessor_sha256 or "")
                 self.deployer.probation(record, self.window.inferences, sum(self.window.errors.values()),
-                                        self.window.non_finite, self.window.p95())
+                                        self.window.non_finite, self.window.p95(), baseline_p95_ms=baseline)
             elif record.state is JobState.SHADOW:
                 self.shadow_step(record)
         self.window = Window()
@@ -387,6 +393,12 @@ class Agent:
                                    retain=True)
             self.transport.stop()
             self.spool.close()
+
+
+def del_oldest(mapping: dict[str, float | None], keep: int) -> None:
+    """Keep the ``keep`` newest entries of an insertion-ordered dict."""
+    for key in list(mapping)[:-keep]:
+        del mapping[key]
 
 
 def run_agent(config: AgentConfig, source: FrameSource | None, seconds: float | None = None) -> Agent:

@@ -103,6 +103,24 @@ class LoadedModel:
         self.close()
 
 
+def paired_latency(a: LoadedModel, b: LoadedModel, rounds: int = 15, warmup: int = 3,
+                   block_ms: float = 5.0) -> tuple[float, float]:
+    """Median model latency (ms) of ``a`` and ``b`` timed in alternation on this device, each on its
+    own preprocessing of the same black frame, so whatever slows the device slows both alike. Each
+    round times a block of runs of each (at least ``block_ms`` long, so a sub-millisecond model is
+    not judged on timer and cache noise), in alternating order."""
+    xa, xb = a.blank(), b.blank()
+    first = max(a.time_runs(xa, warmup, 3) + b.time_runs(xb, warmup, 3))
+    n = max(1, min(200, int(block_ms / max(first, 1e-3))))
+    times_a: list[float] = []
+    times_b: list[float] = []
+    for r in range(rounds):
+        pair = ((a, xa, times_a), (b, xb, times_b))
+        for model, x, times in pair if r % 2 == 0 else pair[::-1]:
+            times.append(float(np.mean(model.time_runs(x, 0, n))))
+    return float(np.median(times_a)), float(np.median(times_b))
+
+
 class LoadedBundle(LoadedModel):
     """A bundle directory, verified once (signature, every file hash) when it is opened."""
 

@@ -117,7 +117,8 @@ class Controller:
             if device.state != "PENDING":
                 continue
             command = DeployCommand(job_id=device.job_id, bundle=bundle_ref(bundle), artifact=artifact.ref(group),
-                                    probation_s=plan.probation_s, shadow_s=plan.shadow_s)
+                                    probation_s=plan.probation_s, shadow_s=plan.shadow_s,
+                                    max_latency_ratio=plan.gates.max_latency_ratio)  # judged on each device too
             self.transport.publish(topics.commands(device.device_id), command.to_json())
             device.deploy_sent_at = clock
         rollout.wave_started_at = clock
@@ -156,9 +157,10 @@ class Controller:
             TelemetryRow.received_at >= started)).all() if ids else []
         previous = {d.previous["sha256"] for d in wave if d.previous}
         base_rows = session.scalars(select(TelemetryRow).where(
-            TelemetryRow.bundle_sha256.in_(previous), TelemetryRow.inferences > 0)
-            .order_by(TelemetryRow.id.desc()).limit(2000)).all() if previous else []
-        baseline, source = prediction_rates(summarize(windows(base_rows))), "the previous bundle on these devices"
+            TelemetryRow.device_id.in_(ids), TelemetryRow.bundle_sha256.in_(previous), TelemetryRow.inferences > 0)
+            .order_by(TelemetryRow.id.desc()).limit(2000)).all() if previous and ids else []
+        base = summarize(windows(base_rows))
+        baseline, source = prediction_rates(base), "the previous bundle on these devices"
         if not baseline:  # no telemetry of what ran before: the reference of the model's previous bundle
             bundle = session.get(BundleRow, rollout.bundle_sha256)
             if bundle is None:
@@ -169,7 +171,8 @@ class Controller:
         jobs = [d.job_id for d in wave]
         shadows = session.scalars(select(EventRow).where(EventRow.type == "shadow", EventRow.job_id.in_(jobs))).all()
         return WaveEvidence(states, summarize(windows(rows)), baseline,
-                            source, [float(e.payload.get("agreement", 0.0)) for e in shadows])
+                            source, [float(e.payload.get("agreement", 0.0)) for e in shadows],
+                            baseline_model_p95=base.model_p95)
 
     def _abort(self, session: Session, rollout: Rollout) -> None:
         for device in self._devices(session, rollout.id):

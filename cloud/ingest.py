@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.mqtt import Connected, Inbound, Received, Subscribed, Transport
@@ -94,9 +94,10 @@ def _check_device(payload_device: str, topic_device: str | None) -> None:
 def _state(session: Session, state: DeviceState, device_id: str | None) -> Outcome:
     _check_device(state.device_id, device_id)
     row = session.get(Device, state.device_id)
-    if row is None:
-        row = Device(id=state.device_id, groups=[], tags={}, reported_groups=[])
-        session.add(row)
+    if row is None:  # two workers may see a new device at once: insert-if-absent, then read it
+        _insert(session, Device.__table__, {"id": state.device_id, "groups": [], "tags": {}, "reported_groups": [],
+                                            "online": False, "first_seen": now(), "last_seen": now()}, ["id"])
+        row = session.execute(select(Device).where(Device.id == state.device_id)).scalar_one()
     row.online, row.last_seen = state.online, now()
     if state.online:  # the last will carries identity only: keep what the device said before
         row.board, row.agent_version = state.board, state.agent_version
@@ -213,7 +214,7 @@ class IngestWorker:
             try:
                 with self.sessions.begin() as session:
                     return [ingest(session, item.topic, item.payload) for item in received]
-            except OperationalError as exc:
+            except (OperationalError, IntegrityError) as exc:  # busy, lost, or raced by another worker
                 if attempt == attempts - 1:
                     raise
                 log.warning("store busy or unreachable (%s); retrying a batch of %d", exc.orig, len(received))

@@ -71,7 +71,8 @@ class Gates(_Frozen):
 
     min_success_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0  # jobs SUCCEEDED / devices in the wave
     max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = 0.02  # errors / (inferences + errors)
-    max_latency_ratio: Annotated[float, Field(gt=0)] | None = 3.0  # p95 on devices / the manifest's p95
+    # model p95 of the new bundle / of the previous bundle on the same devices (also judged on each device)
+    max_latency_ratio: Annotated[float, Field(gt=1)] | None = 1.5
     max_prediction_drift: Annotated[float, Field(ge=0, le=1)] | None = 0.15  # Jensen-Shannon, base 2
     # PSI against the reference profile. Off by default: on a small wave (few devices, correlated
     # frames) PSI is mostly sampling noise; turn it on for large waves (0.25 = significant).

@@ -42,7 +42,7 @@ class FleetResult:
 def demo_plan(groups: list[str], waves: str) -> RolloutPlan:
     """Short probation and observation so the demo fits in minutes; production keeps the defaults."""
     return RolloutPlan(selector=Selector(groups=groups), waves=waves,
-                       gates=Gates(min_inferences=20, max_latency_ratio=None),
+                       gates=Gates(min_inferences=20),
                        timeouts=Timeouts(ack_s=3, wave_s=90, observe_s=4), probation_s=3, chunk_size=64 * 1024)
 
 

@@ -35,7 +35,9 @@ def start(
     tag: Annotated[list[str], typer.Option(help="Select devices with tag key=value (repeatable).")] = [],  # noqa: B006
     min_success: Annotated[float, typer.Option(min=0, max=1, help="Gate: jobs succeeded per wave.")] = 1.0,
     max_error_rate: Annotated[float, typer.Option(min=0, max=1, help="Gate: inference errors.")] = 0.02,
-    max_latency_ratio: Annotated[float, typer.Option(min=0, help="Gate: p95 vs manifest (0 = off).")] = 3.0,
+    max_latency_ratio: Annotated[float, typer.Option(
+        min=0, help="Gate: model p95 vs the previous bundle on the same devices, also judged on each device "
+                    "(0 = off; above 1).")] = 1.5,
     max_prediction_drift: Annotated[float, typer.Option(min=0, max=1, help="Gate: JS vs previous bundle.")] = 0.15,
     max_input_drift: Annotated[float, typer.Option(min=0, help="Gate: PSI vs reference (0 = off).")] = 0.0,
     min_inferences: Annotated[int, typer.Option(min=0, help="Inferences needed per wave to judge.")] = 20,

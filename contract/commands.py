@@ -51,6 +51,9 @@ class DeployCommand(_Command):
     artifact: ArtifactRef
     shadow_s: Seconds | None = None  # run beside the active model this long before activating
     probation_s: Seconds = 300.0
+    # the candidate's model latency on the device may be at most this multiple of the bundle it
+    # replaces, timed on the same device (at install, and live in probation); None: the device's default
+    max_latency_ratio: Annotated[float, Field(gt=1, le=1000)] | None = None
 
 
 class RollbackCommand(_Command):

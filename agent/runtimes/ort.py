@@ -21,6 +21,9 @@ class OrtRuntime:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: real-world models warn about harmless quirks
+        # no busy-waiting between runs: an appliance infers now and then, and a spinning pool steals the
+        # core from everything else (the firmware, or a second model being timed beside this one)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types

@@ -99,3 +99,26 @@ def test_summarize_weights_latency_by_inferences() -> None:
     assert s.inferences == 40 and s.errors == 2 and s.devices == {"a", "b"}
     assert s.latency_p95 == pytest.approx((2 * 30 + 10 * 10) / 40)
     assert s.error_rate == pytest.approx(2 / 42) and s.inventory == {"x": 1}
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_latency_gate_compares_with_the_previous_bundle_on_the_same_devices(world: dict[str, object],
+                                                                           k: float) -> None:
+    """Boards k times slower than the build host: the manifest's figure would fail every healthy
+    bundle at k = 5 and 20; against the previous bundle on the same devices only a really slower one fails."""
+    manifest: Manifest = world["bundles"][5].manifest  # type: ignore[index]
+    gates = Gates(max_input_drift=None, max_prediction_drift=None, min_inferences=10)
+    built = manifest.metrics.compiled_latency.p95_ms  # type: ignore[union-attr]
+
+    def wave(model_p95: float, previous_p95: float | None) -> dict[str, object]:
+        s = Summary(inferences=100, errors=0, model_p95=model_p95)
+        evidence = WaveEvidence(["SUCCEEDED"], s, {}, "the previous bundle", baseline_model_p95=previous_p95)
+        return {r.gate: r for r in evaluate(gates, evidence, manifest)}
+
+    healthy = wave(built * k * 1.1, built * k)
+    assert healthy["latency_p95"].passed and healthy["latency_p95"].value == pytest.approx(1.1)
+    assert "information only" in healthy["latency_p95"].detail
+    slower = wave(built * k * 2.0, built * k)
+    assert not slower["latency_p95"].passed and slower["latency_p95"].value == pytest.approx(2.0)
+    first = wave(built * k * 3.0, None)  # nothing ran here before: nothing to judge against
+    assert first["latency_p95"].passed and "skipped" in first["latency_p95"].detail

@@ -55,7 +55,7 @@ def _dump(cloud: Cloud | None) -> str:
 def plan(groups: list[str]) -> RolloutPlan:
     """Short timeouts; input drift at 0.5 since the test bundles' reference profile has only 30 photos."""
     return RolloutPlan(selector=Selector(groups=groups), waves="1,25%,100%", probation_s=2.0,  # type: ignore[arg-type]
-                       gates=Gates(max_latency_ratio=None, min_inferences=10, max_input_drift=0.5),
+                       gates=Gates(min_inferences=10, max_input_drift=0.5),
                        timeouts=Timeouts(ack_s=3, wave_s=60, observe_s=2.5), chunk_size=32 * 1024)
 
 
