@@ -10,6 +10,7 @@ every hash, the runtime, the anti-rollback sequence and the golden self-test pas
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from contract.signing import TrustStore
 from contract.state import SlotStatus
 from contract.transfer import Chunk, MissingChunks
 
+log = logging.getLogger(__name__)
 Emit = Callable[[str, JobState, str | None, float | None], None]  # job id, state, reason, progress
 
 
@@ -65,6 +67,7 @@ class Deployer:
         self.recovered = check_slots(self.slots, trust)  # what was repaired at start, for the agent to report
         self.engine_cache = data_dir / "engines"  # TensorRT plans, keyed by model, TensorRT version and GPU
         self.jobs = JobStore(data_dir)
+        self._downloads: dict[str, Download] = {}  # by artifact sha: open downloads, bitmaps in memory
 
     # ---- messages ---------------------------------------------------------------------
     def on_deploy(self, command: DeployCommand) -> JobRecord:
@@ -78,7 +81,10 @@ class Deployer:
         self.jobs.save(record)
         self.emit(record.job_id, JobState.QUEUED, None, None)
         self._move(record, JobState.DOWNLOADING)
-        self._download(command)
+        try:
+            self._download(command)
+        except (AgentError, OSError) as exc:  # no room for it, or the disk refuses: the job fails, cleanly
+            return self._fail(record, f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc))
         return record
 
     def on_chunk(self, job_id: str, chunk: Chunk) -> JobRecord | None:
@@ -149,13 +155,31 @@ class Deployer:
                 return self._move(record, JobState.ROLLED_BACK, f"{reason}; {done}").reason or ""
         return done
 
+    def active_unusable(self, reason: str) -> str:
+        """The active bundle no longer verifies or loads (damaged on disk): forget its slot and fall
+        back to the known-good bundle in the other slot, if there is one. Returns what was done."""
+        pointer = self.slots.pointer()
+        if pointer.active is None:
+            return f"no bundle is active ({reason})"
+        seq = pointer.active_sequence
+        self.slots.forget(pointer.active)
+        good = self.slots.pointer().previous
+        if good is None:
+            return f"the active bundle #{seq} is unusable ({reason}); no known-good bundle is left: no model is active"
+        self.slots.activate(good)
+        return (f"the active bundle #{seq} is unusable ({reason}); known-good bundle "
+                f"#{self.slots.pointer().active_sequence} in slot {good} activated instead")
+
     # ---- the state machine -----------------------------------------------------------
-    def advance(self, record: JobRecord) -> JobRecord:
+    def advance(self, record: JobRecord) -> JobRecord:  # noqa: PLR0911 (one return per state it can stop in)
         command = DeployCommand.model_validate(record.command)
         try:
             if record.state is JobState.DOWNLOADING:
                 download = self._download(command)
                 if not download.complete:
+                    return record
+                if download.finished() is None:  # damaged on disk: those chunks are fetched again
+                    self.emit(record.job_id, record.state, download.repaired, None)
                     return record
                 self._move(record, JobState.VERIFYING)
             if record.state is JobState.VERIFYING:
@@ -183,6 +207,8 @@ class Deployer:
                 fault("probation")
         except (AgentError, ContractError) as exc:
             return self._fail(record, str(exc))
+        except OSError as exc:  # a full or failing disk: the job fails with the reason, its files are removed
+            return self._fail(record, f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".strip(": "))
         return record
 
     def shadow_due(self, record: JobRecord, now: float | None = None) -> bool:
@@ -238,16 +264,24 @@ class Deployer:
 
     # ---- steps --------------------------------------------------------------------------
     def _download(self, command: DeployCommand) -> Download:
-        return Download(self.data_dir, command.artifact)
+        """The job's download, opened once (its bitmap then lives in memory); a damaged one on disk
+        is started again, and the job's next event says so."""
+        sha = command.artifact.sha256
+        download = self._downloads.get(sha)
+        if download is None or not download.dir.is_dir():
+            download = self._downloads[sha] = Download(self.data_dir, command.artifact)
+            if download.repaired:
+                log.warning("%s: %s", command.job_id, download.repaired)
+                self.emit(command.job_id, JobState.DOWNLOADING, download.repaired, None)
+        return download
 
     def _staging(self, command: DeployCommand) -> Path:
         return self.data_dir / "staging" / command.artifact.sha256
 
     def _verify(self, record: JobRecord, command: DeployCommand) -> Manifest:
-        download = self._download(command)
-        artifact = download.dir / "artifact"
-        if not artifact.exists():
-            artifact = download.finish()
+        artifact = self._download(command).dir / "artifact"
+        if not artifact.is_file():
+            raise TransferError("the downloaded artifact vanished from the disk before it was verified")
         staging = self._staging(command)
         shutil.rmtree(staging, ignore_errors=True)
         unpack(artifact, staging, self.trust)  # signature first, then only what it declares, if it fits
@@ -303,11 +337,22 @@ class Deployer:
             raise AgentError(f"on this device the candidate takes {record.install_ms:.2f} ms per inference, "
                              f"{ratio:.2f}x the {record.predecessor_ms:.2f} ms of the active bundle (limit {limit:g}x)")
 
+    def _prune_engines(self, keep: int = 4) -> None:
+        """Built TensorRT engines beyond the ``keep`` newest are deleted (two slots need two)."""
+        plans = sorted(self.engine_cache.glob("*.plan"), key=lambda p: p.stat().st_mtime) \
+            if self.engine_cache.is_dir() else []
+        for old in plans[:-keep]:
+            old.unlink(missing_ok=True)
+
     def _cleanup(self, command: DeployCommand) -> None:
-        self._download(command).discard()
+        self._downloads.pop(command.artifact.sha256, None)
+        Download.remove(self.data_dir, command.artifact)
         shutil.rmtree(self._staging(command), ignore_errors=True)
 
     def _move(self, record: JobRecord, state: JobState, reason: str | None = None) -> JobRecord:
+        if state.terminal:  # every way a job ends leaves no download or staging copy behind
+            self._cleanup(DeployCommand.model_validate(record.command))
+            self._prune_engines()
         self.jobs.move(record, state, reason)
         self.emit(record.job_id, state, reason, None)
         return record

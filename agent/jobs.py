@@ -4,12 +4,12 @@ restart resumes each unfinished job from the state it had reached."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.errors import AgentError
 from agent.slots import atomic_write
 from contract.jobs import JobState, check_transition
 
@@ -36,36 +36,63 @@ class JobRecord:
 
 
 class JobStore:
-    def __init__(self, data_dir: Path) -> None:
+    """The jobs of this device, read from disk once (then served from memory: chunks, state
+    publishes and telemetry windows never re-read them). A job file that does not parse is set
+    aside (``*.damaged-<time>``) and listed in ``damaged``; finished jobs beyond ``keep`` are pruned."""
+
+    def __init__(self, data_dir: Path, keep: int = 50, repair: bool = True) -> None:
         self.dir = data_dir / "jobs"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.keep, self.repair = keep, repair  # repair=False: read-only (``agent status`` beside a running agent)
+        self.damaged: list[str] = []  # what was set aside at load, for the agent to report
+        self._records: dict[str, JobRecord] = {}
+        for path in sorted(self.dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            record = self._load(path)
+            if record is not None:
+                self._records[record.job_id] = record
 
     def _path(self, job_id: str) -> Path:
         return self.dir / f"{job_id}.json"
 
-    def save(self, record: JobRecord) -> None:
-        data = asdict(record)
-        data["state"] = record.state.value
-        atomic_write(self._path(record.job_id), json.dumps(data, sort_keys=True).encode())
-
-    def get(self, job_id: str) -> JobRecord | None:
-        path = self._path(job_id)
-        if not path.exists():
-            return None
+    def _load(self, path: Path) -> JobRecord | None:
         try:
             data = json.loads(path.read_text())
             data["state"] = JobState(data["state"])
             data["history"] = [tuple(h) for h in data.get("history", [])]
             return JobRecord(**data)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise AgentError(f"job file {path} is unreadable: {exc}") from exc
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            moved = path.with_name(f"{path.name}.damaged-{int(time.time())}") if self.repair else path
+            try:
+                path.replace(moved)
+            except OSError:
+                moved = path
+            self.damaged.append(f"job file {path.name} was unreadable ({type(exc).__name__}); set aside as "
+                                f"{moved.name}")
+            return None
+
+    def save(self, record: JobRecord) -> None:
+        data = asdict(record)
+        data["state"] = record.state.value
+        atomic_write(self._path(record.job_id), json.dumps(data, sort_keys=True).encode())
+        self._records.pop(record.job_id, None)
+        self._records[record.job_id] = record  # most recently changed last
+        if record.terminal:
+            self._prune()
+
+    def _prune(self) -> None:
+        finished = [r for r in self._records.values() if r.terminal]
+        for old in finished[: max(0, len(finished) - self.keep)]:
+            self._path(old.job_id).unlink(missing_ok=True)
+            del self._records[old.job_id]
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._records.get(job_id)
 
     def unfinished(self) -> list[JobRecord]:
-        records = [self.get(p.stem) for p in sorted(self.dir.glob("*.json"))]
-        return [r for r in records if r is not None and not r.terminal]
+        return [r for r in self._records.values() if not r.terminal]
 
     def all(self) -> list[JobRecord]:
-        return [r for p in sorted(self.dir.glob("*.json")) if (r := self.get(p.stem)) is not None]
+        return list(self._records.values())
 
     def move(self, record: JobRecord, state: JobState, reason: str | None = None) -> JobRecord:
         """Check the transition against the contract, record it durably, and return the record."""

@@ -51,6 +51,8 @@ AGENT_VERSION = "0.1.0"
 
 _SHARED: dict[str, LoadedBundle] = {}  # simulated fleets: one loaded bundle per sha, shared by every agent
 _SHARED_LOCK = threading.Lock()
+ERROR_BURST = 10  # error events of one kind sent at once at most ...
+ERROR_EVERY_S = 6.0  # ... then one every this many seconds (tracebacks in the log alike)
 OUTBOX_LIMIT = 1000
 
 
@@ -79,10 +81,15 @@ class Agent:
         self.highest_chunk: dict[str, int] = {}  # job id -> highest chunk index received
         self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
         self.source_ended = False  # a finite source gave every frame: no more inference, the rest goes on
+        self._error_tokens: dict[str, tuple[float, float]] = {}  # code -> (tokens left, when counted)
+        self._errors_held: dict[str, int] = {}  # code -> events held back since the last one sent
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
-        if self.deployer.recovered:  # the data directory was repaired at start: say what was done, once
-            log.warning("%s", self.deployer.recovered)
-            self._error("slots_recovered", self.deployer.recovered)
+        repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
+                    *[("jobs_recovered", m) for m in self.deployer.jobs.damaged]]
+        for code, message in repaired:  # the data directory was repaired at start: say what was done, once
+            if message:
+                log.warning("%s", message)
+                self._error(code, message)
 
     # ---- outbound ---------------------------------------------------------------------
     def _emit(self, job_id: str, state: JobState, reason: str | None, progress: float | None) -> None:
@@ -94,10 +101,29 @@ class Agent:
             self.publish_state()
 
     def _error(self, code: str, message: str, topic: str | None = None) -> None:
+        """An error event, through a bucket per code (a burst of ``ERROR_BURST``, then one every
+        ``ERROR_EVERY_S``): a repeating fault or a flood of bad messages is reported with the count
+        of those held back, never as a flood of its own."""
+        if not self._error_allowed(code):
+            return
+        held = self._errors_held.pop(code, 0)
+        if held:
+            message = f"{message} ({held} more like it were held back)"
         self.event_seq += 1
         event = ErrorEvent(device_id=self.config.device_id, seq=self.event_seq, code=code, message=message[:2000],
                            topic=topic)
         self.send(topics.events(self.config.device_id), event.to_json())
+
+    def _error_allowed(self, code: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self._error_tokens.get(code, (ERROR_BURST, now))
+        tokens = min(ERROR_BURST, tokens + (now - last) / ERROR_EVERY_S)
+        if tokens < 1:
+            self._error_tokens[code] = (tokens, now)
+            self._errors_held[code] = self._errors_held.get(code, 0) + 1
+            return False
+        self._error_tokens[code] = (tokens - 1, now)
+        return True
 
     def send(self, topic: str, payload: bytes) -> None:
         """Publish an event now, or keep it (bounded) until the connection is back."""
@@ -232,17 +258,29 @@ class Agent:
     # ---- inference and telemetry -------------------------------------------------------
     def active_model(self) -> LoadedBundle | None:
         """The active bundle, loaded and verified once when it became active (the pointer is in
-        memory: this is a comparison per frame, not a disk read); the one before it is closed."""
-        pointer = self.deployer.slots.pointer()
-        path = self.deployer.slots.active_path()
-        sha = pointer.active_sha256
-        if self._model is not None and self._model.sha256 == sha:
+        memory: this is a comparison per frame, not a disk read); the one before it is closed. A
+        bundle damaged since it was installed is set aside and the known-good one loaded instead."""
+        for _ in range(3):  # the active bundle, or the known-good one after it, or none
+            sha = self.deployer.slots.pointer().active_sha256
+            if self._model is not None and self._model.sha256 == sha:
+                return self._model
+            if self._model is not None and not self.share_models:
+                self._model.close()
+            self._model = None
+            path = self.deployer.slots.active_path()
+            if path is None or sha is None:
+                return None
+            try:
+                self._model = self._load(sha, path)
+            except (AgentError, ContractError) as exc:  # damaged since it was installed: back to safety
+                what = self.deployer.active_unusable(f"{type(exc).__name__}: {exc}")
+                log.error("%s", what)
+                self._error("active_bundle_damaged", what)
+                continue
             return self._model
-        if self._model is not None and not self.share_models:
-            self._model.close()
-        self._model = None
-        if path is None or sha is None:
-            return None
+        return None
+
+    def _load(self, sha: str, path: Path) -> LoadedBundle:
         with _SHARED_LOCK:
             loaded = _SHARED.get(sha) if self.share_models else None
             if loaded is None:
@@ -251,7 +289,6 @@ class Agent:
                 loaded.run(loaded.blank())  # the first run of a session allocates: not a representative one
                 if self.share_models:
                     _SHARED[sha] = loaded
-        self._model = loaded
         return loaded
 
     def infer_once(self) -> None:
@@ -386,8 +423,10 @@ class Agent:
                 try:
                     self.step(repair_every_s)
                 except (AgentError, ContractError, OSError) as exc:  # the loop never dies on one bad step
-                    log.exception("agent step failed")
-                    self._error("agent_error", f"{type(exc).__name__}: {exc}")
+                    kind = f"agent_error.{type(exc).__name__}"
+                    if self._error_allowed(f"log.{kind}"):  # the traceback as rarely as the event
+                        log.exception("agent step failed")
+                    self._error(kind, f"{type(exc).__name__}: {exc}")
         finally:
             self.transport.publish(topics.state(self.config.device_id), offline(self.config.device_id).to_json(),
                                    retain=True)
@@ -420,8 +459,8 @@ def data_dir_status(data_dir: Path) -> dict[str, object]:
     from agent.slots import SlotStore
 
     pointer = SlotStore(data_dir).pointer()
-    jobs = JobStore(data_dir).all()
-    spool = Spool(data_dir / "telemetry.db", 1_000_000)
+    jobs = JobStore(data_dir, repair=False).all()
+    spool = Spool(data_dir / "telemetry.db", 1_000_000, repair=False)
     try:
         slots = {name: {"status": slot.status.value, "sha256": slot.bundle.sha256 if slot.bundle else None,
                         "sequence": slot.bundle.sequence if slot.bundle else None}

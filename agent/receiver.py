@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent.errors import TransferError
 from agent.slots import atomic_write, fsync_dir
+from contract.bundle import RESERVE_BYTES, free_bytes
 from contract.commands import ArtifactRef
 from contract.transfer import Chunk, MissingChunks
 
@@ -27,20 +28,41 @@ class Download:
         self.dir = data_dir / "downloads" / ref.sha256
         self.part = self.dir / "artifact.part"
         self.bitmap_path = self.dir / "bitmap"
-        if not (self.dir / "ref.json").exists():
+        self.hashes_path = self.dir / "hashes"  # each stored chunk's sha256 as it arrived (32 bytes a chunk)
+        self.repaired: str | None = None  # what was found damaged and started again, for the job's history
+        damage = self._damage()
+        if damage is not None:
+            if (self.dir / "ref.json").exists() or self.dir.exists():
+                self.repaired = f"download state damaged ({damage}): started again"
+            shutil.rmtree(self.dir, ignore_errors=True)
+            need, free = ref.size + 32 * ref.chunk_count + RESERVE_BYTES, free_bytes(data_dir)
+            if need > free:
+                raise TransferError(f"not enough space to download the artifact: it needs {need} bytes with the "
+                                    f"reserve, {free} are free in {data_dir}")
             self.dir.mkdir(parents=True, exist_ok=True)
-            with self.part.open("wb") as fh:
-                fh.truncate(ref.size)
-                os.fsync(fh.fileno())
+            for path, size in ((self.part, ref.size), (self.hashes_path, 32 * ref.chunk_count)):
+                with path.open("wb") as fh:
+                    fh.truncate(size)
+                    os.fsync(fh.fileno())
             atomic_write(self.bitmap_path, bytes(ref.chunk_count))
             atomic_write(self.dir / "ref.json", ref.model_dump_json().encode())
-        else:
-            stored = ArtifactRef.model_validate_json((self.dir / "ref.json").read_text())
-            if stored != ref:
-                raise TransferError(f"a different download of artifact {ref.sha256[:12]} is in progress")
         self._bitmap = bytearray(self.bitmap_path.read_bytes())
-        if len(self._bitmap) != ref.chunk_count:
-            raise TransferError(f"download bitmap of {ref.sha256[:12]} is damaged; delete {self.dir} to restart")
+
+    def _damage(self) -> str | None:
+        """Why the persisted download cannot be continued (None: it can, or there is none yet)."""
+        if not (self.dir / "ref.json").exists():
+            return "no ref.json" if self.dir.exists() else "new"
+        try:
+            stored = ArtifactRef.model_validate_json((self.dir / "ref.json").read_bytes())
+        except (OSError, ValueError) as exc:
+            return f"ref.json unreadable: {type(exc).__name__}"
+        data = self.part if self.part.is_file() else self.dir / "artifact"  # (renamed once whole)
+        sizes = {"bitmap": (self.bitmap_path, self.ref.chunk_count), "artifact.part": (data, self.ref.size),
+                 "chunk hashes": (self.hashes_path, 32 * self.ref.chunk_count)}
+        wrong = [name for name, (path, size) in sizes.items() if not path.is_file() or path.stat().st_size != size]
+        if stored != self.ref:
+            return "ref.json names another artifact"
+        return f"{', '.join(wrong)} missing or of the wrong size" if wrong else None
 
     @property
     def received(self) -> int:
@@ -70,17 +92,36 @@ class Download:
             raise TransferError(f"chunk {header.index} has {len(chunk.data)} bytes, expected {expected}")
         if self._bitmap[header.index]:
             return False
-        with self.part.open("r+b") as fh:
-            fh.seek(header.index * self.ref.chunk_size)
-            fh.write(chunk.data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        for path, offset, data in ((self.part, header.index * self.ref.chunk_size, chunk.data),
+                                   (self.hashes_path, header.index * 32, hashlib.sha256(chunk.data).digest())):
+            with path.open("r+b") as fh:
+                fh.seek(offset)
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
         self._bitmap[header.index] = 1
         atomic_write(self.bitmap_path, bytes(self._bitmap))
         return True
 
-    def finish(self) -> Path:
-        """Check the whole artifact's sha256; returns the finished file, or restarts the bad chunks."""
+    def _damaged_on_disk(self) -> list[int]:
+        """Chunks whose bytes on disk no longer have the hash they arrived with."""
+        hashes = self.hashes_path.read_bytes()
+        bad = []
+        with self.part.open("rb") as fh:
+            for index in range(self.ref.chunk_count):
+                data = fh.read(self.ref.chunk_size)
+                if hashlib.sha256(data).digest() != hashes[index * 32:(index + 1) * 32]:
+                    bad.append(index)
+        return bad
+
+    def finished(self) -> Path | None:
+        """The whole, checked artifact (finishing it if needed); None when chunks must be fetched again."""
+        done = self.dir / "artifact"
+        return done if done.is_file() else self.finish()
+
+    def finish(self) -> Path | None:
+        """Check the whole artifact's sha256; returns the finished file. None: chunks were found
+        damaged on disk and will be fetched again. TransferError: what arrived was not the artifact."""
         if not self.complete:
             raise TransferError(f"{self.ref.chunk_count - self.received} chunks are still missing")
         digest = hashlib.sha256()
@@ -88,6 +129,13 @@ class Download:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
         if digest.hexdigest() != self.ref.sha256:
+            damaged = self._damaged_on_disk()
+            if damaged:  # the disk changed what arrived intact: fetch those chunks again, not the transport's fault
+                for index in damaged:
+                    self._bitmap[index] = 0
+                atomic_write(self.bitmap_path, bytes(self._bitmap))
+                self.repaired = f"chunks {damaged[:8]} were damaged on disk after they arrived: fetching them again"
+                return None
             self._bitmap = bytearray(self.ref.chunk_count)
             atomic_write(self.bitmap_path, bytes(self._bitmap))
             raise TransferError(f"artifact {self.ref.sha256[:12]} does not match its sha256 although every chunk "
@@ -100,4 +148,9 @@ class Download:
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def remove(data_dir: Path, ref: ArtifactRef) -> None:
+        """Delete a download's files without opening it (a failed or finished job's)."""
+        shutil.rmtree(data_dir / "downloads" / ref.sha256, ignore_errors=True)
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from agent.errors import SlotError
 from agent.faults import fault
+from contract.bundle import RESERVE_BYTES, free_bytes
 from contract.common import BundleRef
 from contract.state import Slot, SlotStatus
 
@@ -191,8 +192,13 @@ class SlotStore:
         """Copy a verified bundle into the inactive slot and make it durable, as a ``candidate``; the
         slot is recorded as ``installing`` before its old content is removed. Does not activate it."""
         slot = self.inactive()
-        self.write(self._with_slot(slot, SlotStatus.INSTALLING, None))
         target = self.path(slot)
+        need = sum(p.stat().st_size for p in bundle_dir.rglob("*") if p.is_file())
+        free = free_bytes(self.root) + sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+        if need + RESERVE_BYTES > free:  # checked before the old content is touched
+            raise SlotError(f"not enough space to install the bundle: it needs {need} bytes plus {RESERVE_BYTES} "
+                            f"kept free, {free} are free")
+        self.write(self._with_slot(slot, SlotStatus.INSTALLING, None))
         shutil.rmtree(target)
         shutil.copytree(bundle_dir, target)
         fault("mid_install")  # copied, not yet made durable: a crash here leaves a slot marked installing

@@ -8,7 +8,9 @@ and the count travels in the next windows (``Telemetry.spool.evicted``), never s
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,18 +31,44 @@ class Pending:
 
 
 class Spool:
-    def __init__(self, path: Path, max_windows: int) -> None:
+    def __init__(self, path: Path, max_windows: int, repair: bool = True) -> None:
         if max_windows < 1:
             raise SpoolError("the spool must hold at least one window")
         self.max_windows = max_windows
+        self.recovered: str | None = None  # what was repaired at open, for the agent to report once
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db = self._open(path)
+        except sqlite3.DatabaseError as exc:  # a garbled page or header: set it aside, start an empty spool
+            if not repair:
+                raise SpoolError(f"the telemetry spool {path} is damaged: {exc}") from exc
+            stamp = int(time.time())
+            for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                if part.exists():
+                    part.replace(part.with_name(f"{part.name}.damaged-{stamp}"))
+            self.recovered = (f"the telemetry spool was damaged ({exc}); set aside as {path.name}.damaged-{stamp}, "
+                              "windows it held are lost, a new spool was started")
+            try:
+                self._db = self._open(path)
+            except sqlite3.Error as again:
+                raise SpoolError(f"cannot open a new telemetry spool {path}: {again}") from again
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open the telemetry spool {path}: {exc}") from exc
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            (check,) = db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {check}")
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -49,7 +77,8 @@ class Spool:
             yield self._db
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # a full disk may already have ended the transaction
+                self._db.execute("ROLLBACK")
             raise SpoolError(f"telemetry spool write failed: {exc}") from exc
 
     def _counter(self, name: str) -> int:

@@ -67,7 +67,8 @@ def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo | None, name: str,
     return b"" if handle is None else handle.read(cap + 1)
 
 
-def _free_bytes(path: Path) -> int:
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds ``path`` (or would: its nearest existing parent)."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -96,7 +97,7 @@ def unpack(tarball: Path | bytes, destination: Path, trust: TrustStore | None = 
             manifest = load_manifest(manifest_bytes)
             declared = {f.path: f for f in manifest.files}
             need = sum(f.size for f in manifest.files) + len(manifest_bytes) + len(signature)
-            free = _free_bytes(destination)
+            free = free_bytes(destination)
             if need + reserve_bytes > free:
                 raise BundleError(f"not enough space for the bundle: it needs {need} bytes (plus {reserve_bytes} "
                                   f"kept free), {free} are free")
