@@ -52,6 +52,13 @@ class ProbationLimits:
     timing_rounds: int = 15  # paired rounds of the install-time timing
 
 
+def disk_error(exc: OSError) -> str:
+    """What a failing disk said, for a job's reason: "No space left on device: <file>"."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        return str(exc.args[0][0][-1])  # copytree gathers each file's error as (src, dst, text)
+    return f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".strip(": ")
+
+
 class Deployer:
     def __init__(self, data_dir: Path, trust: TrustStore, runtimes: dict[Runtime, str], emit: Emit,
                  threads: int = 1, limits: ProbationLimits = ProbationLimits(),
@@ -83,8 +90,10 @@ class Deployer:
         self._move(record, JobState.DOWNLOADING)
         try:
             self._download(command)
-        except (AgentError, OSError) as exc:  # no room for it, or the disk refuses: the job fails, cleanly
-            return self._fail(record, f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc))
+        except AgentError as exc:  # no room for it: the job fails, cleanly
+            return self._fail(record, str(exc))
+        except OSError as exc:  # the disk refuses
+            return self._fail(record, disk_error(exc))
         return record
 
     def on_chunk(self, job_id: str, chunk: Chunk) -> JobRecord | None:
@@ -93,7 +102,10 @@ class Deployer:
         if record is None or record.state is not JobState.DOWNLOADING:
             return record
         download = self._download(DeployCommand.model_validate(record.command))
-        accepted = download.accept(chunk)
+        try:
+            accepted = download.accept(chunk)
+        except OSError as exc:  # the disk filled up (or failed) since the space was checked: the job fails
+            return self._fail(record, disk_error(exc))
         if accepted:
             fault("download")
         if accepted and download.complete:
@@ -148,8 +160,9 @@ class Deployer:
         target = pointer.slots[slot].bundle
         done = f"known-good bundle #{target.sequence if target else '?'} restored"
         if pointer.active is not None:
-            self.slots.mark(pointer.active, SlotStatus.BAD)
-        self.slots.activate(slot)
+            self.slots.fall_back(pointer.active, SlotStatus.BAD, slot)
+        else:
+            self.slots.activate(slot)
         for record in self.jobs.all():
             if record.manifest_sha256 == active and record.state in (JobState.PROBATION, JobState.SUCCEEDED):
                 return self._move(record, JobState.ROLLED_BACK, f"{reason}; {done}").reason or ""
@@ -162,11 +175,10 @@ class Deployer:
         if pointer.active is None:
             return f"no bundle is active ({reason})"
         seq = pointer.active_sequence
-        self.slots.forget(pointer.active)
-        good = self.slots.pointer().previous
+        good = pointer.previous
+        self.slots.fall_back(pointer.active, SlotStatus.EMPTY, good)  # forgotten and replaced in one write
         if good is None:
             return f"the active bundle #{seq} is unusable ({reason}); no known-good bundle is left: no model is active"
-        self.slots.activate(good)
         return (f"the active bundle #{seq} is unusable ({reason}); known-good bundle "
                 f"#{self.slots.pointer().active_sequence} in slot {good} activated instead")
 
@@ -208,7 +220,7 @@ class Deployer:
         except (AgentError, ContractError) as exc:
             return self._fail(record, str(exc))
         except OSError as exc:  # a full or failing disk: the job fails with the reason, its files are removed
-            return self._fail(record, f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".strip(": "))
+            return self._fail(record, disk_error(exc))
         return record
 
     def shadow_due(self, record: JobRecord, now: float | None = None) -> bool:
@@ -361,13 +373,13 @@ class Deployer:
         """The active bundle failed here: mark it bad and go back to the known-good bundle in the
         other slot, or to no model at all when there is none (a first bundle)."""
         pointer = self.slots.pointer()
-        if pointer.active is not None:
-            self.slots.mark(pointer.active, SlotStatus.BAD)
         good = pointer.previous
+        if pointer.active is not None:
+            self.slots.fall_back(pointer.active, SlotStatus.BAD, good)  # marked and replaced in one write
+        elif good is not None:
+            self.slots.activate(good)
         if good is None:
-            self.slots.deactivate()
             return "there is no known-good bundle on this device, so no model is active"
-        self.slots.activate(good)
         target = pointer.slots[good].bundle
         return f"known-good bundle #{target.sequence if target else '?'} restored"
 

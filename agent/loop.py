@@ -44,7 +44,7 @@ from contract.events import ErrorEvent, JobEvent, ProfileEvent, ShadowEvent
 from contract.jobs import JobState
 from contract.signing import TrustStore, verify_signature
 from contract.state import DeviceState, JobSummary, offline
-from contract.transfer import MissingChunks, decode_chunk
+from contract.transfer import decode_chunk
 
 log = logging.getLogger("coldchain.agent")
 AGENT_VERSION = "0.1.0"
@@ -389,9 +389,8 @@ class Agent:
             report = self.deployer.missing_report(record.job_id, self.config.device_id)
             highest = self.highest_chunk.get(record.job_id)
             if report is not None and quiet < stall_s and highest is not None:
-                gaps = [i for i in report.indices() if i < highest]
-                report = MissingChunks.from_indices(report.device_id, report.sha256, report.chunk_count,
-                                                    gaps) if gaps else None
+                gaps = [(start, min(end, highest)) for start, end in report.ranges if start < highest]
+                report = report.model_copy(update={"ranges": gaps}) if gaps else None
             if report is not None:
                 self.transport.publish(topics.missing(self.config.device_id, report.sha256), report.to_json())
 

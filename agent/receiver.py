@@ -19,7 +19,7 @@ from agent.errors import TransferError
 from agent.slots import atomic_write, fsync_dir
 from contract.bundle import RESERVE_BYTES, free_bytes
 from contract.commands import ArtifactRef
-from contract.transfer import Chunk, MissingChunks
+from contract.transfer import MAX_RANGES, Chunk, MissingChunks
 
 
 class Download:
@@ -62,7 +62,11 @@ class Download:
         wrong = [name for name, (path, size) in sizes.items() if not path.is_file() or path.stat().st_size != size]
         if stored != self.ref:
             return "ref.json names another artifact"
-        return f"{', '.join(wrong)} missing or of the wrong size" if wrong else None
+        if wrong:
+            return f"{', '.join(wrong)} missing or of the wrong size"
+        if self.bitmap_path.read_bytes().strip(b"\0\1"):  # one byte a chunk, 0 or 1: anything else never completes
+            return "bitmap garbled"
+        return None
 
     @property
     def received(self) -> int:
@@ -78,8 +82,23 @@ class Download:
     def missing(self) -> list[int]:
         return [i for i, bit in enumerate(self._bitmap) if not bit]
 
+    def missing_ranges(self, limit: int = MAX_RANGES) -> list[tuple[int, int]]:
+        """The first ``limit`` runs of chunks not stored yet, as half-open ranges (a scan of the
+        bitmap: a 4 GiB artifact in 1 KiB chunks is not turned into a list of 4 million indices)."""
+        ranges: list[tuple[int, int]] = []
+        start = self._bitmap.find(0)
+        while start != -1 and len(ranges) < limit:
+            end = self._bitmap.find(1, start)
+            end = len(self._bitmap) if end == -1 else end
+            ranges.append((start, end))
+            start = self._bitmap.find(0, end)
+        return ranges
+
     def missing_report(self, device_id: str) -> MissingChunks:
-        return MissingChunks.from_indices(device_id, self.ref.sha256, self.ref.chunk_count, self.missing())
+        """What is missing, as one report: at most the contract's ``MAX_RANGES`` gaps, the first
+        ones (more would not validate; the rest is asked for once these have come)."""
+        return MissingChunks(device_id=device_id, sha256=self.ref.sha256, chunk_count=self.ref.chunk_count,
+                             ranges=self.missing_ranges())
 
     def accept(self, chunk: Chunk) -> bool:
         """Store a decoded (hash-checked) chunk; False when it was already stored (a duplicate)."""

@@ -135,6 +135,20 @@ def _remember(history: tuple[str, ...], sha256: str) -> tuple[str, ...]:
     return (*[h for h in history if h != sha256], sha256)[-HISTORY:]
 
 
+def _marked(pointer: Pointer, slot: SlotName, status: SlotStatus) -> Pointer:
+    """``pointer`` with what was learned of ``slot``'s bundle: good, bad, or (empty) forgotten."""
+    record = pointer.slots[slot]
+    if record.bundle is None or status is SlotStatus.EMPTY:
+        return replace(pointer, slots={**pointer.slots, slot: Slot(status=SlotStatus.EMPTY)})
+    pointer = replace(pointer, slots={**pointer.slots, slot: Slot(status=status, bundle=record.bundle)})
+    sha = record.bundle.sha256
+    if status is SlotStatus.GOOD:
+        return replace(pointer, good=_remember(pointer.good, sha), bad=tuple(b for b in pointer.bad if b != sha))
+    if status is SlotStatus.BAD:
+        return replace(pointer, bad=_remember(pointer.bad, sha))
+    return pointer
+
+
 class SlotStore:
     def __init__(self, data_dir: Path) -> None:
         self.root = data_dir / "slots"
@@ -219,16 +233,17 @@ class SlotStore:
     def mark(self, slot: SlotName, status: SlotStatus) -> Pointer:
         """Record what this device learned of a slot's bundle: ``good`` (passed probation), ``bad``."""
         current = self.pointer()
-        record = current.slots[slot]
-        if record.bundle is None:
-            return current
-        pointer = self._with_slot(slot, status, record.bundle)
-        sha = record.bundle.sha256
-        if status is SlotStatus.GOOD:
-            pointer = replace(pointer, good=_remember(pointer.good, sha), bad=tuple(b for b in pointer.bad if b != sha))
-        elif status is SlotStatus.BAD:
-            pointer = replace(pointer, bad=_remember(pointer.bad, sha))
-        return self.write(pointer)
+        return current if current.slots[slot].bundle is None else self.write(_marked(current, slot, status))
+
+    def fall_back(self, failed: SlotName, status: SlotStatus, to: SlotName | None) -> Pointer:
+        """In one atomic pointer write: record the ``failed`` slot as ``bad`` (or ``empty``: its content
+        is unusable) and make ``to`` (a known-good slot; None: no bundle) the active one. A crash
+        leaves the pointer before or after, never the failed bundle active and marked, nor nothing
+        active while a known-good bundle is there."""
+        pointer = _marked(self.pointer(), failed, status)
+        if to is not None and (pointer.slots[to].bundle is None or pointer.slots[to].status is not SlotStatus.GOOD):
+            raise SlotError(f"slot {to} holds no known-good bundle to fall back to")
+        return self.write(replace(pointer, active=to))
 
     def known_good(self, sha256: str | None = None) -> SlotName:
         """The slot a rollback goes to: the one holding ``sha256``, or (None) the known-good bundle
@@ -250,13 +265,3 @@ class SlotStore:
             raise SlotError(f"bundle {sha256[:12]} never passed probation on this device "
                             f"({pointer.slots[slot].status.value}): not a known-good bundle")
         return slot
-
-    def deactivate(self) -> Pointer:
-        """Atomically leave no bundle active (the slots keep their content and status)."""
-        return self.write(replace(self.pointer(), active=None))
-
-    def forget(self, slot: SlotName) -> Pointer:
-        """The slot's content is unusable (damaged, unverifiable): record it as empty."""
-        current = self.pointer()
-        pointer = self._with_slot(slot, SlotStatus.EMPTY, None)
-        return self.write(replace(pointer, active=None) if current.active == slot else pointer)

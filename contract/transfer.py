@@ -26,6 +26,7 @@ MAX_CHUNK_SIZE = 1024 * 1024
 MAGIC = b"CCK1"
 _LEN = struct.Struct(">I")
 _MAX_HEADER = 1024
+MAX_RANGES = 4096  # in one missing-chunks report
 
 
 class ChunkHeader(Message):
@@ -95,7 +96,7 @@ class MissingChunks(Message):
     device_id: Identifier
     sha256: Sha256
     chunk_count: Annotated[int, Field(gt=0)]
-    ranges: Annotated[list[Range], Field(max_length=4096)]
+    ranges: Annotated[list[Range], Field(max_length=MAX_RANGES)]
 
     @model_validator(mode="after")
     def _ranges(self) -> MissingChunks:

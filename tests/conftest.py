@@ -1,28 +1,22 @@
-"""Shared fixtures: ../shared/data, and signed bundles compiled from the demo fridge model."""
+"""Shared fixtures: ../shared/data, and signed bundles compiled from the demo fridge model (built by
+``benchmarks.faults.world``, which the fault harness shares)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
+from benchmarks.faults.world import World, build_world, deploy_command
 from compiler.bundle import Bundle, write_bundle
-from compiler.description import load_description
-from compiler.evaluate import image_sets
 from compiler.pipeline import Pipeline
-from compiler.target import load_target
-from contract import signing
-from contract.commands import ArtifactRef, DeployCommand
-from contract.common import BundleRef
 from contract.manifest import ModelSource
-from contract.transfer import encode_chunk
-from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
-from examples.fridge.synth import write_dataset
+from examples.fridge import MODEL_FILE
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
 _UNTRACKED_BEFORE: set[str] = set()
+__all__ = ["deploy_command"]  # tests import it from here
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -51,28 +45,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-
-
-CHUNK = 64 * 1024
+@pytest.fixture(scope="session")
+def fault_world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The demo fridge model compiled once and signed as bundles 4, 5 and 6 (``benchmarks.faults.world``)."""
+    return build_world(tmp_path_factory.mktemp("deploy"))
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    root = tmp_path_factory.mktemp("deploy")
-    write_dataset(root / "cal", 30, seed=1)
-    write_dataset(root / "eval", 40, seed=2)
-    description = load_description(DESCRIPTION_FILE)
-    cal, ev, _ = image_sets(root / "cal", root / "eval", 30, 0, description)
-    target = load_target("arm64-cortex-a72-ort")
-    result = Pipeline(description, target, cal, ev, root / "work").run(MODEL_FILE)
-    trusted = signing.write_keypair(root / "keys", "ops")
-    rogue = signing.write_keypair(root / "keys", "rogue")
-    key = signing.load_private_key(trusted.private)
-    source = ModelSource(name="fridge", version="1", source_uri="file:///fridge.onnx", sha256="0" * 64)
-    bundles = {seq: write_bundle(result, source, target, cal, ev, key, root / "bundles", seq) for seq in (4, 5, 6)}
-    return {"root": root, "trust": signing.TrustStore.from_paths([trusted.public]), "bundles": bundles,
-            "trusted_key": key, "rogue_key": signing.load_private_key(rogue.private), "sets": (cal, ev),
-            "description": description, "target": target}
+def world(fault_world: World) -> dict[str, object]:
+    return dict(vars(fault_world))
 
 
 @pytest.fixture(scope="session")
@@ -88,14 +69,3 @@ def faulty_bundle(world: dict[str, object]) -> Bundle:
     return write_bundle(result, source, world["target"], cal, ev, world["trusted_key"],  # type: ignore[arg-type]
                         root / "bundles", 7)
 
-
-def deploy_command(tarball: Path, manifest_sha: str, sequence: int, job: str, group: str = "eu",
-                   chunk: int = CHUNK) -> tuple[DeployCommand, list[bytes]]:
-    data = tarball.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    count = -(-len(data) // chunk)
-    ref = ArtifactRef(sha256=sha, size=len(data), chunk_size=chunk, chunk_count=count, group=group)
-    bundle = BundleRef(model_name="fridge", model_version="1", target="arm64-cortex-a72-ort", sequence=sequence,
-                       sha256=manifest_sha)
-    frames = [encode_chunk(sha, i, count, data[i * chunk:(i + 1) * chunk]) for i in range(count)]
-    return DeployCommand(job_id=job, bundle=bundle, artifact=ref, probation_s=60), frames

@@ -73,3 +73,16 @@ def test_finish_needs_every_chunk(tmp_path: Path) -> None:
     download.accept(decode_chunk(frames[0]))
     with pytest.raises(TransferError, match="5 chunks are still missing"):
         download.finish()
+
+
+def test_a_download_with_more_gaps_than_a_report_holds_asks_for_the_first_ones(tmp_path: Path) -> None:
+    """Found while building the fault harness's fuzz row (benchmarks/faults/fuzz.py): a report holds
+    at most 4096 ranges, and a download with more gaps (every other chunk of 10,000 lost) raised a
+    pydantic ValidationError out of the agent's repair step, which its loop does not catch: the
+    agent died, and after a restart died again at the same report."""
+    size = 10_000 * 1024
+    ref = ArtifactRef(sha256="ab" * 32, size=size, chunk_size=1024, chunk_count=10_000)
+    Download(tmp_path, ref).bitmap_path.write_bytes(b"\1\0" * 5_000)  # chunks 0, 2, 4, ... arrived
+    report = Download(tmp_path, ref).missing_report("fridge-1")  # (after a restart)
+    assert len(report.ranges) == 4096 and report.ranges[:2] == [(1, 2), (3, 4)]
+    assert report.ranges[-1] == (8191, 8192)  # the rest is asked for once these have come

@@ -61,7 +61,7 @@ def test_a_garbled_job_file_and_spool_are_set_aside_and_reported(tmp_path: Path,
     assert list((data / "jobs").glob("j5.json.damaged-*")) and list(data.glob("telemetry.db.damaged-*"))
 
 
-@pytest.mark.parametrize("damage", ["ref.json", "bitmap", "artifact.part", "hashes"])
+@pytest.mark.parametrize("damage", ["ref.json", "bitmap", "artifact.part", "hashes", "bitmap garbled in place"])
 def test_a_damaged_download_starts_again_and_completes(tmp_path: Path, agent: tuple[Agent, MemoryTransport],
                                                        world: dict[str, object], damage: str) -> None:
     a, _ = agent
@@ -72,9 +72,11 @@ def test_a_damaged_download_starts_again_and_completes(tmp_path: Path, agent: tu
     for frame in frames[:2]:
         a.deployer.on_chunk("jd", decode_chunk(frame))
     folder = a.config.data_dir / "downloads" / command.artifact.sha256
-    target = folder / damage
+    target = folder / damage.split(maxsplit=1)[0]
     if damage == "artifact.part":
         target.unlink()
+    elif damage == "bitmap garbled in place":  # found by the fault harness: same size, bytes neither 0 nor 1
+        target.write_bytes(b"\xa7" * len(target.read_bytes()))  # (the job was stuck: "complete" never came)
     else:
         target.write_bytes(b"\xff garbled")
     again, t = _restart(a, tmp_path)
@@ -182,3 +184,43 @@ def test_job_history_is_bounded_and_served_from_memory(tmp_path: Path) -> None:
     (tmp_path / "jobs" / "job-39.json").unlink()  # read once at start: the store answers from memory
     assert store.get("job-39") is not None
     assert JobStore(tmp_path).get("job-39") is None and len(JobStore(tmp_path).all()) == 9
+
+
+@pytest.mark.parametrize("where", ["download", "install"])
+def test_a_disk_that_fills_up_under_a_job_fails_it_naming_the_space(tmp_path: Path,
+                                                                    agent: tuple[Agent, MemoryTransport],
+                                                                    world: dict[str, object], where: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the fault harness's full-disk row (benchmarks/faults/diskfull.py, a real tmpfs): the
+    free space was checked, then the disk filled up. In the download the write error escaped the
+    job (it stayed DOWNLOADING with its files); in the install the job FAILED with the reason "Error"
+    (``shutil.copytree`` gathers its errors as text). Both must fail the job naming the space."""
+    import errno
+
+    from agent import receiver, slots
+
+    a, _ = agent
+    a.handle(Connected())
+    deliver(a, world["bundles"][5], 5, "j5")  # type: ignore[index]
+    if where == "download":
+        accept = receiver.Download.accept
+
+        def full_after_two(self: receiver.Download, chunk: object) -> bool:
+            if self.received >= 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.part))
+            return accept(self, chunk)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(receiver.Download, "accept", full_after_two)
+    else:
+        def copy_fails(src: Path, dst: Path) -> None:
+            raise shutil.Error([(str(src), str(dst), "[Errno 28] No space left on device: 'model.onnx'")])
+
+        monkeypatch.setattr(slots.shutil, "copytree", copy_fails)
+    command = deliver(a, world["bundles"][6], 6, "j6")  # type: ignore[index]
+    record = a.deployer.jobs.get("j6")
+    assert record is not None and record.state is JobState.FAILED, record and record.state
+    assert "No space left on device" in (record.reason or ""), record.reason
+    data = a.config.data_dir
+    assert not (data / "downloads" / command.artifact.sha256).exists()
+    assert not (data / "staging" / command.artifact.sha256).exists()
+    assert a.deployer.slots.pointer().active_sequence == 5

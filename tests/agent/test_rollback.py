@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+import pytest
 
 from agent.loop import Agent, data_dir_status
 from agent.mqtt import Connected, Received
-from contract import signing, topics
+from benchmarks.faults.world import signed_rollback
+from contract import topics
 from contract.bundle import manifest_sha256
-from contract.commands import Authorization, CancelCommand, RollbackCommand, authorization_bytes
+from contract.commands import CancelCommand
 from contract.common import BundleRef
 from contract.events import ErrorEvent, decode_event
 from contract.jobs import JobState
@@ -20,10 +22,7 @@ DEVICE = "fridge-7"
 
 
 def _signed(world: dict[str, object], job: str, to: BundleRef | None = None) -> bytes:
-    body = RollbackCommand(job_id=job, to=to, reason="operator rollback")
-    signature = json.loads(signing.sign(authorization_bytes(body), world["trusted_key"]))  # type: ignore[arg-type]
-    return body.model_copy(update={"authorization": Authorization(
-        key_id=signature["key_id"], signature=signature["signature"])}).to_json()
+    return signed_rollback(world["trusted_key"], job, to)  # type: ignore[arg-type]
 
 
 def _succeed(a: Agent, job: str) -> None:
@@ -160,3 +159,40 @@ def test_a_damaged_pointer_or_slot_is_repaired_at_start_and_reported(tmp_path: P
     (event,) = [e for e in map(decode_event, t3.on(topics.events(DEVICE))) if isinstance(e, ErrorEvent)]
     assert event.code == "slots_recovered" and "forgotten" in event.message
     assert third.bundle_ref() is not None and third.bundle_ref().sequence == 5  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("how", ["probation failed", "operator rollback", "active bundle damaged"])
+def test_every_pointer_a_fallback_writes_is_safe_to_wake_up_to(agent: tuple[Agent, MemoryTransport],
+                                                               world: dict[str, object], how: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the fault harness's power-cut row (benchmarks/faults/powercut.py): the failed bundle
+    was marked bad and the known-good one activated in two pointer writes; a power cut between them
+    left the failed bundle active and marked bad (the rollback lost; for a damaged bundle: none active
+    though a known-good one was there). Each pointer written on the way must be one a device can
+    wake up to: its active slot a candidate or known-good one, never none while a known-good is left."""
+    from agent.slots import Pointer, SlotStore
+    from contract.state import SlotStatus
+
+    a, _ = agent
+    _five_good_six_active(a, world)
+    written: list[Pointer] = []
+    real = SlotStore.write
+
+    def recorded(self: SlotStore, pointer: Pointer) -> Pointer:
+        written.append(pointer)
+        return real(self, pointer)
+
+    monkeypatch.setattr(SlotStore, "write", recorded)
+    record = a.deployer.jobs.get("j6")
+    assert record is not None
+    if how == "probation failed":
+        a.deployer.probation(record, inferences=50, errors=0, non_finite=3, p95_ms=0.5)
+    elif how == "operator rollback":
+        a.handle(Received(topics.commands(DEVICE), _signed(world, "rb-cut")))
+    else:
+        a.deployer.active_unusable("model.onnx does not load")
+    assert written and written[-1].active_sha256 == world["bundles"][5].ref.sha256  # type: ignore[index]
+    for pointer in written:
+        assert pointer.active is not None, f"{how}: a pointer with no bundle active was written"
+        assert pointer.slots[pointer.active].status in (SlotStatus.CANDIDATE, SlotStatus.GOOD), \
+            f"{how}: a pointer naming a {pointer.slots[pointer.active].status.value} slot active was written"

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
 
+from benchmarks.faults.hostile import signed_head, tar_gz, zeros
 from contract import signing
 from contract.bundle import file_entry, pack, unpack, verify_dir
 from contract.errors import BundleError, ContractError, SignatureError
@@ -63,51 +62,18 @@ def test_extra_missing_and_resigned(bundle: tuple[Path, signing.TrustStore], tmp
 
 
 def test_unpack_refuses_escapes(tmp_path: Path) -> None:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        info = tarfile.TarInfo("../escape.txt")
-        info.size = 1
-        tar.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(BundleError, match="not a plain relative file"):
-        unpack(buffer.getvalue(), tmp_path / "out")
+        unpack(tar_gz([("../escape.txt", b"x")]), tmp_path / "out")
     assert not (tmp_path / "escape.txt").exists()
     with pytest.raises(BundleError, match="unreadable"):
         unpack(b"not a tarball", tmp_path / "out2")
-
-
-def _tar(members: list[tuple[str, bytes]], declared_size: dict[str, int] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def _signed_parts(directory: Path) -> list[tuple[str, bytes]]:
-    return [(name, (directory / name).read_bytes()) for name in ("manifest.json", "manifest.sig")]
 
 
 def test_an_unsigned_gzip_bomb_is_refused_before_anything_is_written(tmp_path: Path,
                                                                      bundle: tuple[Path, signing.TrustStore]) -> None:
     """2 MB compressed, 2 GiB of zeros inside, no manifest first: refused at the first header."""
     _, trust = bundle
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        info = tarfile.TarInfo("model.onnx")
-        info.size = 2 * 1024**3
-
-        class Zeros(io.RawIOBase):
-            left = info.size
-
-            def read(self, n: int = -1) -> bytes:
-                n = min(n if n >= 0 else 1 << 20, self.left, 1 << 20)
-                self.left -= n
-                return b"\0" * n
-
-        tar.addfile(info, Zeros())
-    bomb = buffer.getvalue()
+    bomb = tar_gz([zeros("model.onnx", 2 * 1024**3)])
     assert len(bomb) < 3 * 1024**2
     out = tmp_path / "out"
     with pytest.raises(BundleError, match=r"must start with manifest\.json"):
@@ -119,7 +85,7 @@ def test_a_signed_manifest_caps_what_is_extracted(tmp_path: Path, bundle: tuple[
     directory, trust = bundle
     model = (directory / "model.onnx").read_bytes()
     golden = (directory / "golden.npz").read_bytes()
-    head = _signed_parts(directory)
+    head = signed_head(directory)
     cases = {
         "larger": ([*head, ("model.onnx", model + b"x" * 10000000), ("golden.npz", golden)], "bytes in the tarball"),
         "unlisted": ([*head, ("model.onnx", model), ("golden.npz", golden), ("evil.so", b"x")], "does not list"),
@@ -131,12 +97,12 @@ def test_a_signed_manifest_caps_what_is_extracted(tmp_path: Path, bundle: tuple[
     for case, (members, message) in cases.items():
         out = tmp_path / case
         with pytest.raises(BundleError, match=message):
-            unpack(_tar(members), out, trust)
+            unpack(tar_gz(members), out, trust)
         written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.exists() else 0
         assert written <= len(model) + len(golden) + 100_000, case  # never more than declared
     forged = [("manifest.json", head[0][1].replace(b'"sequence":7', b'"sequence":8')), head[1]]
     with pytest.raises(SignatureError):
-        unpack(_tar([*forged, ("model.onnx", model), ("golden.npz", golden)]), tmp_path / "forged", trust)
+        unpack(tar_gz([*forged, ("model.onnx", model), ("golden.npz", golden)]), tmp_path / "forged", trust)
     assert not (tmp_path / "forged").exists()  # refused before a byte was written
 
 
@@ -153,5 +119,5 @@ def test_a_deeply_nested_signed_manifest_is_an_error(tmp_path: Path) -> None:
     nested = b'{"schema_version": 1, "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
     signature = signing.sign(nested, signing.load_private_key(pair.private))
     with pytest.raises(ContractError, match="nests"):
-        unpack(_tar([("manifest.json", nested), ("manifest.sig", signature)]), tmp_path / "n",
+        unpack(tar_gz([("manifest.json", nested), ("manifest.sig", signature)]), tmp_path / "n",
                signing.TrustStore.from_paths([pair.public]))

@@ -1,37 +1,33 @@
-"""Start a real Mosquitto with a given config and wait until it listens."""
+"""Start a real Mosquitto with a given config and wait until it listens (``benchmarks.faults.broker``,
+which the fault harness shares); skip the test when Mosquitto is not installed."""
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from benchmarks.faults import broker
+
 
 def binary() -> str:
     """The mosquitto executable, or skip the test with what to do."""
-    path = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(path).exists():
+    path = broker.mosquitto_binary()
+    if path is None:
         pytest.skip("mosquitto is not installed (scripts/test.sh installs it from apt)")
     return path
 
 
 def start(conf: Path, port: int) -> subprocess.Popen[bytes]:
     """Start Mosquitto and return once it accepts connections on ``port``."""
-    process = subprocess.Popen([binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail("mosquitto did not start listening")
+    binary()
+    try:
+        return broker.start_mosquitto(conf, port)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @contextmanager

@@ -1,0 +1,125 @@
+"""An agent without a broker: an in-memory transport that records what the agent publishes (and
+lets a caller wait for it), ``deliver`` (a deploy command, then every chunk on the group topic),
+and the data directory of a device that already runs a known-good bundle.
+
+Shared by the agent tests (``tests/agent/conftest.py``) and the fault harness."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from agent.config import AgentConfig
+from agent.deploy import Deployer
+from agent.frames import FrameSource
+from agent.loop import Agent
+from agent.mqtt import Inbound, Received
+from agent.runtimes import available
+from benchmarks.faults.world import World, deploy_command
+from compiler.bundle import Bundle
+from contract import topics
+from contract.commands import DeployCommand
+from contract.events import ErrorEvent, Event, JobEvent, decode_event
+from contract.jobs import JobState
+from contract.transfer import decode_chunk
+
+T = TypeVar("T")
+
+
+class MemoryTransport:
+    def __init__(self) -> None:
+        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self.published: list[tuple[str, bytes, bool]] = []
+        self.subscribed: list[str] = []
+        self.mid = 0
+        self._changed = threading.Condition()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
+        with self._changed:
+            self.mid += 1
+            self.published.append((topic, payload, retain))
+            self._changed.notify_all()
+            return self.mid
+
+    def subscribe(self, topic_filters: list[str]) -> None:
+        self.subscribed += topic_filters
+
+    def on(self, topic: str) -> list[bytes]:
+        return [p for t, p, _ in list(self.published) if t == topic]
+
+    def wait_for(self, found: Callable[[list[tuple[str, bytes, bool]]], T | None], timeout: float) -> T | None:
+        """Wait until ``found`` (called on everything published so far) returns something."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while (result := found(list(self.published))) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(left)
+            return result
+
+
+def events(transport: MemoryTransport, device: str) -> list[Event]:
+    return [decode_event(p) for p in transport.on(topics.events(device))]
+
+
+def errors(transport: MemoryTransport, device: str) -> list[ErrorEvent]:
+    return [e for e in events(transport, device) if isinstance(e, ErrorEvent)]
+
+
+def job_events(transport: MemoryTransport, device: str, job: str) -> list[JobEvent]:
+    return [e for e in events(transport, device) if isinstance(e, JobEvent) and e.job_id == job]
+
+
+def deliver(a: Agent, bundle: Bundle, seq: int, job: str, shadow_s: float | None = None,
+            group: str = "eu") -> DeployCommand:
+    """The deploy command for ``bundle``, then every chunk of it on the group topic."""
+    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, seq, job, group=group)
+    command = command.model_copy(update={"shadow_s": shadow_s})
+    a.handle(Received(topics.commands(a.config.device_id), command.to_json()))
+    for frame in frames:
+        a.handle(Received(topics.group_chunks(group, command.artifact.sha256), frame))
+    return command
+
+
+def pass_probation(deployer: Deployer, job: str) -> None:
+    """Let a job in PROBATION succeed now (as if its probation time had passed without fault)."""
+    record = deployer.jobs.get(job)
+    if record is None or record.state is not JobState.PROBATION:
+        raise AssertionError(f"job {job} is not in probation: {record and record.state}")
+    deployer.probation(record, 100, 0, 0, 0.5, now=(record.probation_started or 0) + 10_000)
+
+
+def agent_config(world: World, data: Path, device: str = "fridge-7", **settings: object) -> AgentConfig:
+    return AgentConfig.model_validate({"device_id": device, "groups": ["eu"], "data_dir": data,
+                                       "trusted_keys": [world.public_key], **settings})
+
+
+def new_agent(world: World, data: Path, source: FrameSource | None = None, device: str = "fridge-7",
+              **settings: object) -> tuple[Agent, MemoryTransport]:
+    transport = MemoryTransport()
+    return Agent(agent_config(world, data, device, **settings), transport, source), transport
+
+
+def known_good_template(world: World, data: Path, sequence: int = 5, chunk: int = 16 * 1024) -> Path:
+    """A data directory whose device runs bundle ``sequence``, known-good (probation passed)."""
+    shutil.rmtree(data, ignore_errors=True)
+    deployer = Deployer(data, world.trust, available(), lambda *_: None)
+    bundle = world.bundles[sequence]
+    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, sequence, "job-old", chunk=chunk)
+    deployer.on_deploy(command)
+    for frame in frames:
+        deployer.on_chunk(command.job_id, decode_chunk(frame))
+    pass_probation(deployer, command.job_id)
+    return data
