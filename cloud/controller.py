@@ -204,31 +204,36 @@ class Controller:
                     device.rollback_sent_at = clock
                 pending += 1
                 continue
-            current = session.get(Device, device.device_id)
-            still_on_it = current is not None and current.active_sha256 == rollout.bundle_sha256
-            if not still_on_it and device.rollback_sent_at is not None:
-                device.rolled_back = True
-                continue
-            if not still_on_it and not device.activated:
-                continue
-            step = rollback_step(rollout, device, current)
-            if step.action == "impossible":  # nothing known-good on the device: say so, never guess a slot
-                device.reason = step.why
-                raise_alert(session, "rollback_impossible", "device", device.device_id, step.why)
-                device.rollback_sent_at = device.rollback_sent_at or clock
-                continue
-            if device.rollback_sent_at is None or clock - device.rollback_sent_at > timedelta(seconds=30):
-                self._send_rollback(device, rollout, step)
-                device.rollback_sent_at = device.rollback_sent_at or clock
-            if clock - (device.rollback_sent_at or clock) > timedelta(seconds=plan.timeouts.rollback_s):
-                device.reason = f"did not confirm the rollback within {plan.timeouts.rollback_s:g} s"
-                raise_alert(session, "rollback_unconfirmed", "device", device.device_id, device.reason)
-                device.state = "TIMED_OUT"  # not ROLLED_BACK: the fleet view must not claim what did not happen
-                continue
-            pending += 1
+            pending += self._roll_back_device(session, rollout, device, plan, clock)
         if pending == 0:
             rollout.status = ROLLED_BACK
             self.notify(f"rollout {rollout.id}: ROLLED_BACK ({rollout.reason})")
+
+    def _roll_back_device(self, session: Session, rollout: Rollout, device: RolloutDevice, plan: RolloutPlan,
+                          clock: datetime) -> int:
+        """One device that ran the bundle: back to its own known-good bundle. Returns 1 while waiting."""
+        current = session.get(Device, device.device_id)
+        still_on_it = current is not None and current.active_sha256 == rollout.bundle_sha256
+        if not still_on_it and device.rollback_sent_at is not None:
+            device.rolled_back = True
+            return 0
+        if not still_on_it and not device.activated:
+            return 0
+        step = rollback_step(rollout, device, current)
+        if step.action == "impossible":  # nothing known-good on the device: say so (once), never guess a slot
+            if device.reason != step.why:
+                device.reason = step.why
+                raise_alert(session, "rollback_impossible", "device", device.device_id, step.why)
+            return 0
+        if device.rollback_sent_at is None or clock - device.rollback_sent_at > timedelta(seconds=30):
+            self._send_rollback(device, rollout, step)
+            device.rollback_sent_at = device.rollback_sent_at or clock
+        if clock - (device.rollback_sent_at or clock) > timedelta(seconds=plan.timeouts.rollback_s):
+            device.reason = f"did not confirm the rollback within {plan.timeouts.rollback_s:g} s"
+            raise_alert(session, "rollback_unconfirmed", "device", device.device_id, device.reason)
+            device.state = "TIMED_OUT"  # not ROLLED_BACK: the fleet view must not claim what did not happen
+            return 0
+        return 1
 
     def _send_rollback(self, device: RolloutDevice, rollout: Rollout, step: RollbackStep) -> None:
         """The exact bundle the device goes back to: its own last known-good (``rollback_step``)."""
