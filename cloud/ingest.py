@@ -173,7 +173,7 @@ class IngestWorker:
                  batch: int = 200, on_missing: Any = None) -> None:
         self.transport, self.sessions, self.share_group = transport, sessions, share_group
         self.batch, self.on_missing = batch, on_missing
-        self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0}
+        self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0, "poison": 0}
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker confirmed the subscriptions (SUBACK)
 
@@ -219,7 +219,24 @@ class IngestWorker:
                     raise
                 log.warning("store busy or unreachable (%s); retrying a batch of %d", exc.orig, len(received))
                 time.sleep(min(0.05 * 2 ** attempt, 2.0))
+            except Exception:  # one poison message must not stop the batch, or the cloud
+                log.exception("a batch of %d failed; storing its messages one by one", len(received))
+                return [self._store_one(item) for item in received]
         return []
+
+    def _store_one(self, item: Received) -> Outcome:
+        """One message in its own transaction; if it fails for any reason other than a busy store,
+        it becomes a dead letter with that reason (and is acknowledged: never handed back forever)."""
+        try:
+            with self.sessions.begin() as session:
+                return ingest(session, item.topic, item.payload)
+        except OperationalError:
+            raise  # the store, not the message: not acknowledged, retried by the broker
+        except Exception as exc:  # whatever it is, it is this message's: a dead letter
+            self.counts["poison"] += 1
+            reason = f"{type(exc).__name__} while storing: {str(exc).splitlines()[0][:500] if str(exc) else ''}"
+            with self.sessions.begin() as session:
+                return dead_letter(session, item.topic, item.payload, reason)
 
     def run(self, stop: threading.Event) -> None:
         self.transport.start()

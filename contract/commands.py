@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter, model_validator
 
-from contract.base import ContractModel, Count, Identifier, JobId, Message, Name, Text, decode_union, utc_now
+from contract.base import MAX_INT, ContractModel, Count, Identifier, JobId, Message, Name, Text, decode_union, utc_now
 from contract.common import BundleRef
 
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
@@ -20,7 +20,7 @@ class ArtifactRef(ContractModel):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     size: Annotated[int, Field(gt=0, le=4 * 1024**3)]
     chunk_size: Annotated[int, Field(ge=1024, le=1024 * 1024)]
-    chunk_count: Annotated[int, Field(gt=0)]
+    chunk_count: Annotated[int, Field(gt=0, le=MAX_INT)]
     group: Identifier | None = None  # group topic the chunks are published on; None = device topic only
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from contract.base import Count, Identifier, JobId, Message, Name, Text, decode_union, utc_now
+from contract.base import MAX_INT, Count, Identifier, JobId, Message, Name, Text, decode_union, utc_now
 from contract.jobs import JobState
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -64,7 +64,7 @@ class ProfileEvent(_Event):
     job_id: JobId
     bundle_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     runtime: Name
-    iterations: Annotated[int, Field(ge=1)]
+    iterations: Annotated[int, Field(ge=1, le=MAX_INT)]
     p50_ms: Annotated[float, Field(ge=0)]
     p95_ms: Annotated[float, Field(ge=0)]
     mean_ms: Annotated[float, Field(ge=0)]

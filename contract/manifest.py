@@ -16,6 +16,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, JsonValue, field_validator, model_validator
 
 from contract.base import (
+    MAX_INT,
     ContractModel,
     Count,
     Label,
@@ -35,7 +36,7 @@ SIGNATURE_FILE = "manifest.sig"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 Positive = Annotated[float, Field(gt=0)]
-Dim = Annotated[int, Field(ge=-1)]  # -1: dynamic
+Dim = Annotated[int, Field(ge=-1, le=MAX_INT)]  # -1: dynamic
 
 
 class ModelSource(ContractModel):
@@ -97,7 +98,7 @@ class Quantization(ContractModel):
     """Affine input quantization: q = round(x / scale) + zero_point."""
 
     scale: Positive
-    zero_point: int
+    zero_point: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 
 
 class Preprocessing(ContractModel):
@@ -144,7 +145,7 @@ class LatencyMeasure(ContractModel):
     p50_ms: Annotated[float, Field(ge=0)]
     p95_ms: Annotated[float, Field(ge=0)]
     host: Text
-    threads: Annotated[int, Field(ge=1)]
+    threads: Annotated[int, Field(ge=1, le=1024)]
 
 
 class Metrics(ContractModel):
@@ -162,7 +163,7 @@ class Golden(ContractModel):
     """Reference inputs and the outputs the compiled model must give (stored in ``file``, .npz)."""
 
     file: Annotated[str, Field(min_length=1, max_length=256)]
-    cases: Annotated[int, Field(ge=1)]
+    cases: Annotated[int, Field(ge=1, le=MAX_INT)]
     atol: Annotated[float, Field(ge=0)]
     rtol: Annotated[float, Field(ge=0)]
 
@@ -170,7 +171,7 @@ class Golden(ContractModel):
 class ReferenceProfile(ContractModel):
     """Statistics on the calibration inputs and the model's outputs on them, for drift detection."""
 
-    samples: Annotated[int, Field(ge=1)]
+    samples: Annotated[int, Field(ge=1, le=MAX_INT)]
     input_histograms: dict[str, Histogram] = {}
     score_histogram: Histogram | None = None
     prediction_rates: dict[Label, Annotated[float, Field(ge=0)]] = {}

@@ -18,7 +18,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from contract.base import Count, Identifier, Message, Sha256, decode
+from contract.base import MAX_INT, Count, Identifier, Message, Sha256, decode
 from contract.errors import PayloadError
 
 DEFAULT_CHUNK_SIZE = 128 * 1024
@@ -32,7 +32,7 @@ MAX_RANGES = 4096  # in one missing-chunks report
 class ChunkHeader(Message):
     sha256: Sha256  # of the whole artifact
     index: Count
-    count: Annotated[int, Field(gt=0)]
+    count: Annotated[int, Field(gt=0, le=MAX_INT)]
     size: Annotated[int, Field(ge=0, le=MAX_CHUNK_SIZE)]
     chunk_sha256: Sha256
 
@@ -95,7 +95,7 @@ class MissingChunks(Message):
 
     device_id: Identifier
     sha256: Sha256
-    chunk_count: Annotated[int, Field(gt=0)]
+    chunk_count: Annotated[int, Field(gt=0, le=MAX_INT)]
     ranges: Annotated[list[Range], Field(max_length=MAX_RANGES)]
 
     @model_validator(mode="after")

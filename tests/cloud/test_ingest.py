@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -119,3 +120,54 @@ def test_missing_report_is_handed_back_not_stored(sessions: sessionmaker[Session
         liar = ingest(session, topics.missing("d2", "e" * 64), report.to_json())
     assert outcome.kind == "missing" and outcome.missing is not None and outcome.missing.indices() == [1, 2, 7]
     assert liar.kind == "dead"
+
+
+def test_numbers_beyond_what_the_store_holds_are_dead_letters(sessions: sessionmaker[Session]) -> None:
+    """seq >= 2**63 (or inferences = 2**70) raised OverflowError in the store and killed the cloud."""
+    import json
+
+    for field, value in (("seq", 2**63), ("inferences", 2**70)):
+        payload = json.loads(window("fridge-9", 1))
+        payload[field] = value
+        with sessions.begin() as session:
+            outcome = ingest(session, topics.telemetry("fridge-9"), json.dumps(payload).encode())
+        assert outcome.kind == "dead" and field in (outcome.reason or "")
+    assert count(sessions, DeadLetter) == 2 and count(sessions, TelemetryRow) == 0
+
+
+def test_a_message_that_fails_in_the_store_is_dead_lettered_and_the_batch_goes_on(
+        sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever still gets through validation and fails while storing is that message's dead
+    letter (with the reason), acknowledged with the batch, never handed back for ever."""
+    import queue as queue_module
+
+    import cloud.ingest
+    from agent.mqtt import Received
+    from cloud.ingest import IngestWorker
+
+    real = cloud.ingest._telemetry
+
+    def poisoned(session: Session, telemetry: Telemetry, device: str | None) -> object:
+        if telemetry.seq == 2:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return real(session, telemetry, device)
+
+    monkeypatch.setattr(cloud.ingest, "_telemetry", poisoned)
+
+    class Transport:
+        inbox: queue_module.Queue[object] = queue_module.Queue()
+        acked: list[int] = []
+
+        def ack(self, mid: int, qos: int) -> None:
+            self.acked.append(mid)
+
+    transport = Transport()
+    for seq in (1, 2, 3):
+        transport.inbox.put(Received(topics.telemetry("fridge-8"), window("fridge-8", seq), mid=seq, qos=1))
+    worker = IngestWorker(transport, sessions)  # type: ignore[arg-type]
+    assert worker.drain() == 3
+    assert worker.counts["stored"] == 2 and worker.counts["dead"] == 1 and worker.counts["poison"] == 1
+    assert sorted(transport.acked) == [1, 2, 3]  # the poison one too: the broker will not hand it back
+    with sessions() as session:
+        (reason,) = session.scalars(select(DeadLetter.reason)).all()
+    assert reason.startswith("OverflowError while storing")
