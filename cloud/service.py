@@ -39,6 +39,7 @@ class Cloud:
         self.stop_event = threading.Event()
         self.alert_every_s, self.alert_window_s = 60.0, 900.0
         self._thread: threading.Thread | None = None
+        self.failures: dict[str, int] = {}  # part -> crashes so far (ingestion, controller, alerts)
 
     def _resolve(self, artifact_sha256: str) -> Path | None:
         with self.sessions() as session:
@@ -50,20 +51,30 @@ class Cloud:
         next_step = next_check = time.monotonic()
         try:
             while not self.stop_event.is_set() and (until is None or time.monotonic() < until):
-                self.worker.drain(timeout=0.1)
+                if not self._guard("ingestion", lambda: self.worker.drain(timeout=0.1)):
+                    self.stop_event.wait(0.2)  # a failing store: back off a little, then ingest again
                 if time.monotonic() >= next_step and self.worker.connected.is_set():
                     next_step = time.monotonic() + step_s
-                    try:
-                        self.controller.step()
-                    except Exception:  # one bad step must not stop ingestion; the next step retries
-                        log.exception("rollout controller step failed")
+                    self._guard("controller", self.controller.step)
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.alert_every_s
-                    self._check_alerts()
+                    self._guard("alerts", self._check_alerts)
             while self.worker.drain(timeout=0.05):  # what already arrived is stored before leaving
                 pass
         finally:
             self.transport.stop()
+
+    def _guard(self, part: str, work: Callable[[], object]) -> bool:
+        """Run one turn of a part of the cloud; a crash is logged and counted, and the part simply
+        runs again at its next turn: no part's failure stops the others. False if it failed."""
+        try:
+            work()
+        except Exception:  # whatever it was, it was this turn's: the loop and the other parts go on
+            count = self.failures[part] = self.failures.get(part, 0) + 1
+            if count & (count - 1) == 0:  # the traceback at the 1st, 2nd, 4th, 8th ... failure: no log flood
+                log.exception("cloud part %s failed (%d times so far); it runs again at its next turn", part, count)
+            return False
+        return True
 
     def _check_alerts(self) -> None:
         """Monitoring: drift and error alerts over the last ``alert_window_s`` of telemetry."""
