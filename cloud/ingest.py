@@ -122,6 +122,19 @@ def _telemetry(session: Session, window: Telemetry, device_id: str | None) -> Ou
     return Outcome("stored" if stored else "duplicate")
 
 
+def _sender(topic: str) -> str | None:
+    try:
+        return topics.parse(topic).device_id
+    except ContractError:
+        return None
+
+
+def seen(session: Session, device_ids: set[str]) -> None:
+    """Any message from a device moves its "last seen", not only a change of state (one statement a batch)."""
+    if device_ids:
+        session.execute(update(Device).where(Device.id.in_(device_ids)).values(last_seen=now()))
+
+
 def _event(session: Session, payload: bytes, device_id: str | None) -> Outcome:
     event = decode_event(payload)
     _check_device(event.device_id, device_id)
@@ -213,7 +226,9 @@ class IngestWorker:
         for attempt in range(attempts):
             try:
                 with self.sessions.begin() as session:
-                    return [ingest(session, item.topic, item.payload) for item in received]
+                    outcomes = [ingest(session, item.topic, item.payload) for item in received]
+                    seen(session, {d for item in received if (d := _sender(item.topic)) is not None})
+                    return outcomes
             except (OperationalError, IntegrityError) as exc:  # busy, lost, or raced by another worker
                 if attempt == attempts - 1:
                     raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.ingest import ingest
@@ -171,3 +171,25 @@ def test_a_message_that_fails_in_the_store_is_dead_lettered_and_the_batch_goes_o
     with sessions() as session:
         (reason,) = session.scalars(select(DeadLetter.reason)).all()
     assert reason.startswith("OverflowError while storing")
+
+
+def test_last_seen_moves_with_every_message_not_only_state(sessions: sessionmaker[Session]) -> None:
+    """Devices sending telemetry every 10 s showed "5 min ago" in `fleet list`."""
+    with sessions.begin() as session:
+        ingest(session, topics.state("fridge-ls"), DeviceState(device_id="fridge-ls", online=True).to_json())
+        session.execute(update(Device).where(Device.id == "fridge-ls").values(
+            last_seen=datetime(2026, 1, 1, tzinfo=UTC)))
+    import queue as queue_module
+
+    from agent.mqtt import Received
+    from cloud.ingest import IngestWorker
+
+    class Transport:
+        inbox: queue_module.Queue[object] = queue_module.Queue()
+
+    transport = Transport()
+    transport.inbox.put(Received(topics.telemetry("fridge-ls"), window("fridge-ls", 1)))
+    assert IngestWorker(transport, sessions).drain() == 1  # type: ignore[arg-type]
+    with sessions() as session:
+        seen = session.get(Device, "fridge-ls").last_seen  # type: ignore[union-attr]
+    assert seen.replace(tzinfo=UTC) > datetime(2026, 11, 1, tzinfo=UTC)
