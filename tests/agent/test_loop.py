@@ -3,7 +3,7 @@ tests/integration). The transport, the ``agent`` fixture and ``deliver`` are in 
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.config import AgentConfig
@@ -186,26 +186,26 @@ def test_a_finite_source_ends_in_a_reported_state_and_the_agent_stays_up(tmp_pat
     try:
         transport.inbox.put(Connected())
 
-        def events() -> list[object]:
-            return [decode_event(p) for p in list(transport.on(topics.events("fridge-7")))]
+        def event(match: Callable[[object], bool]) -> Callable[[list[tuple[str, bytes, bool]]], object | None]:
+            def found(published: list[tuple[str, bytes, bool]]) -> object | None:
+                hits = [e for t, p, _ in published if t == topics.events("fridge-7") and match(e := decode_event(p))]
+                return hits[0] if hits else None
+            return found
 
-        deadline = time.monotonic() + 60
-        while not any(isinstance(e, ErrorEvent) and e.code == "source_ended" for e in events()):
-            assert thread.is_alive(), "the agent died at the end of its folder"
-            assert time.monotonic() < deadline, "the end of the folder was never reported"
-            time.sleep(0.01)
+        ended = transport.wait_for(event(lambda e: isinstance(e, ErrorEvent) and e.code == "source_ended"), 60)
+        assert ended is not None and thread.is_alive(), "the end of the folder was never reported (or the agent died)"
         bundle = world["bundles"][5]  # type: ignore[index]
         command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-after-end")
         transport.inbox.put(Received(topics.commands("fridge-7"), command.to_json()))
         for frame in frames:
             transport.inbox.put(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
-        while not any((isinstance(e, JobEvent) and e.job_id == "job-after-end" and e.state.terminal)
-                      or (isinstance(e, JobEvent) and e.state is JobState.PROBATION) for e in events()):
-            assert thread.is_alive() and time.monotonic() < deadline, "the deploy after the end was not handled"
-            time.sleep(0.01)
+        handled = transport.wait_for(event(lambda e: isinstance(e, JobEvent) and e.job_id == "job-after-end" and (
+            e.state.terminal or e.state is JobState.PROBATION)), 60)
+        assert handled is not None, "the deploy after the end was not handled"
         assert thread.is_alive()
-        ended = [e for e in events() if isinstance(e, ErrorEvent) and e.code == "source_ended"]
-        assert len(ended) == 1 and "all 3 images were read" in ended[0].message
+        said = [decode_event(p) for p in transport.on(topics.events("fridge-7"))]
+        ended_events = [e for e in said if isinstance(e, ErrorEvent) and e.code == "source_ended"]
+        assert len(ended_events) == 1 and "all 3 images were read" in ended_events[0].message
     finally:
         stop.set()
         thread.join(timeout=30)

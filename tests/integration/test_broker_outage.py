@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,15 +20,9 @@ from contract.state import offline
 from contract.telemetry import Telemetry
 from examples.fridge.synth import write_dataset
 from tests.integration import mosquitto
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
-
-
-def _until(done: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_outage_loses_no_window(tmp_path: Path, world: dict[str, object]) -> None:
@@ -75,12 +67,12 @@ def test_outage_loses_no_window(tmp_path: Path, world: dict[str, object]) -> Non
         return seqs
 
     try:
-        _until(lambda: len(received()) >= 2, "the first windows to reach the receiver")
+        until(lambda: len(received()) >= 2, "the first windows to reach the receiver")
         broker.terminate()  # the outage: windows keep being produced and spooled
         broker.wait(timeout=10)
-        _until(lambda: agent.spool.size >= 2, "windows to wait in the spool during the outage")
+        until(lambda: agent.spool.size >= 2, "windows to wait in the spool during the outage")
         broker = mosquitto.start(conf, port)
-        _until(lambda: agent.spool.size == 0, "the spool to drain after the outage")
+        until(lambda: agent.spool.size == 0, "the spool to drain after the outage")
         stop.set()
         thread.join(timeout=30)
         spool = Spool(tmp_path / "data" / "telemetry.db", 1000)  # the stopped agent's, read back
@@ -89,7 +81,7 @@ def test_outage_loses_no_window(tmp_path: Path, world: dict[str, object]) -> Non
         spool.close()
         delivered = set(range(1, produced + 1)) - waiting  # what the broker acknowledged
         # the receiver reconnects and gets its queue: every acknowledged window, positively
-        _until(lambda: delivered <= set(received()), f"windows {sorted(delivered - set(seqs))} to arrive")
+        until(lambda: delivered <= set(received()), f"windows {sorted(delivered - set(seqs))} to arrive")
     finally:
         stop.set()
         receiver.loop_stop()

@@ -5,7 +5,6 @@ telemetry published afterwards is stored."""
 from __future__ import annotations
 
 import queue
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from cloud.store import TelemetryRow, sqlite_url
 from contract import topics
 from tests.cloud.test_ingest import window
 from tests.integration.cloud_side import cloud_client
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -47,15 +47,14 @@ def test_a_crashing_part_is_counted_and_the_cloud_goes_on(mosquitto_url: str, tm
         for seq in (1, 2, 3):
             device.publish(topics.telemetry("fridge-sup"), window("fridge-sup", seq), qos=1).wait_for_publish(5)
         device.disconnect()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def stored() -> int:
             with cloud.sessions() as session:
-                stored = session.scalar(select(func.count()).select_from(TelemetryRow)
-                                        .where(TelemetryRow.device_id == "fridge-sup"))
-            if stored == 3 and cloud.failures.get("controller") == 2:
-                break
-            time.sleep(0.1)
-        assert stored == 3, cloud.failures
+                return int(session.scalar(select(func.count()).select_from(TelemetryRow)
+                                          .where(TelemetryRow.device_id == "fridge-sup")) or 0)
+
+        until(lambda: stored() == 3 and cloud.failures.get("controller") == 2, "the windows and the controller's "
+              "second crash", detail=lambda: f"{stored()} stored, failures {cloud.failures}")
+        assert stored() == 3, cloud.failures
         assert cloud.failures == {"ingestion": 2, "controller": 2}
         assert cloud._thread is not None and cloud._thread.is_alive()
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from cloud.store import DeadLetter, TelemetryRow, open_store, sqlite_url
 from contract import topics
 from contract.telemetry import Telemetry
 from tests.integration.cloud_side import cloud_client
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 26, tzinfo=UTC)
@@ -56,10 +56,9 @@ def stored(sessions: sessionmaker[Session], table: type = TelemetryRow) -> int:
 
 
 def settle(sessions: sessionmaker[Session], expected: int, table: type = TelemetryRow, timeout: float = 60) -> int:
-    """Wait until ``expected`` rows are stored (or the timeout), then return the count."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and stored(sessions, table) < expected:
-        time.sleep(0.1)
+    """Wait until ``expected`` rows are stored, then return the count (more would be a duplicate)."""
+    until(lambda: stored(sessions, table) >= expected, f"{expected} rows in {table.__name__}", timeout,
+          detail=lambda: f"{stored(sessions, table)} stored")
     return stored(sessions, table)
 
 
@@ -70,14 +69,7 @@ def drained(url: str, sessions: sessionmaker[Session], timeout: float = 60) -> N
     device = cloud_client(url, True, queue.Queue())
     device.publish(topics.telemetry("marker"), window("marker", 1), qos=1).wait_for_publish(5)
     device.disconnect()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with sessions() as session:
-            if session.scalar(select(func.count()).select_from(TelemetryRow)
-                              .where(TelemetryRow.device_id == "marker")):
-                return
-        time.sleep(0.1)
-    raise AssertionError("the marker window was never stored")
+    until(lambda: of_device(sessions, "marker") > 0, "the marker window to be stored", timeout)
 
 
 def of_device(sessions: sessionmaker[Session], device: str) -> int:

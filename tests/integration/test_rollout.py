@@ -6,7 +6,6 @@ mid-rollout and a new one continues; no device installs anything twice."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,18 +23,14 @@ from cloud.store import Device, EventRow, Rollout, RolloutDevice, sqlite_url
 from compiler.bundle import Bundle
 from contract.jobs import JobState
 from examples.fridge.synth import write_dataset
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 AGENTS = 24
 
 
 def wait(predicate: Callable[[], bool], timeout: float, what: str, cloud: Cloud | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{_dump(cloud)}")
+    until(predicate, what, timeout, detail=lambda: _dump(cloud))
 
 
 def _dump(cloud: Cloud | None) -> str:
