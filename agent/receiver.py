@@ -165,9 +165,6 @@ class Download:
         fsync_dir(self.dir)
         return done
 
-    def discard(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
     @staticmethod
     def remove(data_dir: Path, ref: ArtifactRef) -> None:
         """Delete a download's files without opening it (a failed or finished job's)."""

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 from cloud.errors import BundleImportError, NotFoundError
 from cloud.plan import Selector
 from cloud.store import BundleRow, Device
-from contract.bundle import manifest_sha256, unpack, verify_dir
+from contract.bundle import manifest_sha256, unpack
 from contract.common import BundleRef
 from contract.errors import ContractError
+from contract.manifest import MANIFEST_FILE, load_manifest
 from contract.signing import TrustStore
 from contract.topics import check_id
 
@@ -27,8 +28,8 @@ def add_bundle(session: Session, tarball: Path, trust: TrustStore) -> BundleRow:
     try:
         data = tarball.read_bytes()
         with tempfile.TemporaryDirectory(prefix="coldchain-bundle-") as tmp:
-            directory = unpack(data, Path(tmp) / "b", trust)
-            manifest = verify_dir(directory, trust)
+            directory = unpack(data, Path(tmp) / "b", trust)  # signature, then every file's size and hash
+            manifest = load_manifest((directory / MANIFEST_FILE).read_bytes())
             sha = manifest_sha256(directory)
     except OSError as exc:
         raise BundleImportError(f"cannot read bundle {tarball}: {exc.strerror or exc}") from exc
