@@ -11,10 +11,7 @@ Needs ``mosquitto`` on PATH."""
 from __future__ import annotations
 
 import argparse
-import os
 import queue
-import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,59 +26,17 @@ from sqlalchemy import func, select
 
 from agent.config import BrokerConfig
 from agent.simulate import simulated_agents
+from benchmarks.faults.broker import mosquitto
+from benchmarks.faults.world import build_world, padded_bundle
 from cloud import rollouts
-from cloud.broker import free_port
 from cloud.fleet import add_bundle
 from cloud.plan import Gates, RolloutPlan, Timeouts
 from cloud.service import Cloud
 from cloud.store import Device, EventRow, RolloutDevice, sqlite_url
-from compiler.bundle import write_bundle
-from compiler.description import load_description
-from compiler.evaluate import image_sets
-from compiler.pipeline import Pipeline
-from compiler.target import load_target
 from contract import signing
-from contract.bundle import file_entry, pack
-from contract.manifest import SIGNATURE_FILE, ModelSource, dump_manifest, load_manifest
 from contract.transfer import DEFAULT_CHUNK_SIZE, encode_chunk
-from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
-from examples.fridge.synth import write_dataset
 
 console = Console()
-
-
-def padded_bundle(root: Path, mib: float, key_dir: Path) -> Path:
-    """The fridge bundle, padded to ``mib`` MiB with random bytes and signed again."""
-    write_dataset(root / "cal", 30, seed=1)
-    write_dataset(root / "eval", 30, seed=2)
-    description = load_description(DESCRIPTION_FILE)
-    cal, ev, _ = image_sets(root / "cal", root / "eval", 30, 0, description)
-    target = load_target("arm64-cortex-a72-ort")
-    result = Pipeline(description, target, cal, ev, root / "work").run(MODEL_FILE)
-    pair = signing.write_keypair(key_dir, "ops")
-    key = signing.load_private_key(pair.private)
-    source = ModelSource(name="fridge", version="1", source_uri="file:///fridge.onnx", sha256="0" * 64)
-    bundle = write_bundle(result, source, target, cal, ev, key, root / "bundles", 1)
-    directory = bundle.directory
-    current = bundle.tarball.stat().st_size
-    (directory / "padding.bin").write_bytes(os.urandom(max(0, int(mib * 1024 * 1024) - current)))
-    manifest = load_manifest((directory / "manifest.json").read_bytes())
-    manifest = manifest.model_copy(update={"files": [*manifest.files, file_entry(directory, "padding.bin", "other")]})
-    data = dump_manifest(manifest)
-    (directory / "manifest.json").write_bytes(data)
-    (directory / SIGNATURE_FILE).write_bytes(signing.sign(data, key))
-    return pack(directory, root / "bundle-padded.tar.gz")
-
-
-def start_mosquitto(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    conf = folder / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 0\nmax_queued_bytes 0\n")
-    process = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return process, f"mqtt://127.0.0.1:{port}"
 
 
 def coldchain_rollout(url: str, tarball: Path, key_dir: Path, work: Path, agents: int) -> dict[str, float]:
@@ -194,14 +149,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="coldchain-fanout-") as tmp:
         root = Path(tmp)
         with console.status("compiling and padding the bundle"):
-            tarball = padded_bundle(root / "build", args.mib, root / "keys")
+            world = build_world(root / "build", sequences=(1,))
+            bundle = world.bundles[1]
+            pad = max(0.0, args.mib - bundle.tarball.stat().st_size / 2**20)  # the whole tarball is --mib
+            tarball, _ = padded_bundle(bundle, world.trusted_key, root / "build", pad)
         size = tarball.stat().st_size
-        broker, url = start_mosquitto(root)
-        try:
-            ours = coldchain_rollout(url, tarball, root / "keys", root / "run", args.agents)
+        with mosquitto(root, unbounded_queues=True) as url:
+            ours = coldchain_rollout(url, tarball, world.root / "keys", root / "run", args.agents)
             plain = plain_paho(url, tarball, args.agents)
-        finally:
-            broker.terminate()
     table = Table(title=f"{size / 2**20:.2f} MiB bundle to {args.agents} agents through Mosquitto (MQTT v5)")
     for column in ("", "coldchain rollout (group fan-out)", "plain paho (one publish per subscriber)"):
         table.add_column(column, justify="right" if column else "left")
