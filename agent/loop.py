@@ -24,7 +24,6 @@ from agent.errors import AgentError, FrameError, SlotError, SourceEnded
 from agent.frames import FrameSource
 from agent.jobs import JobRecord
 from agent.model import LoadedBundle
-from agent.mqtt import Acked, Connected, Disconnected, Inbound, Received, Transport
 from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
@@ -45,6 +44,7 @@ from contract.jobs import JobState
 from contract.signing import TrustStore, verify_signature
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import decode_chunk
+from transport.client import Acked, Connected, Disconnected, Inbound, Received, Transport
 
 log = logging.getLogger("coldchain.agent")
 AGENT_VERSION = "0.1.0"
@@ -440,7 +440,7 @@ def del_oldest(mapping: dict[str, float | None], keep: int) -> None:
 
 
 def run_agent(config: AgentConfig, source: FrameSource | None, seconds: float | None = None) -> Agent:
-    from agent.mqtt import MqttTransport
+    from transport.client import MqttTransport
 
     transport = MqttTransport(config.device_id, config.broker, topics.state(config.device_id),
                               offline(config.device_id).to_json())

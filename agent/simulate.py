@@ -8,13 +8,14 @@ import threading
 import time
 from pathlib import Path
 
-from agent.config import AgentConfig, BrokerConfig
+from agent.config import AgentConfig
 from agent.frames import FolderSource
 from agent.loop import Agent
-from agent.mqtt import MqttTransport
-from agent.mqtt_loop import SharedLoop
 from contract import topics
 from contract.state import offline
+from transport.client import MqttTransport
+from transport.config import BrokerConfig
+from transport.loop import SharedLoop
 
 
 def simulated_agents(count: int, broker: BrokerConfig, data_root: Path, trusted_keys: list[Path],

@@ -20,7 +20,6 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
-from agent.config import BrokerConfig
 from cloud import rollouts
 from cloud.broker import EmbeddedBroker
 from cloud.fleet import add_bundle
@@ -29,6 +28,7 @@ from cloud.service import Cloud
 from cloud.store import Device, TelemetryRow, sqlite_url
 from contract.signing import TrustStore, load_private_key
 from examples.fridge.synth import write_dataset
+from transport.config import BrokerConfig
 
 
 def main() -> None:

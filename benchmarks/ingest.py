@@ -25,14 +25,14 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
-from agent.config import BrokerConfig
-from agent.mqtt import MqttTransport
 from cloud.broker import free_port
 from cloud.ingest import IngestWorker
 from cloud.store import Base, TelemetryRow, open_store, sqlite_url
 from contract import topics
 from contract.common import LatencyStats
 from contract.telemetry import Telemetry
+from transport.client import MqttTransport
+from transport.config import BrokerConfig
 
 T0 = datetime(2026, 11, 26, tzinfo=UTC)
 

@@ -24,7 +24,6 @@ from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy import func, select
 
-from agent.config import BrokerConfig
 from agent.simulate import simulated_agents
 from benchmarks.faults.broker import mosquitto
 from benchmarks.faults.world import build_world, padded_bundle
@@ -35,6 +34,7 @@ from cloud.service import Cloud
 from cloud.store import Device, EventRow, RolloutDevice, sqlite_url
 from contract import signing
 from contract.transfer import DEFAULT_CHUNK_SIZE, encode_chunk
+from transport.config import BrokerConfig
 
 console = Console()
 

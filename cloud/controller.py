@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.mqtt import Transport
 from cloud.errors import NotFoundError
 from cloud.fleet import bundle_ref, previous_bundle
 from cloud.gates import WaveEvidence, evaluate, failed
@@ -41,6 +40,7 @@ from contract.common import BundleRef
 from contract.jobs import JobState
 from contract.manifest import Manifest
 from contract.signing import key_id
+from transport.client import Transport
 
 log = logging.getLogger("coldchain.rollout")
 TERMINAL = frozenset({s.value for s in JobState if s.terminal} | {"TIMED_OUT", "SKIPPED"})

@@ -22,7 +22,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.mqtt import Connected, Inbound, Received, Subscribed, Transport
 from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, TelemetryRow, now
 from contract import topics
 from contract.errors import ContractError
@@ -31,6 +30,7 @@ from contract.jobs import JobState
 from contract.state import DeviceState
 from contract.telemetry import Telemetry
 from contract.transfer import MissingChunks
+from transport.client import Connected, Inbound, Received, Subscribed, Transport
 
 log = logging.getLogger("coldchain.ingest")
 DEAD_LETTER_BYTES = 64 * 1024

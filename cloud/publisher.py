@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.mqtt import Transport
 from cloud.errors import NotFoundError
 from contract import topics
 from contract.commands import ArtifactRef
 from contract.transfer import DEFAULT_CHUNK_SIZE, MissingChunks, encode_chunk
+from transport.client import Transport
 
 log = logging.getLogger("coldchain.publisher")
 REPAIR_HOLDOFF_S = 10.0  # a chunk repaired for a device is not sent to it again this soon

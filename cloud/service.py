@@ -13,14 +13,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from agent.config import BrokerConfig
-from agent.mqtt import MqttTransport
 from cloud.controller import Controller
 from cloud.errors import BrokerError
 from cloud.ingest import IngestWorker
 from cloud.monitor import check_alerts
 from cloud.publisher import Publisher
 from cloud.store import BundleRow, open_store
+from transport.client import MqttTransport
+from transport.config import BrokerConfig
 
 log = logging.getLogger("coldchain.cloud")
 

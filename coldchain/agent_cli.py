@@ -151,9 +151,9 @@ def simulate(
     seconds: Annotated[float | None, typer.Option(min=1, help="Stop after this long.")] = None,
 ) -> None:
     """N agents in one process, each with its own identity, state and spool, sharing model sessions."""
-    from agent.config import BrokerConfig
     from agent.errors import AgentError
     from agent.simulate import run_all, simulated_agents
+    from transport.config import BrokerConfig
 
     with user_errors(AgentError, ValueError):
         agents = simulated_agents(count, BrokerConfig(url=broker, protocol=protocol), data, trusted,

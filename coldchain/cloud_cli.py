@@ -34,10 +34,10 @@ def serve(
     (bearer token from COLDCHAIN_API_TOKEN)."""
     import time
 
-    from agent.config import BrokerConfig
     from cloud.errors import CloudError
     from cloud.service import Cloud
     from contract.signing import load_private_key
+    from transport.config import BrokerConfig
 
     with user_errors(CloudError, ValueError):
         config = BrokerConfig(url=broker, protocol="5" if protocol == "5" else "3.1.1")

@@ -13,7 +13,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
-from agent.config import BrokerConfig
 from agent.loop import Agent
 from agent.simulate import simulated_agents
 from cloud import rollouts
@@ -26,6 +25,7 @@ from cloud.store import Alert, Device, sqlite_url
 from coldchain.cloud_views import alerts_table, fleet_table, monitor_table, rollout_table
 from coldchain.console import console
 from contract.signing import TrustStore, load_private_key
+from transport.config import BrokerConfig
 
 GROUPS = ("kitchen-eu", "kitchen-us")
 

@@ -21,7 +21,7 @@ scripts/setup-onnx2tf.sh
 
 echo "== ruff"
 .venv/bin/ruff check .
-echo "== mypy (strict for contract/ and agent/)"
+echo "== mypy (strict for contract/, transport/ and agent/)"
 .venv/bin/mypy
 echo "== import contracts"
 .venv/bin/lint-imports

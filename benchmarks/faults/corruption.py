@@ -20,7 +20,6 @@ from pathlib import Path
 
 from agent.frames import FolderSource
 from agent.loop import Agent
-from agent.mqtt import Connected, Received
 from benchmarks.faults.device import MemoryTransport, deliver, events, new_agent, pass_probation
 from benchmarks.faults.invariant import data_dir_violations
 from benchmarks.faults.report import Row
@@ -29,6 +28,7 @@ from contract import topics
 from contract.commands import DeployCommand
 from contract.events import ErrorEvent, JobEvent
 from contract.jobs import JobState
+from transport.client import Connected, Received
 
 KINDS = ("truncated to half", "emptied", "garbled")
 MAX_ERRORS = 15

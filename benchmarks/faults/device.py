@@ -18,7 +18,6 @@ from agent.config import AgentConfig
 from agent.deploy import Deployer
 from agent.frames import FrameSource
 from agent.loop import Agent
-from agent.mqtt import Inbound, Received
 from agent.runtimes import available
 from benchmarks.faults.world import World, deploy_command
 from compiler.bundle import Bundle
@@ -27,6 +26,7 @@ from contract.commands import DeployCommand
 from contract.events import ErrorEvent, Event, JobEvent, decode_event
 from contract.jobs import JobState
 from contract.transfer import decode_chunk
+from transport.client import Inbound, Received
 
 T = TypeVar("T")
 

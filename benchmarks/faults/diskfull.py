@@ -25,7 +25,6 @@ from agent import slots as agent_slots
 from agent.errors import AgentError
 from agent.frames import FolderSource
 from agent.loop import Agent
-from agent.mqtt import Connected, Received
 from benchmarks.faults.device import MemoryTransport, events, known_good_template, new_agent
 from benchmarks.faults.invariant import data_dir_violations, tree_bytes
 from benchmarks.faults.report import Row
@@ -36,6 +35,7 @@ from contract.commands import ProfileCommand
 from contract.errors import ContractError
 from contract.events import JobEvent, ProfileEvent
 from contract.jobs import JobState
+from transport.client import Connected, Received
 
 KINDS = ("download does not fit", "disk fills during the download", "install does not fit",
          "disk fills during the install")

@@ -19,9 +19,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from agent.config import BrokerConfig
 from agent.loop import Agent
-from agent.mqtt import MqttTransport
 from benchmarks.faults.broker import Inbox, close, cloud_client, mosquitto, wait_for
 from benchmarks.faults.device import agent_config, known_good_template
 from benchmarks.faults.fuzz_payloads import DEVICE, deploy_job, message, refused
@@ -33,6 +31,8 @@ from contract.commands import CancelCommand, ProfileCommand
 from contract.events import ProfileEvent, decode_event
 from contract.signing import key_id, load_public_key
 from contract.state import DeviceState, offline
+from transport.client import MqttTransport
+from transport.config import BrokerConfig
 
 MAX_DATA_BYTES = 64 * 1024 * 1024
 MARKER_TIMEOUT = 300.0

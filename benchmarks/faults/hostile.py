@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.frames import FolderSource
 from agent.loop import Agent
-from agent.mqtt import Connected, Received
 from benchmarks.faults.device import MemoryTransport, known_good_template, new_agent
 from benchmarks.faults.invariant import data_dir_violations
 from benchmarks.faults.report import Row
@@ -33,6 +32,7 @@ from contract.commands import ProfileCommand
 from contract.events import JobEvent, ProfileEvent, decode_event
 from contract.jobs import JobState
 from contract.transfer import sha256_hex
+from transport.client import Connected, Received
 
 Entry = tuple[tarfile.TarInfo, BinaryIO | None]
 BOMB = 256 * 1024 * 1024

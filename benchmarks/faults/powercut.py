@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.deploy import Deployer
-from agent.mqtt import Connected
 from agent.runtimes import available
 from benchmarks.faults.device import new_agent, pass_probation
 from benchmarks.faults.invariant import data_dir_violations
 from benchmarks.faults.report import Row
 from benchmarks.faults.world import World, deploy_command
 from contract.transfer import decode_chunk
+from transport.client import Connected
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 from agent.config import AgentConfig
 from agent.frames import FolderSource
 from agent.loop import Agent, data_dir_status
-from agent.mqtt import Acked, Connected, Received
 from contract import topics
 from contract.events import ShadowEvent, decode_event
 from contract.jobs import JobState
@@ -19,6 +18,7 @@ from contract.transfer import MissingChunks
 from examples.fridge.synth import write_dataset
 from tests.agent.conftest import MemoryTransport, deliver
 from tests.conftest import deploy_command
+from transport.client import Acked, Connected, Received
 
 
 def test_connect_subscribes_and_reports_state(agent: tuple[Agent, MemoryTransport]) -> None:

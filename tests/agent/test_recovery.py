@@ -12,13 +12,13 @@ import pytest
 
 from agent.frames import FolderSource
 from agent.loop import ERROR_BURST, Agent
-from agent.mqtt import Connected, Received
 from contract import topics
 from contract.events import ErrorEvent, JobEvent, decode_event
 from contract.jobs import JobState
 from contract.transfer import decode_chunk
 from tests.agent.conftest import MemoryTransport, deliver
 from tests.conftest import deploy_command
+from transport.client import Connected, Received
 
 DEVICE = "fridge-7"
 

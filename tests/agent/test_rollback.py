@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from agent.loop import Agent, data_dir_status
-from agent.mqtt import Connected, Received
 from benchmarks.faults.world import signed_rollback
 from contract import topics
 from contract.bundle import manifest_sha256
@@ -17,6 +16,7 @@ from contract.common import BundleRef
 from contract.events import ErrorEvent, decode_event
 from contract.jobs import JobState
 from tests.agent.conftest import MemoryTransport, deliver
+from transport.client import Connected, Received
 
 DEVICE = "fridge-7"
 

@@ -142,8 +142,8 @@ def test_a_message_that_fails_in_the_store_is_dead_lettered_and_the_batch_goes_o
     import queue as queue_module
 
     import cloud.ingest
-    from agent.mqtt import Received
     from cloud.ingest import IngestWorker
+    from transport.client import Received
 
     real = cloud.ingest._telemetry
 
@@ -181,8 +181,8 @@ def test_last_seen_moves_with_every_message_not_only_state(sessions: sessionmake
             last_seen=datetime(2026, 1, 1, tzinfo=UTC)))
     import queue as queue_module
 
-    from agent.mqtt import Received
     from cloud.ingest import IngestWorker
+    from transport.client import Received
 
     class Transport:
         inbox: queue_module.Queue[object] = queue_module.Queue()

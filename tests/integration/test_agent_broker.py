@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, BrokerConfig
+from agent.config import AgentConfig
 from agent.frames import FolderSource
 from agent.loop import Agent
-from agent.mqtt import MqttTransport
 from contract import topics
 from contract.events import JobEvent, decode_event
 from contract.jobs import JobState
@@ -22,6 +21,8 @@ from contract.telemetry import Telemetry
 from examples.fridge.synth import write_dataset
 from tests.conftest import deploy_command
 from tests.integration.cloud_side import cloud_client, job_accepted, subscribe, wait_for
+from transport.client import MqttTransport
+from transport.config import BrokerConfig
 
 pytestmark = pytest.mark.integration
 

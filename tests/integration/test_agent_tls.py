@@ -14,14 +14,15 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import AgentConfig, BrokerConfig
+from agent.config import AgentConfig
 from agent.loop import Agent
-from agent.mqtt import MqttTransport
 from cloud.broker import free_port
 from contract import topics
 from contract.state import DeviceState, offline
 from tests.integration import mosquitto
 from tests.integration.tls import CertificateAuthority
+from transport.client import MqttTransport
+from transport.config import BrokerConfig
 
 pytestmark = pytest.mark.integration
 

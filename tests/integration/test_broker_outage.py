@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, BrokerConfig
+from agent.config import AgentConfig
 from agent.frames import FolderSource
 from agent.loop import Agent
-from agent.mqtt import MqttTransport
 from agent.spool import Spool
 from cloud.broker import free_port
 from contract import topics
@@ -21,6 +20,8 @@ from contract.telemetry import Telemetry
 from examples.fridge.synth import write_dataset
 from tests.integration import mosquitto
 from tests.waiting import until
+from transport.client import MqttTransport
+from transport.config import BrokerConfig
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from agent.config import BrokerConfig
 from cloud.service import Cloud
 from cloud.store import TelemetryRow, sqlite_url
 from contract import topics
 from tests.cloud.test_ingest import window
 from tests.integration.cloud_side import cloud_client
 from tests.waiting import until
+from transport.config import BrokerConfig
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.config import BrokerConfig
-from agent.mqtt import MqttTransport
 from cloud.ingest import IngestWorker
 from cloud.store import DeadLetter, TelemetryRow, open_store, sqlite_url
 from contract import topics
 from contract.telemetry import Telemetry
 from tests.integration.cloud_side import cloud_client
 from tests.waiting import until
+from transport.client import MqttTransport
+from transport.config import BrokerConfig
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 26, tzinfo=UTC)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from agent.config import BrokerConfig
 from agent.simulate import simulated_agents
 from cloud import rollouts
 from cloud.fleet import add_bundle
@@ -26,6 +25,7 @@ from compiler.bundle import Bundle
 from contract.bundle import manifest_sha256
 from examples.fridge.synth import write_dataset
 from tests.integration.test_rollout import _dump, _status, plan, wait
+from transport.config import BrokerConfig
 
 pytestmark = pytest.mark.integration
 AGENTS = 4

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from agent.config import BrokerConfig
 from agent.simulate import simulated_agents
 from cloud.fleet import add_bundle, tag
 from cloud.plan import Gates, RolloutPlan, Selector, Timeouts
@@ -24,6 +23,7 @@ from compiler.bundle import Bundle
 from contract.jobs import JobState
 from examples.fridge.synth import write_dataset
 from tests.waiting import until
+from transport.config import BrokerConfig
 
 pytestmark = pytest.mark.integration
 AGENTS = 24

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import BrokerConfig
-from agent.mqtt import Connected, MqttTransport, Received, Subscribed
-from agent.mqtt_loop import SharedLoop
 from cloud.broker import EmbeddedBroker
+from transport.client import Connected, MqttTransport, Received, Subscribed
+from transport.config import BrokerConfig
+from transport.loop import SharedLoop
 
 
 @pytest.fixture

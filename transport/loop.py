@@ -21,7 +21,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-log = logging.getLogger("coldchain.agent.mqtt")
+log = logging.getLogger("coldchain.transport")
 _RW = selectors.EVENT_READ | selectors.EVENT_WRITE
 
 

@@ -15,8 +15,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.config import BrokerConfig
-from agent.mqtt_loop import SharedLoop
+from transport.config import BrokerConfig
+from transport.loop import SharedLoop
 
 
 @dataclass(frozen=True)
