@@ -84,6 +84,7 @@ class Controller:
             raise NotFoundError(f"rollout {rollout.id} names bundle {rollout.bundle_sha256[:12]}, which is gone")
         wave = self._devices(session, rollout.id, rollout.wave)
         clock = self.clock()
+        self.publisher.chunking(bundle.artifact_sha256, plan.chunk_size)  # repairs too, after a restart
         if rollout.wave_started_at is None:
             self._start_wave(rollout, bundle, plan, wave, clock)
             return

@@ -130,12 +130,8 @@ class Publisher:
     def artifact(self, sha256: str, chunk_size: int | None = None) -> Artifact:
         """The artifact chunked in ``chunk_size`` (default: the chunk size it was last asked in, or
         the publisher's), from the cache or read from its tarball."""
+        size = self.chunking(sha256, chunk_size)
         with self._lock:
-            size = chunk_size or self._chunkings.get(sha256, self.chunk_size)
-            self._chunkings[sha256] = size
-            self._chunkings.move_to_end(sha256)
-            while len(self._chunkings) > 4 * self.cache_count:
-                self._chunkings.popitem(last=False)
             found = self._artifacts.get((sha256, size))
             if found is not None:
                 self._artifacts.move_to_end((sha256, size))
@@ -148,6 +144,17 @@ class Publisher:
             self._artifacts[(sha256, size)] = found
             self._evict()
         return found
+
+    def chunking(self, sha256: str, chunk_size: int | None = None) -> int:
+        """The chunk size repairs of ``sha256`` use: ``chunk_size`` from now on if given (a rollout
+        streaming it says so), else the last one given, else the publisher's default."""
+        with self._lock:
+            size = chunk_size or self._chunkings.get(sha256, self.chunk_size)
+            self._chunkings[sha256] = size
+            self._chunkings.move_to_end(sha256)
+            while len(self._chunkings) > LIMITS:
+                self._chunkings.popitem(last=False)
+            return size
 
     def cached_bytes(self) -> int:
         with self._lock:

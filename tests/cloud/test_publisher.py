@@ -150,3 +150,7 @@ def test_an_artifact_is_chunked_as_asked_and_repaired_in_that_chunking(tmp_path:
     assert len(publisher.artifact(sha, 4096).frames) == 3 and len(publisher.artifact(sha).frames) == 3
     assert publisher.repair(MissingChunks.from_indices("d1", sha, 3, [2])) == 1
     assert len(decode_chunk(transport.sent[-1][1]).data) == 10 * 1024 - 2 * 4096
+    restarted = Publisher(Recorder(), lambda sha: tarball, chunk_size=1024)  # type: ignore[arg-type]
+    assert restarted.repair(MissingChunks.from_indices("d1", sha, 3, [2])) == 0  # another chunking: ignored
+    restarted.chunking(sha, 4096)  # what the controller says of a running rollout at each step
+    assert restarted.repair(MissingChunks.from_indices("d1", sha, 3, [2])) == 1
