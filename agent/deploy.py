@@ -25,7 +25,7 @@ from agent.receiver import Download
 from agent.recovery import check_slots
 from agent.runtimes import version_at_least
 from agent.selftest import run_golden
-from agent.slots import SlotName, SlotStore
+from agent.slots import SlotName, SlotStore, signed_ref
 from contract.bundle import manifest_sha256, unpack
 from contract.commands import DeployCommand
 from contract.common import Runtime
@@ -199,7 +199,8 @@ class Deployer:
                 fault("after_verify")
                 self._move(record, JobState.INSTALLING)
             if record.state is JobState.INSTALLING:
-                record.slot = self.slots.install(self._staging(command), command.bundle)
+                staged = self._staging(command)
+                record.slot = self.slots.install(staged, *signed_ref(staged, command.bundle))
                 self.jobs.save(record)
                 self._move(record, JobState.SELF_TEST)
             if record.state is JobState.SELF_TEST:
@@ -308,10 +309,9 @@ class Deployer:
             raise AgentError(f"this device has no {runtime.name.value} runtime; the bundle needs it")
         if not version_at_least(have, runtime.min_version):
             raise AgentError(f"{runtime.name.value} {have} is older than the bundle's minimum {runtime.min_version}")
-        active = self.slots.pointer().active_sequence
-        if active is not None and manifest.sequence <= active:
-            raise AgentError(f"bundle sequence {manifest.sequence} is not newer than the active {active}: "
-                             "refused (anti-rollback); an older bundle needs an operator-signed rollback")
+        refusal = self.slots.pointer().refusal(manifest.stream_name, manifest.sequence)  # per model stream
+        if refusal is not None:
+            raise AgentError(refusal)
         self.jobs.save(record)
         return manifest
 
@@ -392,7 +392,8 @@ class Deployer:
         """FAILED, with the active bundle untouched; ROLLED_BACK if the new bundle had become active.
         A bundle installed here that failed (self-test) is marked bad in its slot."""
         pointer = self.slots.pointer()
-        if record.manifest_sha256 is not None and pointer.active_sha256 == record.manifest_sha256:
+        activated = record.state in (JobState.ACTIVATING, JobState.PROBATION)  # not: the same bundle, already active
+        if activated and record.manifest_sha256 is not None and pointer.active_sha256 == record.manifest_sha256:
             return self._move(record, JobState.ROLLED_BACK, f"{reason}; {self._restore()}")
         if (record.slot in ("a", "b") and record.manifest_sha256 is not None
                 and pointer.holding(record.manifest_sha256) == record.slot):

@@ -35,26 +35,32 @@ def _content(store: SlotStore, slot: SlotName) -> str | None:
         return None
 
 
-def _verified(store: SlotStore, slot: SlotName, trust: TrustStore) -> BundleRef | None:
+def _verified(store: SlotStore, slot: SlotName, trust: TrustStore) -> tuple[BundleRef, str] | None:
+    """The slot's bundle ref and model stream, if its content verifies."""
     try:
         manifest = verify_dir(store.path(slot), trust)
     except (ContractError, OSError):
         return None
     return BundleRef(model_name=manifest.model.name, model_version=manifest.model.version,
-                     target=manifest.target.name, sequence=manifest.sequence, sha256=manifest_sha256(store.path(slot)))
+                     target=manifest.target.name, sequence=manifest.sequence,
+                     sha256=manifest_sha256(store.path(slot))), manifest.stream_name
 
 
 def _rebuild(store: SlotStore, trust: TrustStore) -> Pointer:
     """A pointer from the slots' content alone: every bundle that verifies is taken as known-good
     (it was installed, self-tested and activated here), the newest of them active."""
     slots = {s: Slot(status=SlotStatus.EMPTY) for s in SLOTS}
+    streams: dict[SlotName, str] = {}
+    floors: dict[str, int] = {}  # the lost pointer's history is gone: the floors start from the slots
     for slot in SLOTS:
-        ref = _verified(store, slot, trust)
-        if ref is not None:
-            slots[slot] = Slot(status=SlotStatus.GOOD, bundle=ref)
+        found = _verified(store, slot, trust)
+        if found is not None:
+            slots[slot], streams[slot] = Slot(status=SlotStatus.GOOD, bundle=found[0]), found[1]
+            floors[found[1]] = max(floors.get(found[1], 0), found[0].sequence)
     present = [s for s in SLOTS if slots[s].bundle is not None]
     active = max(present, key=lambda s: slots[s].bundle.sequence, default=None)  # type: ignore[union-attr]
-    return Pointer(active, slots, tuple(slots[s].bundle.sha256 for s in present), ())  # type: ignore[union-attr]
+    return Pointer(active, slots, tuple(slots[s].bundle.sha256 for s in present), (),  # type: ignore[union-attr]
+                   floors, streams)
 
 
 def check_slots(store: SlotStore, trust: TrustStore) -> str | None:

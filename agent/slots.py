@@ -6,7 +6,8 @@ Layout under ``<data_dir>/slots``::
     a/            one installed bundle (directory)
     b/            the other
     ACTIVE        JSON: which slot is active, and for *each* slot what it holds (bundle ref) and its
-                  status; the bundles that passed probation here (known-good) and that failed (bad)
+                  status; the bundles that passed probation here (known-good) and that failed (bad);
+                  per model stream, the highest sequence this device has activated (anti-rollback)
 
 Slot statuses (``contract.state.SlotStatus``): ``empty``, ``installing`` (being overwritten: its
 content is nobody's), ``candidate`` (installed and verified, not yet proven), ``good`` (passed
@@ -19,6 +20,11 @@ probation on this device), ``bad`` (failed self-test or probation, or was rolled
 - The pointer is replaced by writing a temporary file, fsyncing it, renaming it over ``ACTIVE``
   and fsyncing the directory: after a crash at any instant it is the old or the new pointer.
 - It is read from disk once (or after ``reload()``); this process is its only writer.
+- Anti-rollback is per model stream (``Pointer.refusal``): a bundle is refused when its sequence is
+  below the highest this device activated in its stream (the *floor*, raised by every pointer write
+  that makes a bundle active), or not above the active bundle's of the same stream. Another stream
+  may be deployed whatever its sequence; operator-signed rollbacks activate a known-good slot and
+  never lower a floor.
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ from agent.errors import SlotError
 from agent.faults import fault
 from contract.bundle import RESERVE_BYTES, free_bytes
 from contract.common import BundleRef
+from contract.manifest import MANIFEST_FILE, load_manifest
 from contract.state import Slot, SlotStatus
 
 SlotName = Literal["a", "b"]
 SLOTS: tuple[SlotName, SlotName] = ("a", "b")
 POINTER = "ACTIVE"
 HISTORY = 32  # known-good and bad shas remembered
+STREAMS = 64  # model streams whose anti-rollback floor is remembered (the least recently activated go first)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,9 @@ class Pointer:
     slots: dict[SlotName, Slot] = field(default_factory=lambda: {s: Slot(status=SlotStatus.EMPTY) for s in SLOTS})
     good: tuple[str, ...] = ()  # manifest shas that passed probation here, oldest first
     bad: tuple[str, ...] = ()  # manifest shas that failed here, oldest first
+    floors: dict[str, int] = field(default_factory=dict)  # stream -> highest sequence activated here
+    # each slot's model stream (agent-private: the wire's BundleRef has none); absent: the model's name
+    streams: dict[SlotName, str] = field(default_factory=dict)
 
     def bundle(self, slot: SlotName | None) -> BundleRef | None:
         return None if slot is None else self.slots[slot].bundle
@@ -77,24 +88,72 @@ class Pointer:
     def previous_bundle(self) -> BundleRef | None:
         return self.bundle(self.previous)
 
+    def stream(self, slot: SlotName | None) -> str | None:
+        """The model stream of the bundle in ``slot`` (None: no bundle)."""
+        ref = self.bundle(slot)
+        return None if ref is None or slot is None else self.streams.get(slot, ref.model_name)
+
+    def refusal(self, stream: str, sequence: int) -> str | None:
+        """Why a bundle of ``stream`` with ``sequence`` must not be installed (anti-rollback), or None."""
+        active = self.active_bundle
+        rollback = "refused (anti-rollback); an older bundle needs an operator-signed rollback"
+        if active is not None and self.stream(self.active) == stream and sequence <= active.sequence:
+            return (f"stream {stream!r}: bundle sequence {sequence} is not newer than the active #{active.sequence} "
+                    f"of that stream: {rollback}")
+        floor = self.floors.get(stream)
+        if floor is not None and sequence < floor:
+            return (f"stream {stream!r}: bundle sequence {sequence} is older than #{floor}, the newest of that "
+                    f"stream this device has run: {rollback}")
+        return None
+
+    def with_floor(self) -> Pointer:
+        """This pointer with the active bundle's sequence counted in its stream's floor."""
+        ref, stream = self.active_bundle, self.stream(self.active)
+        if ref is None or stream is None:
+            return self
+        floors = {k: v for k, v in self.floors.items() if k != stream}
+        floors[stream] = max(ref.sequence, self.floors.get(stream, ref.sequence))  # the most recent last
+        return replace(self, floors=dict(list(floors.items())[-STREAMS:]))
+
     def holding(self, sha256: str) -> SlotName | None:
         return next((s for s in SLOTS if (b := self.slots[s].bundle) is not None and b.sha256 == sha256), None)
 
     def to_json(self) -> bytes:
-        return json.dumps({"version": 2, "active": self.active,
+        # floors as pairs: their order (least recently activated first) is what bounds them
+        return json.dumps({"version": 3, "active": self.active,
                            "slots": {s: self.slots[s].model_dump(mode="json") for s in SLOTS},
-                           "good": list(self.good), "bad": list(self.bad)}, sort_keys=True).encode()
+                           "good": list(self.good), "bad": list(self.bad),
+                           "floors": [[k, v] for k, v in self.floors.items()],
+                           "streams": {s: v for s, v in self.streams.items() if self.bundle(s) is not None}},
+                          sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Pointer:
-        if data.get("version") != 2:
+        """Version 3, or 2 (before per-stream floors: the floors start from what the slots hold)."""
+        if data.get("version") not in (2, 3):
             raise ValueError(f"unknown slot pointer version {data.get('version')!r}")
         active = data.get("active")
         if active not in (None, *SLOTS):
             raise ValueError(f"active slot {active!r} is neither a nor b")
         slots = {s: Slot.model_validate(data["slots"][s]) for s in SLOTS}
-        return cls(active, slots, tuple(str(x) for x in data.get("good", [])),
-                   tuple(str(x) for x in data.get("bad", [])))
+        floors = {str(k): int(v) for k, v in data.get("floors", [])}
+        streams: dict[SlotName, str] = {s: str(v) for s, v in data.get("streams", {}).items() if s in SLOTS}
+        pointer = cls(active, slots, tuple(str(x) for x in data.get("good", [])),
+                      tuple(str(x) for x in data.get("bad", [])), floors, streams)
+        for slot in SLOTS if data["version"] == 2 else ():  # a known-good bundle was activated here
+            ref, stream = pointer.bundle(slot), pointer.stream(slot)
+            if ref is not None and stream is not None and slots[slot].status is SlotStatus.GOOD:
+                floors[stream] = max(floors.get(stream, 0), ref.sequence)
+        return pointer.with_floor()
+
+
+def signed_ref(bundle_dir: Path, claimed: BundleRef) -> tuple[BundleRef, str]:
+    """What a slot records for a verified bundle: its ref with model, target and sequence as its signed
+    manifest names them (the deploy command's ``claimed`` ref only names its sha), and its stream."""
+    manifest = load_manifest((bundle_dir / MANIFEST_FILE).read_bytes())
+    return claimed.model_copy(update={"model_name": manifest.model.name, "model_version": manifest.model.version,
+                                      "target": manifest.target.name, "sequence": manifest.sequence}), \
+        manifest.stream_name
 
 
 def other_slot(slot: SlotName) -> SlotName:
@@ -193,16 +252,20 @@ class SlotStore:
 
     # ---- writing ------------------------------------------------------------------------
     def write(self, pointer: Pointer) -> Pointer:
-        """Replace the persisted pointer (atomically) and the one in memory."""
+        """Replace the persisted pointer (atomically) and the one in memory; the bundle it makes
+        active raises its stream's anti-rollback floor in the same write."""
+        pointer = pointer.with_floor()
         atomic_write(self.root / POINTER, pointer.to_json())
         self._pointer = pointer
         return pointer
 
-    def _with_slot(self, slot: SlotName, status: SlotStatus, bundle: BundleRef | None) -> Pointer:
+    def _with_slot(self, slot: SlotName, status: SlotStatus, bundle: BundleRef | None,
+                   stream: str | None = None) -> Pointer:
         current = self.pointer()
-        return replace(current, slots={**current.slots, slot: Slot(status=status, bundle=bundle)})
+        streams = {s: v for s, v in current.streams.items() if s != slot} | ({slot: stream} if stream else {})
+        return replace(current, slots={**current.slots, slot: Slot(status=status, bundle=bundle)}, streams=streams)
 
-    def install(self, bundle_dir: Path, bundle: BundleRef) -> SlotName:
+    def install(self, bundle_dir: Path, bundle: BundleRef, stream: str | None = None) -> SlotName:
         """Copy a verified bundle into the inactive slot and make it durable, as a ``candidate``; the
         slot is recorded as ``installing`` before its old content is removed. Does not activate it."""
         slot = self.inactive()
@@ -217,7 +280,7 @@ class SlotStore:
         shutil.copytree(bundle_dir, target)
         fault("mid_install")  # copied, not yet made durable: a crash here leaves a slot marked installing
         fsync_tree(target)
-        self.write(self._with_slot(slot, SlotStatus.CANDIDATE, bundle))
+        self.write(self._with_slot(slot, SlotStatus.CANDIDATE, bundle, stream))
         return slot
 
     def activate(self, slot: SlotName) -> Pointer:

@@ -84,15 +84,17 @@ class Controller:
             raise NotFoundError(f"rollout {rollout.id} names bundle {rollout.bundle_sha256[:12]}, which is gone")
         wave = self._devices(session, rollout.id, rollout.wave)
         clock = self.clock()
+        self.publisher.chunking(bundle.artifact_sha256, plan.chunk_size)  # repairs too, after a restart
         if rollout.wave_started_at is None:
             self._start_wave(rollout, bundle, plan, wave, clock)
             return
         if rollout.chunks_published_at is None:
-            artifact = self.publisher.artifact(bundle.artifact_sha256)
+            artifact = self.publisher.artifact(bundle.artifact_sha256, plan.chunk_size)
             self.publisher.announce(artifact, _wave_group(rollout))  # again after a restart: idempotent
             acked = all(d.state != "PENDING" for d in wave if d.deploy_sent_at is not None)
             if acked or clock - rollout.wave_started_at > timedelta(seconds=plan.timeouts.ack_s):
-                self.publisher.start_group(artifact, _wave_group(rollout))
+                limit = self.publisher.rollout_limit(rollout.id, plan.bytes_per_s)  # the plan's rate, per rollout
+                self.publisher.start_group(artifact, _wave_group(rollout), limit=limit)
                 rollout.chunks_published_at = clock
             return
         if rollout.wave_settled_at is None:
@@ -111,7 +113,7 @@ class Controller:
 
     def _start_wave(self, rollout: Rollout, bundle: BundleRow, plan: RolloutPlan, wave: list[RolloutDevice],
                     clock: datetime) -> None:
-        artifact = self.publisher.artifact(bundle.artifact_sha256)
+        artifact = self.publisher.artifact(bundle.artifact_sha256, plan.chunk_size)  # chunked as the plan says
         group = _wave_group(rollout)
         for device in wave:
             if device.state != "PENDING":

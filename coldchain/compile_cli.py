@@ -44,8 +44,11 @@ def compile(
         help="Folder of evaluation images (labels.csv optional). Default: the calibration images not used.")] = None,
     calibration_count: Annotated[int, typer.Option(min=1, help="Calibration images to use.")] = 100,
     out: Annotated[Path, typer.Option(help="Where bundles are written.")] = Path("bundles"),
-    sequence: Annotated[int | None, typer.Option(min=0, help="Bundle sequence (default: next in the registry, "
-                                                             "or the current Unix time).")] = None,
+    sequence: Annotated[int | None, typer.Option(min=0, help="Bundle sequence within its stream (default: the "
+                                                             "current Unix time, or one more than the highest the "
+                                                             "registry holds for the stream if higher).")] = None,
+    stream: Annotated[str | None, typer.Option(help="Model stream: devices refuse an older sequence of the same "
+                                                    "stream (default: the model's name).")] = None,
     mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI, e.g. sqlite:///mlflow.db.")] = None,
     min_fidelity: Annotated[float | None, typer.Option(min=0.0, max=1.0,
                                                        help="Override the budget's fidelity.")] = None,
@@ -67,13 +70,32 @@ def compile(
         cal, ev, skipped = image_sets(calibration, evaluation, calibration_count, seed, src.description)
         console.print(f"[bold]{src.info.name}[/] v{src.info.version}: {len(cal.paths)} calibration and "
                       f"{len(ev.paths)} evaluation images" + (f", {skipped} unreadable skipped" if skipped else ""))
+        stream = _stream(stream or src.info.name)
+        if sequence is None:  # one per compile: every target's bundle of it has the same
+            from compiler.registry import next_sequence
+
+            sequence = next_sequence(stream, mlflow_uri, time.time())
+        console.print(f"stream [bold]{escape(stream)}[/], sequence {sequence}")
     # each target on its own: one that fails is reported and the others go on
-    outcomes = [compile_one(src, profile, cal, ev, signing_key, out, sequence, mlflow_uri) for profile in profiles]
+    outcomes = [compile_one(src, profile, cal, ev, signing_key, out, sequence, stream, mlflow_uri)
+                for profile in profiles]
     console.print(_summary(outcomes))
     failed = [o for o in outcomes if o.failure is not None]
     if failed:
         raise fail(f"{len(failed)} of {len(outcomes)} targets failed: "
                    + "; ".join(f"{o.profile.name} ({o.failure.log})" for o in failed))  # type: ignore[union-attr]
+
+
+def _stream(name: str) -> str:
+    from pydantic import TypeAdapter, ValidationError
+
+    from contract.common import Stream
+
+    try:
+        return TypeAdapter(Stream).validate_python(name)
+    except ValidationError as exc:
+        raise CompilerError(f"stream {name[:60]!r} is not a valid stream name (1 to 128 characters, no control "
+                            "characters): pass --stream") from exc
 
 
 @dataclass(frozen=True)
@@ -111,8 +133,8 @@ def _summary(outcomes: list[Outcome]) -> Table:
     return summary
 
 
-def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int | None,  # type: ignore[no-untyped-def]
-                mlflow_uri: str | None) -> Outcome:
+def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  # type: ignore[no-untyped-def]
+                stream: str, mlflow_uri: str | None) -> Outcome:
     """One target: pipeline, signed bundle, MLflow run. A failure is caught, logged in full on disk,
     recorded as a FAILED MLflow run, and returned: the other targets go on."""
     from compiler.bundle import write_bundle
@@ -138,12 +160,8 @@ def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int | N
         failure: Failure | None = None
         try:
             result = pipeline.run(src.path)
-            if sequence is None:
-                from compiler.registry import next_sequence
-
-                sequence = next_sequence(mlflow_uri, bundle_name) if mlflow_uri else int(time.time())
             pipeline.report("writing the signed bundle")
-            bundle = write_bundle(result, src.info, profile, cal, ev, signing_key, out, sequence)
+            bundle = write_bundle(result, src.info, profile, cal, ev, signing_key, out, sequence, stream=stream)
             if mlflow_uri:
                 pipeline.report("recording the compile in MLflow")
                 _record(mlflow_uri, out, src, profile, result, bundle, bundle_name)
@@ -203,6 +221,7 @@ def _record(uri: str, out: Path, src, profile, result, bundle, bundle_name: str)
               "source": src.info.source_uri, "sequence": bundle.manifest.sequence}
     tags = {"coldchain.source_model": src.info.name, "coldchain.source_version": src.info.version,
             "coldchain.sequence": str(bundle.manifest.sequence), "coldchain.target": profile.name,
+            "coldchain.stream": bundle.manifest.stream_name,
             "coldchain.manifest_sha256": bundle.ref.sha256}
     record_compile(uri, out / "mlartifacts", src.info.name, profile.name, steps, params, bundle.tarball,
                    bundle_name, tags)

@@ -46,7 +46,7 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
     from compiler import intake
     from compiler.errors import CompilerError
     from compiler.evaluate import image_sets
-    from compiler.registry import register_model, sqlite_uri
+    from compiler.registry import next_sequence, register_model, sqlite_uri
     from compiler.target import load_target
     from contract import signing
     from contract.bundle import unpack
@@ -84,7 +84,9 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
             if not sets:
                 sets.extend(image_sets(workspace / "calibration", workspace / "evaluation", 100, seed,
                                        source.description)[:2])
-            outcome = compile_one(source, load_target(TARGET), sets[0], sets[1], key, out, None, uri)
+            sequence = next_sequence(source.info.name, uri, time.time())  # above the stream's registered ones
+            outcome = compile_one(source, load_target(TARGET), sets[0], sets[1], key, out, sequence,
+                                  source.info.name, uri)
             if outcome.failure is not None:
                 raise fail(f"compiling {what} failed at {outcome.failure.stage}: {outcome.failure.reason} "
                            f"(full log: {outcome.failure.log})")

@@ -138,7 +138,8 @@ def _metrics(result: CompileResult, target: TargetProfile) -> Metrics:
 
 def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfile, calibration: ImageSet,
                  evaluation: ImageSet, key: Ed25519PrivateKey, out_dir: Path, sequence: int,
-                 golden_cases: int = 3) -> Bundle:
+                 golden_cases: int = 3, stream: str | None = None) -> Bundle:
+    """``sequence`` must grow within ``stream`` (default: the model's name; see compiler.sequence)."""
     stem = f"{source.name}-{source.version}-{target.name}-{sequence}"
     directory = out_dir / stem
     shutil.rmtree(directory, ignore_errors=True)
@@ -153,6 +154,7 @@ def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfi
     golden = _golden(result, target, evaluation, directory, golden_cases)
     files.append(file_entry(directory, GOLDEN_FILE, "golden"))
     manifest = Manifest(
+        stream=stream or source.name,
         sequence=sequence,
         model=source,
         target=TargetInfo(name=target.name, profile=target.model_dump(mode="json"),

@@ -154,13 +154,44 @@ def record_failed_compile(tracking_uri: str, artifacts: Path | None, source: str
     return str(run.info.run_id)
 
 
-def next_sequence(tracking_uri: str, bundle_model_name: str) -> int:
-    """1 + the highest sequence registered for this bundle stream (anti-rollback needs monotonic)."""
+STREAM_TAG = "coldchain.stream"
+
+
+def next_sequence(stream: str, tracking_uri: str | None, now: float) -> int:
+    """The sequence of a new compile of ``stream``: the compile's Unix time in seconds, or one more
+    than the highest sequence the registry holds for the stream if that is higher.
+
+    One scheme for every source: a file compile without a registry draws the clock, a registry
+    compile draws max(clock, registered + 1), so either is above every earlier compile of the
+    stream it can see, and above every earlier clock-drawn one (clocks move forward; compiles of
+    one stream less than a second apart on different hosts are the only race)."""
+    registered = stream_sequences(tracking_uri, stream) if tracking_uri else []
+    return max(int(now), max(registered, default=0) + 1)
+
+
+def stream_sequences(tracking_uri: str, stream: str) -> list[int]:
+    """Every sequence registered for bundles of ``stream``, whatever their target: versions tagged
+    with the stream, and (registered before streams) those whose source model has that name."""
     mlflow = _mlflow(tracking_uri)
+    from mlflow.exceptions import MlflowException
+
     client = mlflow.MlflowClient()
+    sequences: list[int] = []
     try:
-        versions = client.search_model_versions(f"name='{bundle_model_name}'")
-    except Exception:
-        return 1
-    sequences = [int(v.tags.get("coldchain.sequence", 0)) for v in versions]
-    return max(sequences, default=0) + 1
+        token = None
+        while True:
+            page = client.search_registered_models(max_results=1000, page_token=token)
+            for model in page:
+                if model.tags.get("coldchain.kind") != "bundle":
+                    continue
+                for version in client.search_model_versions(f"name='{model.name}'"):
+                    tags = version.tags
+                    if tags.get(STREAM_TAG, tags.get(SOURCE_TAGS[0])) == stream and \
+                            tags.get("coldchain.sequence", "").isdigit():
+                        sequences.append(int(tags["coldchain.sequence"]))
+            token = page.token
+            if not token:
+                return sequences
+    except MlflowException as exc:
+        raise ModelLoadError(f"MLflow at {tracking_uri} cannot list the bundles of stream {stream!r} "
+                             f"(needed for the next sequence): {exc.message}") from exc

@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, JsonValue, field_validator, model_validator
+from pydantic import Field, JsonValue, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from contract.base import (
     MAX_INT,
@@ -27,10 +27,13 @@ from contract.base import (
     decode,
     utc_now,
 )
-from contract.common import Histogram, Runtime
+from contract.common import Histogram, Runtime, Stream
 from contract.transfer import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 
-MANIFEST_SCHEMA: Final = "coldchain.manifest/v1"
+MANIFEST_SCHEMA: Final = "coldchain.manifest/v2"
+"""v2 names the model ``stream`` (required); v1 manifests (no stream) are still read: their stream
+is the model's name, which is what the sequences of v1 compiles were counted in."""
+MANIFEST_SCHEMAS: Final = ("coldchain.manifest/v1", MANIFEST_SCHEMA)
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -178,8 +181,9 @@ class ReferenceProfile(ContractModel):
 
 
 class Manifest(Message):
-    schema_: Literal["coldchain.manifest/v1"] = Field(MANIFEST_SCHEMA, alias="schema")
-    sequence: Count
+    schema_: Literal["coldchain.manifest/v1", "coldchain.manifest/v2"] = Field(MANIFEST_SCHEMA, alias="schema")
+    stream: Stream | None = None  # required from v2 on; see stream_name
+    sequence: Count  # monotonic within the stream: a device refuses an older one (anti-rollback)
     created_at: datetime = Field(default_factory=utc_now)
     model: ModelSource
     target: TargetInfo
@@ -193,6 +197,27 @@ class Manifest(Message):
     reference: ReferenceProfile | None = None
 
     model_config = {**Message.model_config, "populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _stream(self) -> Manifest:
+        if self.schema_ == MANIFEST_SCHEMA and self.stream is None:
+            raise ValueError(f"a {MANIFEST_SCHEMA} manifest must name its stream")
+        if self.schema_ != MANIFEST_SCHEMA and self.stream is not None:
+            raise ValueError(f"a {self.schema_} manifest has no stream field (it came with {MANIFEST_SCHEMA})")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_v1_stream(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A v1 manifest dumps as a v1 compiler wrote it: without a ``stream`` key."""
+        data: dict[str, Any] = handler(self)
+        if data.get("stream") is None:
+            data.pop("stream", None)
+        return data
+
+    @property
+    def stream_name(self) -> str:
+        """The stream whose sequences this one is compared with: v1 manifests belong to their model's."""
+        return self.stream or self.model.name
 
     @model_validator(mode="after")
     def _files(self) -> Manifest:

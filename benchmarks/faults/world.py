@@ -89,16 +89,28 @@ def signed_rollback(key: Ed25519PrivateKey, job: str, to: BundleRef | None = Non
         key_id=signature["key_id"], signature=signature["signature"])}).to_json()
 
 
-def padded_bundle(bundle: Bundle, key: Ed25519PrivateKey, out: Path, mib: float) -> tuple[Path, str]:
-    """``bundle`` with ``mib`` MiB of random bytes added as an ``other`` file and signed again:
-    (tarball, manifest sha256). Random bytes do not compress, so the tarball is that big too."""
-    directory = out / f"{bundle.directory.name}-padded-{mib:g}"
+def resigned_bundle(bundle: Bundle, key: Ed25519PrivateKey, out: Path, name: str,
+                    update: dict[str, object] | None = None, extra: dict[str, bytes] | None = None) -> tuple[Path, str]:
+    """A copy of ``bundle`` named ``name`` whose manifest has ``update`` applied (e.g. another
+    ``model``, ``sequence`` or ``stream``) and the ``extra`` files added as ``other``, signed again
+    by ``key``: (tarball, manifest sha256)."""
+    directory = out / name
     shutil.rmtree(directory, ignore_errors=True)
     shutil.copytree(bundle.directory, directory)
-    (directory / "padding.bin").write_bytes(os.urandom(int(mib * 1024 * 1024)))
     manifest = load_manifest((directory / "manifest.json").read_bytes())
-    manifest = manifest.model_copy(update={"files": [*manifest.files, file_entry(directory, "padding.bin", "other")]})
+    files = list(manifest.files)
+    for path, data in (extra or {}).items():
+        (directory / path).write_bytes(data)
+        files.append(file_entry(directory, path, "other"))
+    manifest = manifest.model_validate({**manifest.model_dump(by_alias=True), **(update or {}), "files": files})
     data = dump_manifest(manifest)
     (directory / "manifest.json").write_bytes(data)
     (directory / SIGNATURE_FILE).write_bytes(signing.sign(data, key))
-    return pack(directory, out / f"{directory.name}.tar.gz"), manifest_sha256(directory)
+    return pack(directory, out / f"{name}.tar.gz"), manifest_sha256(directory)
+
+
+def padded_bundle(bundle: Bundle, key: Ed25519PrivateKey, out: Path, mib: float) -> tuple[Path, str]:
+    """``bundle`` with ``mib`` MiB of random bytes added as an ``other`` file and signed again:
+    (tarball, manifest sha256). Random bytes do not compress, so the tarball is that big too."""
+    return resigned_bundle(bundle, key, out, f"{bundle.directory.name}-padded-{mib:g}",
+                           extra={"padding.bin": os.urandom(int(mib * 1024 * 1024))})

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent.errors import SlotError
-from agent.slots import SlotStore
+from agent.slots import STREAMS, Pointer, SlotStore
 from contract.common import BundleRef
 from contract.state import SlotStatus
 
@@ -79,7 +81,7 @@ def test_nothing_to_roll_back(tmp_path: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from agent.slots import SlotStore
+from agent.slots import STREAMS, Pointer, SlotStore
 from contract.common import BundleRef
 from contract.state import SlotStatus
 from agent.slots import Pointer
@@ -117,3 +119,24 @@ def test_sigkill_during_activation_leaves_a_whole_pointer(tmp_path: Path) -> Non
         assert pointer.active in ("a", "b") and pointer.active_sha256 is not None
         assert pointer.active_sequence is not None and pointer.slots[pointer.active].bundle is not None
     assert all(f is not None and f >= 1 for f in flips)  # every child was killed after it had flipped
+
+
+def test_anti_rollback_floors_are_per_stream_bounded_and_read_from_older_pointers(tmp_path: Path) -> None:
+    store = SlotStore(tmp_path / "data")
+    store.activate(store.install(_bundle(tmp_path, "a5"), _ref(5), "fridge"))
+    store.mark("a", SlotStatus.GOOD)
+    store.activate(store.install(_bundle(tmp_path, "b1"), _ref(1), "pantry"))
+    pointer = SlotStore(tmp_path / "data").pointer()
+    assert pointer.floors == {"fridge": 5, "pantry": 1} and pointer.stream("b") == "pantry"
+    assert pointer.refusal("pantry", 1) is not None  # not newer than the active
+    assert pointer.refusal("fridge", 5) is None and pointer.refusal("other", 0) is None
+    assert "older than #5" in (pointer.refusal("fridge", 4) or "")
+    many = pointer
+    for i in range(STREAMS + 5):
+        many = replace(many, streams={**many.streams, "b": f"s{i}"}).with_floor()
+    assert len(many.floors) == STREAMS and f"s{STREAMS + 4}" in many.floors and "fridge" not in many.floors
+    # a version-2 pointer (before streams): a known-good bundle's model stream starts at its sequence
+    v2 = json.loads(pointer.to_json())
+    v2.update(version=2, floors=[], streams={})
+    old = Pointer.from_json(v2)
+    assert old.floors == {"m": 5} and old.stream("a") == "m"

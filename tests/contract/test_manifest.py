@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from contract.errors import PayloadError
-from contract.manifest import load_manifest
+from contract.manifest import dump_manifest, load_manifest
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -51,3 +51,26 @@ def test_every_design_field_is_present() -> None:
     assert manifest.passes and manifest.toolchain and manifest.calibration_sha256
     assert manifest.metrics.compiled_latency is not None and manifest.golden.cases == 4
     assert manifest.reference is not None and manifest.sequence == 7
+
+
+def test_a_v1_manifest_belongs_to_its_models_stream_and_dumps_unchanged() -> None:
+    raw = (GOLDEN / "manifest.json").read_bytes()
+    manifest = load_manifest(raw)
+    assert manifest.schema_ == "coldchain.manifest/v1" and manifest.stream is None
+    assert manifest.stream_name == manifest.model.name
+    assert "stream" not in json.loads(dump_manifest(manifest))
+    data = _manifest()
+    data["stream"] = "fridge/eu"
+    with pytest.raises(PayloadError, match="has no stream field"):
+        load_manifest(json.dumps(data).encode())
+
+
+def test_a_v2_manifest_names_its_stream() -> None:
+    data = _manifest() | {"schema": "coldchain.manifest/v2"}
+    with pytest.raises(PayloadError, match="must name its stream"):
+        load_manifest(json.dumps(data).encode())
+    manifest = load_manifest(json.dumps(data | {"stream": "fridge/eu"}).encode())
+    assert manifest.stream_name == "fridge/eu" and json.loads(dump_manifest(manifest))["stream"] == "fridge/eu"
+    for bad in ("", "x" * 129, "line\nbreak"):
+        with pytest.raises(PayloadError, match="stream"):
+            load_manifest(json.dumps(data | {"stream": bad}).encode())

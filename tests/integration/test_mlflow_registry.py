@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,15 @@ def test_register_compile_and_find_the_bundle(tmp_path: Path) -> None:
     write_dataset(tmp_path / "images", 90, seed=7)
     keys = signing.write_keypair(tmp_path / "keys", "k")
     out = tmp_path / "bundles"
+    # a file compile of the same model first (no registry: the clock), then registry compiles: newer
+    started = int(time.time())
+    by_file = runner.invoke(app, ["compile", str(MODEL_FILE), "--description", str(DESCRIPTION_FILE), "-t",
+                                  "arm64-cortex-a72-ort", "--calibration", str(tmp_path / "images"),
+                                  "--calibration-count", "40", "--key", str(keys.private), "--out",
+                                  str(tmp_path / "file"), "--stream", "fridge"])
+    assert by_file.exit_code == 0, by_file.output
+    file_manifest = json.loads(next((tmp_path / "file").glob("*/manifest.json")).read_text())
+    assert file_manifest["stream"] == "fridge" and file_manifest["sequence"] >= started
     for _ in range(2):  # two compiles: sequences must increase
         result = runner.invoke(app, ["compile", "models:/fridge/1", "-t", "arm64-cortex-a72-ort", "--calibration",
                                      str(tmp_path / "images"), "--calibration-count", "40", "--key",
@@ -38,7 +49,9 @@ def test_register_compile_and_find_the_bundle(tmp_path: Path) -> None:
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient()
     versions = sorted(client.search_model_versions("name='fridge--arm64-cortex-a72-ort'"), key=lambda v: v.version)
-    assert [v.tags["coldchain.sequence"] for v in versions] == ["1", "2"]
+    sequences = [int(v.tags["coldchain.sequence"]) for v in versions]
+    assert file_manifest["sequence"] < sequences[0] < sequences[1], sequences
+    assert {v.tags["coldchain.stream"] for v in versions} == {"fridge"}
     assert versions[0].tags["coldchain.source_model"] == "fridge"
     assert versions[0].tags["coldchain.source_version"] == "1"
     run = client.get_run(versions[1].run_id)
@@ -50,13 +63,13 @@ def test_register_compile_and_find_the_bundle(tmp_path: Path) -> None:
                                    "--calibration", str(tmp_path / "images"), "--calibration-count", "40", "--key",
                                    str(keys.private), "--out", str(tmp_path / "alias"), "--mlflow-uri", uri])
     assert by_alias.exit_code == 0, by_alias.output
-    assert len(list((tmp_path / "alias").glob("fridge-1-arm64-cortex-a72-ort-3.tar.gz"))) == 1
+    assert len(list((tmp_path / "alias").glob(f"fridge-1-arm64-cortex-a72-ort-{sequences[1] + 1}.tar.gz"))) == 1
     unknown = runner.invoke(app, ["compile", "models:/fridge@nightly", "-t", "arm64-cortex-a72-ort", "--calibration",
                                   str(tmp_path / "images"), "--key", str(keys.private), "--out", str(tmp_path / "x"),
                                   "--mlflow-uri", uri])
     assert unknown.exit_code == 1 and "MLflow cannot resolve models:/fridge@nightly" in unknown.output
     local = Path(mlflow.artifacts.download_artifacts(versions[1].source, dst_path=str(tmp_path / "dl")))
-    assert local.name.endswith("-2.tar.gz")
+    assert local.name.endswith(f"-{sequences[1]}.tar.gz")
     verify = runner.invoke(app, ["bundle", "verify", str(local), "--trusted", str(keys.public)])
     assert verify.exit_code == 0, verify.output
 
