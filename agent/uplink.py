@@ -3,9 +3,12 @@ cloud's ack (``TelemetryAck`` on the device's acks topic, sent after the cloud c
 covers it. The broker's PUBACK says nothing here: a broker drops what overflows its queues
 (stock Mosquitto keeps 1,000 messages per client), and a burst of 20,000 windows lost 64 %.
 
-Windows go out oldest first, at most ``max_in_flight`` unconfirmed at a time, so a backlog does
-not flood the broker; a window unconfirmed after ``resend_after_s`` (dropped by the broker, or
-its ack lost) and every unconfirmed window after a reconnect is sent again. The cloud stores
+Windows go out oldest first, with a bounded number unconfirmed at a time, so a backlog does not
+flood the broker: the bound starts at ``START_IN_FLIGHT``, grows by one with every ack that
+confirms a window in flight, up to ``max_in_flight``, and halves when a window goes unconfirmed
+for ``resend_after_s`` (the broker dropped it, or its ack: a fleet's burst has met a full queue),
+as TCP's congestion window does. Such a window, and every unconfirmed window after a reconnect,
+is sent again. The cloud stores
 each (device, epoch, seq) once and acknowledges re-sent windows again, so a re-send costs a
 duplicate delivery, never a duplicate row.
 """
@@ -21,6 +24,8 @@ from contract.acks import TelemetryAck
 from contract.errors import ContractError
 from transport.client import Transport
 
+START_IN_FLIGHT = 4
+
 
 class Uplink:
     def __init__(self, spool: Spool, transport: Transport, device_id: str, max_in_flight: int = 50,
@@ -29,6 +34,7 @@ class Uplink:
         self.max_in_flight, self.resend_after_s, self.clock = max_in_flight, resend_after_s, clock
         self.topic = topics.telemetry(device_id)
         self.in_flight: dict[int, float] = {}  # seq -> when it was last sent, until the cloud's ack covers it
+        self.window = min(START_IN_FLIGHT, max_in_flight)  # how many may be in flight now
         self.connected = False
         self.confirmed = self.resent = 0
 
@@ -50,9 +56,11 @@ class Uplink:
         if ack.device_id != self.device_id:
             raise ContractError(f"an ack for another device ({ack.device_id!r}) on {self.device_id}'s acks topic")
         deleted = self.spool.confirm(ack.epoch, ack.ranges)
-        if ack.epoch == self.spool.epoch:
-            for seq in [s for s in self.in_flight if ack.covers(s)]:
-                del self.in_flight[seq]
+        covered = [s for s in self.in_flight if ack.covers(s)] if ack.epoch == self.spool.epoch else []
+        for seq in covered:
+            del self.in_flight[seq]
+        if covered:
+            self.window = min(self.max_in_flight, self.window + 1)
         self.confirmed += deleted
         return deleted
 
@@ -64,7 +72,9 @@ class Uplink:
         expired = [seq for seq, at in self.in_flight.items() if now - at >= self.resend_after_s]
         for seq in expired:  # dropped on the way, or its ack was: send it again (if it is still spooled)
             del self.in_flight[seq]
-        room = self.max_in_flight - len(self.in_flight)
+        if expired:
+            self.window = max(1, self.window // 2)
+        room = self.window - len(self.in_flight)
         if room <= 0:
             return
         for pending in self.spool.pending(limit=room + len(self.in_flight)):

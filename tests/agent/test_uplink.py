@@ -71,6 +71,19 @@ def test_unconfirmed_windows_are_sent_again_after_the_timeout(tmp_path: Path) ->
     assert uplink.resent == 2 and spool.size == 2
 
 
+def test_the_window_grows_with_acks_and_halves_when_windows_go_unconfirmed(tmp_path: Path) -> None:
+    uplink, spool, transport, clock = setup(tmp_path, 40, in_flight=8, resend_s=30)
+    uplink.pump()
+    assert sent(transport) == [1, 2, 3, 4]  # it starts small
+    for seq in (1, 2, 3, 4):
+        uplink.on_ack(ack(spool, seq))
+    uplink.pump()
+    assert sent(transport)[4:] == [5, 6, 7, 8, 9, 10, 11, 12]  # grown by one per ack, up to the bound
+    clock.now += 30  # all eight went unconfirmed: the broker's queue is full
+    uplink.pump()
+    assert sent(transport)[12:] == [5, 6, 7, 8] and uplink.window == 4
+
+
 def test_a_reconnect_sends_everything_unconfirmed_again(tmp_path: Path) -> None:
     uplink, _, transport, _ = setup(tmp_path, 3)
     uplink.pump()
