@@ -161,3 +161,24 @@ def test_fleet_show_tells_the_operator_what_a_device_dropped(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["fleet", "show", "d1", "--db", url])
     assert result.exit_code == 0, result.output
     assert "dropped on the device unsent (its spool was full): 12" in " ".join(result.output.split())
+
+
+def test_the_generated_mosquitto_configuration_sets_the_limits_that_drop_messages(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from benchmarks.faults.broker import mosquitto_binary, start_mosquitto
+    from cloud.broker import free_port
+    from coldchain.cli import app
+
+    port = free_port()
+    result = CliRunner().invoke(app, ["broker", "--mosquitto-conf", "--port", str(port)])
+    assert result.exit_code == 0, result.output
+    settings = dict(line.split(" ", 1) for line in result.output.splitlines() if line and not line.startswith("#"))
+    assert int(settings["max_queued_messages"]) >= 100_000 and int(settings["max_inflight_messages"]) > 20
+    assert settings["persistence"] == "true" and settings["persistent_client_expiration"] == "7d"
+    if mosquitto_binary() is not None:  # Mosquitto itself accepts it: it starts and listens
+        conf = tmp_path / "mosquitto.conf"
+        conf.write_text(result.output.replace("/var/lib/mosquitto/", f"{tmp_path}/") + "user root\n")
+        process = start_mosquitto(conf, port)
+        process.terminate()
+        process.wait(timeout=10)
