@@ -1,5 +1,5 @@
 """The agent: one thread that drains the transport's queue, runs inference on frames, closes
-telemetry windows into the spool and publishes them until the broker acknowledges each.
+telemetry windows into the spool and publishes them (``uplink.py``) until the cloud confirms each.
 
 Every decision is a plain method (``handle``, ``infer_once``, ``close_window``,
 ``publish_pending``), so it can be driven without a broker in tests.
@@ -27,6 +27,7 @@ from agent.model import LoadedBundle
 from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
+from agent.uplink import Uplink
 from contract import topics
 from contract.commands import (
     CancelCommand,
@@ -44,7 +45,7 @@ from contract.jobs import JobState
 from contract.signing import TrustStore, verify_signature
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import decode_chunk
-from transport.client import Acked, Connected, Disconnected, Inbound, Received, Transport
+from transport.client import Connected, Disconnected, Inbound, Received, Transport
 
 log = logging.getLogger("coldchain.agent")
 AGENT_VERSION = "0.1.0"
@@ -68,10 +69,11 @@ class Agent:
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
                                  clock=clock)
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows)
+        self.uplink = Uplink(self.spool, transport, config.device_id, config.limits.telemetry_in_flight,
+                             config.limits.telemetry_resend_s)
         self.window = Window()
         self.window_started = time.monotonic()
         self.next_inference = self.next_repair = time.monotonic()
-        self.in_flight: dict[int, int] = {}  # mid -> telemetry seq
         self.event_seq = 0
         self.connected = False
         self._model: LoadedBundle | None = None  # the active bundle, loaded and verified once per activation
@@ -156,7 +158,7 @@ class Agent:
             group = record.command.get("artifact", {}).get("group")
             if group:
                 groups.add(group)
-        return [topics.commands(device), topics.device_artifacts(device),
+        return [topics.commands(device), topics.device_artifacts(device), self.uplink.subscription,
                 *[topics.group_artifacts(g) for g in sorted(groups)]]
 
     # ---- inbound ----------------------------------------------------------------------
@@ -168,20 +170,19 @@ class Agent:
             waiting, self.outbox = self.outbox, []
             for topic, payload in waiting:
                 self.send(topic, payload)
-            self.in_flight.clear()  # unacknowledged windows are still in the spool: send again
+            self.uplink.on_connected()  # unconfirmed windows are still in the spool: send again
         elif isinstance(item, Disconnected):
             self.connected = False
-        elif isinstance(item, Acked):
-            seq = self.in_flight.pop(item.mid, None)
-            if seq is not None:
-                self.spool.ack(seq)
-        elif isinstance(item, Received):
+            self.uplink.on_disconnected()
+        elif isinstance(item, Received):  # a broker's PUBACK (Acked) deletes nothing: the cloud's ack does
             self.on_message(item.topic, item.payload)
 
     def on_message(self, topic: str, payload: bytes) -> None:
         try:
             parsed = topics.parse(topic)
-            if parsed.kind is topics.TopicKind.COMMANDS:
+            if parsed.kind is topics.TopicKind.ACKS:
+                self.uplink.on_ack(payload)
+            elif parsed.kind is topics.TopicKind.COMMANDS:
                 self.on_command(payload, topic)
             elif parsed.kind in (topics.TopicKind.GROUP_CHUNKS, topics.TopicKind.DEVICE_CHUNKS):
                 chunk = decode_chunk(payload)
@@ -320,8 +321,8 @@ class Agent:
 
     def close_window(self) -> None:
         seq = self.spool.next_seq()
-        telemetry = self.window.close(self.config.device_id, seq, self.bundle_ref(), self.spool.size,
-                                      self.spool.evicted)
+        telemetry = self.window.close(self.config.device_id, seq, self.spool.epoch, self.bundle_ref(),
+                                      self.spool.size, self.spool.evicted)
         self.spool.put(seq, telemetry.to_json())
         for job_id in list(self.shadows):  # a shadow candidate whose job was cancelled: close it
             record = self.deployer.jobs.get(job_id)
@@ -362,16 +363,7 @@ class Agent:
         self.deployer.end_shadow(record)
 
     def publish_pending(self) -> None:
-        if not self.connected:
-            return
-        waiting = set(self.in_flight.values())
-        for pending in self.spool.pending():
-            if pending.seq in waiting:
-                continue
-            mid = self.transport.publish(topics.telemetry(self.config.device_id), pending.payload)
-            if mid is None:
-                return
-            self.in_flight[mid] = pending.seq
+        self.uplink.pump()
 
     def request_missing(self, quiet_s: float = 5.0, stall_s: float = 30.0) -> None:
         """Report what each download lacks, once its chunks stopped arriving for ``quiet_s``.
@@ -467,6 +459,6 @@ def data_dir_status(data_dir: Path) -> dict[str, object]:
         return {"active": pointer.active, "active_sequence": pointer.active_sequence, "previous": pointer.previous,
                 "slots": slots,
                 "jobs": [(j.job_id, j.state.value, j.reason) for j in jobs], "spool_pending": spool.size,
-                "spool_evicted": spool.evicted}
+                "spool_evicted": spool.evicted, "spool_epoch": spool.epoch}
     finally:
         spool.close()

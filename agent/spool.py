@@ -1,6 +1,11 @@
 """The telemetry spool: every window is stored in SQLite before it is published and deleted only
-when the broker acknowledged it, so windows survive broker outages and agent restarts
-(Greengrass's spooler loses RAM-held messages on restart and drops the oldest silently).
+when the cloud confirmed that it stored it (a ``TelemetryAck`` on the device's acks topic; the
+broker's PUBACK is not enough: a broker drops what overflows its queues), so windows survive
+broker outages, broker overload and agent restarts (Greengrass's spooler loses RAM-held messages
+on restart and drops the oldest silently).
+
+Each spool has an epoch, made when it is created: ``seq`` counts from 1 within it, so a spool
+rebuilt after damage (a new epoch) never collides with windows the cloud already stored.
 
 The spool is bounded: when full, the oldest windows are evicted and the eviction is counted,
 and the count travels in the next windows (``Telemetry.spool.evicted``), never silently.
@@ -9,6 +14,7 @@ and the count travels in the next windows (``Telemetry.spool.evicted``), never s
 from __future__ import annotations
 
 import contextlib
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -21,7 +27,14 @@ from agent.errors import SpoolError
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS windows (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+def new_epoch() -> str:
+    """When the spool was made (UTC) and 48 random bits: unique per device for its whole life."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(6)}"
+
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,19 @@ class Spool:
                 raise SpoolError(f"cannot open a new telemetry spool {path}: {again}") from again
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open the telemetry spool {path}: {exc}") from exc
+        self.epoch, self.legacy_upto = self._epoch()
+
+    def _epoch(self) -> tuple[str, int]:
+        """This spool's epoch, made on first open. A spool from before epochs keeps its windows:
+        those up to its last seq were sent without an epoch, and are confirmed by acks without one."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()
+        if row is not None:
+            return str(row[0]), self._counter("legacy_upto")
+        epoch, legacy = new_epoch(), self._counter("seq")
+        with self._tx() as db:
+            db.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
+            db.execute("INSERT OR REPLACE INTO counters VALUES ('legacy_upto', ?)", (legacy,))
+        return epoch, legacy
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
@@ -86,7 +112,7 @@ class Spool:
         return int(row[0]) if row else 0
 
     def next_seq(self) -> int:
-        """The next window sequence number: strictly increasing for the device's whole life."""
+        """The next window sequence number: strictly increasing for the spool's whole life (its epoch)."""
         with self._tx() as db:
             value = self._counter("seq") + 1
             db.execute("INSERT OR REPLACE INTO counters VALUES ('seq', ?)", (value,))
@@ -105,14 +131,26 @@ class Spool:
                            (self._counter("evicted") + evict,))
         return evict
 
-    def pending(self, limit: int = 100) -> list[Pending]:
-        rows = self._db.execute("SELECT seq, payload FROM windows ORDER BY seq LIMIT ?", (limit,)).fetchall()
+    def pending(self, limit: int = 100, after: int = 0) -> list[Pending]:
+        """The oldest ``limit`` windows with a seq above ``after``."""
+        rows = self._db.execute("SELECT seq, payload FROM windows WHERE seq > ? ORDER BY seq LIMIT ?",
+                                (after, limit)).fetchall()
         return [Pending(int(seq), bytes(payload)) for seq, payload in rows]
 
-    def ack(self, seq: int) -> None:
-        """The broker acknowledged window ``seq``: only now is it deleted."""
+    def confirm(self, epoch: str | None, ranges: list[tuple[int, int]]) -> int:
+        """The cloud stored windows ``ranges`` (inclusive) of ``epoch``: only now are they deleted.
+        An ack of another epoch (a spool set aside) deletes nothing. Returns how many were deleted."""
+        if epoch is None:  # windows sent before this spool had an epoch
+            ranges = [(first, min(last, self.legacy_upto)) for first, last in ranges if first <= self.legacy_upto]
+        elif epoch == self.epoch:  # seqs up to legacy_upto belong to the windows without an epoch
+            ranges = [(max(first, self.legacy_upto + 1), last) for first, last in ranges if last > self.legacy_upto]
+        else:
+            return 0
+        deleted = 0
         with self._tx() as db:
-            db.execute("DELETE FROM windows WHERE seq = ?", (seq,))
+            for first, last in ranges:
+                deleted += db.execute("DELETE FROM windows WHERE seq BETWEEN ? AND ?", (first, last)).rowcount
+        return deleted
 
     @property
     def size(self) -> int:

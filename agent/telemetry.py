@@ -69,10 +69,12 @@ class Window:
         values = self.model_ms or self.latencies_ms
         return float(np.percentile(values, 95)) if values else None
 
-    def close(self, device_id: str, seq: int, bundle: BundleRef | None, pending: int, evicted: int) -> Telemetry:
+    def close(self, device_id: str, seq: int, epoch: str, bundle: BundleRef | None, pending: int,
+              evicted: int) -> Telemetry:
         means = {k: float(np.mean([f[k] for f in self.frames])) for k in stats.EDGES} if self.frames else {}
         return Telemetry(
-            device_id=device_id, seq=seq, window_start=self.started, window_end=datetime.now(UTC), bundle=bundle,
+            device_id=device_id, seq=seq, epoch=epoch, window_start=self.started, window_end=datetime.now(UTC),
+            bundle=bundle,
             inferences=self.inferences, frames_skipped=dict(self.skipped), errors=dict(self.errors),
             latency_ms=_stats(self.latencies_ms), model_latency_ms=_stats(self.model_ms),
             predictions=dict(self.predictions), inventory=self.inventory,

@@ -82,3 +82,28 @@ class EmbeddedBroker:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def mosquitto_conf(port: int = 1883, persistence_dir: str = "/var/lib/mosquitto/") -> str:
+    """A Mosquitto configuration for a coldchain fleet: the limits that decide whether messages are
+    dropped. End-to-end telemetry acks make even stock settings lossless (a dropped window is sent
+    again), but at stock limits a burst costs re-sends; these keep re-sends rare and sessions alive."""
+    return "\n".join([
+        f"listener {port}",
+        "# per client: queued QoS 1 messages beyond those in flight (stock 1000; the ingestion worker's",
+        "# persistent session takes the whole fleet's telemetry while it is down or behind)",
+        "max_queued_messages 100000",
+        "max_queued_bytes 268435456",
+        "# unacknowledged QoS 1 messages per client in flight (stock 20)",
+        "max_inflight_messages 100",
+        "# keep sessions and their queues across a broker restart (stock: off)",
+        "persistence true",
+        f"persistence_location {persistence_dir}",
+        "autosave_interval 60",
+        "# MQTT 3.1.1 persistent sessions of clients that never return expire (stock: never); v5 clients",
+        "# set their own expiry (the agent and the cloud: 24 h)",
+        "persistent_client_expiration 7d",
+        "# access: per-device credentials and the ACL (docs/cloud.md), never anonymous in production",
+        "allow_anonymous false",
+        "",
+    ])

@@ -1,10 +1,13 @@
 """Ingestion: what devices publish, validated against the contract and stored.
 
 ``ingest(session, topic, payload)`` is a plain function: state upserts the device, telemetry is
-stored once per ``(device, seq)``, events once per payload digest (and move the rollout job they
-belong to), missing-chunk reports are handed back for the publisher, and anything invalid lands
-in ``dead_letters`` with the reason. :class:`IngestWorker` runs it behind an MQTT connection with
-a persistent session, optionally as one of several MQTT v5 shared-subscription workers.
+stored once per ``(device, spool epoch, seq)`` (and the drops a window reports are kept), events
+once per payload digest (and move the rollout job they belong to), missing-chunk reports are
+handed back for the publisher, and anything invalid lands in ``dead_letters`` with the reason.
+:class:`IngestWorker` runs it behind an MQTT connection with a persistent session, optionally as
+one of several MQTT v5 shared-subscription workers; once a batch is committed it confirms each
+device's windows on that device's acks topic (``TelemetryAck``), duplicates included, and only
+then may the device delete them.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import logging
 import queue
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, TelemetryRow, now
+from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, SpoolDrops, TelemetryRow, now
 from contract import topics
+from contract.acks import TelemetryAck
 from contract.errors import ContractError
 from contract.events import JobEvent, decode_event
 from contract.jobs import JobState
@@ -45,6 +50,7 @@ class Outcome:
     kind: Kind
     reason: str | None = None
     missing: MissingChunks | None = None
+    window: tuple[str, str | None, int] | None = None  # (device, epoch, seq) of telemetry stored now or before
 
 
 def _insert(session: Session, table: Any, values: dict[str, Any], keys: list[str]) -> bool:
@@ -113,13 +119,43 @@ def _state(session: Session, state: DeviceState, device_id: str | None) -> Outco
 def _telemetry(session: Session, window: Telemetry, device_id: str | None) -> Outcome:
     _check_device(window.device_id, device_id)
     stored = _insert(session, TelemetryRow.__table__, {
-        "device_id": window.device_id, "seq": window.seq,
+        "device_id": window.device_id, "epoch": window.epoch or "", "seq": window.seq,
         "bundle_sha256": None if window.bundle is None else window.bundle.sha256,
         "window_start": window.window_start, "window_end": window.window_end, "inferences": window.inferences,
         "errors": sum(window.errors.values()),
         "latency_p95": None if window.latency_ms is None else window.latency_ms.p95,
-        "payload": window.model_dump(mode="json"), "received_at": now()}, ["device_id", "seq"])
-    return Outcome("stored" if stored else "duplicate")
+        "payload": window.model_dump(mode="json"), "received_at": now()}, ["device_id", "epoch", "seq"])
+    if stored and window.spool.evicted:
+        _dropped(session, window.device_id, window.epoch or "", window.spool.evicted)
+    return Outcome("stored" if stored else "duplicate", window=(window.device_id, window.epoch, window.seq))
+
+
+def _dropped(session: Session, device_id: str, epoch: str, evicted: int) -> None:
+    """Keep the highest running total of dropped windows a device reported for a spool epoch."""
+    dialect = session.get_bind().dialect.name
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    statement = insert(SpoolDrops).values(device_id=device_id, epoch=epoch, evicted=evicted, updated_at=now())
+    highest = (func.max if dialect == "sqlite" else func.greatest)(SpoolDrops.evicted, statement.excluded.evicted)
+    session.execute(statement.on_conflict_do_update(index_elements=["device_id", "epoch"],
+                                                    set_={"evicted": highest, "updated_at": now()}))
+
+
+def dropped_windows(session: Session, device_ids: list[str]) -> dict[str, int]:
+    """Windows each device dropped unsent (spool full), summed over its spool epochs; only those with drops."""
+    found = session.execute(select(SpoolDrops.device_id, func.sum(SpoolDrops.evicted))
+                            .where(SpoolDrops.device_id.in_(device_ids), SpoolDrops.evicted > 0)
+                            .group_by(SpoolDrops.device_id)).all()
+    return {device: int(total) for device, total in found}
+
+
+def acks(outcomes: list[Outcome]) -> list[TelemetryAck]:
+    """One ack per device and spool epoch for the telemetry of a committed batch."""
+    stored: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.window is not None:
+            device, epoch, seq = outcome.window
+            stored[(device, epoch)].append(seq)
+    return [ack for (device, epoch), seqs in stored.items() for ack in TelemetryAck.of(device, epoch, seqs)]
 
 
 def _sender(topic: str) -> str | None:
@@ -186,7 +222,8 @@ class IngestWorker:
                  batch: int = 200, on_missing: Any = None) -> None:
         self.transport, self.sessions, self.share_group = transport, sessions, share_group
         self.batch, self.on_missing = batch, on_missing
-        self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0, "poison": 0}
+        self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0, "poison": 0,
+                                       "acks": 0}
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker confirmed the subscriptions (SUBACK)
 
@@ -211,6 +248,10 @@ class IngestWorker:
         for outcome in outcomes:
             self.counts[outcome.kind] += 1
         reports = [o.missing for o in outcomes if o.missing is not None]
+        for confirmation in acks(outcomes):  # committed: the devices may delete these windows now
+            # not sent (offline): the device sends the windows again after its timeout, and they are acked then
+            if self.transport.publish(topics.acks(confirmation.device_id), confirmation.to_json()) is not None:
+                self.counts["acks"] += 1
         ack = getattr(self.transport, "ack", None)
         if ack is not None:  # stored (committed) first, acknowledged after: a crash in between redelivers
             for item in received:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -132,11 +133,14 @@ class RolloutDevice(Base):
 
 
 class TelemetryRow(Base):
+    """One window, stored once per (device, spool epoch, seq): a rebuilt spool counts from 1 again."""
+
     __tablename__ = "telemetry"
-    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_telemetry_device_seq"),)
+    __table_args__ = (UniqueConstraint("device_id", "epoch", "seq", name="uq_telemetry_device_epoch_seq"),)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                     autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(64), index=True)
+    epoch: Mapped[str] = mapped_column(String(64), default="")  # "": from agents before spool epochs
     seq: Mapped[int] = mapped_column(BigInteger)
     bundle_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     window_start: Mapped[datetime] = mapped_column()
@@ -146,6 +150,17 @@ class TelemetryRow(Base):
     latency_p95: Mapped[float | None] = mapped_column(Float)
     payload: Mapped[dict[str, Any]] = mapped_column()
     received_at: Mapped[datetime] = mapped_column(default=now, index=True)
+
+
+class SpoolDrops(Base):
+    """Windows a device dropped unsent (its spool was full), as it reports them: a running total
+    per spool epoch, so the fleet's loss is counted, never silent."""
+
+    __tablename__ = "spool_drops"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[str] = mapped_column(String(64), primary_key=True)
+    evicted: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
 
 
 class EventRow(Base):
@@ -213,10 +228,36 @@ def make_engine(url: str) -> Engine:
                          "postgresql://user:password@host/db URL") from exc
 
 
+def _telemetry_epochs(engine: Engine) -> None:
+    """A store from before spool epochs: its telemetry is unique per (device, seq), which would take
+    a rebuilt spool's windows for duplicates (acked, so deleted on the device, never stored). Add the
+    epoch ("" for the rows there) and make (device, epoch, seq) the key; SQLite copies the table."""
+    if "telemetry" not in inspect(engine).get_table_names() or any(
+            c["name"] == "epoch" for c in inspect(engine).get_columns("telemetry")):
+        return
+    table = Base.metadata.tables["telemetry"]
+    columns = ", ".join(c.name for c in table.columns if c.name != "epoch")
+    with engine.begin() as db:
+        if engine.dialect.name == "postgresql":
+            db.exec_driver_sql("ALTER TABLE telemetry ADD COLUMN epoch VARCHAR(64) NOT NULL DEFAULT ''")
+            db.exec_driver_sql("ALTER TABLE telemetry DROP CONSTRAINT uq_telemetry_device_seq")
+            db.exec_driver_sql("ALTER TABLE telemetry ADD CONSTRAINT uq_telemetry_device_epoch_seq "
+                               "UNIQUE (device_id, epoch, seq)")
+            return
+        db.exec_driver_sql("ALTER TABLE telemetry RENAME TO telemetry_before_epochs")
+        for index in table.indexes:  # the renamed table keeps its indexes' names
+            db.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
+        table.create(db)
+        db.exec_driver_sql(f"INSERT INTO telemetry ({columns}, epoch) SELECT {columns}, '' "  # noqa: S608 (the model's columns)
+                           "FROM telemetry_before_epochs")
+        db.exec_driver_sql("DROP TABLE telemetry_before_epochs")
+
+
 def open_store(url: str = DEFAULT_URL) -> sessionmaker[Session]:
-    """Connect, create missing tables, and return a session factory."""
+    """Connect, create missing tables (and bring older ones up to date), and return a session factory."""
     engine = make_engine(url)
     try:
+        _telemetry_epochs(engine)
         Base.metadata.create_all(engine)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the store at {engine.url.render_as_string(hide_password=True)}: "

@@ -14,8 +14,16 @@ app = typer.Typer(help="Run the embedded MQTT broker on 127.0.0.1.", invoke_with
 
 @app.callback()
 def broker(port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port on 127.0.0.1.")] = 1883,
-           seconds: Annotated[float | None, typer.Option(min=1, help="Stop after this long.")] = None) -> None:
+           seconds: Annotated[float | None, typer.Option(min=1, help="Stop after this long.")] = None,
+           mosquitto_conf: Annotated[bool, typer.Option(
+               "--mosquitto-conf", help="Print a Mosquitto configuration for the fleet (queue limits, "
+               "persistence) instead of serving.")] = False) -> None:
     """Serve MQTT on 127.0.0.1 until Ctrl-C. At scale use Mosquitto (TLS, passwords, ACL) instead."""
+    if mosquitto_conf:
+        from cloud.broker import mosquitto_conf as conf
+
+        print(conf(port), end="")  # plain text for a file: no console markup
+        return
     from cloud.broker import EmbeddedBroker
     from cloud.errors import BrokerError
 

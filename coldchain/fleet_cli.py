@@ -34,11 +34,15 @@ def show(device: Annotated[str, typer.Argument(help="Device id.")], db: Db = DEF
 
     from cloud.errors import CloudError
     from cloud.fleet import get_device
+    from cloud.ingest import dropped_windows
     from cloud.store import EventRow
 
     with user_errors(CloudError), open_sessions(db)() as session:
         d = get_device(session, device)
         console.print(fleet_table([d]))
+        dropped = dropped_windows(session, [device]).get(device, 0)
+        console.print(f"telemetry windows dropped on the device unsent (its spool was full): {dropped}",
+                      style="bold red" if dropped else None)
         events = session.scalars(select(EventRow).where(EventRow.device_id == device)
                                  .order_by(EventRow.id.desc()).limit(15)).all()
         table = Table(title=f"Recent events of {device}")

@@ -23,6 +23,8 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+Epoch = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+"""A device's telemetry spool epoch: made when the spool is created, new whenever it is rebuilt."""
 MAX_INT = 2**63 - 1
 """The largest integer any payload may carry: what a BIGINT column (and a C int64 on a device) holds."""
 Count = Annotated[int, Field(ge=0, le=MAX_INT)]

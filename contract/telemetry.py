@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from contract.base import ContractModel, Count, Identifier, LabelCounts, Message
+from contract.base import ContractModel, Count, Epoch, Identifier, LabelCounts, Message
 from contract.common import BundleRef, Histogram, LatencyStats
 
 INPUT_STATISTICS = ("brightness", "contrast", "saturation")
@@ -27,7 +27,8 @@ class Resources(ContractModel):
 
 
 class SpoolStats(ContractModel):
-    """The device's telemetry spool: windows waiting for the broker and windows evicted unsent."""
+    """The device's telemetry spool (this epoch): windows waiting for the cloud's ack, and windows
+    the device had to drop unsent because the spool was full (a running total, never silent)."""
 
     pending: Count = 0
     evicted: Count = 0
@@ -35,7 +36,8 @@ class SpoolStats(ContractModel):
 
 class Telemetry(Message):
     device_id: Identifier
-    seq: Count  # per device, strictly increasing; the receiver de-duplicates on (device_id, seq)
+    seq: Count  # per (device, spool epoch), strictly increasing; the receiver de-duplicates on all three
+    epoch: Epoch | None = None  # the spool's epoch; None from agents that predate epochs
     window_start: datetime
     window_end: datetime
     bundle: BundleRef | None = None

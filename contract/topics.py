@@ -28,6 +28,7 @@ class TopicKind(StrEnum):
     GROUP_CHUNKS = "group_chunks"
     DEVICE_CHUNKS = "device_chunks"
     MISSING = "missing"
+    ACKS = "acks"
 
 
 _DEVICE_LEAVES = {
@@ -35,6 +36,7 @@ _DEVICE_LEAVES = {
     "telemetry": TopicKind.TELEMETRY,
     "events": TopicKind.EVENTS,
     "commands": TopicKind.COMMANDS,
+    "acks": TopicKind.ACKS,
 }
 
 
@@ -73,6 +75,11 @@ def events(device_id: str) -> str:
 
 def commands(device_id: str) -> str:
     return _device(device_id, "commands")
+
+
+def acks(device_id: str) -> str:
+    """Where the cloud confirms the telemetry windows it stored (cloud -> device, QoS 1)."""
+    return _device(device_id, "acks")
 
 
 def group_chunks(group: str, sha256: str) -> str:

@@ -10,6 +10,7 @@ from agent.config import AgentConfig
 from agent.frames import FolderSource
 from agent.loop import Agent, data_dir_status
 from contract import topics
+from contract.acks import TelemetryAck
 from contract.events import ShadowEvent, decode_event
 from contract.jobs import JobState
 from contract.state import DeviceState
@@ -25,7 +26,7 @@ def test_connect_subscribes_and_reports_state(agent: tuple[Agent, MemoryTranspor
     a, t = agent
     a.handle(Connected())
     assert set(t.subscribed) == {topics.commands("fridge-7"), topics.device_artifacts("fridge-7"),
-                                 topics.group_artifacts("eu")}
+                                 topics.group_artifacts("eu"), topics.acks("fridge-7")}
     (state,) = t.on(topics.state("fridge-7"))
     parsed = DeviceState.from_json(state)
     assert parsed.online and parsed.active is None and {r.name.value for r in parsed.runtimes} >= {"onnxruntime"}
@@ -48,10 +49,13 @@ def test_deploy_infer_and_telemetry_until_acknowledged(agent: tuple[Agent, Memor
     assert telemetry.seq == 1 and telemetry.inferences == 6 and telemetry.frames_skipped == {"empty": 1}
     assert telemetry.bundle is not None and telemetry.bundle.sequence == 5
     assert telemetry.latency_ms is not None and sum(telemetry.predictions.values()) >= 1
-    assert a.spool.size == 1  # kept until the broker acknowledges it
-    mid = next(iter(a.in_flight))
-    a.handle(Acked(mid))
-    assert a.spool.size == 0
+    assert telemetry.epoch == a.spool.epoch
+    a.handle(Acked(t.mid))  # the broker's PUBACK: the broker has it, which is not the cloud
+    assert a.spool.size == 1
+    a.handle(Received(topics.acks("fridge-7"), TelemetryAck.of("fridge-7", "other-epoch", [1])[0].to_json()))
+    assert a.spool.size == 1  # a spool set aside had its own seq 1
+    a.handle(Received(topics.acks("fridge-7"), TelemetryAck.of("fridge-7", telemetry.epoch, [1])[0].to_json()))
+    assert a.spool.size == 0  # the cloud stored it: only now is it deleted
     status = data_dir_status(a.config.data_dir)
     assert status["active_sequence"] == 5 and ("job-9", "PROBATION", None) in status["jobs"]
 

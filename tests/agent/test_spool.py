@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -8,16 +9,70 @@ from agent.errors import SpoolError
 from agent.spool import Spool
 
 
-def test_windows_survive_restart_until_acknowledged(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool.db", max_windows=10)
-    for _ in range(3):
+def fill(spool: Spool, count: int) -> list[int]:
+    seqs = []
+    for _ in range(count):
         seq = spool.next_seq()
         spool.put(seq, f"window {seq}".encode())
-    spool.ack(1)
+        seqs.append(seq)
+    return seqs
+
+
+def test_windows_stay_until_the_cloud_confirms_them_even_across_restarts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_windows=10)
+    fill(spool, 5)
+    assert spool.confirm(spool.epoch, [(1, 2), (4, 4)]) == 3
+    epoch = spool.epoch
     spool.close()
     reopened = Spool(tmp_path / "spool.db", max_windows=10)
-    assert [(p.seq, p.payload) for p in reopened.pending()] == [(2, b"window 2"), (3, b"window 3")]
-    assert reopened.next_seq() == 4  # sequence numbers never repeat across restarts
+    assert reopened.epoch == epoch  # the same spool: the same epoch
+    assert [(p.seq, p.payload) for p in reopened.pending()] == [(3, b"window 3"), (5, b"window 5")]
+    assert reopened.next_seq() == 6  # sequence numbers never repeat within an epoch
+
+
+def test_an_ack_of_another_epoch_deletes_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_windows=10)
+    fill(spool, 3)
+    assert spool.confirm("someone-else", [(1, 3)]) == 0
+    assert spool.confirm(None, [(1, 3)]) == 0  # a new spool held no window from before epochs
+    assert spool.size == 3
+
+
+def test_pending_after_skips_what_is_in_flight(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_windows=10)
+    fill(spool, 5)
+    assert [p.seq for p in spool.pending(limit=2, after=2)] == [3, 4]
+
+
+def test_a_rebuilt_spool_starts_a_new_epoch(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path, max_windows=10)
+    fill(spool, 3)
+    old = spool.epoch
+    spool.close()
+    path.write_bytes(b"SQLite format 3\x00" + b"\xde\xad" * 4000)  # a garbled page
+    rebuilt = Spool(path, max_windows=10)
+    assert rebuilt.recovered is not None and "damaged" in rebuilt.recovered
+    assert rebuilt.epoch != old  # its seqs start again at 1: (epoch, seq) never collides with stored windows
+    assert rebuilt.next_seq() == 1
+    assert len({Spool(tmp_path / f"s{i}.db", 1).epoch for i in range(20)}) == 20
+
+
+def test_a_spool_from_before_epochs_keeps_its_windows_and_takes_their_acks(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    db = sqlite3.connect(path)  # what the agent before epochs left behind
+    db.executescript("CREATE TABLE windows (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);"
+                     "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+                     "INSERT INTO windows VALUES (7, x'00'), (8, x'00');"
+                     "INSERT INTO counters VALUES ('seq', 8);")
+    db.commit()
+    db.close()
+    spool = Spool(path, max_windows=10)
+    assert spool.confirm(None, [(7, 7)]) == 1  # the cloud acks windows without an epoch as epoch None
+    fill(spool, 1)  # seq 9: of the new epoch
+    assert spool.confirm(None, [(9, 9)]) == 0
+    assert spool.confirm(spool.epoch, [(8, 9)]) == 1  # window 8 was sent without the epoch
+    assert [p.seq for p in spool.pending()] == [8]
 
 
 def test_bounded_and_eviction_is_counted(tmp_path: Path) -> None:
@@ -26,6 +81,8 @@ def test_bounded_and_eviction_is_counted(tmp_path: Path) -> None:
     assert evicted == [0, 0, 0, 1, 1]
     assert spool.size == 3 and spool.evicted == 2
     assert [p.seq for p in spool.pending()] == [3, 4, 5]  # the oldest went first
+    spool.confirm(spool.epoch, [(3, 5)])
+    assert spool.evicted == 2  # confirmed windows are not drops
 
 
 def test_bad_bound() -> None:

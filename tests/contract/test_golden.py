@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from contract.acks import TelemetryAck
 from contract.base import decode
 from contract.commands import decode_command
 from contract.events import decode_event
@@ -27,6 +28,7 @@ DECODERS: dict[str, Callable[[bytes], Any]] = {
     "command": decode_command,
     "chunk": lambda b: decode(ChunkHeader, b),
     "missing": lambda b: decode(MissingChunks, b),
+    "ack": lambda b: decode(TelemetryAck, b),
     "signature": lambda b: decode(SignatureFile, b),
     "manifest": load_manifest,
 }

@@ -22,6 +22,7 @@ SHA = "a" * 64
             topics.Topic(TopicKind.DEVICE_CHUNKS, device_id="fridge-1", sha256=SHA),
         ),
         (topics.missing("fridge-1", SHA), topics.Topic(TopicKind.MISSING, device_id="fridge-1", sha256=SHA)),
+        (topics.acks("fridge-1"), topics.Topic(TopicKind.ACKS, device_id="fridge-1")),
     ],
 )
 def test_build_then_parse(topic: str, expected: topics.Topic) -> None:
@@ -31,6 +32,7 @@ def test_build_then_parse(topic: str, expected: topics.Topic) -> None:
 
 def test_spelling() -> None:
     assert topics.telemetry("d1") == "coldchain/v1/devices/d1/telemetry"
+    assert topics.acks("d1") == "coldchain/v1/devices/d1/acks"
     assert topics.group_chunks("g", SHA) == f"coldchain/v1/groups/g/artifacts/{SHA}/chunks"
     assert topics.all_devices(TopicKind.STATE) == "coldchain/v1/devices/+/state"
     assert topics.all_devices(TopicKind.MISSING) == "coldchain/v1/devices/+/artifacts/+/missing"

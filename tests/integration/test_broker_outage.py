@@ -1,22 +1,24 @@
 """The broker stops for a while and comes back: every telemetry window the agent produced in the
-meantime reaches the receiver, and de-duplicating by ``seq`` leaves each exactly once."""
+meantime reaches the cloud's store exactly once, and the spool empties only as the cloud acks."""
 
 from __future__ import annotations
 
-import queue
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from agent.config import AgentConfig
 from agent.frames import FolderSource
 from agent.loop import Agent
 from agent.spool import Spool
 from cloud.broker import free_port
+from cloud.ingest import IngestWorker
+from cloud.store import TelemetryRow, open_store, sqlite_url
 from contract import topics
 from contract.state import offline
-from contract.telemetry import Telemetry
 from examples.fridge.synth import write_dataset
 from tests.integration import mosquitto
 from tests.waiting import until
@@ -30,7 +32,7 @@ def test_outage_loses_no_window(tmp_path: Path, world: dict[str, object]) -> Non
     mosquitto.binary()
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
-    # persistence keeps the receiver's session (and its subscription) across the restart
+    # persistence keeps the cloud's session (and its subscription) across the restart
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\nuser root\n"
                     f"persistence_location {tmp_path}/\nautosave_interval 1\n")
     broker = mosquitto.start(conf, port)
@@ -43,53 +45,38 @@ def test_outage_loses_no_window(tmp_path: Path, world: dict[str, object]) -> Non
                          broker=BrokerConfig(url=url, protocol="5", reconnect_min_s=1, reconnect_max_s=2))
     agent = Agent(config, MqttTransport(device, config.broker, topics.state(device), offline(device).to_json()),
                   FolderSource(tmp_path / "frames"))
-    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    receiver = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="receiver", protocol=mqtt.MQTTv5)
-    receiver.on_message = lambda c, u, m: inbox.put((m.topic, bytes(m.payload)))
-    receiver.reconnect_delay_set(1, 1)
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = 3600
-    receiver.connect("127.0.0.1", port, clean_start=False, properties=properties)
-    receiver.subscribe(topics.telemetry(device), 1)
-    receiver.loop_start()
+    sessions = open_store(sqlite_url(tmp_path / "cloud.db"))
+    cloud = IngestWorker(MqttTransport("cloud", BrokerConfig(url=url, protocol="5", reconnect_min_s=1,
+                                                             reconnect_max_s=2), manual_ack=True), sessions)
     stop = threading.Event()
-    thread = threading.Thread(target=agent.run, kwargs={"stop": stop}, daemon=True)
-    thread.start()
-    seqs: list[int] = []
+    threads = [threading.Thread(target=cloud.run, args=(stop,), daemon=True),
+               threading.Thread(target=agent.run, kwargs={"stop": stop}, daemon=True)]
+    threads[0].start()
+    assert cloud.subscribed.wait(30), "the cloud did not subscribe"
+    threads[1].start()
 
-    def received() -> list[int]:
-        while not inbox.empty():
-            seqs.append(Telemetry.from_json(inbox.get_nowait()[1]).seq)
-        return seqs
+    def stored() -> Counter[int]:
+        with sessions() as session:
+            return Counter(session.scalars(select(TelemetryRow.seq).where(TelemetryRow.device_id == device)).all())
 
     try:
-        until(lambda: len(received()) >= 2, "the first windows to reach the receiver")
+        until(lambda: len(stored()) >= 2, "the first windows to be stored")
         broker.terminate()  # the outage: windows keep being produced and spooled
         broker.wait(timeout=10)
         until(lambda: agent.spool.size >= 2, "windows to wait in the spool during the outage")
         broker = mosquitto.start(conf, port)
-        until(lambda: agent.spool.size == 0, "the spool to drain after the outage")
+        until(lambda: agent.spool.size == 0, "the spool to drain after the outage (the cloud acked everything)")
         stop.set()
-        thread.join(timeout=30)
-        spool = Spool(tmp_path / "data" / "telemetry.db", 1000)  # the stopped agent's, read back
-        produced = spool.next_seq() - 1
-        waiting = {p.seq for p in spool.pending()}
-        spool.close()
-        delivered = set(range(1, produced + 1)) - waiting  # what the broker acknowledged
-        # the receiver reconnects and gets its queue: every acknowledged window, positively
-        until(lambda: delivered <= set(received()), f"windows {sorted(delivered - set(seqs))} to arrive")
+        for thread in threads:
+            thread.join(timeout=30)
     finally:
         stop.set()
-        receiver.loop_stop()
-        receiver.disconnect()
         broker.terminate()
         broker.wait(timeout=10)
-    # no gap: what left the spool is 1..n, and only windows closed after it (at the stop) may wait
-    assert len(delivered) >= 4 and delivered == set(range(1, max(delivered) + 1))
-    assert all(seq > max(delivered) for seq in waiting), f"a gap: windows {sorted(waiting)} still wait"
-    assert set(seqs) <= set(range(1, produced + 1))
+    spool = Spool(tmp_path / "data" / "telemetry.db", 1000)  # the stopped agent's, read back
+    produced, waiting = spool.next_seq() - 1, spool.pending()
+    spool.close()
+    rows = stored()
+    # every window left the spool only once stored: 1..n are in the store, once each, no gap
+    assert len(rows) >= 4 and max(rows.values()) == 1
+    assert set(range(1, produced + 1)) - {p.seq for p in waiting} == set(rows)
