@@ -29,7 +29,7 @@ def _cancel(job: str) -> bytes:
 
 
 def test_a_resent_cancel_is_answered_with_its_state_and_not_acted_on_again(
-        agent: tuple[Agent, MemoryTransport], world: dict[str, object], tmp_path: Path) -> None:
+        agent: tuple[Agent, MemoryTransport], world: dict[str, object], fault_world: World, tmp_path: Path) -> None:
     a, t = agent
     a.handle(Connected())
     bundle = world["bundles"][5]  # type: ignore[index]
@@ -46,7 +46,7 @@ def test_a_resent_cancel_is_answered_with_its_state_and_not_acted_on_again(
     assert len(again) == 2 and again[1].state is JobState.SUCCEEDED and again[1].reason == answers[0].reason
     assert [h[0] for h in record.history].count(JobState.FAILED.value) == 1
 
-    restarted, t2 = new_agent(world, tmp_path / "data", FolderSource(tmp_path / "frames"))  # type: ignore[arg-type]
+    restarted, t2 = new_agent(fault_world, tmp_path / "data", FolderSource(tmp_path / "frames"))
     restarted.handle(Connected())
     restarted.handle(Received(topics.commands(DEVICE), _cancel("r1.fridge-7")))
     assert [e.state for e in job_events(t2, DEVICE, "r1.fridge-7.cancel")] == [JobState.SUCCEEDED]
