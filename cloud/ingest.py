@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,7 +31,7 @@ from contract.jobs import JobState
 from contract.state import DeviceState
 from contract.telemetry import Telemetry
 from contract.transfer import MissingChunks
-from transport.client import Connected, Inbound, Received, Subscribed, Transport
+from transport.client import Acked, Connected, Inbound, Received, Subscribed, Transport
 
 log = logging.getLogger("coldchain.ingest")
 DEAD_LETTER_BYTES = 64 * 1024
@@ -107,6 +108,7 @@ def _state(session: Session, state: DeviceState, device_id: str | None) -> Outco
         row.previous = None if state.previous is None else state.previous.model_dump(mode="json")
         if state.job is not None:
             row.job_id, row.job_state = state.job.job_id, state.job.state.value
+            move_job(session, state.device_id, state.job.job_id, state.job.state, None)  # its events may be lost
     return Outcome("stored")
 
 
@@ -151,20 +153,23 @@ def _event(session: Session, payload: bytes, device_id: str | None) -> Outcome:
 
 
 def job_moved(session: Session, event: JobEvent) -> None:
-    """Move the rollout job an event belongs to, forward only (events may arrive out of order)."""
-    row = session.scalar(select(RolloutDevice).where(RolloutDevice.job_id == event.job_id))
-    if row is None or row.device_id != event.device_id:
+    move_job(session, event.device_id, event.job_id, event.state, event.reason)
+
+
+def move_job(session: Session, device_id: str, job_id: str, new: JobState, reason: str | None) -> None:
+    """Move the rollout job an event (or the device's state) reports, forward only (events may
+    arrive out of order); a state without a reason keeps the one an event gave."""
+    row = session.scalar(select(RolloutDevice).where(RolloutDevice.job_id == job_id))
+    if row is None or row.device_id != device_id:
         return
     current = JobState(row.state) if row.state in JobState.__members__ else None
-    new = event.state
     forward = current is None or (not current.terminal and _ORDER[new] > _ORDER[current]) or (
         new is JobState.ROLLED_BACK and current is JobState.SUCCEEDED)
     if forward:
-        row.state, row.reason = new.value, event.reason
+        row.state, row.reason = new.value, reason or (row.reason if current is new else None)
     if new in ACTIVE_STATES:
         row.activated = True
-    session.execute(update(Device).where(Device.id == event.device_id)
-                    .values(job_id=event.job_id, job_state=row.state))
+    session.execute(update(Device).where(Device.id == device_id).values(job_id=job_id, job_state=row.state))
 
 
 INGEST_FILTERS = [topics.all_devices(k) for k in (topics.TopicKind.STATE, topics.TopicKind.TELEMETRY,
@@ -183,9 +188,10 @@ class IngestWorker:
     """
 
     def __init__(self, transport: Transport, sessions: sessionmaker[Session], share_group: str | None = None,
-                 batch: int = 200, on_missing: Any = None) -> None:
+                 batch: int = 200, on_missing: Any = None, on_acked: Callable[[int], None] | None = None) -> None:
         self.transport, self.sessions, self.share_group = transport, sessions, share_group
         self.batch, self.on_missing = batch, on_missing
+        self.on_acked = on_acked or (lambda mid: None)  # PUBACKs of what this connection published
         self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0, "poison": 0}
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker confirmed the subscriptions (SUBACK)
@@ -205,6 +211,8 @@ class IngestWorker:
             self.connected.set()
         if any(isinstance(i, Subscribed) and i.granted for i in items):
             self.subscribed.set()
+        for mid in [i.mid for i in items if isinstance(i, Acked)]:
+            self.on_acked(mid)
         if not received:
             return 0
         outcomes = self._store(received)
