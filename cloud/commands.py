@@ -147,7 +147,7 @@ class Outbox:
                 if row.attempts >= self.backoff.attempts:
                     row.done, row.outcome = True, "unconfirmed"
                     span = (clock - row.created_at).total_seconds()
-                    row.reason = (f"the device never confirmed the {row.kind}: {delivery(row)} over {span:.0f} s "
+                    row.reason = (f"the device never confirmed the {row.kind}: {delivery(row)}, in {span:.0f} s "
                                   + ("(is the device online?)" if row.acks else "(is the broker reachable?)"))
                     log.warning("%s to %s: %s", row.job_id, row.device_id, row.reason)
                     out.failed.append(row)

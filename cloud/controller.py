@@ -91,7 +91,8 @@ class Controller:
                 entry.deploy_sent_at = row.acked_at
             if row in pumped.failed:
                 raise_alert(session, "command_unconfirmed", "device", row.device_id, row.reason or "")
-                entry.reason = row.reason
+                if row.kind != "cancel":  # an unconfirmed cancel is alerted; the device keeps its own reason
+                    entry.reason = row.reason
                 if row.kind == "deploy" and entry.state == "PENDING":
                     entry.state = "TIMED_OUT"
                     self._cancel(session, entry, row.reason or "unconfirmed")  # should it arrive late after all
