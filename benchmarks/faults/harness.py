@@ -1,4 +1,4 @@
-"""The six rows and how big each is: the full run (``FULL``, the defaults of the command) and the
+"""The rows and how big each is: the full run (``FULL``, the defaults of the command) and the
 sample the test suite runs (``QUICK``, ``--quick``). ``run_row`` is what both call."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks.faults import corruption, diskfull, fuzz, hostile, powercut, sigkill
+from benchmarks.faults import brokerkill, corruption, diskfull, fuzz, hostile, powercut, sigkill
 from benchmarks.faults.report import Row
 from benchmarks.faults.world import World
 
@@ -22,12 +22,14 @@ class Sizes:
     hostile_repeats: int = 3  # each of the eleven hostile tarballs
     fuzz: int = 20_000  # payloads
     fuzz_batch: int = 500  # payloads between two markers
+    broker_kills: int = 10  # Mosquitto SIGKILLed and restarted mid-rollout
+    broker_kill_devices: int = 4  # simulated agents in each of those rollouts
     seed: int = 1
 
 
 FULL = Sizes()
 QUICK = Sizes(kills=20, restart_every=4, powercut_every=5, corruption_stride=2, diskfull_repeats=1, hostile_repeats=1,
-              fuzz=1000, fuzz_batch=250)  # about 1 minute, 1.5 beside two busy loops on 2 cores
+              fuzz=1000, fuzz_batch=250, broker_kills=2)  # about 1 minute, 1.5 beside two busy loops on 2 cores
 
 ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "sigkill": lambda w, s, d: sigkill.run(w, s.kills, s.restart_every, seed=s.seed, workdir=d),
@@ -36,6 +38,7 @@ ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "diskfull": lambda w, s, d: diskfull.run(w, s.diskfull_repeats, d),
     "hostile": lambda w, s, d: hostile.run(w, s.hostile_repeats, d),
     "fuzz": lambda w, s, d: fuzz.run(w, s.fuzz, s.fuzz_batch, s.seed, d),
+    "brokerkill": lambda w, s, d: brokerkill.run(w, s.broker_kills, s.broker_kill_devices, d),
 }
 
 
