@@ -158,15 +158,18 @@ def job_moved(session: Session, event: JobEvent) -> None:
 
 def move_job(session: Session, device_id: str, job_id: str, new: JobState, reason: str | None) -> None:
     """Move the rollout job an event (or the device's state) reports, forward only (events may
-    arrive out of order); a state without a reason keeps the one an event gave."""
+    arrive out of order); an event's reason fills in that of a state that came first without one."""
     row = session.scalar(select(RolloutDevice).where(RolloutDevice.job_id == job_id))
     if row is None or row.device_id != device_id:
         return
     current = JobState(row.state) if row.state in JobState.__members__ else None
-    forward = current is None or (not current.terminal and _ORDER[new] > _ORDER[current]) or (
-        new is JobState.ROLLED_BACK and current is JobState.SUCCEEDED)
+    left = row.state in ("SKIPPED", "SUPERSEDED")  # no longer the rollout's job: what it does is not judged
+    forward = not left and (current is None or (not current.terminal and _ORDER[new] > _ORDER[current]) or (
+        new is JobState.ROLLED_BACK and current is JobState.SUCCEEDED))
     if forward:
-        row.state, row.reason = new.value, reason or (row.reason if current is new else None)
+        row.state, row.reason = new.value, reason
+    elif current is new and reason and not row.reason:  # the state said it first, without the reason
+        row.reason = reason
     if new in ACTIVE_STATES:
         row.activated = True
     session.execute(update(Device).where(Device.id == device_id).values(job_id=job_id, job_state=row.state))

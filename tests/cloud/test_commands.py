@@ -28,7 +28,7 @@ from contract import topics
 from contract.commands import decode_command
 from contract.events import JobEvent
 from contract.jobs import JobState
-from contract.state import DeviceState
+from contract.state import DeviceState, JobSummary
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 DEVICES = ["d1", "d2", "d3"]
@@ -200,6 +200,8 @@ def test_two_rollouts_never_hold_a_device_at_once(fleet: tuple[sessionmaker[Sess
         assert states["d1"] == ("SUPERSEDED", "superseded by rollout new (was DOWNLOADING)")
         assert {s for s, _ in states.values()} == {"SUPERSEDED"}
         assert [d.state for d in rollouts.view(session, "new").devices] == ["PENDING"] * 3
+    report(sessions, "d1", "old.d1", JobState.VERIFYING, seq=2)  # what the old job still does is not its rollout's
+    assert entry(sessions, "old", "d1").state == "SUPERSEDED"
     c.step()  # the old jobs are cancelled before the new deploys go out
     jobs = [job for _, job in broker.commands("d1")]
     assert jobs.index("old.d1.cancel") < jobs.index("new.d1")
@@ -248,3 +250,16 @@ def test_rollout_status_shows_the_devices_reasons_grouped(fleet: tuple[sessionma
     assert "1 × self-test failed: max error 3.1" in result.output
     with sessions() as session:
         assert session.scalar(select(BundleRow.sha256)) == sha
+
+
+def test_the_devices_retained_state_moves_its_job_when_the_events_were_lost(
+        fleet: tuple[sessionmaker[Session], str, Path]) -> None:
+    sessions, sha, _ = fleet
+    rollouts.start(sessions, sha, plan(), "r1")
+    state = DeviceState(device_id="d1", online=True, board="pi4", groups=["eu"],
+                        job=JobSummary(job_id="r1.d1", state=JobState.FAILED))
+    with sessions.begin() as session:
+        ingest(session, topics.state("d1"), state.to_json())
+    assert (entry(sessions, "r1", "d1").state, entry(sessions, "r1", "d1").reason) == ("FAILED", None)
+    report(sessions, "d1", "r1.d1", JobState.FAILED, "golden self-test failed")  # the event, late: its reason
+    assert entry(sessions, "r1", "d1").reason == "golden self-test failed"
