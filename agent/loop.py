@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from agent import runtimes
+from agent.commands import CommandLog, cancel, roll_back
 from agent.config import AgentConfig
 from agent.deploy import Deployer
-from agent.errors import AgentError, FrameError, SlotError, SourceEnded
+from agent.errors import AgentError, FrameError, SourceEnded
 from agent.frames import FrameSource
 from agent.jobs import JobRecord
 from agent.model import LoadedBundle
@@ -35,14 +36,13 @@ from contract.commands import (
     ProfileCommand,
     RollbackCommand,
     SetConfigCommand,
-    authorization_bytes,
     decode_command,
 )
 from contract.common import BundleRef, RuntimeInfo
 from contract.errors import ContractError
 from contract.events import ErrorEvent, JobEvent, ProfileEvent, ShadowEvent
 from contract.jobs import JobState
-from contract.signing import TrustStore, verify_signature
+from contract.signing import TrustStore
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import decode_chunk
 from transport.client import Connected, Disconnected, Inbound, Received, Transport
@@ -68,6 +68,7 @@ class Agent:
         self.available = runtimes.available()
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
                                  clock=clock)
+        self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows)
         self.uplink = Uplink(self.spool, transport, config.device_id, config.limits.telemetry_in_flight,
                              config.limits.telemetry_resend_s)
@@ -87,6 +88,7 @@ class Agent:
         self._errors_held: dict[str, int] = {}  # code -> events held back since the last one sent
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
+                    ("commands_recovered", self.commands.damaged),
                     *[("jobs_recovered", m) for m in self.deployer.jobs.damaged]]
         for code, message in repaired:  # the data directory was repaired at start: say what was done, once
             if message:
@@ -99,6 +101,8 @@ class Agent:
         event = JobEvent(device_id=self.config.device_id, seq=self.event_seq, job_id=job_id, state=state,
                          reason=reason, progress=progress)
         self.send(topics.events(self.config.device_id), event.to_json())
+        if state.terminal:  # answered from here if the command is re-sent (even after the job file is pruned)
+            self.commands.record(job_id, state, reason)
         if state.terminal or state in (JobState.PROBATION, JobState.QUEUED):
             self.publish_state()
 
@@ -199,16 +203,22 @@ class Agent:
 
     def on_command(self, payload: bytes, topic: str) -> None:
         command = decode_command(payload)
-        if isinstance(command, DeployCommand):
+        known = self.commands.get(command.job_id) if self.deployer.jobs.get(command.job_id) is None else None
+        if known is not None and isinstance(command, DeployCommand | CancelCommand | RollbackCommand):
+            self._emit(command.job_id, *known, None)  # re-sent: answered with its state, never acted on twice
+        elif isinstance(command, DeployCommand):
             group = command.artifact.group
             if group is not None and group not in self.config.groups:  # a rollout wave's own group topic
                 self.transport.subscribe([topics.group_artifacts(group)])
             self.last_chunk.setdefault(command.job_id, time.monotonic())  # the stream starts soon: wait for it
             self.deployer.on_deploy(command)
         elif isinstance(command, CancelCommand):
-            self.deployer.cancel(command.target_job_id, f"job {command.job_id} from the cloud")
+            self._emit(command.job_id, *cancel(self.deployer, self.commands, command), None)
         elif isinstance(command, RollbackCommand):
-            self.on_rollback(command, topic)
+            state, reason = roll_back(self.deployer, self.trust, command)
+            if state is JobState.FAILED:
+                self._error("rollback_refused", reason or "", topic)
+            self._emit(command.job_id, state, reason, None)
         elif isinstance(command, SetConfigCommand):
             updates = {k: v for k, v in (("inference_interval_s", command.inference_interval_s),
                                          ("telemetry_window_s", command.telemetry_window_s)) if v is not None}
@@ -232,29 +242,6 @@ class Agent:
                              iterations=command.iterations, p50_ms=float(np.percentile(times, 50)),
                              p95_ms=float(np.percentile(times, 95)), mean_ms=float(np.mean(times)))
         self.send(topics.events(self.config.device_id), event.to_json())
-
-    def on_rollback(self, command: RollbackCommand, topic: str) -> None:
-        """Back to the previous slot: an older sequence, so only with an operator's signature."""
-        if command.authorization is None:
-            self._error("rollback_refused", "a rollback installs an older bundle and must be signed by an operator "
-                        "key this device trusts (authorization missing)", topic)
-            return
-        try:
-            verify_signature(authorization_bytes(command), command.authorization.key_id,
-                             command.authorization.signature, self.trust)
-        except ContractError as exc:
-            self._error("rollback_refused", f"rollback authorization does not verify: {exc}", topic)
-            return
-        pointer = self.deployer.slots.pointer()
-        if command.to is not None and command.to.sha256 == pointer.active_sha256:
-            return  # already there: a repeated rollback changes nothing
-        try:
-            self.deployer.roll_back_active(f"rolled back by the cloud: {command.reason}",
-                                           None if command.to is None else command.to.sha256)
-        except SlotError as exc:  # no known-good bundle to go to: the active one stays, and the cloud hears why
-            self._error("rollback_refused", str(exc), topic)
-            return
-        self.publish_state()
 
     # ---- inference and telemetry -------------------------------------------------------
     def active_model(self) -> LoadedBundle | None:

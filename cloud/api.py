@@ -27,6 +27,7 @@ class StartRollout(BaseModel):
     bundle: str
     plan: RolloutPlan = RolloutPlan()
     rollout_id: str | None = None
+    supersede: bool = False  # take over devices an unfinished rollout holds (refused otherwise)
 
 
 class Reason(BaseModel):
@@ -42,6 +43,7 @@ def _rollout(view: rollouts.RolloutView) -> dict[str, Any]:
     r = view.rollout
     return {"id": r.id, "bundle": r.bundle_sha256, "status": r.status, "wave": r.wave + 1, "waves": view.waves(),
             "reason": r.reason, "gates": r.gate_results, "counts": view.counts(), "plan": r.plan,
+            "failure_reasons": [{"devices": n, "reason": why} for n, why in view.reasons()],
             "devices": [{"device": d.device_id, "wave": d.wave + 1, "state": d.state, "reason": d.reason,
                          "rolled_back": d.rolled_back} for d in view.devices]}
 
@@ -95,7 +97,8 @@ def create_app(sessions: sessionmaker[Session], token: str) -> FastAPI:
 
     @app.post("/rollouts", status_code=201, dependencies=[Depends(writer)])
     def start(body: StartRollout, session: Db) -> dict[str, Any]:
-        new_id = guarded(rollouts.start, sessions, body.bundle, body.plan, body.rollout_id)
+        new_id = guarded(rollouts.start, sessions, body.bundle, body.plan, body.rollout_id, None,
+                         body.supersede)
         return _rollout(rollouts.view(session, new_id))
 
     @app.post("/rollouts/{rollout_id}/{action}", dependencies=[Depends(writer)])

@@ -1,8 +1,9 @@
 """The rollout controller: a bundle goes to a selected fleet in waves; a wave starts only after
 the previous wave's gates passed; a failing gate halts the rollout and rolls back every device
 it touched. All state lives in the store, so ``step()`` after a restart continues where the last
-controller stopped; every command carries a job id the device acts on once. Operators change a
-rollout through :mod:`cloud.rollouts`, which only writes the store.
+controller stopped; every command carries a job id the device acts on once, and goes through
+:mod:`cloud.commands` (sent once the broker acknowledged it, re-sent until the device shows it).
+Operators change a rollout through :mod:`cloud.rollouts`, which only writes the store.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.commands import Backoff, Deliveries, Outbox, cancel_command, delivery
 from cloud.errors import NotFoundError
 from cloud.fleet import bundle_ref, previous_bundle
 from cloud.gates import WaveEvidence, evaluate, failed
@@ -26,16 +28,18 @@ from cloud.rollouts import (
     ABORTED,
     ABORTING,
     ACTIVE,
+    FAILED,
+    OUT_OF_ROLLOUT,
     ROLLED_BACK,
     ROLLING_BACK,
     RUNNING,
     SUCCEEDED,
     RollbackStep,
+    failure_reasons,
     rollback_step,
 )
-from cloud.store import BundleRow, Device, EventRow, Rollout, RolloutDevice, TelemetryRow, now
-from contract import topics
-from contract.commands import Authorization, CancelCommand, DeployCommand, RollbackCommand, authorization_bytes
+from cloud.store import BundleRow, CommandRow, Device, EventRow, Rollout, RolloutDevice, TelemetryRow, now
+from contract.commands import Authorization, DeployCommand, RollbackCommand, authorization_bytes
 from contract.common import BundleRef
 from contract.jobs import JobState
 from contract.manifest import Manifest
@@ -43,20 +47,24 @@ from contract.signing import key_id
 from transport.client import Transport
 
 log = logging.getLogger("coldchain.rollout")
-TERMINAL = frozenset({s.value for s in JobState if s.terminal} | {"TIMED_OUT", "SKIPPED"})
+TERMINAL = frozenset({s.value for s in JobState if s.terminal} | {"TIMED_OUT"} | OUT_OF_ROLLOUT)
 
 
 class Controller:
     def __init__(self, sessions: sessionmaker[Session], transport: Transport, publisher: Publisher,
                  operator_key: Ed25519PrivateKey, clock: Callable[[], datetime] = now,
-                 notify: Callable[[str], None] | None = None) -> None:
+                 notify: Callable[[str], None] | None = None, deliveries: Deliveries | None = None,
+                 backoff: Backoff | None = None) -> None:
         self.sessions, self.transport, self.publisher = sessions, transport, publisher
         self.key, self.clock = operator_key, clock
         self.notify = notify or log.info
+        self.outbox = Outbox(transport, deliveries, backoff)  # deliveries: fed the broker's acks by ingestion
 
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> None:
-        """Advance every unfinished rollout by what is due now."""
+        """Deliver the commands that are due, then advance every unfinished rollout."""
+        with self.sessions.begin() as session:
+            self._deliver(session)
         with self.sessions() as session:
             ids = session.scalars(select(Rollout.id).where(Rollout.status.in_(ACTIVE))).all()
         for rollout_id in ids:
@@ -70,6 +78,24 @@ class Controller:
                     self._roll_back(session, rollout)
                 elif rollout.status == ABORTING:
                     self._abort(session, rollout)
+
+    def _deliver(self, session: Session) -> None:
+        """Acknowledged deploys count as sent; one never confirmed fails its device, with why."""
+        clock = self.clock()
+        pumped = self.outbox.pump(session, clock)
+        for row in pumped.acked + pumped.failed:
+            entry = session.get(RolloutDevice, (row.rollout_id, row.device_id)) if row.rollout_id else None
+            if entry is None:
+                continue
+            if row.kind == "deploy" and row.job_id == entry.job_id and entry.deploy_sent_at is None:
+                entry.deploy_sent_at = row.acked_at
+            if row in pumped.failed:
+                raise_alert(session, "command_unconfirmed", "device", row.device_id, row.reason or "")
+                if row.kind != "cancel":  # an unconfirmed cancel is alerted; the device keeps its own reason
+                    entry.reason = row.reason
+                if row.kind == "deploy" and entry.state == "PENDING":
+                    entry.state = "TIMED_OUT"
+                    self._cancel(session, entry, row.reason or "unconfirmed")  # should it arrive late after all
 
     def _devices(self, session: Session, rollout_id: str, wave: int | None = None) -> list[RolloutDevice]:
         query = select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)
@@ -86,12 +112,12 @@ class Controller:
         clock = self.clock()
         self.publisher.chunking(bundle.artifact_sha256, plan.chunk_size)  # repairs too, after a restart
         if rollout.wave_started_at is None:
-            self._start_wave(rollout, bundle, plan, wave, clock)
+            self._start_wave(session, rollout, bundle, plan, wave, clock)
             return
         if rollout.chunks_published_at is None:
             artifact = self.publisher.artifact(bundle.artifact_sha256, plan.chunk_size)
             self.publisher.announce(artifact, _wave_group(rollout))  # again after a restart: idempotent
-            acked = all(d.state != "PENDING" for d in wave if d.deploy_sent_at is not None)
+            acked = all(d.state != "PENDING" for d in wave)  # every device confirmed its deploy
             if acked or clock - rollout.wave_started_at > timedelta(seconds=plan.timeouts.ack_s):
                 limit = self.publisher.rollout_limit(rollout.id, plan.bytes_per_s)  # the plan's rate, per rollout
                 self.publisher.start_group(artifact, _wave_group(rollout), limit=limit)
@@ -102,7 +128,9 @@ class Controller:
                 for device in wave:
                     if device.state not in TERMINAL:
                         device.reason = f"no result within {plan.timeouts.wave_s:g} s (was {device.state})"
-                        self._cancel(device, device.reason)
+                        if device.state == "PENDING":
+                            device.reason += f"; {delivery(session.get(CommandRow, device.job_id))}"
+                        self._cancel(session, device, device.reason)
                         device.state = "TIMED_OUT"
             if all(d.state in TERMINAL for d in wave):
                 rollout.wave_settled_at = clock
@@ -111,8 +139,8 @@ class Controller:
             return
         self._judge(session, rollout, bundle, plan, wave)
 
-    def _start_wave(self, rollout: Rollout, bundle: BundleRow, plan: RolloutPlan, wave: list[RolloutDevice],
-                    clock: datetime) -> None:
+    def _start_wave(self, session: Session, rollout: Rollout, bundle: BundleRow, plan: RolloutPlan,
+                    wave: list[RolloutDevice], clock: datetime) -> None:
         artifact = self.publisher.artifact(bundle.artifact_sha256, plan.chunk_size)  # chunked as the plan says
         group = _wave_group(rollout)
         for device in wave:
@@ -121,13 +149,15 @@ class Controller:
             command = DeployCommand(job_id=device.job_id, bundle=bundle_ref(bundle), artifact=artifact.ref(group),
                                     probation_s=plan.probation_s, shadow_s=plan.shadow_s,
                                     max_latency_ratio=plan.gates.max_latency_ratio)  # judged on each device too
-            self.transport.publish(topics.commands(device.device_id), command.to_json())
-            device.deploy_sent_at = clock
+            self.outbox.issue(session, device.device_id, command, rollout.id, clock)  # sent once acknowledged
         rollout.wave_started_at = clock
         self.notify(f"rollout {rollout.id}: wave {rollout.wave + 1} started ({len(wave)} devices)")
 
     def _judge(self, session: Session, rollout: Rollout, bundle: BundleRow, plan: RolloutPlan,
                wave: list[RolloutDevice]) -> None:
+        if all(d.state in OUT_OF_ROLLOUT for d in wave):  # nothing of this wave is the rollout's to judge
+            self._next_wave(session, rollout)
+            return
         evidence = self.evidence(session, rollout, wave)
         manifest = Manifest.model_validate(bundle.manifest)
         results = evaluate(plan.gates, evidence, manifest)
@@ -137,11 +167,17 @@ class Controller:
         if bad:
             reason = f"wave {rollout.wave + 1} failed its gate: " + "; ".join(
                 f"{r.gate} {_fmt(r.value)} (limit {_fmt(r.limit)}): {r.detail}" for r in bad)
+            reasons = failure_reasons(wave)
+            if reasons:  # what the devices themselves said, most frequent first
+                reason += "; devices: " + "; ".join(f"{n} × {why}" for n, why in reasons[:3])
             rollout.status, rollout.reason = ROLLING_BACK, reason
             raise_alert(session, "gate_failed", "rollout", rollout.id, reason, bad[0].value)
             self.notify(f"rollout {rollout.id}: {reason}")
             return
         self.notify(f"rollout {rollout.id}: wave {rollout.wave + 1} passed its gates")
+        self._next_wave(session, rollout)
+
+    def _next_wave(self, session: Session, rollout: Rollout) -> None:
         last = max((d.wave for d in self._devices(session, rollout.id)), default=0)
         if rollout.wave >= last:
             rollout.status = SUCCEEDED
@@ -152,7 +188,7 @@ class Controller:
 
     def evidence(self, session: Session, rollout: Rollout, wave: list[RolloutDevice]) -> WaveEvidence:
         ids = [d.device_id for d in wave if d.state == JobState.SUCCEEDED.value]
-        states = [d.state for d in wave if d.state != "SKIPPED"]
+        states = [d.state for d in wave if d.state not in OUT_OF_ROLLOUT]
         started = rollout.wave_started_at
         rows = session.scalars(select(TelemetryRow).where(
             TelemetryRow.device_id.in_(ids), TelemetryRow.bundle_sha256 == rollout.bundle_sha256,
@@ -178,8 +214,9 @@ class Controller:
 
     def _abort(self, session: Session, rollout: Rollout) -> None:
         for device in self._devices(session, rollout.id):
-            if device.deploy_sent_at is not None and device.state not in TERMINAL and not device.activated:
-                self._cancel(device, rollout.reason or "aborted")
+            issued = session.get(CommandRow, device.job_id) is not None  # the deploy may be on its way
+            if issued and device.state not in TERMINAL and not device.activated:
+                self._cancel(session, device, rollout.reason or "aborted")
             elif device.state == "PENDING":
                 device.state, device.reason = "SKIPPED", rollout.reason
         rollout.status = ABORTED
@@ -191,8 +228,9 @@ class Controller:
         plan = RolloutPlan.model_validate(rollout.plan)
         clock = self.clock()
         pending = 0
-        for device in self._devices(session, rollout.id):
-            if device.rolled_back or device.state in ("SKIPPED", "FAILED", "TIMED_OUT"):
+        devices = self._devices(session, rollout.id)
+        for device in devices:
+            if device.rolled_back or device.state in ("FAILED", "TIMED_OUT", *OUT_OF_ROLLOUT):
                 continue
             if device.state == "PENDING":
                 device.state, device.reason = "SKIPPED", "the rollout was halted before this device's wave"
@@ -202,14 +240,19 @@ class Controller:
                 continue
             if device.state not in TERMINAL and not device.activated:
                 if device.rollback_sent_at is None:
-                    self._cancel(device, rollout.reason or "rollout halted")
+                    self._cancel(session, device, rollout.reason or "rollout halted")
                     device.rollback_sent_at = clock
                 pending += 1
                 continue
             pending += self._roll_back_device(session, rollout, device, plan, clock)
         if pending == 0:
-            rollout.status = ROLLED_BACK
-            self.notify(f"rollout {rollout.id}: ROLLED_BACK ({rollout.reason})")
+            if any(d.activated or d.rolled_back for d in devices):
+                rollout.status = ROLLED_BACK
+            else:  # no device ever ran the bundle: nothing was rolled back, say what happened
+                rollout.status = FAILED
+                rollout.reason = (f"{rollout.reason or 'halted'}; no device activated the bundle, "
+                                  "so none was rolled back")
+            self.notify(f"rollout {rollout.id}: {rollout.status} ({rollout.reason})")
 
     def _roll_back_device(self, session: Session, rollout: Rollout, device: RolloutDevice, plan: RolloutPlan,
                           clock: datetime) -> int:
@@ -227,9 +270,9 @@ class Controller:
                 device.reason = step.why
                 raise_alert(session, "rollback_impossible", "device", device.device_id, step.why)
             return 0
-        if device.rollback_sent_at is None or clock - device.rollback_sent_at > timedelta(seconds=30):
-            self._send_rollback(device, rollout, step)
-            device.rollback_sent_at = device.rollback_sent_at or clock
+        if device.rollback_sent_at is None:  # the outbox re-sends it until the device answers
+            self._send_rollback(session, device, rollout, step, clock)
+            device.rollback_sent_at = clock
         if clock - (device.rollback_sent_at or clock) > timedelta(seconds=plan.timeouts.rollback_s):
             device.reason = f"did not confirm the rollback within {plan.timeouts.rollback_s:g} s"
             raise_alert(session, "rollback_unconfirmed", "device", device.device_id, device.reason)
@@ -237,7 +280,8 @@ class Controller:
             return 0
         return 1
 
-    def _send_rollback(self, device: RolloutDevice, rollout: Rollout, step: RollbackStep) -> None:
+    def _send_rollback(self, session: Session, device: RolloutDevice, rollout: Rollout, step: RollbackStep,
+                       clock: datetime) -> None:
         """The exact bundle the device goes back to: its own last known-good (``rollback_step``)."""
         to = BundleRef.model_validate(step.to) if step.to else None
         command = RollbackCommand(job_id=f"{device.job_id}.rollback", to=to,
@@ -245,11 +289,10 @@ class Controller:
         signature = base64.b64encode(self.key.sign(authorization_bytes(command))).decode()
         command = command.model_copy(update={"authorization": Authorization(
             key_id=key_id(self.key.public_key()), signature=signature)})
-        self.transport.publish(topics.commands(device.device_id), command.to_json())
+        self.outbox.issue(session, device.device_id, command, rollout.id, clock)
 
-    def _cancel(self, device: RolloutDevice, reason: str) -> None:
-        command = CancelCommand(job_id=f"{device.job_id}.cancel", target_job_id=device.job_id)
-        self.transport.publish(topics.commands(device.device_id), command.to_json())
+    def _cancel(self, session: Session, device: RolloutDevice, reason: str) -> None:
+        self.outbox.issue(session, device.device_id, cancel_command(device.job_id), device.rollout_id, self.clock())
         log.info("cancel %s: %s", device.job_id, reason)
 
 

@@ -41,9 +41,11 @@ def evaluate(gates: Gates, evidence: WaveEvidence, manifest: Manifest) -> list[G
     s = evidence.summary
     data_gates = (gates.max_error_rate, gates.max_latency_ratio, gates.max_prediction_drift, gates.max_input_drift)
     if any(g is not None for g in data_gates) and s.inferences < gates.min_inferences:
+        why = ("no job succeeded, so nothing ran the new bundle" if JobState.SUCCEEDED.value not in
+               evidence.job_states else "are the devices' cameras running?")
         results.append(GateResult("evidence", False, s.inferences, gates.min_inferences,
                                   f"only {s.inferences} inferences on the new bundle, {gates.min_inferences} needed "
-                                  "to judge it (are the devices' cameras running?)"))
+                                  f"to judge it ({why})"))
         return results
     if gates.max_error_rate is not None:
         results.append(GateResult("error_rate", s.error_rate <= gates.max_error_rate, s.error_rate,

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,7 +36,7 @@ from contract.jobs import JobState
 from contract.state import DeviceState
 from contract.telemetry import Telemetry
 from contract.transfer import MissingChunks
-from transport.client import Connected, Inbound, Received, Subscribed, Transport
+from transport.client import Acked, Connected, Inbound, Received, Subscribed, Transport
 
 log = logging.getLogger("coldchain.ingest")
 DEAD_LETTER_BYTES = 64 * 1024
@@ -113,6 +114,7 @@ def _state(session: Session, state: DeviceState, device_id: str | None) -> Outco
         row.previous = None if state.previous is None else state.previous.model_dump(mode="json")
         if state.job is not None:
             row.job_id, row.job_state = state.job.job_id, state.job.state.value
+            move_job(session, state.device_id, state.job.job_id, state.job.state, None)  # its events may be lost
     return Outcome("stored")
 
 
@@ -187,20 +189,26 @@ def _event(session: Session, payload: bytes, device_id: str | None) -> Outcome:
 
 
 def job_moved(session: Session, event: JobEvent) -> None:
-    """Move the rollout job an event belongs to, forward only (events may arrive out of order)."""
-    row = session.scalar(select(RolloutDevice).where(RolloutDevice.job_id == event.job_id))
-    if row is None or row.device_id != event.device_id:
+    move_job(session, event.device_id, event.job_id, event.state, event.reason)
+
+
+def move_job(session: Session, device_id: str, job_id: str, new: JobState, reason: str | None) -> None:
+    """Move the rollout job an event (or the device's state) reports, forward only (events may
+    arrive out of order); an event's reason fills in that of a state that came first without one."""
+    row = session.scalar(select(RolloutDevice).where(RolloutDevice.job_id == job_id))
+    if row is None or row.device_id != device_id:
         return
     current = JobState(row.state) if row.state in JobState.__members__ else None
-    new = event.state
-    forward = current is None or (not current.terminal and _ORDER[new] > _ORDER[current]) or (
-        new is JobState.ROLLED_BACK and current is JobState.SUCCEEDED)
+    left = row.state in ("SKIPPED", "SUPERSEDED")  # no longer the rollout's job: what it does is not judged
+    forward = not left and (current is None or (not current.terminal and _ORDER[new] > _ORDER[current]) or (
+        new is JobState.ROLLED_BACK and current is JobState.SUCCEEDED))
     if forward:
-        row.state, row.reason = new.value, event.reason
+        row.state, row.reason = new.value, reason
+    elif current is new and reason and not row.reason:  # the state said it first, without the reason
+        row.reason = reason
     if new in ACTIVE_STATES:
         row.activated = True
-    session.execute(update(Device).where(Device.id == event.device_id)
-                    .values(job_id=event.job_id, job_state=row.state))
+    session.execute(update(Device).where(Device.id == device_id).values(job_id=job_id, job_state=row.state))
 
 
 INGEST_FILTERS = [topics.all_devices(k) for k in (topics.TopicKind.STATE, topics.TopicKind.TELEMETRY,
@@ -219,9 +227,10 @@ class IngestWorker:
     """
 
     def __init__(self, transport: Transport, sessions: sessionmaker[Session], share_group: str | None = None,
-                 batch: int = 200, on_missing: Any = None) -> None:
+                 batch: int = 200, on_missing: Any = None, on_acked: Callable[[int], None] | None = None) -> None:
         self.transport, self.sessions, self.share_group = transport, sessions, share_group
         self.batch, self.on_missing = batch, on_missing
+        self.on_acked = on_acked or (lambda mid: None)  # PUBACKs of what this connection published
         self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0, "poison": 0,
                                        "acks": 0}
         self.connected = threading.Event()
@@ -236,12 +245,8 @@ class IngestWorker:
                 items.append(self.transport.inbox.get_nowait())
         except queue.Empty:
             pass
+        self._connection(items)
         received = [i for i in items if isinstance(i, Received)]
-        if any(isinstance(i, Connected) for i in items):
-            self.transport.subscribe(subscriptions(self.share_group))
-            self.connected.set()
-        if any(isinstance(i, Subscribed) and i.granted for i in items):
-            self.subscribed.set()
         if not received:
             return 0
         outcomes = self._store(received)
@@ -260,6 +265,16 @@ class IngestWorker:
             for report in reports:
                 self.on_missing(report)
         return len(received)
+
+    def _connection(self, items: list[Inbound]) -> None:
+        """(Re)connected: subscribe again; SUBACK: ready; PUBACKs go to whoever published."""
+        if any(isinstance(i, Connected) for i in items):
+            self.transport.subscribe(subscriptions(self.share_group))
+            self.connected.set()
+        if any(isinstance(i, Subscribed) and i.granted for i in items):
+            self.subscribed.set()
+        for mid in [i.mid for i in items if isinstance(i, Acked)]:
+            self.on_acked(mid)
 
     def _store(self, received: list[Received], attempts: int = 8) -> list[Outcome]:
         """One transaction for the batch; a busy or lost database is retried (the messages are not

@@ -3,13 +3,21 @@ store; the controller's next ``step()`` (in the running cloud) acts on it, so th
 and the controller never need to share memory.
 
 Rollout status: RUNNING -> SUCCEEDED, or RUNNING -> ROLLING_BACK -> ROLLED_BACK (a gate failed or
-an operator asked), PAUSED (no new wave starts), ABORTING -> ABORTED (in-flight jobs cancelled
-before activation; devices already on the new bundle keep it).
+an operator asked; FAILED instead when no device had activated the bundle, so nothing was rolled
+back), PAUSED (no new wave starts), ABORTING -> ABORTED (in-flight jobs cancelled before
+activation; devices already on the new bundle keep it), SUPERSEDED (a newer rollout took every
+device it still held).
+
+A device belongs to one unfinished rollout at a time: a new rollout on devices another one holds
+is refused, naming it and them, or with ``supersede`` takes them (they are SUPERSEDED in the older
+rollout, whose jobs not yet activated are cancelled).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,40 +25,40 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.commands import cancel_command, enqueue
 from cloud.errors import NotFoundError, RolloutError
 from cloud.fleet import find_bundle, select_devices
 from cloud.plan import RolloutPlan
-from cloud.store import BundleRow, Device, Rollout, RolloutDevice, now
+from cloud.store import BundleRow, CommandRow, Device, EventRow, Rollout, RolloutDevice, now
 from contract.jobs import JobState
 
 RUNNING, PAUSED, SUCCEEDED = "RUNNING", "PAUSED", "SUCCEEDED"
 ROLLING_BACK, ROLLED_BACK, ABORTING, ABORTED = "ROLLING_BACK", "ROLLED_BACK", "ABORTING", "ABORTED"
+FAILED, SUPERSEDED = "FAILED", "SUPERSEDED"
 ACTIVE = (RUNNING, ROLLING_BACK, ABORTING)
-FINISHED = frozenset({SUCCEEDED, ROLLED_BACK, ABORTED})
+FINISHED = frozenset({SUCCEEDED, ROLLED_BACK, ABORTED, FAILED, SUPERSEDED})
+OUT_OF_ROLLOUT = frozenset({"SKIPPED", SUPERSEDED})  # device states the rollout no longer acts on or judges
+LET_GO = frozenset({"FAILED", "TIMED_OUT", JobState.ROLLED_BACK.value, *OUT_OF_ROLLOUT})  # job ended, bundle off
+FAILURES = frozenset({"FAILED", "TIMED_OUT", JobState.ROLLED_BACK.value})
 
 
 def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollout_id: str | None = None,
-          clock: datetime | None = None) -> str:
+          clock: datetime | None = None, supersede: bool = False) -> str:
     """Create a rollout: pick the devices now and assign each to its wave (stored, so stable).
 
-    Idempotent by ``rollout_id``. Devices already running the bundle are SKIPPED.
+    Idempotent by ``rollout_id``. Devices already running the bundle are SKIPPED. Devices another
+    unfinished rollout holds make it refuse, unless ``supersede`` (see the module's doc).
     """
     with sessions.begin() as session:
         row = find_bundle(session, bundle)
         rollout_id = rollout_id or f"r{(clock or now()):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
         if session.get(Rollout, rollout_id) is not None:
             return rollout_id
-        busy = session.scalars(select(Rollout.id).where(Rollout.status.in_([*ACTIVE, PAUSED]))).all()
         devices = select_devices(session, plan.selector)
         if not devices:
             raise RolloutError(f"the selector {plan.selector.model_dump(exclude_defaults=True) or 'everything'} "
                                "matches no device: check `coldchain fleet list`")
-        taken = set(session.scalars(select(RolloutDevice.device_id).where(RolloutDevice.rollout_id.in_(busy),
-                                                                         RolloutDevice.state == "PENDING")).all())
-        waiting = taken & {d.id for d in devices}
-        if waiting:
-            raise RolloutError(f"{len(waiting)} selected devices wait in unfinished rollouts "
-                               f"({', '.join(busy)}): finish, abort or roll those back first")
+        _take_over(session, rollout_id, [d.id for d in devices], supersede, clock or now())
         sizes = plan.sizes(len(devices))
         session.add(Rollout(id=rollout_id, bundle_sha256=row.sha256, plan=plan.model_dump(mode="json"),
                             status=RUNNING, wave=0, gate_results=[]))
@@ -65,6 +73,55 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
                     previous=device.active))
             done = size
     return rollout_id
+
+
+def held(session: Session, device_ids: Sequence[str]) -> dict[str, list[RolloutDevice]]:
+    """Unfinished rollouts (by id) and the devices of ``device_ids`` each still holds: a job not
+    ended, or a bundle it activated and may still roll back."""
+    rows = session.scalars(select(RolloutDevice).join(Rollout, Rollout.id == RolloutDevice.rollout_id).where(
+        Rollout.status.in_([*ACTIVE, PAUSED]), RolloutDevice.device_id.in_(list(device_ids)),
+        RolloutDevice.state.not_in(list(LET_GO)), RolloutDevice.rolled_back.is_(False))
+        .order_by(RolloutDevice.rollout_id, RolloutDevice.device_id)).all()
+    out: dict[str, list[RolloutDevice]] = {}
+    for row in rows:
+        out.setdefault(row.rollout_id, []).append(row)
+    return out
+
+
+def _take_over(session: Session, new_id: str, device_ids: list[str], supersede: bool, clock: datetime) -> None:
+    """Refuse, or (``supersede``) take the devices older rollouts hold: never two rollouts at once."""
+    holding = held(session, device_ids)
+    if not holding:
+        return
+    described = "; ".join(f"rollout {rid} ({session.get(Rollout, rid).status}) holds {len(rows)}: "  # type: ignore[union-attr]
+                          + ", ".join(r.device_id for r in rows[:8]) + (" ..." if len(rows) > 8 else "")
+                          for rid, rows in holding.items())
+    if not supersede:
+        raise RolloutError(f"selected devices belong to an unfinished rollout: {described}. Wait for it, abort "
+                           "or roll it back, or start this one with --supersede to take the devices over")
+    stuck = [rid for rid in holding if session.get(Rollout, rid).status not in (RUNNING, PAUSED)]  # type: ignore[union-attr]
+    if stuck:
+        raise RolloutError(f"rollout {', '.join(stuck)} is rolling back or aborting its devices; it cannot be "
+                           f"superseded until it finished ({described})")
+    for rid, rows in holding.items():
+        for row in rows:
+            if session.get(CommandRow, row.job_id) is not None and not row.activated:  # a deploy may be on its way
+                enqueue(session, row.device_id, cancel_command(row.job_id), rid, clock)
+            row.state, row.reason = SUPERSEDED, f"superseded by rollout {new_id} (was {row.state})"
+        session.flush()
+        old = session.get(Rollout, rid)
+        left = session.scalars(select(RolloutDevice.device_id).where(
+            RolloutDevice.rollout_id == rid, RolloutDevice.state.not_in(list(OUT_OF_ROLLOUT)))).first()
+        if old is not None and left is None:
+            old.status, old.reason = SUPERSEDED, f"superseded by rollout {new_id}: it took every device"
+
+
+def failure_reasons(devices: Sequence[RolloutDevice], told: dict[str, str] | None = None) -> list[tuple[int, str]]:
+    """The devices' own reasons for failed, timed-out and rolled-back jobs, grouped, most frequent
+    first. ``told``: job id -> the reason of its last job event, where the entry has none."""
+    counts = Counter(d.reason or (told or {}).get(d.job_id) or f"{d.state}, no reason given"
+                     for d in devices if d.state in FAILURES)
+    return [(n, why) for why, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def _set(sessions: sessionmaker[Session], rollout_id: str, allowed: set[str], status: str,
@@ -96,7 +153,7 @@ def rollback(sessions: sessionmaker[Session], rollout_id: str, reason: str = "ro
     return _set(sessions, rollout_id, {RUNNING, PAUSED, SUCCEEDED, ABORTING, ABORTED}, ROLLING_BACK, reason)
 
 
-NOT_STARTED = frozenset({"PENDING", "SKIPPED", "FAILED", "TIMED_OUT", JobState.ROLLED_BACK.value})
+NOT_STARTED = frozenset({"PENDING", *LET_GO})
 
 
 @dataclass(frozen=True)
@@ -149,6 +206,7 @@ class RolloutView:
     rollout: Rollout
     bundle: BundleRow | None
     devices: list[RolloutDevice]
+    told: dict[str, str]  # job id -> reason of its last job event (for entries without a reason)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -160,12 +218,19 @@ class RolloutView:
     def waves(self) -> int:
         return 1 + max((d.wave for d in self.devices), default=0)
 
+    def reasons(self) -> list[tuple[int, str]]:
+        return failure_reasons(self.devices, self.told)
+
 
 def view(session: Session, rollout_id: str) -> RolloutView:
     rollout = get(session, rollout_id)
     devices = list(session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)
                                    .order_by(RolloutDevice.wave, RolloutDevice.device_id)).all())
-    return RolloutView(rollout, session.get(BundleRow, rollout.bundle_sha256), devices)
+    silent = [d.job_id for d in devices if d.state in FAILURES and not d.reason]
+    told = {str(job): str(why) for job, why in session.execute(
+        select(EventRow.job_id, EventRow.reason).where(EventRow.job_id.in_(silent), EventRow.reason.is_not(None))
+        .order_by(EventRow.id))} if silent else {}
+    return RolloutView(rollout, session.get(BundleRow, rollout.bundle_sha256), devices, told)
 
 
 def recent(session: Session, limit: int = 20) -> list[Rollout]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
+from cloud.commands import Deliveries
 from cloud.controller import Controller
 from cloud.errors import BrokerError
 from cloud.ingest import IngestWorker
@@ -33,9 +34,11 @@ class Cloud:
         self.sessions = open_store(store_url)
         self.transport = MqttTransport(client_id, broker, manual_ack=True)
         self.publisher = Publisher(self.transport, self._resolve, bytes_per_s, chunk_size, notify)
+        deliveries = Deliveries()  # which command each PUBACK the ingestion worker drains is for
         self.worker = IngestWorker(self.transport, self.sessions, share_group if broker.protocol == "5" else None,
-                                   on_missing=self.publisher.repair)
-        self.controller = Controller(self.sessions, self.transport, self.publisher, operator_key, notify=notify)
+                                   on_missing=self.publisher.repair, on_acked=deliveries.acked)
+        self.controller = Controller(self.sessions, self.transport, self.publisher, operator_key, notify=notify,
+                                     deliveries=deliveries)
         self.stop_event = threading.Event()
         self.alert_every_s, self.alert_window_s = 60.0, 900.0
         self._thread: threading.Thread | None = None

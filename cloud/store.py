@@ -132,6 +132,27 @@ class RolloutDevice(Base):
     updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
 
 
+class CommandRow(Base):
+    """A command to one device, tracked until the device's job state shows its job id (see
+    :mod:`cloud.commands`): sent only once the broker acknowledged it, re-sent with a backoff."""
+
+    __tablename__ = "commands"
+    job_id: Mapped[str] = mapped_column(String(160), primary_key=True)  # unique per command: devices act once
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    rollout_id: Mapped[str | None] = mapped_column(String(48), index=True)
+    kind: Mapped[str] = mapped_column(String(24))  # deploy, cancel, rollback
+    payload: Mapped[dict[str, Any]] = mapped_column()  # the command as JSON, re-sent as it is
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # publishes the client accepted
+    sent_at: Mapped[datetime | None] = mapped_column()  # the last of them
+    acked_at: Mapped[datetime | None] = mapped_column()  # the broker's PUBACK of one of them
+    acks: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(default=now)  # when it is due again
+    done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    outcome: Mapped[str | None] = mapped_column(String(16))  # confirmed, unconfirmed, superseded
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
 class TelemetryRow(Base):
     """One window, stored once per (device, spool epoch, seq): a rebuilt spool counts from 1 again."""
 

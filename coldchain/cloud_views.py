@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -52,7 +54,8 @@ def fleet_table(devices: Sequence[Device]) -> Table:
 
 
 STATE_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "ROLLED_BACK": "yellow", "TIMED_OUT": "red",
-               "RUNNING": "cyan", "ROLLING_BACK": "yellow", "ABORTED": "red", "PAUSED": "magenta"}
+               "RUNNING": "cyan", "ROLLING_BACK": "yellow", "ABORTED": "red", "PAUSED": "magenta",
+               "SUPERSEDED": "dim"}
 
 
 def _styled(state: str) -> str:
@@ -70,7 +73,8 @@ def rollouts_table(rollouts: Sequence[Rollout]) -> Table:
     return table
 
 
-def rollout_table(view: RolloutView) -> Table:
+def rollout_table(view: RolloutView) -> Table | Group:
+    """A rollout wave by wave, and under it the devices' own reasons for failed jobs, grouped."""
     r, b = view.rollout, view.bundle
     name = f"{b.model_name} v{b.model_version} #{b.sequence}" if b else r.bundle_sha256[:12]
     table = Table(title=f"Rollout {r.id}: {name} -> {_styled(r.status)}, wave {r.wave + 1}/{view.waves()}")
@@ -90,7 +94,13 @@ def rollout_table(view: RolloutView) -> Table:
                       ", ".join(f"{_styled(k)} {v}" for k, v in sorted(states.items())), gate_text)
     if r.reason:
         table.caption = r.reason
-    return table
+    reasons = view.reasons()
+    if not reasons:
+        return table
+    lines = ["The devices' reasons for their failed jobs:", *(f"  {n} × {why}" for n, why in reasons[:10])]
+    if len(reasons) > 10:
+        lines.append(f"  ... and {len(reasons) - 10} other reasons")
+    return Group(table, Text("\n".join(lines)))  # not wrapped to the table's width
 
 
 def rollback_plan_table(rollout_id: str, plan: Sequence[RollbackStep]) -> Table:

@@ -47,6 +47,9 @@ def start(
     observe_s: Annotated[float, typer.Option(min=0, help="Telemetry gathered after a wave's jobs end.")] = 120.0,
     wave_timeout_s: Annotated[float, typer.Option(min=1, help="A job not done by then counts as failed.")] = 1800.0,
     rollout_id: Annotated[str | None, typer.Option("--id", help="Rollout id (idempotent).")] = None,
+    supersede: Annotated[bool, typer.Option(
+        "--supersede", help="Take over devices an unfinished rollout holds (it stops for them: SUPERSEDED); "
+                            "without it such a start is refused.")] = False,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Create a rollout; the running cloud sends wave 1 at its next step."""
@@ -69,7 +72,7 @@ def start(
             timeouts=Timeouts(observe_s=observe_s, wave_s=wave_timeout_s), probation_s=probation_s,
             shadow_s=shadow_s or None)
         sessions = open_sessions(db)
-        new_id = rollouts.start(sessions, bundle, plan, rollout_id)
+        new_id = rollouts.start(sessions, bundle, plan, rollout_id, supersede=supersede)
         with sessions() as session:
             console.print(rollout_table(rollouts.view(session, new_id)))
 

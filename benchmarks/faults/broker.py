@@ -66,6 +66,43 @@ def mosquitto(folder: Path, unbounded_queues: bool = False) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+class Restartable:
+    """A Mosquitto with persistence (saved every second) on a fixed loopback port, which can be
+    SIGKILLed (no chance to save) and started again on the same port: a broker that dies mid-work."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.conf = folder / "mosquitto-restartable.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\nuser root\n"
+                             f"persistence_location {folder}/\nautosave_interval 1\n"
+                             "max_queued_messages 0\nmax_queued_bytes 0\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Restartable:
+        self.process = start_mosquitto(self.conf, self.port)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: what was not saved yet (sessions, queued and in-flight messages) is lost."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def __enter__(self) -> Restartable:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
 def cloud_client(url: str, v5: bool, inbox: Inbox | None, subscribe: list[str] | None = None,
                  timeout: float = 30.0, on_message: Callable[[str, bytes], None] | None = None) -> mqtt.Client:
     """Connected, with every subscription confirmed by the broker (SUBACK), when it returns.

@@ -1,4 +1,4 @@
-"""The seven rows and how big each is: the full run (``FULL``, the defaults of the command) and the
+"""The rows and how big each is: the full run (``FULL``, the defaults of the command) and the
 sample the test suite runs (``QUICK``, ``--quick``). ``run_row`` is what both call."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks.faults import burst, corruption, diskfull, fuzz, hostile, powercut, sigkill
+from benchmarks.faults import brokerkill, burst, corruption, diskfull, fuzz, hostile, powercut, sigkill
 from benchmarks.faults.report import Row
 from benchmarks.faults.world import World
 
@@ -25,13 +25,15 @@ class Sizes:
     burst_windows: int = 20_000  # telemetry windows of one burst, over all devices
     burst_devices: int = 200
     burst_repeats: int = 3
+    broker_kills: int = 10  # Mosquitto SIGKILLed and restarted mid-rollout
+    broker_kill_devices: int = 4  # simulated agents in each of those rollouts
     seed: int = 1
 
 
 FULL = Sizes()
 QUICK = Sizes(kills=20, restart_every=4, powercut_every=5, corruption_stride=2, diskfull_repeats=1, hostile_repeats=1,
-              fuzz=1000, fuzz_batch=250, burst_windows=2000, burst_devices=20,
-              burst_repeats=1)  # about 1 minute, 1.5 beside two busy loops on 2 cores
+              fuzz=1000, fuzz_batch=250, burst_windows=2000, burst_devices=20, burst_repeats=1,
+              broker_kills=2)  # about 1 minute, 1.5 beside two busy loops on 2 cores
 
 ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "sigkill": lambda w, s, d: sigkill.run(w, s.kills, s.restart_every, seed=s.seed, workdir=d),
@@ -41,6 +43,7 @@ ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "hostile": lambda w, s, d: hostile.run(w, s.hostile_repeats, d),
     "fuzz": lambda w, s, d: fuzz.run(w, s.fuzz, s.fuzz_batch, s.seed, d),
     "burst": lambda w, s, d: burst.run(s.burst_windows, s.burst_devices, s.burst_repeats, d),
+    "brokerkill": lambda w, s, d: brokerkill.run(w, s.broker_kills, s.broker_kill_devices, d),
 }
 
 

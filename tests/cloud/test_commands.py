@@ -1,0 +1,265 @@
+"""Commands and rollouts on the controller's injected clock, with an in-memory broker: a command
+counts as sent only on PUBACK, is re-sent with a bounded backoff until the device shows its job id
+(and a restarted controller goes on), a never-confirmed one fails with a reason; two rollouts never
+hold a device at once; an all-failed rollout is FAILED with the devices' own reasons (issue 12.4, 12.5, 12.7)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from cloud import rollouts
+from cloud.commands import Backoff
+from cloud.controller import Controller
+from cloud.errors import RolloutError
+from cloud.fleet import add_bundle
+from cloud.ingest import ingest
+from cloud.plan import Gates, RolloutPlan, Timeouts
+from cloud.publisher import Publisher
+from cloud.store import BundleRow, CommandRow, Rollout, RolloutDevice, open_store, sqlite_url
+from contract import topics
+from contract.commands import decode_command
+from contract.events import JobEvent
+from contract.jobs import JobState
+from contract.state import DeviceState, JobSummary
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+DEVICES = ["d1", "d2", "d3"]
+
+
+class Broker:
+    """The cloud's transport: publishes are taken (a message id) while ``online``, acknowledged on ``ack()``."""
+
+    def __init__(self) -> None:
+        self.online, self.mid = True, 0
+        self.published: list[tuple[int, str, bytes]] = []
+        self.lock = threading.Lock()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
+        with self.lock:
+            if not self.online:
+                return None
+            self.mid += 1
+            self.published.append((self.mid, topic, payload))
+            return self.mid
+
+    def commands(self, device: str, job: str | None = None) -> list[tuple[int, str]]:
+        """(mid, job id) of the commands sent to ``device``."""
+        with self.lock:
+            sent = [(mid, decode_command(p).job_id) for mid, t, p in self.published if t == topics.commands(device)]
+        return [s for s in sent if job is None or s[1] == job]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, world: dict[str, object]) -> tuple[sessionmaker[Session], str, Path]:
+    sessions = open_store(sqlite_url(tmp_path / "cloud.db"))
+    bundle = world["bundles"][5]  # type: ignore[index]
+    with sessions.begin() as session:
+        sha = add_bundle(session, bundle.tarball, world["trust"]).sha256  # type: ignore[arg-type]
+        for device in DEVICES:
+            state = DeviceState(device_id=device, online=True, board="pi4", groups=["eu"])
+            assert ingest(session, topics.state(device), state.to_json()).kind == "stored"
+    return sessions, sha, bundle.tarball
+
+
+def controller(sessions: sessionmaker[Session], broker: Broker, clock: Clock, tarball: Path) -> Controller:
+    publisher = Publisher(broker, lambda sha: tarball)  # type: ignore[arg-type]
+    return Controller(sessions, broker, publisher, Ed25519PrivateKey.generate(), clock=clock,  # type: ignore[arg-type]
+                      backoff=Backoff(first_s=2, max_s=16, attempts=5, offline_s=1))
+
+
+def plan(**timeouts: float) -> RolloutPlan:
+    return RolloutPlan(waves="100%", probation_s=1, gates=Gates(min_inferences=0, max_error_rate=None,  # type: ignore[arg-type]
+                                                                max_latency_ratio=None, max_prediction_drift=None),
+                       timeouts=Timeouts(**{"ack_s": 3600, "wave_s": 7200, "observe_s": 0, **timeouts}))
+
+
+def report(sessions: sessionmaker[Session], device: str, job: str, state: JobState, reason: str | None = None,
+           seq: int = 1) -> None:
+    event = JobEvent(device_id=device, seq=seq, job_id=job, state=state, reason=reason)
+    with sessions.begin() as session:
+        assert ingest(session, topics.events(device), event.to_json()).kind == "stored"
+
+
+def entry(sessions: sessionmaker[Session], rollout: str, device: str) -> RolloutDevice:
+    with sessions() as session:
+        found = session.get(RolloutDevice, (rollout, device))
+        assert found is not None
+        return found
+
+
+def test_a_deploy_published_while_offline_is_sent_once_the_broker_is_back(fleet: tuple[sessionmaker[Session], str,
+                                                                                        Path]) -> None:
+    sessions, sha, tarball = fleet
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    rollouts.start(sessions, sha, plan(), "r1")
+    broker.online = False
+    c.step()  # the wave starts: nothing goes out, and nothing counts as sent
+    assert broker.commands("d1") == [] and entry(sessions, "r1", "d1").deploy_sent_at is None
+    clock.advance(30)
+    c.step()
+    assert broker.commands("d1") == []
+    broker.online = True
+    clock.advance(1)
+    c.step()
+    assert [job for _, job in broker.commands("d1")] == ["r1.d1"]
+    mid = broker.commands("d1")[0][0]
+    c.outbox.deliveries.acked(mid)  # the PUBACK, as the ingestion worker hands it over
+    clock.advance(1)
+    c.step()
+    assert entry(sessions, "r1", "d1").deploy_sent_at == clock.now  # sent = acknowledged
+    assert entry(sessions, "r1", "d2").deploy_sent_at is None  # no PUBACK for d2 yet
+
+
+def test_resent_with_backoff_until_the_device_shows_the_job_and_a_restart_goes_on(
+        fleet: tuple[sessionmaker[Session], str, Path]) -> None:
+    sessions, sha, tarball = fleet
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    rollouts.start(sessions, sha, plan(), "r1")
+    sent_at: list[float] = []
+    for second in range(0, 15):  # backoff 2, 4, 8 s: sends at 0, 2, 6, 14
+        c.step()
+        if len(broker.commands("d1")) > len(sent_at):
+            sent_at.append(second)
+        clock.advance(1)
+    assert sent_at == [0, 2, 6, 14]
+    c = controller(sessions, broker, clock, tarball)  # a new controller: attempts and due times are in the store
+    clock.advance(16)
+    c.step()
+    assert len(broker.commands("d1")) == 5
+    report(sessions, "d1", "r1.d1", JobState.QUEUED)  # the device shows the job: no more sends
+    clock.advance(60)
+    c.step()
+    assert len(broker.commands("d1")) == 5
+    with sessions() as session:
+        row = session.get(CommandRow, "r1.d1")
+        assert row is not None and row.done and row.outcome == "confirmed" and row.attempts == 5
+
+
+def test_a_command_never_confirmed_fails_its_device_with_the_reason(fleet: tuple[sessionmaker[Session], str,
+                                                                                 Path]) -> None:
+    sessions, sha, tarball = fleet
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    rollouts.start(sessions, sha, plan(), "r1")
+    report(sessions, "d2", "r1.d2", JobState.QUEUED)
+    for _ in range(120):  # 2 + 4 + 8 + 16 + 16 s of backoff, then given up
+        c.step()
+        for mid, _ in broker.commands("d1"):
+            c.outbox.deliveries.acked(mid)  # the broker takes each: the device is the one away
+        clock.advance(1)
+    d1 = entry(sessions, "r1", "d1")
+    assert d1.state == "TIMED_OUT"
+    assert "never confirmed the deploy" in (d1.reason or "") and "acknowledged 5" in (d1.reason or "")
+    assert "is the device online?" in (d1.reason or "")
+    assert len(broker.commands("d1", "r1.d1")) == 5  # bounded: no sixth send
+    assert broker.commands("d1", "r1.d1.cancel")  # should it arrive late after all, it is cancelled
+    assert entry(sessions, "r1", "d2").state == "QUEUED"
+
+
+def test_two_rollouts_never_hold_a_device_at_once(fleet: tuple[sessionmaker[Session], str, Path],
+                                                  world: dict[str, object]) -> None:
+    sessions, sha, tarball = fleet
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    rollouts.start(sessions, sha, plan(), "old")
+    c.step()  # deploys on their way
+    report(sessions, "d1", "old.d1", JobState.DOWNLOADING)
+    with sessions.begin() as session:
+        newer = add_bundle(session, world["bundles"][6].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
+    with pytest.raises(RolloutError, match=r"rollout old \(RUNNING\) holds 3: d1, d2, d3.*--supersede"):
+        rollouts.start(sessions, newer, plan(), "new")
+    with sessions() as session:
+        assert session.get(Rollout, "new") is None
+
+    rollouts.start(sessions, newer, plan(), "new", clock=clock.now, supersede=True)
+    with sessions() as session:
+        old = session.get(Rollout, "old")
+        assert old is not None and old.status == rollouts.SUPERSEDED and "new" in (old.reason or "")
+        states = {d.device_id: (d.state, d.reason) for d in rollouts.view(session, "old").devices}
+        assert states["d1"] == ("SUPERSEDED", "superseded by rollout new (was DOWNLOADING)")
+        assert {s for s, _ in states.values()} == {"SUPERSEDED"}
+        assert [d.state for d in rollouts.view(session, "new").devices] == ["PENDING"] * 3
+    report(sessions, "d1", "old.d1", JobState.VERIFYING, seq=2)  # what the old job still does is not its rollout's
+    assert entry(sessions, "old", "d1").state == "SUPERSEDED"
+    c.step()  # the old jobs are cancelled before the new deploys go out
+    jobs = [job for _, job in broker.commands("d1")]
+    assert jobs.index("old.d1.cancel") < jobs.index("new.d1")
+    with pytest.raises(RolloutError, match="rollout new"):  # and the new one holds them now
+        rollouts.start(sessions, sha, plan(), "third")
+
+
+def test_an_all_failed_rollout_is_failed_with_the_devices_reasons(fleet: tuple[sessionmaker[Session], str, Path],
+                                                                  ) -> None:
+    sessions, sha, tarball = fleet
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    rollouts.start(sessions, sha, plan(), "r1")
+    c.step()
+    refused = "bundle sequence 5 is not newer than the active 1732000000: refused (anti-rollback)"
+    for device in ("d1", "d2"):
+        report(sessions, device, f"r1.{device}", JobState.FAILED, refused)
+    report(sessions, "d3", "r1.d3", JobState.FAILED, "golden self-test failed: max error 3.1")
+    for _ in range(4):
+        clock.advance(1)
+        c.step()
+    with sessions() as session:
+        v = rollouts.view(session, "r1")
+        assert v.rollout.status == rollouts.FAILED, v.rollout.status
+        assert "none was rolled back" in (v.rollout.reason or "")
+        assert f"2 × {refused}" in (v.rollout.reason or "")  # the gate's line says what the devices said
+        assert v.reasons() == [(2, refused), (1, "golden self-test failed: max error 3.1")]
+
+
+def test_rollout_status_shows_the_devices_reasons_grouped(fleet: tuple[sessionmaker[Session], str, Path],
+                                                         tmp_path: Path) -> None:
+    from coldchain.cli import app
+
+    sessions, sha, _ = fleet
+    rollouts.start(sessions, sha, plan(), "r1")
+    for device in ("d1", "d2"):
+        report(sessions, device, f"r1.{device}", JobState.FAILED, "refused: sequence 5 is older than installed 9")
+    report(sessions, "d3", "r1.d3", JobState.FAILED, "self-test failed: max error 3.1")
+    with sessions.begin() as session:
+        for d in session.scalars(select(RolloutDevice)):
+            d.reason = None  # reasons only in the events: read from there
+    result = CliRunner().invoke(app, ["rollout", "status", "r1", "--db", sqlite_url(tmp_path / "cloud.db")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "2 × refused: sequence 5 is older than installed 9" in result.output
+    assert "1 × self-test failed: max error 3.1" in result.output
+    with sessions() as session:
+        assert session.scalar(select(BundleRow.sha256)) == sha
+
+
+def test_the_devices_retained_state_moves_its_job_when_the_events_were_lost(
+        fleet: tuple[sessionmaker[Session], str, Path]) -> None:
+    sessions, sha, _ = fleet
+    rollouts.start(sessions, sha, plan(), "r1")
+    state = DeviceState(device_id="d1", online=True, board="pi4", groups=["eu"],
+                        job=JobSummary(job_id="r1.d1", state=JobState.FAILED))
+    with sessions.begin() as session:
+        ingest(session, topics.state("d1"), state.to_json())
+    assert (entry(sessions, "r1", "d1").state, entry(sessions, "r1", "d1").reason) == ("FAILED", None)
+    report(sessions, "d1", "r1.d1", JobState.FAILED, "golden self-test failed")  # the event, late: its reason
+    assert entry(sessions, "r1", "d1").reason == "golden self-test failed"
