@@ -27,6 +27,7 @@ from agent.model import LoadedBundle
 from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
+from agent.trust import TrustKeeper
 from agent.uplink import Uplink
 from contract import topics
 from contract.commands import (
@@ -35,6 +36,7 @@ from contract.commands import (
     ProfileCommand,
     RollbackCommand,
     SetConfigCommand,
+    TrustUpdateCommand,
     authorization_bytes,
     decode_command,
 )
@@ -42,7 +44,7 @@ from contract.common import BundleRef, RuntimeInfo
 from contract.errors import ContractError
 from contract.events import ErrorEvent, JobEvent, ProfileEvent, ShadowEvent
 from contract.jobs import JobState
-from contract.signing import TrustStore, verify_signature
+from contract.signing import Role, verify_signature
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import decode_chunk
 from transport.client import Connected, Disconnected, Inbound, Received, Transport
@@ -64,7 +66,8 @@ class Agent:
         self.config = config
         self.transport = transport
         self.source = source
-        self.trust = TrustStore.from_paths(config.trusted_keys)
+        self.keeper = TrustKeeper(config)  # the one live trust store; root-signed updates change it in place
+        self.trust = self.keeper.store
         self.available = runtimes.available()
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
                                  clock=clock)
@@ -87,6 +90,7 @@ class Agent:
         self._errors_held: dict[str, int] = {}  # code -> events held back since the last one sent
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
+                    ("trust_recovered", self.keeper.recovered),
                     *[("jobs_recovered", m) for m in self.deployer.jobs.damaged]]
         for code, message in repaired:  # the data directory was repaired at start: say what was done, once
             if message:
@@ -215,6 +219,8 @@ class Agent:
             self.config = self.config.model_copy(update=updates)
         elif isinstance(command, ProfileCommand):
             self.on_profile(command, topic)
+        elif isinstance(command, TrustUpdateCommand):
+            self.keeper.on_update(command, self._emit)
         else:
             self._error("unsupported_command", f"{command.type} is not supported by this agent yet", topic)
 
@@ -241,7 +247,7 @@ class Agent:
             return
         try:
             verify_signature(authorization_bytes(command), command.authorization.key_id,
-                             command.authorization.signature, self.trust)
+                             command.authorization.signature, self.trust, Role.OPERATOR)
         except ContractError as exc:
             self._error("rollback_refused", f"rollback authorization does not verify: {exc}", topic)
             return
@@ -442,23 +448,3 @@ def run_agent(config: AgentConfig, source: FrameSource | None, seconds: float | 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     agent.run(until=None if seconds is None else time.monotonic() + seconds, stop=stop)
     return agent
-
-
-def data_dir_status(data_dir: Path) -> dict[str, object]:
-    """What ``coldchain agent status`` shows: slots, jobs and the spool, read from the data directory."""
-    from agent.jobs import JobStore
-    from agent.slots import SlotStore
-
-    pointer = SlotStore(data_dir).pointer()
-    jobs = JobStore(data_dir, repair=False).all()
-    spool = Spool(data_dir / "telemetry.db", 1_000_000, repair=False)
-    try:
-        slots = {name: {"status": slot.status.value, "sha256": slot.bundle.sha256 if slot.bundle else None,
-                        "sequence": slot.bundle.sequence if slot.bundle else None}
-                 for name, slot in pointer.slots.items()}
-        return {"active": pointer.active, "active_sequence": pointer.active_sequence, "previous": pointer.previous,
-                "slots": slots,
-                "jobs": [(j.job_id, j.state.value, j.reason) for j in jobs], "spool_pending": spool.size,
-                "spool_evicted": spool.evicted, "spool_epoch": spool.epoch}
-    finally:
-        spool.close()
