@@ -70,7 +70,7 @@ class Agent:
         self.trust = self.keeper.store
         self.available = runtimes.available()
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
-                                 clock=clock)
+                                 clock=clock, board=config.board)
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows)
         self.uplink = Uplink(self.spool, transport, config.device_id, config.limits.telemetry_in_flight,
                              config.limits.telemetry_resend_s)

@@ -22,6 +22,7 @@ from cloud.fleet import find_bundle, select_devices
 from cloud.plan import RolloutPlan
 from cloud.store import BundleRow, Device, Rollout, RolloutDevice, now
 from contract.jobs import JobState
+from contract.manifest import Manifest
 
 RUNNING, PAUSED, SUCCEEDED = "RUNNING", "PAUSED", "SUCCEEDED"
 ROLLING_BACK, ROLLED_BACK, ABORTING, ABORTED = "ROLLING_BACK", "ROLLED_BACK", "ABORTING", "ABORTED"
@@ -45,6 +46,9 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
         if not devices:
             raise RolloutError(f"the selector {plan.selector.model_dump(exclude_defaults=True) or 'everything'} "
                                "matches no device: check `coldchain fleet list`")
+        mismatch = board_mismatch(row, devices)
+        if mismatch:
+            raise RolloutError(mismatch)
         taken = set(session.scalars(select(RolloutDevice.device_id).where(RolloutDevice.rollout_id.in_(busy),
                                                                          RolloutDevice.state == "PENDING")).all())
         waiting = taken & {d.id for d in devices}
@@ -65,6 +69,23 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
                     previous=device.active))
             done = size
     return rollout_id
+
+
+def board_mismatch(row: BundleRow, devices: list[Device]) -> str | None:
+    """Why the bundle must not go to some of ``devices`` (their boards are not the bundle's), or None."""
+    manifest = Manifest.model_validate(row.manifest)
+    wrong: dict[str, list[str]] = {}
+    for device in devices:
+        if manifest.board_refusal(device.board) is not None:
+            wrong.setdefault(device.board or "", []).append(device.id)
+    if not wrong:
+        return None
+    count = sum(len(ids) for ids in wrong.values())
+    listed = "; ".join(f"{', '.join(ids[:10])}{f' and {len(ids) - 10} more' if len(ids) > 10 else ''} ({board})"
+                       for board, ids in sorted(wrong.items()))
+    return (f"bundle {row.sha256[:12]} (target {manifest.target.name}) is for boards "
+            f"{', '.join(manifest.boards or [])}; {count} selected devices are other boards: {listed}. "
+            "Select devices by board (--board) or compile the model for their target; nothing was sent")
 
 
 def _set(sessions: sessionmaker[Session], rollout_id: str, allowed: set[str], status: str,
