@@ -230,7 +230,8 @@ class Manifest(Message):
         boards, and a device that does not know its board cannot be checked: both pass."""
         if self.boards is None or board in (None, UNKNOWN_BOARD) or board in self.boards:
             return None
-        return f"the bundle is for boards {', '.join(self.boards)} (target {self.target.name}); this device is a {board}"
+        boards = ", ".join(self.boards)
+        return f"the bundle is for boards {boards} (target {self.target.name}); this device is a {board}"
 
     @property
     def stream_name(self) -> str:
