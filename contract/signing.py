@@ -84,8 +84,12 @@ class KeyPairPaths:
 
 def write_keypair(directory: Path, name: str = "coldchain", force: bool = False) -> KeyPairPaths:
     """Generate a key pair: ``<name>.key`` (PKCS#8 PEM, mode 0600) and ``<name>.pub`` (PEM, 0644)."""
+    return save_keypair(directory, name, generate_private_key(), force)
+
+
+def save_keypair(directory: Path, name: str, key: Ed25519PrivateKey, force: bool = False) -> KeyPairPaths:
+    """Write ``key`` as ``<name>.key`` (0600) and ``<name>.pub``, refusing to overwrite unless ``force``."""
     directory.mkdir(parents=True, exist_ok=True)
-    key = generate_private_key()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Final, Literal
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from contract.base import MAX_INT, ContractModel, Message, decode, utc_now
 from contract.errors import ContractError, PayloadError, TrustUpdateError
@@ -180,3 +180,20 @@ def _valid(public: Ed25519PublicKey, signature: str, data: bytes) -> bool:
     except (InvalidSignature, binascii.Error):
         return False
     return True
+
+
+def next_document(current: TrustDocument, add: Iterable[TrustedKey] = (), revoke: Iterable[str] = (),
+                  issued_at: datetime | None = None) -> TrustDocument:
+    """The document after ``current`` (version + 1): ``add`` trusted, ``revoke`` removed and revoked."""
+    gone = set(revoke)
+    unknown = gone - {k.key_id for k in current.keys} - set(current.revoked)
+    if unknown:
+        raise TrustUpdateError(f"cannot revoke {', '.join(sorted(unknown))}: not in trust document version "
+                               f"{current.version}")
+    keys = [k for k in current.keys if k.key_id not in gone] + list(add)
+    try:
+        return TrustDocument(version=current.version + 1, issued_at=issued_at or utc_now(), keys=keys,
+                             revoked=sorted(set(current.revoked) | gone))
+    except ValidationError as exc:  # too many keys in a role, no root left, ...
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False))
+        raise TrustUpdateError(f"the next trust document would be invalid: {problems}") from exc
