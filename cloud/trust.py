@@ -30,8 +30,9 @@ def job_id(signed: SignedTrust, device_id: str) -> str:
 def push(sessions: sessionmaker[Session], transport: Transport, signed: SignedTrust,
          selector: Selector | None = None) -> dict[str, str]:
     """Send the document to every device the selector matches; returns device id -> job id."""
+    chosen = selector or Selector()
     with sessions() as session:
-        devices = [d.id for d in session.scalars(select(Device).order_by(Device.id)).all() if matches(d, selector or Selector())]
+        devices = [d.id for d in session.scalars(select(Device).order_by(Device.id)).all() if matches(d, chosen)]
     jobs = {}
     for device in devices:
         jobs[device] = job_id(signed, device)
