@@ -18,7 +18,7 @@ from agent.slots import atomic_write
 from contract.commands import CancelCommand, RollbackCommand, authorization_bytes
 from contract.errors import ContractError
 from contract.jobs import JobState
-from contract.signing import TrustStore, verify_signature
+from contract.signing import Role, TrustStore, verify_signature
 
 Outcome = tuple[JobState, str | None]
 
@@ -76,7 +76,7 @@ def roll_back(deployer: Deployer, trust: TrustStore, command: RollbackCommand) -
                                  "device trusts (authorization missing)")
     try:
         verify_signature(authorization_bytes(command), command.authorization.key_id,
-                         command.authorization.signature, trust)
+                         command.authorization.signature, trust, Role.OPERATOR)
     except ContractError as exc:
         return JobState.FAILED, f"rollback authorization does not verify: {exc}"
     if command.to is not None and command.to.sha256 == deployer.slots.pointer().active_sha256:

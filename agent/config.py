@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ConfigError
 from contract.base import Identifier, problems_of
@@ -25,6 +25,9 @@ NOT_SETTINGS = frozenset({"COLDCHAIN_FAULT", "COLDCHAIN_FAULT_AFTER", "COLDCHAIN
                           "COLDCHAIN_BROKER", "COLDCHAIN_API_TOKEN"})
 """COLDCHAIN_* variables that belong to other parts (fault injection, the compiler, the cloud's
 commands), not to the agent; the agent's broker URL is ``COLDCHAIN_BROKER__URL``."""
+
+
+LIST_SETTINGS = frozenset({"groups", "trusted_keys", "bundle_keys", "operator_keys"})  # comma-separated in env
 
 
 class _Section(BaseModel):
@@ -52,20 +55,34 @@ class AgentConfig(_Section):
     board: str = "unknown"
     groups: Annotated[list[Identifier], Field(max_length=32)] = []
     data_dir: Path = Path("/var/lib/coldchain")
-    trusted_keys: Annotated[list[Path], Field(min_length=1)]
+    # Who is trusted for what (docs/security.md "Keys and roles"): a root-signed trust document
+    # (``trust_file``, copied into data_dir/trust/ and updated from there by root-signed commands), or,
+    # on a device without a root key, public key files: ``bundle_keys`` sign bundles, ``operator_keys``
+    # sign commands, ``trusted_keys`` (the flat list from before roles) do both.
+    trust_file: Path | None = None
+    trusted_keys: Annotated[list[Path], Field(max_length=16)] = []
+    bundle_keys: Annotated[list[Path], Field(max_length=16)] = []
+    operator_keys: Annotated[list[Path], Field(max_length=16)] = []
     broker: BrokerConfig = BrokerConfig()
     source: SourceConfig = SourceConfig()
     inference_interval_s: Annotated[float, Field(ge=0, le=3600)] = 1.0
     telemetry_window_s: Annotated[float, Field(ge=1, le=86400)] = 60.0
     limits: LimitsConfig = LimitsConfig()
 
-    @field_validator("trusted_keys")
+    @field_validator("trusted_keys", "bundle_keys", "operator_keys")
     @classmethod
     def _keys_exist(cls, paths: list[Path]) -> list[Path]:
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise ValueError(f"trusted key file(s) not found: {', '.join(missing)}")
         return paths
+
+    @model_validator(mode="after")
+    def _some_trust(self) -> AgentConfig:
+        if self.trust_file is None and not (self.trusted_keys or self.bundle_keys):
+            raise ValueError("no bundle-signing key is trusted: set trust_file (a root-signed trust document), "
+                             "or bundle_keys / trusted_keys (public key files)")
+        return self
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -93,7 +110,7 @@ def _overlay(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
         for part in path[:-1]:
             target = target.setdefault(part, {})
         leaf = path[-1]
-        target[leaf] = [v for v in value.split(",") if v] if leaf in ("groups", "trusted_keys") else value
+        target[leaf] = [v for v in value.split(",") if v] if leaf in LIST_SETTINGS else value
     return merged
 
 

@@ -5,7 +5,7 @@ SUCCEEDED, or FAILED(reason) / ROLLED_BACK(reason). Each state is persisted befo
 of the next begins, and every step can be repeated after a crash: verification re-reads the
 finished artifact, installation rewrites the inactive slot, activation checks whether the
 pointer already names the new bundle. A bundle becomes active only after its signature,
-every hash, the runtime, the anti-rollback sequence and the golden self-test pass.
+every hash, the board, the runtime, the anti-rollback sequence and the golden self-test pass.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def disk_error(exc: OSError) -> str:
 class Deployer:
     def __init__(self, data_dir: Path, trust: TrustStore, runtimes: dict[Runtime, str], emit: Emit,
                  threads: int = 1, limits: ProbationLimits = ProbationLimits(),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, board: str | None = None) -> None:
+        self.board = board  # this device's board (agent config): a bundle for another is refused
         self.clock = clock  # wall-clock seconds: shadow and probation periods (injected by tests)
         self.data_dir = data_dir
         self.trust = trust
@@ -303,6 +304,9 @@ class Deployer:
         record.sequence = manifest.sequence
         if record.manifest_sha256 != command.bundle.sha256:
             raise TransferError("the bundle's manifest is not the one the deploy command names")
+        refusal = manifest.board_refusal(self.board)
+        if refusal is not None:
+            raise AgentError(f"{refusal}: refused before installing")
         runtime = manifest.target.runtime
         have = self.runtimes.get(runtime.name)
         if have is None:

@@ -28,6 +28,7 @@ from agent.model import LoadedBundle
 from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
+from agent.trust import TrustKeeper
 from agent.uplink import Uplink
 from contract import topics
 from contract.commands import (
@@ -36,13 +37,13 @@ from contract.commands import (
     ProfileCommand,
     RollbackCommand,
     SetConfigCommand,
+    TrustUpdateCommand,
     decode_command,
 )
 from contract.common import BundleRef, RuntimeInfo
 from contract.errors import ContractError
 from contract.events import ErrorEvent, JobEvent, ProfileEvent, ShadowEvent
 from contract.jobs import JobState
-from contract.signing import TrustStore
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import decode_chunk
 from transport.client import Connected, Disconnected, Inbound, Received, Transport
@@ -64,10 +65,11 @@ class Agent:
         self.config = config
         self.transport = transport
         self.source = source
-        self.trust = TrustStore.from_paths(config.trusted_keys)
+        self.keeper = TrustKeeper(config)  # the one live trust store; root-signed updates change it in place
+        self.trust = self.keeper.store
         self.available = runtimes.available()
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
-                                 clock=clock)
+                                 clock=clock, board=config.board)
         self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows)
         self.uplink = Uplink(self.spool, transport, config.device_id, config.limits.telemetry_in_flight,
@@ -89,6 +91,7 @@ class Agent:
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
                     ("commands_recovered", self.commands.damaged),
+                    ("trust_recovered", self.keeper.recovered),
                     *[("jobs_recovered", m) for m in self.deployer.jobs.damaged]]
         for code, message in repaired:  # the data directory was repaired at start: say what was done, once
             if message:
@@ -225,6 +228,8 @@ class Agent:
             self.config = self.config.model_copy(update=updates)
         elif isinstance(command, ProfileCommand):
             self.on_profile(command, topic)
+        elif isinstance(command, TrustUpdateCommand):
+            self.keeper.on_update(command, self._emit)
         else:
             self._error("unsupported_command", f"{command.type} is not supported by this agent yet", topic)
 
@@ -429,23 +434,3 @@ def run_agent(config: AgentConfig, source: FrameSource | None, seconds: float | 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     agent.run(until=None if seconds is None else time.monotonic() + seconds, stop=stop)
     return agent
-
-
-def data_dir_status(data_dir: Path) -> dict[str, object]:
-    """What ``coldchain agent status`` shows: slots, jobs and the spool, read from the data directory."""
-    from agent.jobs import JobStore
-    from agent.slots import SlotStore
-
-    pointer = SlotStore(data_dir).pointer()
-    jobs = JobStore(data_dir, repair=False).all()
-    spool = Spool(data_dir / "telemetry.db", 1_000_000, repair=False)
-    try:
-        slots = {name: {"status": slot.status.value, "sha256": slot.bundle.sha256 if slot.bundle else None,
-                        "sequence": slot.bundle.sequence if slot.bundle else None}
-                 for name, slot in pointer.slots.items()}
-        return {"active": pointer.active, "active_sequence": pointer.active_sequence, "previous": pointer.previous,
-                "slots": slots,
-                "jobs": [(j.job_id, j.state.value, j.reason) for j in jobs], "spool_pending": spool.size,
-                "spool_evicted": spool.evicted, "spool_epoch": spool.epoch}
-    finally:
-        spool.close()

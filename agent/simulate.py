@@ -20,13 +20,15 @@ from transport.loop import SharedLoop
 
 def simulated_agents(count: int, broker: BrokerConfig, data_root: Path, trusted_keys: list[Path],
                      groups: list[str], frames: Path | None, prefix: str = "sim",
-                     inference_interval_s: float = 1.0, telemetry_window_s: float = 10.0) -> list[Agent]:
+                     inference_interval_s: float = 1.0, telemetry_window_s: float = 10.0,
+                     trust_file: Path | None = None) -> list[Agent]:
+    """``trusted_keys``: key files (both roles); or ``trust_file``: a root-signed trust document."""
     agents = []
     network = SharedLoop()  # one epoll thread for every connection: paho's select() stops at fd 1024
     for i in range(count):
         device = f"{prefix}-{i:04d}"
         config = AgentConfig(device_id=device, groups=groups, data_dir=data_root / device, trusted_keys=trusted_keys,
-                             broker=broker, inference_interval_s=inference_interval_s,
+                             trust_file=trust_file, broker=broker, inference_interval_s=inference_interval_s,
                              telemetry_window_s=telemetry_window_s)
         transport = MqttTransport(device, broker, topics.state(device), offline(device).to_json(), loop=network)
         source = FolderSource(frames, start=i * 7919) if frames is not None else None

@@ -31,6 +31,7 @@ from cloud.fleet import find_bundle, select_devices
 from cloud.plan import RolloutPlan
 from cloud.store import BundleRow, CommandRow, Device, EventRow, Rollout, RolloutDevice, now
 from contract.jobs import JobState
+from contract.manifest import Manifest
 
 RUNNING, PAUSED, SUCCEEDED = "RUNNING", "PAUSED", "SUCCEEDED"
 ROLLING_BACK, ROLLED_BACK, ABORTING, ABORTED = "ROLLING_BACK", "ROLLED_BACK", "ABORTING", "ABORTED"
@@ -58,6 +59,9 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
         if not devices:
             raise RolloutError(f"the selector {plan.selector.model_dump(exclude_defaults=True) or 'everything'} "
                                "matches no device: check `coldchain fleet list`")
+        mismatch = board_mismatch(row, devices)
+        if mismatch:
+            raise RolloutError(mismatch)
         _take_over(session, rollout_id, [d.id for d in devices], supersede, clock or now())
         sizes = plan.sizes(len(devices))
         session.add(Rollout(id=rollout_id, bundle_sha256=row.sha256, plan=plan.model_dump(mode="json"),
@@ -75,6 +79,21 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
     return rollout_id
 
 
+def board_mismatch(row: BundleRow, devices: list[Device]) -> str | None:
+    """Why the bundle must not go to some of ``devices`` (their boards are not the bundle's), or None."""
+    manifest = Manifest.model_validate(row.manifest)
+    wrong: dict[str, list[str]] = {}
+    for device in devices:
+        if manifest.board_refusal(device.board) is not None:
+            wrong.setdefault(device.board or "", []).append(device.id)
+    if not wrong:
+        return None
+    count = sum(len(ids) for ids in wrong.values())
+    listed = "; ".join(f"{', '.join(ids[:10])}{f' and {len(ids) - 10} more' if len(ids) > 10 else ''} ({board})"
+                       for board, ids in sorted(wrong.items()))
+    return (f"bundle {row.sha256[:12]} (target {manifest.target.name}) is for boards "
+            f"{', '.join(manifest.boards or [])}; {count} selected devices are other boards: {listed}. "
+            "Select devices by board (--board) or compile the model for their target; nothing was sent")
 def held(session: Session, device_ids: Sequence[str]) -> dict[str, list[RolloutDevice]]:
     """Unfinished rollouts (by id) and the devices of ``device_ids`` each still holds: a job not
     ended, or a bundle it activated and may still roll back."""

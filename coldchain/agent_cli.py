@@ -45,7 +45,7 @@ def status(data_dir: Annotated[Path, typer.Option(help="The agent's data directo
            ) -> None:
     """Active and previous bundle, jobs and the telemetry spool, read from the data directory."""
     from agent.errors import AgentError
-    from agent.loop import data_dir_status
+    from agent.status import data_dir_status
 
     with user_errors(AgentError):
         info = data_dir_status(data_dir)
@@ -53,6 +53,7 @@ def status(data_dir: Annotated[Path, typer.Option(help="The agent's data directo
     table.add_row("active slot", f"{info['active']} (sequence {info['active_sequence']})")
     table.add_row("rollback goes to", "-" if info["previous"] is None else f"slot {info['previous']}")
     table.add_row("telemetry spool", f"{info['spool_pending']} windows waiting, {info['spool_evicted']} evicted")
+    table.add_row("trust", str(info["trust"]))
     console.print(table)
     slots = Table(title="slots")
     for col in ("slot", "status", "sequence", "bundle sha256"):

@@ -155,6 +155,7 @@ def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfi
     files.append(file_entry(directory, GOLDEN_FILE, "golden"))
     manifest = Manifest(
         stream=stream or source.name,
+        boards=target.board.names,
         sequence=sequence,
         model=source,
         target=TargetInfo(name=target.name, profile=target.model_dump(mode="json"),

@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from compiler.errors import TargetError
-from contract.base import ContractModel, Name, Text, problems_of
+from contract.base import ContractModel, Identifier, Name, Text, problems_of
 from contract.common import Runtime
 
 TARGETS_DIR = Path(__file__).parent / "targets"
@@ -18,6 +18,9 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Board(ContractModel):
+    # the board names devices report (agent config ``board``) that this target's bundles run on;
+    # written into the manifest (``boards``), checked by the device and by the cloud's rollouts
+    names: Annotated[list[Identifier], Field(min_length=1, max_length=32)]
     arch: Literal["arm64", "x86_64"]
     cpu: Name
     cores: Annotated[int, Field(ge=1, le=256)]

@@ -10,6 +10,7 @@ from pydantic import Field, TypeAdapter, model_validator
 
 from contract.base import MAX_INT, ContractModel, Count, Identifier, JobId, Message, Name, Text, decode_union, utc_now
 from contract.common import BundleRef
+from contract.trust import SignedTrust
 
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 
@@ -106,9 +107,17 @@ class ShadowStopCommand(_Command):
     note: Name | None = None
 
 
+class TrustUpdateCommand(_Command):
+    """A new trust document for the device (``contract.trust``): it verifies the root signature
+    itself, so this command needs no operator key (a compromised one is what it replaces)."""
+
+    type: Literal["trust_update"] = "trust_update"
+    trust: SignedTrust
+
+
 Command = Annotated[
     DeployCommand | RollbackCommand | CancelCommand | ProfileCommand | SetConfigCommand | ShadowStartCommand
-    | ShadowStopCommand,
+    | ShadowStopCommand | TrustUpdateCommand,
     Field(discriminator="type"),
 ]
 COMMAND: TypeAdapter[Command] = TypeAdapter(Command)

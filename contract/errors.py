@@ -7,6 +7,10 @@ ContractError                 anything the contract refuses
 │                             lists each field and what is wrong with it
 ├── SignatureError            a manifest whose signature does not verify
 │   └── UntrustedKeyError     signed by a key that is not in the trust store
+│       ├── WrongRoleError    signed by a trusted key, but one trusted in another role
+│       ├── RevokedKeyError   signed by a key a root-signed trust document revoked
+│       └── ExpiredKeyError   signed by a key past its ``not_after``
+├── TrustUpdateError          a trust document that cannot replace the current one
 ├── KeyFileError              a key file that is missing, unreadable or not an Ed25519 key
 └── BundleError               a bundle directory or tarball that is malformed, incomplete or tampered
 """
@@ -37,6 +41,22 @@ class SignatureError(ContractError):
 
 class UntrustedKeyError(SignatureError):
     """The manifest is signed by a key the verifier does not trust."""
+
+
+class WrongRoleError(UntrustedKeyError):
+    """Signed by a key the verifier trusts, but in another role (an operator key on a bundle)."""
+
+
+class RevokedKeyError(UntrustedKeyError):
+    """Signed by a key that a root-signed trust document revoked."""
+
+
+class ExpiredKeyError(UntrustedKeyError):
+    """Signed by a key whose ``not_after`` has passed by the verifier's trusted time."""
+
+
+class TrustUpdateError(ContractError):
+    """A signed trust document that is malformed, not signed by a current root key, or not newer."""
 
 
 class KeyFileError(ContractError, OSError):

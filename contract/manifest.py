@@ -1,4 +1,4 @@
-"""The bundle manifest (``schema: coldchain.manifest/v1``): everything a device needs to know
+"""The bundle manifest (``schema: coldchain.manifest/v3``): everything a device needs to know
 about a bundle, and everything an auditor needs to know about how it was made.
 
 ``manifest.json`` is signed as exact bytes (``manifest.sig``); :func:`dump_manifest` writes
@@ -19,6 +19,7 @@ from contract.base import (
     MAX_INT,
     ContractModel,
     Count,
+    Identifier,
     Label,
     Message,
     Name,
@@ -30,10 +31,13 @@ from contract.base import (
 from contract.common import Histogram, Runtime, Stream
 from contract.transfer import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 
-MANIFEST_SCHEMA: Final = "coldchain.manifest/v2"
+MANIFEST_SCHEMA: Final = "coldchain.manifest/v3"
 """v2 names the model ``stream`` (required); v1 manifests (no stream) are still read: their stream
-is the model's name, which is what the sequences of v1 compiles were counted in."""
-MANIFEST_SCHEMAS: Final = ("coldchain.manifest/v1", MANIFEST_SCHEMA)
+is the model's name, which is what the sequences of v1 compiles were counted in. v3 names the
+``boards`` the bundle is for (required); v1 and v2 manifests name none and are not board-checked."""
+MANIFEST_SCHEMAS: Final = ("coldchain.manifest/v1", "coldchain.manifest/v2", MANIFEST_SCHEMA)
+UNKNOWN_BOARD: Final = "unknown"
+"""What a device that was not told its board reports: it cannot be board-checked."""
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -181,8 +185,10 @@ class ReferenceProfile(ContractModel):
 
 
 class Manifest(Message):
-    schema_: Literal["coldchain.manifest/v1", "coldchain.manifest/v2"] = Field(MANIFEST_SCHEMA, alias="schema")
+    schema_: Literal["coldchain.manifest/v1", "coldchain.manifest/v2", "coldchain.manifest/v3"] = Field(
+        MANIFEST_SCHEMA, alias="schema")
     stream: Stream | None = None  # required from v2 on; see stream_name
+    boards: Annotated[list[Identifier], Field(min_length=1, max_length=32)] | None = None  # required from v3 on
     sequence: Count  # monotonic within the stream: a device refuses an older one (anti-rollback)
     created_at: datetime = Field(default_factory=utc_now)
     model: ModelSource
@@ -199,20 +205,33 @@ class Manifest(Message):
     model_config = {**Message.model_config, "populate_by_name": True}
 
     @model_validator(mode="after")
-    def _stream(self) -> Manifest:
-        if self.schema_ == MANIFEST_SCHEMA and self.stream is None:
-            raise ValueError(f"a {MANIFEST_SCHEMA} manifest must name its stream")
-        if self.schema_ != MANIFEST_SCHEMA and self.stream is not None:
-            raise ValueError(f"a {self.schema_} manifest has no stream field (it came with {MANIFEST_SCHEMA})")
+    def _versioned_fields(self) -> Manifest:
+        version = MANIFEST_SCHEMAS.index(self.schema_) + 1
+        for field, since in (("stream", 2), ("boards", 3)):
+            given = getattr(self, field) is not None
+            if version >= since and not given:
+                raise ValueError(f"a {self.schema_} manifest must name its {field}")
+            if version < since and given:
+                raise ValueError(f"a {self.schema_} manifest has no {field} field (it came with "
+                                 f"coldchain.manifest/v{since})")
         return self
 
     @model_serializer(mode="wrap")
-    def _without_v1_stream(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A v1 manifest dumps as a v1 compiler wrote it: without a ``stream`` key."""
+    def _without_later_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An older manifest dumps as its compiler wrote it: without the keys later versions added."""
         data: dict[str, Any] = handler(self)
-        if data.get("stream") is None:
-            data.pop("stream", None)
+        for field in ("stream", "boards"):
+            if data.get(field) is None:
+                data.pop(field, None)
         return data
+
+    def board_refusal(self, board: str | None) -> str | None:
+        """Why a device of ``board`` must not run this bundle, or None. A manifest before v3 names no
+        boards, and a device that does not know its board cannot be checked: both pass."""
+        if self.boards is None or board in (None, UNKNOWN_BOARD) or board in self.boards:
+            return None
+        boards = ", ".join(self.boards)
+        return f"the bundle is for boards {boards} (target {self.target.name}); this device is a {board}"
 
     @property
     def stream_name(self) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.frames import FolderSource
-from agent.loop import Agent, data_dir_status
+from agent.loop import Agent
+from agent.status import data_dir_status
 from contract import topics
 from contract.acks import TelemetryAck
 from contract.events import ShadowEvent, decode_event

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.loop import Agent, data_dir_status
+from agent.loop import Agent
+from agent.status import data_dir_status
 from benchmarks.faults.world import signed_rollback
 from contract import topics
 from contract.bundle import manifest_sha256

@@ -28,7 +28,7 @@ def streams(world: dict[str, object], tmp_path_factory: pytest.TempPathFactory) 
         name = model.removeprefix("v1-")
         source = ModelSource(name=name, version="1", source_uri=f"file:///{name}.onnx", sha256="2" * 64)
         update = {"model": source, "sequence": seq, "stream": name} if name == model else {
-            "model": source, "sequence": seq, "stream": None, "schema": "coldchain.manifest/v1"}
+            "model": source, "sequence": seq, "stream": None, "boards": None, "schema": "coldchain.manifest/v1"}
         tarball, sha = resigned_bundle(base, world["trusted_key"], out, f"{model}-{seq}",  # type: ignore[arg-type]
                                        update)
         made[f"{model}-{seq}"] = (tarball, sha, seq)

@@ -28,7 +28,7 @@ def store(tmp_path: Path, world: dict[str, object]) -> tuple[str, str]:
     with sessions.begin() as session:
         for i in range(4):
             device = f"fridge-{i}"
-            state = DeviceState(device_id=device, online=True, board="pi4", groups=["eu" if i < 3 else "us"])
+            state = DeviceState(device_id=device, online=True, board="rpi4", groups=["eu" if i < 3 else "us"])
             ingest(session, topics.state(device), state.to_json())
         sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
     return url, sha

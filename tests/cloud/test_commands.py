@@ -75,7 +75,7 @@ def fleet(tmp_path: Path, world: dict[str, object]) -> tuple[sessionmaker[Sessio
     with sessions.begin() as session:
         sha = add_bundle(session, bundle.tarball, world["trust"]).sha256  # type: ignore[arg-type]
         for device in DEVICES:
-            state = DeviceState(device_id=device, online=True, board="pi4", groups=["eu"])
+            state = DeviceState(device_id=device, online=True, board="rpi4", groups=["eu"])
             assert ingest(session, topics.state(device), state.to_json()).kind == "stored"
     return sessions, sha, bundle.tarball
 
@@ -256,7 +256,7 @@ def test_the_devices_retained_state_moves_its_job_when_the_events_were_lost(
         fleet: tuple[sessionmaker[Session], str, Path]) -> None:
     sessions, sha, _ = fleet
     rollouts.start(sessions, sha, plan(), "r1")
-    state = DeviceState(device_id="d1", online=True, board="pi4", groups=["eu"],
+    state = DeviceState(device_id="d1", online=True, board="rpi4", groups=["eu"],
                         job=JobSummary(job_id="r1.d1", state=JobState.FAILED))
     with sessions.begin() as session:
         ingest(session, topics.state("d1"), state.to_json())

@@ -36,14 +36,14 @@ def count(sessions: sessionmaker[Session], table: type) -> int:
 
 
 def test_state_creates_device_and_last_will_keeps_what_it_said(sessions: sessionmaker[Session]) -> None:
-    state = DeviceState(device_id="d1", online=True, board="pi4", groups=["eu"], active=REF)
+    state = DeviceState(device_id="d1", online=True, board="rpi4", groups=["eu"], active=REF)
     with sessions.begin() as session:
         assert ingest(session, topics.state("d1"), state.to_json()).kind == "stored"
         assert ingest(session, topics.state("d1"), offline("d1").to_json()).kind == "stored"
     with sessions() as session:
         device = session.get(Device, "d1")
         assert device is not None and not device.online
-        assert device.board == "pi4" and device.reported_groups == ["eu"] and device.active_sha256 == "a" * 64
+        assert device.board == "rpi4" and device.reported_groups == ["eu"] and device.active_sha256 == "a" * 64
         assert device.last_seen.tzinfo is not None
 
 

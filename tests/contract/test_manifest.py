@@ -74,3 +74,21 @@ def test_a_v2_manifest_names_its_stream() -> None:
     for bad in ("", "x" * 129, "line\nbreak"):
         with pytest.raises(PayloadError, match="stream"):
             load_manifest(json.dumps(data | {"stream": bad}).encode())
+
+
+def test_a_v3_manifest_names_its_boards_and_older_ones_are_not_board_checked() -> None:
+    v2 = _manifest() | {"schema": "coldchain.manifest/v2", "stream": "fridge"}
+    with pytest.raises(PayloadError, match="has no boards field"):
+        load_manifest(json.dumps(v2 | {"boards": ["rpi4"]}).encode())
+    assert load_manifest(json.dumps(v2).encode()).board_refusal("rpi4") is None
+    assert "boards" not in json.loads(dump_manifest(load_manifest(json.dumps(v2).encode())))
+    v3 = v2 | {"schema": "coldchain.manifest/v3"}
+    with pytest.raises(PayloadError, match="must name its boards"):
+        load_manifest(json.dumps(v3).encode())
+    manifest = load_manifest(json.dumps(v3 | {"boards": ["rpi4", "cm4"]}).encode())
+    assert manifest.board_refusal("cm4") is None and manifest.board_refusal("unknown") is None
+    assert manifest.board_refusal("jetson-orin-nano") == (
+        f"the bundle is for boards rpi4, cm4 (target {manifest.target.name}); this device is a jetson-orin-nano")
+    for bad in ([], ["rpi 4"], ["x"] * 33):
+        with pytest.raises(PayloadError, match="boards"):
+            load_manifest(json.dumps(v3 | {"boards": bad}).encode())
