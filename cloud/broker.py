@@ -1,5 +1,10 @@
 """The embedded broker: amqtt started in-process on 127.0.0.1 (never 0.0.0.0), in its own thread
-with its own event loop. At scale it is replaced by Mosquitto or an EMQX/HiveMQ cluster."""
+with its own event loop. At scale it is replaced by Mosquitto or an EMQX/HiveMQ cluster.
+
+Safe by default: a client needs credentials (cloud/broker_auth.py: a username and password from
+the broker's :class:`Identities`) and may use only the topics ``contract.topics.allowed`` gives
+its identity, the ACL Mosquitto gets from ``coldchain broker config mosquitto``.
+``allow_anonymous=True`` (``coldchain broker --insecure``) turns both off for a throwaway demo."""
 
 from __future__ import annotations
 
@@ -11,7 +16,10 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from cloud.broker_auth import Identities, plugins, unregister
 from cloud.errors import BrokerError
+from contract import topics
+from transport.config import BrokerConfig
 
 
 def free_port() -> int:
@@ -21,25 +29,55 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    """``with EmbeddedBroker() as broker: broker.url`` -> ``mqtt://127.0.0.1:<port>`` (MQTT 3.1.1)."""
+    """``with EmbeddedBroker() as broker: broker.url`` -> ``mqtt://127.0.0.1:<port>`` (MQTT 3.1.1).
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    Clients connect with ``broker.cloud_credentials()`` or ``broker.device_credentials(id)``
+    (BrokerConfigs holding a generated password). ``identities`` may be a store backed by the
+    fleet's password file instead; ``allow_anonymous=True`` lets anyone do anything."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", identities: Identities | None = None,
+                 allow_anonymous: bool = False) -> None:
         self.host, self.port = host, port or free_port()
+        self.allow_anonymous = allow_anonymous
+        self.identities = None if allow_anonymous else identities or Identities()
+        self._passwords: dict[str, str] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="amqtt", daemon=True)
         self._broker: Any = None
+        self._token: str | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    def credentials(self, identity: str, **settings: Any) -> BrokerConfig:
+        """A BrokerConfig (MQTT 3.1.1, ``settings`` added) for ``identity``, allowed on first use
+        with a generated password (in memory only)."""
+        import secrets
+
+        password = None
+        if self.identities is not None:
+            password = self._passwords.get(identity)
+            if password is None:
+                password = self._passwords[identity] = secrets.token_urlsafe(24)
+                self.identities.add(identity, password)
+        return BrokerConfig(url=self.url, protocol="3.1.1", username=identity, password=password, **settings)
+
+    def cloud_credentials(self, **settings: Any) -> BrokerConfig:
+        return self.credentials(topics.CLOUD_IDENTITY, **settings)
+
+    def device_credentials(self, device_id: str, **settings: Any) -> BrokerConfig:
+        topics.device_grant(device_id)  # a valid device id, not the cloud's identity
+        return self.credentials(device_id, **settings)
+
     def start(self) -> EmbeddedBroker:
         from amqtt.broker import Broker
 
         logging.getLogger("amqtt").setLevel(logging.WARNING)
+        section, self._token = plugins(self.identities)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 0}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": section,
         }
         self._thread.start()
         self._broker = Broker(config, loop=self._loop)
@@ -75,6 +113,8 @@ class EmbeddedBroker:
                 asyncio.run_coroutine_threadsafe(_cancel_rest(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if self._token is not None:
+            unregister(self._token)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
