@@ -25,6 +25,7 @@ import os
 import secrets
 import threading
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cloud.errors import IdentityError
 from contract import topics
+from transport.config import BrokerConfig
 
 PBKDF2_ITERATIONS = 1000  # passwords are 256-bit random tokens: iterations guard nothing a guess could find
 CERT_DAYS = 3650  # an appliance lives about ten years; revocation goes through the CRL
@@ -48,7 +50,7 @@ def _private(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write_secret(path: Path, data: bytes) -> None:
+def write_secret(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -91,7 +93,7 @@ def read_password_file(path: Path) -> dict[str, str]:
 
 
 def _write_password_file(path: Path, users: dict[str, str]) -> None:
-    _write_secret(path, "".join(f"{n}:{h}\n" for n, h in sorted(users.items())).encode())
+    write_secret(path, "".join(f"{n}:{h}\n" for n, h in sorted(users.items())).encode())
 
 
 class FleetAuthority:
@@ -126,7 +128,7 @@ class FleetAuthority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .sign(key, hashes.SHA256()))
-        _write_secret(self.folder / "ca.key", _private(key))
+        write_secret(self.folder / "ca.key", _private(key))
         self.ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, common: str, hosts: list[str] | None = None,
@@ -156,7 +158,7 @@ class FleetAuthority:
         if cert_path.exists() and key_path.exists() and _hosts_of(cert_path) == sorted(hosts or []):
             return cert_path
         cert, key = self.issue(common, hosts)
-        _write_secret(key_path, key)
+        write_secret(key_path, key)
         cert_path.write_bytes(cert)
         return cert_path
 
@@ -213,13 +215,21 @@ class FleetAuthority:
             _write_password_file(self.passwd_file, users)
         return found
 
+    def cloud_login(self, url: str, protocol: Literal["5", "3.1.1"] = "5") -> BrokerConfig:
+        """How the cloud connects to the fleet's broker at ``url``: its client certificate over
+        mqtts://, its password over mqtt://."""
+        if url.startswith("mqtts://"):
+            return BrokerConfig(url=url, protocol=protocol, ca_file=self.ca_file, cert_file=self.cloud_cert,
+                                key_file=self.folder / "cloud.key")
+        return BrokerConfig(url=url, protocol=protocol, username=topics.CLOUD_IDENTITY, password=self.cloud_password())
+
     def cloud_password(self) -> str:
         """The cloud's own password (made on first use, kept in ``cloud.password``, mode 0600)."""
         path = self.folder / "cloud.password"
         if path.exists() and topics.CLOUD_IDENTITY in read_password_file(self.passwd_file):
             return path.read_text().strip()
         password = self.set_password(topics.CLOUD_IDENTITY)
-        _write_secret(path, password.encode())
+        write_secret(path, password.encode())
         return password
 
 
