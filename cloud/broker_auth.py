@@ -5,7 +5,7 @@ held in memory (generated passwords, for the demo and tests) or read from the fl
 ``passwd`` file, re-read whenever it changes (``coldchain fleet provision/revoke``). What a
 connected identity may do is ``contract.topics.allowed``, the same rules Mosquitto gets as an
 ``acl_file``. A device must connect with its own id as client id (so it cannot take over another
-device's session); the cloud with any client id that is not a known identity's.
+device's session); the cloud with its own or any client id that is not another identity's.
 
 amqtt builds its plugins from a dotted path and a config mapping, so a plugin finds its store in
 ``_REGISTRY`` by a token the broker puts in that mapping.
@@ -71,7 +71,7 @@ class Identities:
             hashed = users.get(username or "")
             ok = (hashed is not None and password is not None and check_password(password, hashed)
                   and client_id is not None
-                  and (client_id == username if username != topics.CLOUD_IDENTITY else client_id not in users))
+                  and (client_id == username or (username == topics.CLOUD_IDENTITY and client_id not in users)))
             if not ok:
                 self.refused += 1
         if not ok:

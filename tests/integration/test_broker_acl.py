@@ -163,7 +163,7 @@ def _refused(ack: tuple[Any, ...], v5: bool) -> None:
 
 
 def test_a_device_cannot_publish_as_another_device_nor_send_commands(fleet: Fleet) -> None:
-    cloud = Probe(fleet.cloud, "cloud-probe")
+    cloud = Probe(fleet.cloud, topics.CLOUD_IDENTITY)  # the cloud's default client id
     a, b = Probe(fleet.devices[A], A), Probe(fleet.devices[B], B)
     try:
         assert cloud.admitted() and a.admitted() and b.admitted()
@@ -269,3 +269,33 @@ def test_without_tls_mosquitto_takes_the_fleets_password_file(tmp_path: Path) ->
         finally:
             for probe in (a, cloud, guesser):
                 probe.close()
+
+
+def test_the_embedded_broker_follows_the_fleets_password_file(tmp_path: Path) -> None:
+    from cloud.broker_auth import Identities
+
+    keys, db = tmp_path / "fleet-keys", f"sqlite:///{tmp_path / 'cloud.db'}"
+    authority = FleetAuthority(keys)
+    with EmbeddedBroker(identities=Identities(authority.passwd_file)) as broker:
+        _cli("fleet", "provision", A, "--group", "eu", "--board", "rpi4", "--trusted-key",
+             str(_public_key(tmp_path / "ops.pub")), "--broker", broker.url, "--fleet", str(keys), "--db", db,
+             "--out", str(tmp_path / A), "--install-dir", str(tmp_path / A))
+        from agent.config import load_config
+
+        login = load_config(tmp_path / A / "agent.yaml", environ={}).broker.model_copy(update={"protocol": "3.1.1"})
+        first = Probe(login, A)
+        try:
+            assert first.admitted(), "a provisioned device was refused"
+        finally:
+            first.close()
+        _cli("fleet", "revoke", A, "--fleet", str(keys), "--db", db)
+        again = Probe(login, A)
+        try:
+            assert not again.admitted(), "a revoked device was let in"
+        finally:
+            again.close()
+
+
+def test_the_embedded_broker_command_does_not_run_open_unless_told() -> None:
+    result = CliRunner().invoke(app, ["broker", "--seconds", "1"])
+    assert result.exit_code == 1 and "--insecure" in result.output
