@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.config import AgentConfig
@@ -21,16 +22,20 @@ from transport.loop import SharedLoop
 def simulated_agents(count: int, broker: BrokerConfig, data_root: Path, trusted_keys: list[Path],
                      groups: list[str], frames: Path | None, prefix: str = "sim",
                      inference_interval_s: float = 1.0, telemetry_window_s: float = 10.0,
-                     trust_file: Path | None = None) -> list[Agent]:
-    """``trusted_keys``: key files (both roles); or ``trust_file``: a root-signed trust document."""
+                     trust_file: Path | None = None,
+                     credentials: Callable[[str], BrokerConfig] | None = None) -> list[Agent]:
+    """``trusted_keys``: key files (both roles); or ``trust_file``: a root-signed trust document.
+    ``credentials(device_id)``: each device's own broker login (e.g. the embedded broker's
+    ``device_credentials``); without it every device uses ``broker``."""
     agents = []
     network = SharedLoop()  # one epoll thread for every connection: paho's select() stops at fd 1024
     for i in range(count):
         device = f"{prefix}-{i:04d}"
+        login = credentials(device) if credentials is not None else broker
         config = AgentConfig(device_id=device, groups=groups, data_dir=data_root / device, trusted_keys=trusted_keys,
-                             trust_file=trust_file, broker=broker, inference_interval_s=inference_interval_s,
+                             trust_file=trust_file, broker=login, inference_interval_s=inference_interval_s,
                              telemetry_window_s=telemetry_window_s)
-        transport = MqttTransport(device, broker, topics.state(device), offline(device).to_json(), loop=network)
+        transport = MqttTransport(device, login, topics.state(device), offline(device).to_json(), loop=network)
         source = FolderSource(frames, start=i * 7919) if frames is not None else None
         agents.append(Agent(config, transport, source, share_models=True))
     return agents

@@ -28,7 +28,6 @@ from cloud.service import Cloud
 from cloud.store import Device, TelemetryRow, sqlite_url
 from contract.signing import TrustStore, load_private_key
 from examples.fridge.synth import write_dataset
-from transport.config import BrokerConfig
 
 
 def main() -> None:
@@ -45,13 +44,14 @@ def main() -> None:
         (root / "agent.toml").write_text(
             f'device_id = "fridge-rss"\ngroups = ["bench"]\ndata_dir = "{root / "data"}"\n'
             f'trusted_keys = ["{args.public.resolve()}"]\ninference_interval_s = 0.1\ntelemetry_window_s = 5\n'
-            f'[broker]\nurl = "{broker.url}"\nprotocol = "3.1.1"\n'
+            f'[broker]\nurl = "{broker.url}"\nprotocol = "3.1.1"\nusername = "fridge-rss"\n'
+            f'password = "{broker.device_credentials("fridge-rss").password}"\n'
             f'[source]\nkind = "folder"\nlocation = "{root / "frames"}"\n[limits]\nthreads = 2\n')
         agent = subprocess.Popen([str(Path(sys.executable).parent / "coldchain"), "agent", "run", "--config",
                                   str(root / "agent.toml"), "--seconds", str(args.seconds + 30)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         process = psutil.Process(agent.pid)
-        cloud = Cloud(sqlite_url(root / "cloud.db"), BrokerConfig(url=broker.url, protocol="3.1.1"),
+        cloud = Cloud(sqlite_url(root / "cloud.db"), broker.cloud_credentials(),
                       load_private_key(args.private)).start()
         try:
             deadline = time.monotonic() + 60

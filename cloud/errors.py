@@ -5,6 +5,7 @@ CloudError            anything the cloud refuses or cannot do
 ├── StoreError        the database URL is wrong or the database cannot be opened
 ├── NotFoundError     a device, bundle or rollout that does not exist
 ├── BundleImportError a bundle tarball that is not a valid, signed coldchain bundle
+├── IdentityError     the fleet's key folder (CA, revocation list, passwords) cannot be used
 └── RolloutError      a rollout that cannot be started or changed (bad plan, wrong status)
 """
 
@@ -33,3 +34,8 @@ class BundleImportError(CloudError):
 
 class RolloutError(CloudError):
     """A rollout that cannot be started or changed."""
+
+
+class IdentityError(CloudError):
+    """The fleet's key folder (CA, revocation list, passwords) cannot be read or written, or an
+    identity cannot be provisioned."""

@@ -23,11 +23,11 @@ SUBAPPS: dict[str, tuple[str, str]] = {
     "bundle": ("coldchain.bundle_cli:app", "Inspect and verify bundles."),
     "model": ("coldchain.model_cli:app", "Register models in the MLflow registry."),
     "agent": ("coldchain.agent_cli:app", "Run the device agent, inspect it, infer locally, simulate a fleet."),
-    "fleet": ("coldchain.fleet_cli:app", "List, show and tag devices."),
+    "fleet": ("coldchain.fleet_cli:app", "List, show, tag, provision and revoke devices."),
     "rollout": ("coldchain.rollout_cli:app", "Staged rollouts with health gates and automatic rollback."),
     "monitor": ("coldchain.monitor_cli:app", "Fleet health and drift from telemetry."),
     "cloud": ("coldchain.cloud_cli:app", "Run the cloud; manage bundles, dead letters and alerts."),
-    "broker": ("coldchain.broker_cli:app", "Run the embedded MQTT broker on 127.0.0.1."),
+    "broker": ("coldchain.broker_cli:app", "Run the embedded MQTT broker; write a Mosquitto configuration."),
     "keys": ("coldchain.keys_cli:app", "Signing keys: generate, sign and verify manifests."),
     "demo": ("coldchain.demo_cli:app", "Run the end-to-end demo on embedded defaults."),
 }

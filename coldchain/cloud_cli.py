@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -29,6 +29,9 @@ def serve(
     bytes_per_s: Annotated[float | None, typer.Option(min=1, help="Artifact egress limit.")] = None,
     api_port: Annotated[int | None, typer.Option(min=1, max=65535, help="Serve the HTTP API on 127.0.0.1.")] = None,
     seconds: Annotated[float | None, typer.Option(min=1, help="Stop after this long.")] = None,
+    fleet: Annotated[Path | None, typer.Option(envvar="COLDCHAIN_FLEET", help="The fleet's key folder: connect with "
+                                               "the cloud's identity (certificate over mqtts://, else password).")]
+    = None,
 ) -> None:
     """Ingest telemetry/events/state, answer chunk repairs, drive rollouts; optionally the HTTP API
     (bearer token from COLDCHAIN_API_TOKEN)."""
@@ -40,7 +43,13 @@ def serve(
     from transport.config import BrokerConfig
 
     with user_errors(CloudError, ValueError):
-        config = BrokerConfig(url=broker, protocol="5" if protocol == "5" else "3.1.1")
+        version: Literal["5", "3.1.1"] = "5" if protocol == "5" else "3.1.1"
+        if fleet is not None:
+            from cloud.pki import FleetAuthority
+
+            config = FleetAuthority(fleet).cloud_login(broker, version)
+        else:
+            config = BrokerConfig(url=broker, protocol=version)
         cloud = Cloud(db, config, load_private_key(key), client_id, share_group, bytes_per_s,
                       notify=lambda m: console.print(f"[cyan]{m}"))
         if api_port is not None:

@@ -25,7 +25,6 @@ from cloud.store import Alert, Device, sqlite_url
 from coldchain.cloud_views import alerts_table, fleet_table, monitor_table, rollout_table
 from coldchain.console import console
 from contract.signing import TrustStore, load_private_key
-from transport.config import BrokerConfig
 
 GROUPS = ("kitchen-eu", "kitchen-us")
 
@@ -50,15 +49,17 @@ def run_fleet(workspace: Path, bundles: list[Path], keys: tuple[Path, Path], fra
               per_group: int) -> list[FleetResult]:
     private, public = keys
     with EmbeddedBroker() as broker:
-        console.print(f"embedded broker on [bold]{broker.url}[/] (amqtt, 127.0.0.1 only)")
-        config = BrokerConfig(url=broker.url, protocol="3.1.1", reconnect_min_s=1)
+        console.print(f"embedded broker on [bold]{broker.url}[/] (amqtt, 127.0.0.1 only; a password per "
+                      "device and for the cloud, the contract's ACL)")
+        config = broker.cloud_credentials(reconnect_min_s=1)
         store = sqlite_url(workspace / "cloud.db")
         (workspace / "cloud.db").unlink(missing_ok=True)
         cloud = Cloud(store, config, load_private_key(private), notify=lambda m: console.log(f"[cyan]{m}"))
         agents: list[Agent] = []
         for group in GROUPS:
             agents += simulated_agents(per_group, config, workspace / "devices", [public], [group], frames,
-                                       prefix=group, inference_interval_s=0.25, telemetry_window_s=2)
+                                       prefix=group, inference_interval_s=0.25, telemetry_window_s=2,
+                                       credentials=lambda d: broker.device_credentials(d, reconnect_min_s=1))
         stop = threading.Event()
         threads = [threading.Thread(target=a.run, kwargs={"stop": stop}, daemon=True) for a in agents]
         cloud.start()

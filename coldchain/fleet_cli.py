@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from coldchain.broker_cli import DEFAULT_FLEET, Fleet
 from coldchain.cloud_views import DEFAULT_DB, Db, fleet_table, open_sessions
 from coldchain.console import console, fail, user_errors
 
-app = typer.Typer(help="List, show and tag devices.", no_args_is_help=True)
+app = typer.Typer(help="List, show, tag, provision and revoke devices.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -79,3 +81,45 @@ def tag(devices: Annotated[list[str], typer.Argument(help="Device ids.")],
     with user_errors(CloudError, TopicError), open_sessions(db).begin() as session:
         changed = tag_devices(session, devices, changes, add_group, remove_group)
         console.print(fleet_table(changed))
+
+
+@app.command()
+def provision(device: Annotated[str, typer.Argument(help="Device id (its MQTT identity).")],
+              group: Annotated[str, typer.Option(help="The device's group.")],
+              board: Annotated[str, typer.Option(help="The device's board, e.g. rpi4.")],
+              trusted_key: Annotated[list[Path], typer.Option(help="Public key the device trusts (bundle signer, "
+                                                               "operator; repeatable).")],
+              broker: Annotated[str, typer.Option(help="Broker URL the device connects to: mqtts:// gives it a "
+                                                  "client certificate, mqtt:// a password.")]
+              = "mqtts://localhost:8883",
+              out: Annotated[Path | None, typer.Option(help="Folder for the device's files (default: "
+                                                       "./provisioned/DEVICE).")] = None,
+              tarball: Annotated[bool, typer.Option("--tarball", help="Also pack it as DEVICE.tar.gz.")] = False,
+              install_dir: Annotated[Path, typer.Option(help="Where the factory puts the folder on the device "
+                                                        "(paths in agent.yaml).")] = Path("/etc/coldchain"),
+              fleet: Fleet = DEFAULT_FLEET, db: Db = DEFAULT_DB) -> None:
+    """Create a device's identity (a client certificate from the fleet CA, or a password without TLS),
+    its agent config and trust bundle in one folder for the factory; register it in the store."""
+    from cloud.errors import CloudError
+    from cloud.pki import FleetAuthority
+    from cloud.provision import provision as make
+
+    with user_errors(CloudError, OSError):
+        done = make(FleetAuthority(fleet), open_sessions(db), device, group, board, broker, trusted_key,
+                    out or Path("provisioned") / device, install_dir, tarball=tarball)
+    what = "client certificate" if done.tls else "broker password"
+    console.print(f"{device}: {what}, agent.yaml and trust bundle in {done.folder}"
+                  + (f" (and {done.tarball})" if done.tarball else "") + f"; copy it to {install_dir} on the device")
+
+
+@app.command()
+def revoke(device: Annotated[str, typer.Argument(help="Device id.")],
+           fleet: Fleet = DEFAULT_FLEET, db: Db = DEFAULT_DB) -> None:
+    """Remove a device's broker access: its certificates go on the revocation list, its password is
+    removed. Restart Mosquitto (it reads the CRL at start); the embedded broker follows at once."""
+    from cloud.errors import CloudError
+    from cloud.pki import FleetAuthority
+    from cloud.provision import revoke as remove
+
+    with user_errors(CloudError, OSError):
+        console.print(f"{device}: {remove(FleetAuthority(fleet), open_sessions(db), device)}")

@@ -105,7 +105,9 @@ def all_devices(kind: TopicKind) -> str:
         return f"{PREFIX}/devices/+/{kind.value}"
     if kind is TopicKind.MISSING:
         return f"{PREFIX}/devices/+/artifacts/+/missing"
-    raise TopicError(f"no all-devices filter for {kind.value}: group chunks are per group")
+    if kind is TopicKind.DEVICE_CHUNKS:
+        return f"{PREFIX}/devices/+/artifacts/+/chunks"
+    raise TopicError(f"no all-devices filter for {kind.value}: group chunks are per group (every_group_artifacts)")
 
 
 def device_artifacts(device_id: str) -> str:
@@ -113,14 +115,32 @@ def device_artifacts(device_id: str) -> str:
     return _device(device_id, "artifacts/+/chunks")
 
 
+def device_missing(device_id: str) -> str:
+    """Filter for every missing-chunk report of one device."""
+    return _device(device_id, "artifacts/+/missing")
+
+
 def group_artifacts(group: str) -> str:
     """Filter for every artifact chunk published to a group."""
     return f"{PREFIX}/groups/{check_id(group, 'group')}/artifacts/+/chunks"
 
 
+def every_group_artifacts() -> str:
+    """Filter for the artifact chunks of every group."""
+    return f"{PREFIX}/groups/+/artifacts/+/chunks"
+
+
 def shared(share_group: str, topic_filter: str) -> str:
     """MQTT v5 shared subscription: ``$share/<group>/<filter>`` spreads messages over workers."""
     return f"$share/{check_id(share_group, 'share group')}/{topic_filter}"
+
+
+def unshared(topic_filter: str) -> str:
+    """The filter inside ``$share/<group>/<filter>`` (the filter itself when it is not shared)."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        return parts[2] if len(parts) == 3 else ""
+    return topic_filter
 
 
 # ---- parsing --------------------------------------------------------------------------
@@ -150,3 +170,99 @@ def parse(topic: str) -> Topic:
     except TopicError as exc:
         raise TopicError(f"topic {topic!r}: {exc}") from exc
     raise TopicError(f"topic {topic!r} is not one of the coldchain/v1 topics (see contract/topics.py)")
+
+
+# ---- access control -------------------------------------------------------------------
+# The one ACL: Mosquitto's acl_file (acl_lines) and the embedded broker (allowed) are both
+# generated from the builders above, so the broker's rules cannot drift from the topics in use.
+
+CLOUD_IDENTITY = "coldchain-cloud"
+"""The MQTT identity (certificate CN or username) of the cloud; no device may take this id."""
+
+_USER = "acl-user-placeholder"  # a valid id, replaced by Mosquitto's %u in pattern lines
+
+
+class Action(StrEnum):
+    PUBLISH = "publish"
+    SUBSCRIBE = "subscribe"  # a topic filter, possibly with wildcards or $share/<group>/
+    RECEIVE = "receive"  # a concrete topic delivered to a subscriber
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Topic filters an identity may publish to (``write``) and subscribe to / receive (``read``)."""
+
+    write: tuple[str, ...]
+    read: tuple[str, ...]
+
+
+def device_grant(device_id: str) -> Grant:
+    """A device publishes only its own state, telemetry, events and missing reports; it reads only its
+    own commands, repair chunks and acks, and group chunk topics (a rollout wave streams on a group
+    of its own, named in the deploy command, so group topics are not known ahead of time)."""
+    if check_id(device_id, "device id") == CLOUD_IDENTITY:
+        raise TopicError(f"{CLOUD_IDENTITY!r} is the cloud's identity, not a device id")
+    return Grant(write=(state(device_id), telemetry(device_id), events(device_id), device_missing(device_id)),
+                 read=(commands(device_id), device_artifacts(device_id), acks(device_id),
+                       every_group_artifacts()))
+
+
+def cloud_grant() -> Grant:
+    """The cloud publishes commands, chunks (group and repair) and acks; it reads every device's
+    state, telemetry, events and missing reports (and group chunks, which Mosquitto's pattern line
+    gives every identity)."""
+    return Grant(write=(all_devices(TopicKind.COMMANDS), every_group_artifacts(), all_devices(TopicKind.DEVICE_CHUNKS),
+                        all_devices(TopicKind.ACKS)),
+                 read=(*(all_devices(k) for k in (TopicKind.STATE, TopicKind.TELEMETRY, TopicKind.EVENTS,
+                                                   TopicKind.MISSING)), every_group_artifacts()))
+
+
+def grant_for(identity: str) -> Grant:
+    """The grant of an authenticated identity: the cloud's, or a device's (raises for an invalid id)."""
+    return cloud_grant() if identity == CLOUD_IDENTITY else device_grant(identity)
+
+
+def _covers(allowed: str, requested: str) -> bool:
+    """Whether filter ``allowed`` matches everything ``requested`` (a topic or a filter) matches."""
+    want, have = requested.split("/"), allowed.split("/")
+    for i, level in enumerate(have):
+        if level == "#":
+            return True
+        if i >= len(want) or want[i] == "#" or (level != "+" and (want[i] == "+" or want[i] != level)):
+            return False
+    return len(want) == len(have)
+
+
+def allowed(identity: str, action: Action, topic: str) -> bool:
+    """Whether ``identity`` (an authenticated device id or :data:`CLOUD_IDENTITY`) may do ``action``
+    on ``topic``. Publish and receive take a concrete topic; subscribe a filter that every allowed
+    topic must cover (a device's ``#`` is refused, not narrowed)."""
+    try:
+        grant = grant_for(identity)
+    except TopicError:
+        return False
+    if action is Action.SUBSCRIBE:
+        topic = unshared(topic)
+    elif "+" in topic or "#" in topic:
+        return False
+    if not topic or "\0" in topic:
+        return False
+    filters = grant.write if action is Action.PUBLISH else grant.read
+    return any(_covers(f, topic) for f in filters)
+
+
+def acl_lines() -> list[str]:
+    """Mosquitto ``acl_file`` lines: device rules as ``pattern`` lines on ``%u`` (the identity is the
+    certificate CN or username, so it is the device id), then the cloud's ``user`` section."""
+    device = device_grant(_USER)
+
+    def with_u(topic_filter: str) -> str:
+        return topic_filter.replace(f"/devices/{_USER}/", "/devices/%u/")
+
+    return ["# generated by `coldchain broker config mosquitto` from contract/topics.py: do not edit",
+            *(f"pattern write {with_u(f)}" for f in device.write),
+            *(f"pattern read {with_u(f)}" for f in device.read),
+            f"user {CLOUD_IDENTITY}",
+            *(f"topic write {f}" for f in cloud_grant().write),
+            *(f"topic read {f}" for f in cloud_grant().read)]
+

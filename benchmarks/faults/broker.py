@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.broker import free_port
+from transport.config import BrokerConfig
 
 Inbox = queue.Queue[tuple[str, bytes]]
 T = TypeVar("T")
@@ -104,11 +105,15 @@ class Restartable:
 
 
 def cloud_client(url: str, v5: bool, inbox: Inbox | None, subscribe: list[str] | None = None,
-                 timeout: float = 30.0, on_message: Callable[[str, bytes], None] | None = None) -> mqtt.Client:
+                 timeout: float = 30.0, on_message: Callable[[str, bytes], None] | None = None,
+                 login: BrokerConfig | None = None) -> mqtt.Client:
     """Connected, with every subscription confirmed by the broker (SUBACK), when it returns.
-    Messages go to ``inbox``, or to ``on_message`` when given."""
+    Messages go to ``inbox``, or to ``on_message`` when given. ``login``: the username and password
+    to connect with (e.g. ``EmbeddedBroker.cloud_credentials()``)."""
     parsed = urlparse(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+    if login is not None and login.username:
+        client.username_pw_set(login.username, login.password)
 
     def queued(topic: str, payload: bytes) -> None:
         if inbox is not None:

@@ -171,14 +171,16 @@ def test_the_generated_mosquitto_configuration_sets_the_limits_that_drop_message
     from coldchain.cli import app
 
     port = free_port()
-    result = CliRunner().invoke(app, ["broker", "--mosquitto-conf", "--port", str(port)])
+    result = CliRunner().invoke(app, ["broker", "config", "mosquitto", "--fleet", str(tmp_path / "keys"), "--out",
+                                      str(tmp_path / "mq"), "--port", str(port), "--persistence-dir", f"{tmp_path}/"])
     assert result.exit_code == 0, result.output
-    settings = dict(line.split(" ", 1) for line in result.output.splitlines() if line and not line.startswith("#"))
+    text = (tmp_path / "mq" / "mosquitto.conf").read_text()
+    settings = dict(line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert int(settings["max_queued_messages"]) >= 100_000 and int(settings["max_inflight_messages"]) > 20
     assert settings["persistence"] == "true" and settings["persistent_client_expiration"] == "7d"
     if mosquitto_binary() is not None:  # Mosquitto itself accepts it: it starts and listens
         conf = tmp_path / "mosquitto.conf"
-        conf.write_text(result.output.replace("/var/lib/mosquitto/", f"{tmp_path}/") + "user root\n")
+        conf.write_text(text + "user root\n")
         process = start_mosquitto(conf, port)
         process.terminate()
         process.wait(timeout=10)

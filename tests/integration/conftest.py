@@ -11,9 +11,11 @@ from tests.integration import mosquitto
 
 
 @pytest.fixture(scope="session")
-def amqtt_url() -> Iterator[str]:
+def amqtt_broker() -> Iterator[EmbeddedBroker]:
+    """The embedded broker as it runs by default: credentials required, the contract's ACL applied
+    (clients take ``cloud_credentials()`` / ``device_credentials(id)``)."""
     with EmbeddedBroker() as broker:
-        yield broker.url
+        yield broker
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import pytest
 from agent.config import AgentConfig
 from agent.frames import FolderSource
 from agent.loop import Agent
+from cloud.broker import EmbeddedBroker
 from contract import topics
 from contract.events import JobEvent, decode_event
 from contract.jobs import JobState
@@ -30,19 +31,25 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize("broker", ["amqtt", "mosquitto"])
 def test_bundle_delivered_activated_and_telemetry_received(broker: str, request: pytest.FixtureRequest,
                                                            tmp_path: Path, world: dict[str, object]) -> None:
-    url: str = request.getfixturevalue(f"{broker}_url")
     v5 = broker == "mosquitto"
     device = f"fridge-{broker}"
+    if v5:
+        url: str = request.getfixturevalue("mosquitto_url")
+        login, device_broker = None, BrokerConfig(url=url, protocol="5", reconnect_min_s=1)
+    else:
+        embedded: EmbeddedBroker = request.getfixturevalue("amqtt_broker")
+        url, login = embedded.url, embedded.cloud_credentials()
+        device_broker = embedded.device_credentials(device, reconnect_min_s=1)
     write_dataset(tmp_path / "frames", 8, seed=3)
     root: Path = world["root"]  # type: ignore[assignment]
     config = AgentConfig(device_id=device, groups=["eu"], data_dir=tmp_path / "data",
                          trusted_keys=[root / "keys" / "ops.pub"], inference_interval_s=0.05, telemetry_window_s=1,
-                         broker=BrokerConfig(url=url, protocol="5" if v5 else "3.1.1", reconnect_min_s=1))
+                         broker=device_broker)
     transport = MqttTransport(device, config.broker, topics.state(device), offline(device).to_json())
     agent = Agent(config, transport, FolderSource(tmp_path / "frames"))
     stop = threading.Event()
     inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    cloud = cloud_client(url, v5, inbox)
+    cloud = cloud_client(url, v5, inbox, login=login)
     for kind in ("state", "events", "telemetry"):
         subscribe(cloud, f"coldchain/v1/devices/{device}/{kind}")
     thread = threading.Thread(target=agent.run, kwargs={"stop": stop}, daemon=True)

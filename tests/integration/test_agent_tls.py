@@ -1,5 +1,5 @@
 """The agent over mqtts:// against Mosquitto with TLS, client certificates and the per-device ACL
-DESIGN asks for: a device publishes only under its own id (MQTT v5 shows the refusal)."""
+generated from contract/topics.py: a device publishes only under its own id (MQTT v5 shows the refusal)."""
 
 from __future__ import annotations
 
@@ -26,26 +26,15 @@ from transport.config import BrokerConfig
 
 pytestmark = pytest.mark.integration
 
-ACL = """# devices: their own topics, their commands and repairs, group artifacts; the cloud: everything
-pattern write coldchain/v1/devices/%u/state
-pattern write coldchain/v1/devices/%u/telemetry
-pattern write coldchain/v1/devices/%u/events
-pattern write coldchain/v1/devices/%u/artifacts/+/missing
-pattern read coldchain/v1/devices/%u/commands
-pattern read coldchain/v1/devices/%u/artifacts/+/chunks
-topic read coldchain/v1/groups/+/artifacts/+/chunks
-user cloud
-topic readwrite #
-"""
 
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[str, CertificateAuthority]]:
     mosquitto.binary()
     ca = CertificateAuthority(tmp_path / "pki")
-    cert, key = ca.issue("broker", server=True)
+    cert, key = ca.issue_files("broker", server=True)
     port = free_port()
-    (tmp_path / "acl").write_text(ACL)
+    (tmp_path / "acl").write_text("\n".join(topics.acl_lines()) + "\n")
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(f"user root\nper_listener_settings false\nallow_anonymous false\nacl_file {tmp_path / 'acl'}\n"
                     f"persistence false\nlistener {port} 127.0.0.1\ncafile {ca.ca_file}\ncertfile {cert}\n"
@@ -54,7 +43,7 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[str, CertificateAuthority]]:
         yield f"mqtts://127.0.0.1:{port}", ca
 
 def _client(url: str, ca: CertificateAuthority, name: str) -> tuple[mqtt.Client, queue.Queue[Any]]:
-    cert, key = ca.issue(name)
+    cert, key = ca.issue_files(name)
     inbox: queue.Queue[Any] = queue.Queue()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
     client.tls_set(ca_certs=str(ca.ca_file), certfile=str(cert), keyfile=str(key))
@@ -83,13 +72,13 @@ def _wait(inbox: queue.Queue[Any], match: Any, timeout: float = 15) -> Any:
 def test_agent_over_tls_with_client_certificate_and_acl(tls_broker: tuple[str, CertificateAuthority],
                                                         tmp_path: Path, world: dict[str, object]) -> None:
     url, ca = tls_broker
-    cert, key = ca.issue("fridge-tls")
+    cert, key = ca.issue_files("fridge-tls")
     root: Path = world["root"]  # type: ignore[assignment]
     broker = BrokerConfig(url=url, protocol="5", ca_file=ca.ca_file, cert_file=cert, key_file=key)
     assert broker.tls and broker.port == int(url.rsplit(":", 1)[1])
     config = AgentConfig(device_id="fridge-tls", groups=["eu"], data_dir=tmp_path / "data",
                          trusted_keys=[root / "keys" / "ops.pub"], broker=broker, telemetry_window_s=1)
-    cloud, inbox = _client(url, ca, "cloud")
+    cloud, inbox = _client(url, ca, topics.CLOUD_IDENTITY)
     cloud.subscribe("coldchain/v1/devices/+/state", 1)  # the agent's state is retained: no race with it
     agent = Agent(config, MqttTransport("fridge-tls", broker, topics.state("fridge-tls"),
                                         offline("fridge-tls").to_json()), None)
@@ -115,7 +104,7 @@ def test_agent_over_tls_with_client_certificate_and_acl(tls_broker: tuple[str, C
         cloud.loop_stop()
     # an untrusted certificate cannot connect at all
     other = CertificateAuthority(tmp_path / "other-pki")
-    bad_cert, bad_key = other.issue("intruder")
+    bad_cert, bad_key = other.issue_files("intruder")
     intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="intruder", protocol=mqtt.MQTTv5)
     intruder.tls_set(ca_certs=str(ca.ca_file), certfile=str(bad_cert), keyfile=str(bad_key))
     outcome: queue.Queue[str] = queue.Queue()

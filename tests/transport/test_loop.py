@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cloud.broker import EmbeddedBroker
+from contract import topics
 from transport.client import Connected, MqttTransport, Received, Subscribed
-from transport.config import BrokerConfig
 from transport.loop import SharedLoop
 
 
@@ -44,27 +44,30 @@ def high_fds(tmp_path: Path) -> Iterator[Callable[[], None]]:
 
 def test_clients_beyond_fd_1024_connect_publish_and_receive(high_fds: Callable[[], None]) -> None:
     loop = SharedLoop()
+    topic = topics.group_chunks("loop", "0" * 64)
     with EmbeddedBroker() as broker:
-        config = BrokerConfig(url=broker.url, protocol="3.1.1")
+        configs = {f"loop-{i}": broker.device_credentials(f"loop-{i}") for i in range(5)}
+        cloud = MqttTransport("loop-cloud", broker.cloud_credentials(), loop=loop)
         high_fds()
-        transports = [MqttTransport(f"loop-{i}", config, loop=loop) for i in range(5)]
-        starters = [threading.Thread(target=t.start) for t in transports]  # concurrently, as agents do
+        transports = [MqttTransport(device, config, loop=loop) for device, config in configs.items()]
+        starters = [threading.Thread(target=t.start) for t in [cloud, *transports]]  # concurrently, as agents do
         for starter in starters:
             starter.start()
         for starter in starters:
             starter.join()
-        for t in transports:
+        for t in [cloud, *transports]:
             assert isinstance(t.inbox.get(timeout=30), Connected)
-            mid = t.subscribe(["loop/test"])
+        for t in transports:
+            mid = t.subscribe([topics.group_artifacts("loop")])
             assert t.inbox.get(timeout=30) == Subscribed(mid, True)  # the broker's SUBACK: in place
         # select() could not watch these (other tests' threads may free a low descriptor meanwhile)
         assert sum(t.client.socket().fileno() >= 1024 for t in transports) >= 3
-        assert transports[0].publish("loop/test", b"hello") is not None
+        assert cloud.publish(topic, b"hello") is not None
         for t in transports:
             item = t.inbox.get(timeout=30)
             while not isinstance(item, Received):
                 item = t.inbox.get(timeout=30)
             assert item.payload == b"hello"
-        for t in transports:
+        for t in [cloud, *transports]:
             t.stop()
     loop.stop()
