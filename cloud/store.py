@@ -1,5 +1,5 @@
 """The cloud's database: SQLAlchemy 2 models for the fleet, bundles, rollouts, telemetry, events,
-dead letters and alerts. A SQLite file by default; PostgreSQL (psycopg) by URL, same models.
+dead letters, message attempts and alerts. A SQLite file by default; PostgreSQL (psycopg) by URL, same models.
 
 ``open_store(url)`` creates the tables if they are missing and returns a session factory.
 """
@@ -171,6 +171,15 @@ class DeadLetter(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     reason: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Attempt(Base):
+    """A message being handled: how often handling it began without ending (``cloud.attempts``)."""
+
+    __tablename__ = "attempts"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of topic and payload
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=now)
 
 
 class Alert(Base):
