@@ -65,8 +65,10 @@ class Publisher:
 
     def __init__(self, transport: Transport, resolve: Callable[[str], Path | None],
                  bytes_per_s: float | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 notify: Callable[[str], None] | None = None) -> None:
+                 notify: Callable[[str], None] | None = None,
+                 supervise: Callable[..., threading.Thread] | None = None) -> None:
         self.transport, self.resolve, self.chunk_size = transport, resolve, chunk_size
+        self.supervise = supervise  # runs a stream, counts its crashes and runs it again (cloud.supervise)
         self.notify = notify or log.info
         self.limit = RateLimit(bytes_per_s)
         self.egress_bytes = self.repair_bytes = 0
@@ -100,12 +102,12 @@ class Publisher:
         return True
 
     def publish_group(self, artifact: Artifact, group: str, stop: threading.Event | None = None,
-                      on_chunk: Callable[[int, int], None] | None = None) -> None:
-        """Every chunk once on the group topic, in order."""
+                      on_chunk: Callable[[int, int], None] | None = None, first: int = 0) -> None:
+        """Every chunk (from ``first`` on) once on the group topic, in order."""
         topic = topics.group_chunks(group, artifact.sha256)
         key = (artifact.sha256, group)
         started, count = time.monotonic(), len(artifact.frames)
-        for index, frame in enumerate(artifact.frames):
+        for index, frame in enumerate(artifact.frames[first:], start=first):
             if not self._send(topic, frame, stop):
                 return
             self.progress[key] = index + 1
@@ -122,11 +124,20 @@ class Publisher:
         self.progress.setdefault((artifact.sha256, group), 0)
 
     def start_group(self, artifact: Artifact, group: str, stop: threading.Event | None = None) -> threading.Thread:
-        """``publish_group`` in a background thread (the controller keeps watching meanwhile)."""
-        self.progress[(artifact.sha256, group)] = 0
-        thread = threading.Thread(target=self.publish_group, args=(artifact, group, stop), daemon=True,
-                                  name=f"publish-{group}")
-        thread.start()
+        """``publish_group`` in a background thread (the controller keeps watching meanwhile); a
+        supervised stream that crashes resumes at the first chunk it had not published."""
+        key = (artifact.sha256, group)
+        self.progress[key] = 0
+
+        def stream() -> None:
+            self.publish_group(artifact, group, stop, first=self.progress.get(key, 0))
+
+        if self.supervise is not None:
+            thread = self.supervise("publisher", stream, lambda: self.progress.get(key, 0) >= len(artifact.frames)
+                                    or (stop is not None and stop.is_set()), name=f"publish-{group}")
+        else:
+            thread = threading.Thread(target=stream, daemon=True, name=f"publish-{group}")
+            thread.start()
         self._threads.append(thread)
         return thread
 
