@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloud import attempts
 from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, TelemetryRow, now
 from contract import topics
+from contract.base import MAX_INT
 from contract.errors import ContractError
 from contract.events import JobEvent, decode_event
 from contract.jobs import JobState
@@ -117,7 +118,7 @@ def _telemetry(session: Session, window: Telemetry, device_id: str | None) -> Ou
         "device_id": window.device_id, "seq": window.seq,
         "bundle_sha256": None if window.bundle is None else window.bundle.sha256,
         "window_start": window.window_start, "window_end": window.window_end, "inferences": window.inferences,
-        "errors": sum(window.errors.values()),
+        "errors": min(sum(window.errors.values()), MAX_INT),  # each count is bounded, their sum is not
         "latency_p95": None if window.latency_ms is None else window.latency_ms.p95,
         "payload": window.model_dump(mode="json"), "received_at": now()}, ["device_id", "seq"])
     return Outcome("stored" if stored else "duplicate")

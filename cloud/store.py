@@ -141,8 +141,8 @@ class TelemetryRow(Base):
     bundle_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     window_start: Mapped[datetime] = mapped_column()
     window_end: Mapped[datetime] = mapped_column()
-    inferences: Mapped[int] = mapped_column(Integer)
-    errors: Mapped[int] = mapped_column(Integer)
+    inferences: Mapped[int] = mapped_column(BigInteger)  # a Count: up to 2**63 - 1
+    errors: Mapped[int] = mapped_column(BigInteger)
     latency_p95: Mapped[float | None] = mapped_column(Float)
     payload: Mapped[dict[str, Any]] = mapped_column()
     received_at: Mapped[datetime] = mapped_column(default=now, index=True)

@@ -1,4 +1,4 @@
-"""The six rows and how big each is: the full run (``FULL``, the defaults of the command) and the
+"""The seven rows and how big each is: the full run (``FULL``, the defaults of the command) and the
 sample the test suite runs (``QUICK``, ``--quick``). ``run_row`` is what both call."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks.faults import corruption, diskfull, fuzz, hostile, powercut, sigkill
+from benchmarks.faults import corruption, diskfull, fuzz, hostile, poison, powercut, sigkill
 from benchmarks.faults.report import Row
 from benchmarks.faults.world import World
 
@@ -36,6 +36,7 @@ ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "diskfull": lambda w, s, d: diskfull.run(w, s.diskfull_repeats, d),
     "hostile": lambda w, s, d: hostile.run(w, s.hostile_repeats, d),
     "fuzz": lambda w, s, d: fuzz.run(w, s.fuzz, s.fuzz_batch, s.seed, d),
+    "poison": lambda w, s, d: poison.run(w, s.fuzz, s.fuzz_batch, s.seed, d),
 }
 
 
