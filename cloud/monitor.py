@@ -18,6 +18,7 @@ from cloud.aggregate import Part, parts
 from cloud.drift import add_histograms, histogram_psi, label_js
 from cloud.fleet import previous_bundle
 from cloud.store import Alert, BundleRow, Device, TelemetryRow
+from contract.base import MAX_INT
 from contract.common import Histogram
 from contract.manifest import ReferenceProfile
 from contract.telemetry import Telemetry
@@ -108,7 +109,7 @@ def summarize_parts(bucket: Iterable[Part]) -> Summary:
         s.model_p95 = model[0] / model[1]
     for stat, by_edges in histograms.items():
         edges, counts = max(by_edges.items(), key=lambda kv: sum(kv[1]))
-        s.input_histograms[stat] = Histogram(edges=json.loads(edges), counts=counts)
+        s.input_histograms[stat] = Histogram(edges=json.loads(edges), counts=[min(c, MAX_INT) for c in counts])
     return s
 
 

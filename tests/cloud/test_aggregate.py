@@ -113,3 +113,20 @@ def test_the_alert_check_loads_no_rows_and_stays_small(sessions: sessionmaker[Se
     assert loads == []
     assert raised, "the data drifts from the reference: the check must still see it"
     assert peak < 8 * 2**20, f"the alert check peaked at {peak / 2**20:.1f} MiB over 3,000 windows"
+
+
+def test_histogram_bins_summing_past_the_limit_do_not_break_the_check(sessions: sessionmaker[Session]) -> None:
+    """Found by the poison row: two windows with bins of 2**63 - 1 made every alert check fail."""
+    from contract.base import MAX_INT
+
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        for seq in (1, 2):
+            window = Telemetry(device_id="d1", seq=seq, window_start=now, window_end=now, inferences=MAX_INT,
+                               input_stats=InputStats(histograms={"brightness": Histogram(edges=[0, 1],
+                                                                                          counts=[MAX_INT])}))
+            ingest(session, topics.telemetry("d1"), window.to_json())
+    with sessions.begin() as session:
+        (row,) = monitor(session, "device", now - timedelta(hours=1))
+        check_alerts(session, now - timedelta(hours=1))
+    assert row.summary.input_histograms["brightness"].counts == [MAX_INT]
