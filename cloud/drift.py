@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from contract.base import MAX_INT
 from contract.common import Histogram
 
 EPS = 1e-4
@@ -59,7 +60,8 @@ def add_histograms(histograms: Iterable[Histogram]) -> Histogram | None:
         if total is None:
             total = h.model_copy()
         elif h.edges == total.edges:
-            total = Histogram(edges=total.edges, counts=[a + b for a, b in zip(total.counts, h.counts, strict=True)])
+            total = Histogram(edges=total.edges, counts=[min(a + b, MAX_INT)  # each bounded, sums are not
+                                                         for a, b in zip(total.counts, h.counts, strict=True)])
     return total
 
 

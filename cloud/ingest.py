@@ -27,9 +27,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud import attempts
 from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, SpoolDrops, TelemetryRow, now
 from contract import topics
 from contract.acks import TelemetryAck
+from contract.base import MAX_INT
 from contract.errors import ContractError
 from contract.events import JobEvent, decode_event
 from contract.jobs import JobState
@@ -124,7 +126,7 @@ def _telemetry(session: Session, window: Telemetry, device_id: str | None) -> Ou
         "device_id": window.device_id, "epoch": window.epoch or "", "seq": window.seq,
         "bundle_sha256": None if window.bundle is None else window.bundle.sha256,
         "window_start": window.window_start, "window_end": window.window_end, "inferences": window.inferences,
-        "errors": sum(window.errors.values()),
+        "errors": min(sum(window.errors.values()), MAX_INT),  # each count is bounded, their sum is not
         "latency_p95": None if window.latency_ms is None else window.latency_ms.p95,
         "payload": window.model_dump(mode="json"), "received_at": now()}, ["device_id", "epoch", "seq"])
     if stored and window.spool.evicted:
@@ -227,9 +229,10 @@ class IngestWorker:
     """
 
     def __init__(self, transport: Transport, sessions: sessionmaker[Session], share_group: str | None = None,
-                 batch: int = 200, on_missing: Any = None, on_acked: Callable[[int], None] | None = None) -> None:
+                 batch: int = 200, on_missing: Any = None, on_acked: Callable[[int], None] | None = None,
+                 max_attempts: int = attempts.MAX_ATTEMPTS) -> None:
         self.transport, self.sessions, self.share_group = transport, sessions, share_group
-        self.batch, self.on_missing = batch, on_missing
+        self.batch, self.on_missing, self.max_attempts = batch, on_missing, max_attempts
         self.on_acked = on_acked or (lambda mid: None)  # PUBACKs of what this connection published
         self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0, "poison": 0,
                                        "acks": 0}
@@ -249,7 +252,7 @@ class IngestWorker:
         received = [i for i in items if isinstance(i, Received)]
         if not received:
             return 0
-        outcomes = self._store(received)
+        outcomes = self._attempt(received)
         for outcome in outcomes:
             self.counts[outcome.kind] += 1
         reports = [o.missing for o in outcomes if o.missing is not None]
@@ -276,30 +279,59 @@ class IngestWorker:
         for mid in [i.mid for i in items if isinstance(i, Acked)]:
             self.on_acked(mid)
 
-    def _store(self, received: list[Received], attempts: int = 8) -> list[Outcome]:
+    def _attempt(self, received: list[Received]) -> list[Outcome]:
+        """Count an attempt for each message before handling it (``cloud.attempts``): one that
+        already failed ``max_attempts`` times (it took the process down with it) is a dead letter,
+        never handled again. Stored messages clear their count in the transaction that stores them."""
+        keys = [attempts.key(item) for item in received]
+        exhausted = attempts.begin(self.sessions, keys, self.max_attempts)
+        todo = [(item, k) for item, k in zip(received, keys, strict=True) if k not in exhausted]
+        outcomes = self._give_up([(item, exhausted[k]) for item, k in zip(received, keys, strict=True)
+                                  if k in exhausted]) if exhausted else []
+        if not todo:
+            return outcomes
+        try:
+            return outcomes + self._store([item for item, _ in todo], [k for _, k in todo])
+        except OperationalError:  # the store, not the messages: this attempt does not count
+            try:
+                attempts.forgive(self.sessions, [k for _, k in todo])
+            except OperationalError:
+                log.warning("could not take back the attempt counts of %d messages", len(todo))
+            raise
+
+    def _give_up(self, items: list[tuple[Received, int]]) -> list[Outcome]:
+        with self.sessions.begin() as session:
+            attempts.clear(session, [attempts.key(item) for item, _ in items])
+            return [dead_letter(session, item.topic, item.payload, f"failed {count} times: handling it never "
+                                "finished (the process died while it was handled); not handled again")
+                    for item, count in items]
+
+    def _store(self, received: list[Received], keys: list[str], tries: int = 8) -> list[Outcome]:
         """One transaction for the batch; a busy or lost database is retried (the messages are not
         acknowledged until it commits, so nothing is lost while it retries)."""
-        for attempt in range(attempts):
+        for attempt in range(tries):
             try:
                 with self.sessions.begin() as session:
                     outcomes = [ingest(session, item.topic, item.payload) for item in received]
                     seen(session, {d for item in received if (d := _sender(item.topic)) is not None})
+                    attempts.clear(session, keys)
                     return outcomes
             except (OperationalError, IntegrityError) as exc:  # busy, lost, or raced by another worker
-                if attempt == attempts - 1:
+                if attempt == tries - 1:
                     raise
                 log.warning("store busy or unreachable (%s); retrying a batch of %d", exc.orig, len(received))
                 time.sleep(min(0.05 * 2 ** attempt, 2.0))
             except Exception:  # one poison message must not stop the batch, or the cloud
                 log.exception("a batch of %d failed; storing its messages one by one", len(received))
-                return [self._store_one(item) for item in received]
+                return [self._store_one(item, k) for item, k in zip(received, keys, strict=True)]
         return []
 
-    def _store_one(self, item: Received) -> Outcome:
+    def _store_one(self, item: Received, key: str) -> Outcome:
         """One message in its own transaction; if it fails for any reason other than a busy store,
         it becomes a dead letter with that reason (and is acknowledged: never handed back forever)."""
         try:
             with self.sessions.begin() as session:
+                attempts.clear(session, [key])
                 return ingest(session, item.topic, item.payload)
         except OperationalError:
             raise  # the store, not the message: not acknowledged, retried by the broker
@@ -307,6 +339,7 @@ class IngestWorker:
             self.counts["poison"] += 1
             reason = f"{type(exc).__name__} while storing: {str(exc).splitlines()[0][:500] if str(exc) else ''}"
             with self.sessions.begin() as session:
+                attempts.clear(session, [key])
                 return dead_letter(session, item.topic, item.payload, reason)
 
     def run(self, stop: threading.Event) -> None:

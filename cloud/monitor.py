@@ -4,6 +4,7 @@ bundle that ran before it."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,9 +14,11 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cloud.aggregate import Part, parts
 from cloud.drift import add_histograms, histogram_psi, label_js
 from cloud.fleet import previous_bundle
 from cloud.store import Alert, BundleRow, Device, TelemetryRow
+from contract.base import MAX_INT
 from contract.common import Histogram
 from contract.manifest import ReferenceProfile
 from contract.telemetry import Telemetry
@@ -78,6 +81,38 @@ def summarize(windows: Iterable[Telemetry]) -> Summary:
     return s
 
 
+def summarize_parts(bucket: Iterable[Part]) -> Summary:
+    """What ``summarize`` gives for the windows of ``bucket``, from their sums (``cloud.aggregate``);
+    per input statistic, the histogram bins with the most mass."""
+    s = Summary()
+    latency, model = [0.0, 0.0, 0.0], [0.0, 0.0]
+    histograms: dict[str, dict[str, list[int]]] = defaultdict(dict)  # stat -> edges (JSON) -> counts
+    latest: datetime | None = None
+    for part in bucket:
+        s.windows += part.windows
+        s.inferences += part.inferences
+        s.errors += part.errors
+        s.frames_skipped += part.frames_skipped
+        s.predictions.update(part.predictions)
+        s.devices.add(part.device_id)
+        latency = [a + b for a, b in zip(latency, part.latency, strict=True)]
+        model = [a + b for a, b in zip(model, part.model, strict=True)]
+        for (stat, edges), bins in part.histograms.items():
+            counts = histograms[stat].setdefault(edges, [0] * (len(json.loads(edges)) - 1))
+            for index, value in bins.items():
+                counts[index] += value
+        if part.inventory_at is not None and (latest is None or part.inventory_at > latest):
+            latest, s.inventory = part.inventory_at, dict(part.inventory)
+    if latency[2]:
+        s.latency_p50, s.latency_p95 = latency[0] / latency[2], latency[1] / latency[2]
+    if model[1]:
+        s.model_p95 = model[0] / model[1]
+    for stat, by_edges in histograms.items():
+        edges, counts = max(by_edges.items(), key=lambda kv: sum(kv[1]))
+        s.input_histograms[stat] = Histogram(edges=json.loads(edges), counts=[min(c, MAX_INT) for c in counts])
+    return s
+
+
 def prediction_rates(s: Summary) -> dict[str, float]:
     return {k: v / s.inferences for k, v in s.predictions.items()} if s.inferences else {}
 
@@ -119,25 +154,22 @@ class MonitorRow:
 
 
 def monitor(session: Session, scope: Scope, since: datetime | None = None) -> list[MonitorRow]:
-    """One row per device, group or bundle over the telemetry received since ``since``."""
-    query = select(TelemetryRow)
-    if since is not None:
-        query = query.where(TelemetryRow.received_at >= since)
-    rows = session.scalars(query.order_by(TelemetryRow.window_end)).all()
-    devices = {d.id: d for d in session.scalars(select(Device)).all()}
+    """One row per device, group or bundle over the telemetry received since ``since``, from sums
+    the database computes (``cloud.aggregate``): no telemetry row is loaded."""
+    devices = {d.id: d for d in session.scalars(select(Device)).all()} if scope == "group" else {}
     bundles = {b.sha256: b for b in session.scalars(select(BundleRow)).all()}
-    buckets: dict[str, list[TelemetryRow]] = defaultdict(list)
-    for row in rows:
+    buckets: dict[str, list[Part]] = defaultdict(list)
+    for part in parts(session, since):
         if scope == "device":
-            buckets[row.device_id].append(row)
+            buckets[part.device_id].append(part)
         elif scope == "bundle":
-            buckets[row.bundle_sha256 or "(none)"].append(row)
+            buckets[part.bundle_sha256 or "(none)"].append(part)
         else:
-            device = devices.get(row.device_id)
+            device = devices.get(part.device_id)
             for group in (device.all_groups() if device else []) or ["(no group)"]:
-                buckets[group].append(row)
+                buckets[group].append(part)
     out = []
-    summaries = {subject: summarize(windows(bucket)) for subject, bucket in buckets.items()}
+    summaries = {subject: summarize_parts(bucket) for subject, bucket in buckets.items()}
     for subject, bucket in sorted(buckets.items()):
         s = summaries[subject]
         shas = tuple(sorted({r.bundle_sha256 for r in bucket if r.bundle_sha256}))

@@ -98,8 +98,10 @@ class Publisher:
                  bytes_per_s: float | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  notify: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, cache_bytes: int = CACHE_BYTES,
-                 cache_count: int = CACHE_COUNT, repair_log: int = REPAIR_LOG) -> None:
+                 cache_count: int = CACHE_COUNT, repair_log: int = REPAIR_LOG,
+                 supervise: Callable[..., threading.Thread] | None = None) -> None:
         self.transport, self.resolve, self.chunk_size = transport, resolve, chunk_size
+        self.supervise = supervise  # runs a stream, counts its crashes and runs it again (cloud.supervise)
         self.notify = notify or log.info
         self.clock, self.sleep = clock, sleep
         self.limit = TokenBucket(bytes_per_s, clock=clock, sleep=sleep) if bytes_per_s else None
@@ -184,8 +186,10 @@ class Publisher:
         return True
 
     def publish_group(self, artifact: Artifact, group: str, stop: threading.Event | None = None,
-                      on_chunk: Callable[[int, int], None] | None = None, limit: TokenBucket | None = None) -> None:
-        """Every chunk once on the group topic, in order, within ``limit`` (a rollout's) and the publisher's."""
+                      on_chunk: Callable[[int, int], None] | None = None, limit: TokenBucket | None = None,
+                      first: int = 0) -> None:
+        """Every chunk (from ``first`` on) once on the group topic, in order, within ``limit`` (a
+        rollout's) and the publisher's."""
         topic = topics.group_chunks(group, artifact.sha256)
         key = (artifact.sha256, group)
         started, count = self.clock(), len(artifact.frames)
@@ -194,7 +198,7 @@ class Publisher:
             self._counts[key] = count
             self.progress.setdefault(key, 0)
         try:
-            for index, frame in enumerate(artifact.frames):
+            for index, frame in enumerate(artifact.frames[first:], start=first):
                 if not self._send(topic, frame, stop, limits):
                     return
                 self.progress[key] = index + 1
@@ -218,13 +222,27 @@ class Publisher:
 
     def start_group(self, artifact: Artifact, group: str, stop: threading.Event | None = None,
                     limit: TokenBucket | None = None) -> threading.Thread:
-        """``publish_group`` in a background thread (the controller keeps watching meanwhile)."""
+        """``publish_group`` in a background thread (the controller keeps watching meanwhile); a
+        supervised stream that crashes resumes at the first chunk it had not published."""
+        key = (artifact.sha256, group)
         with self._lock:
-            self.progress[(artifact.sha256, group)] = 0
-            self._counts[(artifact.sha256, group)] = len(artifact.frames)
-        thread = threading.Thread(target=self.publish_group, args=(artifact, group, stop, None, limit), daemon=True,
-                                  name=f"publish-{group}")
-        thread.start()
+            self.progress[key] = 0
+            self._counts[key] = len(artifact.frames)
+
+        sent = [0]  # chunks published so far: where a crashed stream resumes
+
+        def progress(done: int, count: int) -> None:
+            sent[0] = done
+
+        def stream() -> None:
+            self.publish_group(artifact, group, stop, progress, limit, first=sent[0])
+
+        if self.supervise is not None:
+            thread = self.supervise("publisher", stream, lambda: sent[0] >= len(artifact.frames)
+                                    or (stop is not None and stop.is_set()), name=f"publish-{group}")
+        else:
+            thread = threading.Thread(target=stream, daemon=True, name=f"publish-{group}")
+            thread.start()
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         return thread
 

@@ -1,5 +1,5 @@
 """The cloud's database: SQLAlchemy 2 models for the fleet, bundles, rollouts, telemetry, events,
-dead letters and alerts. A SQLite file by default; PostgreSQL (psycopg) by URL, same models.
+dead letters, message attempts and alerts. A SQLite file by default; PostgreSQL (psycopg) by URL, same models.
 
 ``open_store(url)`` creates the tables if they are missing and returns a session factory.
 """
@@ -166,8 +166,8 @@ class TelemetryRow(Base):
     bundle_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     window_start: Mapped[datetime] = mapped_column()
     window_end: Mapped[datetime] = mapped_column()
-    inferences: Mapped[int] = mapped_column(Integer)
-    errors: Mapped[int] = mapped_column(Integer)
+    inferences: Mapped[int] = mapped_column(BigInteger)  # a Count: up to 2**63 - 1
+    errors: Mapped[int] = mapped_column(BigInteger)
     latency_p95: Mapped[float | None] = mapped_column(Float)
     payload: Mapped[dict[str, Any]] = mapped_column()
     received_at: Mapped[datetime] = mapped_column(default=now, index=True)
@@ -207,6 +207,15 @@ class DeadLetter(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     reason: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Attempt(Base):
+    """A message being handled: how often handling it began without ending (``cloud.attempts``)."""
+
+    __tablename__ = "attempts"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of topic and payload
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=now)
 
 
 class Alert(Base):

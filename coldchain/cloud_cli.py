@@ -4,7 +4,6 @@ bundles to its catalogue, read dead letters and alerts."""
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -62,14 +61,8 @@ def serve(
 
 
 def _serve_api(cloud: object, port: int) -> None:
-    import uvicorn
-
-    from cloud.api import create_app
-
-    token = os.environ.get("COLDCHAIN_API_TOKEN", "")
-    api = create_app(cloud.sessions, token)  # type: ignore[attr-defined]
-    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True, name="api").start()
+    """The HTTP API beside the cloud, supervised by it (restarted if it fails)."""
+    cloud.serve_api(port, os.environ.get("COLDCHAIN_API_TOKEN", ""))  # type: ignore[attr-defined]
     console.print(f"HTTP API on http://127.0.0.1:{port} (docs at /docs)")
 
 

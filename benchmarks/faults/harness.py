@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks.faults import brokerkill, burst, corruption, diskfull, fuzz, hostile, powercut, sigkill
+from benchmarks.faults import brokerkill, burst, corruption, diskfull, fuzz, hostile, poison, powercut, sigkill
 from benchmarks.faults.report import Row
 from benchmarks.faults.world import World
 
@@ -44,6 +44,7 @@ ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "fuzz": lambda w, s, d: fuzz.run(w, s.fuzz, s.fuzz_batch, s.seed, d),
     "burst": lambda w, s, d: burst.run(s.burst_windows, s.burst_devices, s.burst_repeats, d),
     "brokerkill": lambda w, s, d: brokerkill.run(w, s.broker_kills, s.broker_kill_devices, d),
+    "poison": lambda w, s, d: poison.run(w, s.fuzz, s.fuzz_batch, s.seed, d),
 }
 
 

@@ -199,3 +199,18 @@ def test_last_seen_moves_with_every_message_not_only_state(sessions: sessionmake
     with sessions() as session:
         seen = session.get(Device, "fridge-ls").last_seen  # type: ignore[union-attr]
     assert seen.replace(tzinfo=UTC) > datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_error_counts_whose_sum_passes_the_store_limit_are_stored(sessions: sessionmaker[Session]) -> None:
+    """Found by the poison row: each error count is bounded, but 600 of them at 2**63 - 1 summed
+    past what the column holds, and a schema-valid window became a dead letter."""
+    import json
+
+    from contract.base import MAX_INT
+
+    payload = json.loads(window("fridge-sum", 1))
+    payload["errors"] = {f"e{i}": MAX_INT for i in range(600)}
+    with sessions.begin() as session:
+        assert ingest(session, topics.telemetry("fridge-sum"), json.dumps(payload).encode()).kind == "stored"
+    with sessions() as session:
+        assert session.scalars(select(TelemetryRow.errors)).one() == MAX_INT

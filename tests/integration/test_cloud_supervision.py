@@ -59,3 +59,100 @@ def test_a_crashing_part_is_counted_and_the_cloud_goes_on(mosquitto_url: str, tm
         assert cloud._thread is not None and cloud._thread.is_alive()
     finally:
         cloud.stop()
+
+
+def _stored(cloud: Cloud, device: str) -> int:
+    with cloud.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(TelemetryRow)
+                                  .where(TelemetryRow.device_id == device)) or 0)
+
+
+def test_ingestion_goes_on_while_an_alert_check_runs(mosquitto_url: str, tmp_path: Path,
+                                                     world: dict[str, object]) -> None:
+    """Finding 6: the alert check ran on the ingestion loop, and ingestion stalled while it ran."""
+    import threading
+
+    cloud = Cloud(sqlite_url(tmp_path / "cloud.db"), BrokerConfig(url=mosquitto_url, protocol="5"),
+                  world["trusted_key"], client_id="cloud-alerts-aside")  # type: ignore[arg-type]
+    checking, release = threading.Event(), threading.Event()
+
+    def slow_check() -> None:
+        checking.set()
+        release.wait(60)
+
+    cloud._check_alerts = slow_check  # type: ignore[method-assign]
+    cloud.start()
+    try:
+        assert checking.wait(30), "the first alert check did not start"
+        device = cloud_client(mosquitto_url, True, queue.Queue())
+        for seq in (1, 2):
+            device.publish(topics.telemetry("fridge-aside"), window("fridge-aside", seq), qos=1).wait_for_publish(5)
+        device.disconnect()
+        until(lambda: _stored(cloud, "fridge-aside") == 2, "the windows stored while the alert check still runs",
+              timeout=20)
+        assert not release.is_set()
+    finally:
+        release.set()
+        cloud.stop()
+
+
+def test_a_crashing_publisher_stream_is_counted_and_resumes(tmp_path: Path, world: dict[str, object]) -> None:
+    """A wave's chunk stream ran in a bare thread: a crash ended it silently, mid-artifact."""
+    from cloud.publisher import Artifact
+
+    cloud = Cloud(sqlite_url(tmp_path / "cloud.db"), BrokerConfig(url="mqtt://127.0.0.1:9", protocol="5"),
+                  world["trusted_key"], client_id="cloud-publisher")  # type: ignore[arg-type]
+    tarball = tmp_path / "bundle.tar.gz"
+    tarball.write_bytes(bytes(range(256)) * 40)  # 10 chunks of 1 KiB
+    artifact = Artifact.load(tarball, chunk_size=1024)
+    sent: list[bytes] = []
+
+    def publish(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        if len(sent) == 4 and cloud.failures.get("publisher", 0) == 0:
+            raise RuntimeError("the client's socket broke mid-write")
+        sent.append(payload)
+        return len(sent)
+
+    cloud.transport.publish = publish  # type: ignore[method-assign]
+    try:
+        cloud.publisher.start_group(artifact, "r1.w1")
+        until(lambda: len(sent) >= len(artifact.frames), "every chunk published",
+              detail=lambda: f"{len(sent)} sent, failures {cloud.failures}", timeout=20)
+        assert sent == artifact.frames  # resumed where it was: each chunk once, in order
+        assert cloud.failures == {"publisher": 1}
+    finally:
+        cloud.stop()
+
+
+def test_the_http_api_is_restarted_after_it_died(tmp_path: Path, world: dict[str, object],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's thread died for good when uvicorn failed (here: its port was taken at start)."""
+    import socket
+    import urllib.request
+
+    from cloud.broker import free_port
+    from coldchain.cloud_cli import _serve_api
+
+    monkeypatch.setenv("COLDCHAIN_API_TOKEN", "t" * 32)
+    cloud = Cloud(sqlite_url(tmp_path / "cloud.db"), BrokerConfig(url="mqtt://127.0.0.1:9", protocol="5"),
+                  world["trusted_key"], client_id="cloud-api")  # type: ignore[arg-type]
+    port = free_port()
+    squatter = socket.create_server(("127.0.0.1", port))
+    try:
+        _serve_api(cloud, port)
+        until(lambda: cloud.failures.get("api", 0) >= 1, "the API's first failure (port taken)", timeout=20,
+              detail=lambda: f"failures {cloud.failures}")
+        squatter.close()
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/alerts", timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        until(answers, "the API answering once its port is free", timeout=30,
+              detail=lambda: f"failures {cloud.failures}")
+    finally:
+        squatter.close()
+        cloud.stop()
