@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.rollouts import activated_late
 from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, SpoolDrops, TelemetryRow, now
 from contract import topics
 from contract.acks import TelemetryAck
@@ -204,6 +205,8 @@ def move_job(session: Session, device_id: str, job_id: str, new: JobState, reaso
         new is JobState.ROLLED_BACK and current is JobState.SUCCEEDED))
     if forward:
         row.state, row.reason = new.value, reason
+        if new in ACTIVE_STATES:  # late, after a halted rollout ended: it rolls back again
+            activated_late(session, row)
     elif current is new and reason and not row.reason:  # the state said it first, without the reason
         row.reason = reason
     if new in ACTIVE_STATES:
