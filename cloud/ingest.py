@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, Literal
 
 from sqlalchemy import func, select, update
@@ -106,8 +107,13 @@ def _state(session: Session, state: DeviceState, device_id: str | None) -> Outco
         _insert(session, Device.__table__, {"id": state.device_id, "groups": [], "tags": {}, "reported_groups": [],
                                             "online": False, "first_seen": now(), "last_seen": now()}, ["id"])
         row = session.execute(select(Device).where(Device.id == state.device_id)).scalar_one()
-    row.online, row.last_seen = state.online, now()
-    if state.online:  # the last will carries identity only: keep what the device said before
+    row.last_seen = now()
+    ts = state.ts if state.ts.tzinfo is not None else state.ts.replace(tzinfo=UTC)  # a device's naive time: UTC
+    if state.online and row.state_ts is not None and ts < row.state_ts:
+        return Outcome("ignored", "stale state")  # older than the one applied (a copy held across a reconnect)
+    row.online = state.online
+    if state.online:  # the last will carries identity only (made at connect): keep what the device said before
+        row.state_ts = ts
         row.board, row.agent_version = state.board, state.agent_version
         row.reported_groups = list(state.groups)
         row.active = None if state.active is None else state.active.model_dump(mode="json")
