@@ -29,6 +29,7 @@ from cloud.rollouts import (
     ABORTING,
     ACTIVE,
     FAILED,
+    NONE_ACTIVATED,
     OUT_OF_ROLLOUT,
     ROLLED_BACK,
     ROLLING_BACK,
@@ -250,8 +251,7 @@ class Controller:
                 rollout.status = ROLLED_BACK
             else:  # no device ever ran the bundle: nothing was rolled back, say what happened
                 rollout.status = FAILED
-                rollout.reason = (f"{rollout.reason or 'halted'}; no device activated the bundle, "
-                                  "so none was rolled back")
+                rollout.reason = f"{rollout.reason or 'halted'}; {NONE_ACTIVATED}"
             self.notify(f"rollout {rollout.id}: {rollout.status} ({rollout.reason})")
 
     def _roll_back_device(self, session: Session, rollout: Rollout, device: RolloutDevice, plan: RolloutPlan,

@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, Literal
 
 from sqlalchemy import func, select, update
@@ -28,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud import attempts
+from cloud.rollouts import activated_late
 from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, SpoolDrops, TelemetryRow, now
 from contract import topics
 from contract.acks import TelemetryAck
@@ -107,8 +109,13 @@ def _state(session: Session, state: DeviceState, device_id: str | None) -> Outco
         _insert(session, Device.__table__, {"id": state.device_id, "groups": [], "tags": {}, "reported_groups": [],
                                             "online": False, "first_seen": now(), "last_seen": now()}, ["id"])
         row = session.execute(select(Device).where(Device.id == state.device_id)).scalar_one()
-    row.online, row.last_seen = state.online, now()
-    if state.online:  # the last will carries identity only: keep what the device said before
+    row.last_seen = now()
+    ts = state.ts if state.ts.tzinfo is not None else state.ts.replace(tzinfo=UTC)  # a device's naive time: UTC
+    if state.online and row.state_ts is not None and ts < row.state_ts:
+        return Outcome("ignored", "stale state")  # older than the one applied (a copy held across a reconnect)
+    row.online = state.online
+    if state.online:  # the last will carries identity only (made at connect): keep what the device said before
+        row.state_ts = ts
         row.board, row.agent_version = state.board, state.agent_version
         row.reported_groups = list(state.groups)
         row.active = None if state.active is None else state.active.model_dump(mode="json")
@@ -206,6 +213,8 @@ def move_job(session: Session, device_id: str, job_id: str, new: JobState, reaso
         new is JobState.ROLLED_BACK and current is JobState.SUCCEEDED))
     if forward:
         row.state, row.reason = new.value, reason
+        if new in ACTIVE_STATES:  # late, after a halted rollout ended: it rolls back again
+            activated_late(session, row)
     elif current is new and reason and not row.reason:  # the state said it first, without the reason
         row.reason = reason
     if new in ACTIVE_STATES:

@@ -41,6 +41,8 @@ FINISHED = frozenset({SUCCEEDED, ROLLED_BACK, ABORTED, FAILED, SUPERSEDED})
 OUT_OF_ROLLOUT = frozenset({"SKIPPED", SUPERSEDED})  # device states the rollout no longer acts on or judges
 LET_GO = frozenset({"FAILED", "TIMED_OUT", JobState.ROLLED_BACK.value, *OUT_OF_ROLLOUT})  # job ended, bundle off
 FAILURES = frozenset({"FAILED", "TIMED_OUT", JobState.ROLLED_BACK.value})
+HALTED = frozenset({ROLLED_BACK, FAILED})  # ended after a halt: no device may be left on the bundle
+NONE_ACTIVATED = "no device activated the bundle, so none was rolled back"
 
 
 def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollout_id: str | None = None,
@@ -184,6 +186,18 @@ class RollbackStep:
     current: dict[str, Any] | None  # the bundle the device reports active (BundleRef as JSON)
     to: dict[str, Any] | None  # the exact bundle it goes back to: its own last known-good
     why: str
+
+
+def activated_late(session: Session, entry: RolloutDevice) -> None:
+    """A device reports it activated the bundle of a rollout that was halted and has ended: its job
+    had ended here (TIMED_OUT, say, while it was cut off), and the cancel lost the race with its
+    last chunks. The rollout rolls back again, so no device is left on a bundle it says it took back."""
+    rollout = session.get(Rollout, entry.rollout_id)
+    if rollout is None or rollout.status not in HALTED or entry.rolled_back:
+        return
+    halted = (rollout.reason or "halted").replace(f"; {NONE_ACTIVATED}", "")
+    rollout.status = ROLLING_BACK
+    rollout.reason = f"{halted}; {entry.device_id} activated the bundle after its job had ended: rolled back too"
 
 
 def rollback_step(rollout: Rollout, entry: RolloutDevice, device: Device | None) -> RollbackStep:

@@ -75,6 +75,7 @@ class Device(Base):
     previous: Mapped[dict[str, Any] | None] = mapped_column()
     job_id: Mapped[str | None] = mapped_column(String(128))
     job_state: Mapped[str | None] = mapped_column(String(32))
+    state_ts: Mapped[datetime | None] = mapped_column()  # the device's time of the state applied last
     first_seen: Mapped[datetime] = mapped_column(default=now)
     last_seen: Mapped[datetime] = mapped_column(default=now)
 
@@ -283,11 +284,23 @@ def _telemetry_epochs(engine: Engine) -> None:
         db.exec_driver_sql("DROP TABLE telemetry_before_epochs")
 
 
+def _added_columns(engine: Engine) -> None:
+    """Columns added to existing tables since they were created (nullable: old rows keep NULL)."""
+    tables = inspect(engine).get_table_names()
+    for table, column in (("devices", "state_ts"),):
+        if table not in tables or any(c["name"] == column for c in inspect(engine).get_columns(table)):
+            continue
+        kind = Base.metadata.tables[table].c[column].type.compile(dialect=engine.dialect)
+        with engine.begin() as db:
+            db.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 def open_store(url: str = DEFAULT_URL) -> sessionmaker[Session]:
     """Connect, create missing tables (and bring older ones up to date), and return a session factory."""
     engine = make_engine(url)
     try:
         _telemetry_epochs(engine)
+        _added_columns(engine)
         Base.metadata.create_all(engine)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the store at {engine.url.render_as_string(hide_password=True)}: "

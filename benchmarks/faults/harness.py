@@ -7,7 +7,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks.faults import brokerkill, burst, corruption, diskfull, fuzz, hostile, poison, powercut, sigkill
+from benchmarks.faults import (
+    brokerkill,
+    burst,
+    corruption,
+    diskfull,
+    fuzz,
+    hostile,
+    partition,
+    poison,
+    powercut,
+    sigkill,
+)
 from benchmarks.faults.report import Row
 from benchmarks.faults.world import World
 
@@ -27,13 +38,15 @@ class Sizes:
     burst_repeats: int = 3
     broker_kills: int = 10  # Mosquitto SIGKILLed and restarted mid-rollout
     broker_kill_devices: int = 4  # simulated agents in each of those rollouts
+    partitions: int = 12  # a device cut off for 10 simulated minutes (each cut timing x wave timeout, twice)
+    partition_devices: int = 3  # real agents in each of those rollouts, one of them partitioned
     seed: int = 1
 
 
 FULL = Sizes()
 QUICK = Sizes(kills=20, restart_every=4, powercut_every=5, corruption_stride=2, diskfull_repeats=1, hostile_repeats=1,
               fuzz=1000, fuzz_batch=250, burst_windows=2000, burst_devices=20, burst_repeats=1,
-              broker_kills=2)  # about 1 minute, 1.5 beside two busy loops on 2 cores
+              broker_kills=2, partitions=3)  # about 1 minute, 1.5 beside two busy loops on 2 cores
 
 ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "sigkill": lambda w, s, d: sigkill.run(w, s.kills, s.restart_every, seed=s.seed, workdir=d),
@@ -45,6 +58,7 @@ ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "burst": lambda w, s, d: burst.run(s.burst_windows, s.burst_devices, s.burst_repeats, d),
     "brokerkill": lambda w, s, d: brokerkill.run(w, s.broker_kills, s.broker_kill_devices, d),
     "poison": lambda w, s, d: poison.run(w, s.fuzz, s.fuzz_batch, s.seed, d),
+    "partition": lambda w, s, d: partition.run(w, s.partitions, s.partition_devices, s.seed, d),
 }
 
 

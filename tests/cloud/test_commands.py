@@ -19,7 +19,7 @@ from cloud import rollouts
 from cloud.commands import Backoff
 from cloud.controller import Controller
 from cloud.errors import RolloutError
-from cloud.fleet import add_bundle
+from cloud.fleet import add_bundle, bundle_ref
 from cloud.ingest import ingest
 from cloud.plan import Gates, RolloutPlan, Timeouts
 from cloud.publisher import Publisher
@@ -263,3 +263,48 @@ def test_the_devices_retained_state_moves_its_job_when_the_events_were_lost(
     assert (entry(sessions, "r1", "d1").state, entry(sessions, "r1", "d1").reason) == ("FAILED", None)
     report(sessions, "d1", "r1.d1", JobState.FAILED, "golden self-test failed")  # the event, late: its reason
     assert entry(sessions, "r1", "d1").reason == "golden self-test failed"
+
+
+def test_a_device_that_activates_after_its_wave_timed_out_is_rolled_back_when_the_rollout_was_halted(
+        fleet: tuple[sessionmaker[Session], str, Path]) -> None:
+    """Partitioned mid-download past the wave timeout: the cloud times the job out and cancels it,
+    the rollout is halted and ends; the device comes back, gets its last chunks before the cancel
+    (delivery is not ordered across a reconnect) and activates the halted bundle. The rollout must
+    take it back rather than leave a device on a bundle it says it rolled back (found by the
+    partition row of the fault harness)."""
+    sessions, sha, tarball = fleet
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    rollouts.start(sessions, sha, plan(wave_s=300), "r1")
+    c.step()
+    for device in DEVICES:
+        report(sessions, device, f"r1.{device}", JobState.QUEUED)
+    for device in ("d1", "d2"):
+        report(sessions, device, f"r1.{device}", JobState.FAILED, "golden self-test failed", seq=2)
+    report(sessions, "d3", "r1.d3", JobState.DOWNLOADING, seq=2)  # ... and then d3 is cut off
+    for _ in range(6):
+        clock.advance(100)
+        c.step()
+    assert entry(sessions, "r1", "d3").state == "TIMED_OUT"
+    with sessions() as session:
+        assert rollouts.view(session, "r1").rollout.status == rollouts.FAILED
+        new = bundle_ref(session.get(BundleRow, sha))  # type: ignore[arg-type]
+    old = new.model_copy(update={"sequence": 4, "sha256": "4" * 64})
+    report(sessions, "d3", "r1.d3", JobState.PROBATION, seq=3)  # back: it activated the halted bundle
+    state = DeviceState(device_id="d3", online=True, board="pi4", groups=["eu"], active=new, previous=old,
+                        job=JobSummary(job_id="r1.d3", state=JobState.PROBATION))
+    with sessions.begin() as session:
+        ingest(session, topics.state("d3"), state.to_json())
+    clock.advance(1)
+    c.step()
+    assert broker.commands("d3", "r1.d3.rollback"), "the device on the halted bundle was never told to roll back"
+    report(sessions, "d3", "r1.d3", JobState.ROLLED_BACK, "rolled back by the cloud", seq=4)
+    with sessions.begin() as session:
+        ingest(session, topics.state("d3"), state.model_copy(update={"active": old, "previous": None}).to_json())
+    clock.advance(1)
+    c.step()
+    with sessions() as session:
+        v = rollouts.view(session, "r1")
+        assert v.rollout.status == rollouts.ROLLED_BACK, (v.rollout.status, v.rollout.reason)
+        assert "activated" in (v.rollout.reason or "") and "r1.d3" not in [d.job_id for d in v.devices
+                                                                             if d.state == "SUCCEEDED"]

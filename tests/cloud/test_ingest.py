@@ -4,13 +4,24 @@ events once per payload, rollout jobs moved forward only, malformed payloads in 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.ingest import ingest
-from cloud.store import BundleRow, DeadLetter, Device, EventRow, Rollout, RolloutDevice, TelemetryRow
+from cloud.store import (
+    BundleRow,
+    DeadLetter,
+    Device,
+    EventRow,
+    Rollout,
+    RolloutDevice,
+    TelemetryRow,
+    open_store,
+    sqlite_url,
+)
 from contract import topics
 from contract.common import BundleRef, LatencyStats
 from contract.events import JobEvent
@@ -45,6 +56,30 @@ def test_state_creates_device_and_last_will_keeps_what_it_said(sessions: session
         assert device is not None and not device.online
         assert device.board == "rpi4" and device.reported_groups == ["eu"] and device.active_sha256 == "a" * 64
         assert device.last_seen.tzinfo is not None
+
+
+def test_a_state_older_than_the_one_applied_does_not_move_the_device_back(sessions: sessionmaker[Session]) -> None:
+    """A device's states may arrive out of order (a copy held across a reconnect, a re-delivery):
+    the newest by the device's ``ts`` wins; the last will (made at connect, so older) still applies
+    (found by the partition row of the fault harness: the cloud believed a rolled-back device still
+    ran the new bundle)."""
+    t0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    new = BundleRef(model_name="fridge", model_version="1", target="pi4", sequence=6, sha256="6" * 64)
+    old = new.model_copy(update={"sequence": 5, "sha256": "5" * 64})
+    will = offline("d1").model_copy(update={"ts": t0})
+    rolled_back = DeviceState(device_id="d1", online=True, active=old, ts=t0 + timedelta(seconds=20))
+    stale = DeviceState(device_id="d1", online=True, active=new, ts=t0 + timedelta(seconds=10))
+    with sessions.begin() as session:
+        assert ingest(session, topics.state("d1"), rolled_back.to_json()).kind == "stored"
+        ingest(session, topics.state("d1"), stale.to_json())
+    with sessions() as session:
+        device = session.get(Device, "d1")
+        assert device is not None and device.active_sha256 == old.sha256 and device.online
+    with sessions.begin() as session:
+        ingest(session, topics.state("d1"), will.to_json())
+    with sessions() as session:
+        device = session.get(Device, "d1")
+        assert device is not None and not device.online and device.active_sha256 == old.sha256
 
 
 def test_redelivered_telemetry_is_stored_once(sessions: sessionmaker[Session]) -> None:
@@ -214,3 +249,17 @@ def test_error_counts_whose_sum_passes_the_store_limit_are_stored(sessions: sess
         assert ingest(session, topics.telemetry("fridge-sum"), json.dumps(payload).encode()).kind == "stored"
     with sessions() as session:
         assert session.scalars(select(TelemetryRow.errors)).one() == MAX_INT
+
+
+def test_a_store_from_before_state_ordering_gets_the_column(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "old.db")
+    engine = open_store(url).kw["bind"]
+    with engine.begin() as db:
+        db.exec_driver_sql("ALTER TABLE devices DROP COLUMN state_ts")
+    engine.dispose()
+    sessions = open_store(url)
+    with sessions.begin() as session:
+        assert ingest(session, topics.state("d1"), DeviceState(device_id="d1", online=True).to_json()).kind == "stored"
+    with sessions() as session:
+        device = session.get(Device, "d1")
+        assert device is not None and device.state_ts is not None
