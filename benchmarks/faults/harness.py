@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks.faults import brokerkill, burst, corruption, diskfull, fuzz, hostile, powercut, sigkill
+from benchmarks.faults import brokerkill, burst, cloudkill, corruption, diskfull, fuzz, hostile, powercut, sigkill
 from benchmarks.faults.report import Row
 from benchmarks.faults.world import World
 
@@ -27,13 +27,17 @@ class Sizes:
     burst_repeats: int = 3
     broker_kills: int = 10  # Mosquitto SIGKILLed and restarted mid-rollout
     broker_kill_devices: int = 4  # simulated agents in each of those rollouts
+    ingest_kills: int = 20  # the ingestion process SIGKILLed while telemetry flows
+    ingest_kill_devices: int = 40  # ... from this many devices
+    controller_kills: int = 20  # the rollout controller process SIGKILLed mid-rollout
     seed: int = 1
 
 
 FULL = Sizes()
 QUICK = Sizes(kills=20, restart_every=4, powercut_every=5, corruption_stride=2, diskfull_repeats=1, hostile_repeats=1,
               fuzz=1000, fuzz_batch=250, burst_windows=2000, burst_devices=20, burst_repeats=1,
-              broker_kills=2)  # about 1 minute, 1.5 beside two busy loops on 2 cores
+              broker_kills=2,  # about 1 minute, 1.5 beside two busy loops on 2 cores
+              ingest_kills=2, ingest_kill_devices=10, controller_kills=2)
 
 ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "sigkill": lambda w, s, d: sigkill.run(w, s.kills, s.restart_every, seed=s.seed, workdir=d),
@@ -44,6 +48,8 @@ ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "fuzz": lambda w, s, d: fuzz.run(w, s.fuzz, s.fuzz_batch, s.seed, d),
     "burst": lambda w, s, d: burst.run(s.burst_windows, s.burst_devices, s.burst_repeats, d),
     "brokerkill": lambda w, s, d: brokerkill.run(w, s.broker_kills, s.broker_kill_devices, d),
+    "cloudkill": lambda w, s, d: cloudkill.run(w, s.ingest_kills, s.controller_kills, s.ingest_kill_devices, s.seed,
+                                               d),
 }
 
 
