@@ -48,6 +48,8 @@ from contract.signing import key_id
 from transport.client import Transport
 
 log = logging.getLogger("coldchain.rollout")
+DOWNLOADING = frozenset({JobState.QUEUED.value, JobState.DOWNLOADING.value})  # the chunks are still of use
+STREAMS_KEPT = 1000  # (rollout, wave) streams remembered
 TERMINAL = frozenset({s.value for s in JobState if s.terminal} | {"TIMED_OUT"} | OUT_OF_ROLLOUT)
 
 
@@ -60,6 +62,7 @@ class Controller:
         self.key, self.clock = operator_key, clock
         self.notify = notify or log.info
         self.outbox = Outbox(transport, deliveries, backoff)  # deliveries: fed the broker's acks by ingestion
+        self._streamed: dict[tuple[str, int], None] = {}  # (rollout, wave) streams this controller started
 
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> None:
@@ -120,11 +123,12 @@ class Controller:
             self.publisher.announce(artifact, _wave_group(rollout))  # again after a restart: idempotent
             acked = all(d.state != "PENDING" for d in wave)  # every device confirmed its deploy
             if acked or clock - rollout.wave_started_at > timedelta(seconds=plan.timeouts.ack_s):
-                limit = self.publisher.rollout_limit(rollout.id, plan.bytes_per_s)  # the plan's rate, per rollout
-                self.publisher.start_group(artifact, _wave_group(rollout), limit=limit)
+                self._stream(rollout, bundle, plan)
                 rollout.chunks_published_at = clock
             return
         if rollout.wave_settled_at is None:
+            if (rollout.id, rollout.wave) not in self._streamed and any(d.state in DOWNLOADING for d in wave):
+                self._stream(rollout, bundle, plan)  # another controller's stream, cut short: once more, in full
             if clock - rollout.wave_started_at > timedelta(seconds=plan.timeouts.wave_s):
                 for device in wave:
                     if device.state not in TERMINAL:
@@ -139,6 +143,17 @@ class Controller:
         if clock - rollout.wave_settled_at < timedelta(seconds=plan.timeouts.observe_s):
             return
         self._judge(session, rollout, bundle, plan, wave)
+
+    def _stream(self, rollout: Rollout, bundle: BundleRow, plan: RolloutPlan) -> None:
+        """The wave's artifact, every chunk once on its group topic, at the plan's rate. Remembered:
+        a controller that did not stream a wave itself (it started again, the last one was killed
+        mid-stream) streams it again while devices still download, and they keep what they have."""
+        artifact = self.publisher.artifact(bundle.artifact_sha256, plan.chunk_size)
+        limit = self.publisher.rollout_limit(rollout.id, plan.bytes_per_s)  # the plan's rate, per rollout
+        self.publisher.start_group(artifact, _wave_group(rollout), limit=limit)
+        self._streamed[(rollout.id, rollout.wave)] = None
+        while len(self._streamed) > STREAMS_KEPT:
+            del self._streamed[next(iter(self._streamed))]
 
     def _start_wave(self, session: Session, rollout: Rollout, bundle: BundleRow, plan: RolloutPlan,
                     wave: list[RolloutDevice], clock: datetime) -> None:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from agent.loop import Agent
 from agent.simulate import simulated_agents
@@ -63,11 +64,7 @@ def _round(world: World, index: int, count: int, delay: float, work: Path, row: 
     config = BrokerConfig(url=broker.url, protocol="5", reconnect_min_s=0.5, reconnect_max_s=2)
     fleet = simulated_agents(count, config, work / "devices", [world.public_key], ["lab"], None,
                              prefix=f"k{index}", telemetry_window_s=1)
-    stop = threading.Event()
-    threads = [threading.Thread(target=a.run, kwargs={"stop": stop}, daemon=True, name=a.config.device_id)
-               for a in fleet]
-    for thread in threads:
-        thread.start()
+    stop, threads = start_agents(fleet)
     cloud = Cloud(sqlite_url(work / "cloud.db"), config, world.trusted_key, client_id=f"cloud-{index}").start()
     try:
         _until(lambda: _online(cloud) == count, 60, f"{where}: every device online")
@@ -92,24 +89,34 @@ def _round(world: World, index: int, count: int, delay: float, work: Path, row: 
         _check(cloud, fleet, rollout, sha, where, row, sends, killed)
     finally:
         cloud.stop()
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=20)
-        transport = fleet[0].transport if fleet else None
-        if isinstance(transport, MqttTransport) and transport.loop is not None:
-            transport.loop.stop()
+        stop_agents(fleet, stop, threads)
         broker.stop()
+
+
+def start_agents(fleet: list[Agent]) -> tuple[threading.Event, list[threading.Thread]]:
+    """Every agent's loop in a thread of its own, until the event is set."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=a.run, kwargs={"stop": stop}, daemon=True, name=a.config.device_id)
+               for a in fleet]
+    for thread in threads:
+        thread.start()
+    return stop, threads
+
+
+def stop_agents(fleet: list[Agent], stop: threading.Event, threads: list[threading.Thread]) -> None:
+    """Stop the agents' loops and the network loop they share."""
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=20)
+    transport = fleet[0].transport if fleet else None
+    if isinstance(transport, MqttTransport) and transport.loop is not None:
+        transport.loop.stop()
 
 
 def _check(cloud: Cloud, fleet: list[Agent], rollout: str, sha: str, where: str, row: Row,
            sends: Counter[str], killed: datetime) -> None:
     with cloud.sessions() as session:
-        view = rollouts.view(session, rollout)
-        if view.rollout.status != rollouts.SUCCEEDED:
-            row.violated(where, f"rollout ended {view.rollout.status}: {view.rollout.reason}")
-        for device in view.devices:
-            if device.state != "SUCCEEDED":
-                row.violated(where, f"{device.device_id} ended {device.state}: {device.reason}")
+        check_succeeded(session, rollout, where, row)
         commands = session.scalars(select(CommandRow).where(CommandRow.rollout_id == rollout,
                                                             CommandRow.kind == "deploy")).all()
         sends["devices"] += len(commands)
@@ -117,6 +124,21 @@ def _check(cloud: Cloud, fleet: list[Agent], rollout: str, sha: str, where: str,
         sends["resent"] += sum(max(0, c.attempts - 1) for c in commands)
         sends["after"] += sum(1 for c in commands if c.attempts == 1 and c.sent_at and c.sent_at > killed)
         sends["acked"] += sum(min(c.acks, c.attempts) for c in commands)
+    check_agents(fleet, rollout, sha, where, row)
+
+
+def check_succeeded(session: Session, rollout: str, where: str, row: Row) -> None:
+    """The rollout and each of its devices ended SUCCEEDED."""
+    view = rollouts.view(session, rollout)
+    if view.rollout.status != rollouts.SUCCEEDED:
+        row.violated(where, f"rollout ended {view.rollout.status}: {view.rollout.reason}")
+    for device in view.devices:
+        if device.state != "SUCCEEDED":
+            row.violated(where, f"{device.device_id} ended {device.state}: {device.reason}")
+
+
+def check_agents(fleet: list[Agent], rollout: str, sha: str, where: str, row: Row) -> None:
+    """Each agent got its deploy of ``rollout``, installed it once, and runs ``sha``, SUCCEEDED."""
     for agent in fleet:
         device = agent.config.device_id
         record = agent.deployer.jobs.get(f"{rollout}.{device}")

@@ -53,17 +53,24 @@ class Device:
         self.uplink.pump()
 
 
+def close_window(spool: Spool, device_id: str) -> tuple[str, str, int]:
+    """A telemetry window closed into the device's spool, as the agent does; its (device, epoch, seq)."""
+    seq = spool.next_seq()
+    spool.put(seq, Telemetry(device_id=device_id, seq=seq, epoch=spool.epoch, inferences=seq,
+                             window_start=T0 + timedelta(seconds=seq),
+                             window_end=T0 + timedelta(seconds=seq + 1)).to_json())
+    return device_id, spool.epoch, seq
+
+
 def devices(folder: Path, url: str, count: int, windows: int, loop: SharedLoop,
-            resend_after_s: float) -> list[Device]:
+            resend_after_s: float, room: int = 1) -> list[Device]:
+    """``count`` devices with ``windows`` closed windows each, in spools with ``room`` more."""
     out = []
     for number in range(count):
         device_id = f"burst-{number:04d}"
-        spool = Spool(folder / f"{device_id}.db", max_windows=windows + 1)
+        spool = Spool(folder / f"{device_id}.db", max_windows=windows + room)
         for _ in range(windows):  # the burst: every window is closed before the first is sent
-            seq = spool.next_seq()
-            spool.put(seq, Telemetry(device_id=device_id, seq=seq, epoch=spool.epoch, inferences=seq,
-                                     window_start=T0 + timedelta(seconds=seq),
-                                     window_end=T0 + timedelta(seconds=seq + 1)).to_json())
+            close_window(spool, device_id)
         config = BrokerConfig(url=url, protocol="5", reconnect_min_s=1, reconnect_max_s=4)
         transport = MqttTransport(device_id, config, loop=loop)
         out.append(Device(spool, transport, Uplink(spool, transport, device_id, resend_after_s=resend_after_s)))

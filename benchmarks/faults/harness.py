@@ -10,6 +10,7 @@ from pathlib import Path
 from benchmarks.faults import (
     brokerkill,
     burst,
+    cloudkill,
     corruption,
     diskfull,
     fuzz,
@@ -40,13 +41,17 @@ class Sizes:
     broker_kill_devices: int = 4  # simulated agents in each of those rollouts
     partitions: int = 12  # a device cut off for 10 simulated minutes (each cut timing x wave timeout, twice)
     partition_devices: int = 3  # real agents in each of those rollouts, one of them partitioned
+    ingest_kills: int = 20  # the ingestion process SIGKILLed while telemetry flows
+    ingest_kill_devices: int = 40  # ... from this many devices
+    controller_kills: int = 20  # the rollout controller process SIGKILLed mid-rollout
     seed: int = 1
 
 
 FULL = Sizes()
 QUICK = Sizes(kills=20, restart_every=4, powercut_every=5, corruption_stride=2, diskfull_repeats=1, hostile_repeats=1,
               fuzz=1000, fuzz_batch=250, burst_windows=2000, burst_devices=20, burst_repeats=1,
-              broker_kills=2, partitions=3)  # about 1 minute, 1.5 beside two busy loops on 2 cores
+              broker_kills=2, partitions=3,  # about 1 minute, 1.5 beside two busy loops on 2 cores
+              ingest_kills=2, ingest_kill_devices=10, controller_kills=2)
 
 ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "sigkill": lambda w, s, d: sigkill.run(w, s.kills, s.restart_every, seed=s.seed, workdir=d),
@@ -59,6 +64,8 @@ ROWS: dict[str, Callable[[World, Sizes, Path], Row]] = {
     "brokerkill": lambda w, s, d: brokerkill.run(w, s.broker_kills, s.broker_kill_devices, d),
     "poison": lambda w, s, d: poison.run(w, s.fuzz, s.fuzz_batch, s.seed, d),
     "partition": lambda w, s, d: partition.run(w, s.partitions, s.partition_devices, s.seed, d),
+    "cloudkill": lambda w, s, d: cloudkill.run(w, s.ingest_kills, s.controller_kills, s.ingest_kill_devices, s.seed,
+                                               d),
 }
 
 

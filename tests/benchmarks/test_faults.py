@@ -11,7 +11,7 @@ from benchmarks.faults.broker import mosquitto_binary
 from benchmarks.faults.harness import QUICK, ROWS, run_row
 from benchmarks.faults.world import World
 
-NEEDS_BROKER = {"sigkill", "fuzz", "burst", "brokerkill", "poison"}
+NEEDS_BROKER = {"sigkill", "fuzz", "burst", "brokerkill", "poison", "cloudkill"}
 
 
 @pytest.mark.parametrize("name", list(ROWS))
