@@ -31,7 +31,7 @@ from transport.config import BrokerConfig
 pytestmark = pytest.mark.integration
 AGENTS = 20
 # latency gate wide open: 20 agents share two busy cores here, and this test is about keys, not speed
-PLAN = RolloutPlan(selector=Selector(groups=["eu"]), waves="100%", probation_s=2.0,  # type: ignore[arg-type]
+PLAN = RolloutPlan(selector=Selector(groups=["rot"]), waves="100%", probation_s=2.0,  # type: ignore[arg-type]
                    gates=Gates(min_inferences=10, max_input_drift=0.5, max_latency_ratio=100),
                    timeouts=Timeouts(ack_s=3, wave_s=90, observe_s=1), chunk_size=32 * 1024)
 
@@ -62,7 +62,7 @@ def test_rotating_the_operator_key_on_a_running_fleet(mosquitto_url: str, tmp_pa
     seed.write_bytes(sign_trust(first, [root]).to_json())
     write_dataset(tmp_path / "frames", 60, seed=9)
     broker = BrokerConfig(url=mosquitto_url, protocol="5", reconnect_min_s=1)
-    agents = simulated_agents(AGENTS, broker, tmp_path / "devices", [], ["eu"], tmp_path / "frames",
+    agents = simulated_agents(AGENTS, broker, tmp_path / "devices", [], ["rot"], tmp_path / "frames",
                               prefix="rot", inference_interval_s=0.2, telemetry_window_s=1, trust_file=seed)
     stop = threading.Event()
     threads = [threading.Thread(target=a.run, kwargs={"stop": stop}, daemon=True) for a in agents]
@@ -80,7 +80,7 @@ def test_rotating_the_operator_key_on_a_running_fleet(mosquitto_url: str, tmp_pa
         # ---- the old operator key is compromised: root signs version 2 without it ------------------
         old_id = signing.key_id(old.public_key())
         second = sign_trust(next_document(first, [TrustedKey.of(new.public_key(), Role.OPERATOR)], [old_id]), [root])
-        jobs = cloud_trust.push(cloud.sessions, cloud.transport, second)
+        jobs = cloud_trust.push(cloud.sessions, cloud.transport, second, Selector(groups=["rot"]))  # ours only
         assert len(jobs) == AGENTS
         until(lambda: len(cloud_trust.results(cloud.sessions, jobs)) == AGENTS, "every device's answer", 60)
         answers = cloud_trust.results(cloud.sessions, jobs)
