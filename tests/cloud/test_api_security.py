@@ -45,7 +45,8 @@ def test_every_route_but_the_probes_needs_the_token(api_store: tuple[str, str]) 
     client = client_for(api_store[0])
     ops = operations(client)
     assert len(ops) >= 10 and set(PROBES) <= {path for path, _, _ in ops}
-    for path, method, _ in ops:
+    for path, method, op in ops:  # the routers' dependency too, not only the gate: the schema says so
+        assert (op.get("security") == [{"HTTPBearer": []}]) == (path not in PROBES), (method, path)
         url = concrete(path)
         bare = client.request(method, url)
         wrong = client.request(method, url, headers={"Authorization": f"Bearer {TOKEN[:-1]}x"})
