@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.api import MAX_BODY_BYTES, PROBES, create_app
 from cloud.errors import NotFoundError
-from cloud.fleet import find_bundle
+from cloud.fleet import add_bundle, find_bundle
 from cloud.store import open_store, sqlite_url
 from tests.cloud.live_http import Body, CountingApp, post_streaming, serving
 
@@ -144,6 +144,16 @@ def test_a_bundle_prefix_is_matched_literally(api_store: tuple[str, str]) -> Non
     assert client.post("/rollouts", json={"bundle": "a" * 10 * MB}, headers=AUTH).status_code == 413
     with open_store(url)() as session:
         assert find_bundle(session, sha[:8].upper()).sha256 == sha
+
+
+def test_find_bundle_is_literal_on_both_stores(sessions: sessionmaker[Session], world: dict[str, object]) -> None:
+    with sessions.begin() as session:
+        sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
+    with sessions() as session:
+        assert find_bundle(session, sha[:6]).sha256 == sha and find_bundle(session, sha).sha256 == sha
+        for prefix in (f"%{sha[-7:]}", f"_{sha[1:9]}", sha[:4] + "%", sha + "0", "a" * 10 * MB):
+            with pytest.raises(NotFoundError):
+                find_bundle(session, prefix)
 
 
 def test_an_unexpected_error_is_a_generic_500_logged_and_counted(tmp_path: Path,
