@@ -4,11 +4,12 @@ groups and tags; bundles verified against the trusted keys before the cloud will
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cloud.errors import BundleImportError, NotFoundError
@@ -20,6 +21,8 @@ from contract.errors import ContractError
 from contract.manifest import MANIFEST_FILE, load_manifest
 from contract.signing import TrustStore
 from contract.topics import check_id
+
+_HEX_PREFIX = re.compile(r"^[0-9a-f]{1,64}$")
 
 
 def add_bundle(session: Session, tarball: Path, trust: TrustStore) -> BundleRow:
@@ -58,8 +61,12 @@ def bundle_ref(row: BundleRow) -> BundleRef:
 
 
 def find_bundle(session: Session, prefix: str) -> BundleRow:
-    """A bundle by its manifest sha256 or a unique prefix of it."""
-    rows = session.scalars(select(BundleRow).where(BundleRow.sha256.startswith(prefix.lower()))).all()
+    """A bundle by its manifest sha256 or a unique prefix of it, compared literally (hex digits only:
+    never a LIKE pattern, so ``%`` or ``_`` match nothing)."""
+    prefix = prefix.lower()
+    if not _HEX_PREFIX.match(prefix):
+        raise NotFoundError(f"{prefix[:80]!r} is not a bundle's sha256 or a prefix of it (1-64 hex digits)")
+    rows = session.scalars(select(BundleRow).where(func.substr(BundleRow.sha256, 1, len(prefix)) == prefix)).all()
     if len(rows) != 1:
         known = ", ".join(f"{r.sha256[:12]} ({r.model_name} #{r.sequence})" for r in
                           session.scalars(select(BundleRow)).all()) or "none; add one with `coldchain cloud add-bundle`"

@@ -122,13 +122,14 @@ class Cloud:
             self.controller.notify(f"alert: {message}")
 
     def serve_api(self, port: int, token: str, host: str = "127.0.0.1") -> None:
-        """The HTTP API (``cloud.api``) in a supervised thread: if uvicorn fails (its port taken, a
-        crash), it is counted under ``api`` and started again."""
+        """The HTTP API (``cloud.api``) in a supervised thread, on 127.0.0.1 unless ``host`` says
+        otherwise: if uvicorn fails (its port taken, a crash), it is counted under ``api`` and started again."""
         import uvicorn
 
         from cloud.api import create_app
 
-        app = create_app(self.sessions, token)  # a bad token is refused here, before anything runs
+        # a bad token is refused here, before anything runs; /ready reports the broker connection
+        app = create_app(self.sessions, token, broker_connected=self.transport.client.is_connected)
 
         def run() -> None:
             self._api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))

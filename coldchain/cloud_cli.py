@@ -26,14 +26,17 @@ def serve(
     share_group: Annotated[str | None, typer.Option(help="Shared-subscription group (MQTT v5) when several "
                                                          "cloud processes ingest.")] = None,
     bytes_per_s: Annotated[float | None, typer.Option(min=1, help="Artifact egress limit.")] = None,
-    api_port: Annotated[int | None, typer.Option(min=1, max=65535, help="Serve the HTTP API on 127.0.0.1.")] = None,
+    api_port: Annotated[int | None, typer.Option("--api-port", "--port", min=1, max=65535,
+                                                 help="Serve the HTTP API on this port.")] = None,
+    api_host: Annotated[str, typer.Option("--api-host", "--host", help="Address the HTTP API listens on (0.0.0.0: "
+                                          "every interface; put TLS in front of it).")] = "127.0.0.1",
     seconds: Annotated[float | None, typer.Option(min=1, help="Stop after this long.")] = None,
     fleet: Annotated[Path | None, typer.Option(envvar="COLDCHAIN_FLEET", help="The fleet's key folder: connect with "
                                                "the cloud's identity (certificate over mqtts://, else password).")]
     = None,
 ) -> None:
     """Ingest telemetry/events/state, answer chunk repairs, drive rollouts; optionally the HTTP API
-    (bearer token from COLDCHAIN_API_TOKEN)."""
+    (bearer token from COLDCHAIN_API_TOKEN, at least 16 characters; 127.0.0.1 unless --host)."""
     import time
 
     from cloud.errors import CloudError
@@ -52,7 +55,7 @@ def serve(
         cloud = Cloud(db, config, load_private_key(key), client_id, share_group, bytes_per_s,
                       notify=lambda m: console.print(f"[cyan]{m}"))
         if api_port is not None:
-            _serve_api(cloud, api_port)
+            _serve_api(cloud, api_port, api_host)
         console.print(f"cloud on {broker} with store {db}; Ctrl-C stops")
         try:
             cloud.run(until=None if seconds is None else time.monotonic() + seconds)
@@ -60,10 +63,11 @@ def serve(
             cloud.stop_event.set()
 
 
-def _serve_api(cloud: object, port: int) -> None:
+def _serve_api(cloud: object, port: int, host: str = "127.0.0.1") -> None:
     """The HTTP API beside the cloud, supervised by it (restarted if it fails)."""
-    cloud.serve_api(port, os.environ.get("COLDCHAIN_API_TOKEN", ""))  # type: ignore[attr-defined]
-    console.print(f"HTTP API on http://127.0.0.1:{port} (docs at /docs)")
+    cloud.serve_api(port, os.environ.get("COLDCHAIN_API_TOKEN", ""), host)  # type: ignore[attr-defined]
+    console.print(f"HTTP API on http://{host}:{port}: every route but /health, /ready and /metrics needs "
+                  "'Authorization: Bearer $COLDCHAIN_API_TOKEN' (docs at /docs)")
 
 
 @app.command("add-bundle")

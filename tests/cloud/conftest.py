@@ -16,7 +16,11 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.broker import free_port
+from cloud.fleet import add_bundle
+from cloud.ingest import ingest
 from cloud.store import open_store, sqlite_url
+from contract import topics
+from contract.state import DeviceState
 
 
 def _pg_bin() -> Path | None:
@@ -75,3 +79,17 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
     Base.metadata.create_all(engine)
     yield factory
     engine.dispose()
+
+
+@pytest.fixture
+def api_store(tmp_path: Path, world: dict[str, object]) -> tuple[str, str]:
+    """A SQLite store with four devices (fridge-0..2 in eu, fridge-3 in us) and one bundle: (url, sha256)."""
+    url = sqlite_url(tmp_path / "cloud.db")
+    sessions = open_store(url)
+    with sessions.begin() as session:
+        for i in range(4):
+            device = f"fridge-{i}"
+            state = DeviceState(device_id=device, online=True, board="rpi4", groups=["eu" if i < 3 else "us"])
+            ingest(session, topics.state(device), state.to_json())
+        sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
+    return url, sha

@@ -1,9 +1,8 @@
-"""The HTTP API over a real store: reads are open, writes need the bearer token, errors are 4xx
-with the reason, and a rollout started over HTTP is the same rollout the CLI shows."""
+"""The HTTP API over a real store: reads and writes need the bearer token (tests/cloud/test_api_security.py
+has the rest of the gate), errors are 4xx with the reason, and a rollout started over HTTP is the same
+rollout the CLI shows."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,7 +12,7 @@ from cloud.api import create_app
 from cloud.errors import CloudError
 from cloud.fleet import add_bundle
 from cloud.ingest import ingest
-from cloud.store import open_store, sqlite_url
+from cloud.store import open_store
 from coldchain.cli import app as cli
 from contract import topics
 from contract.state import DeviceState
@@ -21,30 +20,18 @@ from contract.state import DeviceState
 TOKEN = "t0ken-for-the-tests-only"
 
 
-@pytest.fixture
-def store(tmp_path: Path, world: dict[str, object]) -> tuple[str, str]:
-    url = sqlite_url(tmp_path / "cloud.db")
-    sessions = open_store(url)
-    with sessions.begin() as session:
-        for i in range(4):
-            device = f"fridge-{i}"
-            state = DeviceState(device_id=device, online=True, board="rpi4", groups=["eu" if i < 3 else "us"])
-            ingest(session, topics.state(device), state.to_json())
-        sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
-    return url, sha
-
-
-def test_reads_writes_and_auth(store: tuple[str, str]) -> None:
-    url, sha = store
+def test_reads_writes_and_auth(api_store: tuple[str, str]) -> None:
+    url, sha = api_store
     client = TestClient(create_app(open_store(url), TOKEN))
-    assert [d["id"] for d in client.get("/devices", params={"group": "eu"}).json()] == [
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/devices", params={"group": "eu"}).status_code == 401
+    assert [d["id"] for d in client.get("/devices", params={"group": "eu"}, headers=auth).json()] == [
         "fridge-0", "fridge-1", "fridge-2"]
-    assert client.get("/devices/nope").status_code == 404
+    assert client.get("/devices/nope", headers=auth).status_code == 404
     body = {"bundle": sha[:10], "plan": {"selector": {"groups": ["eu"]}, "waves": [{"count": 1}, {"percent": 100}]},
             "rollout_id": "r-api"}
     assert client.post("/rollouts", json=body).status_code == 401
     assert client.post("/rollouts", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    auth = {"Authorization": f"Bearer {TOKEN}"}
     created = client.post("/rollouts", json=body, headers=auth)
     assert created.status_code == 201, created.text
     assert created.json()["status"] == "RUNNING" and created.json()["waves"] == 2
@@ -54,14 +41,14 @@ def test_reads_writes_and_auth(store: tuple[str, str]) -> None:
     assert aborted["status"] == "ABORTING" and aborted["reason"] == "wrong fridge"
     bad = client.post("/rollouts", headers=auth, json={"bundle": sha, "plan": {"waves": [{"percent": 0}]}})
     assert bad.status_code == 422 and "percent" in bad.text
-    assert client.get("/openapi.json").json()["info"]["title"] == "coldchain cloud"
-    assert client.get("/telemetry/summary").status_code == 200
+    assert client.get("/openapi.json", headers=auth).json()["info"]["title"] == "coldchain cloud"
+    assert client.get("/telemetry/summary", headers=auth).status_code == 200
     with pytest.raises(CloudError, match="16 characters"):
         create_app(open_store(url), "short")
 
 
-def test_cli_fleet_tag_and_rollout(store: tuple[str, str]) -> None:
-    url, sha = store
+def test_cli_fleet_tag_and_rollout(api_store: tuple[str, str]) -> None:
+    url, sha = api_store
     runner = CliRunner()
     result = runner.invoke(cli, ["fleet", "tag", "fridge-3", "--set", "ring=canary", "--add-group", "beta",
                                  "--db", url])
@@ -84,7 +71,7 @@ def test_cli_fleet_tag_and_rollout(store: tuple[str, str]) -> None:
     assert "r-cli" in status.output
 
 
-def test_rollback_plan_names_each_devices_own_known_good_bundle(store: tuple[str, str],
+def test_rollback_plan_names_each_devices_own_known_good_bundle(api_store: tuple[str, str],
                                                                 world: dict[str, object]) -> None:
     """Computed from what each device reported: one goes back to the known-good bundle it names,
     one reports none (it keeps the bundle: never "the other slot"), one no longer runs the bundle;
@@ -93,7 +80,7 @@ def test_rollback_plan_names_each_devices_own_known_good_bundle(store: tuple[str
     from cloud.store import RolloutDevice
     from contract.state import Slot, SlotStatus
 
-    url, sha = store
+    url, sha = api_store
     sessions = open_store(url)
     bundles = world["bundles"]  # type: ignore[index]
     five, four = bundles[5].ref, bundles[4].ref  # type: ignore[index]

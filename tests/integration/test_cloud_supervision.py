@@ -128,6 +128,7 @@ def test_the_http_api_is_restarted_after_it_died(tmp_path: Path, world: dict[str
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The API's thread died for good when uvicorn failed (here: its port was taken at start)."""
     import socket
+    import urllib.error
     import urllib.request
 
     from cloud.broker import free_port
@@ -145,14 +146,22 @@ def test_the_http_api_is_restarted_after_it_died(tmp_path: Path, world: dict[str
         squatter.close()
 
         def answers() -> bool:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/alerts",
+                                             headers={"Authorization": f"Bearer {'t' * 32}"})
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/alerts", timeout=2) as response:
+                with urllib.request.urlopen(request, timeout=2) as response:
                     return bool(response.status == 200)
             except OSError:
                 return False
 
         until(answers, "the API answering once its port is free", timeout=30,
               detail=lambda: f"failures {cloud.failures}")
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no token
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/alerts", timeout=2)
+        assert refused.value.code == 401
+        with pytest.raises(urllib.error.HTTPError) as not_ready:  # the broker (port 9) never answers
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)
+        assert not_ready.value.code == 503 and b'"broker":"not connected"' in not_ready.value.read()
     finally:
         squatter.close()
         cloud.stop()
