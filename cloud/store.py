@@ -295,12 +295,25 @@ def _added_columns(engine: Engine) -> None:
             db.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
+def _widened_columns(engine: Engine) -> None:
+    """Counts stored as 32-bit INTEGER by older stores on PostgreSQL (SQLite's are 64-bit anyway):
+    a window with more than 2**31 inferences would fail to store, so they become BIGINT."""
+    if engine.dialect.name != "postgresql" or "telemetry" not in inspect(engine).get_table_names():
+        return
+    kinds = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("telemetry")}
+    with engine.begin() as db:
+        for column in ("inferences", "errors"):
+            if kinds.get(column) == "INTEGER":
+                db.exec_driver_sql(f"ALTER TABLE telemetry ALTER COLUMN {column} TYPE BIGINT")
+
+
 def open_store(url: str = DEFAULT_URL) -> sessionmaker[Session]:
     """Connect, create missing tables (and bring older ones up to date), and return a session factory."""
     engine = make_engine(url)
     try:
         _telemetry_epochs(engine)
         _added_columns(engine)
+        _widened_columns(engine)
         Base.metadata.create_all(engine)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the store at {engine.url.render_as_string(hide_password=True)}: "
