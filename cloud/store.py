@@ -149,6 +149,7 @@ class CommandRow(Base):
     acked_at: Mapped[datetime | None] = mapped_column()  # the broker's PUBACK of one of them
     acks: Mapped[int] = mapped_column(Integer, default=0)
     next_at: Mapped[datetime] = mapped_column(default=now)  # when it is due again
+    give_up_at: Mapped[datetime | None] = mapped_column()  # re-sent until then whatever the attempts (a wave's end)
     done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     outcome: Mapped[str | None] = mapped_column(String(16))  # confirmed, unconfirmed, superseded
     reason: Mapped[str | None] = mapped_column(Text)
@@ -287,7 +288,7 @@ def _telemetry_epochs(engine: Engine) -> None:
 def _added_columns(engine: Engine) -> None:
     """Columns added to existing tables since they were created (nullable: old rows keep NULL)."""
     tables = inspect(engine).get_table_names()
-    for table, column in (("devices", "state_ts"),):
+    for table, column in (("devices", "state_ts"), ("commands", "give_up_at")):
         if table not in tables or any(c["name"] == column for c in inspect(engine).get_columns(table)):
             continue
         kind = Base.metadata.tables[table].c[column].type.compile(dialect=engine.dialect)
