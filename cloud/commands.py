@@ -79,9 +79,10 @@ def cancel_command(job_id: str) -> CancelCommand:
 
 
 def enqueue(session: Session, device_id: str, command: Tracked, rollout_id: str | None,
-            clock: datetime) -> CommandRow:
+            clock: datetime, deadline: datetime | None = None) -> CommandRow:
     """Queue a command (idempotent by job id). It supersedes the open commands of the same device
-    and rollout: a cancel or rollback makes re-sending the deploy pointless."""
+    and rollout: a cancel or rollback makes re-sending the deploy pointless. With a ``deadline``
+    (a deploy: its wave's timeout) it is re-sent until then, however many attempts that takes."""
     row = session.get(CommandRow, command.job_id)
     if row is not None:
         return row
@@ -90,7 +91,7 @@ def enqueue(session: Session, device_id: str, command: Tracked, rollout_id: str 
         older.done, older.outcome, older.reason = True, "superseded", f"superseded by {command.job_id}"
     row = CommandRow(job_id=command.job_id, device_id=device_id, rollout_id=rollout_id, kind=command.type,
                      payload=command.model_dump(mode="json"), created_at=clock, next_at=clock, attempts=0, acks=0,
-                     done=False)
+                     done=False, give_up_at=deadline)
     session.add(row)
     session.flush()
     return row
@@ -122,9 +123,9 @@ class Outbox:
         self.backoff = backoff or Backoff()
 
     def issue(self, session: Session, device_id: str, command: Tracked, rollout_id: str | None,
-              clock: datetime) -> CommandRow:
+              clock: datetime, deadline: datetime | None = None) -> CommandRow:
         """Queue a command and send it now if it is new."""
-        row = enqueue(session, device_id, command, rollout_id, clock)
+        row = enqueue(session, device_id, command, rollout_id, clock, deadline)
         if row.attempts == 0 and not row.done and row.next_at <= clock:
             self._send(row, clock)
         return row
@@ -144,7 +145,7 @@ class Outbox:
             if (row.job_id, row.device_id) in shown:
                 row.done, row.outcome = True, "confirmed"
             elif row.next_at <= clock:
-                if row.attempts >= self.backoff.attempts:
+                if row.attempts >= self.backoff.attempts and (row.give_up_at is None or clock >= row.give_up_at):
                     row.done, row.outcome = True, "unconfirmed"
                     span = (clock - row.created_at).total_seconds()
                     row.reason = (f"the device never confirmed the {row.kind}: {delivery(row)}, in {span:.0f} s "

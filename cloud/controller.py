@@ -165,7 +165,8 @@ class Controller:
             command = DeployCommand(job_id=device.job_id, bundle=bundle_ref(bundle), artifact=artifact.ref(group),
                                     probation_s=plan.probation_s, shadow_s=plan.shadow_s,
                                     max_latency_ratio=plan.gates.max_latency_ratio)  # judged on each device too
-            self.outbox.issue(session, device.device_id, command, rollout.id, clock)  # sent once acknowledged
+            self.outbox.issue(session, device.device_id, command, rollout.id, clock,  # sent once acknowledged,
+                              deadline=clock + timedelta(seconds=plan.timeouts.wave_s))  # re-sent until the wave ends
         rollout.wave_started_at = clock
         self.notify(f"rollout {rollout.id}: wave {rollout.wave + 1} started ({len(wave)} devices)")
 

@@ -149,6 +149,7 @@ class CommandRow(Base):
     acked_at: Mapped[datetime | None] = mapped_column()  # the broker's PUBACK of one of them
     acks: Mapped[int] = mapped_column(Integer, default=0)
     next_at: Mapped[datetime] = mapped_column(default=now)  # when it is due again
+    give_up_at: Mapped[datetime | None] = mapped_column()  # re-sent until then whatever the attempts (a wave's end)
     done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     outcome: Mapped[str | None] = mapped_column(String(16))  # confirmed, unconfirmed, superseded
     reason: Mapped[str | None] = mapped_column(Text)
@@ -287,12 +288,24 @@ def _telemetry_epochs(engine: Engine) -> None:
 def _added_columns(engine: Engine) -> None:
     """Columns added to existing tables since they were created (nullable: old rows keep NULL)."""
     tables = inspect(engine).get_table_names()
-    for table, column in (("devices", "state_ts"),):
+    for table, column in (("devices", "state_ts"), ("commands", "give_up_at")):
         if table not in tables or any(c["name"] == column for c in inspect(engine).get_columns(table)):
             continue
         kind = Base.metadata.tables[table].c[column].type.compile(dialect=engine.dialect)
         with engine.begin() as db:
             db.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def _widened_columns(engine: Engine) -> None:
+    """Counts stored as 32-bit INTEGER by older stores on PostgreSQL (SQLite's are 64-bit anyway):
+    a window with more than 2**31 inferences would fail to store, so they become BIGINT."""
+    if engine.dialect.name != "postgresql" or "telemetry" not in inspect(engine).get_table_names():
+        return
+    kinds = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("telemetry")}
+    with engine.begin() as db:
+        for column in ("inferences", "errors"):
+            if kinds.get(column) == "INTEGER":
+                db.exec_driver_sql(f"ALTER TABLE telemetry ALTER COLUMN {column} TYPE BIGINT")
 
 
 def open_store(url: str = DEFAULT_URL) -> sessionmaker[Session]:
@@ -301,6 +314,7 @@ def open_store(url: str = DEFAULT_URL) -> sessionmaker[Session]:
     try:
         _telemetry_epochs(engine)
         _added_columns(engine)
+        _widened_columns(engine)
         Base.metadata.create_all(engine)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the store at {engine.url.render_as_string(hide_password=True)}: "

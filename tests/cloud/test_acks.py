@@ -22,9 +22,9 @@ from transport.client import Received
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
-def window(device: str, seq: int, epoch: str | None = "e1", evicted: int = 0) -> bytes:
+def window(device: str, seq: int, epoch: str | None = "e1", evicted: int = 0, inferences: int = 3) -> bytes:
     return Telemetry(device_id=device, seq=seq, epoch=epoch, window_start=T0 + timedelta(seconds=seq),
-                     window_end=T0 + timedelta(seconds=seq + 1), inferences=3,
+                     window_end=T0 + timedelta(seconds=seq + 1), inferences=inferences,
                      spool=SpoolStats(evicted=evicted)).to_json()
 
 
@@ -144,6 +144,13 @@ def test_a_store_from_before_epochs_is_brought_up_to_date(sessions: sessionmaker
     with again.begin() as session:
         assert ingest(session, topics.telemetry("d1"), window("d1", 1, "e9")).kind == "stored"
     assert rows(again, "d1") == [("", 1), ("e9", 1)]
+    from sqlalchemy import inspect
+
+    kinds = {c["name"]: str(c["type"]) for c in inspect(again.kw["bind"]).get_columns("telemetry")}
+    if again.kw["bind"].dialect.name == "postgresql":  # 32-bit there: a count past 2**31 would not be stored
+        assert kinds["inferences"] == kinds["errors"] == "BIGINT", kinds
+    with again.begin() as session:
+        assert ingest(session, topics.telemetry("d1"), window("d1", 2, "e9", inferences=2**40)).kind == "stored"
     again.kw["bind"].dispose()
 
 

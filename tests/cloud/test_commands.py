@@ -161,9 +161,9 @@ def test_a_command_never_confirmed_fails_its_device_with_the_reason(fleet: tuple
     sessions, sha, tarball = fleet
     broker, clock = Broker(), Clock()
     c = controller(sessions, broker, clock, tarball)
-    rollouts.start(sessions, sha, plan(), "r1")
+    rollouts.start(sessions, sha, plan(wave_s=40), "r1")
     report(sessions, "d2", "r1.d2", JobState.QUEUED)
-    for _ in range(120):  # 2 + 4 + 8 + 16 + 16 s of backoff, then given up
+    for _ in range(120):  # sends at 0, 2, 6, 14 and 30 s; the wave ends at 40 s: given up at the next due time
         c.step()
         for mid, _ in broker.commands("d1"):
             c.outbox.deliveries.acked(mid)  # the broker takes each: the device is the one away
@@ -172,9 +172,51 @@ def test_a_command_never_confirmed_fails_its_device_with_the_reason(fleet: tuple
     assert d1.state == "TIMED_OUT"
     assert "never confirmed the deploy" in (d1.reason or "") and "acknowledged 5" in (d1.reason or "")
     assert "is the device online?" in (d1.reason or "")
-    assert len(broker.commands("d1", "r1.d1")) == 5  # bounded: no sixth send
+    assert len(broker.commands("d1", "r1.d1")) == 5  # bounded: no send after the wave's end
     assert broker.commands("d1", "r1.d1.cancel")  # should it arrive late after all, it is cancelled
-    assert entry(sessions, "r1", "d2").state == "QUEUED"
+
+
+def test_a_cancel_never_confirmed_is_given_up_after_its_attempts(fleet: tuple[sessionmaker[Session], str,
+                                                                              Path]) -> None:
+    """Commands without a deadline (cancels, rollbacks) are bounded by the outbox's attempts."""
+    sessions, sha, tarball = fleet
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    rollouts.start(sessions, sha, plan(wave_s=40), "r1")
+    for _ in range(200):
+        c.step()
+        for mid, _ in broker.commands("d1"):
+            c.outbox.deliveries.acked(mid)
+        clock.advance(1)
+    assert len(broker.commands("d1", "r1.d1.cancel")) == 5
+    with sessions() as session:
+        row = session.get(CommandRow, "r1.d1.cancel")
+        assert row is not None and row.done and row.outcome == "unconfirmed"
+        assert "never confirmed the cancel" in (row.reason or "") and "is the device online?" in (row.reason or "")
+
+
+def test_a_deploy_is_resent_until_the_wave_timeout_not_given_up_before(
+        fleet: tuple[sessionmaker[Session], str, Path]) -> None:
+    """Found by the partition row: a device away for 10 minutes when its wave started was given up
+    after the outbox's attempts (about 46 s here) although the wave allowed 30 minutes."""
+    sessions, sha, tarball = fleet
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    rollouts.start(sessions, sha, plan(wave_s=1800), "r1")
+    report(sessions, "d2", "r1.d2", JobState.QUEUED)
+    for _ in range(600):  # 10 minutes: the broker takes every send, the device is away
+        c.step()
+        for mid, _ in broker.commands("d1"):
+            c.outbox.deliveries.acked(mid)
+        clock.advance(1)
+    assert entry(sessions, "r1", "d1").state == "PENDING"
+    sends = len(broker.commands("d1", "r1.d1"))
+    assert 5 < sends <= 5 + 600 // 16 + 1  # still re-sent after the 5 attempts, at most every max_s (16 s)
+    report(sessions, "d1", "r1.d1", JobState.QUEUED)  # back: it got the deploy
+    clock.advance(20)
+    c.step()
+    assert entry(sessions, "r1", "d1").state == "QUEUED"
+    assert broker.commands("d1", "r1.d1.cancel") == []
 
 
 def test_two_rollouts_never_hold_a_device_at_once(fleet: tuple[sessionmaker[Session], str, Path],
