@@ -31,6 +31,7 @@ from cloud.fleet import get_device, select_devices
 from cloud.monitor import monitor
 from cloud.plan import RolloutPlan, Selector
 from cloud.store import Alert, BundleRow, DeadLetter, Device
+from contract.versions import needs_new_agent
 
 __all__ = ["MAX_BODY_BYTES", "PROBES", "create_app"]
 log = logging.getLogger("coldchain.cloud.api")
@@ -55,7 +56,8 @@ class Reason(BaseModel):
 
 def _device(d: Device) -> dict[str, Any]:
     return {"id": d.id, "online": d.online, "board": d.board, "groups": d.all_groups(), "tags": d.tags,
-            "active": d.active, "job_id": d.job_id, "job_state": d.job_state, "last_seen": d.last_seen}
+            "active": d.active, "job_id": d.job_id, "job_state": d.job_state, "last_seen": d.last_seen,
+            "agent_version": d.agent_version, "protocol": d.protocol, "needs_new_agent": needs_new_agent(d.protocol)}
 
 
 def _rollout(view: rollouts.RolloutView) -> dict[str, Any]:

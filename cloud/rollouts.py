@@ -32,6 +32,7 @@ from cloud.plan import RolloutPlan
 from cloud.store import BundleRow, CommandRow, Device, EventRow, Rollout, RolloutDevice, now
 from contract.jobs import JobState
 from contract.manifest import Manifest
+from contract.versions import needs_new_agent
 
 RUNNING, PAUSED, SUCCEEDED = "RUNNING", "PAUSED", "SUCCEEDED"
 ROLLING_BACK, ROLLED_BACK, ABORTING, ABORTED = "ROLLING_BACK", "ROLLED_BACK", "ABORTING", "ABORTED"
@@ -49,18 +50,26 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
           clock: datetime | None = None, supersede: bool = False) -> str:
     """Create a rollout: pick the devices now and assign each to its wave (stored, so stable).
 
-    Idempotent by ``rollout_id``. Devices already running the bundle are SKIPPED. Devices another
-    unfinished rollout holds make it refuse, unless ``supersede`` (see the module's doc).
+    Idempotent by ``rollout_id``. Devices already running the bundle are SKIPPED, and so are devices
+    whose agent is too old for the cloud's commands (``contract.versions.needs_new_agent``: the reason
+    says which protocol each speaks), outside the waves; if every selected device is such, it refuses,
+    naming them. Devices another unfinished rollout holds make it refuse, unless ``supersede`` (see
+    the module's doc).
     """
     with sessions.begin() as session:
         row = find_bundle(session, bundle)
         rollout_id = rollout_id or f"r{(clock or now()):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
         if session.get(Rollout, rollout_id) is not None:
             return rollout_id
-        devices = select_devices(session, plan.selector)
-        if not devices:
+        selected = select_devices(session, plan.selector)
+        if not selected:
             raise RolloutError(f"the selector {plan.selector.model_dump(exclude_defaults=True) or 'everything'} "
                                "matches no device: check `coldchain fleet list`")
+        outdated = {d.id: why for d in selected if (why := needs_new_agent(d.protocol)) is not None}
+        devices = [d for d in selected if d.id not in outdated]
+        if not devices:
+            raise RolloutError(f"every selected device {_listed(sorted(outdated))} {next(iter(outdated.values()))}. "
+                               "Update their agent first; nothing was sent")
         mismatch = board_mismatch(row, devices)
         if mismatch:
             raise RolloutError(mismatch)
@@ -69,6 +78,9 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
         session.add(Rollout(id=rollout_id, bundle_sha256=row.sha256, plan=plan.model_dump(mode="json"),
                             status=RUNNING, wave=0, gate_results=[]))
         session.flush()
+        for device_id, why in outdated.items():  # never sent anything: it could not understand it
+            session.add(RolloutDevice(rollout_id=rollout_id, device_id=device_id, wave=0, state="SKIPPED",
+                                      job_id=f"{rollout_id}.{device_id}", reason=f"not deployed: {why}"))
         done = 0
         for wave, size in enumerate(sizes):
             for device in devices[done:size]:
@@ -81,6 +93,10 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
     return rollout_id
 
 
+def _listed(ids: list[str]) -> str:
+    return ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+
+
 def board_mismatch(row: BundleRow, devices: list[Device]) -> str | None:
     """Why the bundle must not go to some of ``devices`` (their boards are not the bundle's), or None."""
     manifest = Manifest.model_validate(row.manifest)
@@ -91,8 +107,7 @@ def board_mismatch(row: BundleRow, devices: list[Device]) -> str | None:
     if not wrong:
         return None
     count = sum(len(ids) for ids in wrong.values())
-    listed = "; ".join(f"{', '.join(ids[:10])}{f' and {len(ids) - 10} more' if len(ids) > 10 else ''} ({board})"
-                       for board, ids in sorted(wrong.items()))
+    listed = "; ".join(f"{_listed(ids)} ({board})" for board, ids in sorted(wrong.items()))
     return (f"bundle {row.sha256[:12]} (target {manifest.target.name}) is for boards "
             f"{', '.join(manifest.boards or [])}; {count} selected devices are other boards: {listed}. "
             "Select devices by board (--board) or compile the model for their target; nothing was sent")

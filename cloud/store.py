@@ -76,6 +76,8 @@ class Device(Base):
     job_id: Mapped[str | None] = mapped_column(String(128))
     job_state: Mapped[str | None] = mapped_column(String(32))
     state_ts: Mapped[datetime | None] = mapped_column()  # the device's time of the state applied last
+    protocol: Mapped[int | None] = mapped_column(Integer)  # agent protocol it speaks (contract.versions); None: unknown
+    state_version: Mapped[int | None] = mapped_column(Integer)  # schema_version of its last online state
     first_seen: Mapped[datetime] = mapped_column(default=now)
     last_seen: Mapped[datetime] = mapped_column(default=now)
 
@@ -288,7 +290,8 @@ def _telemetry_epochs(engine: Engine) -> None:
 def _added_columns(engine: Engine) -> None:
     """Columns added to existing tables since they were created (nullable: old rows keep NULL)."""
     tables = inspect(engine).get_table_names()
-    for table, column in (("devices", "state_ts"), ("commands", "give_up_at")):
+    for table, column in (("devices", "state_ts"), ("devices", "protocol"), ("devices", "state_version"),
+                          ("commands", "give_up_at")):
         if table not in tables or any(c["name"] == column for c in inspect(engine).get_columns(table)):
             continue
         kind = Base.metadata.tables[table].c[column].type.compile(dialect=engine.dialect)

@@ -41,13 +41,23 @@ def _age(when: datetime | None) -> str:
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
 
 
+def agent_cell(d: Device) -> str:
+    """The agent's version and protocol; ``needs a new agent`` when the cloud cannot command it."""
+    from contract.versions import needs_new_agent
+
+    if d.protocol is None:
+        return d.agent_version or "-"
+    cell = f"{d.agent_version or '?'} (protocol {d.protocol})"
+    return cell + (" [bold red]needs a new agent[/]" if needs_new_agent(d.protocol) else "")
+
+
 def fleet_table(devices: Sequence[Device]) -> Table:
     table = Table(title=f"Fleet ({len(devices)} devices)")
-    for column in ("device", "online", "board", "groups", "tags", "active bundle", "job", "last seen"):
+    for column in ("device", "online", "board", "agent", "groups", "tags", "active bundle", "job", "last seen"):
         table.add_column(column)
     for d in devices:
         active = "-" if not d.active else f"{d.active['model_name']} #{d.active['sequence']}"
-        table.add_row(d.id, "[green]yes[/]" if d.online else "[red]no[/]", d.board or "-",
+        table.add_row(d.id, "[green]yes[/]" if d.online else "[red]no[/]", d.board or "-", agent_cell(d),
                       ",".join(d.all_groups()) or "-", ",".join(f"{k}={v}" for k, v in d.tags.items()) or "-",
                       active, f"{d.job_state or '-'}", _age(d.last_seen))
     return table

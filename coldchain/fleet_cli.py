@@ -19,7 +19,7 @@ app = typer.Typer(help="List, show, tag, provision and revoke devices.", no_args
 def list_(db: Db = DEFAULT_DB,
           group: Annotated[str | None, typer.Option(help="Only devices of this group.")] = None,
           online: Annotated[bool, typer.Option("--online", help="Only devices online now.")] = False) -> None:
-    """Every device, online ones first."""
+    """Every device, online ones first; an agent too old for the cloud's commands says "needs a new agent"."""
     from cloud.errors import CloudError
     from cloud.fleet import select_devices
     from cloud.plan import Selector
@@ -38,10 +38,14 @@ def show(device: Annotated[str, typer.Argument(help="Device id.")], db: Db = DEF
     from cloud.fleet import get_device
     from cloud.ingest import dropped_windows
     from cloud.store import EventRow
+    from contract.versions import needs_new_agent
 
     with user_errors(CloudError), open_sessions(db)() as session:
         d = get_device(session, device)
         console.print(fleet_table([d]))
+        outdated = needs_new_agent(d.protocol)
+        if outdated:
+            console.print(f"{device} {outdated}; rollouts skip it until then", style="bold red")
         dropped = dropped_windows(session, [device]).get(device, 0)
         console.print(f"telemetry windows dropped on the device unsent (its spool was full): {dropped}",
                       style="bold red" if dropped else None)

@@ -1,16 +1,21 @@
-"""Reported device state: retained on ``devices/{id}/state``; the last will sets ``online`` false."""
+"""Reported device state: retained on ``devices/{id}/state``; the last will sets ``online`` false.
+
+Version 2 (``contract.versions.STATE_SCHEMA_VERSION``) adds ``protocol``, the agent protocol the
+device speaks; the cloud still reads version 1 (agents before issue 13), whose protocol is 1.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from contract.base import ContractModel, Identifier, JobId, Message, Name, utc_now
 from contract.common import BundleRef, RuntimeInfo
 from contract.jobs import JobState
+from contract.versions import AGENT_PROTOCOL, LEGACY_AGENT_PROTOCOL, STATE_SCHEMA_VERSION, STATE_VERSIONS
 
 
 class SlotStatus(StrEnum):
@@ -34,6 +39,7 @@ class JobSummary(ContractModel):
 
 
 class DeviceState(Message):
+    schema_version: int = STATE_SCHEMA_VERSION
     device_id: Identifier
     online: bool
     ts: datetime = Field(default_factory=utc_now)
@@ -46,6 +52,33 @@ class DeviceState(Message):
     groups: Annotated[list[Identifier], Field(max_length=32)] = []
     tags: Annotated[dict[Identifier, Name], Field(max_length=64)] = {}
     job: JobSummary | None = None
+    protocol: Annotated[int, Field(ge=1, le=1000)] = AGENT_PROTOCOL  # contract.versions; not on the wire in v1
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value not in STATE_VERSIONS:
+            raise ValueError(f"schema_version {value} is not supported: this coldchain reads device states of "
+                             f"versions {', '.join(map(str, STATE_VERSIONS))}; upgrade the older side")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_1_protocol(cls, data: Any) -> Any:
+        """A version 1 state names no protocol: it is from an agent of protocol 1."""
+        if isinstance(data, dict) and data.get("schema_version") == 1:
+            if "protocol" in data:
+                raise ValueError("a version 1 state has no protocol field (it came with version 2)")
+            return {**data, "protocol": LEGACY_AGENT_PROTOCOL}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _as_its_version(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A version 1 state dumps as an agent of protocol 1 wrote it: without ``protocol``."""
+        data: dict[str, Any] = handler(self)
+        if self.schema_version == 1:
+            data.pop("protocol", None)
+        return data
 
 
 def offline(device_id: str) -> DeviceState:

@@ -1,0 +1,49 @@
+"""Fleets across versions: which agents the cloud can still command, and which older device
+messages it still reads.
+
+**Agent protocol.** What the cloud *sends* a device (commands, the manifests of the bundles it
+deploys, trust documents) changes as a whole; :data:`AGENT_PROTOCOL` numbers it. An agent reports
+the protocol it speaks in its state (``DeviceState.protocol``); a state without one (version 1) is
+from an agent of protocol 1. The cloud commands with :data:`AGENT_PROTOCOL` and cannot command an
+agent below :data:`MIN_AGENT_PROTOCOL`: such a device stays in the fleet, its telemetry is stored,
+the fleet view says it needs a new agent, and a rollout skips it, naming why (``cloud.rollouts``).
+
+**Reading older devices.** A device updates its agent later than the cloud, so the cloud reads a
+window of versions of what devices send: :data:`STATE_VERSIONS` for the retained state; telemetry,
+events, missing-chunk reports and acks are still version 1 (``contract.SCHEMA_VERSION``).
+
+Every change to the bytes on the wire or the bytes signed bumps a version (the message's
+``schema_version``, the manifest's or trust document's ``schema``, and this protocol when an older
+agent cannot follow it); ``tests/contract/test_versions.py`` pins each message's shape per version.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+AGENT_PROTOCOL: Final = 2
+"""The protocol this coldchain's agent speaks and its cloud commands with."""
+MIN_AGENT_PROTOCOL: Final = 2
+"""The oldest agent protocol the cloud can command (deploy, roll back, cancel, configure)."""
+LEGACY_AGENT_PROTOCOL: Final = 1
+"""The protocol of an agent whose state does not report one (state version 1)."""
+PROTOCOLS: Final = {
+    1: "unsigned commands (version 1), manifests coldchain.manifest/v1-v2",
+    2: "commands signed by an operator key and bound to the device (version 2), manifests "
+       "coldchain.manifest/v3 (boards), root-signed trust documents (trust_update)",
+}
+"""What each protocol consists of, for the messages that name it."""
+
+STATE_SCHEMA_VERSION: Final = 2
+"""Version of ``DeviceState``: 2 adds ``protocol``."""
+STATE_VERSIONS: Final = (1, STATE_SCHEMA_VERSION)
+"""Versions of a device's state the cloud reads (1: agents before issue 13)."""
+
+
+def needs_new_agent(protocol: int | None) -> str | None:
+    """Why the cloud cannot command a device of ``protocol``, or None (also when it is not known:
+    a device that never reported an online state)."""
+    if protocol is None or protocol >= MIN_AGENT_PROTOCOL:
+        return None
+    return (f"needs a new agent: it reports protocol {protocol}, the cloud commands with protocol "
+            f"{AGENT_PROTOCOL} ({PROTOCOLS[AGENT_PROTOCOL]})")
