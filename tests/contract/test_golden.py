@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from contract import COMMAND_SCHEMA_VERSION, SCHEMA_VERSION
 from contract.acks import TelemetryAck
 from contract.base import decode
 from contract.commands import decode_command
@@ -40,6 +41,11 @@ def _decoder(path: Path) -> Callable[[bytes], Any]:
     return DECODERS[path.stem.split("_")[0]]
 
 
+def _version(path: Path) -> int:
+    """Commands are version 2 (signed, bound to a device); every other message is version 1."""
+    return COMMAND_SCHEMA_VERSION if path.stem.startswith("command_") else SCHEMA_VERSION
+
+
 def test_every_message_kind_has_a_golden_example() -> None:
     kinds = {p.stem.split("_")[0] for p in FILES}
     assert kinds == set(DECODERS)
@@ -55,14 +61,14 @@ def test_golden_round_trip(path: Path) -> None:
     message = _decoder(path)(raw)
     again = json.loads(message.model_dump_json(by_alias=True))
     assert again == json.loads(raw)
-    assert again["schema_version"] == 1
+    assert again["schema_version"] == _version(path)
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_golden_rejects_wrong_schema_version(path: Path) -> None:
     data = json.loads(path.read_text())
-    data["schema_version"] = 2
-    with pytest.raises(ValueError, match="schema_version 2 is not supported"):
+    data["schema_version"] = _version(path) + 1
+    with pytest.raises(ValueError, match=f"schema_version {_version(path) + 1} is not supported"):
         _decoder(path)(json.dumps(data).encode())
 
 
