@@ -30,8 +30,14 @@ from datetime import UTC, datetime
 from agent.commands import CommandLog, Outcome
 from agent.jobs import JobStore
 from contract import COMMAND_SCHEMA_VERSION
-from contract.base import parse_object
-from contract.commands import Command, TrustUpdateCommand, content_sha256, decode_command, verify_command
+from contract.commands import (
+    Command,
+    TrustUpdateCommand,
+    content_sha256,
+    declared_version,
+    decode_command,
+    verify_command,
+)
 from contract.errors import PayloadError, SignatureError
 from contract.signing import TrustStore
 
@@ -78,7 +84,7 @@ class CommandGate:
         try:
             command = decode_command(payload)
         except PayloadError:
-            version = _version(payload)
+            version = declared_version(payload)
             if version is None or version == COMMAND_SCHEMA_VERSION:
                 raise
             return self._refuse(Refused("old_version", f"a version {version} command: this agent takes only "
@@ -136,14 +142,6 @@ class CommandGate:
         self.refused[refused.reason] += 1
         log.warning("command refused (%s): %s", refused.reason, refused.message)
         return refused
-
-
-def _version(payload: bytes) -> int | None:
-    try:
-        version = parse_object(payload, "command").get("schema_version")
-    except PayloadError:
-        return None
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
 def _iso(moment: datetime | None) -> str:

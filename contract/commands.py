@@ -22,9 +22,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import AwareDatetime, Field, TypeAdapter, field_validator, model_validator
 
 from contract import COMMAND_SCHEMA_VERSION
-from contract.base import MAX_INT, ContractModel, Count, Identifier, JobId, Message, Name, Text, decode_union, utc_now
+from contract.base import (
+    MAX_INT,
+    ContractModel,
+    Count,
+    Identifier,
+    JobId,
+    Message,
+    Name,
+    Text,
+    decode_union,
+    parse_object,
+    utc_now,
+)
 from contract.common import BundleRef
-from contract.errors import SignatureError
+from contract.errors import PayloadError, SignatureError
 from contract.signing import Role, TrustStore, sign_detached, verify_signature
 from contract.trust import SignedTrust
 
@@ -168,6 +180,16 @@ COMMAND: TypeAdapter[Command] = TypeAdapter(Command)
 
 def decode_command(payload: bytes | str) -> Command:
     return decode_union(COMMAND, payload, "command")
+
+
+def declared_version(payload: bytes | str) -> int | None:
+    """The ``schema_version`` a command payload declares (None: not a JSON object with an integer
+    one): a command of another version is refused as such, not as malformed."""
+    try:
+        version = parse_object(payload, "command").get("schema_version")
+    except PayloadError:
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
 def _canonical(data: Mapping[str, Any]) -> bytes:
