@@ -342,3 +342,24 @@ def test_every_send_is_signed_for_its_device_with_a_fresh_expiry_under_the_same_
     with broker.lock:
         last = decode_command(broker.published[-1][2])
     assert last.job_id == "r1.d2" and last.schema_version == 2 and verify_command(last, trust)
+
+
+def test_fleet_config_queues_a_set_config_the_outbox_signs(fleet: tuple[sessionmaker[Session], str, Path],
+                                                          tmp_path: Path) -> None:
+    from coldchain.cli import app
+
+    sessions, _, tarball = fleet
+    result = CliRunner().invoke(app, ["fleet", "config", "d2", "--inference-interval-s", "5",
+                                      "--db", sqlite_url(tmp_path / "cloud.db")])
+    assert result.exit_code == 0, result.output
+    missing = CliRunner().invoke(app, ["fleet", "config", "ghost", "--inference-interval-s", "5",
+                                       "--db", sqlite_url(tmp_path / "cloud.db")])
+    assert missing.exit_code == 1 and "not in the store" in missing.output
+    broker, clock, key = Broker(), Clock(), Ed25519PrivateKey.generate()
+    c = Controller(sessions, broker, Publisher(broker, lambda sha: tarball), key, clock=clock)  # type: ignore[arg-type]
+    clock.now = datetime.now(UTC) + timedelta(seconds=1)
+    c.step()
+    with broker.lock:
+        (sent,) = [decode_command(p) for _, t, p in broker.published if t == topics.commands("d2")]
+    assert sent.type == "set_config" and sent.inference_interval_s == 5 and sent.device_id == "d2"
+    assert verify_command(sent, TrustStore.from_keys([key.public_key()], [Role.OPERATOR]))
