@@ -5,6 +5,7 @@ whose clock is 1970 or a year ahead behave as docs/security.md ("Commands and re
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -184,3 +185,25 @@ def test_the_command_log_is_bounded(fault_world: World, tmp_path: Path) -> None:
     for n in range(8):
         send_command(a, SetConfigCommand(job_id=f"c{n}", inference_interval_s=1 + n))
     assert [a.commands.get(f"c{n}") is not None for n in range(8)] == [False] * 3 + [True] * 5
+
+
+def test_a_deploy_job_from_before_signed_commands_resumes_after_the_upgrade(fault_world: World,
+                                                                            tmp_path: Path) -> None:
+    """A job file written by the previous agent holds a version 1 command: it is still this job's."""
+    a, _ = _agent(fault_world, tmp_path / "data")
+    bundle = fault_world.bundles[5]
+    deploy, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "j-old")
+    send_command(a, deploy)  # downloading
+    path = tmp_path / "data" / "jobs" / "j-old.json"
+    data = json.loads(path.read_text())
+    data["command"] = {k: v for k, v in data["command"].items() if k not in ("device_id", "authorization")}
+    data["command"]["schema_version"] = 1
+    path.write_text(json.dumps(data))
+    b, t = _agent(fault_world, tmp_path / "data")
+    b.deployer.resume()
+    for frame in frames:
+        b.handle(Received(topics.group_chunks("eu", deploy.artifact.sha256), frame))
+    assert [e.state for e in job_events(t, DEVICE, "j-old")][-1] is JobState.PROBATION
+    assert b.deployer.jobs.damaged == []
+    send_command(b, deploy)  # the cloud's re-send, now signed: answered with the job's state
+    assert _refusals(t) == [] and job_events(t, DEVICE, "j-old")[-1].state is JobState.PROBATION
