@@ -186,7 +186,7 @@ class Harness:
                 continue
             if kill.state == STATES[3]:
                 rollback = signed_rollback(self.world.trusted_key, f"rb-{name}", device=name)
-            self.cloud.publish(topics.commands(name), rollback)
+                self.cloud.publish(topics.commands(name), rollback)
             if kill.fault is None:
                 timer.start()
         code = process.exited(TIMEOUT)
