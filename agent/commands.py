@@ -1,6 +1,7 @@
-"""Commands a device acts on once. The cloud re-sends a deploy, cancel or rollback until the
-device's job state shows its job id; a command under a job id this device already knows is
-answered with that job's state (a job event under the command's job id) and never acted on again.
+"""Commands a device acts on once. The cloud re-sends a command until the device's job state
+shows its job id; a command under a job id this device already knows, with the same content, is
+answered with that job's state (a job event under the command's job id) and never acted on again
+(what is refused, and why: :mod:`agent.gate`).
 
 Deploy jobs are remembered by the job store; the outcome of every finished job, cancel and
 rollback (and a cancel that arrived before its deploy) by :class:`CommandLog`, a small persisted
@@ -10,32 +11,39 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from agent.config import AgentConfig
 from agent.deploy import Deployer
 from agent.errors import SlotError
+from agent.model import LoadedBundle
 from agent.slots import atomic_write
-from contract.commands import CancelCommand, RollbackCommand, authorization_bytes
-from contract.errors import ContractError
+from contract.commands import CancelCommand, ProfileCommand, RollbackCommand, SetConfigCommand
+from contract.events import ProfileEvent
 from contract.jobs import JobState
-from contract.signing import Role, TrustStore, verify_signature
 
 Outcome = tuple[JobState, str | None]
+_Entry = tuple[str | None, str | None, str | None]  # final state (None: acted on, not finished), reason, content
 
 
 class CommandLog:
-    """Job id -> its final state and reason, newest ``keep`` kept, in ``commands.json``. A file
-    that does not parse is set aside and the log starts empty (``damaged`` says so)."""
+    """Job id -> its final state, reason and content hash (``contract.commands.content_sha256``),
+    newest ``keep`` kept, and the newest ``issued_at`` of a verified command (the device's trusted
+    time: see :mod:`agent.gate`), in ``commands.json``. A file that does not parse is set aside and
+    the log starts empty (``damaged`` says so)."""
 
     def __init__(self, data_dir: Path, keep: int = 1000) -> None:
         self.path, self.keep = data_dir / "commands.json", keep
         self.damaged: str | None = None
-        self._entries: dict[str, tuple[str, str | None]] = {}
+        self._entries: dict[str, _Entry] = {}
+        self.newest_issued: datetime | None = None
         if self.path.exists():
             try:
-                loaded = json.loads(self.path.read_text())
-                self._entries = {str(k): (JobState(v[0]).value, None if v[1] is None else str(v[1]))
-                                 for k, v in loaded.items()}
+                self._entries, self.newest_issued = _parse(json.loads(self.path.read_text()))
             except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
                 moved = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
                 self.path.replace(moved)
@@ -43,16 +51,55 @@ class CommandLog:
 
     def get(self, job_id: str) -> Outcome | None:
         found = self._entries.get(job_id)
-        return None if found is None else (JobState(found[0]), found[1])
+        return None if found is None or found[0] is None else (JobState(found[0]), found[1])
+
+    def content(self, job_id: str) -> str | None:
+        found = self._entries.get(job_id)
+        return None if found is None else found[2]
+
+    def accept(self, job_id: str, content: str, issued_at: datetime) -> None:
+        """A verified command is acted on: remember its content (and its time as trusted)."""
+        self.saw(issued_at, write=False)
+        self._put(job_id, (None, None, content))
+
+    def saw(self, issued_at: datetime, write: bool = True) -> None:
+        """A verified command was issued at ``issued_at``: the trusted time is at least that."""
+        if self.newest_issued is None or issued_at > self.newest_issued:
+            self.newest_issued = issued_at
+            if write:
+                self._write()
 
     def record(self, job_id: str, state: JobState, reason: str | None) -> None:
-        if self._entries.get(job_id) == (state.value, reason):
+        before = self._entries.get(job_id)
+        if before is not None and before[:2] == (state.value, reason):
             return
+        self._put(job_id, (state.value, reason, None if before is None else before[2]))
+
+    def _put(self, job_id: str, entry: _Entry) -> None:
         self._entries.pop(job_id, None)
-        self._entries[job_id] = (state.value, reason)
+        self._entries[job_id] = entry
         for old in list(self._entries)[:-self.keep]:
             del self._entries[old]
-        atomic_write(self.path, json.dumps(self._entries).encode())
+        self._write()
+
+    def _write(self) -> None:
+        newest = None if self.newest_issued is None else self.newest_issued.isoformat()
+        atomic_write(self.path, json.dumps({"version": 2, "newest_issued_at": newest,
+                                            "jobs": {k: list(v) for k, v in self._entries.items()}}).encode())
+
+
+def _parse(loaded: dict[str, Any]) -> tuple[dict[str, _Entry], datetime | None]:
+    """Version 2 (``{"version": 2, "newest_issued_at", "jobs"}``), or the flat job map before it."""
+    if loaded.get("version") != 2:  # before signed commands: {job id: [state, reason]}
+        return {str(k): (JobState(v[0]).value, _opt(v[1]), None) for k, v in loaded.items()}, None
+    newest = loaded["newest_issued_at"]
+    entries = {str(k): (None if v[0] is None else JobState(v[0]).value, _opt(v[1]), _opt(v[2]))
+               for k, v in loaded["jobs"].items()}
+    return entries, None if newest is None else datetime.fromisoformat(newest)
+
+
+def _opt(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def cancel(deployer: Deployer, log: CommandLog, command: CancelCommand) -> Outcome:
@@ -68,17 +115,9 @@ def cancel(deployer: Deployer, log: CommandLog, command: CancelCommand) -> Outco
     return JobState.FAILED, f"job {target} is {record.state.value}: past activation, left alone"
 
 
-def roll_back(deployer: Deployer, trust: TrustStore, command: RollbackCommand) -> Outcome:
-    """Back to a known-good bundle on this device (an older sequence: only with an operator's
+def roll_back(deployer: Deployer, command: RollbackCommand) -> Outcome:
+    """Back to a known-good bundle on this device (the gate, ``agent.gate``, checked the operator's
     signature). SUCCEEDED with what was done, or FAILED with why it was refused."""
-    if command.authorization is None:
-        return JobState.FAILED, ("a rollback installs an older bundle and must be signed by an operator key this "
-                                 "device trusts (authorization missing)")
-    try:
-        verify_signature(authorization_bytes(command), command.authorization.key_id,
-                         command.authorization.signature, trust, Role.OPERATOR)
-    except ContractError as exc:
-        return JobState.FAILED, f"rollback authorization does not verify: {exc}"
     if command.to is not None and command.to.sha256 == deployer.slots.pointer().active_sha256:
         return JobState.SUCCEEDED, "already active: nothing to do"
     try:
@@ -86,3 +125,26 @@ def roll_back(deployer: Deployer, trust: TrustStore, command: RollbackCommand) -
                                                              None if command.to is None else command.to.sha256)
     except SlotError as exc:  # no known-good bundle to go to: the active one stays, and the cloud hears why
         return JobState.FAILED, str(exc)
+
+
+def set_config(config: AgentConfig, next_inference: float, command: SetConfigCommand,
+               now: float | None = None) -> tuple[AgentConfig, float, str]:
+    """The configuration after ``command``, when the next inference is due (a shorter interval takes
+    effect at once: the inference scheduled under the old one is moved forward), and what changed."""
+    updates = {k: v for k, v in (("inference_interval_s", command.inference_interval_s),
+                                 ("telemetry_window_s", command.telemetry_window_s)) if v is not None}
+    if command.inference_interval_s is not None:
+        next_inference = min(next_inference, (time.monotonic() if now is None else now) + command.inference_interval_s)
+    applied = ", ".join(f"{k}={v:g}" for k, v in updates.items()) or "nothing to change"
+    return config.model_copy(update=updates), next_inference, f"applied {applied}"
+
+
+def profile(loaded: LoadedBundle, available: dict[Any, str], command: ProfileCommand, device_id: str,
+            seq: int) -> ProfileEvent:
+    """Time the active model (model only, after warm-up): the answer to a profile command."""
+    times = loaded.time_runs(None, command.warmup, command.iterations)
+    name = loaded.manifest.target.runtime.name
+    return ProfileEvent(device_id=device_id, seq=seq, job_id=command.job_id, bundle_sha256=loaded.sha256,
+                        runtime=f"{name.value} {available.get(name, '?')}", iterations=command.iterations,
+                        p50_ms=float(np.percentile(times, 50)), p95_ms=float(np.percentile(times, 95)),
+                        mean_ms=float(np.mean(times)))

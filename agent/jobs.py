@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.slots import atomic_write
+from contract import COMMAND_SCHEMA_VERSION
 from contract.jobs import JobState, check_transition
 
 
@@ -59,6 +60,8 @@ class JobStore:
             data = json.loads(path.read_text())
             data["state"] = JobState(data["state"])
             data["history"] = [tuple(h) for h in data.get("history", [])]
+            if data["command"].get("schema_version") == 1:  # accepted before signed commands: still this job's
+                data["command"] = {**data["command"], "schema_version": COMMAND_SCHEMA_VERSION}
             return JobRecord(**data)
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             moved = path.with_name(f"{path.name}.damaged-{int(time.time())}") if self.repair else path

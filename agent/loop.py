@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from agent import runtimes
-from agent.commands import CommandLog, cancel, roll_back
+from agent.commands import CommandLog, cancel, profile, roll_back, set_config
 from agent.config import AgentConfig
 from agent.deploy import Deployer
 from agent.errors import AgentError, FrameError, SourceEnded
 from agent.frames import FrameSource
+from agent.gate import Answer, CommandGate, Refused
 from agent.jobs import JobRecord
 from agent.model import LoadedBundle
 from agent.shadow import ShadowRun
@@ -38,11 +39,10 @@ from contract.commands import (
     RollbackCommand,
     SetConfigCommand,
     TrustUpdateCommand,
-    decode_command,
 )
 from contract.common import BundleRef, RuntimeInfo
 from contract.errors import ContractError
-from contract.events import ErrorEvent, JobEvent, ProfileEvent, ShadowEvent
+from contract.events import ErrorEvent, JobEvent, ShadowEvent
 from contract.jobs import JobState
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import decode_chunk
@@ -71,6 +71,7 @@ class Agent:
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
                                  clock=clock, board=config.board)
         self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
+        self.gate = CommandGate(config.device_id, self.trust, self.commands, self.deployer.jobs, clock)
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows)
         self.uplink = Uplink(self.spool, transport, config.device_id, config.limits.telemetry_in_flight,
                              config.limits.telemetry_resend_s)
@@ -109,7 +110,7 @@ class Agent:
         if state.terminal or state in (JobState.PROBATION, JobState.QUEUED):
             self.publish_state()
 
-    def _error(self, code: str, message: str, topic: str | None = None) -> None:
+    def _error(self, code: str, message: str, topic: str | None = None, job_id: str | None = None) -> None:
         """An error event, through a bucket per code (a burst of ``ERROR_BURST``, then one every
         ``ERROR_EVERY_S``): a repeating fault or a flood of bad messages is reported with the count
         of those held back, never as a flood of its own."""
@@ -120,7 +121,7 @@ class Agent:
             message = f"{message} ({held} more like it were held back)"
         self.event_seq += 1
         event = ErrorEvent(device_id=self.config.device_id, seq=self.event_seq, code=code, message=message[:2000],
-                           topic=topic)
+                           topic=topic, job_id=job_id)
         self.send(topics.events(self.config.device_id), event.to_json())
 
     def _error_allowed(self, code: str) -> bool:
@@ -205,11 +206,15 @@ class Agent:
             self._error("malformed_message", str(exc), topic)
 
     def on_command(self, payload: bytes, topic: str) -> None:
-        command = decode_command(payload)
-        known = self.commands.get(command.job_id) if self.deployer.jobs.get(command.job_id) is None else None
-        if known is not None and isinstance(command, DeployCommand | CancelCommand | RollbackCommand):
-            self._emit(command.job_id, *known, None)  # re-sent: answered with its state, never acted on twice
-        elif isinstance(command, DeployCommand):
+        verdict = self.gate.check(payload)
+        if isinstance(verdict, Refused):  # a replay, an expired or foreign command, a bad signature: never acted on
+            self._error(f"command_refused.{verdict.reason}", verdict.message, topic, verdict.job_id)
+            return
+        if isinstance(verdict, Answer):  # re-sent: answered with its state, never acted on twice
+            self._emit(verdict.job_id, *verdict.outcome, None)
+            return
+        command = verdict.command
+        if isinstance(command, DeployCommand):
             group = command.artifact.group
             if group is not None and group not in self.config.groups:  # a rollout wave's own group topic
                 self.transport.subscribe([topics.group_artifacts(group)])
@@ -218,14 +223,13 @@ class Agent:
         elif isinstance(command, CancelCommand):
             self._emit(command.job_id, *cancel(self.deployer, self.commands, command), None)
         elif isinstance(command, RollbackCommand):
-            state, reason = roll_back(self.deployer, self.trust, command)
+            state, reason = roll_back(self.deployer, command)
             if state is JobState.FAILED:
                 self._error("rollback_refused", reason or "", topic)
             self._emit(command.job_id, state, reason, None)
         elif isinstance(command, SetConfigCommand):
-            updates = {k: v for k, v in (("inference_interval_s", command.inference_interval_s),
-                                         ("telemetry_window_s", command.telemetry_window_s)) if v is not None}
-            self.config = self.config.model_copy(update=updates)
+            self.config, self.next_inference, applied = set_config(self.config, self.next_inference, command)
+            self._emit(command.job_id, JobState.SUCCEEDED, applied, None)
         elif isinstance(command, ProfileCommand):
             self.on_profile(command, topic)
         elif isinstance(command, TrustUpdateCommand):
@@ -237,16 +241,12 @@ class Agent:
         """Time the active model on this device (model only, after warm-up) and report it."""
         loaded = self.active_model()
         if loaded is None:
-            self._error("no_active_model", "profile needs an active bundle; none is installed", topic)
+            self._error("no_active_model", "profile needs an active bundle; none is installed", topic, command.job_id)
             return
-        times = loaded.time_runs(None, command.warmup, command.iterations)
-        sha, name = loaded.sha256, loaded.manifest.target.runtime.name
         self.event_seq += 1
-        event = ProfileEvent(device_id=self.config.device_id, seq=self.event_seq, job_id=command.job_id,
-                             bundle_sha256=sha, runtime=f"{name.value} {self.available.get(name, '?')}",
-                             iterations=command.iterations, p50_ms=float(np.percentile(times, 50)),
-                             p95_ms=float(np.percentile(times, 95)), mean_ms=float(np.mean(times)))
+        event = profile(loaded, self.available, command, self.config.device_id, self.event_seq)
         self.send(topics.events(self.config.device_id), event.to_json())
+        self.commands.record(command.job_id, JobState.SUCCEEDED, f"profiled: p95 {event.p95_ms:.3g} ms")
 
     # ---- inference and telemetry -------------------------------------------------------
     def active_model(self) -> LoadedBundle | None:

@@ -1,8 +1,9 @@
-"""Command delivery to devices: a command (deploy, cancel, rollback) counts as sent only when the
-broker acknowledged it (PUBACK), and is re-sent with a bounded exponential backoff until the
-device's job state shows its job id (a job event, or the job in its retained state); then it
-stops. A command never confirmed after ``Backoff.attempts`` sends fails with a reason that says
-whether the broker took it (then the device is away) or not (then the broker is).
+"""Command delivery to devices: a command (deploy, cancel, rollback, set_config, profile) counts as
+sent only when the broker acknowledged it (PUBACK), and is re-sent (signed again, with a fresh
+expiry) with a bounded exponential backoff until the device's job state shows its job id (a job
+event, or the job in its retained state); then it stops. A command never confirmed after
+``Backoff.attempts`` sends fails with a reason that says whether the broker took it (then the
+device is away) or not (then the broker is).
 
 Every command is a row in the store (:class:`cloud.store.CommandRow`), so a restarted controller
 goes on where the last one stopped, and operator actions that only write the store can queue one.
@@ -11,22 +12,31 @@ ingestion worker, which drains the transport's inbox, hands it every ``Acked(mid
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud.store import CommandRow, Device, EventRow
-from contract import topics
-from contract.commands import CancelCommand, DeployCommand, RollbackCommand
+from contract import COMMAND_SCHEMA_VERSION, topics
+from contract.commands import (
+    COMMAND,
+    COMMAND_TTL_S,
+    CancelCommand,
+    DeployCommand,
+    ProfileCommand,
+    RollbackCommand,
+    SetConfigCommand,
+    sign_command,
+)
 from transport.client import Transport
 
 log = logging.getLogger("coldchain.commands")
-Tracked = DeployCommand | CancelCommand | RollbackCommand
+Tracked = DeployCommand | CancelCommand | RollbackCommand | SetConfigCommand | ProfileCommand
 MAX_IN_FLIGHT = 10_000  # message ids remembered while their PUBACK is outstanding
 
 
@@ -114,11 +124,14 @@ class Pumped:
 
 
 class Outbox:
-    """Sends due commands, records acknowledgements and confirmations, gives up on the unconfirmed."""
+    """Sends due commands, records acknowledgements and confirmations, gives up on the unconfirmed.
+    Each send is signed by the operator ``key`` for the row's device, issued at the controller's
+    clock and valid ``ttl_s`` (``contract.commands.sign_command``): a re-send carries the same job id
+    and content with fresh times, so a device answers it with the job's state."""
 
-    def __init__(self, transport: Transport, deliveries: Deliveries | None = None,
-                 backoff: Backoff | None = None) -> None:
-        self.transport = transport
+    def __init__(self, transport: Transport, key: Ed25519PrivateKey, deliveries: Deliveries | None = None,
+                 backoff: Backoff | None = None, ttl_s: float = COMMAND_TTL_S) -> None:
+        self.transport, self.key, self.ttl_s = transport, key, ttl_s
         self.deliveries = deliveries or Deliveries()
         self.backoff = backoff or Backoff()
 
@@ -157,7 +170,9 @@ class Outbox:
         return out
 
     def _send(self, row: CommandRow, clock: datetime) -> None:
-        payload = json.dumps(row.payload, separators=(",", ":")).encode()
+        body = {**row.payload, "schema_version": COMMAND_SCHEMA_VERSION}  # a row queued by an older cloud too
+        command = sign_command(COMMAND.validate_python(body), self.key, row.device_id, clock, self.ttl_s)
+        payload = command.to_json()
         mid = self.deliveries.publish(self.transport, topics.commands(row.device_id), payload, row.job_id)
         if mid is None:  # not connected: nothing went out, nothing is counted
             row.next_at = clock + timedelta(seconds=self.backoff.offline_s)

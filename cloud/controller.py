@@ -8,7 +8,6 @@ Operators change a rollout through :mod:`cloud.rollouts`, which only writes the 
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -40,11 +39,10 @@ from cloud.rollouts import (
     rollback_step,
 )
 from cloud.store import BundleRow, CommandRow, Device, EventRow, Rollout, RolloutDevice, TelemetryRow, now
-from contract.commands import Authorization, DeployCommand, RollbackCommand, authorization_bytes
+from contract.commands import DeployCommand, RollbackCommand
 from contract.common import BundleRef
 from contract.jobs import JobState
 from contract.manifest import Manifest
-from contract.signing import key_id
 from transport.client import Transport
 
 log = logging.getLogger("coldchain.rollout")
@@ -61,7 +59,7 @@ class Controller:
         self.sessions, self.transport, self.publisher = sessions, transport, publisher
         self.key, self.clock = operator_key, clock
         self.notify = notify or log.info
-        self.outbox = Outbox(transport, deliveries, backoff)  # deliveries: fed the broker's acks by ingestion
+        self.outbox = Outbox(transport, operator_key, deliveries, backoff)  # signs each send; acks fed by ingestion
         self._streamed: dict[tuple[str, int], None] = {}  # (rollout, wave) streams this controller started
 
     # ---- the loop -------------------------------------------------------------------------
@@ -302,9 +300,6 @@ class Controller:
         to = BundleRef.model_validate(step.to) if step.to else None
         command = RollbackCommand(job_id=f"{device.job_id}.rollback", to=to,
                                   reason=f"{rollout.reason or 'rolled back'}; {step.why}"[:2000])
-        signature = base64.b64encode(self.key.sign(authorization_bytes(command))).decode()
-        command = command.model_copy(update={"authorization": Authorization(
-            key_id=key_id(self.key.public_key()), signature=signature)})
         self.outbox.issue(session, device.device_id, command, rollout.id, clock)
 
     def _cancel(self, session: Session, device: RolloutDevice, reason: str) -> None:

@@ -36,7 +36,7 @@ def push(sessions: sessionmaker[Session], transport: Transport, signed: SignedTr
     jobs = {}
     for device in devices:
         jobs[device] = job_id(signed, device)
-        command = TrustUpdateCommand(job_id=jobs[device], trust=signed)
+        command = TrustUpdateCommand(job_id=jobs[device], device_id=device, trust=signed)
         transport.publish(topics.commands(device), command.to_json())
     return jobs
 

@@ -127,3 +127,29 @@ def revoke(device: Annotated[str, typer.Argument(help="Device id.")],
 
     with user_errors(CloudError, OSError):
         console.print(f"{device}: {remove(FleetAuthority(fleet), open_sessions(db), device)}")
+
+
+@app.command()
+def config(device: Annotated[str, typer.Argument(help="Device id.")],
+           inference_interval_s: Annotated[float | None, typer.Option(min=0, max=3600,
+                                                                      help="Seconds between inferences.")] = None,
+           telemetry_window_s: Annotated[float | None, typer.Option(min=1, max=86400,
+                                                                    help="Seconds per telemetry window.")] = None,
+           db: Db = DEFAULT_DB) -> None:
+    """Change a device's settings (a set_config command). Queued in the store: the running cloud signs
+    it with its operator key and sends it until the device answers (it takes effect at once)."""
+    import uuid
+
+    from cloud.commands import enqueue
+    from cloud.errors import CloudError
+    from cloud.store import Device, now
+    from contract.commands import SetConfigCommand
+
+    with user_errors(CloudError, ValueError), open_sessions(db).begin() as session:
+        if session.get(Device, device) is None:
+            raise fail(f"device {device} is not in the store (see `coldchain fleet list`)")
+        command = SetConfigCommand(job_id=f"config-{uuid.uuid4().hex[:12]}", inference_interval_s=inference_interval_s,
+                                   telemetry_window_s=telemetry_window_s)
+        row = enqueue(session, device, command, None, now())
+        console.print(f"queued {row.job_id} for {device}: the cloud sends it signed; its answer shows in "
+                      f"`coldchain fleet show {device}`")

@@ -1,16 +1,51 @@
-"""Commands on ``devices/{id}/commands``. Each carries a ``job_id``; devices act on a job id once."""
+"""Commands on ``devices/{id}/commands``. Each carries a ``job_id``; devices act on a job id once.
+
+Every command the cloud sends (all but ``trust_update``, which carries its own root signatures) is
+signed by an operator key with :func:`sign_command`, the one signing function of every sender: the
+Ed25519 signature covers :func:`signed_bytes`, which bind the command type, the device it is for,
+its job id, ``issued_at`` and ``expires_at``, and :func:`content_sha256` (the command's canonical
+JSON without those times and the signature). A re-send is signed again with fresh times under the
+same job id and has the same content hash, so a device tells a re-send (answered with the job's
+state) from a different command reusing a job id (refused). Commands are ``schema_version`` 2
+(``COMMAND_SCHEMA_VERSION``); version 1 commands were unsigned and are refused.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from datetime import datetime
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, TypeAdapter, model_validator
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import AwareDatetime, Field, TypeAdapter, field_validator, model_validator
 
-from contract.base import MAX_INT, ContractModel, Count, Identifier, JobId, Message, Name, Text, decode_union, utc_now
+from contract import COMMAND_SCHEMA_VERSION
+from contract.base import (
+    MAX_INT,
+    ContractModel,
+    Count,
+    Identifier,
+    JobId,
+    Message,
+    Name,
+    Text,
+    decode_union,
+    parse_object,
+    utc_now,
+)
 from contract.common import BundleRef
+from contract.errors import PayloadError, SignatureError
+from contract.signing import Role, TrustStore, sign_detached, verify_signature
 from contract.trust import SignedTrust
+
+COMMAND_TTL_S: Final = 600.0
+"""How long a signed command may be acted on after it was signed (the cloud re-signs each re-send)."""
+MAX_COMMAND_TTL_S: Final = 24 * 3600.0
+"""The longest validity a command may claim: a captured command is worthless a day later at most."""
+SIGNED_DOMAIN: Final = "coldchain.command/v2"
+_NOT_CONTENT = frozenset({"schema_version", "issued_at", "expires_at", "authorization"})
 
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 
@@ -34,16 +69,37 @@ class ArtifactRef(ContractModel):
 
 
 class Authorization(ContractModel):
-    """An operator's Ed25519 signature over the command without this field (see contract.signing)."""
+    """An operator's Ed25519 signature over :func:`signed_bytes` of the command."""
 
     key_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
     signature: Annotated[str, Field(min_length=1, max_length=128)]  # base64
 
 
 class _Command(Message):
+    schema_version: int = COMMAND_SCHEMA_VERSION
     job_id: JobId
-    issued_at: datetime = Field(default_factory=utc_now)
-    expires_at: datetime | None = None
+    device_id: Identifier | None = None  # the one device this command is for (bound by the signature)
+    issued_at: AwareDatetime = Field(default_factory=utc_now)
+    expires_at: AwareDatetime | None = None
+    authorization: Authorization | None = None
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != COMMAND_SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {value} is not supported: commands are version {COMMAND_SCHEMA_VERSION} "
+                "(signed by an operator key, bound to one device); upgrade the older side")
+        return value
+
+    @model_validator(mode="after")
+    def _validity(self) -> _Command:
+        if self.expires_at is not None:
+            span = (self.expires_at - self.issued_at).total_seconds()
+            if not 0 < span <= MAX_COMMAND_TTL_S:
+                raise ValueError(f"expires_at must be after issued_at by at most {MAX_COMMAND_TTL_S:g} s "
+                                 f"(got {span:g} s)")
+        return self
 
 
 class DeployCommand(_Command):
@@ -64,7 +120,6 @@ class RollbackCommand(_Command):
     type: Literal["rollback"] = "rollback"
     to: BundleRef | None = None
     reason: Text
-    authorization: Authorization | None = None
 
 
 class CancelCommand(_Command):
@@ -127,7 +182,51 @@ def decode_command(payload: bytes | str) -> Command:
     return decode_union(COMMAND, payload, "command")
 
 
-def authorization_bytes(command: RollbackCommand) -> bytes:
-    """The exact bytes an operator signs for a rollback: the command without its authorization."""
-    body = command.model_dump(mode="json", exclude={"authorization"})
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+def declared_version(payload: bytes | str) -> int | None:
+    """The ``schema_version`` a command payload declares (None: not a JSON object with an integer
+    one): a command of another version is refused as such, not as malformed."""
+    try:
+        version = parse_object(payload, "command").get("schema_version")
+    except PayloadError:
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _canonical(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def content_sha256(command: Command | Mapping[str, Any]) -> str:
+    """The hash of what a command asks (its JSON without schema version, times and signature): the
+    same for every re-send of one job, different for another command under the same job id."""
+    body = command if isinstance(command, Mapping) else command.model_dump(mode="json")
+    return hashlib.sha256(_canonical({k: v for k, v in body.items() if k not in _NOT_CONTENT})).hexdigest()
+
+
+def signed_bytes(command: Command) -> bytes:
+    """The exact bytes an operator key signs: type, device, job id, times and the content hash."""
+    times = command.model_dump(mode="json", include={"issued_at", "expires_at"})
+    return _canonical({"domain": SIGNED_DOMAIN, "type": command.type, "device_id": command.device_id,
+                       "job_id": command.job_id, **times, "content_sha256": content_sha256(command)})
+
+
+def sign_command(command: Command, key: Ed25519PrivateKey, device_id: str, now: datetime,
+                 ttl_s: float = COMMAND_TTL_S) -> Command:
+    """``command`` for ``device_id``, issued ``now``, valid ``ttl_s``, signed by ``key`` (an operator
+    key): what every sender (rollout controller, re-sends, operator commands) publishes."""
+    body = {**command.model_dump(mode="json", exclude={"authorization"}), "device_id": device_id,
+            "issued_at": now.isoformat(), "expires_at": (now + timedelta(seconds=ttl_s)).isoformat()}
+    unsigned = COMMAND.validate_python(body)
+    kid, signature = sign_detached(signed_bytes(unsigned), key)
+    return unsigned.model_copy(update={"authorization": Authorization(key_id=kid, signature=signature)})
+
+
+def verify_command(command: Command, trust: TrustStore) -> str:
+    """Check the command's operator signature; returns the signing key id, or raises SignatureError
+    (unsigned, or not by a key trusted as ``operator``, or the bytes changed after signing)."""
+    if command.authorization is None:
+        raise SignatureError(f"{command.type} {command.job_id} carries no authorization: every command must be "
+                             "signed by an operator key this device trusts")
+    verify_signature(signed_bytes(command), command.authorization.key_id, command.authorization.signature, trust,
+                     Role.OPERATOR)
+    return command.authorization.key_id

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agent.frames import FolderSource
 from agent.loop import Agent
-from benchmarks.faults.device import MemoryTransport, deliver, events, new_agent, pass_probation
+from benchmarks.faults.device import MemoryTransport, deliver, events, new_agent, pass_probation, send_command
 from benchmarks.faults.invariant import data_dir_violations
 from benchmarks.faults.report import Row
 from benchmarks.faults.world import World, deploy_command
@@ -62,7 +62,7 @@ def prepare(world: World, data: Path, frames: Path) -> None:
     pass_probation(agent.deployer, "j4")
     deliver(agent, world.bundles[5], 5, "j5")
     command, chunks = _again(world)
-    agent.handle(Received(topics.commands(agent.config.device_id), command.to_json()))
+    send_command(agent, command)
     for frame in chunks[: len(chunks) // 2]:
         agent.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
     for _ in range(2):

@@ -14,15 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from agent.config import AgentConfig
 from agent.deploy import Deployer
 from agent.frames import FrameSource
 from agent.loop import Agent
 from agent.runtimes import available
-from benchmarks.faults.world import World, deploy_command
+from benchmarks.faults.world import World, deploy_command, signed
 from compiler.bundle import Bundle
-from contract import topics
-from contract.commands import DeployCommand
+from contract import signing, topics
+from contract.commands import Command, DeployCommand
 from contract.events import ErrorEvent, Event, JobEvent, decode_event
 from contract.jobs import JobState
 from contract.transfer import decode_chunk
@@ -82,15 +84,28 @@ def job_events(transport: MemoryTransport, device: str, job: str) -> list[JobEve
     return [e for e in events(transport, device) if isinstance(e, JobEvent) and e.job_id == job]
 
 
+def operator_key(a: Agent) -> Ed25519PrivateKey:
+    """The private key beside a public key the agent trusts as operator (the world's ``ops`` key)."""
+    for public in [*a.config.operator_keys, *a.config.trusted_keys]:
+        if public.with_suffix(".key").is_file():
+            return signing.load_private_key(public.with_suffix(".key"))
+    raise AssertionError(f"no private key beside the operator keys of {a.config.device_id}")
+
+
+def send_command(a: Agent, body: Command, key: Ed25519PrivateKey | None = None) -> None:
+    """``body`` signed for this agent (as the cloud signs it), handed to it on its command topic."""
+    a.handle(Received(topics.commands(a.config.device_id), signed(body, key or operator_key(a), a.config.device_id)))
+
+
 def deliver(a: Agent, bundle: Bundle, seq: int, job: str, shadow_s: float | None = None,
-            group: str = "eu") -> DeployCommand:
-    """The deploy command for ``bundle``, then every chunk of it on the group topic."""
-    command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, seq, job, group=group)
-    command = command.model_copy(update={"shadow_s": shadow_s})
-    a.handle(Received(topics.commands(a.config.device_id), command.to_json()))
+            group: str = "eu", key: Ed25519PrivateKey | None = None) -> DeployCommand:
+    """The deploy command for ``bundle`` (signed), then every chunk of it on the group topic."""
+    deploy, frames = deploy_command(bundle.tarball, bundle.ref.sha256, seq, job, group=group)
+    deploy = deploy.model_copy(update={"shadow_s": shadow_s})
+    send_command(a, deploy, key)
     for frame in frames:
-        a.handle(Received(topics.group_chunks(group, command.artifact.sha256), frame))
-    return command
+        a.handle(Received(topics.group_chunks(group, deploy.artifact.sha256), frame))
+    return deploy
 
 
 def pass_probation(deployer: Deployer, job: str) -> None:

@@ -25,10 +25,10 @@ from agent import slots as agent_slots
 from agent.errors import AgentError
 from agent.frames import FolderSource
 from agent.loop import Agent
-from benchmarks.faults.device import MemoryTransport, events, known_good_template, new_agent
+from benchmarks.faults.device import MemoryTransport, events, known_good_template, new_agent, send_command
 from benchmarks.faults.invariant import data_dir_violations, tree_bytes
 from benchmarks.faults.report import Row
-from benchmarks.faults.world import World, deploy_command, padded_bundle
+from benchmarks.faults.world import World, deploy_command, padded_bundle, signed
 from contract import topics
 from contract.bundle import RESERVE_BYTES
 from contract.commands import ProfileCommand
@@ -128,7 +128,8 @@ def one_case(world: World, data: Path, tarball: Path, sha: str, kind: str, job: 
             ballast = fill(data.parent)
 
     with mock.patch.object(agent_slots, "fault", fill_at_install):
-        loop_step(lambda: agent.handle(Received(topics.commands(device), command.to_json())), caught)
+        loop_step(lambda: agent.handle(Received(topics.commands(device), signed(command, world.trusted_key, device))),
+                  caught)
         for index, frame in enumerate(frames):
             if kind == KINDS[1] and index == len(frames) // 2:
                 ballast = fill(data.parent)
@@ -142,8 +143,7 @@ def one_case(world: World, data: Path, tarball: Path, sha: str, kind: str, job: 
         wrong.append("the ballast was never placed (the case did not happen)")
     wrong += data_dir_violations(data, world.trust, {world.bundles[5].ref.sha256})
     answer = f"profile-{job}"
-    loop_step(lambda: agent.handle(Received(topics.commands(device), ProfileCommand(
-        job_id=answer, iterations=1, warmup=0).to_json())), caught)
+    loop_step(lambda: send_command(agent, ProfileCommand(job_id=answer, iterations=1, warmup=0)), caught)
     loop_step(agent.close_window, caught)
     if not any(isinstance(e, ProfileEvent) and e.job_id == answer for e in events(transport, device)):
         wrong.append("the agent did not answer a profile command afterwards")

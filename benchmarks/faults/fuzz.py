@@ -16,6 +16,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
@@ -25,11 +26,10 @@ from benchmarks.faults.device import agent_config, known_good_template
 from benchmarks.faults.fuzz_payloads import DEVICE, deploy_job, message, refused
 from benchmarks.faults.invariant import data_dir_violations, tree_bytes
 from benchmarks.faults.report import Row
-from benchmarks.faults.world import World
+from benchmarks.faults.world import World, signed
 from contract import topics
 from contract.commands import CancelCommand, ProfileCommand
 from contract.events import ProfileEvent, decode_event
-from contract.signing import key_id, load_public_key
 from contract.state import DeviceState, offline
 from transport.client import MqttTransport
 from transport.config import BrokerConfig
@@ -42,8 +42,9 @@ class Sender:
     """Publishes fuzz payloads, keeps the oracle's count, and checks the agent at every marker."""
 
     def __init__(self, agent: Agent, thread: threading.Thread, cloud: object, inbox: Inbox, batch: int,
-                 row: Row) -> None:
+                 row: Row, key: Ed25519PrivateKey) -> None:
         self.agent, self.thread, self.cloud, self.inbox, self.batch, self.row = agent, thread, cloud, inbox, batch, row
+        self.key = key  # the operator key the agent trusts: markers and cancels are signed as the cloud signs
         self.sent = self.invalid = self.markers = 0
         self.base = agent.malformed
         self.kinds: Counter[str] = Counter()
@@ -69,12 +70,12 @@ class Sender:
         self.pending = 0
         for number, job in enumerate(self.jobs):
             cancel = CancelCommand(job_id=f"zz-cancel-{self.markers}-{number}", target_job_id=job)
-            self.cloud.publish(topics.commands(DEVICE), cancel.to_json(), qos=1)  # type: ignore[attr-defined]
+            self.cloud.publish(topics.commands(DEVICE), signed(cancel, self.key, DEVICE), qos=1)  # type: ignore[attr-defined]
         self.jobs.clear()
         self.markers += 1
         marker = f"zz-marker-{self.markers}"
-        self.cloud.publish(topics.commands(DEVICE), ProfileCommand(  # type: ignore[attr-defined]
-            job_id=marker, iterations=1, warmup=0).to_json(), qos=1)
+        self.cloud.publish(topics.commands(DEVICE), signed(ProfileCommand(  # type: ignore[attr-defined]
+            job_id=marker, iterations=1, warmup=0), self.key, DEVICE), qos=1)
 
         def answer(topic: str, payload: bytes) -> bool | None:
             if topic != topics.events(DEVICE):
@@ -97,11 +98,11 @@ class Sender:
         return True
 
 
-def drive(sender: Sender, payloads: int, trusted_key_id: str, rng_seed: int) -> None:
+def drive(sender: Sender, payloads: int, rng_seed: int) -> None:
     @seed(rng_seed)
     @settings(max_examples=payloads, database=None, deadline=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(message(trusted_key_id))
+    @given(message(sender.key))
     def one(item: tuple[str, bytes]) -> None:
         sender.send(*item)
 
@@ -127,9 +128,9 @@ def run(world: World, payloads: int = 20_000, batch: int = 500, rng_seed: int = 
             if online is None:
                 row.violated("start", "the agent never came online")
                 return row
-            sender = Sender(agent, thread, cloud, inbox, batch, row)
+            sender = Sender(agent, thread, cloud, inbox, batch, row, world.trusted_key)
             set_hypothesis_home_dir(Path(tmp) / "hypothesis")  # its caches, never the working directory
-            drive(sender, payloads, key_id(load_public_key(world.public_key)), rng_seed)
+            drive(sender, payloads, rng_seed)
             sender.checkpoint()  # the last batch, and the proof that it still serves
         finally:
             set_hypothesis_home_dir(None)
@@ -148,4 +149,6 @@ def run(world: World, payloads: int = 20_000, batch: int = 500, rng_seed: int = 
         row.notes.append(", ".join(f"{k} {n}" for k, n in sorted(sender.kinds.items())))
         row.notes.append(f"data directory at the end: {used / 2**20:.1f} MiB on disk, {apparent / 2**20:.1f} MiB "
                          f"apparent (sparse downloads); agent.malformed = {agent.malformed}")
+        row.notes.append("commands refused by the gate (not malformed): "
+                         + (", ".join(f"{k} {n}" for k, n in sorted(agent.gate.refused.items())) or "none"))
     return row

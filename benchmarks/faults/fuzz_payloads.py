@@ -3,24 +3,29 @@ must refuse (count as malformed): ``decode_command`` / ``decode_chunk``, the ver
 agent runs, so a payload is invalid exactly when the contract refuses it.
 
 Valid payloads push every field to its limits: the largest and smallest allowed numbers, strings
-of the maximum length, unicode, unknown job ids, commands long expired, deploys of artifacts that
-do not exist (small) or are enormous (4 GiB in 1 KiB chunks), rollbacks signed with garbage by the
-device's own key id. Invalid ones: random bytes, random JSON, valid commands with one field pushed
-past its limit or of the wrong type, unknown or missing fields, nesting within and beyond the
-allowed 32 levels, a payload beyond 256 KiB, broken chunk frames. Artifact shas of deploys start
-with 0-7, those of chunk frames with 8-f, so a valid chunk never belongs to a fuzzed download."""
+of the maximum length, unicode, unknown job ids, deploys of artifacts that do not exist (small) or
+are enormous (4 GiB in 1 KiB chunks). Most valid commands are signed as the cloud signs them; the
+rest the device must refuse without counting them as malformed: unsigned or signed with garbage by
+the device's own key id, for another device, long expired, or version 1. Invalid ones: random
+bytes, random JSON, valid commands with one field pushed past its limit or of the wrong type,
+unknown or missing fields, nesting within and beyond the allowed 32 levels, a payload beyond
+256 KiB, broken chunk frames. Artifact shas of deploys start with 0-7, those of chunk frames with
+8-f, so a valid chunk never belongs to a fuzzed download."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from contract import topics
-from contract.commands import decode_command
+from contract import COMMAND_SCHEMA_VERSION, topics
+from contract.commands import COMMAND, MAX_COMMAND_TTL_S, declared_version, decode_command, sign_command
 from contract.errors import ContractError
+from contract.signing import key_id
 from contract.transfer import MAGIC, decode_chunk, encode_chunk
 
 DEVICE = "fuzz-1"
@@ -50,7 +55,7 @@ NAMES = text(128, 1)
 COUNTS = st.one_of(st.sampled_from([i for i in EXTREME_INTS if i >= 0]), st.integers(min_value=0))
 DEPLOY_SHAS = regex(r"[0-7][0-9a-f]{63}")
 CHUNK_SHAS = regex(r"[89a-f][0-9a-f]{63}")
-MOMENTS = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC))
+MOMENTS = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 1), timezones=st.just(UTC))
 EXPIRED = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2001, 1, 1), timezones=st.just(UTC))
 SECONDS = st.one_of(st.sampled_from([5e-324, 1e-9, 1.0, WEEK]), st.floats(min_value=0, max_value=WEEK,
                                                                             exclude_min=True, allow_nan=False))
@@ -76,16 +81,19 @@ def artifact(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def envelope(draw: st.DrawFn, kind: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"schema_version": 1, "type": kind, "job_id": draw(JOB_IDS)}
+    body: dict[str, Any] = {"schema_version": COMMAND_SCHEMA_VERSION, "type": kind, "job_id": draw(JOB_IDS),
+                            "device_id": draw(st.sampled_from([DEVICE, DEVICE, "fuzz-2"]))}
     if draw(st.booleans()):
-        body["issued_at"] = _iso(draw(MOMENTS))
-    if draw(st.booleans()):
-        body["expires_at"] = _iso(draw(st.one_of(EXPIRED, MOMENTS)))  # often long expired
+        issued = draw(MOMENTS)
+        body["issued_at"] = _iso(issued)
+        if draw(st.booleans()):  # often long expired
+            body["expires_at"] = _iso(issued + timedelta(seconds=draw(st.floats(1e-3, MAX_COMMAND_TTL_S))))
     return body
 
 
 @st.composite
 def valid_command(draw: st.DrawFn, trusted_key_id: str) -> dict[str, Any]:
+    """A schema-valid command body, unsigned (or with a garbage signature by the trusted key id)."""
     kind = draw(st.sampled_from(["deploy", "cancel", "rollback", "profile", "set_config", "shadow_start",
                                  "shadow_stop"]))
     body = draw(envelope(kind))
@@ -97,9 +105,6 @@ def valid_command(draw: st.DrawFn, trusted_key_id: str) -> dict[str, Any]:
         body["target_job_id"] = draw(JOB_IDS)
     elif kind == "rollback":
         body |= {"reason": draw(text(2048)), "to": draw(_optional(bundle_ref()))}
-        if draw(st.booleans()):
-            body["authorization"] = {"key_id": draw(st.one_of(st.just(trusted_key_id), regex(r"[0-9a-f]{16}"))),
-                                     "signature": draw(regex(r"[A-Za-z0-9+/]{1,126}={0,2}"))}
     elif kind == "profile":  # valid but cheap: each is timed on the device's model
         body |= {"iterations": draw(st.sampled_from([1, 2, 3])), "warmup": draw(st.sampled_from([0, 1]))}
     elif kind == "set_config":
@@ -113,7 +118,29 @@ def valid_command(draw: st.DrawFn, trusted_key_id: str) -> dict[str, Any]:
                  "min_frames": draw(COUNTS)}
     else:
         body |= {"target_job_id": draw(_optional(JOB_IDS)), "note": draw(_optional(NAMES))}
+    if draw(st.integers(0, 3)) == 0:  # garbage, often by the device's own operator key id
+        body["authorization"] = {"key_id": draw(st.one_of(st.just(trusted_key_id), regex(r"[0-9a-f]{16}"))),
+                                 "signature": draw(regex(r"[A-Za-z0-9+/]{1,126}={0,2}"))}
     return body
+
+
+@st.composite
+def signed_command(draw: st.DrawFn, key: Ed25519PrivateKey) -> bytes:
+    """A valid command as the cloud sends it (signed by the trusted operator key, for this device,
+    fresh) most of the time; else one the device must refuse without counting it as malformed:
+    unsigned or badly signed, for another device, long expired, or an older schema version."""
+    body = draw(valid_command(key_id(key.public_key())))
+    how = draw(st.sampled_from(["signed"] * 6 + ["as drawn", "other device", "expired", "old version"]))
+    if how == "as drawn":
+        return json.dumps(body).encode()
+    if how == "old version":
+        return json.dumps({**body, "schema_version": 1}).encode()
+    now = draw(EXPIRED) if how == "expired" else datetime.now(UTC)
+    try:
+        command = COMMAND.validate_python(body)
+    except ValidationError:  # a value past its limit (the strategies reach beyond them): sent as drawn
+        return json.dumps(body).encode()
+    return sign_command(command, key, "fuzz-2" if how == "other device" else DEVICE, now).to_json()
 
 
 @st.composite
@@ -131,7 +158,7 @@ def broken_command(draw: st.DrawFn, trusted_key_id: str) -> bytes:
     elif how == "missing field":
         del body[draw(st.sampled_from(sorted(body)))]
     elif how == "schema":
-        body["schema_version"] = draw(st.sampled_from([0, 2, -1, 2**64, "1", 1.5, None]))
+        body["schema_version"] = draw(st.sampled_from([0, 1, 3, -1, 2**64, "2", 1.5, None, True]))
     elif how == "type":
         body["type"] = draw(st.one_of(st.sampled_from(["", "DEPLOY", "reboot", "deploy "]), st.text(max_size=8)))
     elif how == "long string":
@@ -147,10 +174,10 @@ def broken_command(draw: st.DrawFn, trusted_key_id: str) -> bytes:
                                             lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
                                                 st.text(max_size=8), inner, max_size=4), max_leaves=16))).encode()
     elif how == "literal":  # what json.dumps never writes but json.loads reads
-        return draw(st.sampled_from([b'{"schema_version": 1, "type": "profile", "job_id": "x", "iterations": NaN}',
-                                     b'{"schema_version": 1, "type": "profile", "job_id": "x", "iterations": 1e999}',
-                                     b'{"schema_version": 1, "type": "set_config", "job_id": "x", '
-                                     b'"telemetry_window_s": Infinity}', b'\xef\xbb\xbf{"schema_version": 1}', b""]))
+        return draw(st.sampled_from([b'{"schema_version": 2, "type": "profile", "job_id": "x", "iterations": NaN}',
+                                     b'{"schema_version": 2, "type": "profile", "job_id": "x", "iterations": 1e999}',
+                                     b'{"schema_version": 2, "type": "set_config", "job_id": "x", '
+                                     b'"telemetry_window_s": Infinity}', b'\xef\xbb\xbf{"schema_version": 2}', b""]))
     else:
         body["reason"] = "r" * 300_000  # beyond the 256 KiB a payload may have
     return json.dumps(body).encode()
@@ -177,35 +204,41 @@ def chunk_frame(draw: st.DrawFn, valid: bool) -> bytes:
 
 
 @st.composite
-def message(draw: st.DrawFn, trusted_key_id: str) -> tuple[str, bytes]:
+def message(draw: st.DrawFn, key: Ed25519PrivateKey) -> tuple[str, bytes]:
     """(topic, payload): about six valid in ten."""
     kind = draw(st.sampled_from(["command", "command", "command", "chunk", "chunk", "broken", "broken",
                                  "broken chunk", "command", "broken"]))
     if kind == "command":
-        return topics.commands(DEVICE), json.dumps(draw(valid_command(trusted_key_id))).encode()
+        return topics.commands(DEVICE), draw(signed_command(key))
     if kind == "broken":
-        return topics.commands(DEVICE), draw(broken_command(trusted_key_id))
+        return topics.commands(DEVICE), draw(broken_command(key_id(key.public_key())))
     sha = draw(CHUNK_SHAS)
     topic = draw(st.sampled_from([topics.device_chunks(DEVICE, sha), topics.group_chunks(GROUP, sha)]))
     return topic, draw(chunk_frame(kind == "chunk"))
 
 
 def refused(topic: str, payload: bytes) -> bool:
-    """Whether the agent must count this payload as malformed (the contract refuses it)."""
+    """Whether the agent must count this payload as malformed (the contract refuses it; a command of
+    another schema version is refused as such, not counted as malformed)."""
+    command = topics.parse(topic).kind is topics.TopicKind.COMMANDS
     try:
-        if topics.parse(topic).kind is topics.TopicKind.COMMANDS:
+        if command:
             decode_command(payload)
         else:
             decode_chunk(payload)
     except ContractError:
-        return True
+        version = declared_version(payload) if command else None
+        return version is None or version == COMMAND_SCHEMA_VERSION
     return False
 
 
 def deploy_job(topic: str, payload: bytes) -> str | None:
-    """The job id of a valid deploy command (it creates a job the harness cancels later)."""
+    """The job id of a valid signed deploy command (it may create a job the harness cancels later)."""
     if topics.parse(topic).kind is not topics.TopicKind.COMMANDS:
         return None
-    command = decode_command(payload)
-    return command.job_id if command.type == "deploy" else None
+    try:
+        command = decode_command(payload)
+    except ContractError:  # a command of another version: refused, not malformed
+        return None
+    return command.job_id if command.type == "deploy" and command.authorization is not None else None
 

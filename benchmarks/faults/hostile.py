@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.frames import FolderSource
 from agent.loop import Agent
-from benchmarks.faults.device import MemoryTransport, known_good_template, new_agent
+from benchmarks.faults.device import MemoryTransport, known_good_template, new_agent, send_command
 from benchmarks.faults.invariant import data_dir_violations
 from benchmarks.faults.report import Row
-from benchmarks.faults.world import World, deploy_command
+from benchmarks.faults.world import World, deploy_command, signed
 from compiler.bundle import Bundle
 from contract import signing, topics
 from contract.commands import ProfileCommand
@@ -161,7 +161,7 @@ def run(world: World, repeats: int = 1, workdir: Path | None = None) -> Row:
                 command, frames = deploy_command(path, case.manifest_sha, 6, job)
                 received = [Received(topics.group_chunks("eu", command.artifact.sha256), f) for f in frames]
                 before = written_bytes()
-                agent.handle(Received(topics.commands(device), command.to_json()))
+                agent.handle(Received(topics.commands(device), signed(command, world.trusted_key, device)))
                 for item in received:
                     agent.handle(item)
                 written = written_bytes() - before
@@ -190,7 +190,7 @@ def _check(row: Row, where: str, data: Path, transport: MemoryTransport, device:
 
 def _answers_next(row: Row, where: str, agent: Agent, transport: MemoryTransport, job: str) -> None:
     device = agent.config.device_id
-    agent.handle(Received(topics.commands(device), ProfileCommand(job_id=job, iterations=1, warmup=0).to_json()))
+    send_command(agent, ProfileCommand(job_id=job, iterations=1, warmup=0))
     if not any(isinstance(e, ProfileEvent) and e.job_id == job
                for e in map(decode_event, transport.on(topics.events(device)))):
         row.violated(where, "the next command (profile) was not answered")

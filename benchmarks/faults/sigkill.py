@@ -38,7 +38,7 @@ from benchmarks.faults.broker import mosquitto
 from benchmarks.faults.device import known_good_template
 from benchmarks.faults.invariant import data_dir_violations
 from benchmarks.faults.report import Row
-from benchmarks.faults.world import World, deploy_command, signed_rollback
+from benchmarks.faults.world import World, deploy_command, signed, signed_rollback
 from contract import topics
 from contract.jobs import JobState
 from contract.state import DeviceState
@@ -120,7 +120,7 @@ class Harness:
             return ["the calibration agent never came online"]
         try:
             command, frames = deploy_command(self.new.tarball, self.new.ref.sha256, 6, job, None, CHUNK)
-            self.cloud.publish(topics.commands(name), command.to_json())
+            self.cloud.publish(topics.commands(name), signed(command, self.world.trusted_key, name))
             first = wait(inbox, job_state(name, job, {JobState.DOWNLOADING}), TIMEOUT)
             for frame in frames:
                 self.cloud.publish(topics.device_chunks(name, command.artifact.sha256), frame)
@@ -129,7 +129,8 @@ class Harness:
             if first is None or verifying is None or probation is None or probation[0].state is not JobState.PROBATION:
                 return [f"the calibration deploy did not reach PROBATION ({probation and probation[0]})"]
             sent = time.monotonic()
-            self.cloud.publish(topics.commands(name), signed_rollback(self.world.trusted_key, f"rb-{name}"))
+            rollback = signed_rollback(self.world.trusted_key, f"rb-{name}", device=name)
+            self.cloud.publish(topics.commands(name), rollback)
             rolled = wait(inbox, job_state(name, job, {JobState.ROLLED_BACK}), TIMEOUT)
             if rolled is None:
                 return ["the calibration rollback never ended ROLLED_BACK"]
@@ -165,7 +166,7 @@ class Harness:
         signal = {STATES[0]: {JobState.QUEUED, JobState.DOWNLOADING},
                   STATES[1]: {JobState.VERIFYING}}.get(kill.state, {JobState.PROBATION})
         timer = threading.Timer(kill.delay * self.windows[kill.state], process.process.kill)
-        self.cloud.publish(topics.commands(name), command.to_json())
+        self.cloud.publish(topics.commands(name), signed(command, self.world.trusted_key, name))
         for step in ("accepted", "signal"):
             states = {JobState.QUEUED, JobState.DOWNLOADING} if step == "accepted" else signal
             heard = wait(inbox, job_state(name, job, states | {JobState.FAILED}), TIMEOUT,
@@ -184,7 +185,8 @@ class Harness:
                     break
                 continue
             if kill.state == STATES[3]:
-                self.cloud.publish(topics.commands(name), signed_rollback(self.world.trusted_key, f"rb-{name}"))
+                rollback = signed_rollback(self.world.trusted_key, f"rb-{name}", device=name)
+                self.cloud.publish(topics.commands(name), rollback)
             if kill.fault is None:
                 timer.start()
         code = process.exited(TIMEOUT)

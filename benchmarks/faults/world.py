@@ -8,10 +8,10 @@ fault harness: the bundles are compiled the same way for both (the compiler's pi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,7 +23,7 @@ from compiler.pipeline import Pipeline
 from compiler.target import TargetProfile, load_target
 from contract import signing
 from contract.bundle import file_entry, manifest_sha256, pack
-from contract.commands import ArtifactRef, Authorization, DeployCommand, RollbackCommand, authorization_bytes
+from contract.commands import COMMAND_TTL_S, ArtifactRef, Command, DeployCommand, RollbackCommand, sign_command
 from contract.common import BundleRef
 from contract.manifest import SIGNATURE_FILE, ModelSource, dump_manifest, load_manifest
 from contract.transfer import encode_chunk
@@ -80,13 +80,16 @@ def deploy_command(tarball: Path, manifest_sha: str, sequence: int, job: str, gr
     return DeployCommand(job_id=job, bundle=bundle, artifact=ref, probation_s=probation_s), frames
 
 
+def signed(command: Command, key: Ed25519PrivateKey, device: str = "fridge-7", now: datetime | None = None,
+           ttl_s: float = COMMAND_TTL_S) -> bytes:
+    """``command`` for ``device``, signed by ``key`` as the cloud signs it (issued ``now``)."""
+    return sign_command(command, key, device, now or datetime.now(UTC), ttl_s).to_json()
+
+
 def signed_rollback(key: Ed25519PrivateKey, job: str, to: BundleRef | None = None,
-                    reason: str = "operator rollback") -> bytes:
-    """A rollback command authorized by ``key`` (an operator key the device trusts)."""
-    body = RollbackCommand(job_id=job, to=to, reason=reason)
-    signature = json.loads(signing.sign(authorization_bytes(body), key))
-    return body.model_copy(update={"authorization": Authorization(
-        key_id=signature["key_id"], signature=signature["signature"])}).to_json()
+                    reason: str = "operator rollback", device: str = "fridge-7") -> bytes:
+    """A rollback command for ``device`` signed by ``key`` (an operator key the device trusts)."""
+    return signed(RollbackCommand(job_id=job, to=to, reason=reason), key, device)
 
 
 def resigned_bundle(bundle: Bundle, key: Ed25519PrivateKey, out: Path, name: str,

@@ -10,6 +10,7 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.loop import Agent
+from benchmarks.faults.device import send_command
 from benchmarks.faults.world import deploy_command, resigned_bundle
 from cloud import rollouts
 from cloud.errors import RolloutError
@@ -42,7 +43,7 @@ def _deploy(tmp_path: Path, world: dict[str, object], board: str, bundle: tuple[
     a = Agent(config, transport, None)
     a.handle(Connected())
     command, frames = deploy_command(*bundle, 6, "j-x86")
-    a.handle(Received(topics.commands("fridge-7"), command.to_json()))
+    send_command(a, command)
     for frame in frames:
         a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
     assert a.deployer.slots.pointer().active is None or board == "x86-64"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from agent.frames import FolderSource
 from agent.loop import Agent
-from benchmarks.faults.device import job_events, new_agent, pass_probation
-from benchmarks.faults.world import World, deploy_command, signed_rollback
+from benchmarks.faults.device import job_events, new_agent, operator_key, pass_probation
+from benchmarks.faults.world import World, deploy_command, signed, signed_rollback
 from contract import topics
 from contract.commands import CancelCommand
 from contract.events import ErrorEvent, decode_event
@@ -24,8 +24,8 @@ def _command(a: Agent, payload: bytes) -> None:
     a.handle(Received(topics.commands(DEVICE), payload))
 
 
-def _cancel(job: str) -> bytes:
-    return CancelCommand(job_id=f"{job}.cancel", target_job_id=job).to_json()
+def _cancel(a: Agent, job: str) -> bytes:
+    return signed(CancelCommand(job_id=f"{job}.cancel", target_job_id=job), operator_key(a))
 
 
 def test_a_resent_cancel_is_answered_with_its_state_and_not_acted_on_again(
@@ -34,28 +34,28 @@ def test_a_resent_cancel_is_answered_with_its_state_and_not_acted_on_again(
     a.handle(Connected())
     bundle = world["bundles"][5]  # type: ignore[index]
     command, _ = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "r1.fridge-7")
-    _command(a, command.to_json())  # downloading: no chunk arrives
-    _command(a, _cancel("r1.fridge-7"))
+    _command(a, signed(command, operator_key(a)))  # downloading: no chunk arrives
+    _command(a, _cancel(a, "r1.fridge-7"))
     record = a.deployer.jobs.get("r1.fridge-7")
     assert record is not None and record.state is JobState.FAILED
     answers = job_events(t, DEVICE, "r1.fridge-7.cancel")
     assert [(e.state, "cancelled" in (e.reason or "")) for e in answers] == [(JobState.SUCCEEDED, True)]
 
-    _command(a, _cancel("r1.fridge-7"))  # re-sent: the same answer, nothing done again
+    _command(a, _cancel(a, "r1.fridge-7"))  # re-sent (signed again): the same answer, nothing done again
     again = job_events(t, DEVICE, "r1.fridge-7.cancel")
     assert len(again) == 2 and again[1].state is JobState.SUCCEEDED and again[1].reason == answers[0].reason
     assert [h[0] for h in record.history].count(JobState.FAILED.value) == 1
 
     restarted, t2 = new_agent(fault_world, tmp_path / "data", FolderSource(tmp_path / "frames"))
     restarted.handle(Connected())
-    restarted.handle(Received(topics.commands(DEVICE), _cancel("r1.fridge-7")))
+    restarted.handle(Received(topics.commands(DEVICE), _cancel(a, "r1.fridge-7")))
     assert [e.state for e in job_events(t2, DEVICE, "r1.fridge-7.cancel")] == [JobState.SUCCEEDED]
 
 
 def test_a_cancel_that_overtakes_its_deploy_keeps_the_deploy_from_running(fault_world: World, tmp_path: Path) -> None:
     a, t = new_agent(fault_world, tmp_path / "data")
     a.handle(Connected())
-    _command(a, _cancel("r2.fridge-7"))  # reordered delivery: the cancel comes first
+    _command(a, _cancel(a, "r2.fridge-7"))  # reordered delivery: the cancel comes first
     assert [e.state for e in job_events(t, DEVICE, "r2.fridge-7.cancel")] == [JobState.SUCCEEDED]
     deliver(a, fault_world.bundles[5], 5, "r2.fridge-7")
     assert a.deployer.jobs.get("r2.fridge-7") is None  # never started

@@ -10,6 +10,8 @@ from agent.config import AgentConfig
 from agent.frames import FolderSource
 from agent.loop import Agent
 from agent.status import data_dir_status
+from benchmarks.faults.device import operator_key, send_command
+from benchmarks.faults.world import signed
 from contract import topics
 from contract.acks import TelemetryAck
 from contract.events import ShadowEvent, decode_event
@@ -78,8 +80,7 @@ def test_rollback_needs_an_operator_signature(agent: tuple[Agent, MemoryTranspor
     import base64
     import json
 
-    from contract import signing
-    from contract.commands import Authorization, RollbackCommand, authorization_bytes
+    from contract.commands import Authorization, RollbackCommand
 
     a, t = agent
     a.handle(Connected())
@@ -89,19 +90,15 @@ def test_rollback_needs_an_operator_signature(agent: tuple[Agent, MemoryTranspor
         assert record is not None
         a.deployer.probation(record, 100, 0, 0, 0.5, now=(record.probation_started or 0) + 61)
     assert a.deployer.slots.pointer().active_sequence == 6
-    unsigned = RollbackCommand(job_id="rb-1", reason="gate failed")
+    unsigned = RollbackCommand(job_id="rb-1", device_id="fridge-7", reason="gate failed")
     a.handle(Received(topics.commands("fridge-7"), unsigned.to_json()))
     forged = unsigned.model_copy(update={"job_id": "rb-2", "authorization": Authorization(
         key_id="0" * 16, signature=base64.b64encode(b"x" * 64).decode())})
     a.handle(Received(topics.commands("fridge-7"), forged.to_json()))
     assert a.deployer.slots.pointer().active_sequence == 6
-    refusals = [json.loads(p) for p in t.on(topics.events("fridge-7")) if b"rollback_refused" in p]
-    assert len(refusals) == 2
-    body = RollbackCommand(job_id="rb-3", reason="gate failed")
-    signature = json.loads(signing.sign(authorization_bytes(body), world["trusted_key"]))  # type: ignore[arg-type]
-    signed = body.model_copy(update={"authorization": Authorization(key_id=signature["key_id"],
-                                                                    signature=signature["signature"])})
-    a.handle(Received(topics.commands("fridge-7"), signed.to_json()))
+    refusals = [json.loads(p)["code"] for p in t.on(topics.events("fridge-7")) if b"command_refused" in p]
+    assert refusals == ["command_refused.unsigned", "command_refused.bad_signature"]
+    send_command(a, RollbackCommand(job_id="rb-3", reason="gate failed"))
     assert a.deployer.slots.pointer().active_sequence == 5
 
 
@@ -111,7 +108,7 @@ def test_missing_chunks_requested_only_once_the_stream_went_quiet(agent: tuple[A
     a.handle(Connected())
     bundle = world["bundles"][5]  # type: ignore[index]
     command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-q")
-    a.handle(Received(topics.commands("fridge-7"), command.to_json()))
+    send_command(a, command)
     missing_topic = topics.missing("fridge-7", command.artifact.sha256)
     a.request_missing()
     assert t.on(missing_topic) == []  # the stream has just been announced: wait for it
@@ -161,11 +158,11 @@ def test_profile_reports_on_device_latency(agent: tuple[Agent, MemoryTransport],
 
     a, t = agent
     a.handle(Connected())
-    a.handle(Received(topics.commands("fridge-7"), ProfileCommand(job_id="p0", iterations=5).to_json()))
+    send_command(a, ProfileCommand(job_id="p0", iterations=5))
     (refused,) = [decode_event(p) for p in t.on(topics.events("fridge-7"))]
     assert isinstance(refused, ErrorEvent) and refused.code == "no_active_model"
     deliver(a, world["bundles"][5], 5, "job-p")  # type: ignore[index]
-    a.handle(Received(topics.commands("fridge-7"), ProfileCommand(job_id="p1", iterations=20).to_json()))
+    send_command(a, ProfileCommand(job_id="p1", iterations=20))
     (profile,) = [e for e in map(decode_event, t.on(topics.events("fridge-7"))) if isinstance(e, ProfileEvent)]
     assert profile.job_id == "p1" and profile.iterations == 20 and profile.runtime.startswith("onnxruntime ")
     assert 0 < profile.p50_ms <= profile.p95_ms and profile.bundle_sha256 == world["bundles"][5].ref.sha256  # type: ignore[index]
@@ -201,7 +198,7 @@ def test_a_finite_source_ends_in_a_reported_state_and_the_agent_stays_up(tmp_pat
         assert ended is not None and thread.is_alive(), "the end of the folder was never reported (or the agent died)"
         bundle = world["bundles"][5]  # type: ignore[index]
         command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-after-end")
-        transport.inbox.put(Received(topics.commands("fridge-7"), command.to_json()))
+        transport.inbox.put(Received(topics.commands("fridge-7"), signed(command, operator_key(a))))
         for frame in frames:
             transport.inbox.put(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
         handled = transport.wait_for(event(lambda e: isinstance(e, JobEvent) and e.job_id == "job-after-end" and (

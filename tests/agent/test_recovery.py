@@ -12,6 +12,7 @@ import pytest
 
 from agent.frames import FolderSource
 from agent.loop import ERROR_BURST, Agent
+from benchmarks.faults.device import send_command
 from contract import topics
 from contract.events import ErrorEvent, JobEvent, decode_event
 from contract.jobs import JobState
@@ -68,7 +69,7 @@ def test_a_damaged_download_starts_again_and_completes(tmp_path: Path, agent: tu
     a.handle(Connected())
     bundle = world["bundles"][5]  # type: ignore[index]
     command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "jd")
-    a.handle(Received(topics.commands(DEVICE), command.to_json()))
+    send_command(a, command)
     for frame in frames[:2]:
         a.deployer.on_chunk("jd", decode_chunk(frame))
     folder = a.config.data_dir / "downloads" / command.artifact.sha256
@@ -96,7 +97,7 @@ def test_a_chunk_damaged_on_disk_is_fetched_again_not_blamed_on_the_transport(
     a.handle(Connected())
     bundle = world["bundles"][5]  # type: ignore[index]
     command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "jc")
-    a.handle(Received(topics.commands(DEVICE), command.to_json()))
+    send_command(a, command)
     for frame in frames[:-1]:
         a.deployer.on_chunk("jc", decode_chunk(frame))
     part = a.config.data_dir / "downloads" / command.artifact.sha256 / "artifact.part"

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.config import AgentConfig
 from agent.loop import Agent
-from benchmarks.faults.world import deploy_command, resigned_bundle, signed_rollback
+from benchmarks.faults.world import deploy_command, resigned_bundle, signed, signed_rollback
 from contract import signing, topics
 from contract.commands import TrustUpdateCommand
 from contract.errors import ExpiredKeyError
@@ -72,9 +72,9 @@ def _job(t: MemoryTransport, job: str) -> list[tuple[JobState, str | None]]:
             if isinstance(e, JobEvent) and e.job_id == job]
 
 
-def _deploy(a: Agent, tarball: Path, sha: str, seq: int, job: str) -> None:
+def _deploy(a: Agent, key: Ed25519PrivateKey, tarball: Path, sha: str, seq: int, job: str) -> None:
     command, frames = deploy_command(tarball, sha, seq, job)
-    a.handle(Received(topics.commands(DEVICE), command.to_json()))
+    a.handle(Received(topics.commands(DEVICE), signed(command, key, DEVICE)))
     for frame in frames:
         a.handle(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
 
@@ -88,16 +88,16 @@ def test_a_key_is_accepted_only_in_its_role(tmp_path: Path, world: dict[str, obj
     bundles = world["bundles"]  # type: ignore[index]
     # a bundle signed by the operator key: refused, naming the role
     tarball, sha = resigned_bundle(bundles[5], keys.operator, tmp_path / "b", "by-operator")
-    _deploy(a, tarball, sha, 5, "j-op")
+    _deploy(a, keys.operator, tarball, sha, 5, "j-op")
     state, reason = _job(t, "j-op")[-1]
     assert state is JobState.FAILED and "trusted here only as operator" in (reason or "")
     assert "needs a bundle-signer key" in (reason or "")
     # the bundle-signer's bundles install; a rollback it signs is refused
-    _deploy(a, bundles[5].tarball, bundles[5].ref.sha256, 5, "j5")
+    _deploy(a, keys.operator, bundles[5].tarball, bundles[5].ref.sha256, 5, "j5")
     assert _job(t, "j5")[-1][0] is JobState.PROBATION
     a.handle(Received(topics.commands(DEVICE), signed_rollback(keys.signer, "rb-1")))
     assert any("trusted here only as bundle-signer" in m and "needs a operator key" in m
-               for m in _errors(t, "rollback_refused"))
+               for m in _errors(t, "command_refused.bad_signature"))
     assert a.deployer.slots.pointer().active_sequence == 5
 
 
@@ -120,7 +120,7 @@ def test_a_root_signed_update_replaces_a_compromised_operator_key(tmp_path: Path
     a, t = _provisioned(tmp_path, keys)
     bundles = world["bundles"]  # type: ignore[index]
     for seq in (5, 6):
-        _deploy(a, bundles[seq].tarball, bundles[seq].ref.sha256, seq, f"j{seq}")
+        _deploy(a, keys.operator, bundles[seq].tarball, bundles[seq].ref.sha256, seq, f"j{seq}")
         record = a.deployer.jobs.get(f"j{seq}")
         assert record is not None
         a.deployer.probation(record, 100, 0, 0, 0.5, now=(record.probation_started or 0) + 10_000)
@@ -137,7 +137,7 @@ def test_a_root_signed_update_replaces_a_compromised_operator_key(tmp_path: Path
     assert _job(t, "trust-2")[-1] == (JobState.SUCCEEDED, "trust document version 2 applied")
     assert a.trust.version == 2 and old_id in a.trust.revoked
     a.handle(Received(topics.commands(DEVICE), signed_rollback(keys.operator, "rb-old")))
-    assert any("revoked by trust document version 2" in m for m in _errors(t, "rollback_refused"))
+    assert any("revoked by trust document version 2" in m for m in _errors(t, "command_refused.bad_signature"))
     assert a.deployer.slots.pointer().active_sequence == 6
     # a replay of version 1 (or of 2) is refused
     _update(a, sign_trust(keys.document(1), [keys.root]), "trust-replay")
@@ -146,7 +146,7 @@ def test_a_root_signed_update_replaces_a_compromised_operator_key(tmp_path: Path
     b, t2 = _agent(tmp_path, {"trust_file": tmp_path / "factory" / TRUST_FILE})
     assert b.trust.version == 2
     b.handle(Received(topics.commands(DEVICE), signed_rollback(new, "rb-new")))
-    assert _errors(t2, "rollback_refused") == []
+    assert _errors(t2, "rollback_refused") == _errors(t2, "command_refused.bad_signature") == []
     assert b.deployer.slots.pointer().active_sequence == 5
 
 

@@ -25,9 +25,10 @@ from cloud.plan import Gates, RolloutPlan, Timeouts
 from cloud.publisher import Publisher
 from cloud.store import BundleRow, CommandRow, Rollout, RolloutDevice, open_store, sqlite_url
 from contract import topics
-from contract.commands import decode_command
+from contract.commands import COMMAND_TTL_S, content_sha256, decode_command, verify_command
 from contract.events import JobEvent
 from contract.jobs import JobState
+from contract.signing import Role, TrustStore
 from contract.state import DeviceState, JobSummary
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -350,3 +351,57 @@ def test_a_device_that_activates_after_its_wave_timed_out_is_rolled_back_when_th
         assert v.rollout.status == rollouts.ROLLED_BACK, (v.rollout.status, v.rollout.reason)
         assert "activated" in (v.rollout.reason or "") and "r1.d3" not in [d.job_id for d in v.devices
                                                                              if d.state == "SUCCEEDED"]
+
+
+def test_every_send_is_signed_for_its_device_with_a_fresh_expiry_under_the_same_job(
+        fleet: tuple[sessionmaker[Session], str, Path]) -> None:
+    """Issue 13: re-sends are signed again (fresh issue and expiry times) under the same job id and
+    content, so the device answers them with the job's state; a row an older cloud queued (version 1)
+    is sent as a version 2 command too."""
+    sessions, sha, tarball = fleet
+    broker, clock, key = Broker(), Clock(), Ed25519PrivateKey.generate()
+    c = Controller(sessions, broker, Publisher(broker, lambda sha: tarball), key, clock=clock,  # type: ignore[arg-type]
+                   backoff=Backoff(first_s=2, max_s=16, attempts=5, offline_s=1))
+    trust = TrustStore.from_keys([key.public_key()], [Role.OPERATOR])
+    rollouts.start(sessions, sha, plan(), "r1")
+    for _ in range(7):  # sends at 0, 2 and 6 s
+        c.step()
+        clock.advance(1)
+    with broker.lock:
+        sent = [decode_command(p) for _, t, p in broker.published if t == topics.commands("d1")]
+    assert [s.job_id for s in sent] == ["r1.d1"] * 3
+    assert [s.issued_at for s in sent] == [T0, T0 + timedelta(seconds=2), T0 + timedelta(seconds=6)]
+    for command in sent:
+        assert verify_command(command, trust) and command.device_id == "d1"
+        assert command.expires_at == command.issued_at + timedelta(seconds=COMMAND_TTL_S)
+    assert len({content_sha256(s) for s in sent}) == 1
+    with sessions.begin() as session:  # queued by a cloud before signed commands
+        row = session.get(CommandRow, "r1.d2")
+        assert row is not None
+        row.payload = {**row.payload, "schema_version": 1}
+        row.next_at = clock.now
+    c.step()
+    with broker.lock:
+        last = decode_command(broker.published[-1][2])
+    assert last.job_id == "r1.d2" and last.schema_version == 2 and verify_command(last, trust)
+
+
+def test_fleet_config_queues_a_set_config_the_outbox_signs(fleet: tuple[sessionmaker[Session], str, Path],
+                                                          tmp_path: Path) -> None:
+    from coldchain.cli import app
+
+    sessions, _, tarball = fleet
+    result = CliRunner().invoke(app, ["fleet", "config", "d2", "--inference-interval-s", "5",
+                                      "--db", sqlite_url(tmp_path / "cloud.db")])
+    assert result.exit_code == 0, result.output
+    missing = CliRunner().invoke(app, ["fleet", "config", "ghost", "--inference-interval-s", "5",
+                                       "--db", sqlite_url(tmp_path / "cloud.db")])
+    assert missing.exit_code == 1 and "not in the store" in missing.output
+    broker, clock, key = Broker(), Clock(), Ed25519PrivateKey.generate()
+    c = Controller(sessions, broker, Publisher(broker, lambda sha: tarball), key, clock=clock)  # type: ignore[arg-type]
+    clock.now = datetime.now(UTC) + timedelta(seconds=1)
+    c.step()
+    with broker.lock:
+        (sent,) = [decode_command(p) for _, t, p in broker.published if t == topics.commands("d2")]
+    assert sent.type == "set_config" and sent.inference_interval_s == 5 and sent.device_id == "d2"
+    assert verify_command(sent, TrustStore.from_keys([key.public_key()], [Role.OPERATOR]))

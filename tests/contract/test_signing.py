@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import json
 import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from contract import signing
-from contract.commands import RollbackCommand, authorization_bytes
+from contract.commands import COMMAND_TTL_S, RollbackCommand, content_sha256, sign_command, verify_command
 from contract.errors import KeyFileError, SignatureError, UntrustedKeyError
 from contract.manifest import dump_manifest, load_manifest
 
@@ -79,13 +80,24 @@ def test_bad_key_files(tmp_path: Path) -> None:
         signing.TrustStore.from_paths([tmp_path / "empty"])
 
 
-def test_operator_signed_rollback(tmp_path: Path) -> None:
-    pair = signing.write_keypair(tmp_path, "operator")
-    command = RollbackCommand.from_json((GOLDEN / "command_rollback.json").read_bytes())
-    body = authorization_bytes(command)
-    sig = signing.sign(body, signing.load_private_key(pair.private))
-    trust = signing.TrustStore.from_paths([pair.public])
-    assert signing.verify(body, sig, trust) == pair.key_id
-    changed = command.model_copy(update={"reason": "something else"})
-    with pytest.raises(SignatureError):
-        signing.verify(authorization_bytes(changed), sig, trust)
+def test_a_signed_command_binds_device_job_times_and_content(tmp_path: Path) -> None:
+    operator = signing.generate_private_key()
+    trust = signing.TrustStore.from_keys([operator.public_key()], [signing.Role.OPERATOR])
+    body = RollbackCommand.from_json((GOLDEN / "command_rollback.json").read_bytes())
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    command = sign_command(body, operator, "fridge-0001", now)
+    assert verify_command(command, trust) == signing.key_id(operator.public_key())
+    assert command.expires_at == now + timedelta(seconds=COMMAND_TTL_S)
+    again = sign_command(body, operator, "fridge-0001", now + timedelta(minutes=1))  # a re-send
+    assert content_sha256(again) == content_sha256(command) and again.authorization != command.authorization
+    for change in ({"reason": "something else"}, {"device_id": "fridge-0002"}, {"job_id": "other"},
+                   {"expires_at": now + timedelta(hours=20)}):
+        with pytest.raises(SignatureError, match="does not match the signed bytes"):
+            verify_command(command.model_copy(update=change), trust)
+    signer_only = signing.TrustStore.from_keys([operator.public_key()], [signing.Role.BUNDLE_SIGNER])
+    with pytest.raises(SignatureError, match="needs a operator key"):
+        verify_command(command, signer_only)
+    with pytest.raises(SignatureError, match="carries no authorization"):
+        verify_command(body.model_copy(update={"authorization": None}), trust)
+    with pytest.raises(ValueError, match="at most 86400 s"):
+        sign_command(body, operator, "fridge-0001", now, ttl_s=2 * 86400)

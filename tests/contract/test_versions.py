@@ -111,11 +111,9 @@ def _trust_signed_text() -> bytes:
 
 
 def _command_signed_bytes() -> bytes:
-    """What an operator key signs for the golden rollback: from version 2 on ``signed_bytes`` (device,
-    job, times, content hash); in version 1 only rollbacks were signed (``authorization_bytes``)."""
+    """What an operator key signs for the golden rollback (device, job, times, content hash)."""
     command = decode_command((GOLDEN / "command_rollback.json").read_bytes())
-    signer = getattr(commands, "signed_bytes", None) or commands.authorization_bytes  # (the latter: v1)
-    return bytes(signer(command))
+    return commands.signed_bytes(command)
 
 
 SIGNERS: dict[str, Callable[[], bytes]] = {

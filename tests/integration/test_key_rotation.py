@@ -99,7 +99,8 @@ def test_rotating_the_operator_key_on_a_running_fleet(mosquitto_url: str, tmp_pa
         # ---- a rollback signed by the revoked key: refused by every device, with the reason ---------
         to_six = world["bundles"][6].ref  # type: ignore[index]
         for a in agents:
-            cloud.transport.publish(topics.commands(a.config.device_id), signed_rollback(old, "rb-revoked", to_six))
+            cloud.transport.publish(topics.commands(a.config.device_id), signed_rollback(old, "rb-revoked", to_six,
+                                                                                   device=a.config.device_id))
         until(lambda: len(_refusals(cloud)) == AGENTS, "every device to refuse the revoked key", 60)
         assert all("revoked by trust document version 2" in m for m in _refusals(cloud).values())
         assert all(a.bundle_ref().sha256 == five for a in agents)  # type: ignore[union-attr]
@@ -120,4 +121,4 @@ def _refusals(cloud: Cloud) -> dict[str, str]:
     with cloud.sessions() as session:
         rows = session.scalars(select(EventRow).where(EventRow.type == "error")).all()
         return {r.device_id: r.reason or "" for r in rows
-                if r.payload.get("code") == "rollback_refused" and "revoked" in (r.reason or "")}
+                if r.payload.get("code") == "command_refused.bad_signature" and "revoked" in (r.reason or "")}
