@@ -42,7 +42,8 @@ def test_a_crashing_part_is_counted_and_the_cloud_goes_on(mosquitto_url: str, tm
 
     cloud.worker.drain, cloud.controller.step = drain, step  # type: ignore[method-assign]
     cloud.start()
-    try:
+    try:  # the broker queues only for subscriptions that exist: publish once ingestion (after its crashes) has one
+        assert cloud.worker.subscribed.wait(60), f"ingestion never subscribed: failures {cloud.failures}"
         device = cloud_client(mosquitto_url, True, queue.Queue())
         for seq in (1, 2, 3):
             device.publish(topics.telemetry("fridge-sup"), window("fridge-sup", seq), qos=1).wait_for_publish(5)
