@@ -2,7 +2,11 @@
 (validated, de-duplicated, committed, then acknowledged) with 1 and 2 shared-subscription workers,
 against the broker's raw delivery rate to one plain paho subscriber.
 
-    python -m benchmarks.ingest [--messages 5000] [--postgres postgresql://user@host:port/db]
+    python -m benchmarks.ingest [--messages 5000] [--rounds 3] [--postgres postgresql://user@host:port/db]
+
+Each round measures the raw delivery and then every ingestion path right after it (interleaved, a
+fresh store each time), so a busy moment on the shared host skews one round, not the comparison:
+the table shows each path's median rate and its median ratio to the same round's raw delivery.
 
 SQLite always; PostgreSQL when a URL is given. Needs ``mosquitto`` on PATH (scripts/test.sh
 installs it)."""
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import queue
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -122,27 +127,38 @@ def ingest_rate(url: str, store: str, workers: int, messages: list[tuple[str, by
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--postgres", default=None, help="postgresql://user@host:port/db to measure too")
     args = parser.parse_args()
     console = Console()
     messages = payloads(args.messages)
+    paths = [("SQLite", workers) for workers in (1, 2)] + [("PostgreSQL", w) for w in (1, 2) if args.postgres]
+    rates: dict[tuple[str, int], list[float]] = {path: [] for path in paths}
+    ratios: dict[tuple[str, int], list[float]] = {path: [] for path in paths}
+    raw: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         broker, url = start_mosquitto(Path(tmp))
         try:
-            rows = [("broker -> 1 plain paho subscriber (no store)", "-", "-", raw_rate(url, messages))]
-            stores = [("SQLite", sqlite_url(Path(tmp) / "bench.db"))]
-            if args.postgres:
-                stores.append(("PostgreSQL", args.postgres))
-            for name, store in stores:
-                for workers in (1, 2):
-                    rows.append(("ingestion", name, str(workers), ingest_rate(url, store, workers, messages)))
+            for round_ in range(args.rounds):
+                raw.append(raw_rate(url, messages))
+                for name, workers in paths:
+                    store = (sqlite_url(Path(tmp) / f"bench-{round_}-{workers}.db") if name == "SQLite"
+                             else str(args.postgres))
+                    rate = ingest_rate(url, store, workers, messages)
+                    rates[(name, workers)].append(rate)
+                    ratios[(name, workers)].append(rate / raw[-1])
+                console.print(f"round {round_ + 1}/{args.rounds}: raw {raw[-1]:,.0f}/s, " + ", ".join(
+                    f"{n} x{w} {rates[(n, w)][-1]:,.0f}/s" for n, w in paths))
         finally:
             broker.terminate()
-    table = Table(title=f"Telemetry ingestion, {args.messages} windows (~{len(messages[0][1])} B each), Mosquitto v5")
-    for column in ("path", "store", "workers", "messages/s"):
-        table.add_column(column, justify="right" if column == "messages/s" else "left")
-    for path, store_name, workers, rate in rows:
-        table.add_row(path, store_name, workers, f"{rate:,.0f}")
+    table = Table(title=f"Telemetry ingestion, {args.messages} windows (~{len(messages[0][1])} B each), Mosquitto v5, "
+                        f"median of {args.rounds} interleaved rounds")
+    for column in ("path", "store", "workers", "messages/s", "ratio to raw"):
+        table.add_column(column, justify="left" if column in ("path", "store") else "right")
+    table.add_row("broker -> 1 plain paho subscriber (no store)", "-", "-", f"{statistics.median(raw):,.0f}", "1")
+    for name, workers in paths:
+        table.add_row("ingestion", name, str(workers), f"{statistics.median(rates[(name, workers)]):,.0f}",
+                      f"{statistics.median(ratios[(name, workers)]):.3f}")
     console.print(table)
 
 

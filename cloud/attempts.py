@@ -2,10 +2,13 @@
 
 Messages are acknowledged only after they are stored, so a message that kills the process while
 it is being handled (a crash in a C extension, memory exhausted, SIGKILL) comes back from the
-broker at every restart and would kill every new process too. Before a batch is handled, each
-message's counter (keyed by the sha256 of topic and payload) is incremented and committed; the
-transaction that stores the batch clears them. A message whose counter has already reached
-``MAX_ATTEMPTS`` is dead-lettered ("failed N times") and acknowledged without being handled.
+broker at every restart and would kill every new process too. Such a message comes back marked
+DUP (MQTT re-delivers what was handed out and never acknowledged that way:
+``tests/integration/test_redelivery.py``), so only DUP messages are counted: before a batch is
+handled, each one's counter (keyed by the sha256 of topic and payload) is incremented and
+committed; the transaction that stores the batch clears them. A message whose handling began
+``MAX_ATTEMPTS`` times is dead-lettered ("failed N times") and acknowledged without being handled.
+First deliveries, nearly all of them, cost no write.
 A store outage is not the message's fault: its increment is taken back (``forgive``).
 """
 

@@ -290,21 +290,25 @@ class IngestWorker:
             self.on_acked(mid)
 
     def _attempt(self, received: list[Received]) -> list[Outcome]:
-        """Count an attempt for each message before handling it (``cloud.attempts``): one that
-        already failed ``max_attempts`` times (it took the process down with it) is a dead letter,
-        never handled again. Stored messages clear their count in the transaction that stores them."""
-        keys = [attempts.key(item) for item in received]
-        exhausted = attempts.begin(self.sessions, keys, self.max_attempts)
-        todo = [(item, k) for item, k in zip(received, keys, strict=True) if k not in exhausted]
-        outcomes = self._give_up([(item, exhausted[k]) for item, k in zip(received, keys, strict=True)
-                                  if k in exhausted]) if exhausted else []
+        """Count an attempt for each message the broker hands out again (DUP: delivered before and
+        never acknowledged, so handling it may have taken a process down; ``cloud.attempts``) before
+        handling it: one whose handling already began ``max_attempts`` times is a dead letter, never
+        handled again. A first delivery costs nothing (no count: nothing can have failed yet).
+        Stored messages clear their count in the transaction that stores them."""
+        keys = [attempts.key(item) if item.dup else None for item in received]
+        counted = [k for k in keys if k is not None]
+        # a DUP message's count is its earlier deliveries after the first: max_attempts - 1 of them is enough
+        exhausted = attempts.begin(self.sessions, counted, self.max_attempts - 1) if counted else {}
+        todo = [(item, k) for item, k in zip(received, keys, strict=True) if k is None or k not in exhausted]
+        outcomes = self._give_up([(item, exhausted[k] + 1) for item, k in zip(received, keys, strict=True)
+                                  if k is not None and k in exhausted]) if exhausted else []
         if not todo:
             return outcomes
         try:
             return outcomes + self._store([item for item, _ in todo], [k for _, k in todo])
         except OperationalError:  # the store, not the messages: this attempt does not count
             try:
-                attempts.forgive(self.sessions, [k for _, k in todo])
+                attempts.forgive(self.sessions, [k for _, k in todo if k is not None])
             except OperationalError:
                 log.warning("could not take back the attempt counts of %d messages", len(todo))
             raise
@@ -316,7 +320,7 @@ class IngestWorker:
                                 "finished (the process died while it was handled); not handled again")
                     for item, count in items]
 
-    def _store(self, received: list[Received], keys: list[str], tries: int = 8) -> list[Outcome]:
+    def _store(self, received: list[Received], keys: list[str | None], tries: int = 8) -> list[Outcome]:
         """One transaction for the batch; a busy or lost database is retried (the messages are not
         acknowledged until it commits, so nothing is lost while it retries)."""
         for attempt in range(tries):
@@ -324,7 +328,7 @@ class IngestWorker:
                 with self.sessions.begin() as session:
                     outcomes = [ingest(session, item.topic, item.payload) for item in received]
                     seen(session, {d for item in received if (d := _sender(item.topic)) is not None})
-                    attempts.clear(session, keys)
+                    attempts.clear(session, [k for k in keys if k is not None])
                     return outcomes
             except (OperationalError, IntegrityError) as exc:  # busy, lost, or raced by another worker
                 if attempt == tries - 1:
@@ -336,12 +340,12 @@ class IngestWorker:
                 return [self._store_one(item, k) for item, k in zip(received, keys, strict=True)]
         return []
 
-    def _store_one(self, item: Received, key: str) -> Outcome:
+    def _store_one(self, item: Received, key: str | None) -> Outcome:
         """One message in its own transaction; if it fails for any reason other than a busy store,
         it becomes a dead letter with that reason (and is acknowledged: never handed back forever)."""
         try:
             with self.sessions.begin() as session:
-                attempts.clear(session, [key])
+                attempts.clear(session, [key] if key else [])
                 return ingest(session, item.topic, item.payload)
         except OperationalError:
             raise  # the store, not the message: not acknowledged, retried by the broker
@@ -349,7 +353,7 @@ class IngestWorker:
             self.counts["poison"] += 1
             reason = f"{type(exc).__name__} while storing: {str(exc).splitlines()[0][:500] if str(exc) else ''}"
             with self.sessions.begin() as session:
-                attempts.clear(session, [key])
+                attempts.clear(session, [key] if key else [])
                 return dead_letter(session, item.topic, item.payload, reason)
 
     def run(self, stop: threading.Event) -> None:

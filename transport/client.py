@@ -35,6 +35,7 @@ class Received:
     payload: bytes
     mid: int = 0
     qos: int = 0
+    dup: bool = False  # the broker delivers it again: handed out before and never acknowledged
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class MqttTransport:
         self.inbox.put(Disconnected(str(reason)))
 
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.inbox.put(Received(message.topic, bytes(message.payload), message.mid, message.qos))
+        self.inbox.put(Received(message.topic, bytes(message.payload), message.mid, message.qos, bool(message.dup)))
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any = None, properties: Any = None) -> None:
         self.inbox.put(Acked(mid))

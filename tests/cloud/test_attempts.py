@@ -8,6 +8,7 @@ store function (no ``except Exception`` stops it) and a fresh worker on the same
 from __future__ import annotations
 
 import queue
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select
@@ -32,11 +33,15 @@ class Redelivering:
 
     def __init__(self, messages: list[Received]) -> None:
         self.unacked = {m.mid: m for m in messages}
+        self.handed_out: set[int] = set()
         self.inbox: queue.Queue[object] = queue.Queue()
 
     def restart(self) -> None:
-        for message in self.unacked.values():
-            self.inbox.put(message)
+        """Hand out what is unacknowledged: marked DUP if handed out before (as Mosquitto does:
+        tests/integration/test_redelivery.py)."""
+        for mid, message in self.unacked.items():
+            self.inbox.put(replace(message, dup=mid in self.handed_out))
+            self.handed_out.add(mid)
 
     def ack(self, mid: int, qos: int) -> None:
         self.unacked.pop(mid, None)
