@@ -31,12 +31,13 @@ from contract.commands import (
     ProfileCommand,
     RollbackCommand,
     SetConfigCommand,
+    TrustUpdateCommand,
     sign_command,
 )
 from transport.client import Transport
 
 log = logging.getLogger("coldchain.commands")
-Tracked = DeployCommand | CancelCommand | RollbackCommand | SetConfigCommand | ProfileCommand
+Tracked = DeployCommand | CancelCommand | RollbackCommand | SetConfigCommand | ProfileCommand | TrustUpdateCommand
 MAX_IN_FLIGHT = 10_000  # message ids remembered while their PUBACK is outstanding
 
 
@@ -96,9 +97,10 @@ def enqueue(session: Session, device_id: str, command: Tracked, rollout_id: str 
     row = session.get(CommandRow, command.job_id)
     if row is not None:
         return row
-    for older in session.scalars(select(CommandRow).where(
-            CommandRow.device_id == device_id, CommandRow.rollout_id == rollout_id, CommandRow.done.is_(False))):
-        older.done, older.outcome, older.reason = True, "superseded", f"superseded by {command.job_id}"
+    if rollout_id is not None:  # commands outside rollouts (set_config, trust updates) stand on their own
+        for older in session.scalars(select(CommandRow).where(
+                CommandRow.device_id == device_id, CommandRow.rollout_id == rollout_id, CommandRow.done.is_(False))):
+            older.done, older.outcome, older.reason = True, "superseded", f"superseded by {command.job_id}"
     row = CommandRow(job_id=command.job_id, device_id=device_id, rollout_id=rollout_id, kind=command.type,
                      payload=command.model_dump(mode="json"), created_at=clock, next_at=clock, attempts=0, acks=0,
                      done=False, give_up_at=deadline)

@@ -1,43 +1,45 @@
 """Pushing a root-signed trust document to the fleet (``coldchain keys push``).
 
-The document verifies itself on each device (root signature, higher version), so the cloud adds
-no signature of its own: a compromised operator key cannot stop or forge it. Each device gets a
-``trust_update`` command under the job id ``trust-v{version}.{device}`` and answers with a job
-event (SUCCEEDED, or FAILED with why), which the ingestion worker stores like any other; pushing
-the same document again is harmless (the device answers with the same result).
+The document verifies itself on each device (root signature, higher version): devices take a
+``trust_update`` without an operator signature, so a compromised operator key cannot stop or
+forge it. Each device gets the command under the job id ``trust-v{version}.{device}``, queued in
+the command outbox (``cloud.commands``): the running cloud sends it once the broker acknowledged
+it and re-sends it until the device answers with a job event (SUCCEEDED, or FAILED with why), so
+a device offline at the push gets it when it returns. Pushing the same document again is harmless.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.commands import enqueue
 from cloud.fleet import matches
 from cloud.plan import Selector
-from cloud.store import Device, EventRow
-from contract import topics
+from cloud.store import Device, EventRow, now
 from contract.commands import TrustUpdateCommand
 from contract.trust import SignedTrust
-from transport.client import Transport
 
 
 def job_id(signed: SignedTrust, device_id: str) -> str:
     return f"trust-v{signed.document().version}.{device_id}"
 
 
-def push(sessions: sessionmaker[Session], transport: Transport, signed: SignedTrust,
-         selector: Selector | None = None) -> dict[str, str]:
-    """Send the document to every device the selector matches; returns device id -> job id."""
+def push(sessions: sessionmaker[Session], signed: SignedTrust, selector: Selector | None = None,
+         clock: datetime | None = None) -> dict[str, str]:
+    """Queue the document for every device the selector matches (the running cloud's outbox sends
+    it); returns device id -> job id."""
     chosen = selector or Selector()
-    with sessions() as session:
-        devices = [d.id for d in session.scalars(select(Device).order_by(Device.id)).all() if matches(d, chosen)]
     jobs = {}
-    for device in devices:
-        jobs[device] = job_id(signed, device)
-        command = TrustUpdateCommand(job_id=jobs[device], device_id=device, trust=signed)
-        transport.publish(topics.commands(device), command.to_json())
+    with sessions.begin() as session:
+        devices = [d.id for d in session.scalars(select(Device).order_by(Device.id)).all() if matches(d, chosen)]
+        for device in devices:
+            jobs[device] = job_id(signed, device)
+            command = TrustUpdateCommand(job_id=jobs[device], device_id=device, trust=signed)
+            enqueue(session, device, command, None, clock or now())
     return jobs
 
 

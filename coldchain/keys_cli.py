@@ -3,19 +3,17 @@ root-signed trust document (``init``, ``rotate``, ``list``, ``push``; docs/secur
 
 from __future__ import annotations
 
-import queue
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from coldchain.cloud_views import DEFAULT_BROKER, DEFAULT_DB, Broker, Db
+from coldchain.cloud_views import DEFAULT_DB, Db
 from coldchain.console import console, user_errors
 from contract import signing
 from contract.errors import KeyFileError
 from contract.manifest import SIGNATURE_FILE
-from transport.client import MqttTransport
 
 app = typer.Typer(help="Signing keys and roles: generate, sign and verify manifests; the trust document "
                   "(init, rotate, list, push).")
@@ -170,39 +168,26 @@ def push(
     group: Annotated[list[str], typer.Option(help="Only devices of this group; repeatable.")] = [],  # noqa: B006
     device: Annotated[list[str], typer.Option(help="Only this device; repeatable.")] = [],  # noqa: B006
     db: Db = DEFAULT_DB,
-    broker: Broker = DEFAULT_BROKER,
     wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the devices' answers.")] = 60.0,
 ) -> None:
-    """Send the trust document to the fleet's devices and show each one's answer (the running cloud
-    stores them). Devices that did not answer can be pushed to again: it is idempotent."""
+    """Queue the trust document for the fleet's devices and show each one's answer: the running
+    cloud sends it (re-sent until each device answers, also to devices offline now) and stores the
+    answers. Pushing again is harmless."""
     import time
 
     from cloud import trust as cloud_trust
     from cloud.plan import Selector
     from cloud.store import open_store
     from contract.trust import load_signed
-    from transport.client import Acked, Connected
-    from transport.config import BrokerConfig
 
     with user_errors(OSError):
         signed = load_signed(trust.read_bytes())
         sessions = open_store(db)
-        transport = MqttTransport("coldchain-keys-push", BrokerConfig(url=broker))
-        transport.start()
-        try:
-            if not isinstance(_next(transport, 30), Connected):
-                raise KeyFileError(f"cannot connect to {broker} within 30 s")
-            jobs = cloud_trust.push(sessions, transport, signed, Selector(groups=group, devices=device))
-            acked = 0
-            deadline = time.monotonic() + 30
-            while acked < len(jobs) and time.monotonic() < deadline:  # every command at the broker
-                acked += isinstance(_next(transport, deadline - time.monotonic()), Acked)
-        finally:
-            transport.stop()
+        jobs = cloud_trust.push(sessions, signed, Selector(groups=group, devices=device))
         deadline = time.monotonic() + wait
         answers = cloud_trust.results(sessions, jobs)
         while len(answers) < len(jobs) and time.monotonic() < deadline:
-            time.sleep(1.0)  # the running cloud stores the devices' answers
+            time.sleep(1.0)  # the running cloud sends the commands and stores the devices' answers
             answers = cloud_trust.results(sessions, jobs)
     table = Table(title=f"trust document version {signed.document().version} to {len(jobs)} devices")
     for col in ("device", "answer", "reason"):
@@ -213,13 +198,6 @@ def push(
     console.print(table)
     if any(a[0] != "SUCCEEDED" for a in answers.values()) or len(answers) < len(jobs):
         raise typer.Exit(1)
-
-
-def _next(transport: MqttTransport, timeout: float) -> object:
-    try:
-        return transport.inbox.get(timeout=max(timeout, 0.01))
-    except queue.Empty:
-        return None
 
 
 def _write(path: Path, data: bytes) -> None:

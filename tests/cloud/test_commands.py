@@ -405,3 +405,28 @@ def test_fleet_config_queues_a_set_config_the_outbox_signs(fleet: tuple[sessionm
         (sent,) = [decode_command(p) for _, t, p in broker.published if t == topics.commands("d2")]
     assert sent.type == "set_config" and sent.inference_interval_s == 5 and sent.device_id == "d2"
     assert verify_command(sent, TrustStore.from_keys([key.public_key()], [Role.OPERATOR]))
+
+
+def test_commands_outside_rollouts_do_not_supersede_each_other(fleet: tuple[sessionmaker[Session], str, Path],
+                                                               tmp_path: Path) -> None:
+    """A trust push queued after a set_config for the same device must not cancel its delivery
+    (both are outside any rollout; superseding is for a rollout's own deploy, cancel, rollback)."""
+    from cloud import trust as cloud_trust
+    from cloud.commands import enqueue
+    from contract.commands import SetConfigCommand
+    from contract.signing import generate_private_key
+    from contract.trust import TrustDocument, TrustedKey, sign_trust
+
+    sessions, _, tarball = fleet
+    with sessions.begin() as session:
+        enqueue(session, "d2", SetConfigCommand(job_id="cfg-1", inference_interval_s=5), None, T0)
+    root = generate_private_key()
+    document = TrustDocument(version=2, keys=[TrustedKey.of(root.public_key(), Role.ROOT)])
+    jobs = cloud_trust.push(sessions, sign_trust(document, [root]), clock=T0)
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    c.step()
+    sent = {job for _, job in broker.commands("d2")}
+    assert {"cfg-1", jobs["d2"]} <= sent, sent
+    with sessions() as session:
+        assert session.get(CommandRow, "cfg-1").outcome is None  # type: ignore[union-attr]

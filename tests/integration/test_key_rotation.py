@@ -80,7 +80,7 @@ def test_rotating_the_operator_key_on_a_running_fleet(mosquitto_url: str, tmp_pa
         # ---- the old operator key is compromised: root signs version 2 without it ------------------
         old_id = signing.key_id(old.public_key())
         second = sign_trust(next_document(first, [TrustedKey.of(new.public_key(), Role.OPERATOR)], [old_id]), [root])
-        jobs = cloud_trust.push(cloud.sessions, cloud.transport, second, Selector(groups=["rot"]))  # ours only
+        jobs = cloud_trust.push(cloud.sessions, second, Selector(groups=["rot"]))  # ours only; the outbox sends
         assert len(jobs) == AGENTS
         until(lambda: len(cloud_trust.results(cloud.sessions, jobs)) == AGENTS, "every device's answer", 60)
         answers = cloud_trust.results(cloud.sessions, jobs)
