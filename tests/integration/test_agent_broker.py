@@ -13,6 +13,7 @@ import pytest
 from agent.config import AgentConfig
 from agent.frames import FolderSource
 from agent.loop import Agent
+from benchmarks.faults.world import signed
 from cloud.broker import EmbeddedBroker
 from contract import topics
 from contract.events import JobEvent, decode_event
@@ -59,7 +60,7 @@ def test_bundle_delivered_activated_and_telemetry_received(broker: str, request:
                         else None), "the agent never came online"
         bundle = world["bundles"][5]  # type: ignore[index]
         command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, f"job-{broker}")
-        cloud.publish(topics.commands(device), command.to_json(), qos=1)
+        cloud.publish(topics.commands(device), signed(command, world["trusted_key"], device), qos=1)  # type: ignore[arg-type]
         assert wait_for(inbox, job_accepted(command.job_id)), "the agent did not take the deploy command"
         for frame in frames:  # one publish per chunk on the group topic
             cloud.publish(topics.group_chunks("eu", command.artifact.sha256), frame, qos=1)

@@ -15,6 +15,7 @@ import pytest
 from agent.deploy import Deployer
 from agent.runtimes import available
 from benchmarks.faults.invariant import data_dir_violations
+from benchmarks.faults.world import signed
 from contract import topics
 from contract.events import JobEvent, decode_event
 from contract.jobs import JobState
@@ -71,7 +72,7 @@ def test_sigkill_at_each_point_of_a_deploy(fault: str, tmp_path: Path, mosquitto
     try:
         assert wait_for(inbox, lambda t, p: True if t == topics.state(device) and b'"online":true' in p else None,
                             30), "the agent never came online"
-        cloud.publish(topics.commands(device), command.to_json(), qos=1)
+        cloud.publish(topics.commands(device), signed(command, world["trusted_key"], device), qos=1)  # type: ignore[arg-type]
         assert wait_for(inbox, job_accepted(command.job_id), 60), "the agent did not take the deploy command"
         sent = frames[:8] if fault == "download" else frames
         for frame in sent:
