@@ -6,14 +6,20 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING
 
 from agent import stats
 from agent.postprocess import Prediction
 from contract.common import BundleRef, LatencyStats
 from contract.telemetry import InputStats, Resources, SpoolStats, Telemetry
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+else:
+    from agent.lazy import lazy
+
+    np = lazy("numpy")
 
 
 def _resources() -> Resources | None:
