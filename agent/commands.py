@@ -13,9 +13,7 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig
 from agent.deploy import Deployer
@@ -25,6 +23,13 @@ from agent.slots import atomic_write
 from contract.commands import CancelCommand, ProfileCommand, RollbackCommand, SetConfigCommand
 from contract.events import ProfileEvent
 from contract.jobs import JobState
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from agent.lazy import lazy
+
+    np = lazy("numpy")
 
 Outcome = tuple[JobState, str | None]
 _Entry = tuple[str | None, str | None, str | None]  # final state (None: acted on, not finished), reason, content

@@ -8,7 +8,7 @@ Anything invalid fails at start with the field and the reason (:class:`ConfigErr
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.errors import ConfigError
 from contract.base import Identifier, problems_of
 from transport.config import BrokerConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
 
 ENV_PREFIX = "COLDCHAIN_"
 NOT_SETTINGS = frozenset({"COLDCHAIN_FAULT", "COLDCHAIN_FAULT_AFTER", "COLDCHAIN_ONNX2TF_VENV", "COLDCHAIN_DB",

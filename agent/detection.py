@@ -9,15 +9,23 @@ times the stride, is the distance from the grid point ``(x * stride, y * stride)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
-import numpy.typing as npt
 from pydantic import JsonValue
 
 from agent.errors import ProcessingError
 from agent.postprocess import Detection, Outputs, Prediction, number, register
 from agent.preprocess import Letterbox
+
+if TYPE_CHECKING:
+    import cv2
+    import numpy as np
+    import numpy.typing as npt
+else:
+    from agent.lazy import lazy
+
+    cv2 = lazy("cv2")
+    np = lazy("numpy")
 
 
 def _levels(outputs: Outputs, classes: int, bins: int) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:

@@ -10,14 +10,20 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
-
-import cv2
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.errors import FrameError, SourceEnded
 from agent.preprocess import check_frame
+
+if TYPE_CHECKING:
+    import cv2
+    import numpy as np
+    import numpy.typing as npt
+else:
+    from agent.lazy import lazy
+
+    cv2 = lazy("cv2")
+    np = lazy("numpy")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 

@@ -25,7 +25,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from agent.commands import CommandLog, Outcome
 from agent.jobs import JobStore
@@ -77,7 +77,7 @@ class CommandGate:
     def trusted_now(self) -> datetime:
         """The device clock, but never earlier than the newest time it verified (see the module doc)."""
         floors = [t for t in (self.commands.newest_issued, self.trust.issued_at) if t is not None]
-        return max([datetime.fromtimestamp(self.clock(), UTC), *floors])
+        return max([datetime.fromtimestamp(self.clock(), timezone.utc), *floors])
 
     def check(self, payload: bytes) -> Verdict:
         """The verdict on a command payload; a malformed one (not an old version) raises PayloadError."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,6 @@ class JobStore:
         check_transition(record.state, state)
         record.state = state
         record.reason = reason
-        record.history.append((state.value, reason, datetime.now(UTC).isoformat()))
+        record.history.append((state.value, reason, datetime.now(timezone.utc).isoformat()))
         self.save(record)
         return record

@@ -14,8 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from agent import runtimes
 from agent.commands import CommandLog, cancel, profile, roll_back, set_config
@@ -47,6 +46,13 @@ from contract.jobs import JobState
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import decode_chunk
 from transport.client import Connected, Disconnected, Inbound, Received, Transport
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from agent.lazy import lazy
+
+    np = lazy("numpy")
 
 log = logging.getLogger("coldchain.agent")
 AGENT_VERSION = "0.1.0"

@@ -14,10 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from agent import postprocess, runtimes
 from agent.postprocess import Prediction
@@ -27,7 +24,15 @@ from contract.common import BundleRef, Runtime
 from contract.manifest import IOSpec, Manifest
 from contract.signing import TrustStore
 
-Outputs = list[npt.NDArray[Any]]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+else:
+    from agent.lazy import lazy
+
+    np = lazy("numpy")
+
+Outputs: TypeAlias = "list[npt.NDArray[Any]]"
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import JsonValue
 
 from agent.errors import ProcessingError
 from agent.preprocess import Letterbox
 
-Outputs = Sequence[npt.NDArray[np.generic]]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+else:
+    from agent.lazy import lazy
+
+    np = lazy("numpy")
+
+Outputs: TypeAlias = "Sequence[npt.NDArray[np.generic]]"
 
 
 @dataclass(frozen=True)

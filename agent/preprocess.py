@@ -7,14 +7,20 @@ same function, so what was measured at compile time is what the device does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import cv2
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import FrameError, ProcessingError
 from contract.manifest import Layout, Preprocessing
+
+if TYPE_CHECKING:
+    import cv2
+    import numpy as np
+    import numpy.typing as npt
+else:
+    from agent.lazy import lazy
+
+    cv2 = lazy("cv2")
+    np = lazy("numpy")
 
 MAX_FRAME_PIXELS = 8192 * 8192
 

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from agent.errors import AgentError
 from agent.model import LoadedModel
 from contract.manifest import Golden
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from agent.lazy import lazy
+
+    np = lazy("numpy")
 
 MAX_GOLDEN_VALUES = 1024  # per output and case
 

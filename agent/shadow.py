@@ -7,14 +7,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING
 
 from agent.errors import AgentError
 from agent.model import LoadedBundle
 from agent.postprocess import Prediction
 from contract.signing import TrustStore
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+else:
+    from agent.lazy import lazy
+
+    np = lazy("numpy")
 
 
 @dataclass

@@ -8,13 +8,20 @@ and the manifest's reference profile are comparable bin by bin.
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-import cv2
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING
 
 from contract.common import Histogram
 from contract.telemetry import INPUT_STATISTICS
+
+if TYPE_CHECKING:
+    import cv2
+    import numpy as np
+    import numpy.typing as npt
+else:
+    from agent.lazy import lazy
+
+    cv2 = lazy("cv2")
+    np = lazy("numpy")
 
 EDGES: dict[str, list[float]] = {
     "brightness": [float(x) for x in range(0, 257, 16)],

@@ -5,15 +5,21 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-
-import numpy as np
-import numpy.typing as npt
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from agent import stats
 from agent.postprocess import Prediction
 from contract.common import BundleRef, LatencyStats
 from contract.telemetry import InputStats, Resources, SpoolStats, Telemetry
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+else:
+    from agent.lazy import lazy
+
+    np = lazy("numpy")
 
 
 def _resources() -> Resources | None:
@@ -35,7 +41,7 @@ def _stats(values_ms: list[float]) -> LatencyStats | None:
 
 @dataclass
 class Window:
-    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     inferences: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
@@ -73,7 +79,7 @@ class Window:
               evicted: int) -> Telemetry:
         means = {k: float(np.mean([f[k] for f in self.frames])) for k in stats.EDGES} if self.frames else {}
         return Telemetry(
-            device_id=device_id, seq=seq, epoch=epoch, window_start=self.started, window_end=datetime.now(UTC),
+            device_id=device_id, seq=seq, epoch=epoch, window_start=self.started, window_end=datetime.now(timezone.utc),
             bundle=bundle,
             inferences=self.inferences, frames_skipped=dict(self.skipped), errors=dict(self.errors),
             latency_ms=_stats(self.latencies_ms), model_latency_ms=_stats(self.model_ms),

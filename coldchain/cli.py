@@ -8,6 +8,7 @@ module path and loaded on first use. A sub-app appears here only once it exists.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Annotated, Any
 
 import typer
@@ -32,6 +33,34 @@ SUBAPPS: dict[str, tuple[str, str]] = {
     "demo": ("coldchain.demo_cli:app", "Run the end-to-end demo on embedded defaults."),
 }
 
+# name -> (the extra a sub-app needs beyond the core install, a module only that extra installs).
+# A device installs `coldchain[agent]` alone: `coldchain --help` lists only what it can run.
+NEEDS: dict[str, tuple[str, str]] = {
+    "agent": ("agent", "paho"),
+    **{name: ("compiler", "onnxslim") for name in ("compile", "targets", "model", "keys")},
+    **{name: ("cloud", "sqlalchemy") for name in ("fleet", "rollout", "monitor", "cloud", "broker", "demo")},
+}
+
+
+def missing_extra(name: str) -> str | None:
+    """The extra to install for sub-app ``name``, or None when this install can run it."""
+    if name not in NEEDS:
+        return None
+    extra, module = NEEDS[name]
+    return None if importlib.util.find_spec(module) is not None else extra
+
+
+def _needs_extra(name: str, extra: str) -> TyperCommand:
+    """A stand-in for a sub-app whose extra is missing: any invocation says what to install."""
+
+    def explain() -> None:
+        typer.echo(f"coldchain {name} needs the {extra} extra, which is not installed here: "
+                   f"pip install 'coldchain[{extra}]'", err=True)
+        raise typer.Exit(2)
+
+    return TyperCommand(name, callback=explain, add_help_option=False, hidden=True,
+                        context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
 
 class LazyGroup(TyperGroup):
     """A TyperGroup that imports a sub-app only when it is invoked (or asked for its own help)."""
@@ -39,12 +68,15 @@ class LazyGroup(TyperGroup):
     _listing = False
 
     def list_commands(self, ctx: _click.Context) -> list[str]:
-        return [*super().list_commands(ctx), *SUBAPPS]
+        return [*super().list_commands(ctx), *(name for name in SUBAPPS if missing_extra(name) is None)]
 
     def get_command(self, ctx: _click.Context, cmd_name: str) -> _click.Command | None:
         if cmd_name not in SUBAPPS:
             return super().get_command(ctx, cmd_name)
         target, short_help = SUBAPPS[cmd_name]
+        extra = missing_extra(cmd_name)
+        if extra is not None:
+            return _needs_extra(cmd_name, extra)
         if self._listing:  # the top-level help only needs the one-liner
             return TyperCommand(cmd_name, help=short_help)
         module_name, attr = target.split(":")

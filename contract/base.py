@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
-from typing import Annotated, Any, Self, TypeVar
+from datetime import datetime, timezone
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
 
 from contract import SCHEMA_VERSION
+from contract.compat import Self
 from contract.errors import PayloadError
 
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -33,7 +34,7 @@ Scalar = str | int | float | bool | None
 
 
 def utc_now() -> datetime:
-    return datetime.now(UTC)
+    return datetime.now(timezone.utc)
 
 
 class ContractModel(BaseModel):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
 from contract.base import ContractModel, Count, Name, Sha256
+from contract.compat import StrEnum
 
 Stream = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 """A model stream: the line of bundles whose ``sequence`` only grows (anti-rollback compares

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
+from contract.compat import StrEnum
 from contract.errors import ContractError
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Final, Literal
 
@@ -29,6 +28,7 @@ from contract.base import (
     utc_now,
 )
 from contract.common import Histogram, Runtime, Stream
+from contract.compat import StrEnum
 from contract.transfer import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 
 MANIFEST_SCHEMA: Final = "coldchain.manifest/v3"

@@ -19,8 +19,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import Field
 
 from contract.base import Message, decode
+from contract.compat import StrEnum
 from contract.errors import (
     ExpiredKeyError,
     KeyFileError,
@@ -50,7 +50,7 @@ class SignatureFile(Message):
 
 
 def _utc_now() -> datetime:
-    return datetime.now(UTC)
+    return datetime.now(timezone.utc)
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:

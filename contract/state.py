@@ -7,13 +7,13 @@ device speaks; the cloud still reads version 1 (agents before issue 13), whose p
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from contract.base import ContractModel, Identifier, JobId, Message, Name, utc_now
 from contract.common import BundleRef, RuntimeInfo
+from contract.compat import StrEnum
 from contract.jobs import JobState
 from contract.versions import AGENT_PROTOCOL, LEGACY_AGENT_PROTOCOL, STATE_SCHEMA_VERSION, STATE_VERSIONS
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 
+from contract.compat import StrEnum
 from contract.errors import TopicError
 
 PREFIX = "coldchain/v1"

@@ -61,4 +61,5 @@ def _dequantize(value: npt.NDArray[Any], detail: dict[str, Any]) -> npt.NDArray[
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if not scale or value.dtype.kind == "f":
         return value
-    return (value.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+    real: npt.NDArray[np.float32] = (value.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+    return real

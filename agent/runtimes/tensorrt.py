@@ -46,7 +46,7 @@ def _cudart() -> Any:
             from cuda import cudart  # older cuda-python
         except ImportError as exc:
             raise RuntimeUnavailableError("the TensorRT runtime needs cuda-python for device memory "
-                                          "(pip install cuda-python)") from exc
+                                          "(pip install 'coldchain[jetson]')") from exc
     return cudart
 
 

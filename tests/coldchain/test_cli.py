@@ -84,3 +84,31 @@ def test_verify_with_untrusted_key(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "not trusted" in result.output
 
+
+
+def _cli_without(blocked: tuple[str, ...], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess where ``blocked`` cannot be imported (as on an install without them)."""
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}:\n    sys.modules[name] = None\n"
+        "from coldchain.cli import main\n"
+        f"main({list(args)!r})\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+
+
+def test_agent_only_install_lists_only_what_it_can_run() -> None:
+    result = _cli_without(("onnxslim", "sqlalchemy"), "--help")
+    assert result.returncode == 0, result.stderr
+    listed = set(re.findall(r"^│ (\w+)\s{2,}", result.stdout, flags=re.MULTILINE))
+    assert listed == {"agent", "bundle"}
+
+
+def test_a_command_whose_extra_is_missing_names_the_extra() -> None:
+    for command, extra in (("compile", "compiler"), ("fleet", "cloud"), ("keys", "compiler")):
+        result = _cli_without(("onnxslim", "sqlalchemy"), command, "--help")
+        assert result.returncode == 2
+        assert f"pip install 'coldchain[{extra}]'" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+    result = _cli_without(("paho",), "agent", "run", "--config", "x.toml")
+    assert "pip install 'coldchain[agent]'" in result.stderr
