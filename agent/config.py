@@ -60,6 +60,17 @@ class LocalApiConfig(_Section):
     client_queue: Annotated[int, Field(ge=1, le=100_000)] = 256  # lines queued per client before drops
     max_clients: Annotated[int, Field(ge=1, le=256)] = 16
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        """``0o660`` or ``660`` from YAML or the environment, where it arrives as text."""
+        if isinstance(value, str):
+            try:
+                return int(value.removeprefix("0o"), 8)
+            except ValueError:
+                raise ValueError(f"mode must be octal permissions like 0o660, got {value!r}") from None
+        return value
+
 
 class InventoryConfig(_Section):
     """Hysteresis of inventory changes: an item is added at ``enter`` or above, removed below ``exit``."""

@@ -45,6 +45,7 @@ from contract.local import (
     Topic,
 )
 from contract.local import Change as ChangeMessage
+from transport.client import Wake
 
 if TYPE_CHECKING:
     from agent.loop import Agent
@@ -69,7 +70,9 @@ class FirmwareLink:
     def start(self) -> None:
         api = self.agent.config.local_api
         if api.enabled:
-            self.server = LocalServer(self.agent.config.socket_path, api.mode, api.client_queue, api.max_clients)
+            inbox = self.agent.transport.inbox  # a request wakes the loop from its wait for MQTT traffic
+            self.server = LocalServer(self.agent.config.socket_path, api.mode, api.client_queue, api.max_clients,
+                                      on_request=lambda: inbox.put(Wake()))
             self.server.start()
 
     def stop(self) -> None:

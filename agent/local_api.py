@@ -19,6 +19,7 @@ import socket
 import stat
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,12 +56,12 @@ class LocalServer:
     """``start()`` binds ``path`` (mode ``mode``) and serves it from one thread until ``stop()``."""
 
     def __init__(self, path: Path, mode: int = 0o660, client_queue: int = 256, max_clients: int = 16,
-                 line_limit: int = MAX_LINE_BYTES) -> None:
+                 line_limit: int = MAX_LINE_BYTES, on_request: Callable[[], None] = lambda: None) -> None:
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise LocalApiError(f"local API socket path {path} is longer than {MAX_SOCKET_PATH} bytes: "
                                 "set local_api.socket to a shorter path")
         self.path, self.mode, self.client_queue, self.max_clients = path, mode, client_queue, max_clients
-        self.line_limit = line_limit
+        self.line_limit, self.on_request = line_limit, on_request  # on_request: wakes whoever drains requests
         self.requests: queue.Queue[Incoming] = queue.Queue(REQUESTS_LIMIT)
         self.clients: dict[int, Client] = {}
         self.refused = 0  # bad lines answered with an error
@@ -239,6 +240,8 @@ class LocalServer:
         except queue.Full:
             self.send(client, ErrorAnswer(id=request.id, code="busy", message="the agent has "
                                           f"{REQUESTS_LIMIT} requests waiting; try again"))
+            return
+        self.on_request()
 
     def _write(self, client: Client) -> None:
         while True:
