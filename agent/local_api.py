@@ -169,12 +169,18 @@ class LocalServer:
                     except BlockingIOError:
                         pass
                 else:
-                    client: Client = key.data
-                    if events & selectors.EVENT_READ:
-                        self._read(client)
-                    if events & selectors.EVENT_WRITE and client.number in self.clients:
-                        self._write(client)
+                    self._serve_client(key.data, events)
             self._update_interest()
+
+    def _serve_client(self, client: Client, events: int) -> None:
+        try:
+            if events & selectors.EVENT_READ:
+                self._read(client)
+            if events & selectors.EVENT_WRITE and client.number in self.clients:
+                self._write(client)
+        except Exception:  # a bug met by one client's bytes: that client goes, the server and the others stay
+            log.exception("local API client %d dropped", client.number)
+            self._drop(client)
 
     def _accept(self) -> None:
         if self._listener is None:

@@ -10,7 +10,7 @@ answered with an :class:`ErrorAnswer` naming the field (``docs/firmware.md``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
@@ -61,7 +61,7 @@ class InferRequest(_Request):
     source: Identifier | None = None
 
     @model_validator(mode="after")
-    def _one_image(self) -> Self:
+    def _one_image(self) -> InferRequest:
         given = [name for name in ("image_path", "image_b64") if getattr(self, name) is not None]
         if self.mode == "image" and len(given) != 1:
             raise ValueError("image_path: mode 'image' needs exactly one of image_path or image_b64")

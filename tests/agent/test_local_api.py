@@ -262,3 +262,22 @@ def test_a_request_wakes_the_loop_from_its_wait_for_mqtt(served: tuple[Agent, Me
     assert isinstance(t.inbox.get(timeout=10), Wake)
     a.step()  # one turn answers it
     assert client.read()["id"] == "st"
+
+
+def test_a_bug_met_by_one_client_drops_that_client_only(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.local_api as local_api
+
+    real = local_api.decode_request
+
+    def fragile(line: bytes | str) -> Any:
+        if b"boom" in (line if isinstance(line, bytes) else line.encode()):
+            raise RuntimeError("a bug")
+        return real(line)
+
+    monkeypatch.setattr(local_api, "decode_request", fragile)
+    victim, other = LineClient(server.path), LineClient(server.path)
+    victim.send(type="status", id="boom")
+    assert victim.sock.recv(10) == b""  # closed by the server
+    other.send(type="status", id="fine")
+    _, request = server.requests.get(timeout=10)
+    assert request.id == "fine" and len(server.clients) == 1
