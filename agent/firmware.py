@@ -21,7 +21,7 @@ import numpy.typing as npt
 from agent.errors import AgentError, FrameError
 from agent.frames import decode
 from agent.inventory import Change, InventoryTracker
-from agent.local_api import Client, LocalServer
+from agent.local_api import Client, LocalApiError, LocalServer
 from agent.model import Inference
 from contract.base import Message
 from contract.errors import ContractError
@@ -71,9 +71,15 @@ class FirmwareLink:
         api = self.agent.config.local_api
         if api.enabled:
             inbox = self.agent.transport.inbox  # a request wakes the loop from its wait for MQTT traffic
-            self.server = LocalServer(self.agent.config.socket_path, api.mode, api.client_queue, api.max_clients,
-                                      on_request=lambda: inbox.put(Wake()))
-            self.server.start()
+            server = LocalServer(self.agent.config.socket_path, api.mode, api.client_queue, api.max_clients,
+                                 on_request=lambda: inbox.put(Wake()))
+            try:
+                server.start()
+            except LocalApiError as exc:  # the agent still runs for the cloud: say why the firmware cannot reach it
+                log.error("%s", exc)
+                self.agent._error("local_api_unavailable", str(exc))
+                return
+            self.server = server
 
     def stop(self) -> None:
         if self.server is not None:

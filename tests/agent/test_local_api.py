@@ -17,6 +17,7 @@ from agent.config import AgentConfig
 from agent.frames import FolderSource
 from agent.local_api import LocalApiError, LocalServer
 from agent.loop import Agent
+from benchmarks.faults.device import errors
 from contract import topics
 from contract.local import ErrorAnswer, StatusRequest
 from contract.telemetry import Telemetry
@@ -281,3 +282,14 @@ def test_a_bug_met_by_one_client_drops_that_client_only(server: LocalServer, mon
     other.send(type="status", id="fine")
     _, request = server.requests.get(timeout=10)
     assert request.id == "fine" and len(server.clients) == 1
+
+
+def test_an_agent_whose_socket_cannot_open_runs_on_and_says_why(tmp_path: Path, world: dict[str, object]) -> None:
+    a, t = _agent(tmp_path, world)
+    a.config.socket_path.write_text("not a socket")  # e.g. a path the firmware's installer got wrong
+    a.firmware.start()
+    assert a.firmware.server is None
+    (event,) = [e for e in errors(t, "fridge-7") if e.code == "local_api_unavailable"]
+    assert "is not a socket" in event.message
+    a.step()  # the loop goes on
+    a.firmware.stop()
