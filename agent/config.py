@@ -45,6 +45,7 @@ class SourceConfig(_Section):
     kind: Literal["camera", "folder", "file", "url"] = "folder"
     location: str = "frames"
     loop: bool = True
+    trigger: Literal["interval", "on_request"] = "interval"  # on_request: only when the firmware asks
 
 
 class LimitsConfig(_Section):
@@ -53,6 +54,40 @@ class LimitsConfig(_Section):
     telemetry_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 50  # windows sent and not yet acked by the cloud
     telemetry_resend_s: Annotated[float, Field(ge=1, le=86_400)] = 30.0  # unacked this long: sent again
     max_frame_pixels: Annotated[int, Field(ge=64 * 64, le=8192 * 8192)] = 4096 * 4096
+
+
+class LocalApiConfig(_Section):
+    """The firmware's local API (docs/firmware.md): a Unix-domain socket, ``data_dir/agent.sock`` by default."""
+
+    enabled: bool = True
+    socket: Path | None = None
+    mode: Annotated[int, Field(ge=0, le=0o777)] = 0o660
+    client_queue: Annotated[int, Field(ge=1, le=100_000)] = 256  # lines queued per client before drops
+    max_clients: Annotated[int, Field(ge=1, le=256)] = 16
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        """``0o660`` or ``660`` from YAML or the environment, where it arrives as text."""
+        if isinstance(value, str):
+            try:
+                return int(value.removeprefix("0o"), 8)
+            except ValueError:
+                raise ValueError(f"mode must be octal permissions like 0o660, got {value!r}") from None
+        return value
+
+
+class InventoryConfig(_Section):
+    """Hysteresis of inventory changes: an item is added at ``enter`` or above, removed below ``exit``."""
+
+    enter: Annotated[float, Field(ge=0, le=1)] = 0.5
+    exit: Annotated[float, Field(ge=0, le=1)] = 0.35
+
+    @model_validator(mode="after")
+    def _band(self) -> InventoryConfig:
+        if self.exit > self.enter:
+            raise ValueError(f"inventory.exit ({self.exit}) must not be above inventory.enter ({self.enter})")
+        return self
 
 
 class AgentConfig(_Section):
@@ -73,6 +108,12 @@ class AgentConfig(_Section):
     inference_interval_s: Annotated[float, Field(ge=0, le=3600)] = 1.0
     telemetry_window_s: Annotated[float, Field(ge=1, le=86400)] = 60.0
     limits: LimitsConfig = LimitsConfig()
+    local_api: LocalApiConfig = LocalApiConfig()
+    inventory: InventoryConfig = InventoryConfig()
+
+    @property
+    def socket_path(self) -> Path:
+        return self.local_api.socket or self.data_dir / "agent.sock"
 
     @field_validator("trusted_keys", "bundle_keys", "operator_keys")
     @classmethod

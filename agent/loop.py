@@ -21,10 +21,12 @@ from agent.commands import CommandLog, cancel, profile, roll_back, set_config
 from agent.config import AgentConfig
 from agent.deploy import Deployer
 from agent.errors import AgentError, FrameError, SourceEnded
+from agent.firmware import FirmwareLink
 from agent.frames import FrameSource
 from agent.gate import Answer, CommandGate, Refused
 from agent.jobs import JobRecord
-from agent.model import LoadedBundle
+from agent.model import Inference, LoadedBundle
+from agent.receiver import to_ask
 from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
@@ -96,6 +98,7 @@ class Agent:
         self._error_tokens: dict[str, tuple[float, float]] = {}  # code -> (tokens left, when counted)
         self._errors_held: dict[str, int] = {}  # code -> events held back since the last one sent
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
+        self.firmware = FirmwareLink(self)  # the local API (docs/firmware.md); its socket opens in run()
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
                     ("commands_recovered", self.commands.damaged),
                     ("trust_recovered", self.keeper.recovered),
@@ -115,11 +118,13 @@ class Agent:
             self.commands.record(job_id, state, reason)
         if state.terminal or state in (JobState.PROBATION, JobState.QUEUED):
             self.publish_state()
+        self.firmware.job(job_id, state, reason)
 
     def _error(self, code: str, message: str, topic: str | None = None, job_id: str | None = None) -> None:
         """An error event, through a bucket per code (a burst of ``ERROR_BURST``, then one every
         ``ERROR_EVERY_S``): a repeating fault or a flood of bad messages is reported with the count
         of those held back, never as a flood of its own."""
+        self.firmware.error(code, message)
         if not self._error_allowed(code):
             return
         held = self._errors_held.pop(code, 0)
@@ -290,32 +295,37 @@ class Agent:
                     _SHARED[sha] = loaded
         return loaded
 
-    def infer_once(self) -> None:
+    def infer_once(self) -> Inference | str:
+        """A frame of the source through the active model: its result, or why there is none."""
         if self.source is None or self.source_ended:
-            return
+            return "no frame source" if self.source is None else "the frame source has ended"
         try:
             frame = self.source.read()
         except FrameError as exc:
             self.window.frame_skipped(exc.kind)
-            return
+            return f"frame skipped ({exc.kind}): {exc}"
         except SourceEnded as exc:  # a state, reported once: the agent stays up for commands and telemetry
             self.source_ended = True
             log.info("%s", exc)
             self._error("source_ended", str(exc))
-            return
+            return str(exc)
+        return self.infer_frame(frame)
+
+    def infer_frame(self, frame: np.typing.NDArray[np.uint8]) -> Inference | str:
         loaded = self.active_model()
         if loaded is None:
-            return
+            return "no active bundle"
         try:
             result = loaded.predict(frame)
         except AgentError as exc:
             self.window.error(type(exc).__name__)
-            return
+            return f"inference failed: {exc}"
         if not all(np.all(np.isfinite(np.asarray(o, np.float32))) for o in result.outputs):
             self.window.non_finite += 1
         self.window.inferred(frame, result.prediction, result.total_ms, result.model_ms)
         for run in self.shadows.values():  # candidates in SHADOW see the same frame (not timed)
             run.compare(frame, result.prediction)
+        return result
 
     def close_window(self) -> None:
         seq = self.spool.next_seq()
@@ -329,7 +339,8 @@ class Agent:
         active = self.deployer.slots.pointer().active_sha256
         if active is not None and self.window.inferences >= self.deployer.limits.min_inferences:
             self.live_p95[active] = self.window.p95()  # what each bundle did here: the next one is judged on it
-            del_oldest(self.live_p95, 8)
+            for old in list(self.live_p95)[:-8]:  # the 8 newest bundles
+                del self.live_p95[old]
         for record in self.deployer.jobs.unfinished():
             if record.state is JobState.PROBATION:
                 baseline = self.live_p95.get(record.predecessor_sha256 or "")
@@ -364,29 +375,21 @@ class Agent:
         self.uplink.pump()
 
     def request_missing(self, quiet_s: float = 5.0, stall_s: float = 30.0) -> None:
-        """Report what each download lacks, once its chunks stopped arriving for ``quiet_s``.
-
-        Chunks of a stream arrive in order, so while a stream may only be slow (quiet for less than
-        ``stall_s``) only gaps *below* the highest chunk received are missing; chunks beyond it may
-        still be queued at the broker or in this agent's inbox, and asking for them again would only
-        add load where it is already high. After ``stall_s`` of silence everything lacking is asked for.
-        """
+        """Report what each download lacks, once its chunks stopped arriving for ``quiet_s`` (``to_ask``)."""
         now = time.monotonic()
         for record in self.deployer.jobs.unfinished():
             quiet = now - self.last_chunk.get(record.job_id, -stall_s)
             if quiet < quiet_s:
                 continue
-            report = self.deployer.missing_report(record.job_id, self.config.device_id)
-            highest = self.highest_chunk.get(record.job_id)
-            if report is not None and quiet < stall_s and highest is not None:
-                gaps = [(start, min(end, highest)) for start, end in report.ranges if start < highest]
-                report = report.model_copy(update={"ranges": gaps}) if gaps else None
+            report = to_ask(self.deployer.missing_report(record.job_id, self.config.device_id), quiet, stall_s,
+                            self.highest_chunk.get(record.job_id))
             if report is not None:
                 self.transport.publish(topics.missing(self.config.device_id, report.sha256), report.to_json())
 
     # ---- the loop -----------------------------------------------------------------------
     def step(self, repair_every_s: float = 5.0) -> None:
         """One turn of the loop: a queued message if there is one, else whatever is due."""
+        self.firmware.serve()  # the local API's requests (the socket thread only queues them)
         try:
             self.handle(self.transport.inbox.get(timeout=0.05))
             return
@@ -395,7 +398,7 @@ class Agent:
         now = time.monotonic()
         if now >= self.next_inference:
             self.next_inference = now + self.config.inference_interval_s
-            self.infer_once()
+            self.firmware.scheduled()  # infers on an interval source, or for the firmware's next_frame
         if now - self.window_started >= self.config.telemetry_window_s:
             self.close_window()
         if now >= self.next_repair:
@@ -407,6 +410,7 @@ class Agent:
             stop: threading.Event | None = None) -> None:
         self.deployer.resume()
         self.transport.start()
+        self.firmware.start()
         try:
             while (until is None or time.monotonic() < until) and not (stop is not None and stop.is_set()):
                 try:
@@ -420,13 +424,8 @@ class Agent:
             self.transport.publish(topics.state(self.config.device_id), offline(self.config.device_id).to_json(),
                                    retain=True)
             self.transport.stop()
+            self.firmware.stop()
             self.spool.close()
-
-
-def del_oldest(mapping: dict[str, float | None], keep: int) -> None:
-    """Keep the ``keep`` newest entries of an insertion-ordered dict."""
-    for key in list(mapping)[:-keep]:
-        del mapping[key]
 
 
 def run_agent(config: AgentConfig, source: FrameSource | None, seconds: float | None = None) -> Agent:

@@ -170,3 +170,17 @@ class Download:
         """Delete a download's files without opening it (a failed or finished job's)."""
         shutil.rmtree(data_dir / "downloads" / ref.sha256, ignore_errors=True)
 
+
+
+def to_ask(report: MissingChunks | None, quiet: float, stall_s: float, highest: int | None) -> MissingChunks | None:
+    """What of a download's missing ``report`` to ask for after ``quiet`` seconds without a chunk.
+
+    Chunks of a stream arrive in order, so while a stream may only be slow (quiet for less than
+    ``stall_s``) only gaps *below* the highest chunk received are missing; chunks beyond it may
+    still be queued at the broker or in this agent's inbox, and asking for them again would only
+    add load where it is already high. After ``stall_s`` of silence everything lacking is asked for.
+    """
+    if report is not None and quiet < stall_s and highest is not None:
+        gaps = [(start, min(end, highest)) for start, end in report.ranges if start < highest]
+        return report.model_copy(update={"ranges": gaps}) if gaps else None
+    return report

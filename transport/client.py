@@ -51,7 +51,13 @@ class Subscribed:
     granted: bool
 
 
-Inbound = Connected | Disconnected | Received | Acked | Subscribed
+@dataclass(frozen=True)
+class Wake:
+    """Not from the broker: another thread of this process queued work for the loop that drains
+    this inbox (the agent's local API), so the loop turns now instead of at its next timeout."""
+
+
+Inbound = Connected | Disconnected | Received | Acked | Subscribed | Wake
 
 
 class Transport(Protocol):

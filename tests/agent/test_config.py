@@ -55,3 +55,17 @@ def test_unreadable_files(tmp_path: Path) -> None:
     bad.write_text("device_id = ")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad, {})
+
+
+def test_local_api_trigger_and_inventory_settings(tmp_path: Path, key: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(f'device_id = "fridge-1"\ntrusted_keys = ["{key}"]\ndata_dir = "{tmp_path}"\n'
+                    '[source]\ntrigger = "on_request"\n[local_api]\nmode = 0o640\n[inventory]\nenter = 0.6\n')
+    config = load_config(path, {"COLDCHAIN_LOCAL_API__MODE": "0o600"})
+    assert config.source.trigger == "on_request" and config.inventory.enter == 0.6
+    assert config.socket_path == tmp_path / "agent.sock" and config.local_api.mode == 0o600
+    assert load_config(path, {}).local_api.mode == 0o640
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"COLDCHAIN_INVENTORY__EXIT": "0.7", "COLDCHAIN_SOURCE__TRIGGER": "door"})
+    assert "inventory.exit" in str(info.value) or "inventory:" in str(info.value)
+    assert "source.trigger" in str(info.value)

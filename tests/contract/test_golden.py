@@ -14,6 +14,7 @@ from contract.acks import TelemetryAck
 from contract.base import decode
 from contract.commands import decode_command
 from contract.events import decode_event
+from contract.local import decode_answer, decode_request
 from contract.manifest import Manifest, dump_manifest, load_manifest
 from contract.signing import SignatureFile
 from contract.state import DeviceState
@@ -32,6 +33,8 @@ DECODERS: dict[str, Callable[[bytes], Any]] = {
     "ack": lambda b: decode(TelemetryAck, b),
     "signature": lambda b: decode(SignatureFile, b),
     "manifest": load_manifest,
+    "request": decode_request,  # the local API (contract.local)
+    "answer": decode_answer,
 }
 
 FILES = sorted(GOLDEN.glob("*.json"))
@@ -56,6 +59,10 @@ def test_every_message_kind_has_a_golden_example() -> None:
     assert commands == {"deploy", "rollback", "cancel", "profile", "set_config", "shadow_start", "shadow_stop"}
     events = {json.loads(p.read_text())["type"] for p in FILES if p.stem.startswith("event_")}
     assert events == {"job", "error", "self_test", "shadow", "profile"}
+    requests = {json.loads(p.read_text())["type"] for p in FILES if p.stem.startswith("request_")}
+    assert requests == {"infer", "status", "subscribe", "hold_activation", "release_activation"}
+    answers = {json.loads(p.read_text())["type"] for p in FILES if p.stem.startswith("answer_")}
+    assert answers == {"result", "inventory", "model", "job", "status", "ok", "error"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
