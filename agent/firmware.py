@@ -15,8 +15,9 @@ import queue
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 from agent.errors import AgentError, FrameError
 from agent.frames import decode
