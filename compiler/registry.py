@@ -158,15 +158,16 @@ STREAM_TAG = "coldchain.stream"
 
 
 def next_sequence(stream: str, tracking_uri: str | None, now: float) -> int:
-    """The sequence of a new compile of ``stream``: the compile's Unix time in seconds, or one more
-    than the highest sequence the registry holds for the stream if that is higher.
+    """The sequence of a new compile of ``stream``: the compile's Unix time in milliseconds, or one
+    more than the highest sequence the registry holds for the stream if that is higher.
 
     One scheme for every source: a file compile without a registry draws the clock, a registry
     compile draws max(clock, registered + 1), so either is above every earlier compile of the
     stream it can see, and above every earlier clock-drawn one (clocks move forward; compiles of
-    one stream less than a second apart on different hosts are the only race)."""
+    one stream started in the same millisecond on different hosts are the only race). Seconds were
+    too coarse: a file compile and the registry compile after it drew the same second (in CI)."""
     registered = stream_sequences(tracking_uri, stream) if tracking_uri else []
-    return max(int(now), max(registered, default=0) + 1)
+    return max(int(now * 1000), max(registered, default=0) + 1)
 
 
 def stream_sequences(tracking_uri: str, stream: str) -> list[int]:

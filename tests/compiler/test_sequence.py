@@ -14,26 +14,27 @@ T = 1_750_000_000.7
 
 
 def test_without_a_registry_the_sequence_is_the_compile_time() -> None:
-    assert next_sequence("fridge", None, T) == int(T)
-    assert next_sequence("fridge", None, T + 60) > next_sequence("fridge", None, T)
+    assert next_sequence("fridge", None, T) == int(T * 1000)  # milliseconds
+    assert next_sequence("fridge", None, T + 0.002) > next_sequence("fridge", None, T)
 
 
 @pytest.mark.integration
 def test_a_registry_compile_after_a_file_compile_of_the_stream_is_newer(tmp_path: Path) -> None:
     """Real MLflow (SQLite): the registry holds two bundles of ``fridge`` (sequences 1 and 2, as the
     old counter gave them) and one of ``pantry`` far ahead; a file compile of ``fridge`` at T,
-    then a registry compile at T + 30 s must be newer; a stream ahead of the clock counts on."""
+    then a registry compile 2 ms later must be newer (the CI run had them in the same second, and
+    seconds gave both the same sequence); a stream ahead of the clock counts on."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tarball = tmp_path / "b.tar.gz"
     tarball.write_bytes(b"bundle")
     for name, stream_tag, seq in [("fridge--t1", None, 1), ("fridge--t2", "fridge", 2),
-                                  ("pantry--t1", "pantry", int(T) + 10_000)]:
+                                  ("pantry--t1", "pantry", int(T * 1000) + 10_000)]:
         tags = {"coldchain.source_model": name.split("--")[0], "coldchain.sequence": str(seq)}
         if stream_tag:
             tags["coldchain.stream"] = stream_tag
         record_compile(uri, tmp_path / "art", name, "t", [], {}, tarball, name, tags)
     file_compiled = next_sequence("fridge", None, T)
-    registry_compiled = next_sequence("fridge", uri, T + 30)
+    registry_compiled = next_sequence("fridge", uri, T + 0.002)
     assert registry_compiled > file_compiled
-    assert next_sequence("pantry", uri, T) == int(T) + 10_001  # registered ahead of the clock: one more
-    assert next_sequence("cellar", uri, T) == int(T)  # a new stream
+    assert next_sequence("pantry", uri, T) == int(T * 1000) + 10_001  # registered ahead of the clock: one more
+    assert next_sequence("cellar", uri, T) == int(T * 1000)  # a new stream
