@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from agent.deploy import Deployer
 from agent.errors import AgentError, FrameError, SourceEnded
 from agent.frames import FrameSource
 from agent.gate import Answer, CommandGate, Refused
+from agent.health import Health, SourceUnavailable
 from agent.jobs import JobRecord
 from agent.model import LoadedBundle
 from agent.shadow import ShadowRun
@@ -46,7 +46,7 @@ from contract.events import ErrorEvent, JobEvent, ShadowEvent
 from contract.jobs import JobState
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import decode_chunk
-from transport.client import Connected, Disconnected, Inbound, Received, Transport
+from transport.client import Connected, ConnectFailed, Disconnected, Inbound, Received, Transport
 
 log = logging.getLogger("coldchain.agent")
 AGENT_VERSION = "0.1.0"
@@ -90,6 +90,7 @@ class Agent:
         self._error_tokens: dict[str, tuple[float, float]] = {}  # code -> (tokens left, when counted)
         self._errors_held: dict[str, int] = {}  # code -> events held back since the last one sent
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
+        self.health = Health(config.data_dir, config.broker.url)  # broker and source faults, logged with causes
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
                     ("commands_recovered", self.commands.damaged),
                     ("trust_recovered", self.keeper.recovered),
@@ -171,8 +172,12 @@ class Agent:
 
     # ---- inbound ----------------------------------------------------------------------
     def handle(self, item: Inbound) -> None:
-        if isinstance(item, Connected):
+        if isinstance(item, ConnectFailed):
+            self.health.connect_failed(item.cause, item.retry_in_s)
+        elif isinstance(item, Connected):
             self.connected = True
+            if (cause := self.health.connected()) is not None:  # the cloud hears what kept the device away
+                self._error("broker_unreachable", f"the broker was unreachable until now: {cause}")
             self.transport.subscribe(self.subscriptions())
             self.publish_state()
             waiting, self.outbox = self.outbox, []
@@ -180,6 +185,7 @@ class Agent:
                 self.send(topic, payload)
             self.uplink.on_connected()  # unconfirmed windows are still in the spool: send again
         elif isinstance(item, Disconnected):
+            self.health.disconnected(item.reason, item.retry_in_s)
             self.connected = False
             self.uplink.on_disconnected()
         elif isinstance(item, Received):  # a broker's PUBACK (Acked) deletes nothing: the cloud's ack does
@@ -289,6 +295,10 @@ class Agent:
             return
         try:
             frame = self.source.read()
+        except SourceUnavailable as exc:  # reported when it starts or its cause changes, retried with backoff
+            if self.health.source_fault(exc):
+                self._error("source_unavailable", str(exc))
+            return
         except FrameError as exc:
             self.window.frame_skipped(exc.kind)
             return
@@ -297,6 +307,7 @@ class Agent:
             log.info("%s", exc)
             self._error("source_ended", str(exc))
             return
+        self.health.source_ok(self.source.name)
         loaded = self.active_model()
         if loaded is None:
             return
@@ -421,16 +432,3 @@ def del_oldest(mapping: dict[str, float | None], keep: int) -> None:
     """Keep the ``keep`` newest entries of an insertion-ordered dict."""
     for key in list(mapping)[:-keep]:
         del mapping[key]
-
-
-def run_agent(config: AgentConfig, source: FrameSource | None, seconds: float | None = None) -> Agent:
-    from transport.client import MqttTransport
-
-    transport = MqttTransport(config.device_id, config.broker, topics.state(config.device_id),
-                              offline(config.device_id).to_json())
-    agent = Agent(config, transport, source)
-    stop = threading.Event()
-    # systemd stops with SIGTERM: finish the step, publish the offline state, close the spool
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    agent.run(until=None if seconds is None else time.monotonic() + seconds, stop=stop)
-    return agent

@@ -28,16 +28,13 @@ def run(
 
     from agent.config import load_config
     from agent.errors import AgentError
-    from agent.frames import open_source
-    from agent.loop import run_agent
+    from agent.service import run_agent
 
     with user_errors(AgentError):
         overrides = {"COLDCHAIN_BROKER__URL": broker} if broker else {}
         settings = load_config(config, {**os.environ, **overrides})
-        source = open_source(settings.source.kind, settings.source.location, settings.source.loop,
-                             settings.limits.max_frame_pixels)
         console.print(f"agent [bold]{settings.device_id}[/] -> {settings.broker.url} (data in {settings.data_dir})")
-        run_agent(settings, source, seconds)
+        run_agent(settings, None, seconds)  # a missing camera or broker is logged and retried, never fatal
 
 
 @app.command()
