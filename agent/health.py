@@ -104,6 +104,27 @@ class ReopeningSource:
             self.inner.close()
 
 
+class ErrorBudget:
+    """A token bucket per error code: a burst of ``burst``, then one every ``every_s``; what it holds
+    back is counted in ``held`` (the next event that goes out says how many)."""
+
+    def __init__(self, burst: int, every_s: float) -> None:
+        self.burst, self.every_s = burst, every_s
+        self.tokens: dict[str, tuple[float, float]] = {}  # code -> (tokens left, when counted)
+        self.held: dict[str, int] = {}  # code -> events held back since the last one sent
+
+    def allowed(self, code: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self.tokens.get(code, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) / self.every_s)
+        if tokens < 1:
+            self.tokens[code] = (tokens, now)
+            self.held[code] = self.held.get(code, 0) + 1
+            return False
+        self.tokens[code] = (tokens - 1, now)
+        return True
+
+
 class Health:
     """Connection and source faults, logged with their cause and next retry, persisted for ``status``."""
 

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from agent import runtimes
+from agent.activation import Activation
 from agent.commands import CommandLog, cancel, profile, roll_back, set_config
 from agent.config import AgentConfig
 from agent.deploy import Deployer
 from agent.errors import AgentError, FrameError, SourceEnded
 from agent.frames import FrameSource
 from agent.gate import Answer, CommandGate, Refused
-from agent.health import Health, SourceUnavailable
+from agent.health import ErrorBudget, Health, SourceUnavailable
 from agent.jobs import JobRecord
 from agent.model import LoadedBundle
 from agent.shadow import ShadowRun
@@ -68,8 +69,10 @@ class Agent:
         self.keeper = TrustKeeper(config)  # the one live trust store; root-signed updates change it in place
         self.trust = self.keeper.store
         self.available = runtimes.available()
+        self.activation = Activation(config.activation, config.data_dir, clock)  # the firmware's hold, the window
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
-                                 clock=clock, board=config.board)
+                                 clock=clock, board=config.board,
+                                 activation=self.activation)
         self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
         self.gate = CommandGate(config.device_id, self.trust, self.commands, self.deployer.jobs, clock)
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows)
@@ -87,8 +90,7 @@ class Agent:
         self.highest_chunk: dict[str, int] = {}  # job id -> highest chunk index received
         self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
         self.source_ended = False  # a finite source gave every frame: no more inference, the rest goes on
-        self._error_tokens: dict[str, tuple[float, float]] = {}  # code -> (tokens left, when counted)
-        self._errors_held: dict[str, int] = {}  # code -> events held back since the last one sent
+        self.budget = ErrorBudget(ERROR_BURST, ERROR_EVERY_S)  # error events (and tracebacks) per code
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
         self.health = Health(config.data_dir, config.broker.url)  # broker and source faults, logged with causes
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
@@ -115,26 +117,15 @@ class Agent:
         """An error event, through a bucket per code (a burst of ``ERROR_BURST``, then one every
         ``ERROR_EVERY_S``): a repeating fault or a flood of bad messages is reported with the count
         of those held back, never as a flood of its own."""
-        if not self._error_allowed(code):
+        if not self.budget.allowed(code):
             return
-        held = self._errors_held.pop(code, 0)
+        held = self.budget.held.pop(code, 0)
         if held:
             message = f"{message} ({held} more like it were held back)"
         self.event_seq += 1
         event = ErrorEvent(device_id=self.config.device_id, seq=self.event_seq, code=code, message=message[:2000],
                            topic=topic, job_id=job_id)
         self.send(topics.events(self.config.device_id), event.to_json())
-
-    def _error_allowed(self, code: str) -> bool:
-        now = time.monotonic()
-        tokens, last = self._error_tokens.get(code, (ERROR_BURST, now))
-        tokens = min(ERROR_BURST, tokens + (now - last) / ERROR_EVERY_S)
-        if tokens < 1:
-            self._error_tokens[code] = (tokens, now)
-            self._errors_held[code] = self._errors_held.get(code, 0) + 1
-            return False
-        self._error_tokens[code] = (tokens - 1, now)
-        return True
 
     def send(self, topic: str, payload: bytes) -> None:
         """Publish an event now, or keep it (bounded) until the connection is back."""
@@ -365,6 +356,16 @@ class Agent:
         self.send(topics.events(self.config.device_id), event.to_json())
         self.deployer.end_shadow(record)
 
+    def hold_activation(self, reason: str, max_s: float | None = None) -> float:
+        """The firmware is busy: candidates wait in READY until released (or the hold's limit, returned)."""
+        until = self.activation.hold(reason, max_s)
+        self.deployer.release_ready()  # a candidate already in READY reports the hold as its reason
+        return until
+
+    def release_activation(self) -> None:
+        self.activation.release()
+        self.deployer.release_ready()
+
     def publish_pending(self) -> None:
         self.uplink.pump()
 
@@ -406,6 +407,7 @@ class Agent:
         if now >= self.next_repair:
             self.next_repair = now + repair_every_s
             self.request_missing()
+            self.deployer.release_ready()  # the window opened, the device went idle, a hold ran out
         self.publish_pending()
 
     def run(self, until: float | None = None, repair_every_s: float = 5.0,
@@ -418,7 +420,7 @@ class Agent:
                     self.step(repair_every_s)
                 except (AgentError, ContractError, OSError) as exc:  # the loop never dies on one bad step
                     kind = f"agent_error.{type(exc).__name__}"
-                    if self._error_allowed(f"log.{kind}"):  # the traceback as rarely as the event
+                    if self.budget.allowed(f"log.{kind}"):  # the traceback as rarely as the event
                         log.exception("agent step failed")
                     self._error(kind, f"{type(exc).__name__}: {exc}")
         finally:
