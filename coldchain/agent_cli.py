@@ -38,6 +38,33 @@ def run(
 
 
 @app.command()
+def install(
+    bundle: Annotated[Path, typer.Argument(help="Signed bundle tarball (.tar.gz) to install as the active bundle.")],
+    config: Annotated[Path, typer.Option(help="Agent configuration (TOML or YAML); COLDCHAIN_* overrides.")],
+) -> None:
+    """Put a bundle on this device without a broker (a factory default), with the same checks as a
+    deploy over MQTT: signature with the device's trust, hashes, board, runtime, self-test.
+    Stop the agent first; it judges the bundle (probation) on live frames when it runs."""
+    from agent.config import load_config
+    from agent.errors import AgentError
+    from agent.install import install_offline
+    from contract.jobs import JobState
+
+    def show(job_id: str, state: JobState, reason: str | None, progress: float | None) -> None:
+        console.print(f"{job_id}: {state.value}" + (f" ({escape(reason)})" if reason else ""), highlight=False)
+
+    with user_errors(AgentError):
+        settings = load_config(config)
+        record = install_offline(settings, bundle, show)
+    if record.state not in (JobState.PROBATION, JobState.SUCCEEDED):  # SUCCEEDED: installed before, known-good
+        err_console.print(f"[bold red]error:[/] {escape(bundle.name)} was not installed: {record.state.value}"
+                          + (f" ({escape(record.reason)})" if record.reason else ""), highlight=False)
+        raise typer.Exit(1)
+    console.print(f"{bundle.name} is the active bundle in {settings.data_dir} (sequence {record.sequence}); "
+                  "the agent judges it on live frames when it runs", highlight=False)
+
+
+@app.command()
 def status(data_dir: Annotated[Path, typer.Option(help="The agent's data directory.")] = Path("/var/lib/coldchain"),
            ) -> None:
     """Active and previous bundle, jobs and the telemetry spool, read from the data directory."""
