@@ -128,9 +128,9 @@ class ErrorBudget:
 class Health:
     """Connection and source faults, logged with their cause and next retry, persisted for ``status``."""
 
-    def __init__(self, data_dir: Path, broker: str) -> None:
+    def __init__(self, data_dir: Path, broker: str, device_id: str = "") -> None:
         self.path = data_dir / HEALTH_FILE
-        self.broker = broker
+        self.broker, self.device_id = broker, device_id
         self.connection = "connecting"
         self.connection_cause: str | None = None
         self.source = "not opened yet"
@@ -185,7 +185,8 @@ class Health:
         del self.last_errors[:-LAST_ERRORS]
 
     def _save(self) -> None:
-        data = {"connection": self.connection, "connection_cause": self.connection_cause, "broker": self.broker,
+        data = {"device_id": self.device_id, "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+                "connection": self.connection, "connection_cause": self.connection_cause, "broker": self.broker,
                 "source": self.source, "last_errors": self.last_errors}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,7 @@ class Agent:
         self.source_ended = False  # a finite source gave every frame: no more inference, the rest goes on
         self.budget = ErrorBudget(ERROR_BURST, ERROR_EVERY_S)  # error events (and tracebacks) per code
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
-        self.health = Health(config.data_dir, config.broker.url)  # broker and source faults, logged with causes
+        self.health = Health(config.data_dir, config.broker.url, config.device_id)  # broker and source faults
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
                     ("commands_recovered", self.commands.damaged),
                     ("trust_recovered", self.keeper.recovered),

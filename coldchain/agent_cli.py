@@ -6,7 +6,7 @@ Imports only the agent and the contract: a device installs ``coldchain[agent]`` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -65,33 +65,53 @@ def install(
 
 
 @app.command()
-def status(data_dir: Annotated[Path, typer.Option(help="The agent's data directory.")] = Path("/var/lib/coldchain"),
-           ) -> None:
-    """Active and previous bundle, jobs and the telemetry spool, read from the data directory."""
+def status(
+    config: Annotated[Path | None, typer.Option(help="Agent configuration (TOML or YAML), as for run.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="The agent's data directory (default: from --config, "
+                                                        "else /var/lib/coldchain).")] = None,
+) -> None:
+    """Device id, connection, bundles per slot, jobs, the spool and the last errors, read from the agent's
+    data directory (what the agent last recorded there; it need not be running)."""
+    from agent.config import load_config
     from agent.errors import AgentError
     from agent.status import data_dir_status
 
     with user_errors(AgentError):
-        info = data_dir_status(data_dir)
-    table = Table(title=f"agent data in {data_dir}", show_header=False)
+        settings = load_config(config) if config is not None else None
+        directory = data_dir or (settings.data_dir if settings is not None else Path("/var/lib/coldchain"))
+        info = data_dir_status(directory)
+    health: dict[str, Any] = info["health"]  # type: ignore[assignment]
+    device = settings.device_id if settings is not None else health.get("device_id") or "(unknown: pass --config)"
+    table = Table(title=f"agent data in {directory}", show_header=False)
+    table.add_row("device", escape(str(device)))
+    if health:
+        cause = f": {health['connection_cause']}" if health.get("connection_cause") else ""
+        table.add_row("connection", escape(f"{health.get('connection')} to {health.get('broker')}{cause} "
+                                           f"(recorded {health.get('updated', '?')})"))
+        table.add_row("frame source", escape(str(health.get("source"))))
+    else:
+        table.add_row("connection", "no record: the agent has not run on this data directory yet")
     table.add_row("active slot", f"{info['active']} (sequence {info['active_sequence']})")
     table.add_row("rollback goes to", "-" if info["previous"] is None else f"slot {info['previous']}")
     table.add_row("telemetry spool", f"{info['spool_pending']} windows waiting, {info['spool_evicted']} evicted")
-    table.add_row("trust", str(info["trust"]))
+    table.add_row("trust", escape(str(info["trust"])))
     console.print(table)
-    slots = Table(title="slots")
-    for col in ("slot", "status", "sequence", "bundle sha256"):
-        slots.add_column(col)
-    for name, slot in info["slots"].items():  # type: ignore[attr-defined]
-        active = " (active)" if name == info["active"] else ""
-        slots.add_row(name + active, slot["status"], str(slot["sequence"] or "-"), (slot["sha256"] or "-")[:16])
-    console.print(slots)
-    jobs = Table(title="jobs")
-    for col in ("job", "state", "reason"):
-        jobs.add_column(col)
-    for job_id, state, reason in info["jobs"]:  # type: ignore[attr-defined]
-        jobs.add_row(job_id, state, reason or "")
-    console.print(jobs)
+    _rows("slots", ("slot", "status", "sequence", "model", "bundle sha256"),
+          [(name + (" (active)" if name == info["active"] else ""), slot["status"], str(slot["sequence"] or "-"),
+            slot["model"] or "-", slot["sha256"] or "-")
+           for name, slot in info["slots"].items()])  # type: ignore[attr-defined]
+    _rows("jobs", ("job", "state", "reason"), [(j, s, r or "") for j, s, r in info["jobs"]])  # type: ignore[attr-defined]
+    _rows("last errors", ("when (UTC)", "code", "message"), [tuple(e) for e in health.get("last_errors", [])[-5:]])
+
+
+def _rows(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table whose cells wrap instead of being cut (a sha or a path is shown whole)."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*map(escape, row))
+    console.print(table)
 
 
 def _expand(paths: list[Path]) -> tuple[list[Path], list[str]]:

@@ -64,3 +64,31 @@ def test_status_reads_the_data_directory(tmp_path: Path, world: dict[str, object
     result = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "sequence 5" in result.output and "PROBATION" in result.output
+
+
+def test_status_takes_the_config_and_shows_connection_slots_and_last_errors(tmp_path: Path,
+                                                                            world: dict[str, object]) -> None:
+    from agent.health import Health
+
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "fridge-42"\ndata_dir = "{tmp_path / "data"}"\ntrusted_keys = ["{keys}"]\n')
+    health = Health(tmp_path / "data", "mqtt://127.0.0.1:1", "fridge-42")  # what a running agent records
+    health.connect_failed("ConnectionRefusedError: [Errno 111] Connection refused", 4.0)
+    bundle = world["bundles"][5]  # type: ignore[index]
+    assert runner.invoke(app, ["agent", "install", str(bundle.tarball), "--config", str(config)]).exit_code == 0
+    result = runner.invoke(app, ["agent", "status", "--config", str(config)], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    text = "".join(result.output.split())  # cells wrap (never cut): compare without the layout
+    assert "fridge-42" in text and "failingtomqtt://127.0.0.1:1:ConnectionRefusedError" in text
+    assert bundle.ref.sha256 in text  # the whole sha, folded over lines
+    assert "broker_unreachable" in text and "PROBATION" in text
+
+
+def test_status_refuses_a_directory_that_is_not_an_agents(tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    result = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path / "photos")])
+    assert result.exit_code == 1 and "is not an agent's data directory" in " ".join(result.output.split())
+    assert list((tmp_path / "photos").iterdir()) == []  # nothing was created in it
+    missing = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
