@@ -5,6 +5,7 @@ Imports only the agent and the contract: a device installs ``coldchain[agent]`` 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -140,16 +141,21 @@ def infer(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     trusted: Annotated[list[Path], typer.Option(help="Trusted public key (.pub) or folder; repeatable.")],
     threads: Annotated[int, typer.Option(min=1, max=64)] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image and line (JSON Lines): "
+                                          "detections with boxes, inventory, every label's score, timings.")] = False,
 ) -> None:
     """One-shot local inference with a verified bundle (for firmware developers).
 
-    A frame that cannot be used is a row with the reason; a missing path is one error line, the
-    other images are still inferred, and the exit code is then 1."""
+    A frame that cannot be used is a row (or an object with ``error``) with the reason; a missing path
+    is one error line, the other images are still inferred, and the exit code is then 1. Nothing is
+    cut: every detection is listed and long labels and paths wrap."""
     import tempfile
+    import time
 
-    from agent.errors import AgentError
+    from agent.errors import AgentError, FrameError
     from agent.frames import decode
     from agent.model import LoadedBundle
+    from agent.postprocess import prediction_json
     from contract.bundle import unpack
     from contract.signing import TrustStore
 
@@ -163,25 +169,42 @@ def infer(
         manifest = loaded.manifest
         table = Table(title=f"{manifest.model.name} v{manifest.model.version} ({manifest.target.name})")
         for col in ("image", "prediction", "inventory", "ms"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for image in files:
+            record: dict[str, object] = {"image": str(image), "bundle": loaded.sha256}
+            started = time.perf_counter()
             try:
                 frame = decode(image.read_bytes(), 8192 * 8192)
-            except OSError as exc:
-                table.add_row(str(image), f"[red]cannot read: {escape(exc.strerror or str(exc))}[/]", "", "")
+            except (OSError, FrameError) as exc:
+                kind = exc.kind if isinstance(exc, FrameError) else "unreadable"
+                message = str(exc) if isinstance(exc, FrameError) else f"cannot read: {exc.strerror or exc}"
+                record["error"] = {"kind": kind, "message": message}
+                _emit(as_json, record, table, [str(image), f"[red]{escape(message)}[/]", "", ""])
                 continue
-            except AgentError as exc:
-                table.add_row(str(image), f"[red]{escape(str(exc))}[/]", "", "")
-                continue
+            decode_ms = (time.perf_counter() - started) * 1000
             result = loaded.predict(frame)
-            prediction, ms = result.prediction, result.total_ms
-            shown = ", ".join(f"{d.label} {d.score:.2f}" for d in prediction.detections[:5]) or "(nothing)"
-            table.add_row(str(image), shown, ", ".join(f"{k} x{v}" for k, v in prediction.inventory.items()),
-                          f"{ms:.1f}")
+            record.update(prediction_json(result.prediction, manifest.io.labels))
+            record["timings_ms"] = {"decode": round(decode_ms, 3), "model": round(result.model_ms, 3),
+                                    "total": round(result.total_ms, 3)}
+            shown = ", ".join(f"{d.label} {d.score:.2f}" for d in result.prediction.detections) or "(nothing)"
+            inventory = ", ".join(f"{k} x{v}" for k, v in result.prediction.inventory.items())
+            _emit(as_json, record, table, [str(image), escape(shown), escape(inventory), f"{result.total_ms:.1f}"])
         loaded.close()
-    console.print(table)
+    if not as_json:
+        console.print(table)
     if problems:
         raise typer.Exit(1)
+
+
+def _emit(as_json: bool, record: dict[str, object], table: Table, row: list[str]) -> None:
+    """One image: a JSON line on stdout (flushed: a firmware reads it as it comes), or a table row."""
+    import json
+
+    if as_json:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    else:
+        table.add_row(escape(row[0]), *row[1:])
 
 
 @app.command()

@@ -92,3 +92,40 @@ def test_status_refuses_a_directory_that_is_not_an_agents(tmp_path: Path) -> Non
     assert list((tmp_path / "photos").iterdir()) == []  # nothing was created in it
     missing = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_infer_json_gives_one_object_per_image_with_every_label(tmp_path: Path, world: dict[str, object]) -> None:
+    import json
+
+    write_dataset(tmp_path / "photos", 2, seed=7)
+    (tmp_path / "photos" / "empty.jpg").write_bytes(b"")
+    bundle = world["bundles"][5]  # type: ignore[index]
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    result = runner.invoke(app, ["agent", "infer", str(bundle.tarball), str(tmp_path / "photos"), "--trusted",
+                                 str(keys), "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines()]
+    images = sorted(p for p in (tmp_path / "photos").rglob("*.jpg"))
+    assert [r["image"] for r in records] == [str(p) for p in images]  # one object per image, in order
+    labels = bundle.manifest.io.labels
+    broken = [r for r in records if "error" in r]
+    assert [(r["image"], r["error"]["kind"]) for r in broken] == [(str(tmp_path / "photos" / "empty.jpg"), "empty")]
+    for record in (r for r in records if "error" not in r):
+        assert list(record["scores"]) == list(labels) and all(0 <= s <= 1 for s in record["scores"].values())
+        assert record["timings_ms"]["total"] >= record["timings_ms"]["model"] > 0
+        assert all(set(d) == {"label", "score", "box"} for d in record["detections"])
+        assert sum(record["inventory"].values()) == len(record["detections"])
+        assert record["bundle"] == bundle.ref.sha256
+
+
+def test_infer_table_never_cuts_a_long_path(tmp_path: Path, world: dict[str, object]) -> None:
+    folder = tmp_path / ("a-rather-long-folder-name-" * 3) / "shelf"
+    write_dataset(folder, 1, seed=8)
+    image = next(folder.rglob("*.jpg"))
+    bundle = world["bundles"][5]  # type: ignore[index]
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    result = runner.invoke(app, ["agent", "infer", str(bundle.tarball), str(image), "--trusted", str(keys)],
+                           env={"COLUMNS": "70"})
+    assert result.exit_code == 0, result.output
+    cells = "".join(line.split("│")[1].strip() for line in result.output.splitlines() if line.count("│") > 2)
+    assert str(image) in cells, result.output  # folded over lines, whole
