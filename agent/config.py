@@ -90,6 +90,18 @@ class InventoryConfig(_Section):
         return self
 
 
+class ActivationConfig(_Section):
+    """When a verified candidate may become active (docs/firmware.md "Activation windows and holds").
+
+    ``window`` ("02:00-05:00", local time; it may wrap past midnight) and ``when_idle_s`` (no firmware
+    request for that long) each let a waiting candidate activate; with neither, it activates at once
+    unless the firmware holds it. A hold, and any wait in READY, lasts at most ``max_hold_s``."""
+
+    window: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    when_idle_s: Annotated[float, Field(gt=0, le=7 * 86_400)] | None = None
+    max_hold_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 86_400.0
+
+
 class AgentConfig(_Section):
     device_id: Identifier
     board: str = "unknown"
@@ -109,6 +121,7 @@ class AgentConfig(_Section):
     telemetry_window_s: Annotated[float, Field(ge=1, le=86400)] = 60.0
     limits: LimitsConfig = LimitsConfig()
     local_api: LocalApiConfig = LocalApiConfig()
+    activation: ActivationConfig = ActivationConfig()
     inventory: InventoryConfig = InventoryConfig()
 
     @property

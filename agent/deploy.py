@@ -1,7 +1,8 @@
 """The deploy job, as plain decisions on messages (no MQTT here: the loop enqueues, this decides).
 
-QUEUED -> DOWNLOADING -> VERIFYING -> INSTALLING -> SELF_TEST -> ACTIVATING -> PROBATION ->
-SUCCEEDED, or FAILED(reason) / ROLLED_BACK(reason). Each state is persisted before the work
+QUEUED -> DOWNLOADING -> VERIFYING -> INSTALLING -> SELF_TEST -> [SHADOW] -> [READY] -> ACTIVATING ->
+PROBATION -> SUCCEEDED, or FAILED(reason) / ROLLED_BACK(reason); READY while the firmware holds
+activation or the activation window is closed (``agent/activation.py``). Each state is persisted before the work
 of the next begins, and every step can be repeated after a crash: verification re-reads the
 finished artifact, installation rewrites the inactive slot, activation checks whether the
 pointer already names the new bundle. A bundle becomes active only after its signature,
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.activation import Activation
 from agent.errors import AgentError, TransferError
 from agent.faults import fault
 from agent.jobs import JobRecord, JobStore
@@ -62,7 +64,9 @@ def disk_error(exc: OSError) -> str:
 class Deployer:
     def __init__(self, data_dir: Path, trust: TrustStore, runtimes: dict[Runtime, str], emit: Emit,
                  threads: int = 1, limits: ProbationLimits = ProbationLimits(),
-                 clock: Callable[[], float] = time.time, board: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, board: str | None = None,
+                 activation: Activation | None = None) -> None:
+        self.activation = activation  # None: a verified candidate activates at once
         self.board = board  # this device's board (agent config): a bundle for another is refused
         self.clock = clock  # wall-clock seconds: shadow and probation periods (injected by tests)
         self.data_dir = data_dir
@@ -143,7 +147,7 @@ class Deployer:
         """Stop a job that has not activated its bundle yet (FAILED); later states are left alone."""
         record = self.jobs.get(job_id)
         before_activation = (JobState.QUEUED, JobState.DOWNLOADING, JobState.VERIFYING, JobState.INSTALLING,
-                             JobState.SELF_TEST, JobState.SHADOW)
+                             JobState.SELF_TEST, JobState.SHADOW, JobState.READY)
         if record is None or record.state not in before_activation:
             return record
         self._cleanup(DeployCommand.model_validate(record.command))
@@ -184,7 +188,7 @@ class Deployer:
                 f"#{self.slots.pointer().active_sequence} in slot {good} activated instead")
 
     # ---- the state machine -----------------------------------------------------------
-    def advance(self, record: JobRecord) -> JobRecord:  # noqa: PLR0911 (one return per state it can stop in)
+    def advance(self, record: JobRecord) -> JobRecord:  # noqa: PLR0911, PLR0912 (one return per state it can stop in)
         command = DeployCommand.model_validate(record.command)
         try:
             if record.state is JobState.DOWNLOADING:
@@ -209,9 +213,12 @@ class Deployer:
                 if command.shadow_s and self.slots.pointer().active_sha256 is not None:
                     record.shadow_started = self.clock()
                     return self._move(record, JobState.SHADOW)  # the loop runs it beside the active model
-                self._move(record, JobState.ACTIVATING)
+                if not self._onward(record):
+                    return record
             if record.state is JobState.SHADOW:
                 return record  # until end_shadow
+            if record.state is JobState.READY and not self._onward(record):
+                return record
             if record.state is JobState.ACTIVATING:
                 pointer = self.slots.pointer()
                 if pointer.active_sha256 != record.manifest_sha256:
@@ -224,6 +231,34 @@ class Deployer:
         except OSError as exc:  # a full or failing disk: the job fails with the reason, its files are removed
             return self._fail(record, disk_error(exc))
         return record
+
+    def _waits(self, record: JobRecord) -> bool:
+        """Whether a verified candidate must wait in READY (it moves there, or its reason is updated)."""
+        if self.activation is None:
+            return False
+        if record.state is not JobState.READY:
+            record.ready_started = self.clock()
+        reason = self.activation.wait_reason(record.ready_started or self.clock())
+        if reason is None:
+            return False
+        if record.state is not JobState.READY:
+            self._move(record, JobState.READY, reason)
+        elif reason != record.reason:  # e.g. the window's wait became the firmware's hold: the cloud hears it
+            record.reason = reason
+            self.jobs.save(record)
+            self.emit(record.job_id, JobState.READY, reason, None)
+        return True
+
+    def _onward(self, record: JobRecord) -> bool:
+        """To ACTIVATING (True), or READY while activation must wait (False)."""
+        if self._waits(record):
+            return False
+        self._move(record, JobState.ACTIVATING)
+        return True
+
+    def release_ready(self) -> list[JobRecord]:
+        """Activate each candidate in READY that may go now (called on a hold's change and periodically)."""
+        return [self.advance(r) for r in self.jobs.unfinished() if r.state is JobState.READY]
 
     def shadow_due(self, record: JobRecord, now: float | None = None) -> bool:
         command = DeployCommand.model_validate(record.command)
@@ -241,7 +276,7 @@ class Deployer:
         """The shadow run is over (its agreement reported): activate."""
         if record.state is not JobState.SHADOW:
             return record
-        self._move(record, JobState.ACTIVATING)
+        self._onward(record)
         return self.advance(record)
 
     def latency_limit(self, record: JobRecord) -> float:

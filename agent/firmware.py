@@ -119,6 +119,7 @@ class FirmwareLink:
     # ---- requests --------------------------------------------------------------------------------
     def handle(self, client: Client, request: Request) -> None:
         if isinstance(request, InferRequest):
+            self.agent.activation.note_request()  # the appliance is in use: not idle (activation.when_idle_s)
             self.infer(client, request)
         elif isinstance(request, StatusRequest):
             self.reply(client, self.status(client, request.id))
@@ -195,14 +196,9 @@ class FirmwareLink:
                             dropped=client.dropped)
 
     def activation(self, client: Client, request_id: str, what: str, *args: Any) -> None:
-        """Hold or release activation through the agent's deployer, where this agent supports it."""
-        method = getattr(self.agent, what, None)
-        if method is None:
-            self.reply(client, ErrorAnswer(id=request_id, code="not_supported", field="type",
-                                           message=f"{what} is not supported yet by this agent"))
-            return
+        """Hold or release activation (``Agent.hold_activation`` / ``release_activation``)."""
         try:
-            detail = method(*args)
+            detail = getattr(self.agent, what)(*args)
         except (AgentError, ContractError, ValueError) as exc:
             self.reply(client, ErrorAnswer(id=request_id, code=f"{what}_refused", message=str(exc)[:2048]))
             return

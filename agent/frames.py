@@ -81,6 +81,8 @@ class FolderSource:
 
     def __init__(self, folder: Path, loop: bool = True, max_pixels: int = 4096 * 4096, start: int = 0) -> None:
         self.name = str(folder)
+        if not folder.is_dir():
+            raise FrameError("capture", f"frame folder {folder} does not exist")
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise FrameError("capture", f"frame folder {folder} holds no images")

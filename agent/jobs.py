@@ -26,6 +26,7 @@ class JobRecord:
     sequence: int | None = None
     probation_started: float | None = None  # Unix time
     shadow_started: float | None = None  # Unix time
+    ready_started: float | None = None  # Unix time: verified, waiting for the firmware or the window
     predecessor_sha256: str | None = None  # the bundle that was active when this one was installed
     install_ms: float | None = None  # the candidate's model latency at install, paired with
     predecessor_ms: float | None = None  # ... the predecessor's, timed on this device in the same rounds

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import runtimes
+from agent.activation import Activation
 from agent.commands import CommandLog, cancel, profile, roll_back, set_config
 from agent.config import AgentConfig
 from agent.deploy import Deployer
@@ -24,6 +24,7 @@ from agent.errors import AgentError, FrameError, SourceEnded
 from agent.firmware import FirmwareLink
 from agent.frames import FrameSource
 from agent.gate import Answer, CommandGate, Refused
+from agent.health import ErrorBudget, Health, SourceUnavailable
 from agent.jobs import JobRecord
 from agent.model import Inference, LoadedBundle
 from agent.receiver import to_ask
@@ -47,7 +48,7 @@ from contract.events import ErrorEvent, JobEvent, ShadowEvent
 from contract.jobs import JobState
 from contract.state import DeviceState, JobSummary, offline
 from contract.transfer import decode_chunk
-from transport.client import Connected, Disconnected, Inbound, Received, Transport
+from transport.client import Connected, ConnectFailed, Disconnected, Inbound, Received, Transport
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,8 +77,10 @@ class Agent:
         self.keeper = TrustKeeper(config)  # the one live trust store; root-signed updates change it in place
         self.trust = self.keeper.store
         self.available = runtimes.available()
+        self.activation = Activation(config.activation, config.data_dir, clock)  # the firmware's hold, the window
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
-                                 clock=clock, board=config.board)
+                                 clock=clock, board=config.board,
+                                 activation=self.activation)
         self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
         self.gate = CommandGate(config.device_id, self.trust, self.commands, self.deployer.jobs, clock)
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows)
@@ -95,10 +98,10 @@ class Agent:
         self.highest_chunk: dict[str, int] = {}  # job id -> highest chunk index received
         self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
         self.source_ended = False  # a finite source gave every frame: no more inference, the rest goes on
-        self._error_tokens: dict[str, tuple[float, float]] = {}  # code -> (tokens left, when counted)
-        self._errors_held: dict[str, int] = {}  # code -> events held back since the last one sent
+        self.budget = ErrorBudget(ERROR_BURST, ERROR_EVERY_S)  # error events (and tracebacks) per code
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
         self.firmware = FirmwareLink(self)  # the local API (docs/firmware.md); its socket opens in run()
+        self.health = Health(config.data_dir, config.broker.url, config.device_id)  # broker and source faults
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
                     ("commands_recovered", self.commands.damaged),
                     ("trust_recovered", self.keeper.recovered),
@@ -125,26 +128,15 @@ class Agent:
         ``ERROR_EVERY_S``): a repeating fault or a flood of bad messages is reported with the count
         of those held back, never as a flood of its own."""
         self.firmware.error(code, message)
-        if not self._error_allowed(code):
+        if not self.budget.allowed(code):
             return
-        held = self._errors_held.pop(code, 0)
+        held = self.budget.held.pop(code, 0)
         if held:
             message = f"{message} ({held} more like it were held back)"
         self.event_seq += 1
         event = ErrorEvent(device_id=self.config.device_id, seq=self.event_seq, code=code, message=message[:2000],
                            topic=topic, job_id=job_id)
         self.send(topics.events(self.config.device_id), event.to_json())
-
-    def _error_allowed(self, code: str) -> bool:
-        now = time.monotonic()
-        tokens, last = self._error_tokens.get(code, (ERROR_BURST, now))
-        tokens = min(ERROR_BURST, tokens + (now - last) / ERROR_EVERY_S)
-        if tokens < 1:
-            self._error_tokens[code] = (tokens, now)
-            self._errors_held[code] = self._errors_held.get(code, 0) + 1
-            return False
-        self._error_tokens[code] = (tokens - 1, now)
-        return True
 
     def send(self, topic: str, payload: bytes) -> None:
         """Publish an event now, or keep it (bounded) until the connection is back."""
@@ -182,8 +174,12 @@ class Agent:
 
     # ---- inbound ----------------------------------------------------------------------
     def handle(self, item: Inbound) -> None:
-        if isinstance(item, Connected):
+        if isinstance(item, ConnectFailed):
+            self.health.connect_failed(item.cause, item.retry_in_s)
+        elif isinstance(item, Connected):
             self.connected = True
+            if (cause := self.health.connected()) is not None:  # the cloud hears what kept the device away
+                self._error("broker_unreachable", f"the broker was unreachable until now: {cause}")
             self.transport.subscribe(self.subscriptions())
             self.publish_state()
             waiting, self.outbox = self.outbox, []
@@ -191,6 +187,7 @@ class Agent:
                 self.send(topic, payload)
             self.uplink.on_connected()  # unconfirmed windows are still in the spool: send again
         elif isinstance(item, Disconnected):
+            self.health.disconnected(item.reason, item.retry_in_s)
             self.connected = False
             self.uplink.on_disconnected()
         elif isinstance(item, Received):  # a broker's PUBACK (Acked) deletes nothing: the cloud's ack does
@@ -301,6 +298,10 @@ class Agent:
             return "no frame source" if self.source is None else "the frame source has ended"
         try:
             frame = self.source.read()
+        except SourceUnavailable as exc:  # reported when it starts or its cause changes, retried with backoff
+            if self.health.source_fault(exc):
+                self._error("source_unavailable", str(exc))
+            return f"the frame source is unavailable: {exc}"
         except FrameError as exc:
             self.window.frame_skipped(exc.kind)
             return f"frame skipped ({exc.kind}): {exc}"
@@ -309,6 +310,7 @@ class Agent:
             log.info("%s", exc)
             self._error("source_ended", str(exc))
             return str(exc)
+        self.health.source_ok(self.source.name)
         return self.infer_frame(frame)
 
     def infer_frame(self, frame: np.typing.NDArray[np.uint8]) -> Inference | str:
@@ -371,6 +373,16 @@ class Agent:
         self.send(topics.events(self.config.device_id), event.to_json())
         self.deployer.end_shadow(record)
 
+    def hold_activation(self, reason: str, max_s: float | None = None) -> float:
+        """The firmware is busy: candidates wait in READY until released (or the hold's limit, returned)."""
+        until = self.activation.hold(reason, max_s)
+        self.deployer.release_ready()  # a candidate already in READY reports the hold as its reason
+        return until
+
+    def release_activation(self) -> None:
+        self.activation.release()
+        self.deployer.release_ready()
+
     def publish_pending(self) -> None:
         self.uplink.pump()
 
@@ -404,6 +416,7 @@ class Agent:
         if now >= self.next_repair:
             self.next_repair = now + repair_every_s
             self.request_missing()
+            self.deployer.release_ready()  # the window opened, the device went idle, a hold ran out
         self.publish_pending()
 
     def run(self, until: float | None = None, repair_every_s: float = 5.0,
@@ -417,7 +430,7 @@ class Agent:
                     self.step(repair_every_s)
                 except (AgentError, ContractError, OSError) as exc:  # the loop never dies on one bad step
                     kind = f"agent_error.{type(exc).__name__}"
-                    if self._error_allowed(f"log.{kind}"):  # the traceback as rarely as the event
+                    if self.budget.allowed(f"log.{kind}"):  # the traceback as rarely as the event
                         log.exception("agent step failed")
                     self._error(kind, f"{type(exc).__name__}: {exc}")
         finally:
@@ -428,14 +441,3 @@ class Agent:
             self.spool.close()
 
 
-def run_agent(config: AgentConfig, source: FrameSource | None, seconds: float | None = None) -> Agent:
-    from transport.client import MqttTransport
-
-    transport = MqttTransport(config.device_id, config.broker, topics.state(config.device_id),
-                              offline(config.device_id).to_json())
-    agent = Agent(config, transport, source)
-    stop = threading.Event()
-    # systemd stops with SIGTERM: finish the step, publish the offline state, close the spool
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    agent.run(until=None if seconds is None else time.monotonic() + seconds, stop=stop)
-    return agent

@@ -122,3 +122,16 @@ def _load_builtin() -> None:
 
 
 _load_builtin()
+
+
+def prediction_json(prediction: Prediction, labels: Sequence[str]) -> dict[str, object]:
+    """A prediction as firmware reads it (``coldchain agent infer --json``): every detection with its
+    box (frame pixels, x0 y0 x1 y1; None for a whole-image label), the inventory, and the score of
+    every label of the model, not only those above the threshold."""
+    scores = np.asarray(prediction.scores, np.float32).ravel()
+    return {"detections": [{"label": d.label, "score": round(float(d.score), 6),
+                            "box": None if d.box is None else [round(float(v), 2) for v in d.box]}
+                           for d in prediction.detections],
+            "inventory": prediction.inventory,
+            "scores": {label: round(float(scores[i]), 6) if i < scores.size else None
+                       for i, label in enumerate(labels)}}

@@ -4,26 +4,45 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.errors import AgentError
+from agent.health import HEALTH_FILE, read_health
 from agent.jobs import JobStore
 from agent.slots import SlotStore
 from agent.spool import Spool
 from contract.errors import ContractError
 from contract.trust import TRUST_FILE, load_signed
 
+MARKERS = ("slots", "jobs", "telemetry.db", HEALTH_FILE)  # what an agent writes in its data directory
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Refuse, saying why, a path that is not an agent's data directory (nothing is created in it)."""
+    if not data_dir.is_dir():
+        raise AgentError(f"{data_dir} does not exist or is not a directory: pass the agent's --config, or the "
+                         "--data-dir it uses (data_dir in its configuration)")
+    if not any((data_dir / marker).exists() for marker in MARKERS):
+        raise AgentError(f"{data_dir} is not an agent's data directory (it holds none of {', '.join(MARKERS)}): "
+                         "pass the agent's --config, or the --data-dir it uses")
+
 
 def data_dir_status(data_dir: Path) -> dict[str, object]:
-    """Slots, jobs, the spool and the trust document's version."""
+    """Slots, jobs, the spool, the trust document's version and what the agent last recorded about its
+    connection, frame source and errors (``health.json``); refuses a directory that is not an agent's."""
+    check_data_dir(data_dir)
     pointer = SlotStore(data_dir).pointer()
     jobs = JobStore(data_dir, repair=False).all()
     spool = Spool(data_dir / "telemetry.db", 1_000_000, repair=False)
     try:
         slots = {name: {"status": slot.status.value, "sha256": slot.bundle.sha256 if slot.bundle else None,
-                        "sequence": slot.bundle.sequence if slot.bundle else None}
+                        "sequence": slot.bundle.sequence if slot.bundle else None,
+                        "model": f"{slot.bundle.model_name} v{slot.bundle.model_version} ({slot.bundle.target})"
+                        if slot.bundle else None}
                  for name, slot in pointer.slots.items()}
         return {"active": pointer.active, "active_sequence": pointer.active_sequence, "previous": pointer.previous,
                 "slots": slots,
                 "jobs": [(j.job_id, j.state.value, j.reason) for j in jobs], "spool_pending": spool.size,
-                "spool_evicted": spool.evicted, "spool_epoch": spool.epoch, "trust": trust_status(data_dir)}
+                "spool_evicted": spool.evicted, "spool_epoch": spool.epoch, "trust": trust_status(data_dir),
+                "health": read_health(data_dir) or {}}
     finally:
         spool.close()
 

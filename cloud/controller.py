@@ -127,10 +127,12 @@ class Controller:
         if rollout.wave_settled_at is None:
             if (rollout.id, rollout.wave) not in self._streamed and any(d.state in DOWNLOADING for d in wave):
                 self._stream(rollout, bundle, plan)  # another controller's stream, cut short: once more, in full
-            if clock - rollout.wave_started_at > timedelta(seconds=plan.timeouts.wave_s):
-                for device in wave:
-                    if device.state not in TERMINAL:
-                        device.reason = f"no result within {plan.timeouts.wave_s:g} s (was {device.state})"
+            elapsed = clock - rollout.wave_started_at
+            if elapsed > timedelta(seconds=plan.timeouts.wave_s):
+                for device in wave:  # READY waits for its firmware or activation window: ready_s, not wave_s
+                    limit = plan.timeouts.ready_s if device.state == JobState.READY.value else plan.timeouts.wave_s
+                    if device.state not in TERMINAL and elapsed > timedelta(seconds=limit):
+                        device.reason = f"no result within {limit:g} s (was {device.state})"
                         if device.state == "PENDING":
                             device.reason += f"; {delivery(session.get(CommandRow, device.job_id))}"
                         self._cancel(session, device, device.reason)

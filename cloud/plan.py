@@ -83,7 +83,10 @@ class Gates(_Frozen):
 
 class Timeouts(_Frozen):
     ack_s: Annotated[float, Field(gt=0)] = 10.0  # wait for devices to queue the job before chunks flow
-    wave_s: Annotated[float, Field(gt=0)] = 1800.0  # a job not finished by then counts as failed
+    wave_s: Annotated[float, Field(gt=0)] = 1800.0  # a job not finished by then counts as failed ...
+    # ... except a device in READY (its firmware holds activation, or it waits for its activation window):
+    # it has until ready_s after the wave started (the agent's activation.max_hold_s is 24 h by default)
+    ready_s: Annotated[float, Field(gt=0)] = 25 * 3600.0
     observe_s: Annotated[float, Field(ge=0)] = 120.0  # telemetry gathered after a wave's jobs end
     rollback_s: Annotated[float, Field(gt=0)] = 300.0  # a device that does not confirm is reported
 

@@ -5,8 +5,9 @@ Imports only the agent and the contract: a device installs ``coldchain[agent]`` 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -28,46 +29,90 @@ def run(
 
     from agent.config import load_config
     from agent.errors import AgentError
-    from agent.frames import open_source
-    from agent.loop import run_agent
+    from agent.service import run_agent
 
     with user_errors(AgentError):
         overrides = {"COLDCHAIN_BROKER__URL": broker} if broker else {}
         settings = load_config(config, {**os.environ, **overrides})
-        source = open_source(settings.source.kind, settings.source.location, settings.source.loop,
-                             settings.limits.max_frame_pixels)
         console.print(f"agent [bold]{settings.device_id}[/] -> {settings.broker.url} (data in {settings.data_dir})")
-        run_agent(settings, source, seconds)
+        run_agent(settings, None, seconds)  # a missing camera or broker is logged and retried, never fatal
 
 
 @app.command()
-def status(data_dir: Annotated[Path, typer.Option(help="The agent's data directory.")] = Path("/var/lib/coldchain"),
-           ) -> None:
-    """Active and previous bundle, jobs and the telemetry spool, read from the data directory."""
+def install(
+    bundle: Annotated[Path, typer.Argument(help="Signed bundle tarball (.tar.gz) to install as the active bundle.")],
+    config: Annotated[Path, typer.Option(help="Agent configuration (TOML or YAML); COLDCHAIN_* overrides.")],
+) -> None:
+    """Put a bundle on this device without a broker (a factory default), with the same checks as a
+    deploy over MQTT: signature with the device's trust, hashes, board, runtime, self-test.
+    Stop the agent first; it judges the bundle (probation) on live frames when it runs."""
+    from agent.config import load_config
+    from agent.errors import AgentError
+    from agent.install import install_offline
+    from contract.jobs import JobState
+
+    def show(job_id: str, state: JobState, reason: str | None, progress: float | None) -> None:
+        console.print(f"{job_id}: {state.value}" + (f" ({escape(reason)})" if reason else ""), highlight=False)
+
+    with user_errors(AgentError):
+        settings = load_config(config)
+        record = install_offline(settings, bundle, show)
+    if record.state not in (JobState.PROBATION, JobState.SUCCEEDED):  # SUCCEEDED: installed before, known-good
+        err_console.print(f"[bold red]error:[/] {escape(bundle.name)} was not installed: {record.state.value}"
+                          + (f" ({escape(record.reason)})" if record.reason else ""), highlight=False)
+        raise typer.Exit(1)
+    console.print(f"{bundle.name} is the active bundle in {settings.data_dir} (sequence {record.sequence}); "
+                  "the agent judges it on live frames when it runs", highlight=False)
+
+
+@app.command()
+def status(
+    config: Annotated[Path | None, typer.Option(help="Agent configuration (TOML or YAML), as for run.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="The agent's data directory (default: from --config, "
+                                                        "else /var/lib/coldchain).")] = None,
+) -> None:
+    """Device id, connection, bundles per slot, jobs, the spool and the last errors, read from the agent's
+    data directory (what the agent last recorded there; it need not be running)."""
+    from agent.config import load_config
     from agent.errors import AgentError
     from agent.status import data_dir_status
 
     with user_errors(AgentError):
-        info = data_dir_status(data_dir)
-    table = Table(title=f"agent data in {data_dir}", show_header=False)
+        settings = load_config(config) if config is not None else None
+        directory = data_dir or (settings.data_dir if settings is not None else Path("/var/lib/coldchain"))
+        info = data_dir_status(directory)
+    health: dict[str, Any] = info["health"]  # type: ignore[assignment]
+    device = settings.device_id if settings is not None else health.get("device_id") or "(unknown: pass --config)"
+    table = Table(title=f"agent data in {directory}", show_header=False)
+    table.add_row("device", escape(str(device)))
+    if health:
+        cause = f": {health['connection_cause']}" if health.get("connection_cause") else ""
+        table.add_row("connection", escape(f"{health.get('connection')} to {health.get('broker')}{cause} "
+                                           f"(recorded {health.get('updated', '?')})"))
+        table.add_row("frame source", escape(str(health.get("source"))))
+    else:
+        table.add_row("connection", "no record: the agent has not run on this data directory yet")
     table.add_row("active slot", f"{info['active']} (sequence {info['active_sequence']})")
     table.add_row("rollback goes to", "-" if info["previous"] is None else f"slot {info['previous']}")
     table.add_row("telemetry spool", f"{info['spool_pending']} windows waiting, {info['spool_evicted']} evicted")
-    table.add_row("trust", str(info["trust"]))
+    table.add_row("trust", escape(str(info["trust"])))
     console.print(table)
-    slots = Table(title="slots")
-    for col in ("slot", "status", "sequence", "bundle sha256"):
-        slots.add_column(col)
-    for name, slot in info["slots"].items():  # type: ignore[attr-defined]
-        active = " (active)" if name == info["active"] else ""
-        slots.add_row(name + active, slot["status"], str(slot["sequence"] or "-"), (slot["sha256"] or "-")[:16])
-    console.print(slots)
-    jobs = Table(title="jobs")
-    for col in ("job", "state", "reason"):
-        jobs.add_column(col)
-    for job_id, state, reason in info["jobs"]:  # type: ignore[attr-defined]
-        jobs.add_row(job_id, state, reason or "")
-    console.print(jobs)
+    _rows("slots", ("slot", "status", "sequence", "model", "bundle sha256"),
+          [(name + (" (active)" if name == info["active"] else ""), slot["status"], str(slot["sequence"] or "-"),
+            slot["model"] or "-", slot["sha256"] or "-")
+           for name, slot in info["slots"].items()])  # type: ignore[attr-defined]
+    _rows("jobs", ("job", "state", "reason"), [(j, s, r or "") for j, s, r in info["jobs"]])  # type: ignore[attr-defined]
+    _rows("last errors", ("when (UTC)", "code", "message"), [tuple(e) for e in health.get("last_errors", [])[-5:]])
+
+
+def _rows(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table whose cells wrap instead of being cut (a sha or a path is shown whole)."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*map(escape, row))
+    console.print(table)
 
 
 def _expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
@@ -96,16 +141,21 @@ def infer(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     trusted: Annotated[list[Path], typer.Option(help="Trusted public key (.pub) or folder; repeatable.")],
     threads: Annotated[int, typer.Option(min=1, max=64)] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image and line (JSON Lines): "
+                                          "detections with boxes, inventory, every label's score, timings.")] = False,
 ) -> None:
     """One-shot local inference with a verified bundle (for firmware developers).
 
-    A frame that cannot be used is a row with the reason; a missing path is one error line, the
-    other images are still inferred, and the exit code is then 1."""
+    A frame that cannot be used is a row (or an object with ``error``) with the reason; a missing path
+    is one error line, the other images are still inferred, and the exit code is then 1. Nothing is
+    cut: every detection is listed and long labels and paths wrap."""
     import tempfile
+    import time
 
-    from agent.errors import AgentError
+    from agent.errors import AgentError, FrameError
     from agent.frames import decode
     from agent.model import LoadedBundle
+    from agent.postprocess import prediction_json
     from contract.bundle import unpack
     from contract.signing import TrustStore
 
@@ -119,25 +169,42 @@ def infer(
         manifest = loaded.manifest
         table = Table(title=f"{manifest.model.name} v{manifest.model.version} ({manifest.target.name})")
         for col in ("image", "prediction", "inventory", "ms"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for image in files:
+            record: dict[str, object] = {"image": str(image), "bundle": loaded.sha256}
+            started = time.perf_counter()
             try:
                 frame = decode(image.read_bytes(), 8192 * 8192)
-            except OSError as exc:
-                table.add_row(str(image), f"[red]cannot read: {escape(exc.strerror or str(exc))}[/]", "", "")
+            except (OSError, FrameError) as exc:
+                kind = exc.kind if isinstance(exc, FrameError) else "unreadable"
+                message = str(exc) if isinstance(exc, FrameError) else f"cannot read: {exc.strerror or exc}"
+                record["error"] = {"kind": kind, "message": message}
+                _emit(as_json, record, table, [str(image), f"[red]{escape(message)}[/]", "", ""])
                 continue
-            except AgentError as exc:
-                table.add_row(str(image), f"[red]{escape(str(exc))}[/]", "", "")
-                continue
+            decode_ms = (time.perf_counter() - started) * 1000
             result = loaded.predict(frame)
-            prediction, ms = result.prediction, result.total_ms
-            shown = ", ".join(f"{d.label} {d.score:.2f}" for d in prediction.detections[:5]) or "(nothing)"
-            table.add_row(str(image), shown, ", ".join(f"{k} x{v}" for k, v in prediction.inventory.items()),
-                          f"{ms:.1f}")
+            record.update(prediction_json(result.prediction, manifest.io.labels))
+            record["timings_ms"] = {"decode": round(decode_ms, 3), "model": round(result.model_ms, 3),
+                                    "total": round(result.total_ms, 3)}
+            shown = ", ".join(f"{d.label} {d.score:.2f}" for d in result.prediction.detections) or "(nothing)"
+            inventory = ", ".join(f"{k} x{v}" for k, v in result.prediction.inventory.items())
+            _emit(as_json, record, table, [str(image), escape(shown), escape(inventory), f"{result.total_ms:.1f}"])
         loaded.close()
-    console.print(table)
+    if not as_json:
+        console.print(table)
     if problems:
         raise typer.Exit(1)
+
+
+def _emit(as_json: bool, record: dict[str, object], table: Table, row: list[str]) -> None:
+    """One image: a JSON line on stdout (flushed: a firmware reads it as it comes), or a table row."""
+    import json
+
+    if as_json:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    else:
+        table.add_row(escape(row[0]), *row[1:])
 
 
 @app.command()

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
+from contract import EVENT_SCHEMA_VERSION, EVENT_VERSIONS
 from contract.base import MAX_INT, Count, Identifier, JobId, Message, Name, Text, decode_union, utc_now
 from contract.jobs import JobState
 
@@ -14,9 +15,18 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Event(Message):
+    schema_version: int = EVENT_SCHEMA_VERSION
     device_id: Identifier
     ts: datetime = Field(default_factory=utc_now)
     seq: Count = 0
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value not in EVENT_VERSIONS:
+            raise ValueError(f"schema_version {value} is not supported: this coldchain reads events of versions "
+                             f"{', '.join(map(str, EVENT_VERSIONS))}; upgrade the older side")
+        return value
 
 
 class JobEvent(_Event):
@@ -27,6 +37,12 @@ class JobEvent(_Event):
     state: JobState
     reason: Text | None = None
     progress: Fraction | None = None  # download progress, 0..1
+
+    @model_validator(mode="after")
+    def _state_of_its_version(self) -> JobEvent:
+        if self.schema_version == 1 and self.state is JobState.READY:
+            raise ValueError("state READY arrived with event version 2; a version 1 event cannot carry it")
+        return self
 
 
 class ErrorEvent(_Event):

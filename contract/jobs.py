@@ -13,6 +13,7 @@ class JobState(StrEnum):
     INSTALLING = "INSTALLING"
     SELF_TEST = "SELF_TEST"
     SHADOW = "SHADOW"
+    READY = "READY"  # verified; waits for the firmware's release or the activation window (reason says which)
     ACTIVATING = "ACTIVATING"
     PROBATION = "PROBATION"
     SUCCEEDED = "SUCCEEDED"
@@ -32,8 +33,9 @@ _FORWARD: dict[JobState, frozenset[JobState]] = {
     _S.DOWNLOADING: frozenset({_S.VERIFYING}),
     _S.VERIFYING: frozenset({_S.INSTALLING}),
     _S.INSTALLING: frozenset({_S.SELF_TEST}),
-    _S.SELF_TEST: frozenset({_S.SHADOW, _S.ACTIVATING}),
-    _S.SHADOW: frozenset({_S.ACTIVATING}),
+    _S.SELF_TEST: frozenset({_S.SHADOW, _S.READY, _S.ACTIVATING}),
+    _S.SHADOW: frozenset({_S.READY, _S.ACTIVATING}),
+    _S.READY: frozenset({_S.ACTIVATING}),
     _S.ACTIVATING: frozenset({_S.PROBATION}),
     _S.PROBATION: frozenset({_S.SUCCEEDED, _S.ROLLED_BACK}),
 }

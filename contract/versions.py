@@ -9,8 +9,9 @@ agent below :data:`MIN_AGENT_PROTOCOL`: such a device stays in the fleet, its te
 the fleet view says it needs a new agent, and a rollout skips it, naming why (``cloud.rollouts``).
 
 **Reading older devices.** A device updates its agent later than the cloud, so the cloud reads a
-window of versions of what devices send: :data:`STATE_VERSIONS` for the retained state; telemetry,
-events, missing-chunk reports and acks are still version 1 (``contract.SCHEMA_VERSION``).
+window of versions of what devices send: :data:`STATE_VERSIONS` for the retained state,
+``contract.EVENT_VERSIONS`` for events; telemetry, missing-chunk reports and acks are still version 1
+(``contract.SCHEMA_VERSION``).
 
 Every change to the bytes on the wire or the bytes signed bumps a version (the message's
 ``schema_version``, the manifest's or trust document's ``schema``, and this protocol when an older
@@ -34,10 +35,10 @@ PROTOCOLS: Final = {
 }
 """What each protocol consists of, for the messages that name it."""
 
-STATE_SCHEMA_VERSION: Final = 2
-"""Version of ``DeviceState``: 2 adds ``protocol``."""
-STATE_VERSIONS: Final = (1, STATE_SCHEMA_VERSION)
-"""Versions of a device's state the cloud reads (1: agents before issue 13)."""
+STATE_SCHEMA_VERSION: Final = 3
+"""Version of ``DeviceState``: 2 adds ``protocol``; 3 lets ``job.state`` be ``READY`` (issue 14)."""
+STATE_VERSIONS: Final = (1, 2, STATE_SCHEMA_VERSION)
+"""Versions of a device's state the cloud reads (1: agents before issue 13, 2: before issue 14)."""
 
 
 def needs_new_agent(protocol: int | None) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import queue
 import random
 import ssl
+import sys
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +28,16 @@ class Connected:
 @dataclass(frozen=True)
 class Disconnected:
     reason: str
+    retry_in_s: float | None = None  # when the transport tries again (None: not known)
+
+
+@dataclass(frozen=True)
+class ConnectFailed:
+    """An attempt to connect failed: ``cause`` as the socket or the broker gave it, and how long
+    until the next attempt (the consumer logs it: a callback only enqueues)."""
+
+    cause: str
+    retry_in_s: float
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,8 @@ class Wake:
     this inbox (the agent's local API), so the loop turns now instead of at its next timeout."""
 
 
-Inbound = Connected | Disconnected | Received | Acked | Subscribed | Wake
+
+Inbound = Connected | Disconnected | ConnectFailed | Received | Acked | Subscribed | Wake
 
 
 class Transport(Protocol):
@@ -97,22 +109,41 @@ class MqttTransport:
                                 cert_reqs=ssl.CERT_REQUIRED)
         # paho doubles the delay up to the maximum; the jitter spreads a fleet's reconnects
         low = broker.reconnect_min_s * random.uniform(1.0, 1.5)
-        self.client.reconnect_delay_set(max(1, int(low)), max(int(low) + 1, int(broker.reconnect_max_s)))
+        self._delays = (max(1, int(low)), max(int(low) + 1, int(broker.reconnect_max_s)))
+        self._delay: float | None = None  # paho's reconnect delay, mirrored (it doubles after each wait)
+        self.client.reconnect_delay_set(*self._delays)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
 
+    def _next_delay(self) -> float:
+        """The wait paho's loop is about to make: the minimum, doubled after each wait up to the maximum."""
+        low, high = self._delays
+        self._delay = float(low) if self._delay is None else min(self._delay * 2, float(high))
+        return self._delay
+
     # callbacks: enqueue only
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
         if not reason.is_failure:
+            self._delay = None
             self.inbox.put(Connected())
-        else:
-            self.inbox.put(Disconnected(str(reason)))
+        else:  # the broker answered and refused (credentials, protocol version, ...): it closes next
+            self.inbox.put(ConnectFailed(f"the broker refused the connection: {reason}", float(self._delays[0])))
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError``: the exception is the cause
+        exc = sys.exc_info()[1]
+        cause = f"{type(exc).__name__}: {exc}" if exc is not None else "the connection attempt failed"
+        self.connect_failed(f"{cause} ({self.broker.host}:{self.broker.port})", self._next_delay())
+
+    def connect_failed(self, cause: str, retry_in_s: float) -> None:
+        self.inbox.put(ConnectFailed(cause, retry_in_s))
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
-        self.inbox.put(Disconnected(str(reason)))
+        self.inbox.put(Disconnected(str(reason), None if self.loop is not None else self._next_delay()))
 
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self.inbox.put(Received(message.topic, bytes(message.payload), message.mid, message.qos, bool(message.dup)))
@@ -132,7 +163,8 @@ class MqttTransport:
         else:
             self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s)
         if self.loop is not None:
-            self.loop.add(self.client, self.broker.reconnect_min_s, self.broker.reconnect_max_s)
+            self.loop.add(self.client, self.broker.reconnect_min_s, self.broker.reconnect_max_s,
+                          on_fail=self.connect_failed)
         else:
             self.client.loop_start()
 

@@ -16,6 +16,7 @@ import random
 import selectors
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ class _Entry:
     max_delay: float
     delay: float
     next_attempt: float = 0.0
+    on_fail: Callable[[str, float], None] | None = None  # (cause, seconds to the next attempt): enqueue only
 
 
 class SharedLoop:
@@ -64,14 +66,16 @@ class SharedLoop:
                 self.selector.modify(sock, selectors.EVENT_READ, client)
 
     # ---- clients --------------------------------------------------------------------------
-    def add(self, client: mqtt.Client, min_delay: float, max_delay: float) -> None:
-        """Drive ``client`` (already given its broker with ``connect_async``); connect it soon."""
+    def add(self, client: mqtt.Client, min_delay: float, max_delay: float,
+            on_fail: Callable[[str, float], None] | None = None) -> None:
+        """Drive ``client`` (already given its broker with ``connect_async``); connect it soon.
+        ``on_fail(cause, retry_in_s)`` hears each failed attempt (it must only enqueue)."""
         client.on_socket_open = self._open
         client.on_socket_close = self._close
         client.on_socket_register_write = self._want_write
         client.on_socket_unregister_write = self._done_writing
         with self._lock:  # agents start concurrently: the thread is started exactly once
-            self.entries[id(client)] = _Entry(client, min_delay, max_delay, min_delay)
+            self.entries[id(client)] = _Entry(client, min_delay, max_delay, min_delay, on_fail=on_fail)
             if not self._started:
                 self._started = True
                 self._thread.start()
@@ -121,5 +125,8 @@ class SharedLoop:
                 entry.client.reconnect()
             except OSError as exc:
                 log.debug("connect failed: %s", exc)
-                entry.next_attempt = now + entry.delay * random.uniform(1.0, 1.5)
+                wait = entry.delay * random.uniform(1.0, 1.5)
+                entry.next_attempt = now + wait
                 entry.delay = min(entry.delay * 2, entry.max_delay)
+                if entry.on_fail is not None:
+                    entry.on_fail(f"{type(exc).__name__}: {exc}", wait)

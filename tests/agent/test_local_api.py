@@ -224,15 +224,17 @@ def test_subscribers_hear_results_model_changes_and_job_states(served: tuple[Age
     assert scheduled["id"] is None and scheduled["bundle"]["sequence"] == 5
 
 
-def test_hold_activation_says_when_this_agent_cannot(served: tuple[Agent, MemoryTransport]) -> None:
+def test_the_firmware_holds_and_releases_activation_over_the_socket(served: tuple[Agent, MemoryTransport]) -> None:
     a, _ = served
-    if hasattr(a, "hold_activation"):
-        pytest.skip("this agent holds activation: tests/agent/test_deploy.py covers it")
     client = LineClient(a.config.socket_path)
     client.send(type="hold_activation", id="h", reason="defrost", max_s=60)
     answer = client.read_until(lambda m: m.get("id") == "h", a.step)
-    assert answer["type"] == "error" and answer["code"] == "not_supported" and "not supported yet" in answer["message"]
-
+    assert answer["type"] == "ok"
+    hold = a.activation.current_hold()
+    assert hold is not None and hold.reason == "defrost"
+    client.send(type="release_activation", id="r")
+    assert client.read_until(lambda m: m.get("id") == "r", a.step)["type"] == "ok"
+    assert a.activation.current_hold() is None
 
 def test_on_request_infers_only_when_asked_and_telemetry_goes_on(tmp_path: Path, world: dict[str, object]) -> None:
     a, t = _agent(tmp_path, world, trigger="on_request")

@@ -430,3 +430,26 @@ def test_commands_outside_rollouts_do_not_supersede_each_other(fleet: tuple[sess
     assert {"cfg-1", jobs["d2"]} <= sent, sent
     with sessions() as session:
         assert session.get(CommandRow, "cfg-1").outcome is None  # type: ignore[union-attr]
+
+
+def test_a_device_waiting_in_ready_is_not_timed_out_by_the_wave(fleet: tuple[sessionmaker[Session], str,
+                                                                              Path]) -> None:
+    """A device whose firmware holds activation (or that waits for its activation window) reports
+    READY with why: the wave's timeout leaves it alone until ``ready_s``, the others time out."""
+    sessions, sha, tarball = fleet
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    rollouts.start(sessions, sha, plan(wave_s=40, ready_s=300), "r1")
+    c.step()
+    report(sessions, "d1", "r1.d1", JobState.READY, "waiting for the activation window 02:00-05:00", seq=1)
+    report(sessions, "d1", "r1.d1", JobState.READY, "held by the firmware: door open", seq=2)
+    for _ in range(60):
+        c.step()
+        clock.advance(1)
+    d1, d2 = entry(sessions, "r1", "d1"), entry(sessions, "r1", "d2")
+    assert (d1.state, d1.reason) == ("READY", "held by the firmware: door open")  # the latest reason shows
+    assert d2.state == "TIMED_OUT"  # never answered: given up by the wave
+    clock.advance(300)
+    c.step()
+    d1 = entry(sessions, "r1", "d1")
+    assert d1.state == "TIMED_OUT" and "no result within 300 s (was READY)" in (d1.reason or "")

@@ -20,7 +20,7 @@ from cloud.rollouts import start, view
 from cloud.store import DeadLetter, Device, TelemetryRow, open_store, sqlite_url
 from contract import topics
 from contract.state import DeviceState
-from contract.versions import AGENT_PROTOCOL, MIN_AGENT_PROTOCOL, needs_new_agent
+from contract.versions import AGENT_PROTOCOL, MIN_AGENT_PROTOCOL, STATE_SCHEMA_VERSION, STATE_VERSIONS, needs_new_agent
 
 GOLDEN = Path(__file__).parents[1] / "contract" / "golden"
 
@@ -41,7 +41,7 @@ def _old_window(device: str, seq: int) -> bytes:
 def test_an_old_agents_state_and_telemetry_are_read_and_its_protocol_recorded(
         sessions: sessionmaker[Session]) -> None:
     new = DeviceState(device_id="new-1", online=True, board="rpi4", groups=["eu"]).to_json()
-    future = json.dumps({**json.loads(new), "schema_version": 3}).encode()
+    future = json.dumps({**json.loads(new), "schema_version": STATE_SCHEMA_VERSION + 1}).encode()
     with sessions.begin() as session:
         assert ingest(session, topics.state("old-1"), _old_state("old-1")).kind == "stored"
         assert ingest(session, topics.telemetry("old-1"), _old_window("old-1", 1)).kind == "stored"
@@ -50,10 +50,11 @@ def test_an_old_agents_state_and_telemetry_are_read_and_its_protocol_recorded(
     with sessions() as session:
         old, fresh = session.get(Device, "old-1"), session.get(Device, "new-1")
         assert old is not None and (old.protocol, old.state_version, old.online) == (1, 1, True)
-        assert fresh is not None and (fresh.protocol, fresh.state_version) == (AGENT_PROTOCOL, 2)
+        assert fresh is not None and (fresh.protocol, fresh.state_version) == (AGENT_PROTOCOL, STATE_SCHEMA_VERSION)
         assert session.scalars(select(TelemetryRow.epoch).where(TelemetryRow.device_id == "old-1")).one() == ""
         reason = session.scalars(select(DeadLetter.reason)).one()
-        assert "schema_version 3 is not supported" in reason and "versions 1, 2" in reason
+        assert f"schema_version {STATE_SCHEMA_VERSION + 1} is not supported" in reason
+        assert f"versions {', '.join(map(str, STATE_VERSIONS))}" in reason
 
 
 def test_a_rollout_skips_old_agents_with_the_reason_and_refuses_only_old_ones(

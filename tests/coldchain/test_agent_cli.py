@@ -64,3 +64,68 @@ def test_status_reads_the_data_directory(tmp_path: Path, world: dict[str, object
     result = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "sequence 5" in result.output and "PROBATION" in result.output
+
+
+def test_status_takes_the_config_and_shows_connection_slots_and_last_errors(tmp_path: Path,
+                                                                            world: dict[str, object]) -> None:
+    from agent.health import Health
+
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "fridge-42"\ndata_dir = "{tmp_path / "data"}"\ntrusted_keys = ["{keys}"]\n')
+    health = Health(tmp_path / "data", "mqtt://127.0.0.1:1", "fridge-42")  # what a running agent records
+    health.connect_failed("ConnectionRefusedError: [Errno 111] Connection refused", 4.0)
+    bundle = world["bundles"][5]  # type: ignore[index]
+    assert runner.invoke(app, ["agent", "install", str(bundle.tarball), "--config", str(config)]).exit_code == 0
+    result = runner.invoke(app, ["agent", "status", "--config", str(config)], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    text = "".join(result.output.split())  # cells wrap (never cut): compare without the layout
+    assert "fridge-42" in text and "failingtomqtt://127.0.0.1:1:ConnectionRefusedError" in text
+    assert bundle.ref.sha256 in text  # the whole sha, folded over lines
+    assert "broker_unreachable" in text and "PROBATION" in text
+
+
+def test_status_refuses_a_directory_that_is_not_an_agents(tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    result = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path / "photos")])
+    assert result.exit_code == 1 and "is not an agent's data directory" in " ".join(result.output.split())
+    assert list((tmp_path / "photos").iterdir()) == []  # nothing was created in it
+    missing = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_infer_json_gives_one_object_per_image_with_every_label(tmp_path: Path, world: dict[str, object]) -> None:
+    import json
+
+    write_dataset(tmp_path / "photos", 2, seed=7)
+    (tmp_path / "photos" / "empty.jpg").write_bytes(b"")
+    bundle = world["bundles"][5]  # type: ignore[index]
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    result = runner.invoke(app, ["agent", "infer", str(bundle.tarball), str(tmp_path / "photos"), "--trusted",
+                                 str(keys), "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines()]
+    images = sorted(p for p in (tmp_path / "photos").rglob("*.jpg"))
+    assert [r["image"] for r in records] == [str(p) for p in images]  # one object per image, in order
+    labels = bundle.manifest.io.labels
+    broken = [r for r in records if "error" in r]
+    assert [(r["image"], r["error"]["kind"]) for r in broken] == [(str(tmp_path / "photos" / "empty.jpg"), "empty")]
+    for record in (r for r in records if "error" not in r):
+        assert list(record["scores"]) == list(labels) and all(0 <= s <= 1 for s in record["scores"].values())
+        assert record["timings_ms"]["total"] >= record["timings_ms"]["model"] > 0
+        assert all(set(d) == {"label", "score", "box"} for d in record["detections"])
+        assert sum(record["inventory"].values()) == len(record["detections"])
+        assert record["bundle"] == bundle.ref.sha256
+
+
+def test_infer_table_never_cuts_a_long_path(tmp_path: Path, world: dict[str, object]) -> None:
+    folder = tmp_path / ("a-rather-long-folder-name-" * 3) / "shelf"
+    write_dataset(folder, 1, seed=8)
+    image = next(folder.rglob("*.jpg"))
+    bundle = world["bundles"][5]  # type: ignore[index]
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    result = runner.invoke(app, ["agent", "infer", str(bundle.tarball), str(image), "--trusted", str(keys)],
+                           env={"COLUMNS": "70"})
+    assert result.exit_code == 0, result.output
+    cells = "".join(line.split("│")[1].strip() for line in result.output.splitlines() if line.count("│") > 2)
+    assert str(image) in cells, result.output  # folded over lines, whole

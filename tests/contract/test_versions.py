@@ -55,8 +55,11 @@ MODELS: dict[str, tuple[Callable[[], str], Callable[[], dict[str, Any]]]] = {
 SHAPES: dict[tuple[str, str], str] = {
     ("state", "v1"): "(before issue 13: no protocol; still read, see contract.versions.STATE_VERSIONS)",
     ("state", "v2"): "d5926437c13370c060bc992f48dc737538369ab49a18362395af38076dc9431d",
+    # a job may be READY (issue 14, branch w-fw-device)
+    ("state", "v3"): "9e938d1c47ebd91cd64386f8bc44fc07baf4777c4192f94961bdcb9b482aa6a7",
     ("telemetry", "v1"): "fb47fca12834a19a1b0ee7feded032173a5f880a60f81ad081015362ac8f3e14",
     ("event", "v1"): "882475e7f6607b105b2311581e69d98b25ba3ee6d655cdab04fee9b9491b1204",
+    ("event", "v2"): "536099c39ed9935dd4d088e878d26a0e01b260c6e2feb3c3ee6bcea8dc7b7416",  # job state READY (issue 14)
     ("command", "v1"): "09488c60a4a1ec9461a55df4caf22441ee546515b7f373cc0cfebd9cec5870fd",
     # signed, bound to one device (issue 13, branch w-sign): agent protocol 2
     ("command", "v2"): "31b6a61d84b50f2d0fc563d514bc39373b7348d309b6f4e3a764256b514ae8a3",

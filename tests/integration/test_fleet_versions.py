@@ -33,7 +33,7 @@ from cloud.rollouts import start as start_rollout
 from cloud.service import Cloud
 from cloud.store import Device, TelemetryRow, sqlite_url
 from coldchain.cli import app as cli
-from contract.versions import AGENT_PROTOCOL
+from contract.versions import AGENT_PROTOCOL, STATE_SCHEMA_VERSION
 from examples.fridge.synth import write_dataset
 from tests.waiting import until
 
@@ -115,7 +115,7 @@ def test_an_old_agent_stays_in_the_fleet_and_is_not_deployed_to(
             old, new = session.get(Device, OLD), session.get(Device, NEW)
             assert old is not None and new is not None
             assert (old.protocol, old.state_version) == (1, 1)
-            assert (new.protocol, new.state_version) == (AGENT_PROTOCOL, 2)
+            assert (new.protocol, new.state_version) == (AGENT_PROTOCOL, STATE_SCHEMA_VERSION)
             stored = session.scalars(select(TelemetryRow.payload).where(TelemetryRow.device_id == OLD)).first()
             assert stored is not None and stored["schema_version"] == 1
 

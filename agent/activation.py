@@ -1,0 +1,124 @@
+"""When a verified candidate may become active: the firmware's hold, the activation window, idleness.
+
+A candidate that passed every check waits in ``READY`` while :meth:`Activation.wait_reason` gives a
+reason; the deployer reports that reason with the state (the cloud shows it and does not time the
+device out for it, see docs/cloud.md). The rules, in order:
+
+1. a candidate never waits in READY longer than ``max_hold_s`` (default 24 h): then it activates;
+2. a hold by the firmware (``hold``) keeps it until released or until the hold's own limit
+   (``max_s``, at most ``max_hold_s``); a release after the candidate became READY lets it go now;
+3. without a hold: with neither ``window`` nor ``when_idle_s`` configured it goes at once, otherwise
+   when the window is open (local time) or no firmware request came for ``when_idle_s``.
+
+Only activation waits: a rollback to a known-good bundle (probation failure, operator rollback)
+never passes through here. The hold is persisted, so an agent restarted mid-hold keeps it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import ActivationConfig
+from agent.slots import atomic_write
+
+log = logging.getLogger("coldchain.agent")
+HOLD_FILE = "activation.json"
+MAX_REASON = 200
+
+
+@dataclass(frozen=True)
+class Hold:
+    reason: str
+    until: float  # wall-clock seconds: the hold ends by itself then
+
+
+def minutes_of(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def window_open(window: str, now: float) -> bool:
+    """Whether ``now`` (Unix time) falls in ``window`` ("HH:MM-HH:MM", local time, may wrap midnight)."""
+    start, end = (minutes_of(part) for part in window.split("-"))
+    local = time.localtime(now)
+    minute = local.tm_hour * 60 + local.tm_min
+    return start <= minute < end if start <= end else (minute >= start or minute < end)
+
+
+class Activation:
+    def __init__(self, config: ActivationConfig, data_dir: Path, clock: Callable[[], float] = time.time) -> None:
+        self.config, self.clock = config, clock
+        self.path = data_dir / HOLD_FILE
+        self.last_request = clock()  # idle is counted from the agent's start until the firmware asks
+        self.released_at: float | None = None
+        self.hold_: Hold | None = None
+        try:
+            data = json.loads(self.path.read_text())
+            self.hold_ = Hold(str(data["reason"])[:MAX_REASON], float(data["until"]))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged: no hold (max_hold bounds it anyway)
+            log.warning("the persisted activation hold %s was unreadable (%s): no hold", self.path, exc)
+
+    def note_request(self) -> None:
+        """A firmware request (an inference asked for through the local API): the device is busy."""
+        self.last_request = self.clock()
+
+    def hold(self, reason: str, max_s: float | None = None) -> float:
+        """Keep candidates in READY until :meth:`release` or ``max_s`` (at most ``max_hold_s``) from now;
+        returns when the hold ends by itself."""
+        limit = self.config.max_hold_s if max_s is None else min(max(max_s, 0.0), self.config.max_hold_s)
+        self.hold_ = Hold(reason[:MAX_REASON] or "no reason given", self.clock() + limit)
+        self.released_at = None
+        self._save()
+        log.info("activation held by the firmware for at most %.0f s: %s", limit, self.hold_.reason)
+        return self.hold_.until
+
+    def release(self) -> None:
+        """End the hold: a candidate waiting in READY activates now."""
+        self.hold_ = None
+        self.released_at = self.clock()
+        self._save()
+        log.info("activation released by the firmware")
+
+    def current_hold(self) -> Hold | None:
+        if self.hold_ is not None and self.clock() >= self.hold_.until:
+            log.warning("the firmware's activation hold (%s) reached its limit: it ends", self.hold_.reason)
+            self.hold_ = None
+            self._save()
+        return self.hold_
+
+    def wait_reason(self, ready_since: float) -> str | None:
+        """Why a candidate READY since ``ready_since`` must still wait, or None when it may activate."""
+        now = self.clock()
+        if now - ready_since >= self.config.max_hold_s:
+            return None
+        held = self.current_hold()
+        if held is not None:
+            return f"held by the firmware: {held.reason}"
+        if (self.released_at is not None and self.released_at >= ready_since) or self._free(now):
+            return None
+        window, idle_s = self.config.window, self.config.when_idle_s
+        waits = ([f"the activation window {window}"] if window else []) + \
+            ([f"{idle_s:g} s without a firmware request"] if idle_s is not None else [])
+        return "waiting for " + " or ".join(waits)
+
+    def _free(self, now: float) -> bool:
+        """No hold: nothing configured to wait for, the window is open, or the device is idle."""
+        window, idle_s = self.config.window, self.config.when_idle_s
+        return ((window is None and idle_s is None) or (window is not None and window_open(window, now))
+                or (idle_s is not None and now - self.last_request >= idle_s))
+
+    def _save(self) -> None:
+        try:
+            if self.hold_ is None:
+                self.path.unlink(missing_ok=True)
+            else:
+                atomic_write(self.path, json.dumps({"reason": self.hold_.reason, "until": self.hold_.until}).encode())
+        except OSError as exc:  # the hold still applies in memory
+            log.warning("cannot persist the activation hold in %s: %s", self.path, exc.strerror)
