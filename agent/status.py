@@ -1,7 +1,10 @@
-"""What ``coldchain agent status`` shows, read from a data directory without starting an agent."""
+"""What ``coldchain agent status`` shows: the running agent's own answer over its local API
+(``live_status``), and what an agent recorded in its data directory (read without starting one)."""
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 from agent.errors import AgentError
@@ -10,9 +13,57 @@ from agent.jobs import JobStore
 from agent.slots import SlotStore
 from agent.spool import Spool
 from contract.errors import ContractError
+from contract.local import MAX_LINE_BYTES, ErrorAnswer, StatusAnswer, StatusRequest, decode_answer
 from contract.trust import TRUST_FILE, load_signed
 
 MARKERS = ("slots", "jobs", "telemetry.db", HEALTH_FILE)  # what an agent writes in its data directory
+STATUS_ID = "cli-status"
+
+
+def live_status(path: Path, timeout_s: float = 3.0) -> tuple[StatusAnswer | None, str]:
+    """The running agent's ``status`` answer over its local API socket at ``path``, or ``None`` and why
+    not (no socket, nobody listening, no answer within ``timeout_s``, an answer that does not parse)."""
+    if not path.exists():
+        return None, f"no agent socket at {path}"
+    try:
+        return _ask_status(path, timeout_s), "live"
+    except AgentError as exc:
+        return None, str(exc)
+
+
+def _ask_status(path: Path, timeout_s: float) -> StatusAnswer:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + timeout_s
+    late = AgentError(f"the agent on {path} did not answer within {timeout_s:g} s")
+    buffer = b""
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(str(path))
+        sock.sendall(StatusRequest(id=STATUS_ID).to_json() + b"\n")
+        while True:
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                answer = decode_answer(line)  # events this connection never subscribed to do not come
+                if isinstance(answer, StatusAnswer) and answer.id == STATUS_ID:
+                    return answer
+                if isinstance(answer, ErrorAnswer):
+                    raise AgentError(f"the agent on {path} refused the status request: {answer.message}")
+            left = deadline - time.monotonic()
+            if left <= 0 or len(buffer) > MAX_LINE_BYTES:
+                raise late
+            sock.settimeout(left)
+            data = sock.recv(65536)
+            if not data:
+                raise AgentError(f"the agent on {path} closed the connection without answering")
+            buffer += data
+    except TimeoutError as exc:
+        raise late from exc
+    except OSError as exc:
+        raise AgentError(f"no agent answers on {path}: {exc.strerror or exc}") from exc
+    except ContractError as exc:
+        raise AgentError(f"the agent on {path} answered something unreadable: {exc}") from exc
+    finally:
+        sock.close()
 
 
 def check_data_dir(data_dir: Path) -> None:

@@ -6,6 +6,7 @@ Imports only the agent and the contract: a device installs ``coldchain[agent]`` 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,41 +72,64 @@ def status(
     data_dir: Annotated[Path | None, typer.Option(help="The agent's data directory (default: from --config, "
                                                         "else /var/lib/coldchain).")] = None,
 ) -> None:
-    """Device id, connection, bundles per slot, jobs, the spool and the last errors, read from the agent's
-    data directory (what the agent last recorded there; it need not be running)."""
+    """Device id, connection, bundles per slot, the job in progress and the last errors: asked of the
+    running agent over its local API socket when it answers, else read from its data directory (what
+    the agent last recorded there; it need not be running). The spool and trust come from the directory."""
     from agent.config import load_config
     from agent.errors import AgentError
-    from agent.status import data_dir_status
+    from agent.status import data_dir_status, live_status
 
     with user_errors(AgentError):
         settings = load_config(config) if config is not None else None
         directory = data_dir or (settings.data_dir if settings is not None else Path("/var/lib/coldchain"))
+        sock = settings.socket_path if settings is not None and data_dir is None else directory / "agent.sock"
+        live, why = live_status(sock)
+        if live is None:
+            console.print(f"{escape(why)}: showing what the agent recorded in {escape(str(directory))}",
+                          highlight=False)
         info = data_dir_status(directory)
     health: dict[str, Any] = info["health"]  # type: ignore[assignment]
     device = settings.device_id if settings is not None else health.get("device_id") or "(unknown: pass --config)"
-    table = Table(title=f"agent data in {directory}", show_header=False)
-    table.add_row("device", escape(str(device)))
-    if health:
-        cause = f": {health['connection_cause']}" if health.get("connection_cause") else ""
-        table.add_row("connection", escape(f"{health.get('connection')} to {health.get('broker')}{cause} "
-                                           f"(recorded {health.get('updated', '?')})"))
-        table.add_row("frame source", escape(str(health.get("source"))))
+    table = Table(title=f"agent data in {directory}" if live is None else f"agent {live.device_id} (live via {sock})",
+                  show_header=False)
+    if live is not None:
+        table.add_row("connection", "connected to the broker" if live.connected else "not connected to the broker")
+        table.add_row("active bundle", "-" if live.active is None else escape(
+            f"{live.active.model_name} v{live.active.model_version} (sequence {live.active.sequence}) "
+            f"{live.active.sha256}"))
+        table.add_row("job in progress", "-" if live.job is None else f"{live.job.job_id}: {live.job.state.value}")
+        table.add_row("frames", f"trigger {live.trigger}")
+        table.add_row("last error", escape(live.last_error or "-"))
     else:
-        table.add_row("connection", "no record: the agent has not run on this data directory yet")
-    table.add_row("active slot", f"{info['active']} (sequence {info['active_sequence']})")
+        table.add_row("device", escape(str(device)))
+        if health:
+            cause = f": {health['connection_cause']}" if health.get("connection_cause") else ""
+            table.add_row("connection", escape(f"{health.get('connection')} to {health.get('broker')}{cause} "
+                                               f"(recorded {health.get('updated', '?')})"))
+            table.add_row("frame source", escape(str(health.get("source"))))
+        else:
+            table.add_row("connection", "no record: the agent has not run on this data directory yet")
+        table.add_row("active slot", f"{info['active']} (sequence {info['active_sequence']})")
     table.add_row("rollback goes to", "-" if info["previous"] is None else f"slot {info['previous']}")
     table.add_row("telemetry spool", f"{info['spool_pending']} windows waiting, {info['spool_evicted']} evicted")
     table.add_row("trust", escape(str(info["trust"])))
     console.print(table)
-    _rows("slots", ("slot", "status", "sequence", "model", "bundle sha256"),
-          [(name + (" (active)" if name == info["active"] else ""), slot["status"], str(slot["sequence"] or "-"),
-            slot["model"] or "-", slot["sha256"] or "-")
-           for name, slot in info["slots"].items()])  # type: ignore[attr-defined]
+    if live is not None:
+        slot_rows = [(name + (" (live, active)" if s.bundle is not None and live.active is not None
+                              and s.bundle.sha256 == live.active.sha256 else ""), s.status.value,
+                      str(s.bundle.sequence) if s.bundle else "-",
+                      f"{s.bundle.model_name} v{s.bundle.model_version} ({s.bundle.target})" if s.bundle else "-",
+                      s.bundle.sha256 if s.bundle else "-") for name, s in live.slots.items()]
+    else:
+        slot_rows = [(name + (" (active)" if name == info["active"] else ""), slot["status"],
+                      str(slot["sequence"] or "-"), slot["model"] or "-", slot["sha256"] or "-")
+                     for name, slot in info["slots"].items()]  # type: ignore[attr-defined]
+    _rows("slots", ("slot", "status", "sequence", "model", "bundle sha256"), slot_rows)
     _rows("jobs", ("job", "state", "reason"), [(j, s, r or "") for j, s, r in info["jobs"]])  # type: ignore[attr-defined]
     _rows("last errors", ("when (UTC)", "code", "message"), [tuple(e) for e in health.get("last_errors", [])[-5:]])
 
 
-def _rows(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _rows(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     """A table whose cells wrap instead of being cut (a sha or a path is shown whole)."""
     table = Table(title=title)
     for column in columns:

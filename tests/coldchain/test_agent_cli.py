@@ -85,6 +85,64 @@ def test_status_takes_the_config_and_shows_connection_slots_and_last_errors(tmp_
     assert "broker_unreachable" in text and "PROBATION" in text
 
 
+def test_status_asks_the_running_agent_over_its_socket(tmp_path: Path, world: dict[str, object]) -> None:
+    import threading
+
+    from agent.config import load_config
+    from agent.frames import FolderSource
+    from agent.loop import Agent
+    from benchmarks.faults.device import MemoryTransport
+    from tests.waiting import until
+    from transport.client import Connected
+
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    write_dataset(tmp_path / "frames", 2, seed=8)
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "fridge-live"\ndata_dir = "{tmp_path / "data"}"\ntrusted_keys = ["{keys}"]\n'
+                      f'[source]\nlocation = "{tmp_path / "frames"}"\ntrigger = "on_request"\n')
+    bundle = world["bundles"][5]  # type: ignore[index]
+    assert runner.invoke(app, ["agent", "install", str(bundle.tarball), "--config", str(config)]).exit_code == 0
+    settings = load_config(config)
+    transport = MemoryTransport()
+    agent = Agent(settings, transport, FolderSource(tmp_path / "frames"))
+    transport.inbox.put(Connected())
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, kwargs={"stop": stop}, daemon=True)
+    thread.start()
+    try:
+        until(lambda: settings.socket_path.exists() and agent.connected, "the agent's socket and connection")
+        agent.firmware.error("camera_missing", "no frames yet")  # what only the running agent knows
+        result = runner.invoke(app, ["agent", "status", "--config", str(config)], env={"COLUMNS": "100"})
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    text = "".join(result.output.split())
+    assert f"agentfridge-live(livevia{settings.socket_path}".replace(" ", "") in text, result.output
+    assert "connectedtothebroker" in text and "notconnected" not in text
+    assert "camera_missing:noframesyet" in text and "triggeron_request" in text
+    assert bundle.ref.sha256 in text and "(live,active)" in text and "install-" in text, result.output
+    # the agent stopped: its socket is gone, so the same command reads the data directory and says so
+    after = runner.invoke(app, ["agent", "status", "--config", str(config)], env={"COLUMNS": "100"})
+    assert after.exit_code == 0, after.output
+    words = " ".join(after.output.split())
+    assert f"no agent socket at {settings.socket_path}: showing what the agent recorded" in words, words
+    assert "(live via" not in words and "fridge-live" in words
+
+
+def test_status_falls_back_when_the_socket_is_stale(tmp_path: Path, world: dict[str, object]) -> None:
+    import socket
+
+    test_status_reads_the_data_directory(tmp_path, world)  # a data directory with a job in PROBATION
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(tmp_path / "agent.sock"))  # what an agent killed with SIGKILL leaves: nobody listens
+    dead.close()
+    result = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    words = " ".join(result.output.split())
+    assert f"no agent answers on {tmp_path / 'agent.sock'}" in words and "PROBATION" in words, words
+
+
 def test_status_refuses_a_directory_that_is_not_an_agents(tmp_path: Path) -> None:
     (tmp_path / "photos").mkdir()
     result = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path / "photos")])
