@@ -72,9 +72,9 @@ class FirmwareLink:
         api = self.agent.config.local_api
         if api.enabled:
             inbox = self.agent.transport.inbox  # a request wakes the loop from its wait for MQTT traffic
-            server = LocalServer(self.agent.config.socket_path, api.mode, api.client_queue, api.max_clients,
-                                 on_request=lambda: inbox.put(Wake()))
             try:
+                server = LocalServer(self.agent.config.socket_path, api.mode, api.client_queue, api.max_clients,
+                                     on_request=lambda: inbox.put(Wake()))
                 server.start()
             except LocalApiError as exc:  # the agent still runs for the cloud: say why the firmware cannot reach it
                 log.error("%s", exc)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, LocalApiConfig
 from agent.frames import FolderSource
 from agent.loop import Agent
 from contract import topics
@@ -34,7 +34,8 @@ def simulated_agents(count: int, broker: BrokerConfig, data_root: Path, trusted_
         login = credentials(device) if credentials is not None else broker
         config = AgentConfig(device_id=device, groups=groups, data_dir=data_root / device, trusted_keys=trusted_keys,
                              trust_file=trust_file, broker=login, inference_interval_s=inference_interval_s,
-                             telemetry_window_s=telemetry_window_s)
+                             telemetry_window_s=telemetry_window_s,
+                             local_api=LocalApiConfig(enabled=False))  # no firmware beside a simulated fridge
         transport = MqttTransport(device, login, topics.state(device), offline(device).to_json(), loop=network)
         source = FolderSource(frames, start=i * 7919) if frames is not None else None
         agents.append(Agent(config, transport, source, share_models=True))

@@ -295,3 +295,19 @@ def test_an_agent_whose_socket_cannot_open_runs_on_and_says_why(tmp_path: Path, 
     assert "is not a socket" in event.message
     a.step()  # the loop goes on
     a.firmware.stop()
+
+
+def test_an_agent_whose_socket_path_is_too_long_runs_on_and_says_why(tmp_path: Path,
+                                                                     world: dict[str, object]) -> None:
+    """Found by the fault harness in CI: a data directory deep in a temporary folder gave a socket
+    path over the 107-byte limit, the server's constructor raised outside the guard, and the agent's
+    thread died before it came online."""
+    a, t = _agent(tmp_path, world)
+    long = tmp_path / ("d" * 120) / "agent.sock"
+    a.config = a.config.model_copy(update={"local_api": a.config.local_api.model_copy(update={"socket": long})})
+    a.firmware.start()
+    assert a.firmware.server is None
+    (event,) = [e for e in errors(t, "fridge-7") if e.code == "local_api_unavailable"]
+    assert "longer than" in event.message
+    a.step()
+    a.firmware.stop()
