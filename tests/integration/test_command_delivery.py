@@ -17,9 +17,10 @@ from cloud.plan import Gates, RolloutPlan, Timeouts
 from cloud.rollouts import FINISHED, SUCCEEDED, view
 from cloud.rollouts import start as start_rollout
 from cloud.service import Cloud
-from cloud.store import Device, EventRow, sqlite_url
+from cloud.store import EventRow, sqlite_url
 from examples.fridge.synth import write_dataset
 from tests.integration import mosquitto
+from tests.integration.cloud_side import online
 from tests.waiting import until
 from transport.config import BrokerConfig
 
@@ -43,7 +44,7 @@ def test_deploy_published_while_the_broker_is_away_is_resent_and_reaches_the_dev
                       client_id="cloud-away").start()
         try:
             sessions = cloud.sessions
-            until(lambda: _online(cloud) == 2, "both devices' retained state", 60)
+            until(lambda: online(cloud, "away") == 2, "both devices' retained state", 60)
             with sessions.begin() as session:
                 sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
             broker.kill()
@@ -73,10 +74,6 @@ def test_deploy_published_while_the_broker_is_away_is_resent_and_reaches_the_dev
             for thread in threads:
                 thread.join(timeout=20)
 
-
-def _online(cloud: Cloud) -> int:
-    with cloud.sessions() as session:
-        return len(session.scalars(select(Device.id).where(Device.online.is_(True))).all())
 
 
 def _started(cloud: Cloud, rollout: str) -> bool:

@@ -20,11 +20,12 @@ from cloud.plan import Gates, RolloutPlan, Selector, Timeouts
 from cloud.rollouts import ROLLED_BACK, SUCCEEDED, rollback, view
 from cloud.rollouts import start as start_rollout
 from cloud.service import Cloud
-from cloud.store import Device, EventRow, Rollout, sqlite_url
+from cloud.store import EventRow, Rollout, sqlite_url
 from contract import signing, topics
 from contract.signing import Role
 from contract.trust import TrustDocument, TrustedKey, next_document, sign_trust
 from examples.fridge.synth import write_dataset
+from tests.integration.cloud_side import online
 from tests.waiting import until
 from transport.config import BrokerConfig
 
@@ -71,7 +72,7 @@ def test_rotating_the_operator_key_on_a_running_fleet(mosquitto_url: str, tmp_pa
     store = sqlite_url(tmp_path / "cloud.db")
     cloud = Cloud(store, broker, old, client_id="cloud-rot").start()
     try:
-        until(lambda: _online(cloud) == AGENTS, "every agent's retained state", 60)
+        until(lambda: online(cloud, "rot") == AGENTS, "every agent's retained state", 60)
         with cloud.sessions.begin() as session:
             five = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
             six = add_bundle(session, world["bundles"][6].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
@@ -104,17 +105,13 @@ def test_rotating_the_operator_key_on_a_running_fleet(mosquitto_url: str, tmp_pa
         until(lambda: len(_refusals(cloud)) == AGENTS, "every device to refuse the revoked key", 60)
         assert all("revoked by trust document version 2" in m for m in _refusals(cloud).values())
         assert all(a.bundle_ref().sha256 == five for a in agents)  # type: ignore[union-attr]
-        assert _online(cloud) == AGENTS  # none lost
+        assert online(cloud, "rot") == AGENTS  # none lost
     finally:
         cloud.stop()
         stop.set()
         for thread in threads:
             thread.join(timeout=20)
 
-
-def _online(cloud: Cloud) -> int:
-    with cloud.sessions() as session:
-        return len(session.scalars(select(Device.id).where(Device.online.is_(True))).all())
 
 
 def _refusals(cloud: Cloud) -> dict[str, str]:

@@ -24,6 +24,7 @@ from cloud.store import Alert, Device, RolloutDevice, sqlite_url
 from compiler.bundle import Bundle
 from contract.bundle import manifest_sha256
 from examples.fridge.synth import write_dataset
+from tests.integration.cloud_side import online
 from tests.integration.test_rollout import _dump, _status, plan, wait
 from transport.config import BrokerConfig
 
@@ -51,7 +52,7 @@ def test_rolling_back_an_older_rollout_goes_to_each_devices_last_known_good(
     bundles = world["bundles"]  # type: ignore[index]
     try:
         sessions = cloud.sessions
-        wait(lambda: _online(cloud) == AGENTS, 60, "every agent online")
+        wait(lambda: online(cloud, "lab") == AGENTS, 60, "every agent online")
         with sessions.begin() as session:
             shas = {seq: add_bundle(session, bundles[seq].tarball, world["trust"]).sha256  # type: ignore[arg-type]
                     for seq in (4, 5)}
@@ -100,10 +101,6 @@ def test_rolling_back_an_older_rollout_goes_to_each_devices_last_known_good(
         for thread in threads:
             thread.join(timeout=20)
 
-
-def _online(cloud: Cloud) -> int:
-    with cloud.sessions() as session:
-        return len(session.scalars(select(Device).where(Device.online.is_(True), Device.id.like("lab-%"))).all())
 
 
 def _fleet(cloud: Cloud, devices: dict[str, str]) -> dict[str, str | None]:
