@@ -330,10 +330,8 @@ class Agent:
         return result
 
     def close_window(self) -> None:
-        seq = self.spool.next_seq()
-        telemetry = self.window.close(self.config.device_id, seq, self.spool.epoch, self.bundle_ref(),
-                                      self.spool.size, self.spool.evicted)
-        self.spool.put(seq, telemetry.to_json())
+        self.spool.append(lambda seq: self.window.close(self.config.device_id, seq, self.spool.epoch, self.bundle_ref(),
+                                                        self.spool.size, self.spool.evicted).to_json())
         for job_id in list(self.shadows):  # a shadow candidate whose job was cancelled: close it
             record = self.deployer.jobs.get(job_id)
             if record is None or record.state is not JobState.SHADOW:

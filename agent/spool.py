@@ -17,7 +17,7 @@ import contextlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +106,10 @@ class Spool:
             with contextlib.suppress(sqlite3.Error):  # a full disk may already have ended the transaction
                 self._db.execute("ROLLBACK")
             raise SpoolError(f"telemetry spool write failed: {exc}") from exc
+        except BaseException:  # whatever else ended the work (a window that cannot be built): undo it
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
 
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
@@ -118,17 +122,28 @@ class Spool:
             db.execute("INSERT OR REPLACE INTO counters VALUES ('seq', ?)", (value,))
         return value
 
+    def append(self, build: Callable[[int], bytes]) -> tuple[int, int]:
+        """Store the next window: ``build(seq)`` makes it, and its seq is taken in the same
+        transaction, so a window that cannot be built or stored leaves no gap in the seqs (a gap
+        would look like a window lost on the way). Returns (seq, windows evicted to make room)."""
+        with self._tx() as db:
+            seq = self._counter("seq") + 1
+            db.execute("INSERT OR REPLACE INTO counters VALUES ('seq', ?)", (seq,))
+            evicted = self._insert(db, seq, build(seq))
+        return seq, evicted
+
     def put(self, seq: int, payload: bytes) -> int:
         """Store a window; returns how many old windows were evicted to make room."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO windows VALUES (?, ?)", (seq, payload))
-            (count,) = db.execute("SELECT COUNT(*) FROM windows").fetchone()
-            evict = max(0, int(count) - self.max_windows)
-            if evict:
-                db.execute("DELETE FROM windows WHERE seq IN (SELECT seq FROM windows ORDER BY seq LIMIT ?)",
-                           (evict,))
-                db.execute("INSERT OR REPLACE INTO counters VALUES ('evicted', ?)",
-                           (self._counter("evicted") + evict,))
+            return self._insert(db, seq, payload)
+
+    def _insert(self, db: sqlite3.Connection, seq: int, payload: bytes) -> int:
+        db.execute("INSERT OR REPLACE INTO windows VALUES (?, ?)", (seq, payload))
+        (count,) = db.execute("SELECT COUNT(*) FROM windows").fetchone()
+        evict = max(0, int(count) - self.max_windows)
+        if evict:
+            db.execute("DELETE FROM windows WHERE seq IN (SELECT seq FROM windows ORDER BY seq LIMIT ?)", (evict,))
+            db.execute("INSERT OR REPLACE INTO counters VALUES ('evicted', ?)", (self._counter("evicted") + evict,))
         return evict
 
     def pending(self, limit: int = 100, after: int = 0) -> list[Pending]:

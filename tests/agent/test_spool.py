@@ -88,3 +88,17 @@ def test_bounded_and_eviction_is_counted(tmp_path: Path) -> None:
 def test_bad_bound() -> None:
     with pytest.raises(SpoolError):
         Spool(Path("/tmp/never-created.db"), max_windows=0)
+
+
+def test_a_window_that_cannot_be_built_leaves_no_gap_in_the_seqs(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", 100)
+
+    def broken(seq: int) -> bytes:
+        raise ValueError("a field out of bounds")
+
+    assert spool.append(lambda seq: b"w%d" % seq) == (1, 0)
+    with pytest.raises(ValueError):
+        spool.append(broken)
+    assert spool.append(lambda seq: b"w%d" % seq) == (2, 0)  # not 3: no seq was taken by the failed one
+    assert [p.seq for p in spool.pending()] == [1, 2]
+    spool.close()
