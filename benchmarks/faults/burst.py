@@ -55,10 +55,9 @@ class Device:
 
 def close_window(spool: Spool, device_id: str) -> tuple[str, str, int]:
     """A telemetry window closed into the device's spool, as the agent does; its (device, epoch, seq)."""
-    seq = spool.next_seq()
-    spool.put(seq, Telemetry(device_id=device_id, seq=seq, epoch=spool.epoch, inferences=seq,
-                             window_start=T0 + timedelta(seconds=seq),
-                             window_end=T0 + timedelta(seconds=seq + 1)).to_json())
+    seq, _ = spool.append(lambda seq: Telemetry(device_id=device_id, seq=seq, epoch=spool.epoch, inferences=seq,
+                                                window_start=T0 + timedelta(seconds=seq),
+                                                window_end=T0 + timedelta(seconds=seq + 1)).to_json())
     return device_id, spool.epoch, seq
 
 

@@ -31,8 +31,7 @@ def setup(tmp_path: Path, windows: int, in_flight: int = 4,
           resend_s: float = 30.0) -> tuple[Uplink, Spool, MemoryTransport, Clock]:
     spool = Spool(tmp_path / "spool.db", max_windows=100)
     for _ in range(windows):
-        seq = spool.next_seq()
-        spool.put(seq, f"window {seq}".encode())
+        spool.append(lambda seq: f"window {seq}".encode())
     transport, clock = MemoryTransport(), Clock()
     uplink = Uplink(spool, transport, DEVICE, max_in_flight=in_flight, resend_after_s=resend_s, clock=clock)
     uplink.on_connected()
@@ -116,9 +115,8 @@ def test_windows_carry_the_spool_epoch_and_its_drops(tmp_path: Path) -> None:
     from agent.telemetry import Window
 
     spool = Spool(tmp_path / "spool.db", max_windows=2)
-    for _ in range(4):
-        seq = spool.next_seq()
-        spool.put(seq, Window().close(DEVICE, seq, spool.epoch, None, spool.size, spool.evicted).to_json())
+    for _ in range(4):  # as the agent closes its windows
+        spool.append(lambda seq: Window().close(DEVICE, seq, spool.epoch, None, spool.size, spool.evicted).to_json())
     (first, second) = [Telemetry.from_json(p.payload) for p in spool.pending()]
     assert first.epoch == second.epoch == spool.epoch
     # window 1 was evicted when window 3 was stored: the next window closed says so
