@@ -115,12 +115,10 @@ class Spool:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
-    def next_seq(self) -> int:
-        """The next window sequence number: strictly increasing for the spool's whole life (its epoch)."""
-        with self._tx() as db:
-            value = self._counter("seq") + 1
-            db.execute("INSERT OR REPLACE INTO counters VALUES ('seq', ?)", (value,))
-        return value
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest window stored in this epoch (0: none yet); seqs never repeat in it."""
+        return self._counter("seq")
 
     def append(self, build: Callable[[int], bytes]) -> tuple[int, int]:
         """Store the next window: ``build(seq)`` makes it, and its seq is taken in the same

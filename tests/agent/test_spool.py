@@ -12,8 +12,7 @@ from agent.spool import Spool
 def fill(spool: Spool, count: int) -> list[int]:
     seqs = []
     for _ in range(count):
-        seq = spool.next_seq()
-        spool.put(seq, f"window {seq}".encode())
+        seq, _ = spool.append(lambda seq: f"window {seq}".encode())
         seqs.append(seq)
     return seqs
 
@@ -27,7 +26,7 @@ def test_windows_stay_until_the_cloud_confirms_them_even_across_restarts(tmp_pat
     reopened = Spool(tmp_path / "spool.db", max_windows=10)
     assert reopened.epoch == epoch  # the same spool: the same epoch
     assert [(p.seq, p.payload) for p in reopened.pending()] == [(3, b"window 3"), (5, b"window 5")]
-    assert reopened.next_seq() == 6  # sequence numbers never repeat within an epoch
+    assert reopened.append(lambda seq: b"x")[0] == 6  # sequence numbers never repeat within an epoch
 
 
 def test_an_ack_of_another_epoch_deletes_nothing(tmp_path: Path) -> None:
@@ -54,7 +53,7 @@ def test_a_rebuilt_spool_starts_a_new_epoch(tmp_path: Path) -> None:
     rebuilt = Spool(path, max_windows=10)
     assert rebuilt.recovered is not None and "damaged" in rebuilt.recovered
     assert rebuilt.epoch != old  # its seqs start again at 1: (epoch, seq) never collides with stored windows
-    assert rebuilt.next_seq() == 1
+    assert rebuilt.append(lambda seq: b"x")[0] == 1
     assert len({Spool(tmp_path / f"s{i}.db", 1).epoch for i in range(20)}) == 20
 
 
@@ -77,7 +76,7 @@ def test_a_spool_from_before_epochs_keeps_its_windows_and_takes_their_acks(tmp_p
 
 def test_bounded_and_eviction_is_counted(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db", max_windows=3)
-    evicted = [spool.put(spool.next_seq(), b"x") for _ in range(5)]
+    evicted = [spool.append(lambda seq: b"x")[1] for _ in range(5)]
     assert evicted == [0, 0, 0, 1, 1]
     assert spool.size == 3 and spool.evicted == 2
     assert [p.seq for p in spool.pending()] == [3, 4, 5]  # the oldest went first

@@ -74,7 +74,7 @@ def test_outage_loses_no_window(tmp_path: Path, world: dict[str, object]) -> Non
         broker.terminate()
         broker.wait(timeout=10)
     spool = Spool(tmp_path / "data" / "telemetry.db", 1000)  # the stopped agent's, read back
-    produced, waiting = spool.next_seq() - 1, spool.pending()
+    produced, waiting = spool.last_seq, spool.pending()
     spool.close()
     rows = stored()
     # every window left the spool only once stored: 1..n are in the store, once each, no gap
