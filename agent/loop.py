@@ -297,6 +297,10 @@ class Agent:
         if self.source is None or self.source_ended:
             return "no frame source" if self.source is None else "the frame source has ended"
         try:
+            if self.active_model() is None:  # no frame is read (nor decoded) without a model: its health only
+                if self.source.probe():
+                    self.health.source_ok(self.source.name)
+                return "no active bundle"
             frame = self.source.read()
         except SourceUnavailable as exc:  # reported when it starts or its cause changes, retried with backoff
             if self.health.source_fault(exc):
