@@ -15,18 +15,16 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.activation import Activation
+from agent.candidate import check_manifest, self_test, time_against
 from agent.errors import AgentError, TransferError
 from agent.faults import fault
 from agent.jobs import JobRecord, JobStore
-from agent.model import LoadedBundle, paired_latency
+from agent.probation import DEFAULT_LIMITS, ProbationLimits, failure
 from agent.receiver import Download
 from agent.recovery import check_slots
-from agent.runtimes import version_at_least
-from agent.selftest import run_golden
 from agent.slots import SlotName, SlotStore, signed_ref
 from contract.bundle import manifest_sha256, unpack
 from contract.commands import DeployCommand
@@ -42,18 +40,6 @@ log = logging.getLogger(__name__)
 Emit = Callable[[str, JobState, str | None, float | None], None]  # job id, state, reason, progress
 
 
-@dataclass(frozen=True)
-class ProbationLimits:
-    """How a new bundle is judged on this device. Latency is judged against the bundle it replaces,
-    timed on this same device (never against the build host's figure, which is information only)."""
-
-    max_error_rate: float = 0.05
-    max_latency_ratio: float = 1.5  # candidate / predecessor model latency (a deploy command may set its own)
-    latency_slack_ms: float = 2.0  # plus this much live: a sub-millisecond model is otherwise judged on noise
-    min_inferences: int = 20
-    timing_rounds: int = 15  # paired rounds of the install-time timing
-
-
 def disk_error(exc: OSError) -> str:
     """What a failing disk said, for a job's reason: "No space left on device: <file>"."""
     if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
@@ -63,7 +49,7 @@ def disk_error(exc: OSError) -> str:
 
 class Deployer:
     def __init__(self, data_dir: Path, trust: TrustStore, runtimes: dict[Runtime, str], emit: Emit,
-                 threads: int = 1, limits: ProbationLimits = ProbationLimits(),
+                 threads: int = 1, limits: ProbationLimits = DEFAULT_LIMITS,
                  clock: Callable[[], float] = time.time, board: str | None = None,
                  activation: Activation | None = None) -> None:
         self.activation = activation  # None: a verified candidate activates at once
@@ -291,17 +277,8 @@ class Deployer:
         agent keeps it per bundle); without one, latency was judged at install (paired timing)."""
         if record.state is not JobState.PROBATION:
             return record
-        reason = None
-        limit = self.latency_limit(record)
-        if non_finite:
-            reason = f"{non_finite} outputs were NaN or infinite"
-        elif inferences >= self.limits.min_inferences and errors / max(inferences, 1) > self.limits.max_error_rate:
-            reason = f"error rate {errors / inferences:.1%} above {self.limits.max_error_rate:.0%}"
-        elif p95_ms is not None and baseline_p95_ms is not None and inferences >= self.limits.min_inferences:
-            ceiling = baseline_p95_ms * limit + self.limits.latency_slack_ms
-            if p95_ms > ceiling:
-                reason = (f"model latency p95 {p95_ms:.1f} ms on this device, above {ceiling:.1f} ms "
-                          f"({limit:g}x the {baseline_p95_ms:.1f} ms of the bundle it replaced, plus slack)")
+        reason = failure(self.limits, self.latency_limit(record), inferences, errors, non_finite, p95_ms,
+                         baseline_p95_ms)
         if reason is not None:
             return self._move(record, JobState.ROLLED_BACK, f"probation failed: {reason}; {self._restore()}")
         command = DeployCommand.model_validate(record.command)
@@ -339,18 +316,7 @@ class Deployer:
         record.sequence = manifest.sequence
         if record.manifest_sha256 != command.bundle.sha256:
             raise TransferError("the bundle's manifest is not the one the deploy command names")
-        refusal = manifest.board_refusal(self.board)
-        if refusal is not None:
-            raise AgentError(f"{refusal}: refused before installing")
-        runtime = manifest.target.runtime
-        have = self.runtimes.get(runtime.name)
-        if have is None:
-            raise AgentError(f"this device has no {runtime.name.value} runtime; the bundle needs it")
-        if not version_at_least(have, runtime.min_version):
-            raise AgentError(f"{runtime.name.value} {have} is older than the bundle's minimum {runtime.min_version}")
-        refusal = self.slots.pointer().refusal(manifest.stream_name, manifest.sequence)  # per model stream
-        if refusal is not None:
-            raise AgentError(refusal)
+        check_manifest(manifest, self.board, self.runtimes, self.slots.pointer())
         self.jobs.save(record)
         return manifest
 
@@ -361,12 +327,7 @@ class Deployer:
 
     def _self_test(self, record: JobRecord) -> None:
         directory = self.slots.path(self._slot(record))
-        # the installed copy, not the staging one; TensorRT builds its engine here, at install
-        with LoadedBundle.open_bundle(directory, self.trust, self.threads, self.engine_cache) as candidate:
-            result = run_golden(candidate, candidate.manifest.golden, directory / candidate.manifest.golden.file)
-        if not result.passed:
-            raise AgentError(f"golden self-test failed: max error {result.max_abs_error:.4g} above tolerance "
-                             f"{result.tolerance:.4g}; the runtime here does not compute what the compiler measured")
+        self_test(directory, self.trust, self.threads, self.engine_cache)  # the installed copy, not the staging one
         self._time_against_active(record, directory)
 
     def _time_against_active(self, record: JobRecord, directory: Path) -> None:
@@ -378,14 +339,9 @@ class Deployer:
             self.jobs.save(record)
             return
         limit = self.latency_limit(record)
-        with LoadedBundle.open_bundle(directory, self.trust, self.threads, self.engine_cache) as candidate, \
-                LoadedBundle.open_bundle(active, self.trust, self.threads, self.engine_cache) as predecessor:
-            for _ in range(3):  # over the limit is timed again: a burst of other work on the device passes
-                ms = paired_latency(candidate, predecessor, self.limits.timing_rounds)
-                if record.install_ms is None or ms[0] / ms[1] < record.install_ms / (record.predecessor_ms or 1):
-                    record.install_ms, record.predecessor_ms = ms
-                if ms[0] / max(ms[1], 1e-6) <= limit:
-                    break
+        record.install_ms, record.predecessor_ms = time_against(
+            directory, active, self.trust, self.threads, self.engine_cache, limit, self.limits.timing_rounds,
+            (record.install_ms, record.predecessor_ms))
         self.jobs.save(record)
         ratio = (record.install_ms or 0.0) / max(record.predecessor_ms or 0.0, 1e-6)
         if ratio > limit:  # the best of three medians of paired rounds

@@ -3,10 +3,15 @@ an RTSP/HTTP URL. A bad frame raises FrameError with a kind (``empty``, ``trunca
 ``corrupt``, ``too_large``, ``channels``, ``depth``, ``capture``) that the loop counts and
 skips; a source never stops the loop because of one frame. A finite source that has given every
 frame raises SourceEnded: the agent reports that once and goes on serving commands.
+
+While no bundle is active the agent reads no frame: it only ``probe()``s the source (``check_source``:
+the folder or file is there and readable, the camera's device node exists), so an idle agent never
+loads OpenCV or numpy and a finite source keeps its frames for the model that comes.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +73,36 @@ def decode(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
     return check_frame(image)
 
 
+def check_source(kind: str, location: str) -> bool:
+    """The source's health without reading a frame (nothing is decoded, nothing heavy imported):
+    FrameError("capture") naming what is wrong, else whether anything could be checked (a stream
+    URL, or a camera named otherwise than by its device node or index, cannot be without opening it)."""
+    if kind == "folder":
+        what, path = "frame folder", Path(location)
+        if not path.is_dir():
+            raise FrameError("capture", f"frame folder {path} does not exist")
+    elif kind == "file":
+        what, path = "frame file", Path(location)
+        if not path.is_file():
+            raise FrameError("capture", f"frame file {path} does not exist")
+    elif kind != "url" and (location.isdigit() or location.startswith("/")):  # a camera: /dev/videoN or its index N
+        what, path = "camera", Path(f"/dev/video{location}" if location.isdigit() else location)
+        if not path.exists():
+            raise FrameError("capture", f"camera {path} is not present")
+    else:
+        return False
+    if not os.access(path, os.R_OK):
+        raise FrameError("capture", f"{what} {path} is not readable by this user")
+    return True
+
+
 class FrameSource(Protocol):
     name: str
 
     def read(self) -> npt.NDArray[np.uint8]: ...
+
+    def probe(self) -> bool:
+        """The source's health without a frame: FrameError if it is faulty, else whether it was checked."""
 
     def close(self) -> None: ...
 
@@ -81,8 +112,7 @@ class FolderSource:
 
     def __init__(self, folder: Path, loop: bool = True, max_pixels: int = 4096 * 4096, start: int = 0) -> None:
         self.name = str(folder)
-        if not folder.is_dir():
-            raise FrameError("capture", f"frame folder {folder} does not exist")
+        check_source("folder", self.name)
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise FrameError("capture", f"frame folder {folder} holds no images")
@@ -105,6 +135,9 @@ class FolderSource:
             raise FrameError("capture", f"cannot read {path.name}: {exc.strerror}") from exc
         return decode(data, self.max_pixels)
 
+    def probe(self) -> bool:
+        return check_source("folder", self.name)
+
     def close(self) -> None:
         pass
 
@@ -115,6 +148,9 @@ class FileSource(FolderSource):
         self.files = [path]
         self.loop, self.max_pixels = True, max_pixels
         self._order = iter(self.files)
+
+    def probe(self) -> bool:
+        return check_source("file", self.name)
 
 
 class CaptureSource:
@@ -135,6 +171,12 @@ class CaptureSource:
         if frame.shape[0] * frame.shape[1] > self.max_pixels:
             raise FrameError("too_large", f"{self.name} delivered {frame.shape[1]}x{frame.shape[0]} pixels")
         return check_frame(frame)
+
+    def probe(self) -> bool:
+        check_source("camera", self.name)
+        if not self.capture.isOpened():
+            raise FrameError("capture", f"camera or stream {self.name} is closed")
+        return True
 
     def close(self) -> None:
         self.capture.release()

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 from agent.errors import FrameError
-from agent.frames import FrameSource, open_source
+from agent.frames import FrameSource, check_source, open_source
 from agent.slots import atomic_write
 
 log = logging.getLogger("coldchain.agent")
@@ -51,11 +51,12 @@ class SourceUnavailable(FrameError):
 
 class ReopeningSource:
     """A frame source opened on first use and reopened with exponential backoff when it is missing
-    (a camera not plugged in, a folder not mounted yet) or stops giving frames."""
+    (a camera not plugged in, a folder not mounted yet) or stops giving frames. ``check`` tells its
+    health without opening it (``probe``, while no bundle is active); without one, probing opens it."""
 
     def __init__(self, opener: Callable[[], FrameSource], name: str, min_s: float = 1.0, max_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.opener, self.name, self.clock = opener, name, clock
+                 clock: Callable[[], float] = time.monotonic, check: Callable[[], bool] | None = None) -> None:
+        self.opener, self.name, self.clock, self.check = opener, name, clock, check
         self.min_s, self.max_s = min_s, max_s
         self.delay = min_s
         self.inner: FrameSource | None = None
@@ -77,6 +78,28 @@ class ReopeningSource:
             raise
         self.capture_failures = 0
         return frame
+
+    def probe(self) -> bool:
+        """The source's health without reading a frame, on the same backoff as ``read``: raises
+        SourceUnavailable while it is faulty; True once it is known to be there (False: it could not
+        be checked without opening it, a stream URL)."""
+        now = self.clock()
+        if self.cause is not None and now < self.next_attempt:
+            raise SourceUnavailable(self._message(self.next_attempt - now), self.cause, changed=False)
+        try:
+            if self.check is not None:
+                checked = self.check()
+            else:
+                checked = (self.inner if self.inner is not None else self._open()).probe()
+        except SourceUnavailable:  # the opener failed: already counted by _open
+            raise
+        except FrameError as exc:
+            if self.inner is not None:
+                self.inner.close()
+                self.inner = None
+            raise self._failed(str(exc)) from exc
+        self.cause, self.delay = None, self.min_s
+        return checked
 
     def _open(self) -> FrameSource:
         now = self.clock()
@@ -196,9 +219,12 @@ class Health:
             log.warning("cannot write %s: %s", self.path, exc.strerror)
 
 
-def reopening(kind: str, location: str, loop: bool, max_pixels: int) -> ReopeningSource:
-    """The configured frame source, opened when first read and reopened with backoff."""
-    return ReopeningSource(lambda: open_source(kind, location, loop, max_pixels), location)
+def reopening(kind: str, location: str, loop: bool, max_pixels: int,
+              clock: Callable[[], float] = time.monotonic) -> ReopeningSource:
+    """The configured frame source, opened when first read and reopened with backoff; probed while
+    no bundle is active without being opened (``check_source``: no capture device held, no decoder)."""
+    return ReopeningSource(lambda: open_source(kind, location, loop, max_pixels), location, clock=clock,
+                           check=lambda: check_source(kind, location))
 
 
 def read_health(data_dir: Path) -> dict[str, Any] | None:

@@ -2,7 +2,9 @@
 telemetry windows into the spool and publishes them (``uplink.py``) until the cloud confirms each.
 
 Every decision is a plain method (``handle``, ``infer_once``, ``close_window``,
-``publish_pending``), so it can be driven without a broker in tests.
+``publish_pending``), so it can be driven without a broker in tests. What the cloud sends is decided
+in ``inbound.py``, the end of a telemetry window in ``windows.py``; ``active.py`` keeps the active
+bundle loaded.
 """
 
 from __future__ import annotations
@@ -12,42 +14,31 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent import runtimes
+from agent import inbound, runtimes, windows
 from agent.activation import Activation
-from agent.commands import CommandLog, cancel, profile, roll_back, set_config
+from agent.active import ActiveModel
+from agent.commands import CommandLog
 from agent.config import AgentConfig
 from agent.deploy import Deployer
 from agent.errors import AgentError, FrameError, SourceEnded
 from agent.firmware import FirmwareLink
 from agent.frames import FrameSource
-from agent.gate import Answer, CommandGate, Refused
+from agent.gate import CommandGate
 from agent.health import ErrorBudget, Health, SourceUnavailable
-from agent.jobs import JobRecord
 from agent.model import Inference, LoadedBundle
-from agent.receiver import to_ask
 from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
 from agent.trust import TrustKeeper
 from agent.uplink import Uplink
 from contract import topics
-from contract.commands import (
-    CancelCommand,
-    DeployCommand,
-    ProfileCommand,
-    RollbackCommand,
-    SetConfigCommand,
-    TrustUpdateCommand,
-)
 from contract.common import BundleRef, RuntimeInfo
 from contract.errors import ContractError
-from contract.events import ErrorEvent, JobEvent, ShadowEvent
+from contract.events import ErrorEvent, JobEvent
 from contract.jobs import JobState
 from contract.state import DeviceState, JobSummary, offline
-from contract.transfer import decode_chunk
 from transport.client import Connected, ConnectFailed, Disconnected, Inbound, Received, Transport
 
 if TYPE_CHECKING:
@@ -60,8 +51,6 @@ else:
 log = logging.getLogger("coldchain.agent")
 AGENT_VERSION = "0.1.0"
 
-_SHARED: dict[str, LoadedBundle] = {}  # simulated fleets: one loaded bundle per sha, shared by every agent
-_SHARED_LOCK = threading.Lock()
 ERROR_BURST = 10  # error events of one kind sent at once at most ...
 ERROR_EVERY_S = 6.0  # ... then one every this many seconds (tracebacks in the log alike)
 OUTBOX_LIMIT = 1000
@@ -91,7 +80,6 @@ class Agent:
         self.next_inference = self.next_repair = time.monotonic()
         self.event_seq = 0
         self.connected = False
-        self._model: LoadedBundle | None = None  # the active bundle, loaded and verified once per activation
         self.malformed = 0
         self.outbox: list[tuple[str, bytes]] = []  # events produced while offline
         self.last_chunk: dict[str, float] = {}  # job id -> when its last chunk arrived
@@ -102,6 +90,8 @@ class Agent:
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
         self.firmware = FirmwareLink(self)  # the local API (docs/firmware.md); its socket opens in run()
         self.health = Health(config.data_dir, config.broker.url, config.device_id)  # broker and source faults
+        self.models = ActiveModel(self.deployer, self.trust, config.limits.threads, share_models,
+                                  lambda what: self._error("active_bundle_damaged", what))
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
                     ("commands_recovered", self.commands.damaged),
                     ("trust_recovered", self.keeper.recovered),
@@ -194,109 +184,22 @@ class Agent:
             self.on_message(item.topic, item.payload)
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        try:
-            parsed = topics.parse(topic)
-            if parsed.kind is topics.TopicKind.ACKS:
-                self.uplink.on_ack(payload)
-            elif parsed.kind is topics.TopicKind.COMMANDS:
-                self.on_command(payload, topic)
-            elif parsed.kind in (topics.TopicKind.GROUP_CHUNKS, topics.TopicKind.DEVICE_CHUNKS):
-                chunk = decode_chunk(payload)
-                for record in self.deployer.jobs.unfinished():
-                    if record.command.get("artifact", {}).get("sha256") == chunk.header.sha256:
-                        self.last_chunk[record.job_id] = time.monotonic()
-                        self.highest_chunk[record.job_id] = max(chunk.header.index,
-                                                                self.highest_chunk.get(record.job_id, -1))
-                        self.deployer.on_chunk(record.job_id, chunk)
-        except (ContractError, AgentError) as exc:
-            self.malformed += 1
-            log.warning("refused a message on %s: %s", topic, exc)
-            self._error("malformed_message", str(exc), topic)
-
-    def on_command(self, payload: bytes, topic: str) -> None:
-        verdict = self.gate.check(payload)
-        if isinstance(verdict, Refused):  # a replay, an expired or foreign command, a bad signature: never acted on
-            self._error(f"command_refused.{verdict.reason}", verdict.message, topic, verdict.job_id)
-            return
-        if isinstance(verdict, Answer):  # re-sent: answered with its state, never acted on twice
-            self._emit(verdict.job_id, *verdict.outcome, None)
-            return
-        command = verdict.command
-        if isinstance(command, DeployCommand):
-            group = command.artifact.group
-            if group is not None and group not in self.config.groups:  # a rollout wave's own group topic
-                self.transport.subscribe([topics.group_artifacts(group)])
-            self.last_chunk.setdefault(command.job_id, time.monotonic())  # the stream starts soon: wait for it
-            self.deployer.on_deploy(command)
-        elif isinstance(command, CancelCommand):
-            self._emit(command.job_id, *cancel(self.deployer, self.commands, command), None)
-        elif isinstance(command, RollbackCommand):
-            state, reason = roll_back(self.deployer, command)
-            if state is JobState.FAILED:
-                self._error("rollback_refused", reason or "", topic)
-            self._emit(command.job_id, state, reason, None)
-        elif isinstance(command, SetConfigCommand):
-            self.config, self.next_inference, applied = set_config(self.config, self.next_inference, command)
-            self._emit(command.job_id, JobState.SUCCEEDED, applied, None)
-        elif isinstance(command, ProfileCommand):
-            self.on_profile(command, topic)
-        elif isinstance(command, TrustUpdateCommand):
-            self.keeper.on_update(command, self._emit)
-        else:
-            self._error("unsupported_command", f"{command.type} is not supported by this agent yet", topic)
-
-    def on_profile(self, command: ProfileCommand, topic: str) -> None:
-        """Time the active model on this device (model only, after warm-up) and report it."""
-        loaded = self.active_model()
-        if loaded is None:
-            self._error("no_active_model", "profile needs an active bundle; none is installed", topic, command.job_id)
-            return
-        self.event_seq += 1
-        event = profile(loaded, self.available, command, self.config.device_id, self.event_seq)
-        self.send(topics.events(self.config.device_id), event.to_json())
-        self.commands.record(command.job_id, JobState.SUCCEEDED, f"profiled: p95 {event.p95_ms:.3g} ms")
+        inbound.on_message(self, topic, payload)
 
     # ---- inference and telemetry -------------------------------------------------------
     def active_model(self) -> LoadedBundle | None:
-        """The active bundle, loaded and verified once when it became active (the pointer is in
-        memory: this is a comparison per frame, not a disk read); the one before it is closed. A
-        bundle damaged since it was installed is set aside and the known-good one loaded instead."""
-        for _ in range(3):  # the active bundle, or the known-good one after it, or none
-            sha = self.deployer.slots.pointer().active_sha256
-            if self._model is not None and self._model.sha256 == sha:
-                return self._model
-            if self._model is not None and not self.share_models:
-                self._model.close()
-            self._model = None
-            path = self.deployer.slots.active_path()
-            if path is None or sha is None:
-                return None
-            try:
-                self._model = self._load(sha, path)
-            except (AgentError, ContractError) as exc:  # damaged since it was installed: back to safety
-                what = self.deployer.active_unusable(f"{type(exc).__name__}: {exc}")
-                log.error("%s", what)
-                self._error("active_bundle_damaged", what)
-                continue
-            return self._model
-        return None
-
-    def _load(self, sha: str, path: Path) -> LoadedBundle:
-        with _SHARED_LOCK:
-            loaded = _SHARED.get(sha) if self.share_models else None
-            if loaded is None:
-                loaded = LoadedBundle.open_bundle(path, self.trust, self.config.limits.threads,
-                                                  self.deployer.engine_cache)
-                loaded.run(loaded.blank())  # the first run of a session allocates: not a representative one
-                if self.share_models:
-                    _SHARED[sha] = loaded
-        return loaded
+        """The active bundle, loaded and verified once per activation (``agent/active.py``)."""
+        return self.models.get()
 
     def infer_once(self) -> Inference | str:
         """A frame of the source through the active model: its result, or why there is none."""
         if self.source is None or self.source_ended:
             return "no frame source" if self.source is None else "the frame source has ended"
         try:
+            if self.active_model() is None:  # no frame is read (nor decoded) without a model: its health only
+                if self.source.probe():
+                    self.health.source_ok(self.source.name)
+                return "no active bundle"
             frame = self.source.read()
         except SourceUnavailable as exc:  # reported when it starts or its cause changes, retried with backoff
             if self.health.source_fault(exc):
@@ -330,46 +233,7 @@ class Agent:
         return result
 
     def close_window(self) -> None:
-        self.spool.append(lambda seq: self.window.close(self.config.device_id, seq, self.spool.epoch, self.bundle_ref(),
-                                                        self.spool.size, self.spool.evicted).to_json())
-        for job_id in list(self.shadows):  # a shadow candidate whose job was cancelled: close it
-            record = self.deployer.jobs.get(job_id)
-            if record is None or record.state is not JobState.SHADOW:
-                self.shadows.pop(job_id).close()
-        active = self.deployer.slots.pointer().active_sha256
-        if active is not None and self.window.inferences >= self.deployer.limits.min_inferences:
-            self.live_p95[active] = self.window.p95()  # what each bundle did here: the next one is judged on it
-            for old in list(self.live_p95)[:-8]:  # the 8 newest bundles
-                del self.live_p95[old]
-        for record in self.deployer.jobs.unfinished():
-            if record.state is JobState.PROBATION:
-                baseline = self.live_p95.get(record.predecessor_sha256 or "")
-                self.deployer.probation(record, self.window.inferences, sum(self.window.errors.values()),
-                                        self.window.non_finite, self.window.p95(), baseline_p95_ms=baseline)
-            elif record.state is JobState.SHADOW:
-                self.shadow_step(record)
-        self.window = Window()
-        self.window_started = time.monotonic()
-
-    def shadow_step(self, record: JobRecord) -> None:
-        """Start the shadow run of a job in SHADOW, or, once its time is up, report it and activate."""
-        run = self.shadows.get(record.job_id)
-        if run is None:
-            try:
-                run = ShadowRun.open(record.job_id, self.deployer.candidate_path(record), self.trust,
-                                     self.config.limits.threads, self.deployer.engine_cache)
-            except (AgentError, ContractError) as exc:
-                self.deployer.cancel_shadow(record, f"the candidate cannot run beside the active model: {exc}")
-                return
-            self.shadows[record.job_id] = run
-        if not self.deployer.shadow_due(record):
-            return
-        self.shadows.pop(record.job_id).close()
-        self.event_seq += 1
-        event = ShadowEvent(device_id=self.config.device_id, seq=self.event_seq, job_id=record.job_id,
-                            frames=run.frames, agreement=run.agreement)
-        self.send(topics.events(self.config.device_id), event.to_json())
-        self.deployer.end_shadow(record)
+        windows.close_window(self)
 
     def hold_activation(self, reason: str, max_s: float | None = None) -> float:
         """The firmware is busy: candidates wait in READY until released (or the hold's limit, returned)."""
@@ -385,16 +249,7 @@ class Agent:
         self.uplink.pump()
 
     def request_missing(self, quiet_s: float = 5.0, stall_s: float = 30.0) -> None:
-        """Report what each download lacks, once its chunks stopped arriving for ``quiet_s`` (``to_ask``)."""
-        now = time.monotonic()
-        for record in self.deployer.jobs.unfinished():
-            quiet = now - self.last_chunk.get(record.job_id, -stall_s)
-            if quiet < quiet_s:
-                continue
-            report = to_ask(self.deployer.missing_report(record.job_id, self.config.device_id), quiet, stall_s,
-                            self.highest_chunk.get(record.job_id))
-            if report is not None:
-                self.transport.publish(topics.missing(self.config.device_id, report.sha256), report.to_json())
+        inbound.request_missing(self, quiet_s, stall_s)
 
     # ---- the loop -----------------------------------------------------------------------
     def step(self, repair_every_s: float = 5.0) -> None:

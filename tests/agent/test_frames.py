@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.errors import FrameError, SourceEnded
-from agent.frames import FolderSource, decode, open_source
+from agent.frames import FolderSource, check_source, decode, open_source
 
 
 def _jpeg(h: int = 48, w: int = 64) -> bytes:
@@ -71,3 +71,18 @@ def test_folder_loops_and_bad_files_do_not_stop_it(tmp_path: Path) -> None:
 def test_missing_camera() -> None:
     with pytest.raises(FrameError, match="cannot open"):
         open_source("camera", "/dev/video99", True, 1 << 24)
+
+
+def test_a_source_is_checked_without_reading_a_frame(tmp_path: Path) -> None:
+    """What an idle agent watches (``check_source``): True when checked, FrameError naming the fault,
+    False for what cannot be checked without opening it."""
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "video3").write_bytes(b"")  # stands where a device node would
+    assert check_source("folder", str(tmp_path / "frames")) and check_source("file", str(tmp_path / "video3"))
+    assert check_source("camera", str(tmp_path / "video3"))
+    assert not check_source("url", "rtsp://10.0.0.9/stream") and not check_source("camera", "rtsp://10.0.0.9/s")
+    for kind, where, says in (("folder", tmp_path / "nope", "does not exist"),
+                              ("file", tmp_path / "frames", "does not exist"),
+                              ("camera", tmp_path / "video4", "is not present")):
+        with pytest.raises(FrameError, match=says):
+            check_source(kind, str(where))

@@ -171,7 +171,8 @@ def test_profile_reports_on_device_latency(agent: tuple[Agent, MemoryTransport],
 def test_a_finite_source_ends_in_a_reported_state_and_the_agent_stays_up(tmp_path: Path,
                                                                          world: dict[str, object]) -> None:
     """A folder with loop = false: at its end the running agent reports ``source_ended`` once and
-    goes on handling commands (here: a whole deploy, handled after the end was reported)."""
+    goes on handling commands (here: a whole deploy, handled after the end was reported). Frames are
+    read only while a bundle is active, so a first deploy starts the reading."""
     import threading
 
     from contract.events import ErrorEvent, JobEvent
@@ -194,13 +195,17 @@ def test_a_finite_source_ends_in_a_reported_state_and_the_agent_stays_up(tmp_pat
                 return hits[0] if hits else None
             return found
 
+        def deploy(sequence: int, job: str) -> None:
+            bundle = world["bundles"][sequence]  # type: ignore[index]
+            command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, sequence, job)
+            transport.inbox.put(Received(topics.commands("fridge-7"), signed(command, operator_key(a))))
+            for frame in frames:
+                transport.inbox.put(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
+
+        deploy(4, "job-first")
         ended = transport.wait_for(event(lambda e: isinstance(e, ErrorEvent) and e.code == "source_ended"), 60)
         assert ended is not None and thread.is_alive(), "the end of the folder was never reported (or the agent died)"
-        bundle = world["bundles"][5]  # type: ignore[index]
-        command, frames = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-after-end")
-        transport.inbox.put(Received(topics.commands("fridge-7"), signed(command, operator_key(a))))
-        for frame in frames:
-            transport.inbox.put(Received(topics.group_chunks("eu", command.artifact.sha256), frame))
+        deploy(5, "job-after-end")
         handled = transport.wait_for(event(lambda e: isinstance(e, JobEvent) and e.job_id == "job-after-end" and (
             e.state.terminal or e.state is JobState.PROBATION)), 60)
         assert handled is not None, "the deploy after the end was not handled"
@@ -211,3 +216,41 @@ def test_a_finite_source_ends_in_a_reported_state_and_the_agent_stays_up(tmp_pat
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+def test_without_a_bundle_the_source_is_watched_and_no_frame_is_taken(tmp_path: Path,
+                                                                        world: dict[str, object]) -> None:
+    """While no bundle is active the agent checks its source (a folder that vanishes is reported once,
+    its return noticed after the backoff) but reads no frame: a folder of 3 images read once (loop =
+    false) still gives all 3 to the bundle that arrives later."""
+    from agent.health import read_health, reopening
+    from contract.events import ErrorEvent
+
+    root: Path = world["root"]  # type: ignore[assignment]
+    frames, away = tmp_path / "frames", tmp_path / "away"
+    write_dataset(frames, 3, seed=4)
+    now = [0.0]
+    config = AgentConfig(device_id="fridge-7", groups=["eu"], data_dir=tmp_path / "data",
+                         trusted_keys=[root / "keys" / "ops.pub"])
+    transport = MemoryTransport()
+    a = Agent(config, transport, reopening("folder", str(frames), False, 4096 * 4096, clock=lambda: now[0]))
+    a.handle(Connected())
+    assert [a.infer_once() for _ in range(5)] == ["no active bundle"] * 5
+    assert read_health(config.data_dir)["source"] == "ok"  # type: ignore[index]
+    frames.rename(away)
+    gone = [a.infer_once() for _ in range(3)]
+    assert all(str(s).startswith("the frame source is unavailable") and "does not exist" in str(s) for s in gone), gone
+    faults = [e for e in map(decode_event, t_events(transport)) if isinstance(e, ErrorEvent)]
+    assert [e.code for e in faults] == ["source_unavailable"]  # once, not once per interval
+    away.rename(frames)
+    assert str(a.infer_once()).startswith("the frame source is unavailable")  # within the backoff: not checked
+    now[0] += 1.0
+    assert a.infer_once() == "no active bundle"
+    assert read_health(config.data_dir)["source"] == "ok"  # type: ignore[index]
+    deliver(a, world["bundles"][5], 5, "job-idle")  # type: ignore[index]
+    said = [a.infer_once() for _ in range(4)]
+    assert a.window.inferences == 3 and "all 3 images were read" in str(said[-1]), said
+
+
+def t_events(transport: MemoryTransport) -> list[bytes]:
+    return transport.on(topics.events("fridge-7"))
