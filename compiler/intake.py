@@ -52,7 +52,9 @@ def resolve(source: str, description: Path | None, workdir: Path, tracking_uri: 
             shape = [1, 3, pre.height, pre.width] if nchw else [1, pre.height, pre.width, 3]
             path = export_pytorch(got.path, workdir / "source" / "exported.onnx", desc.input.name, shape, opset)
         check_description(path, desc)
-        info = ModelSource(name=got.name, version=got.version, source_uri=source, sha256=_sha256(path))
+        # the version an alias resolved to, not the alias: models:/name@champion moves on
+        info = ModelSource(name=got.name, version=got.version, source_uri=got.resolved_uri or source,
+                           sha256=_sha256(path))
         return Source(path, info, desc)
     path = Path(source)
     if is_hf_model(path):
