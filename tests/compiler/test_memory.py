@@ -20,7 +20,8 @@ def _widening(path: Path, channels: int) -> Path:
              numpy_helper.from_array(rng.normal(0, 1, (3, channels, 1, 1)).astype(np.float32), "w2")]
     nodes = [helper.make_node("Conv", ["image", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
              helper.make_node("Conv", ["b", "w2"], ["out"])]
-    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 64])],
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 64])
+    graph = helper.make_graph(nodes, "wide", [image],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 64, 64])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
