@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import stats as agent_stats
 from agent.model import LoadedModel
+from agent.runtimes.tensorrt import ENGINE_CONFIG
 from agent.selftest import output_stride, run_golden
 from compiler.evaluate import ImageSet, run_model
 from compiler.memory import Memory
@@ -153,10 +154,10 @@ def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfi
     model_name = "model" + result.final.model.suffix
     shutil.copy(result.final.model, directory / model_name)
     files = [file_entry(directory, model_name, "model")]
-    extras = result.final.model.parent / EXTRAS
-    for extra in sorted(extras.glob("*")) if extras.is_dir() else []:
+    extra = result.final.model.parent / EXTRAS / ENGINE_CONFIG
+    if extra.is_file():  # only the build settings: an engine is built by the device, never bundled
         shutil.copy(extra, directory / extra.name)
-        files.append(file_entry(directory, extra.name, "engine_config" if extra.suffix == ".json" else "other"))
+        files.append(file_entry(directory, extra.name, "engine_config"))
     golden = _golden(result, target, evaluation, directory, golden_cases)
     files.append(file_entry(directory, GOLDEN_FILE, "golden"))
     manifest = Manifest(
