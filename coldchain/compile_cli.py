@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,13 +22,17 @@ from contract.errors import ContractError
 app = typer.Typer(help="Compile a model into signed per-target bundles, with proof that accuracy survived.")
 
 
-def _steps_table(title: str, steps: list) -> Table:  # type: ignore[type-arg]
+def _steps_table(title: str, steps: list, memory: list | None = None) -> Table:  # type: ignore[type-arg]
     table = Table(title=title)
-    for col in ("step", "size", "params", "GFLOPs", "fidelity", "accuracy", "p50 ms", "p95 ms", "budget", "note"):
+    for col in ("step", "size", "params", "GFLOPs", "weights in memory", "peak memory", "fidelity", "accuracy",
+                "p50 ms", "p95 ms", "budget", "note"):
         table.add_column(col, justify="left" if col in ("step", "note", "budget") else "right")
-    for s in steps:
+    memory = memory or []
+    for i, s in enumerate(steps):
+        mem = [f"{memory[i].weights_bytes / 1024:.0f} KiB", f"{memory[i].peak_bytes / 2**20:.1f} MiB"] \
+            if i < len(memory) else ["-", "-"]
         table.add_row(s.name, f"{s.stats.size_bytes / 1024:.0f} KiB", f"{s.stats.parameters:,}",
-                      f"{s.stats.flops / 1e9:.3f}", f"{s.fidelity:.4f}",
+                      f"{s.stats.flops / 1e9:.3f}", *mem, f"{s.fidelity:.4f}",
                       "-" if s.accuracy is None else f"{s.accuracy:.4f}", f"{s.latency_p50:.2f}",
                       f"{s.latency_p95:.2f}", "[green]ok[/]" if s.within_budget else "[red]over[/]", s.note)
     return table
@@ -53,6 +58,13 @@ def compile(
     min_fidelity: Annotated[float | None, typer.Option(min=0.0, max=1.0,
                                                        help="Override the budget's fidelity.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the calibration/evaluation split.")] = 0,
+    champion: Annotated[str | None, typer.Option(
+        help="Production model to compare with when the evaluation images have labels (default, with "
+             "--mlflow-uri: models:/<model name>@champion).")] = None,
+    allow_regression: Annotated[bool, typer.Option(
+        help="Ship even when the bundle is less accurate than the champion by more than the budget.")] = False,
+    keep_work: Annotated[bool, typer.Option(help="Keep <out>/.work (every step's model) after a successful "
+                                                 "compile.")] = False,
 ) -> None:
     """Quantize, prune and convert for each target; measure every step; sign and bundle.
 
@@ -76,14 +88,41 @@ def compile(
 
             sequence = next_sequence(stream, mlflow_uri, time.time())
         console.print(f"stream [bold]{escape(stream)}[/], sequence {sequence}")
+        best = _champion(champion, src, ev, out, mlflow_uri, profiles)
     # each target on its own: one that fails is reported and the others go on
-    outcomes = [compile_one(src, profile, cal, ev, signing_key, out, sequence, stream, mlflow_uri)
-                for profile in profiles]
+    outcomes = [compile_one(src, profile, cal, ev, signing_key, out, sequence, stream, mlflow_uri, best,
+                            allow_regression) for profile in profiles]
     console.print(_summary(outcomes))
     failed = [o for o in outcomes if o.failure is not None]
+    if not failed and not keep_work:
+        shutil.rmtree(out / ".work", ignore_errors=True)  # every step's model: ~220 MB per NanoDet target
+    elif failed:
+        console.print(f"work files and logs kept in {out / '.work'}")
     if failed:
         raise fail(f"{len(failed)} of {len(outcomes)} targets failed: "
                    + "; ".join(f"{o.profile.name} ({o.failure.log})" for o in failed))  # type: ignore[union-attr]
+
+
+def _champion(uri: str | None, src, ev, out: Path, mlflow_uri: str | None,  # type: ignore[no-untyped-def]
+              profiles: list) -> Any:  # type: ignore[type-arg]
+    """The production model measured on the evaluation images, or None (and a line saying why)."""
+    from compiler import champion
+
+    if mlflow_uri is None and uri is None:
+        return None
+    if mlflow_uri is None:
+        raise CompilerError(f"--champion {uri} needs --mlflow-uri")
+    best, why = champion.find(uri or champion.default_uri(src.info.name), mlflow_uri, src.description, ev,
+                              out / ".work" / "champion", max(p.opset for p in profiles),
+                              max(p.host_threads for p in profiles))
+    if best is None and uri is not None:
+        raise CompilerError(why)  # asked for by name: no silent skip
+    if best is None:
+        console.print(why)
+    else:
+        console.print(f"champion {best.uri} = {best.resolved}: accuracy {best.accuracy:.4f} on the "
+                      f"{len(ev.paths)} evaluation images")
+    return best
 
 
 def _stream(name: str) -> str:
@@ -111,34 +150,44 @@ class Outcome:
     result: Any = None  # CompileResult when it succeeded
     bundle: Any = None
     failure: Failure | None = None
+    review: Any = None  # compiler.review.Review when it succeeded
 
 
 def _summary(outcomes: list[Outcome]) -> Table:
     summary = Table(title="Bundles")
     for col in ("target", "outcome", "bundle", "model", "model vs float", "bundle .tar.gz", "bundle vs float",
-                "fidelity", "latency vs float", "kept in float"):
+                "in memory vs float", "peak memory vs float", "fidelity", "latency vs float", "kept in float",
+                "vs champion"):
         summary.add_column(col)
     for o in outcomes:
         if o.failure is not None:
             summary.add_row(o.profile.name, f"[red]FAILED[/] at {escape(o.failure.stage)}: {escape(o.failure.reason)}",
-                            str(o.failure.log), *[""] * 7)
+                            str(o.failure.log), *[""] * 10)
             continue
         first, last = o.result.float_step, o.result.final
         packed = o.bundle.tarball.stat().st_size
+        mem_first, mem_last = o.review.memory[0], o.review.memory[-1]
+        comparison = o.review.champion
         summary.add_row(o.profile.name, "[green]ok[/]", str(o.bundle.tarball),
                         f"{last.stats.size_bytes / 1024:.0f} KiB",
                         f"{last.stats.size_bytes / first.stats.size_bytes:.2f}x", f"{packed / 1024:.0f} KiB",
-                        f"{packed / first.stats.size_bytes:.2f}x", f"{last.fidelity:.4f}",
-                        f"{last.latency_p50 / first.latency_p50:.2f}x", str(len(o.result.kept_in_float)))
+                        f"{packed / first.stats.size_bytes:.2f}x",
+                        f"{mem_last.weights_bytes / max(mem_first.weights_bytes, 1):.2f}x",
+                        f"{mem_last.peak_bytes / max(mem_first.peak_bytes, 1):.2f}x "
+                        f"({mem_last.peak_bytes / 2**20:.1f} MiB)",
+                        f"{last.fidelity:.4f}", f"{last.latency_p50 / first.latency_p50:.2f}x",
+                        str(len(o.result.kept_in_float)),
+                        "-" if comparison is None else f"{-comparison.drop:+.4f} ({comparison.champion.resolved})")
     return summary
 
 
 def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  # type: ignore[no-untyped-def]
-                stream: str, mlflow_uri: str | None) -> Outcome:
+                stream: str, mlflow_uri: str | None, champion: Any = None, allow_regression: bool = False) -> Outcome:
     """One target: pipeline, signed bundle, MLflow run. A failure is caught, logged in full on disk,
     recorded as a FAILED MLflow run, and returned: the other targets go on."""
     from compiler.bundle import write_bundle
     from compiler.pipeline import Pipeline
+    from compiler.review import review
 
     started = time.perf_counter()
     workdir = out / ".work" / f"{src.info.name}-{profile.name}"
@@ -158,13 +207,19 @@ def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  #
         bundle_name = f"{src.info.name}--{profile.name}"
         best = None  # a BudgetError's best attempt, shown in the failed target's step table
         failure: Failure | None = None
+        found = None
         try:
             result = pipeline.run(src.path)
+            pipeline.report("measuring memory, checking the float model and the champion")
+            found = review(result, src.description, ev, profile, champion, allow_regression)
+            pipeline.stage = "comparing with the champion"
+            found.check()
             pipeline.report("writing the signed bundle")
-            bundle = write_bundle(result, src.info, profile, cal, ev, signing_key, out, sequence, stream=stream)
+            bundle = write_bundle(result, src.info, profile, cal, ev, signing_key, out, sequence, stream=stream,
+                                  memory=found.memory)
             if mlflow_uri:
                 pipeline.report("recording the compile in MLflow")
-                _record(mlflow_uri, out, src, profile, result, bundle, bundle_name)
+                _record(mlflow_uri, src, profile, result, bundle, bundle_name, found)
         except Exception as exc:  # one target's failure, whatever it is, must not stop the others
             expected = isinstance(exc, CompilerError | AgentError | ContractError)
             words = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
@@ -177,27 +232,39 @@ def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  #
     if best is not None and best not in steps:
         steps.append(best)
     title = f"{src.info.name} -> {profile.name} ({seconds:.0f} s)" + (" [red]FAILED[/]" if failure else "")
-    if steps:
-        console.print(_steps_table(title, steps))
+    _print_steps(title, steps, found, profile.name)
     if failure is not None:
         err_console.print(f"[bold red]error:[/] {escape(profile.name)}: failed at {escape(failure.stage)}: "
                           f"{escape(failure.reason)} (full log: {failure.log})", highlight=False)
         if mlflow_uri:
-            _record_failure(mlflow_uri, out, src, profile, steps, failure)
+            _record_failure(mlflow_uri, src, profile, steps, failure)
         return Outcome(profile, failure=failure)
     if result.kept_in_float:
         console.print("kept in float: " + ", ".join(
             f"{name} (error {err:.4f})" for name, err in result.kept_in_float))
-    return Outcome(profile, result, bundle)
+    return Outcome(profile, result, bundle, review=found)
 
 
-def _step_metrics(steps: list) -> list[dict[str, float]]:  # type: ignore[type-arg]
+def _print_steps(title: str, steps: list, found: Any, target: str) -> None:  # type: ignore[type-arg]
+    """The step table, the comparison with the champion and the warnings of one target."""
+    if steps:
+        console.print(_steps_table(title, steps, found.memory if found is not None else None))
+    if found is not None and found.champion is not None:
+        console.print(f"{target}: {found.champion.line()}")
+    for warning in found.warnings if found is not None else []:
+        err_console.print(f"[bold yellow]warning:[/] {escape(target)}: {escape(warning)}", highlight=False)
+
+
+def _step_metrics(steps: list, memory: list | None = None) -> list[dict[str, float]]:  # type: ignore[type-arg]
+    memory = memory or []
     return [{"size_bytes": s.stats.size_bytes, "parameters": s.stats.parameters, "flops": s.stats.flops,
              "fidelity": s.fidelity, "latency_p50_ms": s.latency_p50, "latency_p95_ms": s.latency_p95,
-             **({"accuracy": s.accuracy} if s.accuracy is not None else {})} for s in steps]
+             **({"accuracy": s.accuracy} if s.accuracy is not None else {}),
+             **({"weights_bytes": memory[i].weights_bytes, "peak_memory_bytes": memory[i].peak_bytes}
+                if i < len(memory) else {})} for i, s in enumerate(steps)]
 
 
-def _record_failure(uri: str, out: Path, src, profile, steps: list,  # type: ignore[no-untyped-def,type-arg]
+def _record_failure(uri: str, src, profile, steps: list,  # type: ignore[no-untyped-def,type-arg]
                     failure: Failure) -> None:
     """A failed target is an MLflow run too: status FAILED, the reason as a tag, the log as an artifact."""
     from compiler.registry import record_failed_compile
@@ -207,21 +274,22 @@ def _record_failure(uri: str, out: Path, src, profile, steps: list,  # type: ign
             "coldchain.failure": failure.reason[:5000]}
     params = {"target": profile.name, "source": src.info.source_uri}
     try:
-        record_failed_compile(uri, out / "mlartifacts", src.info.name, profile.name, _step_metrics(steps), params,
-                              tags, failure.log)
+        record_failed_compile(uri, src.info.name, profile.name, _step_metrics(steps), params, tags, failure.log)
     except Exception as exc:  # the registry being down must not hide the compile's own failure
         err_console.print(f"[yellow]warning:[/] could not record the failed compile in MLflow: {first_line(exc)}")
 
 
-def _record(uri: str, out: Path, src, profile, result, bundle, bundle_name: str) -> None:  # type: ignore[no-untyped-def]
+def _record(uri: str, src, profile, result, bundle, bundle_name: str,  # type: ignore[no-untyped-def]
+            found) -> None:
     from compiler.registry import record_compile
 
-    steps = _step_metrics(result.steps)
+    steps = _step_metrics(result.steps, found.memory)
     params = {"target": profile.name, "passes": ",".join(s.name for s in result.steps[1:]),
               "source": src.info.source_uri, "sequence": bundle.manifest.sequence}
     tags = {"coldchain.source_model": src.info.name, "coldchain.source_version": src.info.version,
             "coldchain.sequence": str(bundle.manifest.sequence), "coldchain.target": profile.name,
             "coldchain.stream": bundle.manifest.stream_name,
-            "coldchain.manifest_sha256": bundle.ref.sha256}
-    record_compile(uri, out / "mlartifacts", src.info.name, profile.name, steps, params, bundle.tarball,
-                   bundle_name, tags)
+            "coldchain.manifest_sha256": bundle.ref.sha256,
+            **({"coldchain.warnings": " | ".join(found.warnings)[:5000]} if found.warnings else {}),
+            **({"coldchain.champion": found.champion.line()[:5000]} if found.champion is not None else {})}
+    record_compile(uri, src.info.name, profile.name, steps, params, bundle.tarball, bundle_name, tags)

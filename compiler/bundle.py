@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import stats as agent_stats
 from agent.model import LoadedModel
+from agent.runtimes.tensorrt import ENGINE_CONFIG
 from agent.selftest import output_stride, run_golden
 from compiler.evaluate import ImageSet, run_model
+from compiler.memory import Memory
 from compiler.passes.tensorrt import EXTRAS
 from compiler.pipeline import CompileResult, evaluation_runtime
 from compiler.target import TargetProfile
@@ -112,22 +115,25 @@ def _reference(result: CompileResult, target: TargetProfile, calibration: ImageS
     )
 
 
-def _metrics(result: CompileResult, target: TargetProfile) -> Metrics:
+def _metrics(result: CompileResult, target: TargetProfile, memory: Sequence[Memory] = ()) -> Metrics:
     host = f"{platform.machine()} {platform.processor() or platform.system()}".strip()
 
-    def measures(step_fidelity: float, accuracy: float | None) -> dict[str, float]:
+    def measures(step_fidelity: float, accuracy: float | None, mem: Memory | None) -> dict[str, float]:
         out = {"fidelity": round(step_fidelity, 6)}
         if accuracy is not None:
             out["accuracy"] = round(accuracy, 6)
+        if mem is not None:  # in-memory weights and peak working memory of one inference (compiler.memory)
+            out |= {"weights_bytes": mem.weights_bytes, "peak_memory_bytes": mem.peak_bytes}
         return out
 
     first, last = result.float_step, result.final
+    first_mem, last_mem = (memory[0], memory[-1]) if memory else (None, None)
     return Metrics(
-        float_metrics=measures(first.fidelity, first.accuracy) | {"parameters": first.stats.parameters,
-                                                                   "flops": first.stats.flops},
-        compiled_metrics=measures(last.fidelity, last.accuracy) | {"parameters": last.stats.parameters,
-                                                                    "flops": last.stats.flops,
-                                                                    "sparsity": round(last.stats.sparsity, 6)},
+        float_metrics=measures(first.fidelity, first.accuracy, first_mem) | {"parameters": first.stats.parameters,
+                                                                              "flops": first.stats.flops},
+        compiled_metrics=measures(last.fidelity, last.accuracy, last_mem) | {
+            "parameters": last.stats.parameters, "flops": last.stats.flops,
+            "sparsity": round(last.stats.sparsity, 6)},
         float_size_bytes=first.stats.size_bytes, compiled_size_bytes=last.stats.size_bytes,
         float_latency=LatencyMeasure(p50_ms=first.latency_p50, p95_ms=first.latency_p95, host=host,
                                      threads=target.host_threads),
@@ -138,8 +144,9 @@ def _metrics(result: CompileResult, target: TargetProfile) -> Metrics:
 
 def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfile, calibration: ImageSet,
                  evaluation: ImageSet, key: Ed25519PrivateKey, out_dir: Path, sequence: int,
-                 golden_cases: int = 3, stream: str | None = None) -> Bundle:
-    """``sequence`` must grow within ``stream`` (default: the model's name; see compiler.sequence)."""
+                 golden_cases: int = 3, stream: str | None = None, memory: Sequence[Memory] = ()) -> Bundle:
+    """``sequence`` must grow within ``stream`` (default: the model's name; see compiler.sequence);
+    ``memory``, per step (``compiler.review``), puts the float and compiled figures in the metrics."""
     stem = f"{source.name}-{source.version}-{target.name}-{sequence}"
     directory = out_dir / stem
     shutil.rmtree(directory, ignore_errors=True)
@@ -147,10 +154,10 @@ def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfi
     model_name = "model" + result.final.model.suffix
     shutil.copy(result.final.model, directory / model_name)
     files = [file_entry(directory, model_name, "model")]
-    extras = result.final.model.parent / EXTRAS
-    for extra in sorted(extras.glob("*")) if extras.is_dir() else []:
+    extra = result.final.model.parent / EXTRAS / ENGINE_CONFIG
+    if extra.is_file():  # only the build settings: an engine is built by the device, never bundled
         shutil.copy(extra, directory / extra.name)
-        files.append(file_entry(directory, extra.name, "engine_config" if extra.suffix == ".json" else "other"))
+        files.append(file_entry(directory, extra.name, "engine_config"))
     golden = _golden(result, target, evaluation, directory, golden_cases)
     files.append(file_entry(directory, GOLDEN_FILE, "golden"))
     manifest = Manifest(
@@ -165,7 +172,7 @@ def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfi
         passes=[PassRecord(name=s.name, config=s.config) for s in result.steps[1:]],
         toolchain=toolchain(),
         calibration_sha256=calibration.sha256,
-        metrics=_metrics(result, target),
+        metrics=_metrics(result, target, memory),
         golden=golden,
         reference=_reference(result, target, calibration),
     )

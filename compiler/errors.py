@@ -7,7 +7,9 @@ CompilerError                 anything the compiler refuses or cannot do
 ├── UnsupportedOpsError       ops the target runtime cannot run (named in the message)
 ├── CalibrationError          too few or unreadable calibration / evaluation images
 ├── PassError                 a pass that failed or was configured wrongly
-└── BudgetError               no configuration meets the accuracy budget (``best`` holds the best found)
+├── BudgetError               no configuration meets the accuracy budget (``best`` holds the best found)
+└── RegressionError           the bundle is less accurate than the production model (champion) by more
+                              than the target's budget
 
 Bundles that fail verification raise ``contract.errors.BundleError`` (shared with the agent).
 """
@@ -57,3 +59,7 @@ class BudgetError(CompilerError):
     def __init__(self, message: str, best: Any = None) -> None:
         self.best = best
         super().__init__(message)
+
+
+class RegressionError(CompilerError):
+    """The compiled model is further below the registry's production model than the budget allows."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from compiler import onnxio
+from compiler.checks import check_description
 from compiler.description import ModelDescription, load_description, parse_description
 from compiler.errors import DescriptionError, ModelLoadError
 from compiler.hf_export import export_hf, is_hf_model
@@ -51,8 +51,10 @@ def resolve(source: str, description: Path | None, workdir: Path, tracking_uri: 
             nchw = desc.input.layout.value == "NCHW"
             shape = [1, 3, pre.height, pre.width] if nchw else [1, pre.height, pre.width, 3]
             path = export_pytorch(got.path, workdir / "source" / "exported.onnx", desc.input.name, shape, opset)
-        onnxio.load(path)
-        info = ModelSource(name=got.name, version=got.version, source_uri=source, sha256=_sha256(path))
+        check_description(path, desc)
+        # the version an alias resolved to, not the alias: models:/name@champion moves on
+        info = ModelSource(name=got.name, version=got.version, source_uri=got.resolved_uri or source,
+                           sha256=_sha256(path))
         return Source(path, info, desc)
     path = Path(source)
     if is_hf_model(path):
@@ -62,7 +64,8 @@ def resolve(source: str, description: Path | None, workdir: Path, tracking_uri: 
                              "models:/name@alias or runs:/run-id/path)")
     if description is None:
         raise DescriptionError(f"{source} needs a model description: pass --description model.yaml")
-    onnxio.load(path)
+    desc = load_description(description)
+    check_description(path, desc)
     digest = _sha256(path)
     info = ModelSource(name=path.stem, version=digest[:12], source_uri=path.resolve().as_uri(), sha256=digest)
-    return Source(path, info, load_description(description))
+    return Source(path, info, desc)

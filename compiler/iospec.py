@@ -17,10 +17,15 @@ _ONNX_TYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorPro
                onnx.TensorProto.INT64: "int64"}
 
 
+def onnx_dtype(elem_type: int) -> str:
+    """The numpy name of an ONNX element type (float32 for types a manifest cannot name)."""
+    return _ONNX_TYPES.get(elem_type, "float32")
+
+
 def _spec(value: onnx.ValueInfoProto, layout: Layout | None = None) -> TensorSpec:
     t = value.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-    dtype: Any = _ONNX_TYPES.get(t.elem_type, "float32")
+    dtype: Any = onnx_dtype(t.elem_type)
     return TensorSpec(name=value.name, shape=dims, dtype=dtype, layout=layout)
 
 

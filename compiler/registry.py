@@ -38,11 +38,23 @@ def sqlite_uri(workspace: Path) -> str:
     return f"sqlite:///{(workspace / 'mlflow.db').resolve()}"
 
 
-def _experiment(mlflow: Any, name: str, artifacts: Path | None) -> str:
+def artifact_root(tracking_uri: str) -> Path | None:
+    """Where a new experiment's artifacts go, as the tracking store says: beside a SQLite database
+    (``<its folder>/mlartifacts``), else where the store or server puts them (MLflow's default:
+    inside a file store, the server's artifact root). Never where some compile's --out was: the
+    first compile used to fix every later run's artifact location under its own output folder."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+    return None
+
+
+def _experiment(mlflow: Any, name: str, artifacts: Path | None = None) -> str:
+    """The experiment ``name``; a new one stores its artifacts in ``<artifacts or artifact_root>/<name>``."""
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)
-    location = artifacts.resolve().as_uri() if artifacts is not None else None
+    root = artifacts if artifacts is not None else artifact_root(mlflow.get_tracking_uri())
+    location = (root / name).resolve().as_uri() if root is not None else None
     return str(mlflow.create_experiment(name, artifact_location=location))
 
 
@@ -60,7 +72,7 @@ def register_model(tracking_uri: str, model: Path, name: str, description_text: 
     import onnx
 
     proto = onnx.load(str(model))
-    experiment = _experiment(mlflow, REGISTER_EXPERIMENT, artifacts and artifacts / REGISTER_EXPERIMENT)
+    experiment = _experiment(mlflow, REGISTER_EXPERIMENT, artifacts)
     with mlflow.start_run(experiment_id=experiment, run_name=f"register {name}"):
         mlflow.log_text(description_text, "model.yaml")
         info = mlflow.onnx.log_model(proto, name="model", registered_model_name=name,
@@ -78,6 +90,7 @@ class Downloaded:
     version: str
     description_text: str | None
     flavor: str = "onnx"
+    resolved_uri: str = ""  # models:/name/3 for models:/name@alias (what the manifest records)
 
 
 def download_model(tracking_uri: str, uri: str, destination: Path) -> Downloaded:
@@ -103,21 +116,21 @@ def download_model(tracking_uri: str, uri: str, destination: Path) -> Downloaded
     except MlflowException as exc:
         raise ModelLoadError(f"MLflow cannot resolve {uri}: {exc.message}") from exc
     if local.is_file():
-        return Downloaded(local, name, version, description)
+        return Downloaded(local, name, version, description, resolved_uri=uri)
     onnx_files = sorted(local.rglob("*.onnx"))
     if onnx_files:
-        return Downloaded(onnx_files[0], name, version, description)
+        return Downloaded(onnx_files[0], name, version, description, resolved_uri=uri)
     if (local / "MLmodel").exists() and "pytorch" in (local / "MLmodel").read_text():
-        return Downloaded(local, name, version, description, flavor="pytorch")
+        return Downloaded(local, name, version, description, flavor="pytorch", resolved_uri=uri)
     raise ModelLoadError(f"{uri} holds no ONNX model and no PyTorch model that coldchain can export")
 
 
-def record_compile(tracking_uri: str, artifacts: Path | None, source: str, target: str, steps: list[dict[str, Any]],
+def record_compile(tracking_uri: str, source: str, target: str, steps: list[dict[str, Any]],
                    params: dict[str, Any], bundle_tarball: Path, bundle_model_name: str,
                    tags: dict[str, str]) -> Registered:
     """One MLflow run per compile; the bundle is logged and registered as ``bundle_model_name``."""
     mlflow = _mlflow(tracking_uri)
-    experiment = _experiment(mlflow, COMPILE_EXPERIMENT, artifacts and artifacts / COMPILE_EXPERIMENT)
+    experiment = _experiment(mlflow, COMPILE_EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment, run_name=f"{source} -> {target}") as run:
         _log_steps(mlflow, params, steps, tags)
         mlflow.log_artifact(str(bundle_tarball), "bundle")
@@ -138,13 +151,12 @@ def _log_steps(mlflow: Any, params: dict[str, Any], steps: list[dict[str, Any]],
     mlflow.set_tags(tags)
 
 
-def record_failed_compile(tracking_uri: str, artifacts: Path | None, source: str, target: str,
-                          steps: list[dict[str, Any]], params: dict[str, Any], tags: dict[str, str],
-                          log: Path) -> str:
+def record_failed_compile(tracking_uri: str, source: str, target: str, steps: list[dict[str, Any]],
+                          params: dict[str, Any], tags: dict[str, str], log: Path) -> str:
     """A compile that failed is a run too, with status FAILED, the steps measured before it stopped,
     the reason in its tags and the full log as an artifact. Returns the run id."""
     mlflow = _mlflow(tracking_uri)
-    experiment = _experiment(mlflow, COMPILE_EXPERIMENT, artifacts and artifacts / COMPILE_EXPERIMENT)
+    experiment = _experiment(mlflow, COMPILE_EXPERIMENT)
     run = mlflow.start_run(experiment_id=experiment, run_name=f"{source} -> {target} (failed)")
     try:
         _log_steps(mlflow, params, steps, tags)

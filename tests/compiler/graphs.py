@@ -60,8 +60,8 @@ def run(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])
 
 
-def shufflenet_units(path: Path, k: int = 4, seed: int = 0, opset: int = 17) -> Path:
-    """A stem, two ShuffleNet v2 units and a stage end, image [1,3,8,8] -> [1,2k,8,8] and [1,3,8,8].
+def shufflenet_units(path: Path, k: int = 4, seed: int = 0, opset: int = 17, units: int = 2) -> Path:
+    """A stem, ``units`` ShuffleNet v2 units (default two) and a stage end, image [1,3,8,8] -> [1,2k,8,8] and [1,3,8,8].
 
     Each unit: Split in halves, branch Conv1x1 -> LeakyRelu -> depthwise 3x3 -> Conv1x1 -> LeakyRelu
     on the second half, Concat with the first, then the two-group channel shuffle
@@ -99,7 +99,7 @@ def shufflenet_units(path: Path, k: int = 4, seed: int = 0, opset: int = 17) -> 
         return name
 
     x = leaky(conv("stem", "image", c, 3, kernel=3))
-    for u in range(2):
+    for u in range(units):
         inits.append(numpy_helper.from_array(np.array([k, k], np.int64), f"u{u}_halves"))
         nodes.append(helper.make_node("Split", [x, f"u{u}_halves"], [f"u{u}_x1", f"u{u}_x2"], name=f"u{u}_split",
                                       axis=1))

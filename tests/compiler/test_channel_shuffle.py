@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from compiler.graph import stats
 from compiler.passes import get_pass
 from compiler.passes.channel_shuffle import fold_shuffles
 from tests.compiler.graphs import shufflenet_units
@@ -33,15 +34,38 @@ def test_fold_is_exact_and_removes_every_shuffle(tmp_path: Path) -> None:
         np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
     ops = Counter(n.op_type for n in onnx.load(str(folded)).graph.node)
     assert ops["Transpose"] == 0 and ops["Reshape"] == 0
-    names = [n.name for n in onnx.load(str(folded)).graph.node]
-    # unit 0's first half feeds unit 1's Concat: one permutation Conv; every other reader absorbs
-    assert [n for n in names if n.endswith("_permute")] == ["u0_shuffle_t_lo_permute"]
+
+
+def test_fold_adds_no_parameters_and_no_convs(tmp_path: Path) -> None:
+    """Every shuffled channel ends in a Conv that absorbs the order: the Convs that make the
+    channels emit them in the order the Splits need, so no permutation Conv is added (they made
+    NanoDet's int8 model 25 % bigger in memory)."""
+    source, folded = _fold(tmp_path)
+    before, after = stats(source), stats(folded)
+    assert after.parameters == before.parameters
+    count = Counter(n.op_type for n in onnx.load(str(folded)).graph.node)
+    assert count["Conv"] == Counter(n.op_type for n in onnx.load(str(source)).graph.node)["Conv"]
+
+
+def test_a_long_stage_folds_exactly_down_to_one_channel_blocks(tmp_path: Path) -> None:
+    """Five units of 4 + 4 channels: a unit's channels reach Convs up to five units later, in
+    blocks of one or two channels; every shuffle goes, nothing computes more, outputs are equal."""
+    source = shufflenet_units(tmp_path / "long.onnx", units=5)
+    model = onnx.load(str(source))
+    assert fold_shuffles(model) == 5
+    onnx.save(model, str(tmp_path / "folded.onnx"))
+    for before, after in zip(_outputs(source), _outputs(tmp_path / "folded.onnx"), strict=True):
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    assert stats(tmp_path / "folded.onnx").parameters == stats(source).parameters
+    assert not {"Transpose", "Reshape"} & {n.op_type for n in model.graph.node}
 
 
 def test_excluded_shuffle_is_left_alone(tmp_path: Path) -> None:
+    """Unit 0's passthrough half flows into unit 1's shuffle: when that one stays, unit 0's order
+    cannot be absorbed by Convs either, so both stay (exact, and still no Conv added)."""
     source, folded = _fold(tmp_path, exclude_nodes=["u1_shuffle_t"])
     names = {n.name for n in onnx.load(str(folded)).graph.node}
-    assert "u1_shuffle_t" in names and "u0_shuffle_t" not in names
+    assert {"u1_shuffle_t", "u0_shuffle_t"} <= names
     for before, after in zip(_outputs(source), _outputs(folded), strict=True):
         np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
 
@@ -50,19 +74,18 @@ def test_shared_weights_are_not_permuted_in_place(tmp_path: Path) -> None:
     path = shufflenet_units(tmp_path / "units.onnx")
     model = onnx.load(str(path))
     # a second reader of unit 0's second shuffle half shares u1_pw1's weight: permuting that
-    # weight for one reader would corrupt the other, so the half is materialised instead
+    # weight for one reader would corrupt the other, so the shuffles are left as they are
     model.graph.node.append(onnx.helper.make_node("Conv", ["u1_x2", "u1_pw1_w"], ["extra"], name="extra"))
     model.graph.output.append(onnx.helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, [1, 4, 8, 8]))
     onnx.save(model, str(path))
     before = _outputs(path)
     weights = {i.name: onnx.numpy_helper.to_array(i).copy() for i in model.graph.initializer}
-    assert fold_shuffles(model) == 2
+    assert fold_shuffles(model) == 0
     onnx.save(model, str(tmp_path / "folded.onnx"))
     for a, b in zip(before, _outputs(tmp_path / "folded.onnx"), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
     after = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     np.testing.assert_array_equal(after["u1_pw1_w"], weights["u1_pw1_w"])
-    assert "u0_shuffle_t_hi_permute" in {n.name for n in model.graph.node}
 
 
 def test_int8_model_needs_fewer_layout_transposes(tmp_path: Path) -> None:

@@ -155,7 +155,7 @@ def test_tensorrt_int8_is_symmetric_explicit_qdq(tmp_path: Path) -> None:
     proto = onnx.load(str(out))
     zero_points = [numpy_helper.to_array(i) for i in proto.graph.initializer if i.name.endswith("zero_point")]
     assert zero_points and not any(z.any() for z in zero_points)  # symmetric: every zero point is 0
-    assert all(z.dtype in (np.int8, np.int32) for z in zero_points)  # int8 tensors, int32 biases
+    assert all(z.dtype == np.int8 for z in zero_points)  # int8 tensors only: biases stay float
     config = json.loads((out.parent / "bundle_extras" / "engine_config.json").read_text())
     assert config["int8"] and config["explicit_quantization"]
     assert config["profile"]["image"]["opt"] == [1, 3, 16, 16]
@@ -165,7 +165,8 @@ def test_tensorrt_engine_build_needs_tensorrt(tmp_path: Path) -> None:
     pytest.importorskip("tensorrt", reason="TensorRT is not installed here (no NVIDIA GPU / index)")
     model = small_cnn(tmp_path / "m.onnx", batch=1)
     out = _run_pass("tensorrt.prepare", model, tmp_path, precision="fp16", build_engine=True)
-    assert (out.parent / "bundle_extras" / "model.engine").stat().st_size > 0
+    assert (out.parent / "engine-check" / "model.engine").stat().st_size > 0
+    assert not list((out.parent / "bundle_extras").glob("*.engine"))  # never bundled
 
 
 def test_tensorrt_engine_build_reports_missing_tensorrt(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def test_a_registry_compile_after_a_file_compile_of_the_stream_is_newer(tmp_path
         tags = {"coldchain.source_model": name.split("--")[0], "coldchain.sequence": str(seq)}
         if stream_tag:
             tags["coldchain.stream"] = stream_tag
-        record_compile(uri, tmp_path / "art", name, "t", [], {}, tarball, name, tags)
+        record_compile(uri, name, "t", [], {}, tarball, name, tags)
     file_compiled = next_sequence("fridge", None, T)
     registry_compiled = next_sequence("fridge", uri, T + 0.002)
     assert registry_compiled > file_compiled
