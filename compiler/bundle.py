@@ -36,6 +36,7 @@ from contract.manifest import (
     RuntimeRequirement,
     TargetInfo,
     dump_manifest,
+    schema_for,
 )
 from contract.signing import sign
 
@@ -154,6 +155,7 @@ def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfi
     golden = _golden(result, target, evaluation, directory, golden_cases)
     files.append(file_entry(directory, GOLDEN_FILE, "golden"))
     manifest = Manifest(
+        schema_=schema_for(result.io),  # v3 unless the preprocessing needs v4: older agents still read it
         stream=stream or source.name,
         boards=target.board.names,
         sequence=sequence,
