@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import stats as agent_stats
 from agent.model import LoadedModel
+from agent.preprocess import seen
 from agent.selftest import output_stride, run_golden
 from compiler.evaluate import ImageSet, run_model
 from compiler.passes.tensorrt import EXTRAS
@@ -107,7 +108,8 @@ def _reference(result: CompileResult, target: TargetProfile, calibration: ImageS
     rates = {label: float(np.mean([label in p.labels for p in run.predictions])) for label in result.io.labels}
     return ReferenceProfile(
         samples=len(calibration.frames),
-        input_histograms=agent_stats.input_histograms([agent_stats.frame_stats(f) for f in calibration.frames]),
+        input_histograms=agent_stats.input_histograms([agent_stats.frame_stats(seen(f, result.io.preprocessing))
+                                                       for f in calibration.frames]),
         score_histogram=agent_stats.histogram(top, agent_stats.SCORE_EDGES),
         prediction_rates={k: v for k, v in rates.items() if v > 0},
     )
