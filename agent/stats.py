@@ -45,7 +45,7 @@ THUMBNAIL = 64
 def thumbnail(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """64x64 BGR: bilinear to 128x128 (a no-op for a 128x128 model input), then 2x2 area averaging."""
     if image.shape[:2] != (2 * THUMBNAIL, 2 * THUMBNAIL):
-        image = cv2.resize(image, (2 * THUMBNAIL, 2 * THUMBNAIL), interpolation=cv2.INTER_LINEAR)
+        image = np.asarray(cv2.resize(image, (2 * THUMBNAIL, 2 * THUMBNAIL), interpolation=cv2.INTER_LINEAR), np.uint8)
     return np.asarray(cv2.resize(image, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA), np.uint8)
 
 
