@@ -41,6 +41,7 @@ class Inference:
     outputs: Outputs
     model_ms: float  # the runtime alone
     total_ms: float  # preprocessing, runtime and postprocessing
+    seen: npt.NDArray[np.uint8] | None = None  # the frame as the model saw it (Letterbox.seen), for input statistics
 
 
 class LoadedModel:
@@ -82,7 +83,8 @@ class LoadedModel:
         started = time.perf_counter()
         x, place = self.prepare(frame)
         result = self.infer(x, place)
-        return Inference(result.prediction, result.outputs, result.model_ms, (time.perf_counter() - started) * 1000)
+        return Inference(result.prediction, result.outputs, result.model_ms, (time.perf_counter() - started) * 1000,
+                         place.seen)
 
     # ---- timing -----------------------------------------------------------------------------
     def blank(self) -> npt.NDArray[Any]:

@@ -60,14 +60,16 @@ class Window:
         self.errors[kind] += 1
 
     def inferred(self, frame: npt.NDArray[np.uint8], prediction: Prediction, latency_ms: float,
-                 model_ms: float | None = None) -> None:
+                 model_ms: float | None = None, seen: npt.NDArray[np.uint8] | None = None) -> None:
+        """One inference; input statistics from ``seen`` (what the model saw: ``Inference.seen``), else
+        from the frame itself."""
         self.inferences += 1
         self.latencies_ms.append(latency_ms)
         if model_ms is not None:
             self.model_ms.append(model_ms)
         self.predictions.update(prediction.labels)
         self.inventory = prediction.inventory
-        self.frames.append(stats.frame_stats(frame))
+        self.frames.append(stats.frame_stats(frame if seen is None else seen))
         self.top_scores.append(float(np.max(prediction.scores)) if prediction.scores.size else 0.0)
 
     def p95(self) -> float | None:

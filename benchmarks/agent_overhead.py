@@ -7,6 +7,12 @@ exists, the real NanoDet int8 bundle (compiled here, about a minute): decode (JP
 BGR), then preprocess + infer + postprocess + telemetry bookkeeping (what the agent does per
 frame, decode excluded), against the same model's bare run on an already prepared input.
 Also frames per second of the whole pipeline and the process RSS idle and busy.
+
+Where the target folds the normalisation into the model (``fold.normalize``), the bundle's
+"bare run" includes that normalisation; so each frame also times the unfolded model (the
+compile's step before the fold, written as a bundle of its own) bare on its normalised float
+input: "vs unfolded" is the agent's whole pipeline against the model's own work alone.
+Per frame, in turn: unfolded bare, bare, decode, pipeline.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +36,7 @@ from agent.telemetry import Window
 from compiler.bundle import write_bundle
 from compiler.description import load_description
 from compiler.evaluate import image_sets
+from compiler.iospec import io_for
 from compiler.pipeline import Pipeline
 from compiler.target import load_target
 from contract import signing
@@ -42,7 +50,8 @@ console = Console(width=160)
 
 
 def compile_bundle(name: str, source: Path, description: Path, calibration: Path, evaluation: Path | None,
-                   work: Path) -> Path:
+                   work: Path) -> tuple[Path, Path]:
+    """The bundle, and the bundle of the step before ``fold.normalize`` (the same bundle without one)."""
     desc = load_description(description)
     cal, ev, _ = image_sets(calibration, evaluation, 100, 0, desc)
     target = load_target("arm64-cortex-a72-ort")
@@ -50,7 +59,12 @@ def compile_bundle(name: str, source: Path, description: Path, calibration: Path
                       progress=lambda m: console.log(f"{name}: {m}")).run(source)
     key = signing.generate_private_key()
     info = ModelSource(name=name, version="bench", source_uri=source.as_uri(), sha256="0" * 64)
-    return write_bundle(result, info, target, cal, ev, key, work / "bundles", 1).directory
+    bundle = write_bundle(result, info, target, cal, ev, key, work / "bundles", 1).directory
+    if result.final.name != "fold.normalize":
+        return bundle, bundle
+    steps = result.steps[:-1]
+    unfolded = replace(result, steps=steps, io=io_for(steps[-1].model, desc))
+    return bundle, write_bundle(unfolded, info, target, cal, ev, key, work / "unfolded", 1).directory
 
 
 def open_runtime_for(bundle: Path, threads: int):  # type: ignore[no-untyped-def]
@@ -60,34 +74,44 @@ def open_runtime_for(bundle: Path, threads: int):  # type: ignore[no-untyped-def
     return open_runtime(manifest.target.runtime.name, bundle / manifest.model_file.path, threads)
 
 
-def measure(name: str, bundle: Path, photos: list[bytes], frames: int, threads: int) -> dict[str, float]:
+def _open(bundle: Path, threads: int) -> LoadedBundle:
     from contract.manifest import load_manifest
 
-    loaded = LoadedBundle(bundle, load_manifest((bundle / "manifest.json").read_bytes()), "0" * 64,
-                          open_runtime_for(bundle, threads))
+    return LoadedBundle(bundle, load_manifest((bundle / "manifest.json").read_bytes()), "0" * 64,
+                        open_runtime_for(bundle, threads))
+
+
+def measure(bundles: tuple[Path, Path], photos: list[bytes], frames: int, threads: int) -> dict[str, float]:
+    loaded, unfolded = _open(bundles[0], threads), _open(bundles[1], threads)
     process = psutil.Process()
     ready, _ = loaded.prepare(decode(photos[0], 1 << 26))
+    ready_unfolded, _ = unfolded.prepare(decode(photos[0], 1 << 26))
     for _ in range(10):
         loaded.run(ready)
+        unfolded.run(ready_unfolded)
     rss_idle = process.memory_info().rss
-    bare, decoding, pipeline = [], [], []
+    bare, bare_unfolded, decoding, pipeline = [], [], [], []
     window = Window()
     for i in range(frames):
         started = time.perf_counter()
-        loaded.run(ready)  # the model alone
+        unfolded.run(ready_unfolded)  # the model alone, on its normalised float input
+        bare_unfolded.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        loaded.run(ready)  # the bundle's model alone
         bare.append(time.perf_counter() - started)
 
         started = time.perf_counter()
         frame = decode(photos[i % len(photos)], 1 << 26)
         decoded = time.perf_counter()
-        prediction = loaded.predict(frame).prediction  # the agent's one path
-        window.inferred(frame, prediction, 0.0)
+        result = loaded.predict(frame)  # the agent's one path
+        window.inferred(frame, result.prediction, 0.0, result.model_ms, result.seen)
         done = time.perf_counter()
         decoding.append(decoded - started)
         pipeline.append(done - decoded)
     rss_busy = process.memory_info().rss
     ms = lambda v: float(np.median(v)) * 1000  # noqa: E731
-    return {"bare": ms(bare), "pipeline": ms(pipeline), "decode": ms(decoding),
+    return {"bare": ms(bare), "unfolded": ms(bare_unfolded), "pipeline": ms(pipeline), "decode": ms(decoding),
             "fps": 1.0 / (float(np.median(pipeline)) + float(np.median(decoding))),
             "rss_idle": rss_idle / 2**20, "rss_busy": rss_busy / 2**20}
 
@@ -104,24 +128,24 @@ def main() -> None:
         write_dataset(work / "frames", 50, seed=32)
         fridge = compile_bundle("fridge", MODEL_FILE, DESCRIPTION_FILE, work / "cal", work / "frames", work)
         photos = [p.read_bytes() for p in sorted((work / "frames").glob("*.jpg"))]
-        results.append(("fridge int8 (256x192 JPEG frames)", measure("fridge", fridge, photos, args.frames,
-                                                                      args.threads)))
+        results.append(("fridge int8 (256x192 JPEG frames)", measure(fridge, photos, args.frames, args.threads)))
         if (SHARED / "nanodet").exists():
             nanodet = compile_bundle("nanodet", SHARED / "nanodet" / "object_detection_nanodet_2022nov.onnx",
                                      ROOT / "examples" / "nanodet" / "model.yaml", SHARED / "grocery" / "val", None,
                                      work)
             grocery = [p.read_bytes() for p in sorted((SHARED / "grocery" / "val").rglob("*.jpg"))[:50]]
-            results.append(("NanoDet int8 (grocery JPEG photos)", measure("nanodet", nanodet, grocery,
-                                                                          args.frames // 3, args.threads)))
+            results.append(("NanoDet int8 (grocery JPEG photos)", measure(nanodet, grocery, args.frames // 3,
+                                                                          args.threads)))
         else:
             console.print(f"[yellow]NanoDet skipped: {SHARED} is absent")
     table = Table(title=f"agent pipeline overhead on {platform.machine()}, {args.threads} threads (median per frame)")
-    for col in ("bundle", "bare run ms", "pipeline ms (no decode)", "ratio", "decode ms", "fps (all)",
-                "RSS idle MiB", "RSS busy MiB"):
+    for col in ("bundle", "bare run ms", "pipeline ms (no decode)", "ratio", "unfolded bare ms", "vs unfolded",
+                "decode ms", "fps (all)", "RSS idle MiB", "RSS busy MiB"):
         table.add_column(col, justify="right" if col != "bundle" else "left")
     for name, r in results:
         table.add_row(name, f"{r['bare']:.3f}", f"{r['pipeline']:.3f}", f"{r['pipeline'] / r['bare']:.2f}x",
-                      f"{r['decode']:.3f}", f"{r['fps']:.0f}", f"{r['rss_idle']:.0f}", f"{r['rss_busy']:.0f}")
+                      f"{r['unfolded']:.3f}", f"{r['pipeline'] / r['unfolded']:.2f}x", f"{r['decode']:.3f}",
+                      f"{r['fps']:.0f}", f"{r['rss_idle']:.0f}", f"{r['rss_busy']:.0f}")
     console.print(table)
 
 

@@ -51,9 +51,10 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
     """Create a rollout: pick the devices now and assign each to its wave (stored, so stable).
 
     Idempotent by ``rollout_id``. Devices already running the bundle are SKIPPED, and so are devices
-    whose agent is too old for the cloud's commands (``contract.versions.needs_new_agent``: the reason
-    says which protocol each speaks), outside the waves; if every selected device is such, it refuses,
-    naming them. Devices another unfinished rollout holds make it refuse, unless ``supersede`` (see
+    whose agent is too old for the cloud's commands or for the bundle's manifest schema
+    (``contract.versions.needs_new_agent``: the reason says which protocol each speaks), outside the
+    waves; if every selected device is such, it refuses, naming them. Devices another unfinished
+    rollout holds make it refuse, unless ``supersede`` (see
     the module's doc).
     """
     with sessions.begin() as session:
@@ -65,7 +66,8 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
         if not selected:
             raise RolloutError(f"the selector {plan.selector.model_dump(exclude_defaults=True) or 'everything'} "
                                "matches no device: check `coldchain fleet list`")
-        outdated = {d.id: why for d in selected if (why := needs_new_agent(d.protocol)) is not None}
+        schema = row.manifest.get("schema")
+        outdated = {d.id: why for d in selected if (why := needs_new_agent(d.protocol, schema)) is not None}
         devices = [d for d in selected if d.id not in outdated]
         if not devices:
             raise RolloutError(f"every selected device {_listed(sorted(outdated))} {next(iter(outdated.values()))}. "

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import stats as agent_stats
 from agent.model import LoadedModel
+from agent.preprocess import seen
 from agent.runtimes.tensorrt import ENGINE_CONFIG
 from agent.selftest import output_stride, run_golden
 from compiler.evaluate import ImageSet, run_model
@@ -39,6 +40,7 @@ from contract.manifest import (
     RuntimeRequirement,
     TargetInfo,
     dump_manifest,
+    schema_for,
 )
 from contract.signing import sign
 
@@ -109,7 +111,8 @@ def _reference(result: CompileResult, target: TargetProfile, calibration: ImageS
     rates = {label: float(np.mean([label in p.labels for p in run.predictions])) for label in result.io.labels}
     return ReferenceProfile(
         samples=len(calibration.frames),
-        input_histograms=agent_stats.input_histograms([agent_stats.frame_stats(f) for f in calibration.frames]),
+        input_histograms=agent_stats.input_histograms([agent_stats.frame_stats(seen(f, result.io.preprocessing))
+                                                       for f in calibration.frames]),
         score_histogram=agent_stats.histogram(top, agent_stats.SCORE_EDGES),
         prediction_rates={k: v for k, v in rates.items() if v > 0},
     )
@@ -161,6 +164,7 @@ def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfi
     golden = _golden(result, target, evaluation, directory, golden_cases)
     files.append(file_entry(directory, GOLDEN_FILE, "golden"))
     manifest = Manifest(
+        schema_=schema_for(result.io),  # v3 unless the preprocessing needs v4: older agents still read it
         stream=stream or source.name,
         boards=target.board.names,
         sequence=sequence,

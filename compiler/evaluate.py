@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class ImageSet:
             for frame in self.frames:
                 x, place = preprocess(frame, spec)
                 feeds.append({input_name: x})
-                places.append(place)
+                places.append(replace(place, seen=None))  # the placed image is for input statistics only
             self._inputs[key] = (feeds, places)
         return self._inputs[key]
 

@@ -10,7 +10,8 @@ import onnx
 from compiler import onnxio
 from compiler.description import ModelDescription
 from compiler.errors import ModelLoadError
-from contract.manifest import IOSpec, Layout, Quantization, TensorSpec
+from compiler.passes.fold_normalize import recorded_preprocessing
+from contract.manifest import IOSpec, Layout, Preprocessing, Quantization, TensorSpec
 
 _ONNX_TYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT32: "int32",
@@ -37,8 +38,13 @@ def _onnx_io(path: Path, description: ModelDescription) -> IOSpec:
     if description.input.name not in names:
         raise ModelLoadError(f"the description names input {description.input.name!r}, the model has {names}")
     first = next(i for i in inputs if i.name == description.input.name)
+    # a model that takes raw pixels (fold.normalize) says so in its metadata
+    folded = recorded_preprocessing(model)
+    pre = description.preprocessing
+    if folded:
+        pre = Preprocessing.model_validate({**pre.model_dump(), **folded})
     return IOSpec(inputs=[_spec(first, description.input.layout)], outputs=[_spec(o) for o in model.graph.output],
-                  preprocessing=description.preprocessing, task=description.task, labels=description.labels,
+                  preprocessing=pre, task=description.task, labels=description.labels,
                   postprocessor=description.postprocessor)
 
 

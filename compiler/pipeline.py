@@ -139,6 +139,8 @@ class Pipeline:
             values["calibration"] = self.calibration_file()
         if "opset" in fields and values.get("opset") is None:
             values["opset"] = self.target.opset
+        if "preprocessing" in fields:  # fold.normalize: what the agent would do to frames, and where they go
+            values.update(preprocessing=self.description.preprocessing, input=self.description.input.name)
         config = cls.config(values)
         return config, config.model_dump(mode="json")
 

@@ -31,11 +31,15 @@ from contract.common import Histogram, Runtime, Stream
 from contract.compat import StrEnum
 from contract.transfer import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 
-MANIFEST_SCHEMA: Final = "coldchain.manifest/v3"
+MANIFEST_SCHEMA: Final = "coldchain.manifest/v4"
 """v2 names the model ``stream`` (required); v1 manifests (no stream) are still read: their stream
 is the model's name, which is what the sequences of v1 compiles were counted in. v3 names the
-``boards`` the bundle is for (required); v1 and v2 manifests name none and are not board-checked."""
-MANIFEST_SCHEMAS: Final = ("coldchain.manifest/v1", "coldchain.manifest/v2", MANIFEST_SCHEMA)
+``boards`` the bundle is for (required); v1 and v2 manifests name none and are not board-checked.
+v4 lets the preprocessing resize the short side, resize then crop the centre, and choose the
+interpolation (:data:`V4_PREPROCESSING`); the compiler writes v4 only for a bundle that uses them
+(:func:`schema_for`), so an agent of protocol 2 (which reads up to v3) still takes every other bundle."""
+V3_SCHEMA: Final = "coldchain.manifest/v3"
+MANIFEST_SCHEMAS: Final = ("coldchain.manifest/v1", "coldchain.manifest/v2", V3_SCHEMA, MANIFEST_SCHEMA)
 UNKNOWN_BOARD: Final = "unknown"
 """What a device that was not told its board reports: it cannot be board-checked."""
 MANIFEST_FILE = "manifest.json"
@@ -108,12 +112,26 @@ class Quantization(ContractModel):
     zero_point: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 
 
-class Preprocessing(ContractModel):
-    """From a decoded BGR uint8 frame to the model input: resize, colour, normalise, layout, dtype."""
+Size = Annotated[int, Field(gt=0, le=8192)]
 
-    resize: Literal["resize", "letterbox"]
-    width: Annotated[int, Field(gt=0, le=8192)]
-    height: Annotated[int, Field(gt=0, le=8192)]
+V4_PREPROCESSING: Final[dict[str, object]] = {"short_side": None, "resize_width": None, "resize_height": None,
+                                              "crop": "none", "interpolation": "linear"}
+"""Preprocessing fields that came with ``coldchain.manifest/v4``, with the value that means "not used": a
+manifest whose preprocessing uses none of them is written as v3 (and without these keys), so an agent of
+protocol 2 still reads it."""
+
+
+class Preprocessing(ContractModel):
+    """From a decoded BGR uint8 frame to the model input: resize (and crop), colour, normalise, layout, dtype.
+
+    ``resize``: ``resize`` scales the whole frame to ``width`` x ``height`` (or to ``resize_width`` x
+    ``resize_height`` before a centre crop); ``letterbox`` keeps the aspect ratio and pads; ``short_side``
+    scales the frame so its short side is ``short_side`` pixels, keeping the aspect ratio, then crops
+    the centre ``width`` x ``height`` (torchvision's ``Resize(256)`` + ``CenterCrop(224)``)."""
+
+    resize: Literal["resize", "letterbox", "short_side"]
+    width: Size
+    height: Size
     color: Literal["RGB", "BGR"]
     mean: Annotated[list[float], Field(min_length=3, max_length=3)] = [0.0, 0.0, 0.0]
     std: Annotated[list[Positive], Field(min_length=3, max_length=3)] = [1.0, 1.0, 1.0]
@@ -121,6 +139,56 @@ class Preprocessing(ContractModel):
     layout: Layout = Layout.NCHW
     dtype: Literal["float32", "float16", "uint8", "int8"] = "float32"
     quantization: Quantization | None = None
+    # coldchain.manifest/v4 on (see V4_PREPROCESSING):
+    short_side: Size | None = None
+    resize_width: Size | None = None
+    resize_height: Size | None = None
+    crop: Literal["none", "center"] = "none"
+    interpolation: Literal["linear", "cubic", "area", "nearest"] = "linear"
+
+    @model_validator(mode="after")
+    def _resize_and_crop(self) -> Preprocessing:
+        size = f"{self.width}x{self.height}"
+        if (self.short_side is not None) != (self.resize == "short_side"):
+            raise ValueError("short_side (the length of the frame's short side after resizing) goes with "
+                             "resize: short_side, and only with it")
+        if (self.resize_width is None) != (self.resize_height is None):
+            raise ValueError("resize_width and resize_height go together (the size before the centre crop)")
+        if self.resize_width is not None and self.resize != "resize":
+            raise ValueError("resize_width and resize_height go with resize: resize (use short_side to keep the "
+                             "aspect ratio)")
+        if self.crop == "center" and self.resize == "letterbox":
+            raise ValueError("crop: center does not go with resize: letterbox (a letterbox keeps the whole frame)")
+        if self.resize == "short_side":
+            if self.crop != "center":
+                raise ValueError("resize: short_side needs crop: center (the resized frame's size varies with its "
+                                 f"aspect ratio; the model takes {size})")
+            if self.short_side is not None and self.short_side < max(self.width, self.height):
+                raise ValueError(f"short_side {self.short_side} must be at least the crop's larger side: the "
+                                 f"centre crop of {size} must fit in the resized frame")
+        if self.resize_width is not None and self.resize_height is not None:
+            if self.crop != "center":
+                raise ValueError("resize_width and resize_height need crop: center (without a crop, set width and "
+                                 "height to the size to resize to)")
+            if self.resize_width < self.width or self.resize_height < self.height:
+                raise ValueError(f"resize_width x resize_height ({self.resize_width}x{self.resize_height}) must be "
+                                 f"at least the centre crop's {size}")
+        return self
+
+    @property
+    def needs_v4(self) -> bool:
+        """Whether this preprocessing uses what came with ``coldchain.manifest/v4``."""
+        return self.resize == "short_side" or any(getattr(self, k) != v for k, v in V4_PREPROCESSING.items())
+
+    @model_serializer(mode="wrap")
+    def _without_unused_v4_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Fields at their "not used" value are left out, so a preprocessing that needs no v4 feature dumps
+        (and signs) as v3 and older compilers wrote it."""
+        data: dict[str, Any] = handler(self)
+        for key, unused in V4_PREPROCESSING.items():
+            if key in data and data[key] == unused:
+                del data[key]
+        return data
 
 
 class Task(StrEnum):
@@ -185,7 +253,8 @@ class ReferenceProfile(ContractModel):
 
 
 class Manifest(Message):
-    schema_: Literal["coldchain.manifest/v1", "coldchain.manifest/v2", "coldchain.manifest/v3"] = Field(
+    schema_: Literal["coldchain.manifest/v1", "coldchain.manifest/v2", "coldchain.manifest/v3",
+                     "coldchain.manifest/v4"] = Field(
         MANIFEST_SCHEMA, alias="schema")
     stream: Stream | None = None  # required from v2 on; see stream_name
     boards: Annotated[list[Identifier], Field(min_length=1, max_length=32)] | None = None  # required from v3 on
@@ -214,6 +283,9 @@ class Manifest(Message):
             if version < since and given:
                 raise ValueError(f"a {self.schema_} manifest has no {field} field (it came with "
                                  f"coldchain.manifest/v{since})")
+        if version < 4 and self.io.preprocessing.needs_v4:
+            raise ValueError(f"a {self.schema_} manifest cannot describe short-side resizing, centre crops or "
+                             f"other interpolations (they came with {MANIFEST_SCHEMA})")
         return self
 
     @model_serializer(mode="wrap")
@@ -256,6 +328,11 @@ class Manifest(Message):
     @property
     def model_file(self) -> FileEntry:
         return next(f for f in self.files if f.role == "model")
+
+
+def schema_for(io: IOSpec) -> str:
+    """The oldest manifest schema that describes ``io`` (and names boards): what the compiler writes."""
+    return MANIFEST_SCHEMA if io.preprocessing.needs_v4 else V3_SCHEMA
 
 
 def dump_manifest(manifest: Manifest) -> bytes:

@@ -1,7 +1,8 @@
 """Reported device state: retained on ``devices/{id}/state``; the last will sets ``online`` false.
 
-Version 2 (``contract.versions.STATE_SCHEMA_VERSION``) adds ``protocol``, the agent protocol the
-device speaks; the cloud still reads version 1 (agents before issue 13), whose protocol is 1.
+Version 2 adds ``protocol``, the agent protocol the device speaks; the cloud still reads version 1
+(agents before issue 13), whose protocol is 1. Version 3 lets a job be READY; version 4
+(``contract.versions.STATE_SCHEMA_VERSION``) is what agents of protocol 3 send (the same fields).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Final
 
-AGENT_PROTOCOL: Final = 2
+AGENT_PROTOCOL: Final = 3
 """The protocol this coldchain's agent speaks and its cloud commands with."""
 MIN_AGENT_PROTOCOL: Final = 2
 """The oldest agent protocol the cloud can command (deploy, roll back, cancel, configure)."""
@@ -32,19 +32,32 @@ PROTOCOLS: Final = {
     1: "unsigned commands (version 1), manifests coldchain.manifest/v1-v2",
     2: "commands signed by an operator key and bound to the device (version 2), manifests "
        "coldchain.manifest/v3 (boards), root-signed trust documents (trust_update)",
+    3: "manifests coldchain.manifest/v4 (short-side resize, centre crop, interpolation; issue 15)",
 }
 """What each protocol consists of, for the messages that name it."""
 
-STATE_SCHEMA_VERSION: Final = 3
-"""Version of ``DeviceState``: 2 adds ``protocol``; 3 lets ``job.state`` be ``READY`` (issue 14)."""
-STATE_VERSIONS: Final = (1, 2, STATE_SCHEMA_VERSION)
-"""Versions of a device's state the cloud reads (1: agents before issue 13, 2: before issue 14)."""
+STATE_SCHEMA_VERSION: Final = 4
+"""Version of ``DeviceState``: 2 adds ``protocol``; 3 lets ``job.state`` be ``READY`` (issue 14); 4 is
+sent by agents of protocol 3 (the same fields; its ``protocol`` defaults to 3)."""
+STATE_VERSIONS: Final = (1, 2, 3, STATE_SCHEMA_VERSION)
+"""Versions of a device's state the cloud reads (1: agents before issue 13, 2: before issue 14, 3: before
+manifest v4)."""
 
 
-def needs_new_agent(protocol: int | None) -> str | None:
-    """Why the cloud cannot command a device of ``protocol``, or None (also when it is not known:
-    a device that never reported an online state)."""
-    if protocol is None or protocol >= MIN_AGENT_PROTOCOL:
+MANIFEST_PROTOCOLS: Final = {"coldchain.manifest/v4": 3}
+"""The agent protocol a bundle's manifest schema needs, where it is above :data:`MIN_AGENT_PROTOCOL`
+(the compiler writes v4 only for bundles whose preprocessing needs it)."""
+
+
+def needs_new_agent(protocol: int | None, manifest_schema: str | None = None) -> str | None:
+    """Why the cloud cannot command a device of ``protocol`` (or deploy a bundle whose manifest is of
+    ``manifest_schema`` to it), or None (also when it is not known: a device that never reported an
+    online state)."""
+    needed = max(MIN_AGENT_PROTOCOL, MANIFEST_PROTOCOLS.get(manifest_schema or "", 0))
+    if protocol is None or protocol >= needed:
         return None
+    if needed > MIN_AGENT_PROTOCOL:
+        return (f"needs a new agent: it reports protocol {protocol}, a {manifest_schema} bundle needs protocol "
+                f"{needed} ({PROTOCOLS[needed]})")
     return (f"needs a new agent: it reports protocol {protocol}, the cloud commands with protocol "
             f"{AGENT_PROTOCOL} ({PROTOCOLS[AGENT_PROTOCOL]})")

@@ -7,6 +7,7 @@ from compiler.passes.base import Pass, PassConfig
 from compiler.passes.channel_shuffle import ChannelShuffle
 from compiler.passes.cleanup import Cleanup
 from compiler.passes.equalize import Equalize
+from compiler.passes.fold_normalize import FoldNormalize
 from compiler.passes.fp16 import Float16
 from compiler.passes.litert import ConvertLiteRT
 from compiler.passes.prune_magnitude import PruneMagnitude
@@ -18,7 +19,7 @@ from compiler.passes.tensorrt import TensorRTPrepare
 PASSES: dict[str, type[Pass[PassConfig]]] = {
     p.name: p  # type: ignore[misc]
     for p in (Cleanup, ChannelShuffle, Equalize, PruneStructured, PruneMagnitude, QuantizeStatic, QuantizeDynamic,
-              Float16, ConvertLiteRT, TensorRTPrepare)
+              Float16, ConvertLiteRT, TensorRTPrepare, FoldNormalize)
 }
 
 

@@ -73,3 +73,28 @@ def test_real_nanodet_on_real_photos(shared_data: Path, photo: str, label: str, 
     assert best.label == label and low <= best.score <= high
     h, w = frame.shape[:2]
     assert all(0 <= d.box[0] <= d.box[2] <= w and 0 <= d.box[1] <= d.box[3] <= h for d in pred.detections if d.box)
+
+
+def test_decoding_keeps_exactly_the_points_whose_best_class_passes_the_threshold() -> None:
+    """The pre-filter (any score above the threshold, then the class max of those points only) decodes
+    what a max over every point's classes would: same points, best scores and classes, strictly above."""
+    from agent.detection import decode_nanodet
+
+    rng = np.random.default_rng(3)
+    classes, bins = 5, 8
+    outputs = []
+    for grid in (8, 4):
+        cls = (rng.random((1, grid * grid, classes)) ** 8).astype(np.float32)  # mostly low, a few high
+        cls[0, 0, 2] = 0.35  # exactly at the threshold: not kept
+        cls[0, 1, :] = 0.6  # a tie: the first class wins, as argmax does
+        outputs += [cls, rng.normal(size=(1, grid * grid, 4 * bins)).astype(np.float32)]
+    boxes, scores, ids = decode_nanodet(outputs, classes, [8, 16], bins - 1, 64, 0.35)
+    expected_scores, expected_ids = [], []
+    for cls in outputs[::2]:
+        flat = cls.reshape(-1, classes)
+        for point in range(len(flat)):
+            if flat[point].max() > 0.35:
+                expected_scores.append(flat[point].max())
+                expected_ids.append(int(np.argmax(flat[point])))
+    assert scores.tolist() == expected_scores and ids.tolist() == expected_ids and len(boxes) == len(scores)
+    assert 0 < len(scores) < 80 and 0 in ids.tolist()

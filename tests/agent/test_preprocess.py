@@ -67,3 +67,94 @@ def test_grey_bgra_and_16_bit_frames_are_converted() -> None:
     assert check_frame(np.full((4, 4), 7, np.uint8)).shape == (4, 4, 3)
     assert check_frame(np.zeros((4, 4, 4), np.uint8)).shape == (4, 4, 3)
     assert check_frame(np.full((4, 4, 3), 256 * 200, np.uint16))[0, 0, 0] == 200
+
+
+# ---- issue 15: the resize and crop of common model zoos, each against a hand-computed expectation -----------------
+
+def _blocks(h: int, w: int) -> np.ndarray:
+    """A frame constant over 2x2 blocks: B = block column, G = block row, R = 7. Halving it with
+    INTER_LINEAR (or INTER_AREA) gives exactly B = x, G = y at output pixel (x, y)."""
+    frame = np.zeros((h, w, 3), np.uint8)
+    frame[..., 0] = (np.arange(w) // 2)[None, :]
+    frame[..., 1] = (np.arange(h) // 2)[:, None]
+    frame[..., 2] = 7
+    return frame
+
+
+def test_short_side_then_centre_crop() -> None:
+    # torchvision's ImageNet recipe in small: Resize(30) on an 80x60 frame -> 40x30 (scale 0.5);
+    # CenterCrop(20) -> columns 10..29, rows 5..24 of the resized image
+    spec = Preprocessing(resize="short_side", short_side=30, crop="center", width=20, height=20, color="BGR",
+                         layout=Layout.NHWC, dtype="uint8")
+    x, place = preprocess(_blocks(60, 80), spec)
+    assert x.shape == (1, 20, 20, 3)
+    assert x[0, :, :, 0].tolist() == [list(range(10, 30))] * 20
+    assert x[0, :, :, 1].tolist() == [[row] * 20 for row in range(5, 25)]
+    # a point of the model input maps back to the frame: (input + crop offset) / scale
+    assert (place.scale, place.pad_x, place.pad_y) == (0.5, -10.0, -5.0)
+
+
+def test_short_side_of_a_portrait_frame_scales_the_width() -> None:
+    spec = Preprocessing(resize="short_side", short_side=30, crop="center", width=30, height=30, color="BGR",
+                         layout=Layout.NHWC, dtype="uint8")
+    x, place = preprocess(_blocks(80, 60), spec)  # -> 30x40, crop rows 5..34
+    assert x[0, 0, :, 0].tolist() == list(range(30)) and x[0, :, 0, 1].tolist() == list(range(5, 35))
+    assert (place.scale, place.pad_x, place.pad_y) == (0.5, 0.0, -5.0)
+
+
+def test_fixed_resize_then_centre_crop() -> None:
+    # resize 80x80 -> 40x40, then crop 30 wide x 20 high: columns 5..34, rows 10..29
+    spec = Preprocessing(resize="resize", resize_width=40, resize_height=40, crop="center", width=30, height=20,
+                         color="RGB", layout=Layout.NCHW, dtype="float32", mean=[1, 2, 3], std=[1, 1, 2])
+    x, place = preprocess(_blocks(80, 80), spec)
+    assert x.shape == (1, 3, 20, 30)
+    assert np.array_equal(x[0, 0], np.full((20, 30), (7 - 1) / 1, np.float32))  # R first
+    assert np.array_equal(x[0, 1], np.repeat(np.arange(10, 30, dtype=np.float32)[:, None] - 2, 30, axis=1))
+    assert np.array_equal(x[0, 2], np.repeat((np.arange(5, 35, dtype=np.float32)[None, :] - 3) / 2, 20, axis=0))
+    assert (place.scale, place.scale_y, place.pad_x, place.pad_y) == (0.5, 0.5, -5.0, -10.0)
+
+
+def test_plain_resize_maps_each_axis_back_to_the_frame() -> None:
+    spec = Preprocessing(resize="resize", width=40, height=20, color="BGR", layout=Layout.NHWC, dtype="uint8")
+    _, place = preprocess(_blocks(60, 80), spec)
+    assert (place.scale, place.scale_y, place.pad_x, place.pad_y) == (0.5, pytest.approx(1 / 3), 0.0, 0.0)
+
+
+@pytest.mark.parametrize(("interpolation", "expected"), [
+    # a 4x4 frame of 0..15 (row-major) halved to 2x2
+    ("nearest", [[0, 2], [8, 10]]),  # OpenCV's nearest takes source pixel floor(2 * x)
+    ("area", [[3, 5], [11, 13]]),  # the mean of each 2x2 block: 2.5, 4.5, 10.5, 12.5, rounded half up
+    ("linear", [[3, 5], [11, 13]]),  # halving with half-pixel centres is the same 2x2 mean
+])
+def test_interpolation_modes(interpolation: str, expected: list[list[int]]) -> None:
+    frame = np.repeat(np.arange(16, dtype=np.uint8).reshape(4, 4)[..., None], 3, axis=2)
+    spec = Preprocessing(resize="resize", width=2, height=2, color="BGR", layout=Layout.NHWC, dtype="uint8",
+                         interpolation=interpolation)
+    x, _ = preprocess(frame, spec)
+    assert x[0, :, :, 0].tolist() == expected
+
+
+def test_cubic_interpolation_overshoots_a_step_where_linear_does_not() -> None:
+    frame = np.zeros((4, 8, 3), np.uint8)
+    frame[:, 4:] = 200
+    cubic = Preprocessing(resize="resize", width=16, height=4, color="BGR", layout=Layout.NHWC, dtype="uint8",
+                          interpolation="cubic")
+    x, _ = preprocess(frame, cubic)
+    assert x.max() > 200  # the cubic kernel's negative lobes ring past the bright side of the step
+    linear, _ = preprocess(frame, cubic.model_copy(update={"interpolation": "linear"}))
+    assert linear.max() == 200
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"resize": "short_side"}, "short_side"),
+    ({"resize": "short_side", "short_side": 20, "crop": "center"}, "at least"),
+    ({"resize": "short_side", "short_side": 40}, "crop"),
+    ({"resize": "letterbox", "crop": "center"}, "letterbox"),
+    ({"resize": "resize", "resize_width": 40}, "resize_height"),
+    ({"resize": "resize", "resize_width": 20, "resize_height": 40, "crop": "center"}, "at least"),
+    ({"resize": "resize", "resize_width": 40, "resize_height": 40}, "crop"),
+    ({"resize": "letterbox", "short_side": 40}, "short_side"),
+])
+def test_inconsistent_resize_and_crop_are_refused(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Preprocessing.model_validate({"width": 30, "height": 30, "color": "BGR", **fields})

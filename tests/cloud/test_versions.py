@@ -17,7 +17,7 @@ from cloud.errors import RolloutError
 from cloud.ingest import ingest
 from cloud.plan import RolloutPlan, Selector
 from cloud.rollouts import start, view
-from cloud.store import DeadLetter, Device, TelemetryRow, open_store, sqlite_url
+from cloud.store import BundleRow, DeadLetter, Device, TelemetryRow, open_store, sqlite_url
 from contract import topics
 from contract.state import DeviceState
 from contract.versions import AGENT_PROTOCOL, MIN_AGENT_PROTOCOL, STATE_SCHEMA_VERSION, STATE_VERSIONS, needs_new_agent
@@ -72,7 +72,7 @@ def test_a_rollout_skips_old_agents_with_the_reason_and_refuses_only_old_ones(
                                                           "fridge-2": "PENDING", "old-1": "SKIPPED",
                                                           "old-2": "SKIPPED"}
     assert devices["old-1"].reason == f"not deployed: {needs_new_agent(1)}"
-    assert "reports protocol 1, the cloud commands with protocol 2" in (devices["old-1"].reason or "")
+    assert f"reports protocol 1, the cloud commands with protocol {AGENT_PROTOCOL}" in (devices["old-1"].reason or "")
     assert devices["fridge-0"].wave == 0 and devices["fridge-1"].wave == 1  # the canary is a device it can command
     with pytest.raises(RolloutError, match=r"every selected device old-1, old-2 needs a new agent: it reports "
                                            r"protocol 1.*nothing was sent"):
@@ -85,6 +85,37 @@ def test_a_rollout_skips_old_agents_with_the_reason_and_refuses_only_old_ones(
 def test_needs_new_agent_below_the_minimum_only() -> None:
     assert needs_new_agent(MIN_AGENT_PROTOCOL - 1) is not None
     assert needs_new_agent(MIN_AGENT_PROTOCOL) is None and needs_new_agent(None) is None
+
+
+def test_a_v4_manifest_needs_an_agent_that_reads_it() -> None:
+    """A bundle with a centre crop (coldchain.manifest/v4) is not for an agent of protocol 2, which reads
+    manifests up to v3; every other bundle still is (the compiler writes those as v3)."""
+    assert needs_new_agent(2, "coldchain.manifest/v3") is None
+    assert "a coldchain.manifest/v4 bundle needs protocol 3" in (needs_new_agent(2, "coldchain.manifest/v4") or "")
+    assert needs_new_agent(3, "coldchain.manifest/v4") is None
+    assert needs_new_agent(None, "coldchain.manifest/v4") is None
+
+
+def test_a_rollout_of_a_v4_bundle_skips_protocol_2_agents(api_store: tuple[str, str]) -> None:
+    url, sha = api_store
+    sessions = open_store(url)
+    with sessions.begin() as session:
+        state = DeviceState(device_id="mid-1", online=True, board="rpi4", groups=["eu"], protocol=2)
+        assert ingest(session, topics.state("mid-1"), state.to_json()).kind == "stored"
+        bundle = session.get(BundleRow, sha)
+        assert bundle is not None and bundle.manifest["schema"] == "coldchain.manifest/v3"
+    plan = RolloutPlan(selector=Selector(groups=["eu"]), waves="100%")  # type: ignore[arg-type]
+    with sessions() as session:
+        before = {d.device_id: d.state for d in view(session, start(sessions, sha, plan, "r-v3")).devices}
+    assert before["mid-1"] == "PENDING"
+    with sessions.begin() as session:
+        bundle = session.get(BundleRow, sha)
+        assert bundle is not None
+        bundle.manifest = {**bundle.manifest, "schema": "coldchain.manifest/v4"}
+    with sessions() as session:
+        after = {d.device_id: d for d in view(session, start(sessions, sha, plan, "r-v4", supersede=True)).devices}
+    assert after["mid-1"].state == "SKIPPED" and after["fridge-0"].state == "PENDING"
+    assert "needs protocol 3" in (after["mid-1"].reason or "")
 
 
 def test_a_store_from_before_protocols_gets_the_columns(tmp_path: Path) -> None:

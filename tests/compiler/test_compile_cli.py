@@ -45,7 +45,12 @@ def test_int8_bundle_is_smaller_faster_and_still_right(compiled: Path, keys: sig
                                                        tmp_path: Path) -> None:
     manifest = json.loads((_bundle(compiled, "x86-64-avx512-ort", keys, tmp_path) / "manifest.json").read_text())
     metrics = manifest["metrics"]
-    assert [p["name"] for p in manifest["passes"]] == ["cleanup", "prune.structured", "quantize.static"]
+    assert [p["name"] for p in manifest["passes"]] == ["cleanup", "prune.structured", "quantize.static",
+                                                       "fold.normalize"]
+    pre = manifest["io"]["preprocessing"]  # the model normalises raw pixels itself
+    assert (manifest["io"]["inputs"][0]["dtype"], pre["dtype"], pre["mean"], pre["std"]) == (
+        "uint8", "uint8", [0.0] * 3, [1.0] * 3)
+    assert manifest["schema"] == "coldchain.manifest/v3"
     assert metrics["compiled_size_bytes"] <= 0.35 * metrics["float_size_bytes"]
     assert metrics["float_metrics"]["accuracy"] - metrics["compiled_metrics"]["accuracy"] <= 0.01
     assert metrics["compiled_metrics"]["fidelity"] >= 0.99

@@ -40,3 +40,16 @@ def test_classification_labels_need_file_label_columns(tmp_path: Path) -> None:
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match="does not exist"):
         load_images(tmp_path / "nope", ["a"], Task.CLASSIFICATION, "calibration")
+
+
+def test_prepared_inputs_keep_no_placed_images(tmp_path: Path) -> None:
+    """The evaluation set caches each image's input and placement, not the placed image as well (the
+    agent's input statistics use it; in the compiler it would double the cache: 0.5 MB per NanoDet image)."""
+    from contract.manifest import Preprocessing
+
+    write_dataset(tmp_path, 3, seed=2)
+    images = load_images(tmp_path, list(ITEM_KINDS), Task.MULTILABEL, "evaluation")
+    spec = Preprocessing(resize="letterbox", width=64, height=64, color="RGB")
+    feeds, places = images.inputs(spec, "image")
+    assert len(feeds) == 3 and feeds[0]["image"].shape == (1, 3, 64, 64)
+    assert all(p.seen is None and p.scale > 0 for p in places)

@@ -211,3 +211,40 @@ def test_cleanup_reads_external_data(tmp_path: Path) -> None:
     assert (external.parent / "weights.bin").stat().st_size > 3000
     out = _run_pass("cleanup", external, tmp_path, opset=17)
     assert np.allclose(run(out, X[:1]), run(model, X[:1]), atol=1e-5)
+
+
+def test_fold_normalize_takes_raw_pixels_with_bit_identical_outputs(tmp_path: Path) -> None:
+    """Issue 14: the model takes the resized uint8 planes; Cast, Sub(mean), Mul(1/std) inside it give
+    exactly the agent's normalised input, and the model file says what it now takes."""
+    from agent.preprocess import preprocess
+    from compiler.description import InputDescription, ModelDescription
+    from compiler.iospec import io_for
+    from contract.manifest import Postprocessor, Preprocessing, Task
+
+    pre = Preprocessing(resize="resize", width=16, height=16, color="RGB", mean=[103.53, 116.28, 123.675],
+                        std=[57.375, 57.12, 58.395])
+    model = small_cnn(tmp_path / "float.onnx", batch=1)
+    folded = _run_pass("fold.normalize", model, tmp_path, preprocessing=pre, input="image")
+    assert folded != model
+    frame = np.random.default_rng(2).integers(0, 256, (40, 30, 3), np.uint8)
+    x, _ = preprocess(frame, pre)
+    description = ModelDescription.model_validate({
+        "schema": "coldchain.model-description/v1", "name": "cnn", "task": Task.MULTILABEL,
+        "input": InputDescription(name="image"), "preprocessing": pre, "labels": ["a", "b", "c", "d"],
+        "postprocessor": Postprocessor(name="multilabel")})
+    io = io_for(folded, description)
+    assert io.inputs[0].dtype == "uint8" and io.inputs[0].shape == [1, 3, 16, 16]
+    assert (io.preprocessing.dtype, io.preprocessing.mean, io.preprocessing.std) == ("uint8", [0.0] * 3, [1.0] * 3)
+    assert (io.preprocessing.color, io.preprocessing.width) == ("RGB", 16)
+    raw, _ = preprocess(frame, io.preprocessing)
+    assert raw.dtype == np.uint8 and raw.shape == (1, 3, 16, 16)
+    assert np.array_equal(run(folded, raw), run(model, x))  # bit for bit
+    assert io_for(model, description).preprocessing == pre  # an unfolded model keeps the description's
+    # nothing to fold: a uint8 description, or float pixels without normalisation
+    raw_pre = pre.model_copy(update={"dtype": "uint8", "mean": [0.0] * 3, "std": [1.0] * 3})
+    assert _run_pass("fold.normalize", model, tmp_path / "a", preprocessing=raw_pre, input="image") == model
+    plain = pre.model_copy(update={"mean": [0.0] * 3, "std": [1.0] * 3})
+    assert _run_pass("fold.normalize", model, tmp_path / "b", preprocessing=plain, input="image",
+                     input_dtype="float32") == model
+    with pytest.raises(PassError, match="no input 'pixels'"):
+        _run_pass("fold.normalize", model, tmp_path / "c", preprocessing=pre, input="pixels")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from contract.errors import PayloadError
-from contract.manifest import dump_manifest, load_manifest
+from contract.manifest import dump_manifest, load_manifest, schema_for
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -92,3 +92,26 @@ def test_a_v3_manifest_names_its_boards_and_older_ones_are_not_board_checked() -
     for bad in ([], ["rpi 4"], ["x"] * 33):
         with pytest.raises(PayloadError, match="boards"):
             load_manifest(json.dumps(v3 | {"boards": bad}).encode())
+
+
+def test_a_v4_manifest_describes_short_side_resizing_and_centre_crops() -> None:
+    """Issue 15: torchvision's ImageNet preprocessing (tests/contract/golden/manifest_crop.json) needs v4;
+    a v3 manifest cannot carry it, and a preprocessing without it dumps exactly as v3 did."""
+    crop = json.loads((GOLDEN / "manifest_crop.json").read_text())
+    manifest = load_manifest(json.dumps(crop).encode())
+    pre = manifest.io.preprocessing
+    assert (pre.resize, pre.short_side, pre.crop, pre.width, pre.height) == ("short_side", 256, "center", 224, 224)
+    assert schema_for(manifest.io) == "coldchain.manifest/v4"
+    with pytest.raises(PayloadError, match="cannot describe short-side resizing"):
+        load_manifest(json.dumps(crop | {"schema": "coldchain.manifest/v3"}).encode())
+    cubic = crop | {"schema": "coldchain.manifest/v3", "io": {**crop["io"], "preprocessing": {
+        **_manifest()["io"]["preprocessing"], "interpolation": "cubic"}}}
+    with pytest.raises(PayloadError, match=r"came with coldchain\.manifest/v4"):
+        load_manifest(json.dumps(cubic).encode())
+    plain = load_manifest((GOLDEN / "manifest.json").read_bytes())
+    assert schema_for(plain.io) == "coldchain.manifest/v3"
+    assert set(json.loads(dump_manifest(plain))["io"]["preprocessing"]) == set(_manifest()["io"]["preprocessing"])
+    for bad in ({"short_side": 0}, {"short_side": 8193}, {"crop": "corner"}, {"interpolation": "lanczos"}):
+        data = crop | {"io": {**crop["io"], "preprocessing": {**crop["io"]["preprocessing"], **bad}}}
+        with pytest.raises(PayloadError, match="preprocessing"):
+            load_manifest(json.dumps(data).encode())

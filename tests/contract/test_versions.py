@@ -57,6 +57,8 @@ SHAPES: dict[tuple[str, str], str] = {
     ("state", "v2"): "d5926437c13370c060bc992f48dc737538369ab49a18362395af38076dc9431d",
     # a job may be READY (issue 14, branch w-fw-device)
     ("state", "v3"): "9e938d1c47ebd91cd64386f8bc44fc07baf4777c4192f94961bdcb9b482aa6a7",
+    # sent by agents of protocol 3, which read coldchain.manifest/v4 (issue 15, branch w-overhead)
+    ("state", "v4"): "480bc6cffab94b47f932601a4342e3c00f688da6443f55643c7356f30feb9202",
     ("telemetry", "v1"): "fb47fca12834a19a1b0ee7feded032173a5f880a60f81ad081015362ac8f3e14",
     ("event", "v1"): "882475e7f6607b105b2311581e69d98b25ba3ee6d655cdab04fee9b9491b1204",
     ("event", "v2"): "536099c39ed9935dd4d088e878d26a0e01b260c6e2feb3c3ee6bcea8dc7b7416",  # job state READY (issue 14)
@@ -69,6 +71,8 @@ SHAPES: dict[tuple[str, str], str] = {
     ("signature", "v1"): "ef7b9277e4a1cc1bbbdbecb6749aefc9477aaca187a87d7dfdf26ce2ee7d6cc8",
     ("manifest", "coldchain.manifest/v2 v1"): "(before issue 13: no boards; still read)",
     ("manifest", "coldchain.manifest/v3 v1"): "afdea4049eb1d219ec9335066241e03949335626453e716bdbaa8391b06604a1",
+    # short-side resize, centre crop, interpolation (issue 15, branch w-overhead): agent protocol 3
+    ("manifest", "coldchain.manifest/v4 v1"): "617ef1501446c1d98ed9acc26a432db5c47ad2ec43324c8b9c0d2cc99830faaf",
     ("trust", "coldchain.trust/v1 v1"): "4fc19124c417091ce9a30e61fcbbff1a7ac45dc404c9666d0ce0c2447aecdd4b",
 }
 
@@ -76,6 +80,8 @@ SIGNED: dict[tuple[str, str], str] = {
     ("command", "v1"): "d0b76c4c3395bea9d457e49301ff58e01b63dc1682a77f3da409034c049db075",  # rollbacks only
     ("command", "v2"): "1053c75913b462b767745a82df208b96015454e3935e9e015e20d9108118e8b2",
     ("manifest", "coldchain.manifest/v3 v1"): "fc70fa899fcdfc9f45bda73a588c18dcc76049a08aeccf715d20a6cc4b239914",
+    # the same bytes: a manifest without v4 preprocessing signs as before
+    ("manifest", "coldchain.manifest/v4 v1"): "fc70fa899fcdfc9f45bda73a588c18dcc76049a08aeccf715d20a6cc4b239914",
     ("trust", "coldchain.trust/v1 v1"): "d48e91df09d67822d4f0144dd37cb418da6528f09933e50a9942a2daa90ed749",
 }
 

@@ -1,0 +1,78 @@
+"""Input statistics (issue 14): taken from the frame as the model sees it, every frame, cheaply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent import stats
+from agent.postprocess import Prediction
+from agent.preprocess import preprocess, seen
+from agent.telemetry import Window
+from benchmarks.faults.device import deliver
+from contract.manifest import Preprocessing
+from examples.fridge.synth import write_dataset
+
+CROP = Preprocessing(resize="short_side", short_side=40, crop="center", width=20, height=20, color="BGR")
+
+
+def _bordered() -> np.ndarray:
+    """An 80x80 frame: a grey (100) centre 40x40 in a white border."""
+    frame = np.full((80, 80, 3), 255, np.uint8)
+    frame[20:60, 20:60] = 100
+    return frame
+
+
+def test_uniform_and_textured_images_by_hand() -> None:
+    bgr = np.zeros((96, 200, 3), np.uint8)
+    bgr[:] = (50, 100, 200)  # B, G, R
+    s = stats.frame_stats(bgr)
+    # grey = 0.299 R + 0.587 G + 0.114 B = 59.8 + 58.7 + 5.7 = 124.2 -> 124; HSV S = (200 - 50) / 200 * 255
+    assert s == {"brightness": 124.0, "contrast": 0.0, "saturation": pytest.approx(191.0, abs=0.5)}
+    checker = np.zeros((256, 256, 3), np.uint8)
+    checker[::2, ::2] = checker[1::2, 1::2] = 255  # 1-pixel texture: averaged away in the 64x64 thumbnail
+    assert stats.frame_stats(checker)["contrast"] == pytest.approx(0.0, abs=1.0)
+    halves = np.zeros((256, 256, 3), np.uint8)
+    halves[:, 128:] = 200  # a real edge stays: half 0, half 200 -> std 100
+    assert stats.frame_stats(halves)["contrast"] == pytest.approx(100.0, abs=2.0)
+
+
+def test_statistics_describe_what_the_model_sees() -> None:
+    """A centre crop's cut-off border is not in the statistics, nor a letterbox's padding."""
+    frame = _bordered()
+    _, place = preprocess(frame, CROP)
+    assert place.seen is not None and place.seen.shape == (20, 20, 3)
+    window = Window()
+    window.inferred(frame, Prediction((), np.zeros(1, np.float32)), 1.0, seen=place.seen)
+    assert window.frames[0]["brightness"] == 100.0 and window.frames[0]["contrast"] == 0.0
+    letterbox = Preprocessing(resize="letterbox", width=64, height=64, color="BGR", pad_value=0)
+    assert stats.frame_stats(seen(frame[20:60, 10:70], letterbox))["brightness"] > 100  # white sides, no black pad
+
+
+def test_the_agent_reports_the_statistics_of_its_models_input(tmp_path: Path, world: dict[str, object],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop hands the image the model saw to its telemetry window (no second resize of the frame)."""
+    from agent.config import AgentConfig
+    from agent.frames import FolderSource
+    from agent.loop import Agent
+    from benchmarks.faults.device import MemoryTransport
+
+    root: Path = world["root"]  # type: ignore[assignment]
+    write_dataset(tmp_path / "frames", 1, seed=4)
+    config = AgentConfig(device_id="fridge-8", groups=["eu"], data_dir=tmp_path / "data",
+                         trusted_keys=[root / "keys" / "ops.pub"])
+    a = Agent(config, MemoryTransport(), FolderSource(tmp_path / "frames"))
+    deliver(a, world["bundles"][5], 5, "j5")  # type: ignore[index]
+    described: list[np.ndarray] = []
+    measure = stats.frame_stats
+    monkeypatch.setattr(stats, "frame_stats", lambda image: described.append(image) or measure(image))
+    frame = np.zeros((300, 400, 3), np.uint8)
+    frame[:, :200] = 240
+    result = a.infer_frame(frame)
+    assert not isinstance(result, str) and result.seen is not None and result.seen.shape == (128, 128, 3)
+    assert len(described) == 1 and described[0] is result.seen
+    spec = a.active_model().io.preprocessing  # type: ignore[union-attr]
+    assert a.window.frames[-1] == measure(seen(frame, spec))
+    a.spool.close()
