@@ -12,62 +12,23 @@ validated (a bad one is a 400, or 422 in a body, naming it); an unexpected failu
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, StringConstraints
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud import rollouts
 from cloud.api_gate import MAX_BODY_BYTES, Gate, token_matches
 from cloud.api_probes import PROBES, ApiMetrics, probes
-from cloud.errors import CloudError, NotFoundError, RolloutError
-from cloud.fleet import get_device, select_devices
-from cloud.monitor import monitor
-from cloud.plan import RolloutPlan, Selector
-from cloud.store import Alert, BundleRow, DeadLetter, Device
-from contract.versions import needs_new_agent
+from cloud.api_routes import operate_routes, read_routes
+from cloud.errors import CloudError
+from cloud.operations import Operations
+from cloud.queries import Queries
 
 __all__ = ["MAX_BODY_BYTES", "PROBES", "create_app"]
 log = logging.getLogger("coldchain.cloud.api")
-
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"  # contract.topics.check_id: device and group ids
-ROLLOUT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,47}$"  # the same alphabet; the store keeps 48
-DeviceId = Annotated[str, Path(pattern=ID_PATTERN, description="A device id (contract.topics.check_id)")]
-RolloutId = Annotated[str, Path(pattern=ROLLOUT_ID_PATTERN)]
-BundlePrefix = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{4,64}$")]  # a sha256 or 4+ hex digits
-
-
-class StartRollout(BaseModel):
-    bundle: BundlePrefix
-    plan: RolloutPlan = RolloutPlan()
-    rollout_id: Annotated[str, StringConstraints(pattern=ROLLOUT_ID_PATTERN)] | None = None
-    supersede: bool = False  # take over devices an unfinished rollout holds (refused otherwise)
-
-
-class Reason(BaseModel):
-    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
-
-
-def _device(d: Device) -> dict[str, Any]:
-    return {"id": d.id, "online": d.online, "board": d.board, "groups": d.all_groups(), "tags": d.tags,
-            "active": d.active, "job_id": d.job_id, "job_state": d.job_state, "last_seen": d.last_seen,
-            "agent_version": d.agent_version, "protocol": d.protocol, "needs_new_agent": needs_new_agent(d.protocol)}
-
-
-def _rollout(view: rollouts.RolloutView) -> dict[str, Any]:
-    r = view.rollout
-    return {"id": r.id, "bundle": r.bundle_sha256, "status": r.status, "wave": r.wave + 1, "waves": view.waves(),
-            "reason": r.reason, "gates": r.gate_results, "counts": view.counts(), "plan": r.plan,
-            "failure_reasons": [{"devices": n, "reason": why} for n, why in view.reasons()],
-            "devices": [{"device": d.device_id, "wave": d.wave + 1, "state": d.state, "reason": d.reason,
-                         "rolled_back": d.rolled_back} for d in view.devices]}
-
 
 def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     """A 400 for a bad query or path parameter, a 422 for a bad body; each error names its parameter
@@ -108,86 +69,13 @@ def create_app(sessions: sessionmaker[Session], token: str,
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected)
     app.include_router(probes(sessions, metrics, broker_connected))
-    app.include_router(_routes(sessions), dependencies=[Depends(authenticated)])
+    queries = Queries(sessions)
+
+    def operations(request: Request) -> Operations:
+        return Operations(sessions, "token:COLDCHAIN_API_TOKEN")
+
+    for router in (read_routes(queries), operate_routes(queries, operations)):
+        app.include_router(router, dependencies=[Depends(authenticated)])
     app.add_middleware(Gate, token=token, open_paths=PROBES, count=metrics.refuse,
                        answered=metrics.answered)
-    return app
-
-
-def _routes(sessions: sessionmaker[Session]) -> APIRouter:
-    app = APIRouter()
-
-    def db() -> Any:
-        with sessions() as session:
-            yield session
-
-    Db = Annotated[Session, Depends(db)]
-
-    def guarded(action: Any, *args: Any) -> Any:
-        try:
-            return action(*args)
-        except NotFoundError as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except (RolloutError, CloudError, ValueError) as exc:
-            raise HTTPException(409, str(exc)) from exc
-
-    @app.get("/devices")
-    def devices(session: Db, group: Annotated[str | None, Query(pattern=ID_PATTERN)] = None) -> list[dict[str, Any]]:
-        return [_device(d) for d in select_devices(session, Selector(groups=[group] if group else []))]
-
-    @app.get("/devices/{device_id}")
-    def device(device_id: DeviceId, session: Db) -> dict[str, Any]:
-        return _device(guarded(get_device, session, device_id))
-
-    @app.get("/bundles")
-    def bundles(session: Db) -> list[dict[str, Any]]:
-        return [{"sha256": b.sha256, "model": b.model_name, "version": b.model_version, "target": b.target,
-                 "sequence": b.sequence, "size": b.size} for b in session.scalars(select(BundleRow)).all()]
-
-    @app.get("/rollouts")
-    def rollout_list(session: Db) -> list[dict[str, Any]]:
-        return [_rollout(rollouts.view(session, r.id)) for r in rollouts.recent(session)]
-
-    @app.get("/rollouts/{rollout_id}")
-    def rollout(rollout_id: RolloutId, session: Db) -> dict[str, Any]:
-        return _rollout(guarded(rollouts.view, session, rollout_id))
-
-    @app.post("/rollouts", status_code=201)
-    def start(body: StartRollout, session: Db) -> dict[str, Any]:
-        new_id = guarded(rollouts.start, sessions, body.bundle, body.plan, body.rollout_id, None,
-                         body.supersede)
-        return _rollout(rollouts.view(session, new_id))
-
-    @app.post("/rollouts/{rollout_id}/{action}")
-    def act(rollout_id: RolloutId, action: Literal["pause", "resume", "abort", "rollback"], session: Db,
-            body: Reason | None = None) -> dict[str, Any]:
-        function = getattr(rollouts, action)
-        if body is not None and body.reason and action in ("abort", "rollback"):
-            guarded(function, sessions, rollout_id, body.reason)
-        else:
-            guarded(function, sessions, rollout_id)
-        return _rollout(rollouts.view(session, rollout_id))
-
-    @app.get("/telemetry/summary")
-    def summary(session: Db, by: Literal["device", "group", "bundle"] = "group",
-                minutes: Annotated[float, Query(gt=0, le=7 * 24 * 60)] = 60) -> list[dict[str, Any]]:
-        since = datetime.now(UTC) - timedelta(minutes=minutes)
-        return [{"subject": r.subject, "devices": len(r.summary.devices), "windows": r.summary.windows,
-                 "inferences": r.summary.inferences, "error_rate": r.summary.error_rate,
-                 "latency_p50_ms": r.summary.latency_p50, "latency_p95_ms": r.summary.latency_p95,
-                 "prediction_drift_js": r.reference_drift, "input_drift_psi": r.input_psi,
-                 "inventory": r.summary.inventory, "bundles": list(r.bundles)} for r in monitor(session, by, since)]
-
-    @app.get("/alerts")
-    def alerts(session: Db, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-        rows = session.scalars(select(Alert).order_by(Alert.id.desc()).limit(limit)).all()
-        return [{"kind": a.kind, "scope": a.scope, "subject": a.subject, "message": a.message, "value": a.value,
-                 "created_at": a.created_at} for a in rows]
-
-    @app.get("/dead-letters")
-    def dead_letters(session: Db, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-        rows = session.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)).all()
-        return [{"topic": d.topic, "reason": d.reason, "bytes": len(d.payload), "received_at": d.received_at}
-                for d in rows]
-
     return app

@@ -343,10 +343,13 @@ class IngestWorker:
     def _store_one(self, item: Received, key: str | None) -> Outcome:
         """One message in its own transaction; if it fails for any reason other than a busy store,
         it becomes a dead letter with that reason (and is acknowledged: never handed back forever)."""
+        sender = {d} if (d := _sender(item.topic)) is not None else set()
         try:
             with self.sessions.begin() as session:
                 attempts.clear(session, [key] if key else [])
-                return ingest(session, item.topic, item.payload)
+                outcome = ingest(session, item.topic, item.payload)
+                seen(session, sender)  # as the batch path does: any message moves "last seen"
+                return outcome
         except OperationalError:
             raise  # the store, not the message: not acknowledged, retried by the broker
         except Exception as exc:  # whatever it is, it is this message's: a dead letter
@@ -354,6 +357,7 @@ class IngestWorker:
             reason = f"{type(exc).__name__} while storing: {str(exc).splitlines()[0][:500] if str(exc) else ''}"
             with self.sessions.begin() as session:
                 attempts.clear(session, [key] if key else [])
+                seen(session, sender)
                 return dead_letter(session, item.topic, item.payload, reason)
 
     def run(self, stop: threading.Event) -> None:

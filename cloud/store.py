@@ -234,6 +234,33 @@ class Alert(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 
+class AuditEntry(Base):
+    """One write by an operator or a scheduled job: who, what, on what, when, and how it ended."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=now, index=True)
+    actor: Mapped[str] = mapped_column(String(160))  # token:<name>, cli:<user>, cloud
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(160))
+    result: Mapped[str] = mapped_column(Text)  # ok, refused: ..., failed: ...
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ApiToken(Base):
+    """An API bearer token: only its sha256 is kept; ``scope`` is read, operate or admin."""
+
+    __tablename__ = "api_tokens"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the token
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    created_by: Mapped[str] = mapped_column(String(160))
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column()
+
+
 DEFAULT_URL = "sqlite:///coldchain.db"
 
 

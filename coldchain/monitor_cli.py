@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from coldchain.cloud_views import DEFAULT_DB, Db, alerts_table, monitor_table
+from coldchain.cloud_views import DEFAULT_DB, Db, alerts_table, monitor_table, open_queries
 from coldchain.console import console, user_errors
+
+if TYPE_CHECKING:
+    from cloud.queries.models import MonitorView
 
 app = typer.Typer(help="Fleet health and drift from telemetry.", invoke_without_command=True)
 
@@ -20,20 +22,16 @@ def monitor(by: Annotated[str, typer.Option(help="device, group or bundle.")] = 
             plot: Annotated[Path | None, typer.Option(help="Also write latency and drift plots to this PNG.")] = None,
             db: Db = DEFAULT_DB) -> None:
     """A table per scope; alerts below it."""
-    from sqlalchemy import select
-
     from cloud.errors import CloudError
-    from cloud.monitor import monitor as rows_for
-    from cloud.store import Alert, open_store
 
     if by not in ("device", "group", "bundle"):
         raise typer.BadParameter("--by is device, group or bundle")
     scope: Literal["device", "group", "bundle"] = by  # type: ignore[assignment]
-    with user_errors(CloudError), open_store(db)() as session:
-        since = datetime.now(UTC) - timedelta(minutes=minutes)
-        rows = rows_for(session, scope, since)
+    with user_errors(CloudError):
+        queries = open_queries(db)
+        rows = queries.telemetry(scope, minutes)
         console.print(monitor_table(rows, f"Telemetry per {by}, last {minutes:g} min"))
-        alerts = session.scalars(select(Alert).order_by(Alert.id.desc()).limit(10)).all()
+        alerts = queries.alerts().items[:10]
         if alerts:
             console.print(alerts_table(alerts))
         if plot is not None:
@@ -41,7 +39,7 @@ def monitor(by: Annotated[str, typer.Option(help="device, group or bundle.")] = 
             console.print(f"plot written to {plot}")
 
 
-def write_plot(rows: list, path: Path) -> None:  # type: ignore[type-arg]
+def write_plot(rows: list[MonitorView], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,11 +47,12 @@ def write_plot(rows: list, path: Path) -> None:  # type: ignore[type-arg]
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     names = [r.subject[:18] for r in rows]
-    axes[0].bar(names, [r.summary.latency_p95 or 0 for r in rows], color="#4477aa")
+    axes[0].bar(names, [r.latency_p95_ms or 0 for r in rows], color="#4477aa")
     axes[0].set_title("latency p95 (ms)")
-    axes[1].bar(names, [r.summary.error_rate * 100 for r in rows], color="#cc6677")
+    axes[1].bar(names, [r.error_rate * 100 for r in rows], color="#cc6677")
     axes[1].set_title("error rate (%)")
-    axes[2].bar(names, [r.reference_drift or 0 for r in rows], color="#ddaa33")
+    axes[1].set_ylim(bottom=0)  # never a negative error rate
+    axes[2].bar(names, [r.prediction_drift_js or 0 for r in rows], color="#ddaa33")
     axes[2].axhline(0.15, color="grey", linestyle="--", linewidth=1)
     axes[2].set_title("prediction drift vs reference (JS)")
     for ax in axes:

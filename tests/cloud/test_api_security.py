@@ -126,7 +126,7 @@ def test_bad_query_input_is_a_4xx_naming_the_parameter(api_store: tuple[str, str
     assert client.get("/rollouts/r'1", headers=AUTH).status_code == 400
     limit = client.get("/alerts", params={"limit": "10000000000000000000000"}, headers=AUTH)
     assert limit.status_code == 400 and "limit" in limit.json()["message"]
-    assert client.get("/devices", params={"group": "us"}, headers=AUTH).json()[0]["id"] == "fridge-3"
+    assert client.get("/devices", params={"group": "us"}, headers=AUTH).json()["items"][0]["id"] == "fridge-3"
     long_url = client.get("/devices", params={"group": "x" * 20000}, headers=AUTH)
     assert long_url.status_code == 414
 
