@@ -1,8 +1,10 @@
 """The HTTP API (FastAPI): read the fleet, rollouts, telemetry aggregates, alerts and dead letters;
 start, pause, resume, abort and roll back rollouts. Every route needs ``Authorization: Bearer
 <token>`` except the probes ``/health``, ``/ready`` and ``/metrics`` (``cloud.api_probes``): the
-gate (``cloud.api_gate``) checks it before a body is read, and the routers' dependency checks it
-again, so a route is protected by default. Bodies are at most ``MAX_BODY_BYTES``; parameters are
+gate (``cloud.api_gate``) authenticates it before a body is read, and each router's dependency
+checks the identity again together with the scope its routes need (``read`` < ``operate`` <
+``admin``, ``cloud.tokens``), so a route is protected by default; writes are audited under the
+token's name (``cloud.operations``). Bodies are at most ``MAX_BODY_BYTES``; parameters are
 validated (a bad one is a 400, or 422 in a body, naming it); an unexpected failure is a generic
 500, logged and counted. OpenAPI docs at ``/docs`` (with the token too).
 
@@ -20,45 +22,67 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.api_gate import MAX_BODY_BYTES, Gate, token_matches
+from cloud.api_gate import MAX_BODY_BYTES, Gate
 from cloud.api_probes import PROBES, ApiMetrics, probes
 from cloud.api_routes import operate_routes, read_routes
-from cloud.errors import CloudError
+from cloud.audit import record
 from cloud.operations import Operations
 from cloud.queries import Queries
+from cloud.tokens import Authenticator, Identity, ScopeName
 
 __all__ = ["MAX_BODY_BYTES", "PROBES", "create_app"]
 log = logging.getLogger("coldchain.cloud.api")
 
 def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     """A 400 for a bad query or path parameter, a 422 for a bad body; each error names its parameter
-    and the input is never echoed (it may be megabytes)."""
+    and the input is never echoed (it may be megabytes). A refused write is audited."""
     errors = [{"loc": list(e["loc"]), "msg": str(e["msg"])[:200], "type": e["type"]} for e in exc.errors()[:10]]
     kinds = {"query": "query parameter", "path": "path parameter", "header": "header", "body": "body field"}
     message = "; ".join(f"{kinds.get(str(e['loc'][0]), str(e['loc'][0]))} "
                         f"{'.'.join(str(part) for part in e['loc'][1:])!r}: {e['msg']}" for e in errors)
     status = 422 if any(e["loc"][0] == "body" for e in errors) else 400
+    refused_write(request, f"invalid request: {message}")
     return JSONResponse({"detail": errors, "message": message}, status_code=status)
 
 
-def create_app(sessions: sessionmaker[Session], token: str,
+def refused_write(request: Request, why: str) -> None:
+    """Audit a write the API refused before it reached the operations (wrong scope, invalid body)."""
+    identity = getattr(request.state, "identity", None)
+    sessions = getattr(request.app.state, "sessions", None)
+    if request.method in ("GET", "HEAD", "OPTIONS") or not isinstance(identity, Identity) or sessions is None:
+        return
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    record(sessions, identity.actor, f"{request.method} {route}"[:64], request.url.path[:160], f"refused: {why}")
+
+
+def create_app(sessions: sessionmaker[Session], token: str | None = None,
                broker_connected: Callable[[], bool] | None = None) -> FastAPI:
-    """The API over ``sessions``; ``broker_connected`` (the cloud's MQTT client) feeds ``/ready``."""
-    if len(token) < 16:
-        raise CloudError("the API token must be at least 16 characters")
+    """The API over ``sessions``: tokens from the store (``coldchain token create``) and, if given,
+    the bootstrap ``token`` (scope admin); ``broker_connected`` (the cloud's MQTT client) feeds ``/ready``."""
+    authenticate = Authenticator(sessions, token)  # a short bootstrap token is refused here
     app = FastAPI(title="coldchain cloud", version="1",
                   description="Fleet, rollouts, telemetry and alerts of a coldchain cloud. Every route but "
-                              f"{', '.join(PROBES)} needs 'Authorization: Bearer <token>'; request bodies are at "
+                              f"{', '.join(PROBES)} needs 'Authorization: Bearer <token>' of the scope its "
+                              "operation names (x-scope: read < operate < admin); request bodies are at "
                               f"most {MAX_BODY_BYTES} bytes.")
+    app.state.sessions = sessions  # for audit records made outside the routes
     metrics = ApiMetrics(sessions)
-    bearer = HTTPBearer(auto_error=False, description="The API token (COLDCHAIN_API_TOKEN)")
+    bearer = HTTPBearer(auto_error=False, description="An API token (`coldchain token create`)")
 
-    def authenticated(request: Request,
-                      _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        """The routers' own check (the gate already refused a request without the token)."""
-        if not token_matches(request.headers.get("authorization"), token):
-            raise HTTPException(401, "this route needs 'Authorization: Bearer <token>'",
-                                headers={"WWW-Authenticate": "Bearer"})
+    def needs(scope: ScopeName) -> Callable[..., Identity]:
+        def check(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Identity:
+            """The routers' own check: the gate authenticated the request, the route's scope is checked here."""
+            identity = getattr(request.state, "identity", None)
+            if not isinstance(identity, Identity):
+                raise HTTPException(401, "this route needs 'Authorization: Bearer <token>'",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            if not identity.allows(scope):
+                why = f"this route needs a token of scope {scope}; token {identity.name!r} has scope {identity.scope}"
+                refused_write(request, why)
+                raise HTTPException(403, why)
+            return identity
+
+        return check
 
     def unexpected(request: Request, exc: Exception) -> JSONResponse:
         route = getattr(request.scope.get("route"), "path", "unmatched")
@@ -66,16 +90,15 @@ def create_app(sessions: sessionmaker[Session], token: str,
         metrics.unexpected.labels(route).inc()
         return JSONResponse({"detail": "internal error; the cloud's log has the details"}, status_code=500)
 
+    def operations(request: Request) -> Operations:
+        return Operations(sessions, request.state.identity.actor)
+
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected)
     app.include_router(probes(sessions, metrics, broker_connected))
     queries = Queries(sessions)
-
-    def operations(request: Request) -> Operations:
-        return Operations(sessions, "token:COLDCHAIN_API_TOKEN")
-
-    for router in (read_routes(queries), operate_routes(queries, operations)):
-        app.include_router(router, dependencies=[Depends(authenticated)])
-    app.add_middleware(Gate, token=token, open_paths=PROBES, count=metrics.refuse,
+    app.include_router(read_routes(queries), dependencies=[Depends(needs("read"))])
+    app.include_router(operate_routes(queries, operations), dependencies=[Depends(needs("operate"))])
+    app.add_middleware(Gate, authenticate=authenticate, open_paths=PROBES, count=metrics.refuse,
                        answered=metrics.answered)
     return app

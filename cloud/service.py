@@ -121,7 +121,7 @@ class Cloud:
         for message in messages:
             self.controller.notify(f"alert: {message}")
 
-    def serve_api(self, port: int, token: str, host: str = "127.0.0.1") -> None:
+    def serve_api(self, port: int, token: str | None = None, host: str = "127.0.0.1") -> None:
         """The HTTP API (``cloud.api``) in a supervised thread, on 127.0.0.1 unless ``host`` says
         otherwise: if uvicorn fails (its port taken, a crash), it is counted under ``api`` and started again."""
         import uvicorn

@@ -47,7 +47,7 @@ def serve(
     = None,
 ) -> None:
     """Ingest telemetry/events/state, answer chunk repairs, drive rollouts; optionally the HTTP API
-    (bearer token from COLDCHAIN_API_TOKEN, at least 16 characters; 127.0.0.1 unless --host)."""
+    (tokens from `coldchain token create`; 127.0.0.1 unless --host)."""
     import time
 
     from cloud.errors import CloudError
@@ -76,9 +76,10 @@ def serve(
 
 def _serve_api(cloud: object, port: int, host: str = "127.0.0.1") -> None:
     """The HTTP API beside the cloud, supervised by it (restarted if it fails)."""
-    cloud.serve_api(port, os.environ.get("COLDCHAIN_API_TOKEN", ""), host)  # type: ignore[attr-defined]
+    cloud.serve_api(port, os.environ.get("COLDCHAIN_API_TOKEN") or None, host)  # type: ignore[attr-defined]
     console.print(f"HTTP API on http://{host}:{port}: every route but /health, /ready and /metrics needs "
-                  "'Authorization: Bearer $COLDCHAIN_API_TOKEN' (docs at /docs)")
+                  "'Authorization: Bearer TOKEN' of the route's scope (`coldchain token create NAME --scope "
+                  "read|operate|admin`; COLDCHAIN_API_TOKEN, if set, is an admin token); docs at /docs")
 
 
 Offset = Annotated[int, typer.Option(min=0, help="Rows to skip (paging).")]
