@@ -26,6 +26,7 @@ from cloud.api_gate import MAX_BODY_BYTES, Gate
 from cloud.api_probes import PROBES, ApiMetrics, probes
 from cloud.api_routes import operate_routes, read_routes
 from cloud.audit import record
+from cloud.metrics import Runtime
 from cloud.operations import Operations
 from cloud.queries import Queries
 from cloud.tokens import Authenticator, Identity, ScopeName
@@ -56,9 +57,10 @@ def refused_write(request: Request, why: str) -> None:
 
 
 def create_app(sessions: sessionmaker[Session], token: str | None = None,
-               broker_connected: Callable[[], bool] | None = None) -> FastAPI:
+               broker_connected: Callable[[], bool] | None = None, runtime: Runtime | None = None) -> FastAPI:
     """The API over ``sessions``: tokens from the store (``coldchain token create``) and, if given,
-    the bootstrap ``token`` (scope admin); ``broker_connected`` (the cloud's MQTT client) feeds ``/ready``."""
+    the bootstrap ``token`` (scope admin); ``broker_connected`` (the cloud's MQTT client) feeds ``/ready``,
+    ``runtime`` (the running cloud's counters) ``/metrics``."""
     authenticate = Authenticator(sessions, token)  # a short bootstrap token is refused here
     app = FastAPI(title="coldchain cloud", version="1",
                   description="Fleet, rollouts, telemetry and alerts of a coldchain cloud. Every route but "
@@ -66,7 +68,7 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
                               "operation names (x-scope: read < operate < admin); request bodies are at "
                               f"most {MAX_BODY_BYTES} bytes.")
     app.state.sessions = sessions  # for audit records made outside the routes
-    metrics = ApiMetrics(sessions)
+    metrics = ApiMetrics(sessions, runtime)
     bearer = HTTPBearer(auto_error=False, description="An API token (`coldchain token create`)")
 
     def needs(scope: ScopeName) -> Callable[..., Identity]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections import defaultdict
@@ -56,6 +57,7 @@ class Outcome:
     reason: str | None = None
     missing: MissingChunks | None = None
     window: tuple[str, str | None, int] | None = None  # (device, epoch, seq) of telemetry stored now or before
+    lag_s: float | None = None  # telemetry stored now: seconds from the window's end to its storage
 
 
 def _insert(session: Session, table: Any, values: dict[str, Any], keys: list[str]) -> bool:
@@ -68,8 +70,25 @@ def _insert(session: Session, table: Any, values: dict[str, Any], keys: list[str
     return session.execute(statement).first() is not None
 
 
-def dead_letter(session: Session, topic: str, payload: bytes, reason: str) -> Outcome:
-    session.add(DeadLetter(topic=topic[:1000], payload=payload[:DEAD_LETTER_BYTES], reason=reason[:4000]))
+_EXCEPTION = re.compile(r"^([A-Z][A-Za-z0-9]{0,46}):")
+
+
+def reason_kind(reason: str) -> str:
+    """A dead letter's reason as a short, bounded class (a metric label): the exception's name for
+    what the contract refused, ``store_error``, ``attempts`` (handling never finished), ``mismatch``."""
+    if reason.startswith("failed ") and " times" in reason[:24]:
+        return "attempts"
+    if " while storing" in reason[:80]:
+        return "store_error"
+    if reason.startswith("missing-chunk report names"):
+        return "mismatch"
+    match = _EXCEPTION.match(reason)
+    return match.group(1) if match else "other"
+
+
+def dead_letter(session: Session, topic: str, payload: bytes, reason: str, kind: str | None = None) -> Outcome:
+    session.add(DeadLetter(topic=topic[:1000], payload=payload[:DEAD_LETTER_BYTES], reason=reason[:4000],
+                           kind=(kind or reason_kind(reason))[:48], received_at=now()))
     log.info("dead letter on %s: %s", topic, reason)
     return Outcome("dead", reason)
 
@@ -139,7 +158,9 @@ def _telemetry(session: Session, window: Telemetry, device_id: str | None) -> Ou
         "payload": window.model_dump(mode="json"), "received_at": now()}, ["device_id", "epoch", "seq"])
     if stored and window.spool.evicted:
         _dropped(session, window.device_id, window.epoch or "", window.spool.evicted)
-    return Outcome("stored" if stored else "duplicate", window=(window.device_id, window.epoch, window.seq))
+    end = window.window_end if window.window_end.tzinfo is not None else window.window_end.replace(tzinfo=UTC)
+    return Outcome("stored" if stored else "duplicate", window=(window.device_id, window.epoch, window.seq),
+                   lag_s=(now() - end).total_seconds() if stored else None)
 
 
 def _dropped(session: Session, device_id: str, epoch: str, evicted: int) -> None:
@@ -248,6 +269,7 @@ class IngestWorker:
                                        "acks": 0}
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker confirmed the subscriptions (SUBACK)
+        self.lag_s: float | None = None  # the latest batch's largest telemetry lag (window end to storage)
 
     def drain(self, timeout: float = 0.2) -> int:
         """Handle what is queued (up to ``batch`` messages) in one transaction; return how many."""
@@ -265,6 +287,9 @@ class IngestWorker:
         outcomes = self._attempt(received)
         for outcome in outcomes:
             self.counts[outcome.kind] += 1
+        lags = [o.lag_s for o in outcomes if o.lag_s is not None]
+        if lags:
+            self.lag_s = max(lags)
         reports = [o.missing for o in outcomes if o.missing is not None]
         for confirmation in acks(outcomes):  # committed: the devices may delete these windows now
             # not sent (offline): the device sends the windows again after its timeout, and they are acked then

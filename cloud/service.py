@@ -21,6 +21,7 @@ from sqlalchemy import select
 from cloud.commands import Deliveries
 from cloud.controller import Controller
 from cloud.ingest import IngestWorker
+from cloud.metrics import Runtime
 from cloud.monitor import check_alerts
 from cloud.publisher import Publisher
 from cloud.store import BundleRow, open_store
@@ -129,13 +130,22 @@ class Cloud:
         from cloud.api import create_app
 
         # a bad token is refused here, before anything runs; /ready reports the broker connection
-        app = create_app(self.sessions, token, broker_connected=self.transport.client.is_connected)
+        app = create_app(self.sessions, token, broker_connected=self.transport.client.is_connected,
+                         runtime=self.runtime())
 
         def run() -> None:
             self._api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
             self._api.run()
 
         self.supervisor.service("api", run)
+
+    def runtime(self) -> Runtime:
+        """The live figures ``/metrics`` reads (``cloud.metrics``)."""
+        publisher = self.publisher
+        return Runtime(ingest_counts=lambda: dict(self.worker.counts),
+                       ingest_queue=self.transport.inbox.qsize, ingest_lag_s=lambda: self.worker.lag_s,
+                       egress_bytes=lambda: (publisher.egress_bytes, publisher.repair_bytes),
+                       failures=lambda: dict(self.failures))
 
     def start(self, wait_s: float | None = None) -> Cloud:
         """Run the cloud in a thread; return once it is connected to the broker (or after ``wait_s``,

@@ -210,7 +210,8 @@ class DeadLetter(Base):
     topic: Mapped[str] = mapped_column(Text)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     reason: Mapped[str] = mapped_column(Text)
-    received_at: Mapped[datetime] = mapped_column(default=now)
+    kind: Mapped[str | None] = mapped_column(String(48))  # the reason's class (a metric label): SchemaError, ...
+    received_at: Mapped[datetime] = mapped_column(default=now, index=True)
 
 
 class Attempt(Base):
@@ -318,7 +319,7 @@ def _added_columns(engine: Engine) -> None:
     """Columns added to existing tables since they were created (nullable: old rows keep NULL)."""
     tables = inspect(engine).get_table_names()
     for table, column in (("devices", "state_ts"), ("devices", "protocol"), ("devices", "state_version"),
-                          ("commands", "give_up_at")):
+                          ("commands", "give_up_at"), ("dead_letters", "kind")):
         if table not in tables or any(c["name"] == column for c in inspect(engine).get_columns(table)):
             continue
         kind = Base.metadata.tables[table].c[column].type.compile(dialect=engine.dialect)
