@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from cloud.commands import Deliveries
+from cloud.config import CloudConfig
 from cloud.controller import Controller
 from cloud.ingest import IngestWorker
 from cloud.metrics import Runtime
@@ -26,6 +27,7 @@ from cloud.monitor import check_alerts
 from cloud.publisher import Publisher
 from cloud.store import BundleRow, open_store
 from cloud.supervise import Supervisor
+from cloud.webhooks import Dispatcher
 from transport.client import MqttTransport
 from transport.config import BrokerConfig
 
@@ -62,8 +64,10 @@ class Cloud:
     def __init__(self, store_url: str, broker: BrokerConfig, operator_key: Ed25519PrivateKey,
                  client_id: str = "coldchain-cloud", share_group: str | None = None,
                  bytes_per_s: float | None = None, notify: Callable[[str], None] | None = None,
-                 chunk_size: int = 128 * 1024) -> None:
+                 chunk_size: int = 128 * 1024, config: CloudConfig | None = None) -> None:
         self.sessions = open_store(store_url)
+        self.config = config or CloudConfig()
+        self.dispatcher = Dispatcher(self.sessions, self.config.alerts)
         self.broker = broker
         self.transport = MqttTransport(client_id, broker, manual_ack=True)
         self.stop_event = threading.Event()
@@ -97,6 +101,8 @@ class Cloud:
         ingestion = supervise.every("ingestion", lambda: self.worker.drain(timeout=0.1), 0.0, backoff_max_s=2.0)
         supervise.every("controller", self._step, step_s)
         supervise.every("alerts", self._check_alerts, self.alert_every_s)
+        if self.config.alerts.webhooks:
+            supervise.every("webhooks", self.dispatcher.step, self.config.alerts.every_s)
         try:
             while not self.stop_event.is_set() and (until is None or time.monotonic() < until):
                 self.broker_wait.check(self.transport.client.is_connected())
@@ -145,7 +151,7 @@ class Cloud:
         return Runtime(ingest_counts=lambda: dict(self.worker.counts),
                        ingest_queue=self.transport.inbox.qsize, ingest_lag_s=lambda: self.worker.lag_s,
                        egress_bytes=lambda: (publisher.egress_bytes, publisher.repair_bytes),
-                       failures=lambda: dict(self.failures))
+                       deliveries=lambda: dict(self.dispatcher.counts), failures=lambda: dict(self.failures))
 
     def start(self, wait_s: float | None = None) -> Cloud:
         """Run the cloud in a thread; return once it is connected to the broker (or after ``wait_s``,

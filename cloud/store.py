@@ -232,6 +232,25 @@ class Alert(Base):
     subject: Mapped[str] = mapped_column(String(128))
     message: Mapped[str] = mapped_column(Text)
     value: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=now, index=True)
+    dispatched: Mapped[bool | None] = mapped_column(Boolean, index=True)  # False: webhooks not yet queued
+
+
+class AlertDelivery(Base):
+    """One alert to one webhook (``cloud.webhooks``): retried with a backoff until the receiver
+    answers 2xx, or dead-lettered after the configured attempts."""
+
+    __tablename__ = "alert_deliveries"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    webhook: Mapped[str] = mapped_column(String(48))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(default=now)
+    done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    outcome: Mapped[str | None] = mapped_column(String(16))  # delivered, dead
+    last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 
@@ -319,7 +338,8 @@ def _added_columns(engine: Engine) -> None:
     """Columns added to existing tables since they were created (nullable: old rows keep NULL)."""
     tables = inspect(engine).get_table_names()
     for table, column in (("devices", "state_ts"), ("devices", "protocol"), ("devices", "state_version"),
-                          ("commands", "give_up_at"), ("dead_letters", "kind")):
+                          ("commands", "give_up_at"), ("dead_letters", "kind"),
+                          ("alerts", "dispatched")):
         if table not in tables or any(c["name"] == column for c in inspect(engine).get_columns(table)):
             continue
         kind = Base.metadata.tables[table].c[column].type.compile(dialect=engine.dialect)

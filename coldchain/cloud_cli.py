@@ -45,11 +45,15 @@ def serve(
     fleet: Annotated[Path | None, typer.Option(envvar="COLDCHAIN_FLEET", help="The fleet's key folder: connect with "
                                                "the cloud's identity (certificate over mqtts://, else password).")]
     = None,
+    config: Annotated[Path | None, typer.Option("--config", envvar="COLDCHAIN_CLOUD_CONFIG", help="The cloud's "
+                                                "configuration (YAML): alert webhooks, bundle uploads, retention, "
+                                                "inventory per group; docs/cloud.md.")] = None,
 ) -> None:
     """Ingest telemetry/events/state, answer chunk repairs, drive rollouts; optionally the HTTP API
     (tokens from `coldchain token create`; 127.0.0.1 unless --host)."""
     import time
 
+    from cloud.config import load_config
     from cloud.errors import CloudError
     from cloud.service import Cloud
     from contract.signing import load_private_key
@@ -60,11 +64,11 @@ def serve(
         if fleet is not None:
             from cloud.pki import FleetAuthority
 
-            config = FleetAuthority(fleet).cloud_login(broker, version)
+            broker_config = FleetAuthority(fleet).cloud_login(broker, version)
         else:
-            config = BrokerConfig(url=broker, protocol=version)
-        cloud = Cloud(db, config, load_private_key(key), client_id, share_group, bytes_per_s,
-                      notify=lambda m: console.print(f"[cyan]{m}"))
+            broker_config = BrokerConfig(url=broker, protocol=version)
+        cloud = Cloud(db, broker_config, load_private_key(key), client_id, share_group, bytes_per_s,
+                      notify=lambda m: console.print(f"[cyan]{m}"), config=load_config(config))
         if api_port is not None:
             _serve_api(cloud, api_port, api_host)
         console.print(f"cloud on {broker} with store {db}; Ctrl-C stops")
