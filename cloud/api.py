@@ -6,7 +6,8 @@ checks the identity again together with the scope its routes need (``read`` < ``
 ``admin``, ``cloud.tokens``), so a route is protected by default; writes are audited under the
 token's name (``cloud.operations``). Bodies are at most ``MAX_BODY_BYTES``; parameters are
 validated (a bad one is a 400, or 422 in a body, naming it); an unexpected failure is a generic
-500, logged and counted. OpenAPI docs at ``/docs`` (with the token too).
+500, logged and counted. OpenAPI docs at ``/docs`` (with the token too), served offline
+(``cloud.api_docs``).
 
 (No ``from __future__ import annotations`` here: FastAPI reads the dependency annotations at runtime.)
 """
@@ -22,10 +23,13 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.api_docs import docs_routes
 from cloud.api_gate import MAX_BODY_BYTES, Gate
 from cloud.api_probes import PROBES, ApiMetrics, probes
-from cloud.api_routes import operate_routes, read_routes
+from cloud.api_routes import operate_routes, read_routes, scoped
+from cloud.api_upload import upload_routes
 from cloud.audit import record
+from cloud.config import CloudConfig
 from cloud.metrics import Runtime
 from cloud.operations import Operations
 from cloud.queries import Queries
@@ -57,12 +61,14 @@ def refused_write(request: Request, why: str) -> None:
 
 
 def create_app(sessions: sessionmaker[Session], token: str | None = None,
-               broker_connected: Callable[[], bool] | None = None, runtime: Runtime | None = None) -> FastAPI:
+               broker_connected: Callable[[], bool] | None = None, runtime: Runtime | None = None,
+               config: CloudConfig | None = None) -> FastAPI:
     """The API over ``sessions``: tokens from the store (``coldchain token create``) and, if given,
     the bootstrap ``token`` (scope admin); ``broker_connected`` (the cloud's MQTT client) feeds ``/ready``,
-    ``runtime`` (the running cloud's counters) ``/metrics``."""
+    ``runtime`` (the running cloud's counters) ``/metrics``; ``config`` says where uploads go."""
+    config = config or CloudConfig()
     authenticate = Authenticator(sessions, token)  # a short bootstrap token is refused here
-    app = FastAPI(title="coldchain cloud", version="1",
+    app = FastAPI(title="coldchain cloud", version="1", docs_url=None, redoc_url=None,
                   description="Fleet, rollouts, telemetry and alerts of a coldchain cloud. Every route but "
                               f"{', '.join(PROBES)} needs 'Authorization: Bearer <token>' of the scope its "
                               "operation names (x-scope: read < operate < admin); request bodies are at "
@@ -101,6 +107,9 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     queries = Queries(sessions)
     app.include_router(read_routes(queries), dependencies=[Depends(needs("read"))])
     app.include_router(operate_routes(queries, operations), dependencies=[Depends(needs("operate"))])
+    app.include_router(scoped(upload_routes(config.bundles, operations), "operate"),
+                       dependencies=[Depends(needs("operate"))])
+    app.include_router(docs_routes())  # the gate lets only authenticated requests reach it
     app.add_middleware(Gate, authenticate=authenticate, open_paths=PROBES, count=metrics.refuse,
-                       answered=metrics.answered)
+                       answered=metrics.answered, max_bodies={"/bundles": config.bundles.max_upload_bytes})
     return app

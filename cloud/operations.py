@@ -45,6 +45,10 @@ class Operations:
         record(self.sessions, self.actor, action, target, "ok", detail)
         return done
 
+    def refused(self, action: str, target: str | None, why: str, detail: dict[str, Any] | None = None) -> None:
+        """Record a write refused before it could be tried (not configured, too large, empty)."""
+        record(self.sessions, self.actor, action, target, f"refused: {why}", detail)
+
     def start_rollout(self, bundle: str, plan: RolloutPlan, rollout_id: str | None = None,
                       supersede: bool = False) -> str:
         rollout_id = rollout_id or rollouts.new_id()
