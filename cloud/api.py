@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloud.api_docs import docs_routes
 from cloud.api_gate import MAX_BODY_BYTES, Gate
 from cloud.api_probes import PROBES, ApiMetrics, probes
-from cloud.api_routes import operate_routes, read_routes, scoped
+from cloud.api_routes import export_routes, operate_routes, read_routes, scoped
 from cloud.api_upload import upload_routes
 from cloud.audit import record
 from cloud.config import CloudConfig
@@ -106,6 +106,7 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     app.include_router(probes(sessions, metrics, broker_connected))
     queries = Queries(sessions)
     app.include_router(read_routes(queries), dependencies=[Depends(needs("read"))])
+    app.include_router(export_routes(queries, config.exports, operations), dependencies=[Depends(needs("read"))])
     app.include_router(operate_routes(queries, operations), dependencies=[Depends(needs("operate"))])
     app.include_router(scoped(upload_routes(config.bundles, operations), "operate"),
                        dependencies=[Depends(needs("operate"))])

@@ -11,9 +11,12 @@ from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, StringConstraints
 
+from cloud.config import Exports
 from cloud.errors import CloudError, NotFoundError
+from cloud.exports import pseudonym_key, to_csv
 from cloud.operations import Operations
 from cloud.plan import RolloutPlan
 from cloud.queries import Queries
@@ -155,3 +158,29 @@ def operate_routes(queries: Queries, operations: Callable[[Request], Operations]
             return queries.rollout(rollout_id)
 
     return scoped(app, "operate")
+
+
+def export_routes(queries: Queries, config: Exports, operations: Callable[[Request], Operations]) -> APIRouter:
+    app = APIRouter()
+
+    @app.get("/telemetry/export", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/csv": {}}, "description": "One CSV row per subject"}})
+    def export(request: Request, operator: Annotated[Operations, Depends(operations)],
+               by: Literal["device", "group", "bundle"] = "device",
+               minutes: Annotated[float, Query(gt=0, le=90 * 24 * 60)] = 60,
+               ids: Literal["pseudonyms", "raw"] = "pseudonyms") -> PlainTextResponse:
+        """Telemetry summaries as CSV; device ids are keyed pseudonyms unless an admin token asks
+        for ``ids=raw``. Each export is audited."""
+        identity = request.state.identity
+        detail = {"by": by, "minutes": minutes, "ids": ids}
+        if ids == "raw" and not identity.allows("admin"):
+            operator.refused("telemetry.export", by, "raw device ids need an admin token", detail)
+            raise HTTPException(403, "raw device ids need a token of scope admin; without ids=raw the export "
+                                     "has keyed pseudonyms")
+        with answered():
+            text = operator.audited("telemetry.export", by, detail, lambda: to_csv(
+                queries.telemetry(by, minutes), None if ids == "raw" else pseudonym_key(queries.sessions, config)))
+        return PlainTextResponse(text, media_type="text/csv",
+                                 headers={"Content-Disposition": f'attachment; filename="telemetry-{by}.csv"'})
+
+    return scoped(app, "read")

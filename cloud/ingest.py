@@ -29,7 +29,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud import attempts
+from cloud import attempts, rollup
+from cloud.config import Telemetry as TelemetrySettings
 from cloud.rollouts import activated_late
 from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, SpoolDrops, TelemetryRow, now
 from contract import topics
@@ -93,15 +94,17 @@ def dead_letter(session: Session, topic: str, payload: bytes, reason: str, kind:
     return Outcome("dead", reason)
 
 
-def ingest(session: Session, topic: str, payload: bytes) -> Outcome:  # noqa: PLR0911 (one return per kind)
-    """Validate and store one message. Never raises for bad input: that is a dead letter."""
+def ingest(session: Session, topic: str, payload: bytes,  # noqa: PLR0911 (one return per kind)
+           settings: TelemetrySettings | None = None) -> Outcome:
+    """Validate and store one message. Never raises for bad input: that is a dead letter.
+    ``settings``: what is kept of inventories, per group (``cloud.config.Telemetry``)."""
     try:
         parsed = topics.parse(topic)
         device = parsed.device_id
         if parsed.kind is topics.TopicKind.STATE:
             return _state(session, DeviceState.from_json(payload), device)
         if parsed.kind is topics.TopicKind.TELEMETRY:
-            return _telemetry(session, Telemetry.from_json(payload), device)
+            return _telemetry(session, kept_inventory(session, Telemetry.from_json(payload), settings), device)
         if parsed.kind is topics.TopicKind.EVENTS:
             return _event(session, payload, device)
         if parsed.kind is topics.TopicKind.MISSING:
@@ -113,6 +116,20 @@ def ingest(session: Session, topic: str, payload: bytes) -> Outcome:  # noqa: PL
         return Outcome("ignored")
     except ContractError as exc:
         return dead_letter(session, topic, payload, f"{type(exc).__name__}: {exc}")
+
+
+def kept_inventory(session: Session, window: Telemetry, settings: TelemetrySettings | None) -> Telemetry:
+    """The window with its inventory as the device's groups allow: ``labels`` as sent, ``counts``
+    only the number of items (``{"(all)": n}``), ``off`` nothing. A device in several groups takes
+    the strictest; one the store does not know yet, the default."""
+    if settings is None or not window.inventory or (settings.inventory == "labels" and not settings.groups):
+        return window
+    device = session.get(Device, window.device_id)
+    policy = settings.inventory_for(device.all_groups() if device is not None else [])
+    if policy == "labels":
+        return window
+    kept = {} if policy == "off" else {"(all)": min(sum(window.inventory.values()), MAX_INT)}
+    return window.model_copy(update={"inventory": kept})
 
 
 def _check_device(payload_device: str, topic_device: str | None) -> None:
@@ -149,13 +166,16 @@ def _state(session: Session, state: DeviceState, device_id: str | None) -> Outco
 
 def _telemetry(session: Session, window: Telemetry, device_id: str | None) -> Outcome:
     _check_device(window.device_id, device_id)
+    received = now()
     stored = _insert(session, TelemetryRow.__table__, {
         "device_id": window.device_id, "epoch": window.epoch or "", "seq": window.seq,
         "bundle_sha256": None if window.bundle is None else window.bundle.sha256,
         "window_start": window.window_start, "window_end": window.window_end, "inferences": window.inferences,
         "errors": min(sum(window.errors.values()), MAX_INT),  # each count is bounded, their sum is not
         "latency_p95": None if window.latency_ms is None else window.latency_ms.p95,
-        "payload": window.model_dump(mode="json"), "received_at": now()}, ["device_id", "epoch", "seq"])
+        "payload": window.model_dump(mode="json"), "received_at": received}, ["device_id", "epoch", "seq"])
+    if stored:
+        rollup.add(session, window, received)  # what monitoring and the gates read, kept past retention
     if stored and window.spool.evicted:
         _dropped(session, window.device_id, window.epoch or "", window.spool.evicted)
     end = window.window_end if window.window_end.tzinfo is not None else window.window_end.replace(tzinfo=UTC)
@@ -261,9 +281,10 @@ class IngestWorker:
 
     def __init__(self, transport: Transport, sessions: sessionmaker[Session], share_group: str | None = None,
                  batch: int = 200, on_missing: Any = None, on_acked: Callable[[int], None] | None = None,
-                 max_attempts: int = attempts.MAX_ATTEMPTS) -> None:
+                 max_attempts: int = attempts.MAX_ATTEMPTS, settings: TelemetrySettings | None = None) -> None:
         self.transport, self.sessions, self.share_group = transport, sessions, share_group
         self.batch, self.on_missing, self.max_attempts = batch, on_missing, max_attempts
+        self.settings = settings  # inventories per group
         self.on_acked = on_acked or (lambda mid: None)  # PUBACKs of what this connection published
         self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0, "poison": 0,
                                        "acks": 0}
@@ -351,7 +372,7 @@ class IngestWorker:
         for attempt in range(tries):
             try:
                 with self.sessions.begin() as session:
-                    outcomes = [ingest(session, item.topic, item.payload) for item in received]
+                    outcomes = [ingest(session, item.topic, item.payload, self.settings) for item in received]
                     seen(session, {d for item in received if (d := _sender(item.topic)) is not None})
                     attempts.clear(session, [k for k in keys if k is not None])
                     return outcomes
@@ -372,7 +393,7 @@ class IngestWorker:
         try:
             with self.sessions.begin() as session:
                 attempts.clear(session, [key] if key else [])
-                outcome = ingest(session, item.topic, item.payload)
+                outcome = ingest(session, item.topic, item.payload, self.settings)
                 seen(session, sender)  # as the batch path does: any message moves "last seen"
                 return outcome
         except OperationalError:

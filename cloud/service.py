@@ -25,6 +25,7 @@ from cloud.ingest import IngestWorker
 from cloud.metrics import Runtime
 from cloud.monitor import check_alerts
 from cloud.publisher import Publisher
+from cloud.retention import Retainer
 from cloud.store import BundleRow, open_store
 from cloud.supervise import Supervisor
 from cloud.webhooks import Dispatcher
@@ -77,7 +78,8 @@ class Cloud:
                                    supervise=self.supervisor.service)
         deliveries = Deliveries()  # which command each PUBACK the ingestion worker drains is for
         self.worker = IngestWorker(self.transport, self.sessions, share_group if broker.protocol == "5" else None,
-                                   on_missing=self.publisher.repair, on_acked=deliveries.acked)
+                                   on_missing=self.publisher.repair, on_acked=deliveries.acked,
+                                   settings=self.config.telemetry)
         self.controller = Controller(self.sessions, self.transport, self.publisher, operator_key, notify=notify,
                                      deliveries=deliveries)
         self.broker_wait = BrokerWait(broker.url, self._say)
@@ -103,6 +105,8 @@ class Cloud:
         supervise.every("alerts", self._check_alerts, self.alert_every_s)
         if self.config.alerts.webhooks:
             supervise.every("webhooks", self.dispatcher.step, self.config.alerts.every_s)
+        supervise.every("retention", Retainer(self.sessions, self.config.retention).step,
+                        self.config.retention.every_s)
         try:
             while not self.stop_event.is_set() and (until is None or time.monotonic() < until):
                 self.broker_wait.check(self.transport.client.is_connected())

@@ -177,6 +177,39 @@ class TelemetryRow(Base):
     received_at: Mapped[datetime] = mapped_column(default=now, index=True)
 
 
+class TelemetryRollup(Base):
+    """Telemetry summed per device, bundle ("" for none) and minute of reception (``cloud.rollup``):
+    what monitoring, drift and the rollout gates read. It outlives the raw windows (retention
+    deletes those), so deleting raw rows never changes a figure or a gate's verdict."""
+
+    __tablename__ = "telemetry_rollups"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bundle_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(primary_key=True, index=True)  # received_at, to the minute
+    windows: Mapped[int] = mapped_column(BigInteger, default=0)
+    inferences: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    frames_skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_p50_sum: Mapped[float] = mapped_column(Float, default=0.0)  # p50 x inferences, summed
+    latency_p95_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_n: Mapped[float] = mapped_column(Float, default=0.0)  # inferences of windows with latencies
+    model_p95_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    model_n: Mapped[float] = mapped_column(Float, default=0.0)
+    predictions: Mapped[dict[str, Any]] = mapped_column(default=dict)  # label -> count
+    histograms: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stat -> edges (JSON text) -> counts
+    inventory: Mapped[dict[str, Any] | None] = mapped_column()  # the latest non-empty one of the minute
+    inventory_at: Mapped[datetime | None] = mapped_column()  # its window's end
+
+
+class CloudSecret(Base):
+    """Keys the cloud makes for itself (the export pseudonyms' HMAC key)."""
+
+    __tablename__ = "cloud_secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
 class SpoolDrops(Base):
     """Windows a device dropped unsent (its spool was full), as it reports them: a running total
     per spool epoch, so the fleet's loss is counted, never silent."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from coldchain.cloud_views import DEFAULT_DB, Db, alerts_table, monitor_table, open_queries
+from coldchain.cloud_views import DEFAULT_DB, Db, alerts_table, monitor_table, open_queries, operations
 from coldchain.console import console, user_errors
 
 if TYPE_CHECKING:
@@ -20,6 +20,12 @@ app = typer.Typer(help="Fleet health and drift from telemetry.", invoke_without_
 def monitor(by: Annotated[str, typer.Option(help="device, group or bundle.")] = "group",
             minutes: Annotated[float, typer.Option(min=0.1, help="Telemetry of the last N minutes.")] = 60.0,
             plot: Annotated[Path | None, typer.Option(help="Also write latency and drift plots to this PNG.")] = None,
+            export: Annotated[Path | None, typer.Option(help="Also write the table as CSV here; device ids become "
+                                                        "keyed pseudonyms (docs/cloud.md).")] = None,
+            raw_ids: Annotated[bool, typer.Option("--raw-ids", help="Keep raw device ids in the export.")] = False,
+            config: Annotated[Path | None, typer.Option("--config", envvar="COLDCHAIN_CLOUD_CONFIG",
+                                                        help="The cloud's configuration (the pseudonym key).")]
+            = None,
             db: Db = DEFAULT_DB) -> None:
     """A table per scope; alerts below it."""
     from cloud.errors import CloudError
@@ -37,6 +43,23 @@ def monitor(by: Annotated[str, typer.Option(help="device, group or bundle.")] = 
         if plot is not None:
             write_plot(rows, plot)
             console.print(f"plot written to {plot}")
+        if export is not None:
+            _export(db, rows, export, raw_ids, config)
+            console.print(f"CSV written to {export}" + (" (raw device ids)" if raw_ids else
+                                                        " (device ids as keyed pseudonyms)"))
+
+
+def _export(db: str, rows: list[MonitorView], path: Path, raw: bool, config: Path | None) -> None:
+    from cloud.config import load_config
+    from cloud.exports import pseudonym_key, to_csv
+
+    operator = operations(db)
+    settings = load_config(config).exports
+    detail = {"by": rows[0].scope if rows else None, "ids": "raw" if raw else "pseudonyms", "path": str(path)}
+    text = operator.audited("telemetry.export", str(path), detail, lambda: to_csv(
+        rows, None if raw else pseudonym_key(operator.sessions, settings)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def write_plot(rows: list[MonitorView], path: Path) -> None:
