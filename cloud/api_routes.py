@@ -19,7 +19,7 @@ from cloud.errors import CloudError, NotFoundError
 from cloud.exports import pseudonym_key, to_csv
 from cloud.operations import Operations
 from cloud.plan import RolloutPlan
-from cloud.queries import Queries
+from cloud.queries import Queries, SeriesFilter
 from cloud.queries.models import (
     ID_PATTERN,
     AlertView,
@@ -36,6 +36,7 @@ from cloud.queries.models import (
     RollbackStepView,
     RolloutDetail,
     RolloutSummary,
+    SeriesPoint,
 )
 from contract.errors import ContractError
 
@@ -93,6 +94,23 @@ def read_routes(queries: Queries) -> APIRouter:
     def device(device_id: DeviceId) -> DeviceDetail:
         with answered():
             return queries.device(device_id)
+
+    Minutes = Annotated[float, Query(gt=0, le=90 * 24 * 60)]
+    Step = Annotated[int, Query(ge=1, le=24 * 60)]
+
+    @app.get("/devices/{device_id}/series")
+    def device_series(device_id: DeviceId, minutes: Minutes = 24 * 60, step: Step = 5) -> list[SeriesPoint]:
+        """The device's telemetry over time: one point per step and bundle (gaps where it sent nothing)."""
+        with answered():
+            queries.device(device_id)  # 404 for a device the store does not know
+            return queries.series(SeriesFilter(device=device_id), minutes, step)
+
+    @app.get("/bundles/{sha256}/series")
+    def bundle_series(sha256: Annotated[str, Path(pattern=r"^[0-9a-fA-F]{4,64}$")], minutes: Minutes = 24 * 60,
+                      step: Step = 5) -> list[SeriesPoint]:
+        with answered():
+            full = queries.bundle(sha256).bundle.sha256
+            return queries.series(SeriesFilter(bundle=full), minutes, step)
 
     @app.get("/bundles")
     def bundles(offset: Offset = 0, limit: Limit = 100) -> Page[BundleView]:

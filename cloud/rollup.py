@@ -1,16 +1,19 @@
 """The write side of the telemetry rollups (``store.TelemetryRollup``): each window stored is
-added, in the same transaction, to the sums of its device, bundle and minute of reception.
-Insert-if-absent, then the row is read ``FOR UPDATE`` (PostgreSQL; SQLite has one writer), so
-concurrent ingestion workers add up instead of overwriting each other. The read side is
-``cloud.aggregate``."""
+added to the sums of its device, bundle and minute of reception, in the same transaction. The
+windows of a transaction are summed in memory first (``add``) and written once per row just
+before it commits (a ``before_commit`` listener on every Session; a rollback drops them): one
+insert-if-absent and one ``SELECT … FOR UPDATE`` (PostgreSQL; SQLite has one writer) per row and
+batch, so concurrent ingestion workers add up instead of overwriting each other, and ingestion
+does not pay a round trip per window. The read side is ``cloud.aggregate``."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -18,58 +21,124 @@ from cloud.store import TelemetryRollup
 from contract.base import MAX_INT
 from contract.telemetry import Telemetry
 
-BUCKET_S = 60
+PENDING = "coldchain.rollups"  # the key in Session.info
+Key = tuple[str, str, datetime]  # device, bundle sha256 ("" for none), minute
 
 
 def bucket_of(when: datetime) -> datetime:
     """The minute ``when`` falls in (UTC)."""
-    when = when.astimezone(UTC)
-    return when.replace(second=0, microsecond=0)
+    return when.astimezone(UTC).replace(second=0, microsecond=0)
 
 
-def _row(session: Session, device_id: str, sha: str, bucket: datetime) -> TelemetryRollup:
-    dialect = session.get_bind().dialect.name
-    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-    session.execute(insert(TelemetryRollup).values(
-        device_id=device_id, bundle_sha256=sha, bucket=bucket, windows=0, inferences=0, errors=0, frames_skipped=0,
-        latency_p50_sum=0.0, latency_p95_sum=0.0, latency_n=0.0, model_p95_sum=0.0, model_n=0.0, predictions={},
-        histograms={}).on_conflict_do_nothing(index_elements=["device_id", "bundle_sha256", "bucket"]))
-    return session.execute(select(TelemetryRollup).where(
-        TelemetryRollup.device_id == device_id, TelemetryRollup.bundle_sha256 == sha,
-        TelemetryRollup.bucket == bucket).with_for_update()).scalar_one()
+def _cap(value: int) -> int:
+    return min(value, MAX_INT)  # each count is bounded, their sums saturate
+
+
+@dataclass
+class Sums:
+    windows: int = 0
+    inferences: int = 0
+    errors: int = 0
+    frames_skipped: int = 0
+    floats: list[float] = field(default_factory=lambda: [0.0] * 5)  # p50*n, p95*n, n, model p95*n, model n
+    predictions: dict[str, int] = field(default_factory=dict)
+    histograms: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # stat -> edges JSON -> counts
+    inventory: dict[str, int] | None = None
+    inventory_at: datetime | None = None
+
+    def add(self, window: Telemetry) -> None:
+        n = window.inferences
+        self.windows, self.inferences = _cap(self.windows + 1), _cap(self.inferences + n)
+        self.errors = _cap(self.errors + sum(window.errors.values()))
+        self.frames_skipped = _cap(self.frames_skipped + sum(window.frames_skipped.values()))
+        if window.latency_ms is not None and n:
+            self.floats[0] += window.latency_ms.p50 * n
+            self.floats[1] += window.latency_ms.p95 * n
+            self.floats[2] += n
+        if window.model_latency_ms is not None and n:
+            self.floats[3] += window.model_latency_ms.p95 * n
+            self.floats[4] += n
+        self.predictions = _added(self.predictions, dict(window.predictions))
+        for stat, h in window.input_stats.histograms.items():
+            self.histograms = _binned(self.histograms, stat, json.dumps(list(h.edges)), list(h.counts))
+        end = window.window_end if window.window_end.tzinfo is not None else window.window_end.replace(tzinfo=UTC)
+        if window.inventory and (self.inventory_at is None or end >= self.inventory_at):
+            self.inventory, self.inventory_at = dict(window.inventory), end
 
 
 def _added(counts: dict[str, Any], more: dict[str, int]) -> dict[str, Any]:
     out = dict(counts)
     for key, value in more.items():
-        out[key] = min(int(out.get(key, 0)) + int(value), MAX_INT)
+        out[key] = _cap(int(out.get(key, 0)) + int(value))
+    return out
+
+
+def _binned(histograms: dict[str, Any], stat: str, edges: str, counts: list[int]) -> dict[str, Any]:
+    out = {s: dict(by_edges) for s, by_edges in histograms.items()}
+    before = out.setdefault(stat, {}).get(edges) or [0] * len(counts)
+    out[stat][edges] = [_cap(a + b) for a, b in zip(before, counts, strict=True)]
     return out
 
 
 def add(session: Session, window: Telemetry, received: datetime) -> None:
-    """Add one stored window to its rollup row."""
-    row = _row(session, window.device_id, window.bundle.sha256 if window.bundle else "", bucket_of(received))
-    n = window.inferences
-    row.windows = min(row.windows + 1, MAX_INT)  # each count is bounded, their sums saturate
-    row.inferences = min(row.inferences + n, MAX_INT)
-    row.errors = min(row.errors + sum(window.errors.values()), MAX_INT)
-    row.frames_skipped = min(row.frames_skipped + sum(window.frames_skipped.values()), MAX_INT)
-    if window.latency_ms is not None and n:
-        row.latency_p50_sum += window.latency_ms.p50 * n
-        row.latency_p95_sum += window.latency_ms.p95 * n
-        row.latency_n += n
-    if window.model_latency_ms is not None and n:
-        row.model_p95_sum += window.model_latency_ms.p95 * n
-        row.model_n += n
-    if window.predictions:
-        row.predictions = _added(row.predictions, dict(window.predictions))
-    if window.input_stats.histograms:
-        histograms = {stat: dict(by_edges) for stat, by_edges in row.histograms.items()}
-        for stat, h in window.input_stats.histograms.items():
-            edges = json.dumps(list(h.edges))
-            counts = histograms.setdefault(stat, {}).get(edges) or [0] * len(h.counts)
-            histograms[stat][edges] = [min(a + b, MAX_INT) for a, b in zip(counts, h.counts, strict=True)]
-        row.histograms = histograms
-    end = window.window_end if window.window_end.tzinfo is not None else window.window_end.replace(tzinfo=UTC)
-    if window.inventory and (row.inventory_at is None or end >= row.inventory_at):
-        row.inventory, row.inventory_at = dict(window.inventory), end
+    """Count one stored window; written to its rollup row when the session commits."""
+    pending: dict[Key, Sums] = session.info.setdefault(PENDING, {})
+    key = (window.device_id, window.bundle.sha256 if window.bundle else "", bucket_of(received))
+    pending.setdefault(key, Sums()).add(window)
+
+
+def _rows(session: Session, keys: list[Key]) -> dict[Key, TelemetryRollup]:
+    """The rows of ``keys``, made if absent (one INSERT … ON CONFLICT DO NOTHING), read and locked
+    (one SELECT … FOR UPDATE) in key order."""
+    insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
+    zero = {"windows": 0, "inferences": 0, "errors": 0, "frames_skipped": 0, "latency_p50_sum": 0.0,
+            "latency_p95_sum": 0.0, "latency_n": 0.0, "model_p95_sum": 0.0, "model_n": 0.0, "predictions": {},
+            "histograms": {}}
+    session.execute(insert(TelemetryRollup).values([{"device_id": d, "bundle_sha256": s, "bucket": b, **zero}
+                                                    for d, s, b in keys])
+                    .on_conflict_do_nothing(index_elements=["device_id", "bundle_sha256", "bucket"]))
+    r = TelemetryRollup
+    rows = session.scalars(select(r).where(tuple_(r.device_id, r.bundle_sha256, r.bucket).in_(keys))
+                           .order_by(r.device_id, r.bundle_sha256, r.bucket).with_for_update()
+                           .execution_options(populate_existing=True)).all()
+    return {(row.device_id, row.bundle_sha256, bucket_of(row.bucket)): row for row in rows}
+
+
+def write(session: Session) -> None:
+    """Add the session's pending sums to their rows (called before it commits)."""
+    pending: dict[Key, Sums] = session.info.pop(PENDING, {})
+    keys = sorted(pending)  # a fixed order: two workers lock rows alike, no deadlock
+    rows: dict[Key, TelemetryRollup] = {}
+    for start in range(0, len(keys), 500):  # bounded statements
+        rows.update(_rows(session, keys[start:start + 500]))
+    for key in keys:
+        row, sums = rows[key], pending[key]
+        row.windows, row.inferences = _cap(row.windows + sums.windows), _cap(row.inferences + sums.inferences)
+        row.errors, row.frames_skipped = _cap(row.errors + sums.errors), _cap(row.frames_skipped + sums.frames_skipped)
+        row.latency_p50_sum += sums.floats[0]
+        row.latency_p95_sum += sums.floats[1]
+        row.latency_n += sums.floats[2]
+        row.model_p95_sum += sums.floats[3]
+        row.model_n += sums.floats[4]
+        if sums.predictions:
+            row.predictions = _added(row.predictions, sums.predictions)
+        if sums.histograms:
+            histograms = row.histograms
+            for stat, by_edges in sums.histograms.items():
+                for edges, counts in by_edges.items():
+                    histograms = _binned(histograms, stat, edges, counts)
+            row.histograms = histograms
+        if sums.inventory_at is not None and (row.inventory_at is None or sums.inventory_at >= row.inventory_at):
+            row.inventory, row.inventory_at = sums.inventory, sums.inventory_at
+    session.flush()
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    if session.info.get(PENDING):
+        write(session)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(PENDING, None)  # the windows were not stored either

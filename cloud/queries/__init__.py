@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.queries import fleet, records, rollouts
+from cloud.queries import fleet, records, rollouts, series
 from cloud.queries.models import (
     AlertView,
     AuditView,
@@ -28,10 +28,12 @@ from cloud.queries.models import (
     RolloutDetail,
     RolloutSummary,
     Scope,
+    SeriesPoint,
 )
+from cloud.queries.series import SeriesFilter
 from cloud.store import now
 
-__all__ = ["DeviceFilter", "Page", "Paging", "Queries"]
+__all__ = ["DeviceFilter", "Page", "Paging", "Queries", "SeriesFilter"]
 
 
 class Queries:
@@ -77,6 +79,11 @@ class Queries:
         since = None if minutes is None else self.clock() - timedelta(minutes=minutes)
         with self.sessions() as session:
             return records.telemetry(session, by, since)
+
+    def series(self, where: SeriesFilter, minutes: float = 24 * 60, step_minutes: int = 5) -> list[SeriesPoint]:
+        """A device's or bundle's telemetry over the last ``minutes``, one point per step and bundle."""
+        with self.sessions() as session:
+            return series.series(session, where, self.clock() - timedelta(minutes=minutes), step_minutes)
 
     def alerts(self, paging: Paging | None = None, kind: str | None = None) -> Page[AlertView]:
         with self.sessions() as session:

@@ -165,6 +165,20 @@ class MonitorView(View):
     bundles: list[str]
 
 
+class SeriesPoint(View):
+    """One step of a device's or bundle's telemetry over time (``cloud.queries.series``)."""
+
+    at: datetime  # the step's start
+    bundle: str | None
+    windows: int
+    inferences: int
+    error_rate: float  # errors / (inferences + errors), 0..1
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    model_p95_ms: float | None
+    prediction_drift_js: float | None  # vs the bundle's reference profile
+
+
 class AlertView(View):
     id: int
     kind: str

@@ -132,3 +132,53 @@ def test_last_seen_moves_when_a_batch_is_stored_message_by_message(
     seen = {d.id: d.last_seen for d in Queries(sessions).devices().items}
     assert seen["fridge-ok"] > OLD + timedelta(days=300), seen
     assert seen["fridge-p"] > OLD + timedelta(days=300), seen  # it did send: dead-lettered, but seen
+
+
+def test_series_per_step_and_bundle_from_the_rollups(sessions: sessionmaker[Session], world: dict[str, object],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's time series: points per step and bundle, gaps where nothing came, drift
+    against the bundle's own reference profile; the API serves the same points."""
+    from cloud.fleet import add_bundle
+    from cloud.queries import SeriesFilter
+    from contract.common import LatencyStats
+
+    with sessions.begin() as session:
+        row = add_bundle(session, world["bundles"][5].tarball, world["trust"])  # type: ignore[index,arg-type]
+        ref = BundleRef(model_name=row.model_name, model_version=row.model_version, target=row.target,
+                        sequence=row.sequence, sha256=row.sha256)
+        labels = list(row.manifest["reference"]["prediction_rates"])
+    now = datetime.now(UTC)
+    start = now.replace(minute=now.minute - now.minute % 5, second=0, microsecond=0) - timedelta(minutes=30)
+    clock = [start]
+    monkeypatch.setattr(cloud.ingest, "now", lambda: clock[0])
+    for minute, latency in ((0, 4.0), (1, 8.0), (20, 6.0)):  # nothing from minute 2 to 19
+        clock[0] = start + timedelta(minutes=minute, seconds=10)
+        with sessions.begin() as session:
+            t = clock[0]
+            window = Telemetry(device_id="fridge-s", seq=minute + 1, window_start=t - timedelta(seconds=10),
+                               window_end=t, bundle=ref, inferences=90, errors={"E": 10},
+                               predictions={labels[0]: 90}, latency_ms=LatencyStats(p50=1, p95=latency, p99=9,
+                                                                                    mean=1, max=9))
+            ingest(session, topics.state("fridge-s"), DeviceState(device_id="fridge-s", online=True).to_json())
+            ingest(session, topics.telemetry("fridge-s"), window.to_json())
+    queries = Queries(sessions, clock=lambda: start + timedelta(minutes=30))
+    points = queries.series(SeriesFilter(device="fridge-s"), minutes=31, step_minutes=5)
+    assert [(p.at - start, p.windows, p.inferences) for p in points] == [
+        (timedelta(0), 2, 180), (timedelta(minutes=20), 1, 90)]  # minutes 0 and 1 in one step, then a gap
+    assert points[0].error_rate == pytest.approx(0.1) and points[0].latency_p95_ms == pytest.approx(6.0)
+    assert points[0].bundle == ref.sha256 and points[0].prediction_drift_js is not None
+    assert points[0].prediction_drift_js > 0.1  # one label only, against the reference's spread
+    assert queries.series(SeriesFilter(bundle=ref.sha256), minutes=31, step_minutes=5) == points
+    assert queries.series(SeriesFilter(device="nobody"), minutes=31) == []
+
+    from fastapi.testclient import TestClient
+
+    from cloud.api import create_app
+    from cloud.tokens import create
+
+    client = TestClient(create_app(sessions))
+    auth = {"Authorization": f"Bearer {create(sessions, 'r', 'read', 'test')}"}
+    served = client.get("/devices/fridge-s/series", params={"minutes": 60 * 24, "step": 5}, headers=auth)
+    assert served.status_code == 200 and len(served.json()) == 2, served.text
+    assert client.get("/devices/nobody/series", headers=auth).status_code == 404
+    assert client.get(f"/bundles/{ref.sha256[:8]}/series", headers=auth).status_code == 200
