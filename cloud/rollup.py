@@ -9,19 +9,23 @@ does not pay a round trip per window. The read side is ``cloud.aggregate``."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import event, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.store import TelemetryRollup
+from cloud.store import CloudSecret, TelemetryRollup, TelemetryRow, now
 from contract.base import MAX_INT
 from contract.telemetry import Telemetry
 
+log = logging.getLogger("coldchain.cloud.rollup")
 PENDING = "coldchain.rollups"  # the key in Session.info
+BACKFILLED = "rollups-backfilled"  # marker in cloud_secrets
 Key = tuple[str, str, datetime]  # device, bundle sha256 ("" for none), minute
 
 
@@ -142,3 +146,31 @@ def _before_commit(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
     session.info.pop(PENDING, None)  # the windows were not stored either
+
+
+def backfill(sessions: sessionmaker[Session], batch: int = 2000) -> int:
+    """Sum the raw telemetry of a store from before the rollups into them, in batches. Only the
+    process that records the marker (insert-if-absent in ``cloud_secrets``) does it, so two
+    processes opening the store at once do not count it twice. Returns the windows summed."""
+    with sessions.begin() as session:
+        insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
+        won = session.execute(insert(CloudSecret).values(name=BACKFILLED, value=b"1", created_at=now())
+                              .on_conflict_do_nothing(index_elements=["name"]).returning(CloudSecret.name)).first()
+    if won is None:
+        return 0
+    done, last = 0, 0
+    while True:
+        with sessions.begin() as session:
+            rows = session.execute(select(TelemetryRow.id, TelemetryRow.payload, TelemetryRow.received_at)
+                                   .where(TelemetryRow.id > last).order_by(TelemetryRow.id).limit(batch)).all()
+            for _, payload, received in rows:
+                try:
+                    add(session, Telemetry.model_validate(payload), received)
+                except ValidationError:  # stored once validated: cannot happen, and must not stop the rest
+                    log.warning("a stored telemetry window no longer validates; not summed")
+        done += len(rows)
+        if len(rows) < batch:
+            if done:
+                log.warning("summed %d stored telemetry windows into the rollups (a store from before them)", done)
+            return done
+        last = rows[-1][0]

@@ -399,8 +399,15 @@ def open_store(url: str = DEFAULT_URL) -> sessionmaker[Session]:
         _telemetry_epochs(engine)
         _added_columns(engine)
         _widened_columns(engine)
+        older = "telemetry" in inspect(engine).get_table_names() and \
+            "telemetry_rollups" not in inspect(engine).get_table_names()
         Base.metadata.create_all(engine)
+        sessions = sessionmaker(engine, expire_on_commit=False)
+        if older:  # a store from before the rollups: its telemetry is summed into them once
+            from cloud.rollup import backfill
+
+            backfill(sessions)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the store at {engine.url.render_as_string(hide_password=True)}: "
                          f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
-    return sessionmaker(engine, expire_on_commit=False)
+    return sessions

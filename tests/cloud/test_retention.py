@@ -166,3 +166,26 @@ def test_inventory_is_kept_as_each_group_allows(sessions: sessionmaker[Session])
     assert stored == expected
     assert rolled == {d: (inv or None) for d, inv in expected.items()}
     assert shown == expected
+
+
+def test_a_store_from_before_the_rollups_is_summed_into_them_once(sessions: sessionmaker[Session]) -> None:
+    """Opened by this version, an older store's telemetry (no rollups table) is summed into the
+    rollups, once, however many processes open it: monitoring and a running wave's gate see it."""
+    with sessions.begin() as session:
+        for seq in range(1, 8):
+            for d in ("d1", "d2"):
+                ingest(session, topics.telemetry(d), window(d, seq, OLD, {"milk": seq}, {"milk": seq}))
+    with sessions() as session:
+        figures = [(m.subject, m.summary.windows, m.summary.inferences, m.summary.errors, m.summary.latency_p95,
+                    dict(m.summary.predictions), m.summary.inventory) for m in monitor(session, "device")]
+    assert [f[1] for f in figures] == [7, 7]
+    engine = sessions.kw["bind"]
+    TelemetryRollup.__table__.drop(engine)  # as a store from before the rollups
+    url = engine.url.render_as_string(hide_password=False)
+    for _ in range(2):  # the second open finds the marker: nothing counted twice
+        reopened = open_store(url)
+    with reopened() as session:
+        again = [(m.subject, m.summary.windows, m.summary.inferences, m.summary.errors, m.summary.latency_p95,
+                  dict(m.summary.predictions), m.summary.inventory) for m in monitor(session, "device")]
+    assert again == figures
+    reopened.kw["bind"].dispose()
