@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import re
 import threading
 import time
 from collections import defaultdict
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud import attempts, rollup
 from cloud.config import Telemetry as TelemetrySettings
+from cloud.ingest_policy import kept_inventory, reason_kind
 from cloud.rollouts import activated_late
 from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, SpoolDrops, TelemetryRow, now
 from contract import topics
@@ -71,22 +71,6 @@ def _insert(session: Session, table: Any, values: dict[str, Any], keys: list[str
     return session.execute(statement).first() is not None
 
 
-_EXCEPTION = re.compile(r"^([A-Z][A-Za-z0-9]{0,46}):")
-
-
-def reason_kind(reason: str) -> str:
-    """A dead letter's reason as a short, bounded class (a metric label): the exception's name for
-    what the contract refused, ``store_error``, ``attempts`` (handling never finished), ``mismatch``."""
-    if reason.startswith("failed ") and " times" in reason[:24]:
-        return "attempts"
-    if " while storing" in reason[:80]:
-        return "store_error"
-    if reason.startswith("missing-chunk report names"):
-        return "mismatch"
-    match = _EXCEPTION.match(reason)
-    return match.group(1) if match else "other"
-
-
 def dead_letter(session: Session, topic: str, payload: bytes, reason: str, kind: str | None = None) -> Outcome:
     session.add(DeadLetter(topic=topic[:1000], payload=payload[:DEAD_LETTER_BYTES], reason=reason[:4000],
                            kind=(kind or reason_kind(reason))[:48], received_at=now()))
@@ -116,20 +100,6 @@ def ingest(session: Session, topic: str, payload: bytes,  # noqa: PLR0911 (one r
         return Outcome("ignored")
     except ContractError as exc:
         return dead_letter(session, topic, payload, f"{type(exc).__name__}: {exc}")
-
-
-def kept_inventory(session: Session, window: Telemetry, settings: TelemetrySettings | None) -> Telemetry:
-    """The window with its inventory as the device's groups allow: ``labels`` as sent, ``counts``
-    only the number of items (``{"(all)": n}``), ``off`` nothing. A device in several groups takes
-    the strictest; one the store does not know yet, the default."""
-    if settings is None or not window.inventory or (settings.inventory == "labels" and not settings.groups):
-        return window
-    device = session.get(Device, window.device_id)
-    policy = settings.inventory_for(device.all_groups() if device is not None else [])
-    if policy == "labels":
-        return window
-    kept = {} if policy == "off" else {"(all)": min(sum(window.inventory.values()), MAX_INT)}
-    return window.model_copy(update={"inventory": kept})
 
 
 def _check_device(payload_device: str, topic_device: str | None) -> None:
