@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import insert
 
+from cloud import rollup
 from cloud.monitor import check_alerts, monitor
 from cloud.store import Base, BundleRow, Device, TelemetryRow, open_store, sqlite_url
 from contract.common import BundleRef, Histogram, LatencyStats
@@ -54,7 +55,7 @@ def fill(url: str, windows: int, devices: int) -> None:
                                   sha256=row.sha256))
         session.add_all(Device(id=f"fridge-{d:04d}", groups=[f"site-{d % 10}"], tags={}, reported_groups=[])
                         for d in range(devices))
-    rows = []
+    rows, batch = [], []
     for i in range(windows):
         device = f"fridge-{i % devices:04d}"
         skew = 3 if i % 2 else 0  # the second bundle drifts: alerts are raised
@@ -70,10 +71,13 @@ def fill(url: str, windows: int, devices: int) -> None:
                      "window_start": w.window_start, "window_end": w.window_end, "inferences": w.inferences,
                      "errors": sum(w.errors.values()), "latency_p95": 2.0, "payload": w.model_dump(mode="json"),
                      "received_at": now})
+        batch.append(w)
         if len(rows) == 2000 or i == windows - 1:
             with sessions.begin() as session:
                 session.execute(insert(TelemetryRow), rows)
-            rows = []
+                for window in batch:  # what monitoring reads (ingestion does the same per stored window)
+                    rollup.add(session, window, now)
+            rows, batch = [], []
     engine.dispose()
 
 

@@ -1,58 +1,58 @@
 """Telemetry summed in the database: one :class:`Part` per (device, bundle) over a time range,
-from SQL aggregates (``GROUP BY device_id, bundle_sha256``; label counts and histogram bins summed
-with ``json_each`` on SQLite, ``json_each_text`` / ``json_array_elements_text`` on PostgreSQL).
-No telemetry row becomes a Python object: memory grows with the fleet (devices x bundles x
-labels and bins), never with the number of windows. Parts add up into the ``Summary`` of a
-device, group or bundle (``cloud.monitor.summarize_parts``); latency figures stay
-inference-weighted sums until then.
+from the rollups (``store.TelemetryRollup``: sums per device, bundle and minute of reception,
+kept past the raw windows' retention; ``cloud.rollup`` writes them). Numbers are ``GROUP BY``
+sums; label counts and histogram bins are summed with ``json_each`` on SQLite and
+``json_each`` / ``json_each_text`` / ``json_array_elements_text`` on PostgreSQL; the latest
+inventory comes from a window function. No row becomes a Python object: memory grows with the
+fleet (devices x bundles x labels and bins), never with the number of windows or minutes.
+Parts add up into the ``Summary`` of a device, group or bundle (``cloud.monitor.summarize_parts``);
+latency figures stay inference-weighted sums until then.
 
-Histograms with other bins than the rest of a subject's are summed apart; the summary keeps, per
-statistic, the bins with the most mass (summing windows one by one kept the first window's)."""
+A range starts at the minute ``since`` falls in. Histograms with other bins than the rest of a
+subject's are summed apart; the summary keeps, per statistic, the bins with the most mass."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Float, and_, bindparam, case, cast, func, select, text
+from sqlalchemy import Float, bindparam, cast, func, select, text
 from sqlalchemy.orm import Session
 
-from cloud.store import TelemetryRow, UTCDateTime
+from cloud.rollup import bucket_of
+from cloud.store import TelemetryRollup, UTCDateTime
+from contract.base import MAX_INT
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Key = tuple[str, str | None]  # (device, bundle sha256)
 
 _SQL = {
     "sqlite": {
-        "labels": "SELECT t.device_id, t.bundle_sha256, j.key, TOTAL(j.value) FROM telemetry t, "
-                  "json_each(t.payload, '$.{field}') j WHERE t.received_at >= :since GROUP BY 1, 2, 3",
-        # each histogram's edges and counts taken out once (not once per bin): 2.2x faster
-        "bins": "WITH h AS MATERIALIZED (SELECT t.device_id AS d, t.bundle_sha256 AS b, h.key AS s, "
-                "json_extract(h.value, '$.edges') AS e, json_extract(h.value, '$.counts') AS counts FROM telemetry t, "
-                "json_each(t.payload, '$.input_stats.histograms') h WHERE t.received_at >= :since) "
-                "SELECT d, b, s, e, c.key, TOTAL(c.value) FROM h, json_each(h.counts) c GROUP BY 1, 2, 3, 4, 5",
-        "inventory": "SELECT device_id, bundle_sha256, window_end, inventory FROM (SELECT device_id, bundle_sha256, "
-                     "window_end, json_extract(payload, '$.inventory') AS inventory, ROW_NUMBER() OVER (PARTITION BY "
-                     "device_id, bundle_sha256 ORDER BY window_end DESC, id DESC) AS n FROM telemetry WHERE "
-                     "received_at >= :since AND json_extract(payload, '$.inventory') != '{{}}') WHERE n = 1",
+        "labels": "SELECT r.device_id, r.bundle_sha256, j.key, TOTAL(j.value) FROM telemetry_rollups r, "
+                  "json_each(r.predictions) j WHERE {where} GROUP BY 1, 2, 3",
+        "bins": "SELECT r.device_id, r.bundle_sha256, s.key, e.key, c.key, TOTAL(c.value) FROM telemetry_rollups r, "
+                "json_each(r.histograms) s, json_each(s.value) e, json_each(e.value) c WHERE {where} "
+                "GROUP BY 1, 2, 3, 4, 5",
+        "inventory": "SELECT device_id, bundle_sha256, inventory_at, inventory FROM (SELECT r.device_id, "
+                     "r.bundle_sha256, r.inventory_at, json(r.inventory) AS inventory, ROW_NUMBER() OVER (PARTITION BY "
+                     "r.device_id, r.bundle_sha256 ORDER BY r.inventory_at DESC, r.bucket DESC) AS n FROM "
+                     "telemetry_rollups r WHERE {where} AND r.inventory_at IS NOT NULL) WHERE n = 1",
     },
     "postgresql": {
-        "labels": "SELECT t.device_id, t.bundle_sha256, j.key, SUM(CAST(j.value AS NUMERIC)) FROM telemetry t "
-                  "CROSS JOIN LATERAL json_each_text(t.payload -> '{field}') j WHERE t.received_at >= :since "
-                  "GROUP BY 1, 2, 3",
-        "bins": "SELECT t.device_id, t.bundle_sha256, h.key, CAST(h.value -> 'edges' AS TEXT), c.n - 1, "
-                "SUM(CAST(c.v AS NUMERIC)) FROM telemetry t CROSS JOIN LATERAL "
-                "json_each(t.payload -> 'input_stats' -> 'histograms') h CROSS JOIN LATERAL "
-                "json_array_elements_text(h.value -> 'counts') WITH ORDINALITY AS c(v, n) "
-                "WHERE t.received_at >= :since GROUP BY 1, 2, 3, 4, 5",
-        "inventory": "SELECT device_id, bundle_sha256, window_end, inventory FROM (SELECT device_id, bundle_sha256, "
-                     "window_end, CAST(payload -> 'inventory' AS TEXT) AS inventory, ROW_NUMBER() OVER (PARTITION BY "
-                     "device_id, bundle_sha256 ORDER BY window_end DESC, id DESC) AS n FROM telemetry WHERE "
-                     "received_at >= :since AND CAST(payload -> 'inventory' AS TEXT) != '{{}}') AS latest "
-                     "WHERE n = 1",
+        "labels": "SELECT r.device_id, r.bundle_sha256, j.key, SUM(CAST(j.value AS NUMERIC)) FROM telemetry_rollups r "
+                  "CROSS JOIN LATERAL json_each_text(r.predictions) j WHERE {where} GROUP BY 1, 2, 3",
+        "bins": "SELECT r.device_id, r.bundle_sha256, s.key, e.key, c.n - 1, SUM(CAST(c.v AS NUMERIC)) FROM "
+                "telemetry_rollups r CROSS JOIN LATERAL json_each(r.histograms) s CROSS JOIN LATERAL "
+                "json_each(s.value) e CROSS JOIN LATERAL json_array_elements_text(e.value) WITH ORDINALITY AS c(v, n) "
+                "WHERE {where} GROUP BY 1, 2, 3, 4, 5",
+        "inventory": "SELECT device_id, bundle_sha256, inventory_at, inventory FROM (SELECT r.device_id, "
+                     "r.bundle_sha256, r.inventory_at, CAST(r.inventory AS TEXT) AS inventory, ROW_NUMBER() OVER "
+                     "(PARTITION BY r.device_id, r.bundle_sha256 ORDER BY r.inventory_at DESC, r.bucket DESC) AS n "
+                     "FROM telemetry_rollups r WHERE {where} AND r.inventory_at IS NOT NULL) AS latest WHERE n = 1",
     },
 }
 
@@ -75,46 +75,73 @@ class Part:
     inventory_at: datetime | None = None
 
 
-def _query(session: Session, name: str, since: datetime, **fmt: str) -> Any:
+@dataclass(frozen=True)
+class Range:
+    """Which rollups: from the minute of ``since`` on, of these devices and bundles (None: all)."""
+
+    since: datetime = EPOCH
+    devices: Sequence[str] | None = None
+    bundles: Sequence[str | None] | None = None
+
+    def where(self) -> str:
+        where = "r.bucket >= :since"
+        if self.devices is not None:
+            where += " AND r.device_id IN :devices"
+        if self.bundles is not None:
+            where += " AND r.bundle_sha256 IN :bundles"
+        return where
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"since": bucket_of(self.since)}
+        if self.devices is not None:
+            params["devices"] = list(self.devices) or ["\x00"]  # an empty IN matches nothing
+        if self.bundles is not None:
+            params["bundles"] = [b or "" for b in self.bundles] or ["\x00"]
+        return params
+
+
+def _query(session: Session, name: str, scope: Range) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect not in _SQL:
         raise NotImplementedError(f"the store speaks SQLite and PostgreSQL, not {dialect}")
-    statement = text(_SQL[dialect][name].format(**fmt)).bindparams(bindparam("since", type_=UTCDateTime()))
+    params = scope.params()
+    statement = text(_SQL[dialect][name].format(where=scope.where())).bindparams(
+        bindparam("since", type_=UTCDateTime()),
+        *(bindparam(name, expanding=True) for name in ("devices", "bundles") if name in params))
     if name == "inventory":
-        statement = statement.columns(window_end=UTCDateTime())  # type: ignore[assignment]
-    return session.execute(statement, {"since": since})
+        statement = statement.columns(inventory_at=UTCDateTime())  # type: ignore[assignment]
+    return session.execute(statement, params)
 
 
-def parts(session: Session, since: datetime | None = None) -> list[Part]:
-    """The telemetry received since ``since``, summed per (device, bundle) in the database."""
-    since = since or EPOCH
-    row, n = TelemetryRow, cast(TelemetryRow.inferences, Float)
-    p50, p95 = row.payload[("latency_ms", "p50")].as_float(), row.payload[("latency_ms", "p95")].as_float()
-    model_p95 = row.payload[("model_latency_ms", "p95")].as_float()
-    counted = and_(row.inferences > 0, p95.is_not(None))
-    model_counted = and_(row.inferences > 0, model_p95.is_not(None))
-    totals = session.execute(select(
-        row.device_id, row.bundle_sha256, func.count(), func.sum(n), func.sum(cast(row.errors, Float)),
-        func.sum(case((counted, p50 * n), else_=0.0)), func.sum(case((counted, p95 * n), else_=0.0)),
-        func.sum(case((counted, n), else_=0.0)), func.sum(case((model_counted, model_p95 * n), else_=0.0)),
-        func.sum(case((model_counted, n), else_=0.0)),
-    ).where(row.received_at >= since).group_by(row.device_id, row.bundle_sha256))
+def parts(session: Session, since: datetime | None = None, devices: Sequence[str] | None = None,
+          bundles: Sequence[str | None] | None = None) -> list[Part]:
+    """The telemetry received since ``since`` (from its minute on), summed per (device, bundle) in
+    the database; only ``devices`` and ``bundles`` when given."""
+    scope = Range(since or EPOCH, devices, bundles)
+    r = TelemetryRollup
+    counts = (func.sum(cast(c, Float)) for c in (r.windows, r.inferences, r.errors, r.frames_skipped))  # no overflow
+    query = select(r.device_id, r.bundle_sha256, *counts, func.sum(r.latency_p50_sum), func.sum(r.latency_p95_sum),
+                   func.sum(r.latency_n), func.sum(r.model_p95_sum), func.sum(r.model_n)).where(
+        r.bucket >= bucket_of(scope.since)).group_by(r.device_id, r.bundle_sha256)
+    if devices is not None:
+        query = query.where(r.device_id.in_(list(devices)))
+    if bundles is not None:
+        query = query.where(r.bundle_sha256.in_([b or "" for b in bundles]))
     out: dict[Key, Part] = {}
-    for device, sha, windows, inferences, errors, l50, l95, ln, m95, mn in totals:
-        out[(device, sha)] = Part(device, sha, int(windows), int(inferences or 0), int(errors or 0),
-                                  latency=[float(l50 or 0), float(l95 or 0), float(ln or 0)],
-                                  model=[float(m95 or 0), float(mn or 0)])
-    for device, sha, label, value in _query(session, "labels", since, field="predictions"):
-        if (device, sha) in out:
-            out[(device, sha)].predictions[label] += int(value)
-    for device, sha, _, value in _query(session, "labels", since, field="frames_skipped"):
-        if (device, sha) in out:
-            out[(device, sha)].frames_skipped += int(value)
-    for device, sha, stat, edges, index, value in _query(session, "bins", since):
-        if (device, sha) in out:
-            bins = out[(device, sha)].histograms.setdefault((stat, edges), {})
+    for device, sha, *sums, l50, l95, ln, m95, mn in session.execute(query):
+        windows, inferences, errors, skipped = (min(int(x or 0), MAX_INT) for x in sums)
+        out[(device, sha or None)] = Part(device, sha or None, windows, inferences, errors, skipped,
+                                          latency=[float(l50 or 0), float(l95 or 0), float(ln or 0)],
+                                          model=[float(m95 or 0), float(mn or 0)])
+    for device, sha, label, value in _query(session, "labels", scope):
+        if (device, sha or None) in out:
+            out[(device, sha or None)].predictions[label] += int(value)
+    for device, sha, stat, edges, index, value in _query(session, "bins", scope):
+        if (device, sha or None) in out:
+            bins = out[(device, sha or None)].histograms.setdefault((stat, edges), {})
             bins[int(index)] = bins.get(int(index), 0) + int(value)
-    for device, sha, window_end, inventory in _query(session, "inventory", since):
-        if (device, sha) in out:
-            out[(device, sha)].inventory, out[(device, sha)].inventory_at = json.loads(inventory), window_end
+    for device, sha, inventory_at, inventory in _query(session, "inventory", scope):
+        if (device, sha or None) in out:
+            part = out[(device, sha or None)]
+            part.inventory, part.inventory_at = json.loads(inventory), inventory_at
     return list(out.values())

@@ -1,31 +1,27 @@
 """The HTTP API's gate, an ASGI middleware in front of everything else: the bearer token is checked
-from the request's headers before any byte of its body is read (only the probes go without), a
+from the request's headers before any byte of its body is read (only the probes go without; the
+identity it stands for, ``cloud.tokens.Identity``, is left in the request's state for the routes'
+scope checks), a
 declared ``Content-Length`` over the limit is refused unread (413), a streamed (chunked) body is
 counted and cut off once past the limit (413), and an over-long URL is refused (414). A refused
 request that announced a body closes the connection, so the server does not drain it either."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 from collections.abc import Callable, Collection
 from typing import Any
+
+import anyio.to_thread
+
+from cloud.tokens import Identity
 
 log = logging.getLogger("coldchain.cloud.api")
 
 MAX_BODY_BYTES = 1024 * 1024  # a request body (JSON) of at most 1 MiB
 MAX_URL_BYTES = 8 * 1024  # path and query string together
 Asgi = Callable[..., Any]
-
-
-def token_matches(authorization: str | None, token: str) -> bool:
-    """``Authorization: Bearer <token>``, compared in constant time (over digests: not even the
-    length of the token leaks)."""
-    scheme, _, given = (authorization or "").strip().partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        hashlib.sha256(given.strip().encode()).digest(), hashlib.sha256(token.encode()).digest())
 
 
 class Refused(Exception):
@@ -41,12 +37,13 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
-def _check(scope: dict[str, Any], token: str, open_paths: Collection[str], max_body: int) -> None:
-    """Raise Refused for a request that must not reach the application (headers only)."""
+def _check_url(scope: dict[str, Any]) -> None:
     if len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b"")) > MAX_URL_BYTES:
         raise Refused(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
-    if scope["path"] not in open_paths and not token_matches(_header(scope, b"authorization"), token):
-        raise Refused(401, "this route needs 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+
+
+def _check_length(scope: dict[str, Any], max_body: int) -> None:
+    """Raise Refused for a request whose declared body is too large (headers only)."""
     length = _header(scope, b"content-length")
     if length is not None:
         if not length.strip().isdigit():
@@ -55,14 +52,22 @@ def _check(scope: dict[str, Any], token: str, open_paths: Collection[str], max_b
             raise Refused(413, f"the request body is larger than {max_body} bytes")
 
 
-class Gate:
-    """ASGI middleware; ``count(reason)`` is told about each refusal (``unauthorized``,
-    ``too_large``, ...) and ``answered(method, route, status)`` about each response."""
+UNAUTHORIZED = Refused(401, "this route needs 'Authorization: Bearer <token>' (a token that is not revoked)",
+                       {"WWW-Authenticate": "Bearer"})
 
-    def __init__(self, app: Asgi, token: str, open_paths: Collection[str], max_body: int = MAX_BODY_BYTES,
-                 count: Callable[[str], None] = lambda reason: None,
-                 answered: Callable[[str, str, int], None] = lambda method, route, status: None) -> None:
-        self.app, self.token, self.open_paths, self.max_body = app, token, frozenset(open_paths), max_body
+
+class Gate:
+    """ASGI middleware; ``authenticate(authorization header)`` gives the identity or None (it may
+    read the store: it runs in a worker thread); ``count(reason)`` is told about each refusal
+    (``unauthorized``, ``too_large``, ...) and ``answered(method, route, status)`` about each response.
+    ``max_bodies`` raises the body limit of some paths (a bundle upload)."""
+
+    def __init__(self, app: Asgi, authenticate: Callable[[str | None], Identity | None], open_paths: Collection[str],
+                 max_body: int = MAX_BODY_BYTES, count: Callable[[str], None] = lambda reason: None,
+                 answered: Callable[[str, str, int], None] = lambda method, route, status: None,
+                 max_bodies: dict[str, int] | None = None) -> None:
+        self.app, self.authenticate, self.open_paths = app, authenticate, frozenset(open_paths)
+        self.max_body, self.max_bodies = max_body, max_bodies or {}
         self.count, self.answered = count, answered
 
     async def __call__(self, scope: dict[str, Any], receive: Asgi, send: Asgi) -> None:
@@ -74,14 +79,22 @@ class Gate:
             return
         announced = _header(scope, b"content-length") not in (None, "0") or \
             _header(scope, b"transfer-encoding") is not None
+        limit = self.max_bodies.get(scope["path"], self.max_body)
         try:
-            _check(scope, self.token, self.open_paths, self.max_body)
+            _check_url(scope)
+            if scope["path"] not in self.open_paths:  # the token first: nobody learns the limits without it
+                header = _header(scope, b"authorization")
+                identity = await anyio.to_thread.run_sync(self.authenticate, header)
+                if identity is None:
+                    raise UNAUTHORIZED
+                scope.setdefault("state", {})["identity"] = identity
+            _check_length(scope, limit)
         except Refused as refused:
             await self._refuse(send, refused, close=announced)
             return
-        await self._forward(scope, receive, send)
+        await self._forward(scope, receive, send, limit)
 
-    async def _forward(self, scope: dict[str, Any], receive: Asgi, send: Asgi) -> None:
+    async def _forward(self, scope: dict[str, Any], receive: Asgi, send: Asgi, limit: int) -> None:
         read, state = 0, {"started": False, "refused": False}
 
         async def bounded() -> Any:
@@ -89,11 +102,11 @@ class Gate:
             message = await receive()
             if message["type"] == "http.request":
                 read += len(message.get("body", b""))
-                if read > self.max_body and not state["refused"]:
+                if read > limit and not state["refused"]:
                     state["refused"] = True
                     if not state["started"]:
                         await self._refuse(send, Refused(
-                            413, f"the request body is larger than {self.max_body} bytes"), close=True)
+                            413, f"the request body is larger than {limit} bytes"), close=True)
                     return {"type": "http.disconnect"}  # the application stops reading
             return message
 

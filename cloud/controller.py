@@ -16,11 +16,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.aggregate import parts
 from cloud.commands import Backoff, Deliveries, Outbox, cancel_command, delivery
 from cloud.errors import NotFoundError
 from cloud.fleet import bundle_ref, previous_bundle
 from cloud.gates import WaveEvidence, evaluate, failed
-from cloud.monitor import prediction_rates, raise_alert, summarize, windows
+from cloud.monitor import Summary, prediction_rates, raise_alert, summarize_parts
 from cloud.plan import RolloutPlan
 from cloud.publisher import Publisher
 from cloud.rollouts import (
@@ -38,7 +39,7 @@ from cloud.rollouts import (
     failure_reasons,
     rollback_step,
 )
-from cloud.store import BundleRow, CommandRow, Device, EventRow, Rollout, RolloutDevice, TelemetryRow, now
+from cloud.store import BundleRow, CommandRow, Device, EventRow, Rollout, RolloutDevice, now
 from contract.commands import DeployCommand, RollbackCommand
 from contract.common import BundleRef
 from contract.jobs import JobState
@@ -207,25 +208,21 @@ class Controller:
         ids = [d.device_id for d in wave if d.state == JobState.SUCCEEDED.value]
         states = [d.state for d in wave if d.state not in OUT_OF_ROLLOUT]
         started = rollout.wave_started_at
-        rows = session.scalars(select(TelemetryRow).where(
-            TelemetryRow.device_id.in_(ids), TelemetryRow.bundle_sha256 == rollout.bundle_sha256,
-            TelemetryRow.received_at >= started)).all() if ids else []
-        previous = {d.previous["sha256"] for d in wave if d.previous}
-        base_rows = session.scalars(select(TelemetryRow).where(
-            TelemetryRow.device_id.in_(ids), TelemetryRow.bundle_sha256.in_(previous), TelemetryRow.inferences > 0)
-            .order_by(TelemetryRow.id.desc()).limit(2000)).all() if previous and ids else []
-        base = summarize(windows(base_rows))
+        # from the rollups, never the raw windows: retention deleting those never changes a verdict
+        new = summarize_parts(parts(session, started, ids, [rollout.bundle_sha256])) if ids else Summary()
+        previous = sorted({d.previous["sha256"] for d in wave if d.previous})
+        base = summarize_parts(parts(session, None, ids, previous)) if previous and ids else Summary()
         baseline, source = prediction_rates(base), "the previous bundle on these devices"
         if not baseline:  # no telemetry of what ran before: the reference of the model's previous bundle
             bundle = session.get(BundleRow, rollout.bundle_sha256)
             if bundle is None:
-                return WaveEvidence(states, summarize(windows(rows)), {}, "nothing")
+                return WaveEvidence(states, new, {}, "nothing")
             chosen = previous_bundle(session, bundle) or bundle
             baseline = dict((chosen.manifest.get("reference") or {}).get("prediction_rates") or {})
             source = f"the reference profile of bundle #{chosen.sequence}"
         jobs = [d.job_id for d in wave]
         shadows = session.scalars(select(EventRow).where(EventRow.type == "shadow", EventRow.job_id.in_(jobs))).all()
-        return WaveEvidence(states, summarize(windows(rows)), baseline,
+        return WaveEvidence(states, new, baseline,
                             source, [float(e.payload.get("agreement", 0.0)) for e in shadows],
                             baseline_model_p95=base.model_p95)
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from cloud.errors import BundleImportError, NotFoundError
 from cloud.plan import Selector
-from cloud.store import BundleRow, Device
+from cloud.store import BundleRow, Device, now
 from contract.bundle import manifest_sha256, unpack
 from contract.common import BundleRef
 from contract.errors import ContractError
@@ -43,7 +43,7 @@ def add_bundle(session: Session, tarball: Path, trust: TrustStore) -> BundleRow:
         row = BundleRow(sha256=sha, model_name=manifest.model.name, model_version=manifest.model.version,
                         target=manifest.target.name, sequence=manifest.sequence, tarball=str(tarball),
                         artifact_sha256=hashlib.sha256(data).hexdigest(), size=len(data),
-                        manifest=manifest.model_dump(mode="json", by_alias=True))
+                        manifest=manifest.model_dump(mode="json", by_alias=True), added_at=now())
         session.add(row)
     return row
 

@@ -28,7 +28,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud import attempts
+from cloud import attempts, rollup
+from cloud.config import Telemetry as TelemetrySettings
+from cloud.ingest_policy import kept_inventory, reason_kind
 from cloud.rollouts import activated_late
 from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, SpoolDrops, TelemetryRow, now
 from contract import topics
@@ -56,6 +58,7 @@ class Outcome:
     reason: str | None = None
     missing: MissingChunks | None = None
     window: tuple[str, str | None, int] | None = None  # (device, epoch, seq) of telemetry stored now or before
+    lag_s: float | None = None  # telemetry stored now: seconds from the window's end to its storage
 
 
 def _insert(session: Session, table: Any, values: dict[str, Any], keys: list[str]) -> bool:
@@ -68,21 +71,24 @@ def _insert(session: Session, table: Any, values: dict[str, Any], keys: list[str
     return session.execute(statement).first() is not None
 
 
-def dead_letter(session: Session, topic: str, payload: bytes, reason: str) -> Outcome:
-    session.add(DeadLetter(topic=topic[:1000], payload=payload[:DEAD_LETTER_BYTES], reason=reason[:4000]))
+def dead_letter(session: Session, topic: str, payload: bytes, reason: str, kind: str | None = None) -> Outcome:
+    session.add(DeadLetter(topic=topic[:1000], payload=payload[:DEAD_LETTER_BYTES], reason=reason[:4000],
+                           kind=(kind or reason_kind(reason))[:48], received_at=now()))
     log.info("dead letter on %s: %s", topic, reason)
     return Outcome("dead", reason)
 
 
-def ingest(session: Session, topic: str, payload: bytes) -> Outcome:  # noqa: PLR0911 (one return per kind)
-    """Validate and store one message. Never raises for bad input: that is a dead letter."""
+def ingest(session: Session, topic: str, payload: bytes,  # noqa: PLR0911 (one return per kind)
+           settings: TelemetrySettings | None = None) -> Outcome:
+    """Validate and store one message. Never raises for bad input: that is a dead letter.
+    ``settings``: what is kept of inventories, per group (``cloud.config.Telemetry``)."""
     try:
         parsed = topics.parse(topic)
         device = parsed.device_id
         if parsed.kind is topics.TopicKind.STATE:
             return _state(session, DeviceState.from_json(payload), device)
         if parsed.kind is topics.TopicKind.TELEMETRY:
-            return _telemetry(session, Telemetry.from_json(payload), device)
+            return _telemetry(session, kept_inventory(session, Telemetry.from_json(payload), settings), device)
         if parsed.kind is topics.TopicKind.EVENTS:
             return _event(session, payload, device)
         if parsed.kind is topics.TopicKind.MISSING:
@@ -130,16 +136,21 @@ def _state(session: Session, state: DeviceState, device_id: str | None) -> Outco
 
 def _telemetry(session: Session, window: Telemetry, device_id: str | None) -> Outcome:
     _check_device(window.device_id, device_id)
+    received = now()
     stored = _insert(session, TelemetryRow.__table__, {
         "device_id": window.device_id, "epoch": window.epoch or "", "seq": window.seq,
         "bundle_sha256": None if window.bundle is None else window.bundle.sha256,
         "window_start": window.window_start, "window_end": window.window_end, "inferences": window.inferences,
         "errors": min(sum(window.errors.values()), MAX_INT),  # each count is bounded, their sum is not
         "latency_p95": None if window.latency_ms is None else window.latency_ms.p95,
-        "payload": window.model_dump(mode="json"), "received_at": now()}, ["device_id", "epoch", "seq"])
+        "payload": window.model_dump(mode="json"), "received_at": received}, ["device_id", "epoch", "seq"])
+    if stored:
+        rollup.add(session, window, received)  # what monitoring and the gates read, kept past retention
     if stored and window.spool.evicted:
         _dropped(session, window.device_id, window.epoch or "", window.spool.evicted)
-    return Outcome("stored" if stored else "duplicate", window=(window.device_id, window.epoch, window.seq))
+    end = window.window_end if window.window_end.tzinfo is not None else window.window_end.replace(tzinfo=UTC)
+    return Outcome("stored" if stored else "duplicate", window=(window.device_id, window.epoch, window.seq),
+                   lag_s=(now() - end).total_seconds() if stored else None)
 
 
 def _dropped(session: Session, device_id: str, epoch: str, evicted: int) -> None:
@@ -240,14 +251,16 @@ class IngestWorker:
 
     def __init__(self, transport: Transport, sessions: sessionmaker[Session], share_group: str | None = None,
                  batch: int = 200, on_missing: Any = None, on_acked: Callable[[int], None] | None = None,
-                 max_attempts: int = attempts.MAX_ATTEMPTS) -> None:
+                 max_attempts: int = attempts.MAX_ATTEMPTS, settings: TelemetrySettings | None = None) -> None:
         self.transport, self.sessions, self.share_group = transport, sessions, share_group
         self.batch, self.on_missing, self.max_attempts = batch, on_missing, max_attempts
+        self.settings = settings  # inventories per group
         self.on_acked = on_acked or (lambda mid: None)  # PUBACKs of what this connection published
         self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "dead": 0, "missing": 0, "ignored": 0, "poison": 0,
                                        "acks": 0}
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker confirmed the subscriptions (SUBACK)
+        self.lag_s: float | None = None  # the latest batch's largest telemetry lag (window end to storage)
 
     def drain(self, timeout: float = 0.2) -> int:
         """Handle what is queued (up to ``batch`` messages) in one transaction; return how many."""
@@ -265,6 +278,9 @@ class IngestWorker:
         outcomes = self._attempt(received)
         for outcome in outcomes:
             self.counts[outcome.kind] += 1
+        lags = [o.lag_s for o in outcomes if o.lag_s is not None]
+        if lags:
+            self.lag_s = max(lags)
         reports = [o.missing for o in outcomes if o.missing is not None]
         for confirmation in acks(outcomes):  # committed: the devices may delete these windows now
             # not sent (offline): the device sends the windows again after its timeout, and they are acked then
@@ -326,7 +342,7 @@ class IngestWorker:
         for attempt in range(tries):
             try:
                 with self.sessions.begin() as session:
-                    outcomes = [ingest(session, item.topic, item.payload) for item in received]
+                    outcomes = [ingest(session, item.topic, item.payload, self.settings) for item in received]
                     seen(session, {d for item in received if (d := _sender(item.topic)) is not None})
                     attempts.clear(session, [k for k in keys if k is not None])
                     return outcomes
@@ -343,10 +359,13 @@ class IngestWorker:
     def _store_one(self, item: Received, key: str | None) -> Outcome:
         """One message in its own transaction; if it fails for any reason other than a busy store,
         it becomes a dead letter with that reason (and is acknowledged: never handed back forever)."""
+        sender = {d} if (d := _sender(item.topic)) is not None else set()
         try:
             with self.sessions.begin() as session:
                 attempts.clear(session, [key] if key else [])
-                return ingest(session, item.topic, item.payload)
+                outcome = ingest(session, item.topic, item.payload, self.settings)
+                seen(session, sender)  # as the batch path does: any message moves "last seen"
+                return outcome
         except OperationalError:
             raise  # the store, not the message: not acknowledged, retried by the broker
         except Exception as exc:  # whatever it is, it is this message's: a dead letter
@@ -354,6 +373,7 @@ class IngestWorker:
             reason = f"{type(exc).__name__} while storing: {str(exc).splitlines()[0][:500] if str(exc) else ''}"
             with self.sessions.begin() as session:
                 attempts.clear(session, [key] if key else [])
+                seen(session, sender)
                 return dead_letter(session, item.topic, item.payload, reason)
 
     def run(self, stop: threading.Event) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from cloud.aggregate import Part, parts
 from cloud.drift import add_histograms, histogram_psi, label_js
 from cloud.fleet import previous_bundle
-from cloud.store import Alert, BundleRow, Device, TelemetryRow
+from cloud.store import Alert, BundleRow, Device, TelemetryRow, now
 from contract.base import MAX_INT
 from contract.common import Histogram
 from contract.manifest import ReferenceProfile
@@ -229,4 +229,5 @@ def _bundle_label(bundle: BundleRow) -> str:
 
 def raise_alert(session: Session, kind: str, scope: str, subject: str, message: str,
                 value: float | None = None) -> None:
-    session.add(Alert(kind=kind, scope=scope, subject=subject[:128], message=message, value=value))
+    session.add(Alert(kind=kind, scope=scope, subject=subject[:128], message=message, value=value, created_at=now(),
+                      dispatched=False))  # the webhooks pick it up (cloud.webhooks)

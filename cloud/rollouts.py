@@ -59,7 +59,7 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
     """
     with sessions.begin() as session:
         row = find_bundle(session, bundle)
-        rollout_id = rollout_id or f"r{(clock or now()):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+        rollout_id = rollout_id or new_id(clock)
         if session.get(Rollout, rollout_id) is not None:
             return rollout_id
         selected = select_devices(session, plan.selector)
@@ -93,6 +93,11 @@ def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollo
                     previous=device.active))
             done = size
     return rollout_id
+
+
+def new_id(clock: datetime | None = None) -> str:
+    """A fresh rollout id: ``r<UTC time>-<4 hex digits>``."""
+    return f"r{(clock or now()):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
 
 
 def _listed(ids: list[str]) -> str:

@@ -19,12 +19,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from cloud.commands import Deliveries
+from cloud.config import CloudConfig
 from cloud.controller import Controller
 from cloud.ingest import IngestWorker
+from cloud.metrics import Runtime
 from cloud.monitor import check_alerts
 from cloud.publisher import Publisher
+from cloud.retention import Retainer
 from cloud.store import BundleRow, open_store
 from cloud.supervise import Supervisor
+from cloud.webhooks import Dispatcher
 from transport.client import MqttTransport
 from transport.config import BrokerConfig
 
@@ -61,8 +65,10 @@ class Cloud:
     def __init__(self, store_url: str, broker: BrokerConfig, operator_key: Ed25519PrivateKey,
                  client_id: str = "coldchain-cloud", share_group: str | None = None,
                  bytes_per_s: float | None = None, notify: Callable[[str], None] | None = None,
-                 chunk_size: int = 128 * 1024) -> None:
+                 chunk_size: int = 128 * 1024, config: CloudConfig | None = None) -> None:
         self.sessions = open_store(store_url)
+        self.config = config or CloudConfig()
+        self.dispatcher = Dispatcher(self.sessions, self.config.alerts)
         self.broker = broker
         self.transport = MqttTransport(client_id, broker, manual_ack=True)
         self.stop_event = threading.Event()
@@ -72,7 +78,8 @@ class Cloud:
                                    supervise=self.supervisor.service)
         deliveries = Deliveries()  # which command each PUBACK the ingestion worker drains is for
         self.worker = IngestWorker(self.transport, self.sessions, share_group if broker.protocol == "5" else None,
-                                   on_missing=self.publisher.repair, on_acked=deliveries.acked)
+                                   on_missing=self.publisher.repair, on_acked=deliveries.acked,
+                                   settings=self.config.telemetry)
         self.controller = Controller(self.sessions, self.transport, self.publisher, operator_key, notify=notify,
                                      deliveries=deliveries)
         self.broker_wait = BrokerWait(broker.url, self._say)
@@ -96,6 +103,10 @@ class Cloud:
         ingestion = supervise.every("ingestion", lambda: self.worker.drain(timeout=0.1), 0.0, backoff_max_s=2.0)
         supervise.every("controller", self._step, step_s)
         supervise.every("alerts", self._check_alerts, self.alert_every_s)
+        if self.config.alerts.webhooks:
+            supervise.every("webhooks", self.dispatcher.step, self.config.alerts.every_s)
+        supervise.every("retention", Retainer(self.sessions, self.config.retention).step,
+                        self.config.retention.every_s)
         try:
             while not self.stop_event.is_set() and (until is None or time.monotonic() < until):
                 self.broker_wait.check(self.transport.client.is_connected())
@@ -121,7 +132,7 @@ class Cloud:
         for message in messages:
             self.controller.notify(f"alert: {message}")
 
-    def serve_api(self, port: int, token: str, host: str = "127.0.0.1") -> None:
+    def serve_api(self, port: int, token: str | None = None, host: str = "127.0.0.1") -> None:
         """The HTTP API (``cloud.api``) in a supervised thread, on 127.0.0.1 unless ``host`` says
         otherwise: if uvicorn fails (its port taken, a crash), it is counted under ``api`` and started again."""
         import uvicorn
@@ -129,13 +140,22 @@ class Cloud:
         from cloud.api import create_app
 
         # a bad token is refused here, before anything runs; /ready reports the broker connection
-        app = create_app(self.sessions, token, broker_connected=self.transport.client.is_connected)
+        app = create_app(self.sessions, token, broker_connected=self.transport.client.is_connected,
+                         runtime=self.runtime(), config=self.config)
 
         def run() -> None:
             self._api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
             self._api.run()
 
         self.supervisor.service("api", run)
+
+    def runtime(self) -> Runtime:
+        """The live figures ``/metrics`` reads (``cloud.metrics``)."""
+        publisher = self.publisher
+        return Runtime(ingest_counts=lambda: dict(self.worker.counts),
+                       ingest_queue=self.transport.inbox.qsize, ingest_lag_s=lambda: self.worker.lag_s,
+                       egress_bytes=lambda: (publisher.egress_bytes, publisher.repair_bytes),
+                       deliveries=lambda: dict(self.dispatcher.counts), failures=lambda: dict(self.failures))
 
     def start(self, wait_s: float | None = None) -> Cloud:
         """Run the cloud in a thread; return once it is connected to the broker (or after ``wait_s``,

@@ -177,6 +177,39 @@ class TelemetryRow(Base):
     received_at: Mapped[datetime] = mapped_column(default=now, index=True)
 
 
+class TelemetryRollup(Base):
+    """Telemetry summed per device, bundle ("" for none) and minute of reception (``cloud.rollup``):
+    what monitoring, drift and the rollout gates read. It outlives the raw windows (retention
+    deletes those), so deleting raw rows never changes a figure or a gate's verdict."""
+
+    __tablename__ = "telemetry_rollups"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bundle_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(primary_key=True, index=True)  # received_at, to the minute
+    windows: Mapped[int] = mapped_column(BigInteger, default=0)
+    inferences: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    frames_skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_p50_sum: Mapped[float] = mapped_column(Float, default=0.0)  # p50 x inferences, summed
+    latency_p95_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_n: Mapped[float] = mapped_column(Float, default=0.0)  # inferences of windows with latencies
+    model_p95_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    model_n: Mapped[float] = mapped_column(Float, default=0.0)
+    predictions: Mapped[dict[str, Any]] = mapped_column(default=dict)  # label -> count
+    histograms: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stat -> edges (JSON text) -> counts
+    inventory: Mapped[dict[str, Any] | None] = mapped_column()  # the latest non-empty one of the minute
+    inventory_at: Mapped[datetime | None] = mapped_column()  # its window's end
+
+
+class CloudSecret(Base):
+    """Keys the cloud makes for itself (the export pseudonyms' HMAC key)."""
+
+    __tablename__ = "cloud_secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
 class SpoolDrops(Base):
     """Windows a device dropped unsent (its spool was full), as it reports them: a running total
     per spool epoch, so the fleet's loss is counted, never silent."""
@@ -210,7 +243,8 @@ class DeadLetter(Base):
     topic: Mapped[str] = mapped_column(Text)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     reason: Mapped[str] = mapped_column(Text)
-    received_at: Mapped[datetime] = mapped_column(default=now)
+    kind: Mapped[str | None] = mapped_column(String(48))  # the reason's class (a metric label): SchemaError, ...
+    received_at: Mapped[datetime] = mapped_column(default=now, index=True)
 
 
 class Attempt(Base):
@@ -231,7 +265,53 @@ class Alert(Base):
     subject: Mapped[str] = mapped_column(String(128))
     message: Mapped[str] = mapped_column(Text)
     value: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=now, index=True)
+    dispatched: Mapped[bool | None] = mapped_column(Boolean, index=True)  # False: webhooks not yet queued
+
+
+class AlertDelivery(Base):
+    """One alert to one webhook (``cloud.webhooks``): retried with a backoff until the receiver
+    answers 2xx, or dead-lettered after the configured attempts."""
+
+    __tablename__ = "alert_deliveries"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    webhook: Mapped[str] = mapped_column(String(48))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(default=now)
+    done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    outcome: Mapped[str | None] = mapped_column(String(16))  # delivered, dead
+    last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class AuditEntry(Base):
+    """One write by an operator or a scheduled job: who, what, on what, when, and how it ended."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=now, index=True)
+    actor: Mapped[str] = mapped_column(String(160))  # token:<name>, cli:<user>, cloud
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(160))
+    result: Mapped[str] = mapped_column(Text)  # ok, refused: ..., failed: ...
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ApiToken(Base):
+    """An API bearer token: only its sha256 is kept; ``scope`` is read, operate or admin."""
+
+    __tablename__ = "api_tokens"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the token
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    created_by: Mapped[str] = mapped_column(String(160))
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column()
 
 
 DEFAULT_URL = "sqlite:///coldchain.db"
@@ -262,64 +342,22 @@ def make_engine(url: str) -> Engine:
                          "postgresql://user:password@host/db URL") from exc
 
 
-def _telemetry_epochs(engine: Engine) -> None:
-    """A store from before spool epochs: its telemetry is unique per (device, seq), which would take
-    a rebuilt spool's windows for duplicates (acked, so deleted on the device, never stored). Add the
-    epoch ("" for the rows there) and make (device, epoch, seq) the key; SQLite copies the table."""
-    if "telemetry" not in inspect(engine).get_table_names() or any(
-            c["name"] == "epoch" for c in inspect(engine).get_columns("telemetry")):
-        return
-    table = Base.metadata.tables["telemetry"]
-    columns = ", ".join(c.name for c in table.columns if c.name != "epoch")
-    with engine.begin() as db:
-        if engine.dialect.name == "postgresql":
-            db.exec_driver_sql("ALTER TABLE telemetry ADD COLUMN epoch VARCHAR(64) NOT NULL DEFAULT ''")
-            db.exec_driver_sql("ALTER TABLE telemetry DROP CONSTRAINT uq_telemetry_device_seq")
-            db.exec_driver_sql("ALTER TABLE telemetry ADD CONSTRAINT uq_telemetry_device_epoch_seq "
-                               "UNIQUE (device_id, epoch, seq)")
-            return
-        db.exec_driver_sql("ALTER TABLE telemetry RENAME TO telemetry_before_epochs")
-        for index in table.indexes:  # the renamed table keeps its indexes' names
-            db.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
-        table.create(db)
-        db.exec_driver_sql(f"INSERT INTO telemetry ({columns}, epoch) SELECT {columns}, '' "  # noqa: S608 (the model's columns)
-                           "FROM telemetry_before_epochs")
-        db.exec_driver_sql("DROP TABLE telemetry_before_epochs")
-
-
-def _added_columns(engine: Engine) -> None:
-    """Columns added to existing tables since they were created (nullable: old rows keep NULL)."""
-    tables = inspect(engine).get_table_names()
-    for table, column in (("devices", "state_ts"), ("devices", "protocol"), ("devices", "state_version"),
-                          ("commands", "give_up_at")):
-        if table not in tables or any(c["name"] == column for c in inspect(engine).get_columns(table)):
-            continue
-        kind = Base.metadata.tables[table].c[column].type.compile(dialect=engine.dialect)
-        with engine.begin() as db:
-            db.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-
-def _widened_columns(engine: Engine) -> None:
-    """Counts stored as 32-bit INTEGER by older stores on PostgreSQL (SQLite's are 64-bit anyway):
-    a window with more than 2**31 inferences would fail to store, so they become BIGINT."""
-    if engine.dialect.name != "postgresql" or "telemetry" not in inspect(engine).get_table_names():
-        return
-    kinds = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("telemetry")}
-    with engine.begin() as db:
-        for column in ("inferences", "errors"):
-            if kinds.get(column) == "INTEGER":
-                db.exec_driver_sql(f"ALTER TABLE telemetry ALTER COLUMN {column} TYPE BIGINT")
-
-
 def open_store(url: str = DEFAULT_URL) -> sessionmaker[Session]:
     """Connect, create missing tables (and bring older ones up to date), and return a session factory."""
+    from cloud.store_migrate import upgrade  # it needs the models above
+
     engine = make_engine(url)
     try:
-        _telemetry_epochs(engine)
-        _added_columns(engine)
-        _widened_columns(engine)
+        upgrade(engine)
+        older = "telemetry" in inspect(engine).get_table_names() and \
+            "telemetry_rollups" not in inspect(engine).get_table_names()
         Base.metadata.create_all(engine)
+        sessions = sessionmaker(engine, expire_on_commit=False)
+        if older:  # a store from before the rollups: its telemetry is summed into them once
+            from cloud.rollup import backfill
+
+            backfill(sessions)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the store at {engine.url.render_as_string(hide_password=True)}: "
                          f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
-    return sessionmaker(engine, expire_on_commit=False)
+    return sessions

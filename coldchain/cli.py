@@ -28,6 +28,8 @@ SUBAPPS: dict[str, tuple[str, str]] = {
     "rollout": ("coldchain.rollout_cli:app", "Staged rollouts with health gates and automatic rollback."),
     "monitor": ("coldchain.monitor_cli:app", "Fleet health and drift from telemetry."),
     "cloud": ("coldchain.cloud_cli:app", "Run the cloud; manage bundles, dead letters and alerts."),
+    "token": ("coldchain.token_cli:app", "Create, list and revoke API tokens (read, operate, admin)."),
+    "audit": ("coldchain.audit_cli:app", "The audit log: who changed what, when, and how it ended."),
     "broker": ("coldchain.broker_cli:app", "Run the embedded MQTT broker; write a Mosquitto configuration."),
     "keys": ("coldchain.keys_cli:app", "Signing keys: generate, sign and verify manifests."),
     "demo": ("coldchain.demo_cli:app", "Run the end-to-end demo on embedded defaults."),
@@ -38,7 +40,8 @@ SUBAPPS: dict[str, tuple[str, str]] = {
 NEEDS: dict[str, tuple[str, str]] = {
     "agent": ("agent", "paho"),
     **{name: ("compiler", "onnxslim") for name in ("compile", "targets", "model", "keys")},
-    **{name: ("cloud", "sqlalchemy") for name in ("fleet", "rollout", "monitor", "cloud", "broker", "demo")},
+    **{name: ("cloud", "sqlalchemy") for name in ("fleet", "rollout", "monitor", "cloud", "broker", "demo",
+                                                                 "token", "audit")},
 }
 
 

@@ -8,9 +8,20 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from rich.table import Table
 
-from coldchain.cloud_views import DEFAULT_BROKER, DEFAULT_DB, Broker, Db, Protocol, alerts_table
+from coldchain.cloud_views import (
+    DEFAULT_BROKER,
+    DEFAULT_DB,
+    Broker,
+    Db,
+    Protocol,
+    alerts_table,
+    bundles_table,
+    dead_letters_table,
+    open_queries,
+    operations,
+    shown,
+)
 from coldchain.console import console, user_errors
 
 app = typer.Typer(help="Run the cloud and manage its bundle catalogue.", no_args_is_help=True)
@@ -34,11 +45,15 @@ def serve(
     fleet: Annotated[Path | None, typer.Option(envvar="COLDCHAIN_FLEET", help="The fleet's key folder: connect with "
                                                "the cloud's identity (certificate over mqtts://, else password).")]
     = None,
+    config: Annotated[Path | None, typer.Option("--config", envvar="COLDCHAIN_CLOUD_CONFIG", help="The cloud's "
+                                                "configuration (YAML): alert webhooks, bundle uploads, retention, "
+                                                "inventory per group; docs/cloud.md.")] = None,
 ) -> None:
     """Ingest telemetry/events/state, answer chunk repairs, drive rollouts; optionally the HTTP API
-    (bearer token from COLDCHAIN_API_TOKEN, at least 16 characters; 127.0.0.1 unless --host)."""
+    (tokens from `coldchain token create`; 127.0.0.1 unless --host)."""
     import time
 
+    from cloud.config import load_config
     from cloud.errors import CloudError
     from cloud.service import Cloud
     from contract.signing import load_private_key
@@ -49,11 +64,11 @@ def serve(
         if fleet is not None:
             from cloud.pki import FleetAuthority
 
-            config = FleetAuthority(fleet).cloud_login(broker, version)
+            broker_config = FleetAuthority(fleet).cloud_login(broker, version)
         else:
-            config = BrokerConfig(url=broker, protocol=version)
-        cloud = Cloud(db, config, load_private_key(key), client_id, share_group, bytes_per_s,
-                      notify=lambda m: console.print(f"[cyan]{m}"))
+            broker_config = BrokerConfig(url=broker, protocol=version)
+        cloud = Cloud(db, broker_config, load_private_key(key), client_id, share_group, bytes_per_s,
+                      notify=lambda m: console.print(f"[cyan]{m}"), config=load_config(config))
         if api_port is not None:
             _serve_api(cloud, api_port, api_host)
         console.print(f"cloud on {broker} with store {db}; Ctrl-C stops")
@@ -65,9 +80,13 @@ def serve(
 
 def _serve_api(cloud: object, port: int, host: str = "127.0.0.1") -> None:
     """The HTTP API beside the cloud, supervised by it (restarted if it fails)."""
-    cloud.serve_api(port, os.environ.get("COLDCHAIN_API_TOKEN", ""), host)  # type: ignore[attr-defined]
+    cloud.serve_api(port, os.environ.get("COLDCHAIN_API_TOKEN") or None, host)  # type: ignore[attr-defined]
     console.print(f"HTTP API on http://{host}:{port}: every route but /health, /ready and /metrics needs "
-                  "'Authorization: Bearer $COLDCHAIN_API_TOKEN' (docs at /docs)")
+                  "'Authorization: Bearer TOKEN' of the route's scope (`coldchain token create NAME --scope "
+                  "read|operate|admin`; COLDCHAIN_API_TOKEN, if set, is an admin token); docs at /docs")
+
+
+Offset = Annotated[int, typer.Option(min=0, help="Rows to skip (paging).")]
 
 
 @app.command("add-bundle")
@@ -76,54 +95,38 @@ def add_bundle(tarball: Annotated[Path, typer.Argument(help="A signed bundle (.t
                db: Db = DEFAULT_DB) -> None:
     """Verify a bundle and add it to the catalogue rollouts deploy from."""
     from cloud.errors import CloudError
-    from cloud.fleet import add_bundle as add
-    from cloud.store import open_store
     from contract.signing import TrustStore
 
-    with user_errors(CloudError), open_store(db).begin() as session:
-        row = add(session, tarball, TrustStore.from_paths(trusted_key))
-        console.print(f"bundle {row.sha256} ({row.model_name} v{row.model_version} #{row.sequence}, {row.target}, "
-                      f"{row.size:,} bytes) is in the catalogue")
+    with user_errors(CloudError):
+        b = operations(db).add_bundle(tarball, TrustStore.from_paths(trusted_key))
+    console.print(f"bundle {b.sha256} ({b.model} v{b.version} #{b.sequence}, {b.target}, "
+                  f"{b.size:,} bytes) is in the catalogue")
 
 
 @app.command()
-def bundles(db: Db = DEFAULT_DB) -> None:
+def bundles(db: Db = DEFAULT_DB, offset: Offset = 0,
+            limit: Annotated[int, typer.Option(min=1, max=500)] = 100) -> None:
     """The bundle catalogue."""
-    from sqlalchemy import select
+    from cloud.queries import Paging
 
-    from cloud.store import BundleRow, open_store
-
-    with open_store(db)() as session:
-        table = Table(title="Bundles")
-        for column in ("sha256", "model", "version", "sequence", "target", "bytes"):
-            table.add_column(column)
-        for b in session.scalars(select(BundleRow).order_by(BundleRow.added_at)).all():
-            table.add_row(b.sha256[:16], b.model_name, b.model_version, str(b.sequence), b.target, f"{b.size:,}")
-        console.print(table)
+    page = open_queries(db).bundles(Paging(offset=offset, limit=limit))
+    console.print(bundles_table(page.items, f"Bundles: {shown(page, 'bundles')}"))
 
 
 @app.command("dead-letters")
-def dead_letters(db: Db = DEFAULT_DB, limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+def dead_letters(db: Db = DEFAULT_DB, offset: Offset = 0,
+                 limit: Annotated[int, typer.Option(min=1, max=500)] = 20) -> None:
     """Payloads ingestion refused, with the reason."""
-    from sqlalchemy import select
+    from cloud.queries import Paging
 
-    from cloud.store import DeadLetter, open_store
-
-    with open_store(db)() as session:
-        table = Table(title="Dead letters")
-        for column in ("received", "topic", "bytes", "reason"):
-            table.add_column(column)
-        for d in session.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)).all():
-            table.add_row(f"{d.received_at:%H:%M:%S}", d.topic, str(len(d.payload)), d.reason[:140])
-        console.print(table)
+    page = open_queries(db).dead_letters(Paging(offset=offset, limit=limit))
+    console.print(dead_letters_table(page.items, f"Dead letters: {shown(page, 'dead letters')}"))
 
 
 @app.command()
-def alerts(db: Db = DEFAULT_DB, limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+def alerts(db: Db = DEFAULT_DB, offset: Offset = 0, limit: Annotated[int, typer.Option(min=1, max=500)] = 20) -> None:
     """Alerts raised by gates and monitoring."""
-    from sqlalchemy import select
+    from cloud.queries import Paging
 
-    from cloud.store import Alert, open_store
-
-    with open_store(db)() as session:
-        console.print(alerts_table(session.scalars(select(Alert).order_by(Alert.id.desc()).limit(limit)).all()))
+    page = open_queries(db).alerts(Paging(offset=offset, limit=limit))
+    console.print(alerts_table(page.items, f"Alerts: {shown(page, 'alerts')}"))

@@ -11,17 +11,17 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import select
 
 from agent.loop import Agent
 from agent.simulate import simulated_agents
 from cloud import rollouts
+from cloud.audit import cli_actor
 from cloud.broker import EmbeddedBroker
-from cloud.fleet import add_bundle
-from cloud.monitor import monitor
+from cloud.operations import Operations
 from cloud.plan import Gates, RolloutPlan, Selector, Timeouts
+from cloud.queries import DeviceFilter, Paging, Queries
 from cloud.service import Cloud
-from cloud.store import Alert, Device, sqlite_url
+from cloud.store import sqlite_url
 from coldchain.cloud_views import alerts_table, fleet_table, monitor_table, rollout_table
 from coldchain.console import console
 from contract.signing import TrustStore, load_private_key
@@ -76,58 +76,50 @@ def run_fleet(workspace: Path, bundles: list[Path], keys: tuple[Path, Path], fra
 
 
 def _rollouts(cloud: Cloud, agents: list[Agent], bundles: list[Path], public: Path) -> list[FleetResult]:
-    sessions = cloud.sessions
-    _wait_online(cloud, len(agents))
-    with sessions.begin() as session:
-        good, faulty = (add_bundle(session, b, TrustStore.from_paths([public])).sha256 for b in bundles)
-    with sessions() as session:
-        console.print(fleet_table(session.scalars(select(Device).order_by(Device.id)).all()[:6]))
-        console.print(f"... {len(agents)} simulated fridges in groups {', '.join(GROUPS)}, one shared model "
-                      "session per bundle")
-    results = [_follow(cloud, rollouts.start(sessions, good, demo_plan(list(GROUPS), "1,25%,100%"), "demo-v1"),
+    queries, operator = Queries(cloud.sessions), Operations(cloud.sessions, cli_actor())
+    _wait_online(queries, len(agents))
+    good, faulty = (operator.add_bundle(b, TrustStore.from_paths([public])).sha256 for b in bundles)
+    console.print(fleet_table(queries.devices(DeviceFilter(limit=6)).items))
+    console.print(f"... {len(agents)} simulated fridges in groups {', '.join(GROUPS)}, one shared model "
+                  "session per bundle")
+    results = [_follow(queries, operator.start_rollout(good, demo_plan(list(GROUPS), "1,25%,100%"), "demo-v1"),
                        "v1 to every fridge")]
     time.sleep(4)  # a few telemetry windows on v1: the baseline the v2 gate compares with
-    with sessions() as session:
-        console.print(monitor_table(monitor(session, "group"), "Telemetry per group (v1 everywhere)"))
-    results.append(_follow(cloud, rollouts.start(sessions, faulty, demo_plan([GROUPS[0]], "2,50%,100%"), "demo-v2"),
+    console.print(monitor_table(queries.telemetry("group", None), "Telemetry per group (v1 everywhere)"))
+    results.append(_follow(queries, operator.start_rollout(faulty, demo_plan([GROUPS[0]], "2,50%,100%"), "demo-v2"),
                            "faulty v2 to kitchen-eu"))
-    with sessions() as session:
-        console.print(monitor_table(monitor(session, "bundle"), "Telemetry per bundle"))
-        console.print(alerts_table(session.scalars(select(Alert).order_by(Alert.id)).all()))
+    console.print(monitor_table(queries.telemetry("bundle", None), "Telemetry per bundle"))
+    console.print(alerts_table(list(reversed(queries.alerts(Paging(limit=500)).items))))
     return results
 
 
-def _wait_online(cloud: Cloud, count: int, timeout: float = 60) -> None:
+def _wait_online(queries: Queries, count: int, timeout: float = 60) -> None:
     with console.status(f"waiting for {count} fridges to come online"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with cloud.sessions() as session:
-                if len(session.scalars(select(Device.id).where(Device.online.is_(True))).all()) >= count:
-                    return
+            if queries.online() >= count:
+                return
             time.sleep(0.3)
     raise TimeoutError(f"only some of {count} simulated fridges came online within {timeout:.0f} s")
 
 
-def _follow(cloud: Cloud, rollout_id: str, what: str, timeout: float = 240) -> FleetResult:
+def _follow(queries: Queries, rollout_id: str, what: str, timeout: float = 240) -> FleetResult:
     started = time.monotonic()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"rollout {rollout_id}: {what}", total=1, status="")
         while time.monotonic() - started < timeout:
-            with cloud.sessions() as session:
-                view = rollouts.view(session, rollout_id)
-                done = sum(1 for d in view.devices if d.state in ("SUCCEEDED", "SKIPPED") or d.rolled_back)
-                progress.update(task, total=len(view.devices), completed=done,
-                                status=f"{view.rollout.status} wave {view.rollout.wave + 1}/{view.waves()}")
-                if view.rollout.status in rollouts.FINISHED:
-                    break
+            view = queries.rollout(rollout_id)
+            done = sum(1 for d in view.devices if d.state in ("SUCCEEDED", "SKIPPED") or d.rolled_back)
+            progress.update(task, total=len(view.devices), completed=done,
+                            status=f"{view.status} wave {view.wave}/{view.waves}")
+            if view.status in rollouts.FINISHED:
+                break
             time.sleep(0.5)
-    with cloud.sessions() as session:
-        view = rollouts.view(session, rollout_id)
-        console.print(rollout_table(view))
-        return FleetResult(rollout_id, view.rollout.status, time.monotonic() - started, len(view.devices),
-                           view.rollout.reason)
+    view = queries.rollout(rollout_id)
+    console.print(rollout_table(view))
+    return FleetResult(rollout_id, view.status, time.monotonic() - started, len(view.devices), view.reason)
 
 
 def summary_table(results: list[FleetResult]) -> Table:

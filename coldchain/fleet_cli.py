@@ -9,54 +9,59 @@ import typer
 from rich.table import Table
 
 from coldchain.broker_cli import DEFAULT_FLEET, Fleet
-from coldchain.cloud_views import DEFAULT_DB, Db, fleet_table, open_sessions
+from coldchain.cloud_views import DEFAULT_DB, Db, fleet_table, open_queries, open_sessions, operations, shown
 from coldchain.console import console, fail, user_errors
 
 app = typer.Typer(help="List, show, tag, provision and revoke devices.", no_args_is_help=True)
 
 
+Offset = Annotated[int, typer.Option(min=0, help="Rows to skip (paging).")]
+Limit = Annotated[int, typer.Option(min=1, max=500, help="Rows to show at most.")]
+
+
 @app.command("list")
 def list_(db: Db = DEFAULT_DB,
           group: Annotated[str | None, typer.Option(help="Only devices of this group.")] = None,
-          online: Annotated[bool, typer.Option("--online", help="Only devices online now.")] = False) -> None:
-    """Every device, online ones first; an agent too old for the cloud's commands says "needs a new agent"."""
-    from cloud.errors import CloudError
-    from cloud.fleet import select_devices
-    from cloud.plan import Selector
+          board: Annotated[str | None, typer.Option(help="Only devices of this board.")] = None,
+          bundle: Annotated[str | None, typer.Option(help="Only devices running this bundle (sha256 prefix).")]
+          = None,
+          online: Annotated[bool, typer.Option("--online", help="Only devices online now.")] = False,
+          text: Annotated[str | None, typer.Option(help="Only devices whose id, board or agent version "
+                                                   "contains this.")] = None,
+          offset: Offset = 0, limit: Limit = 100) -> None:
+    """Devices, online ones first, filtered and paged by the store; an agent too old for the cloud's
+    commands says "needs a new agent"; "last seen" moves with any message from the device."""
+    from pydantic import ValidationError
 
-    with user_errors(CloudError), open_sessions(db)() as session:
-        devices = select_devices(session, Selector(groups=[group] if group else []))
-        console.print(fleet_table([d for d in devices if d.online or not online]))
+    from cloud.errors import CloudError
+    from cloud.queries import DeviceFilter
+
+    with user_errors(CloudError, ValidationError):
+        page = open_queries(db).devices(DeviceFilter(group=group, board=board, bundle=bundle,
+                                                     online=True if online else None, text=text,
+                                                     offset=offset, limit=limit))
+        console.print(fleet_table(page.items, f"Fleet: {shown(page, 'devices')}"))
 
 
 @app.command()
 def show(device: Annotated[str, typer.Argument(help="Device id.")], db: Db = DEFAULT_DB) -> None:
     """One device: what it reports, what operators assigned, its recent jobs."""
-    from sqlalchemy import select
-
     from cloud.errors import CloudError
-    from cloud.fleet import get_device
-    from cloud.ingest import dropped_windows
-    from cloud.store import EventRow
-    from contract.versions import needs_new_agent
 
-    with user_errors(CloudError), open_sessions(db)() as session:
-        d = get_device(session, device)
-        console.print(fleet_table([d]))
-        outdated = needs_new_agent(d.protocol)
-        if outdated:
-            console.print(f"{device} {outdated}; rollouts skip it until then", style="bold red")
-        dropped = dropped_windows(session, [device]).get(device, 0)
-        console.print(f"telemetry windows dropped on the device unsent (its spool was full): {dropped}",
-                      style="bold red" if dropped else None)
-        events = session.scalars(select(EventRow).where(EventRow.device_id == device)
-                                 .order_by(EventRow.id.desc()).limit(15)).all()
-        table = Table(title=f"Recent events of {device}")
-        for column in ("time", "type", "job", "state", "reason"):
-            table.add_column(column)
-        for e in reversed(events):
-            table.add_row(f"{e.ts:%H:%M:%S}", e.type, e.job_id or "-", e.state or "-", (e.reason or "")[:100])
-        console.print(table)
+    with user_errors(CloudError):
+        detail = open_queries(db).device(device)
+    console.print(fleet_table([detail.device]))
+    if detail.device.needs_new_agent:
+        console.print(f"{device} {detail.device.needs_new_agent}; rollouts skip it until then", style="bold red")
+    dropped = detail.dropped_windows
+    console.print(f"telemetry windows dropped on the device unsent (its spool was full): {dropped}",
+                  style="bold red" if dropped else None)
+    table = Table(title=f"Recent events of {device}")
+    for column in ("time", "type", "job", "state", "reason"):
+        table.add_column(column)
+    for e in detail.events:
+        table.add_row(f"{e.ts:%H:%M:%S}", e.type, e.job_id or "-", e.state or "-", (e.reason or "")[:100])
+    console.print(table)
 
 
 def _pairs(values: list[str]) -> dict[str, str | None]:
@@ -78,13 +83,12 @@ def tag(devices: Annotated[list[str], typer.Argument(help="Device ids.")],
         db: Db = DEFAULT_DB) -> None:
     """Set or remove tags and assign groups; rollouts select devices by both."""
     from cloud.errors import CloudError
-    from cloud.fleet import tag as tag_devices
     from contract.errors import TopicError
 
     changes: dict[str, str | None] = {**_pairs(set_), **dict.fromkeys(unset)}
-    with user_errors(CloudError, TopicError), open_sessions(db).begin() as session:
-        changed = tag_devices(session, devices, changes, add_group, remove_group)
-        console.print(fleet_table(changed))
+    with user_errors(CloudError, TopicError):
+        changed = operations(db).tag(devices, changes, add_group, remove_group)
+    console.print(fleet_table(changed))
 
 
 @app.command()
@@ -109,8 +113,10 @@ def provision(device: Annotated[str, typer.Argument(help="Device id (its MQTT id
     from cloud.provision import provision as make
 
     with user_errors(CloudError, OSError):
-        done = make(FleetAuthority(fleet), open_sessions(db), device, group, board, broker, trusted_key,
-                    out or Path("provisioned") / device, install_dir, tarball=tarball)
+        done = operations(db).audited("device.provision", device, {"group": group, "board": board, "broker": broker},
+                                      lambda: make(FleetAuthority(fleet), open_sessions(db), device, group, board,
+                                                   broker, trusted_key, out or Path("provisioned") / device,
+                                                   install_dir, tarball=tarball))
     what = "client certificate" if done.tls else "broker password"
     console.print(f"{device}: {what}, agent.yaml and trust bundle in {done.folder}"
                   + (f" (and {done.tarball})" if done.tarball else "") + f"; copy it to {install_dir} on the device")
@@ -126,7 +132,9 @@ def revoke(device: Annotated[str, typer.Argument(help="Device id.")],
     from cloud.provision import revoke as remove
 
     with user_errors(CloudError, OSError):
-        console.print(f"{device}: {remove(FleetAuthority(fleet), open_sessions(db), device)}")
+        said = operations(db).audited("device.revoke", device, {},
+                                      lambda: remove(FleetAuthority(fleet), open_sessions(db), device))
+    console.print(f"{device}: {said}")
 
 
 @app.command()
@@ -138,18 +146,9 @@ def config(device: Annotated[str, typer.Argument(help="Device id.")],
            db: Db = DEFAULT_DB) -> None:
     """Change a device's settings (a set_config command). Queued in the store: the running cloud signs
     it with its operator key and sends it until the device answers (it takes effect at once)."""
-    import uuid
-
-    from cloud.commands import enqueue
     from cloud.errors import CloudError
-    from cloud.store import Device, now
-    from contract.commands import SetConfigCommand
 
-    with user_errors(CloudError, ValueError), open_sessions(db).begin() as session:
-        if session.get(Device, device) is None:
-            raise fail(f"device {device} is not in the store (see `coldchain fleet list`)")
-        command = SetConfigCommand(job_id=f"config-{uuid.uuid4().hex[:12]}", inference_interval_s=inference_interval_s,
-                                   telemetry_window_s=telemetry_window_s)
-        row = enqueue(session, device, command, None, now())
-        console.print(f"queued {row.job_id} for {device}: the cloud sends it signed; its answer shows in "
-                      f"`coldchain fleet show {device}`")
+    with user_errors(CloudError, ValueError):
+        job = operations(db).set_config(device, inference_interval_s, telemetry_window_s)
+    console.print(f"queued {job} for {device}: the cloud sends it signed; its answer shows in "
+                  f"`coldchain fleet show {device}`")

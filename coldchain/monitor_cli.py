@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from coldchain.cloud_views import DEFAULT_DB, Db, alerts_table, monitor_table
+from coldchain.cloud_views import DEFAULT_DB, Db, alerts_table, monitor_table, open_queries, operations
 from coldchain.console import console, user_errors
+
+if TYPE_CHECKING:
+    from cloud.queries.models import MonitorView
 
 app = typer.Typer(help="Fleet health and drift from telemetry.", invoke_without_command=True)
 
@@ -18,30 +20,49 @@ app = typer.Typer(help="Fleet health and drift from telemetry.", invoke_without_
 def monitor(by: Annotated[str, typer.Option(help="device, group or bundle.")] = "group",
             minutes: Annotated[float, typer.Option(min=0.1, help="Telemetry of the last N minutes.")] = 60.0,
             plot: Annotated[Path | None, typer.Option(help="Also write latency and drift plots to this PNG.")] = None,
+            export: Annotated[Path | None, typer.Option(help="Also write the table as CSV here; device ids become "
+                                                        "keyed pseudonyms (docs/cloud.md).")] = None,
+            raw_ids: Annotated[bool, typer.Option("--raw-ids", help="Keep raw device ids in the export.")] = False,
+            config: Annotated[Path | None, typer.Option("--config", envvar="COLDCHAIN_CLOUD_CONFIG",
+                                                        help="The cloud's configuration (the pseudonym key).")]
+            = None,
             db: Db = DEFAULT_DB) -> None:
     """A table per scope; alerts below it."""
-    from sqlalchemy import select
-
     from cloud.errors import CloudError
-    from cloud.monitor import monitor as rows_for
-    from cloud.store import Alert, open_store
 
     if by not in ("device", "group", "bundle"):
         raise typer.BadParameter("--by is device, group or bundle")
     scope: Literal["device", "group", "bundle"] = by  # type: ignore[assignment]
-    with user_errors(CloudError), open_store(db)() as session:
-        since = datetime.now(UTC) - timedelta(minutes=minutes)
-        rows = rows_for(session, scope, since)
+    with user_errors(CloudError):
+        queries = open_queries(db)
+        rows = queries.telemetry(scope, minutes)
         console.print(monitor_table(rows, f"Telemetry per {by}, last {minutes:g} min"))
-        alerts = session.scalars(select(Alert).order_by(Alert.id.desc()).limit(10)).all()
+        alerts = queries.alerts().items[:10]
         if alerts:
             console.print(alerts_table(alerts))
         if plot is not None:
             write_plot(rows, plot)
             console.print(f"plot written to {plot}")
+        if export is not None:
+            _export(db, rows, export, raw_ids, config)
+            console.print(f"CSV written to {export}" + (" (raw device ids)" if raw_ids else
+                                                        " (device ids as keyed pseudonyms)"))
 
 
-def write_plot(rows: list, path: Path) -> None:  # type: ignore[type-arg]
+def _export(db: str, rows: list[MonitorView], path: Path, raw: bool, config: Path | None) -> None:
+    from cloud.config import load_config
+    from cloud.exports import pseudonym_key, to_csv
+
+    operator = operations(db)
+    settings = load_config(config).exports
+    detail = {"by": rows[0].scope if rows else None, "ids": "raw" if raw else "pseudonyms", "path": str(path)}
+    text = operator.audited("telemetry.export", str(path), detail, lambda: to_csv(
+        rows, None if raw else pseudonym_key(operator.sessions, settings)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_plot(rows: list[MonitorView], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,11 +70,12 @@ def write_plot(rows: list, path: Path) -> None:  # type: ignore[type-arg]
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     names = [r.subject[:18] for r in rows]
-    axes[0].bar(names, [r.summary.latency_p95 or 0 for r in rows], color="#4477aa")
+    axes[0].bar(names, [r.latency_p95_ms or 0 for r in rows], color="#4477aa")
     axes[0].set_title("latency p95 (ms)")
-    axes[1].bar(names, [r.summary.error_rate * 100 for r in rows], color="#cc6677")
+    axes[1].bar(names, [r.error_rate * 100 for r in rows], color="#cc6677")
     axes[1].set_title("error rate (%)")
-    axes[2].bar(names, [r.reference_drift or 0 for r in rows], color="#ddaa33")
+    axes[1].set_ylim(bottom=0)  # never a negative error rate
+    axes[2].bar(names, [r.prediction_drift_js or 0 for r in rows], color="#ddaa33")
     axes[2].axhline(0.15, color="grey", linestyle="--", linewidth=1)
     axes[2].set_title("prediction drift vs reference (JS)")
     for ax in axes:

@@ -6,11 +6,20 @@ These commands write the store; the running cloud (``coldchain cloud serve``) ac
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from coldchain.cloud_views import DEFAULT_DB, Db, open_sessions, rollback_plan_table, rollout_table, rollouts_table
+from coldchain.cloud_views import (
+    DEFAULT_DB,
+    Db,
+    open_queries,
+    operations,
+    rollback_plan_table,
+    rollout_table,
+    rollouts_table,
+    shown,
+)
 from coldchain.console import console, fail, user_errors
 
 app = typer.Typer(help="Staged rollouts with health gates and automatic rollback.", no_args_is_help=True)
@@ -53,7 +62,6 @@ def start(
     db: Db = DEFAULT_DB,
 ) -> None:
     """Create a rollout; the running cloud sends wave 1 at its next step."""
-    from cloud import rollouts
     from cloud.plan import Gates, RolloutPlan, Selector, Timeouts
 
     tags = {}
@@ -71,34 +79,33 @@ def start(
                         min_shadow_agreement=min_shadow_agreement or None),
             timeouts=Timeouts(observe_s=observe_s, wave_s=wave_timeout_s), probation_s=probation_s,
             shadow_s=shadow_s or None)
-        sessions = open_sessions(db)
-        new_id = rollouts.start(sessions, bundle, plan, rollout_id, supersede=supersede)
-        with sessions() as session:
-            console.print(rollout_table(rollouts.view(session, new_id)))
+        new_id = operations(db).start_rollout(bundle, plan, rollout_id, supersede=supersede)
+        console.print(rollout_table(open_queries(db).rollout(new_id)))
 
 
 @app.command()
 def status(rollout: Annotated[str | None, typer.Argument(help="A rollout id; none: the recent ones.")] = None,
-           db: Db = DEFAULT_DB) -> None:
+           db: Db = DEFAULT_DB, offset: Annotated[int, typer.Option(min=0, help="Rollouts to skip.")] = 0,
+           limit: Annotated[int, typer.Option(min=1, max=500, help="Rollouts to show.")] = 20) -> None:
     """Recent rollouts, or one rollout wave by wave with its gate results."""
-    from cloud import rollouts
-
-    with _errors(), open_sessions(db)() as session:
-        if rollout is None:
-            console.print(rollouts_table(rollouts.recent(session)))
-        else:
-            console.print(rollout_table(rollouts.view(session, rollout)))
-
-
-def _act(action: str, rollout: str, db: str, reason: str | None = None) -> None:
-    from cloud import rollouts
+    from cloud.queries import Paging
 
     with _errors():
-        sessions = open_sessions(db)
-        function = getattr(rollouts, action)
-        function(sessions, rollout, reason) if reason else function(sessions, rollout)
-        with sessions() as session:
-            console.print(rollout_table(rollouts.view(session, rollout)))
+        queries = open_queries(db)
+        if rollout is None:
+            page = queries.rollouts(Paging(offset=offset, limit=limit))
+            table = rollouts_table(page.items)
+            table.caption = shown(page, "rollouts")
+            console.print(table)
+        else:
+            console.print(rollout_table(queries.rollout(rollout)))
+
+
+def _act(action: Literal["pause", "resume", "abort", "rollback"], rollout: str, db: str,
+         reason: str | None = None) -> None:
+    with _errors():
+        operations(db).rollout(action, rollout, reason)
+        console.print(rollout_table(open_queries(db).rollout(rollout)))
 
 
 @app.command()
@@ -126,13 +133,9 @@ def rollback(rollout: Id, reason: Reason = None, db: Db = DEFAULT_DB,
     """Put every device the rollout touched back on its own last known-good bundle (operator-signed).
 
     Shows first which device goes to which bundle (from what each device reported), then asks."""
-    from cloud import rollouts
-
     if not yes:
         with _errors():
-            sessions = open_sessions(db)
-            with sessions() as session:
-                plan = rollouts.rollback_plan(session, rollout)
+            plan = open_queries(db).rollback_plan(rollout)
         console.print(rollback_plan_table(rollout, plan))
         if not typer.confirm("Roll back as shown?", default=False):
             raise fail("nothing was changed", code=1)

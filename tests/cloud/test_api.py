@@ -25,7 +25,7 @@ def test_reads_writes_and_auth(api_store: tuple[str, str]) -> None:
     client = TestClient(create_app(open_store(url), TOKEN))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert client.get("/devices", params={"group": "eu"}).status_code == 401
-    assert [d["id"] for d in client.get("/devices", params={"group": "eu"}, headers=auth).json()] == [
+    assert [d["id"] for d in client.get("/devices", params={"group": "eu"}, headers=auth).json()["items"]] == [
         "fridge-0", "fridge-1", "fridge-2"]
     assert client.get("/devices/nope", headers=auth).status_code == 404
     body = {"bundle": sha[:10], "plan": {"selector": {"groups": ["eu"]}, "waves": [{"count": 1}, {"percent": 100}]},

@@ -5,6 +5,7 @@ only up to its limit (over a real socket), bad query input is a 4xx naming the p
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -13,13 +14,15 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.api import MAX_BODY_BYTES, PROBES, create_app
 from cloud.errors import NotFoundError
 from cloud.fleet import add_bundle, find_bundle
-from cloud.store import open_store, sqlite_url
+from cloud.queries import Paging, Queries
+from cloud.store import ApiToken, open_store, sqlite_url
+from cloud.tokens import SCOPES, create, revoke
 from tests.cloud.live_http import Body, CountingApp, post_streaming, serving
 
 TOKEN = "t0ken-for-the-tests-only"
@@ -60,6 +63,48 @@ def test_every_route_but_the_probes_needs_the_token(api_store: tuple[str, str]) 
             assert client.request(method, url, headers=AUTH).status_code != 401, (method, path)
     for page in ("/openapi.json", "/docs", "/redoc", "/nowhere"):  # outside the schema: the token too
         assert client.get(page).status_code == 401, page
+
+
+def test_every_route_needs_a_token_of_its_scope(api_store: tuple[str, str]) -> None:
+    """Each operation names its scope (x-scope) and is refused (403) to a token of a lower one,
+    (401) to a revoked one; tokens are stored hashed. Walks the schema, so no route can forget it."""
+    url = api_store[0]
+    sessions = open_store(url)
+    tokens = {scope: create(sessions, f"t-{scope}", scope, "test") for scope in SCOPES}
+    with sessions() as session:
+        stored = {t.name: t.digest for t in session.scalars(select(ApiToken)).all()}
+    assert all(token not in str(stored) and stored[f"t-{scope}"] == hashlib.sha256(token.encode()).hexdigest()
+               for scope, token in tokens.items())
+    client = client_for(url)
+    rank = {scope: i for i, scope in enumerate(SCOPES)}
+    writes = 0
+    for path, method, op in operations(client):
+        if path in PROBES:
+            assert "x-scope" not in op
+            continue
+        needed = op.get("x-scope")
+        assert needed in SCOPES, (method, path, needed)
+        assert needed != "read" or method == "get", (method, path)  # a write never needs only read
+        for scope, token in tokens.items():
+            response = client.request(method, concrete(path), headers={"Authorization": f"Bearer {token}"})
+            if rank[scope] < rank[needed]:
+                assert response.status_code == 403 and needed in response.json()["detail"], (method, path, scope)
+            else:
+                assert response.status_code not in (401, 403), (method, path, scope, response.text)
+        writes += method != "get"
+    audited = Queries(sessions).audit(Paging(limit=500)).items
+    exports = [e for e in audited if e.action == "telemetry.export"]  # a read that is audited: personal data
+    assert sorted(e.actor for e in exports) == ["token:t-admin", "token:t-operate", "token:t-read"]
+    by_operators = [e for e in audited if e.actor.startswith("token:") and e not in exports]
+    assert writes >= 2 and len(by_operators) == writes * 3, audited  # every write tried with each token
+    assert {e.actor for e in by_operators} == {"token:t-read", "token:t-operate", "token:t-admin"}
+    assert all(e.result.startswith("refused: this route needs a token of scope operate")
+               for e in by_operators if e.actor == "token:t-read")
+    revoke(sessions, "t-operate", "test")
+    refused = client.post("/rollouts/r-1/pause", headers={"Authorization": f"Bearer {tokens['operate']}"})
+    assert refused.status_code == 401
+    assert client.get("/devices", headers={"Authorization": f"Bearer {tokens['read']}"}).status_code == 200
+    assert [e.action for e in Queries(sessions).audit(Paging(limit=3)).items][:1] == ["token.revoke"]
 
 
 def test_probes_expose_no_device_ids(api_store: tuple[str, str], tmp_path: Path) -> None:
@@ -126,7 +171,7 @@ def test_bad_query_input_is_a_4xx_naming_the_parameter(api_store: tuple[str, str
     assert client.get("/rollouts/r'1", headers=AUTH).status_code == 400
     limit = client.get("/alerts", params={"limit": "10000000000000000000000"}, headers=AUTH)
     assert limit.status_code == 400 and "limit" in limit.json()["message"]
-    assert client.get("/devices", params={"group": "us"}, headers=AUTH).json()[0]["id"] == "fridge-3"
+    assert client.get("/devices", params={"group": "us"}, headers=AUTH).json()["items"][0]["id"] == "fridge-3"
     long_url = client.get("/devices", params={"group": "x" * 20000}, headers=AUTH)
     assert long_url.status_code == 414
 

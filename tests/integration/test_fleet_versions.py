@@ -127,9 +127,9 @@ def test_an_old_agent_stays_in_the_fleet_and_is_not_deployed_to(
         shown = CliRunner().invoke(cli, ["fleet", "show", OLD, "--db", store], terminal_width=250)
         assert f"it reports protocol 1, the cloud commands with protocol {AGENT_PROTOCOL}" in shown.output
         api = TestClient(create_app(cloud.sessions, TOKEN))
-        body = api.get(f"/devices/{OLD}", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        body = api.get(f"/devices/{OLD}", headers={"Authorization": f"Bearer {TOKEN}"}).json()["device"]
         assert body["protocol"] == 1 and "needs a new agent" in body["needs_new_agent"]
-        body = api.get(f"/devices/{NEW}", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        body = api.get(f"/devices/{NEW}", headers={"Authorization": f"Bearer {TOKEN}"}).json()["device"]
         assert body["protocol"] == AGENT_PROTOCOL and body["needs_new_agent"] is None
 
         # ---- a rollout of both: the old one skipped with the reason, the new one deployed --------

@@ -1,0 +1,26 @@
+"""``coldchain audit``: the audit log, newest first: every write by an operator (CLI or API
+token) or a scheduled job (retention), with its result."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from coldchain.cloud_views import DEFAULT_DB, Db, audit_table, open_queries, shown
+
+app = typer.Typer(help="Who changed what, when, and how it ended.", invoke_without_command=True)
+
+
+@app.callback()
+def audit(db: Db = DEFAULT_DB,
+          action: Annotated[str | None, typer.Option(help="Only this action, e.g. rollout.pause or retention.")]
+          = None,
+          offset: Annotated[int, typer.Option(min=0, help="Entries to skip.")] = 0,
+          limit: Annotated[int, typer.Option(min=1, max=500, help="Entries to show.")] = 50) -> None:
+    """The audit log, newest first."""
+    from cloud.queries import Paging
+    from coldchain.console import console
+
+    page = open_queries(db).audit(Paging(offset=offset, limit=limit), action)
+    console.print(audit_table(page.items, f"Audit log: {shown(page, 'entries')}"))

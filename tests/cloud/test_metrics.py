@@ -1,0 +1,89 @@
+"""``/metrics`` scraped and parsed by Prometheus' own parser: names, types and labels follow the
+conventions, every family the operators' dashboards need is there with the store's numbers, and
+no device id appears anywhere."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloud import rollouts
+from cloud.api import create_app
+from cloud.fleet import add_bundle
+from cloud.ingest import ingest
+from cloud.metrics import Runtime
+from cloud.monitor import raise_alert
+from cloud.plan import RolloutPlan, Selector
+from cloud.store import Rollout
+from contract import topics
+from contract.state import DeviceState
+
+EXPECTED = {  # name (as the parser gives it: counters without _total) -> type
+    "coldchain_store_up": "gauge", "coldchain_devices": "gauge", "coldchain_group_devices": "gauge",
+    "coldchain_rollouts": "gauge", "coldchain_rollout_gate_value": "gauge", "coldchain_rollout_gate_limit": "gauge",
+    "coldchain_rollout_gate_passed": "gauge", "coldchain_dead_letters": "gauge", "coldchain_alerts": "gauge",
+    "coldchain_ingest_messages": "counter", "coldchain_ingest_queue_messages": "gauge",
+    "coldchain_ingest_lag_seconds": "gauge", "coldchain_publisher_sent_bytes": "counter",
+    "coldchain_alert_deliveries": "counter", "coldchain_part_failures": "counter",
+    "coldchain_api_requests": "counter", "coldchain_api_refused": "counter",
+    "coldchain_api_unexpected_errors": "counter",
+}
+
+
+def test_metrics_parse_with_the_prometheus_parser(sessions: sessionmaker[Session], world: dict[str, object]) -> None:
+    with sessions.begin() as session:
+        for i in range(5):
+            device = f"fridge-{i}"
+            state = DeviceState(device_id=device, online=True, board="rpi4", groups=["eu" if i < 3 else "us"])
+            ingest(session, topics.state(device), state.to_json())
+        ingest(session, topics.state("fridge-4"), DeviceState(device_id="fridge-4", online=False).to_json())
+        ingest(session, topics.telemetry("fridge-0"), b"not json")
+        ingest(session, topics.telemetry("fridge-1"), b'{"schema_version": 99}')
+        sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
+        raise_alert(session, "gate_failed", "rollout", "r-m", "wave 1 failed", 0.3)
+        raise_alert(session, "drift", "bundle", "fridge v1", "drift", 0.2)
+    rollouts.start(sessions, sha, RolloutPlan(selector=Selector(groups=["eu"])), "r-m")
+    with sessions.begin() as session:
+        row = session.get(Rollout, "r-m")
+        assert row is not None
+        row.gate_results = [{"wave": 0, "results": [
+            {"gate": "job_success", "passed": True, "value": 1.0, "limit": 1.0, "detail": "1/1"},
+            {"gate": "prediction_drift", "passed": False, "value": 0.31, "limit": 0.15, "detail": "JS"}]}]
+    runtime = Runtime(ingest_counts=lambda: {"stored": 40, "dead": 2}, ingest_queue=lambda: 3,
+                      ingest_lag_s=lambda: 1.5, egress_bytes=lambda: (1000, 200),
+                      deliveries=lambda: {"delivered": 2, "retried": 1}, failures=lambda: {"alerts": 1})
+    client = TestClient(create_app(sessions, runtime=runtime))
+    client.get("/devices")  # refused: counted
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    assert "fridge-" not in response.text
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert {name: families[name].type for name in EXPECTED if name in families} == EXPECTED
+    for family in families.values():
+        assert family.name.startswith("coldchain_"), family.name
+        for sample in family.samples:
+            if family.type == "counter":
+                assert sample.name.endswith(("_total", "_created")), sample.name
+            assert "device" not in sample.labels and "device_id" not in sample.labels
+
+    def value(name: str, **labels: str) -> float:
+        found = [s.value for s in families[name].samples if s.labels == labels and not s.name.endswith("_created")]
+        assert len(found) == 1, (name, labels, families[name].samples)
+        return found[0]
+
+    assert value("coldchain_store_up") == 1
+    assert value("coldchain_devices", online="true") == 4 and value("coldchain_devices", online="false") == 1
+    assert value("coldchain_group_devices", group="eu", online="true") == 3
+    assert value("coldchain_group_devices", group="us", online="false") == 1
+    assert value("coldchain_rollouts", status="RUNNING") == 1
+    assert value("coldchain_rollout_gate_value", rollout="r-m", gate="prediction_drift") == 0.31
+    assert value("coldchain_rollout_gate_limit", rollout="r-m", gate="prediction_drift") == 0.15
+    assert value("coldchain_rollout_gate_passed", rollout="r-m", gate="prediction_drift") == 0
+    assert value("coldchain_dead_letters", reason="PayloadError") == 2  # the contract's exception, not the text
+    assert value("coldchain_alerts", kind="gate_failed") == 1
+    assert value("coldchain_ingest_messages", outcome="stored") == 40
+    assert value("coldchain_ingest_lag_seconds") == 1.5
+    assert value("coldchain_publisher_sent_bytes", stream="group") == 800
+    assert value("coldchain_publisher_sent_bytes", stream="repair") == 200
+    assert value("coldchain_api_refused", reason="unauthorized") == 1
