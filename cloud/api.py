@@ -1,6 +1,7 @@
 """The HTTP API (FastAPI): read the fleet, rollouts, telemetry aggregates, alerts and dead letters;
 start, pause, resume, abort and roll back rollouts. Every route needs ``Authorization: Bearer
-<token>`` except the probes ``/health``, ``/ready`` and ``/metrics`` (``cloud.api_probes``): the
+<token>`` except the probes ``/health``, ``/ready`` and ``/metrics`` (``cloud.api_probes``) and the
+web dashboard under ``/ui`` (``cloud.web``, which authenticates its own session cookie): the
 gate (``cloud.api_gate``) authenticates it before a body is read, and each router's dependency
 checks the identity again together with the scope its routes need (``read`` < ``operate`` <
 ``admin``, ``cloud.tokens``), so a route is protected by default; writes are audited under the
@@ -22,10 +23,13 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud import web
 from cloud.api_gate import MAX_BODY_BYTES, Gate
+from cloud.api_live import live_routes
 from cloud.api_probes import PROBES, ApiMetrics, probes
 from cloud.api_routes import operate_routes, read_routes
 from cloud.audit import record
+from cloud.config import Dashboard
 from cloud.metrics import Runtime
 from cloud.operations import Operations
 from cloud.queries import Queries
@@ -57,10 +61,12 @@ def refused_write(request: Request, why: str) -> None:
 
 
 def create_app(sessions: sessionmaker[Session], token: str | None = None,
-               broker_connected: Callable[[], bool] | None = None, runtime: Runtime | None = None) -> FastAPI:
+               broker_connected: Callable[[], bool] | None = None, runtime: Runtime | None = None,
+               dashboard: Dashboard | None = None) -> FastAPI:
     """The API over ``sessions``: tokens from the store (``coldchain token create``) and, if given,
     the bootstrap ``token`` (scope admin); ``broker_connected`` (the cloud's MQTT client) feeds ``/ready``,
-    ``runtime`` (the running cloud's counters) ``/metrics``."""
+    ``runtime`` (the running cloud's counters) ``/metrics``; the web dashboard (``cloud.web``, under
+    ``/ui``) with its ``dashboard`` settings."""
     authenticate = Authenticator(sessions, token)  # a short bootstrap token is refused here
     app = FastAPI(title="coldchain cloud", version="1",
                   description="Fleet, rollouts, telemetry and alerts of a coldchain cloud. Every route but "
@@ -100,7 +106,9 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     app.include_router(probes(sessions, metrics, broker_connected))
     queries = Queries(sessions)
     app.include_router(read_routes(queries), dependencies=[Depends(needs("read"))])
+    app.include_router(live_routes(queries), dependencies=[Depends(needs("read"))])
     app.include_router(operate_routes(queries, operations), dependencies=[Depends(needs("operate"))])
-    app.add_middleware(Gate, authenticate=authenticate, open_paths=PROBES, count=metrics.refuse,
-                       answered=metrics.answered)
+    web.mount(app, queries, sessions, authenticate, dashboard)
+    app.add_middleware(Gate, authenticate=authenticate, open_paths=(*PROBES, *web.OPEN_PATHS), count=metrics.refuse,
+                       answered=metrics.answered, open_prefixes=web.OPEN_PREFIXES)
     return app

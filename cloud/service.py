@@ -137,7 +137,7 @@ class Cloud:
 
         # a bad token is refused here, before anything runs; /ready reports the broker connection
         app = create_app(self.sessions, token, broker_connected=self.transport.client.is_connected,
-                         runtime=self.runtime())
+                         runtime=self.runtime(), dashboard=self.config.dashboard)
 
         def run() -> None:
             self._api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
