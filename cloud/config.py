@@ -1,6 +1,6 @@
 """The cloud's configuration file (``coldchain cloud serve --config cloud.yaml``): alert webhooks,
-server-side bundle verification for uploads, retention per data kind, inventory per group and the
-key of export pseudonyms. Every field is typed, bounded and has a default, so an empty file (or
+server-side bundle verification for uploads, retention per data kind, inventory per group, the
+key of export pseudonyms and the web dashboard. Every field is typed, bounded and has a default, so an empty file (or
 none) is a working configuration."""
 
 from __future__ import annotations

@@ -60,11 +60,11 @@ def _session_routes(sessions: Sessions, render: Renderer) -> APIRouter:
         fields = await form(request)
         target = safe_next(fields.get("next"))
         origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            return render.page(request, "login.html", status=403, who=None, next=target,
+                               problem="The sign-in form was sent from another site.")
         token = fields.get("token", "").strip()
-        identity = None
-        if origin is None or origin == f"{request.url.scheme}://{request.url.netloc}":
-            identity = await run_in_threadpool(sessions.identify, token)
-        if identity is None:
+        if await run_in_threadpool(sessions.identify, token) is None:
             return render.page(request, "login.html", status=401, who=None, next=target,
                                problem="That token is not valid (unknown, revoked or mistyped).")
         answer = RedirectResponse(target, status_code=303)
