@@ -7,11 +7,12 @@ error rates in 0..1."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+import cloud.queries.series
 from cloud import rollouts
 from cloud.api import create_app
 from cloud.fleet import add_bundle, bundle_ref
@@ -20,7 +21,7 @@ from cloud.operations import Operations
 from cloud.plan import Gates, RolloutPlan, Timeouts
 from cloud.queries import Queries
 from cloud.queries.series import MAX_BUCKETS, bucket_seconds
-from cloud.store import BundleRow, Device, RolloutDevice, open_store, sqlite_url
+from cloud.store import BundleRow, Device, RolloutDevice
 from contract import topics
 from contract.common import LatencyStats
 from contract.events import JobEvent
@@ -41,8 +42,9 @@ def window(device: str, seq: int, ref: dict[str, object] | None, end: datetime, 
                      inventory={"milk": 2, "cheese": 1}).to_json()
 
 
-def test_live_gates_are_the_verdicts_the_controller_then_stores(tmp_path: Path, world: dict[str, object]) -> None:
-    sessions: sessionmaker[Session] = open_store(sqlite_url(tmp_path / "cloud.db"))
+def test_live_gates_are_the_verdicts_the_controller_then_stores(sessions: sessionmaker[Session],
+                                                               world: dict[str, object]) -> None:
+    """On SQLite and PostgreSQL (the timeline's job ids are concatenated in SQL)."""
     bundle = world["bundles"][5]  # type: ignore[index]
     with sessions.begin() as session:
         row = add_bundle(session, bundle.tarball, world["trust"])  # type: ignore[arg-type]
@@ -94,8 +96,9 @@ def test_live_gates_are_the_verdicts_the_controller_then_stores(tmp_path: Path, 
     assert timeline[-1].kind == "created" and timeline == sorted(timeline, key=lambda t: t.at, reverse=True)
 
 
-def test_a_device_series_has_gaps_units_and_bounded_buckets(tmp_path: Path, world: dict[str, object]) -> None:
-    sessions: sessionmaker[Session] = open_store(sqlite_url(tmp_path / "cloud.db"))
+def test_a_device_series_has_gaps_units_and_bounded_buckets(sessions: sessionmaker[Session], world: dict[str, object],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SQLite and PostgreSQL (latency is read from the windows' JSON in SQL)."""
     bundle = world["bundles"][5]  # type: ignore[index]
     clock = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
     with sessions.begin() as session:
@@ -118,3 +121,9 @@ def test_a_device_series_has_gaps_units_and_bounded_buckets(tmp_path: Path, worl
     assert reference["prediction_rates"] and all(series.prediction_drift_js[i] is not None for i in ran)
     assert series.inventory == {"milk": 2, "cheese": 1} and series.t == sorted(series.t)
     assert series.t[0] <= (clock - timedelta(hours=6)).timestamp() < series.t[0] + series.bucket_s
+    assert series.sampled == 1 and not series.truncated
+    monkeypatch.setattr(cloud.queries.series, "MAX_PAYLOADS", 2)  # drift from a sample, counts from every window
+    thin = Queries(sessions, clock=lambda: clock).series("d1", hours=6)
+    assert thin.sampled == 3 and thin.windows == series.windows and thin.error_rate == series.error_rate
+    assert thin.latency_p95_ms == series.latency_p95_ms
+    assert 0 < sum(v is not None for v in thin.prediction_drift_js) < len(ran)
