@@ -42,6 +42,7 @@ class Queries:
 
     def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], datetime] = now) -> None:
         self.sessions, self.clock = sessions, clock
+        self.live = live.LiveCache()
 
     def devices(self, where: DeviceFilter | None = None) -> Page[DeviceView]:
         with self.sessions() as session:
@@ -78,7 +79,7 @@ class Queries:
     def gates(self, rollout_id: str) -> RolloutGates:
         """Each wave's gates: judged verdicts, and the current wave's evaluated now (``live``)."""
         with self.sessions() as session:
-            return live.gates(session, rollout_id)
+            return live.gates(session, rollout_id, self.live)
 
     def timeline(self, rollout_id: str) -> list[TimelineEntry]:
         with self.sessions() as session:

@@ -4,11 +4,16 @@ Judged waves show the verdicts the controller stored. The current wave of a runn
 rollout, not judged yet, shows its gates evaluated *now* by the code the controller judges with
 (``cloud.gates.evaluate`` over ``Controller.evidence``): the value each gate would be judged on if
 the wave ended this moment, against its limit. The API (``GET /rollouts/{id}/gates``) and the
-dashboard both read this function, so they show the same numbers."""
+dashboard both read this function, so they show the same numbers; it evaluates a wave at most
+every ``LIVE_TTL_S`` (a large wave's evidence is many telemetry windows)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, union_all
 from sqlalchemy.orm import Session
@@ -22,6 +27,7 @@ from cloud.store import Alert, AuditEntry, BundleRow, EventRow, Rollout, Rollout
 from contract.manifest import Manifest
 
 LIVE = frozenset({rollouts.RUNNING, rollouts.PAUSED})
+LIVE_TTL_S = 10.0  # a wave's live gates are evaluated at most this often (they read its telemetry windows)
 
 
 class WaveGates(View):
@@ -44,13 +50,35 @@ class TimelineEntry(View):
     text: str
 
 
-def gates(session: Session, rollout_id: str) -> RolloutGates:
+class LiveCache:
+    """The live gates of each rollout's current wave, kept LIVE_TTL_S (one per ``Queries``: the API
+    and the dashboard it serves share it, so they show the same evaluation)."""
+
+    def __init__(self, ttl_s: float = LIVE_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self.clock = ttl_s, clock
+        self._kept: dict[tuple[Any, ...], tuple[float, WaveGates | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], evaluate: Callable[[], WaveGates | None]) -> WaveGates | None:
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None and self.clock() - kept[0] < self.ttl_s:
+                return kept[1]
+        value = evaluate()
+        with self._lock:
+            self._kept = {k: v for k, v in self._kept.items() if self.clock() - v[0] < self.ttl_s}
+            self._kept[key] = (self.clock(), value)
+        return value
+
+
+def gates(session: Session, rollout_id: str, cache: LiveCache | None = None) -> RolloutGates:
     rollout = rollouts.get(session, rollout_id)
     waves = [WaveGates(wave=int(g["wave"]) + 1, judged=True, gates=[GateView.model_validate(r) for r in g["results"]])
              for g in rollout.gate_results]
     judged = {int(g["wave"]) for g in rollout.gate_results}
     if rollout.status in LIVE and rollout.wave not in judged and rollout.wave_started_at is not None:
-        live = _live(session, rollout)
+        key = (rollout.id, rollout.wave, rollout.wave_started_at, rollout.wave_settled_at)
+        live = cache.get(key, lambda: _live(session, rollout)) if cache is not None else _live(session, rollout)
         if live is not None:
             waves.append(live)
     return RolloutGates(rollout=rollout.id, status=rollout.status, wave=rollout.wave + 1, waves=waves)

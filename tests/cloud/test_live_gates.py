@@ -20,6 +20,7 @@ from cloud.ingest import ingest
 from cloud.operations import Operations
 from cloud.plan import Gates, RolloutPlan, Timeouts
 from cloud.queries import Queries
+from cloud.queries.live import LiveCache
 from cloud.queries.series import MAX_BUCKETS, bucket_seconds
 from cloud.store import BundleRow, Device, RolloutDevice
 from contract import topics
@@ -127,3 +128,19 @@ def test_a_device_series_has_gaps_units_and_bounded_buckets(sessions: sessionmak
     assert thin.sampled == 3 and thin.windows == series.windows and thin.error_rate == series.error_rate
     assert thin.latency_p95_ms == series.latency_p95_ms
     assert 0 < sum(v is not None for v in thin.prediction_drift_js) < len(ran)
+
+
+def test_a_wave_is_evaluated_live_at_most_once_per_ttl() -> None:
+    """A large wave's evidence is many telemetry windows: the API and the dashboard, which share
+    one ``Queries``, evaluate it at most once per LIVE_TTL_S and show that same evaluation."""
+    wall, evaluated = [0.0], []
+    cache = LiveCache(ttl_s=10, clock=lambda: wall[0])
+
+    def evaluate() -> None:
+        evaluated.append(wall[0])
+
+    for at in (0.0, 9.9, 10.0, 15.0):
+        wall[0] = at
+        cache.get(("r", 0), evaluate)
+    cache.get(("r", 1), evaluate)  # the next wave: evaluated at once
+    assert evaluated == [0.0, 10.0, 15.0]
