@@ -1,6 +1,7 @@
 """The HTTP API (FastAPI): read the fleet, rollouts, telemetry aggregates, alerts and dead letters;
 start, pause, resume, abort and roll back rollouts. Every route needs ``Authorization: Bearer
-<token>`` except the probes ``/health``, ``/ready`` and ``/metrics`` (``cloud.api_probes``): the
+<token>`` except the probes ``/health``, ``/ready`` and ``/metrics`` (``cloud.api_probes``) and the
+web dashboard under ``/ui`` (``cloud.web``, which authenticates its own session cookie): the
 gate (``cloud.api_gate``) authenticates it before a body is read, and each router's dependency
 checks the identity again together with the scope its routes need (``read`` < ``operate`` <
 ``admin``, ``cloud.tokens``), so a route is protected by default; writes are audited under the
@@ -23,8 +24,10 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud import web
 from cloud.api_docs import docs_routes
 from cloud.api_gate import MAX_BODY_BYTES, Gate
+from cloud.api_live import live_routes
 from cloud.api_probes import PROBES, ApiMetrics, probes
 from cloud.api_routes import export_routes, operate_routes, read_routes, scoped
 from cloud.api_upload import upload_routes
@@ -65,7 +68,8 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
                config: CloudConfig | None = None) -> FastAPI:
     """The API over ``sessions``: tokens from the store (``coldchain token create``) and, if given,
     the bootstrap ``token`` (scope admin); ``broker_connected`` (the cloud's MQTT client) feeds ``/ready``,
-    ``runtime`` (the running cloud's counters) ``/metrics``; ``config`` says where uploads go."""
+    ``runtime`` (the running cloud's counters) ``/metrics``; ``config`` says where uploads go and holds the
+    web dashboard's (``cloud.web``, under ``/ui``) settings."""
     config = config or CloudConfig()
     authenticate = Authenticator(sessions, token)  # a short bootstrap token is refused here
     app = FastAPI(title="coldchain cloud", version="1", docs_url=None, redoc_url=None,
@@ -107,10 +111,13 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     queries = Queries(sessions)
     app.include_router(read_routes(queries), dependencies=[Depends(needs("read"))])
     app.include_router(export_routes(queries, config.exports, operations), dependencies=[Depends(needs("read"))])
+    app.include_router(live_routes(queries), dependencies=[Depends(needs("read"))])
     app.include_router(operate_routes(queries, operations), dependencies=[Depends(needs("operate"))])
     app.include_router(scoped(upload_routes(config.bundles, operations), "operate"),
                        dependencies=[Depends(needs("operate"))])
     app.include_router(docs_routes())  # the gate lets only authenticated requests reach it
-    app.add_middleware(Gate, authenticate=authenticate, open_paths=PROBES, count=metrics.refuse,
-                       answered=metrics.answered, max_bodies={"/bundles": config.bundles.max_upload_bytes})
+    web.mount(app, queries, sessions, authenticate, config.dashboard)
+    app.add_middleware(Gate, authenticate=authenticate, open_paths=(*PROBES, *web.OPEN_PATHS), count=metrics.refuse,
+                       answered=metrics.answered, open_prefixes=web.OPEN_PREFIXES,
+                       max_bodies={"/bundles": config.bundles.max_upload_bytes})
     return app

@@ -60,13 +60,15 @@ class Gate:
     """ASGI middleware; ``authenticate(authorization header)`` gives the identity or None (it may
     read the store: it runs in a worker thread); ``count(reason)`` is told about each refusal
     (``unauthorized``, ``too_large``, ...) and ``answered(method, route, status)`` about each response.
-    ``max_bodies`` raises the body limit of some paths (a bundle upload)."""
+    ``max_bodies`` raises the body limit of some paths (a bundle upload). Paths under
+    ``open_prefixes`` (the dashboard, which checks its own session cookie) go without a bearer token."""
 
     def __init__(self, app: Asgi, authenticate: Callable[[str | None], Identity | None], open_paths: Collection[str],
                  max_body: int = MAX_BODY_BYTES, count: Callable[[str], None] = lambda reason: None,
                  answered: Callable[[str, str, int], None] = lambda method, route, status: None,
-                 max_bodies: dict[str, int] | None = None) -> None:
+                 max_bodies: dict[str, int] | None = None, open_prefixes: tuple[str, ...] = ()) -> None:
         self.app, self.authenticate, self.open_paths = app, authenticate, frozenset(open_paths)
+        self.open_prefixes = open_prefixes
         self.max_body, self.max_bodies = max_body, max_bodies or {}
         self.count, self.answered = count, answered
 
@@ -82,7 +84,8 @@ class Gate:
         limit = self.max_bodies.get(scope["path"], self.max_body)
         try:
             _check_url(scope)
-            if scope["path"] not in self.open_paths:  # the token first: nobody learns the limits without it
+            path = scope["path"]
+            if path not in self.open_paths and not path.startswith(self.open_prefixes):  # the token first
                 header = _header(scope, b"authorization")
                 identity = await anyio.to_thread.run_sync(self.authenticate, header)
                 if identity is None:

@@ -1,6 +1,6 @@
 """The cloud's configuration file (``coldchain cloud serve --config cloud.yaml``): alert webhooks,
-server-side bundle verification for uploads, retention per data kind, inventory per group and the
-key of export pseudonyms. Every field is typed, bounded and has a default, so an empty file (or
+server-side bundle verification for uploads, retention per data kind, inventory per group, the
+key of export pseudonyms and the web dashboard. Every field is typed, bounded and has a default, so an empty file (or
 none) is a working configuration."""
 
 from __future__ import annotations
@@ -88,12 +88,23 @@ class Exports(_Frozen):
     pseudonym_key_file: Path | None = None
 
 
+class Dashboard(_Frozen):
+    """The web dashboard (``/ui``): how long a sign-in lasts, and the MLflow tracking server whose
+    compile runs the bundle pages link to (``mlflow_ui_url``: its UI, when the tracking URI is not
+    an http(s) server that is its own UI)."""
+
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
+    mlflow_tracking_uri: Annotated[str, Field(max_length=2000)] | None = None
+    mlflow_ui_url: AnyHttpUrl | None = None
+
+
 class CloudConfig(_Frozen):
     alerts: Alerts = Alerts()
     bundles: Bundles = Bundles()
     retention: Retention = Retention()
     telemetry: Telemetry = Telemetry()
     exports: Exports = Exports()
+    dashboard: Dashboard = Dashboard()
 
 
 def load_config(path: Path | None) -> CloudConfig:

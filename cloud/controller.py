@@ -204,7 +204,9 @@ class Controller:
         rollout.wave += 1
         rollout.wave_started_at = rollout.chunks_published_at = rollout.wave_settled_at = None
 
-    def evidence(self, session: Session, rollout: Rollout, wave: list[RolloutDevice]) -> WaveEvidence:
+    @staticmethod
+    def evidence(session: Session, rollout: Rollout, wave: list[RolloutDevice]) -> WaveEvidence:
+        """What the wave did so far (``cloud.queries.live`` judges it the same way, live)."""
         ids = [d.device_id for d in wave if d.state == JobState.SUCCEEDED.value]
         states = [d.state for d in wave if d.state not in OUT_OF_ROLLOUT]
         started = rollout.wave_started_at

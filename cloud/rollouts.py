@@ -44,6 +44,9 @@ LET_GO = frozenset({"FAILED", "TIMED_OUT", JobState.ROLLED_BACK.value, *OUT_OF_R
 FAILURES = frozenset({"FAILED", "TIMED_OUT", JobState.ROLLED_BACK.value})
 HALTED = frozenset({ROLLED_BACK, FAILED})  # ended after a halt: no device may be left on the bundle
 NONE_ACTIVATED = "no device activated the bundle, so none was rolled back"
+ALLOWED: dict[str, frozenset[str]] = {  # an operator's action -> the statuses it may be taken in
+    "pause": frozenset({RUNNING}), "resume": frozenset({PAUSED}), "abort": frozenset({RUNNING, PAUSED}),
+    "rollback": frozenset({RUNNING, PAUSED, SUCCEEDED, ABORTING, ABORTED})}
 
 
 def start(sessions: sessionmaker[Session], bundle: str, plan: RolloutPlan, rollout_id: str | None = None,
@@ -167,7 +170,7 @@ def failure_reasons(devices: Sequence[RolloutDevice], told: dict[str, str] | Non
     return [(n, why) for why, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def _set(sessions: sessionmaker[Session], rollout_id: str, allowed: set[str], status: str,
+def _set(sessions: sessionmaker[Session], rollout_id: str, allowed: frozenset[str], status: str,
          reason: str | None = None) -> Rollout:
     with sessions.begin() as session:
         rollout = get(session, rollout_id)
@@ -181,19 +184,19 @@ def _set(sessions: sessionmaker[Session], rollout_id: str, allowed: set[str], st
 
 
 def pause(sessions: sessionmaker[Session], rollout_id: str) -> Rollout:
-    return _set(sessions, rollout_id, {RUNNING}, PAUSED)
+    return _set(sessions, rollout_id, ALLOWED["pause"], PAUSED)
 
 
 def resume(sessions: sessionmaker[Session], rollout_id: str) -> Rollout:
-    return _set(sessions, rollout_id, {PAUSED}, RUNNING)
+    return _set(sessions, rollout_id, ALLOWED["resume"], RUNNING)
 
 
 def abort(sessions: sessionmaker[Session], rollout_id: str, reason: str = "aborted by an operator") -> Rollout:
-    return _set(sessions, rollout_id, {RUNNING, PAUSED}, ABORTING, reason)
+    return _set(sessions, rollout_id, ALLOWED["abort"], ABORTING, reason)
 
 
 def rollback(sessions: sessionmaker[Session], rollout_id: str, reason: str = "rolled back by an operator") -> Rollout:
-    return _set(sessions, rollout_id, {RUNNING, PAUSED, SUCCEEDED, ABORTING, ABORTED}, ROLLING_BACK, reason)
+    return _set(sessions, rollout_id, ALLOWED["rollback"], ROLLING_BACK, reason)
 
 
 NOT_STARTED = frozenset({"PENDING", *LET_GO})

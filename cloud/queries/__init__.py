@@ -11,7 +11,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.queries import fleet, records, rollouts, series
+from cloud.queries import device_series, fleet, live, overview, records, rollouts, series
+from cloud.queries.device_series import SeriesView
+from cloud.queries.live import RolloutGates, TimelineEntry
 from cloud.queries.models import (
     AlertView,
     AuditView,
@@ -30,6 +32,7 @@ from cloud.queries.models import (
     Scope,
     SeriesPoint,
 )
+from cloud.queries.overview import FleetOverview
 from cloud.queries.series import SeriesFilter
 from cloud.store import now
 
@@ -41,6 +44,7 @@ class Queries:
 
     def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], datetime] = now) -> None:
         self.sessions, self.clock = sessions, clock
+        self.live = live.LiveCache()
 
     def devices(self, where: DeviceFilter | None = None) -> Page[DeviceView]:
         with self.sessions() as session:
@@ -73,6 +77,25 @@ class Queries:
     def rollback_plan(self, rollout_id: str) -> list[RollbackStepView]:
         with self.sessions() as session:
             return rollouts.rollback_plan(session, rollout_id)
+
+    def gates(self, rollout_id: str) -> RolloutGates:
+        """Each wave's gates: judged verdicts, and the current wave's evaluated now (``live``)."""
+        with self.sessions() as session:
+            return live.gates(session, rollout_id, self.live)
+
+    def timeline(self, rollout_id: str) -> list[TimelineEntry]:
+        with self.sessions() as session:
+            return live.timeline(session, rollout_id)
+
+    def overview(self) -> FleetOverview:
+        with self.sessions() as session:
+            return overview.overview(session)
+
+    def device_series(self, device_id: str, hours: float = 6.0) -> SeriesView:
+        """The device's telemetry over the last ``hours`` in time buckets (``series``)."""
+        until = self.clock()
+        with self.sessions() as session:
+            return device_series.device_series(session, device_id, until - timedelta(hours=hours), until)
 
     def telemetry(self, by: Scope = "group", minutes: float | None = 60.0) -> list[MonitorView]:
         """Summaries per device, group or bundle over the last ``minutes`` (None: everything kept)."""

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,10 @@ def test_wheel_installs_lists_targets_and_compiles(tmp_path: Path) -> None:
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"), str(source)],
          tmp_path, env)
     (wheel,) = (tmp_path / "dist").glob("coldchain-*.whl")
+    packed = set(zipfile.ZipFile(wheel).namelist())
+    assets = [p.relative_to(ROOT).as_posix() for folder in ("templates", "static")
+              for p in (ROOT / "cloud" / "web" / folder).iterdir()]
+    assert len(assets) >= 10 and not [a for a in assets if a not in packed]  # the dashboard's pages and charts
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path, env)
     extras = "compiler,litert"

@@ -1,0 +1,113 @@
+"""The web dashboard, served by the cloud's API process under ``/ui`` (``/`` leads there):
+server-rendered pages (Jinja2) over the same query layer and operations as the API, charts drawn
+by uPlot from ``/ui/static`` (vendored: nothing comes from a CDN), sign-in with an API token kept
+in an HttpOnly, SameSite=Strict cookie (``cloud.web.session``).
+
+The API's gate lets ``/ui`` through without a bearer token: every page depends on
+``Sessions.viewer``, which authenticates the cookie's token with the API's own authenticator and
+sends the browser to the sign-in page otherwise; only the sign-in page and the static assets are
+served without a session.
+(No ``from __future__ import annotations`` here: FastAPI reads the annotations at runtime.)
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from cloud.audit import record
+from cloud.config import Dashboard
+from cloud.operations import Operations
+from cloud.queries import Queries
+from cloud.tokens import Identity
+from cloud.web.mlflow_link import MlflowLinks
+from cloud.web.pages import read_pages
+from cloud.web.render import HEADERS, Renderer
+from cloud.web.rollout_pages import rollout_pages
+from cloud.web.session import COOKIE, PREFIX, Forbidden, LoginRequired, Sessions, form, safe_next
+
+__all__ = ["OPEN_PATHS", "OPEN_PREFIXES", "mount"]
+STATIC = Path(__file__).parent / "static"
+OPEN_PREFIXES = (PREFIX + "/",)  # the API's gate lets these through: the dashboard checks its own cookie
+ROOT = "/"
+OPEN_PATHS = (ROOT, PREFIX)  # redirects to the dashboard
+
+
+def _session_routes(sessions: Sessions, render: Renderer) -> APIRouter:
+    app = APIRouter(include_in_schema=False)
+
+    @app.get(ROOT)
+    def root() -> RedirectResponse:
+        return RedirectResponse(PREFIX + "/", status_code=303)
+
+    @app.get(PREFIX)
+    def bare() -> RedirectResponse:
+        return RedirectResponse(PREFIX + "/", status_code=303)
+
+    @app.get(PREFIX + "/login", response_class=HTMLResponse)
+    def login_form(request: Request) -> Response:
+        target = safe_next(request.query_params.get("next"))
+        if sessions.identify(request.cookies.get(COOKIE)) is not None:
+            return RedirectResponse(target, status_code=303)
+        return render.page(request, "login.html", who=None, next=target, problem=None)
+
+    @app.post(PREFIX + "/login", response_class=HTMLResponse)
+    async def login(request: Request) -> Response:
+        fields = await form(request)
+        target = safe_next(fields.get("next"))
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            return render.page(request, "login.html", status=403, who=None, next=target,
+                               problem="The sign-in form was sent from another site.")
+        token = fields.get("token", "").strip()
+        if await run_in_threadpool(sessions.identify, token) is None:
+            return render.page(request, "login.html", status=401, who=None, next=target,
+                               problem="That token is not valid (unknown, revoked or mistyped).")
+        answer = RedirectResponse(target, status_code=303)
+        answer.set_cookie(value=token, max_age=sessions.max_age, **sessions.cookie_args(request))  # type: ignore[arg-type]
+        return answer
+
+    @app.post(PREFIX + "/logout")
+    async def logout(request: Request) -> Response:
+        fields = await form(request)
+        viewer = await run_in_threadpool(sessions.viewer, request)
+        sessions.check_write(request, viewer, fields, "dashboard.logout", None, scope="read")
+        answer = RedirectResponse(PREFIX + "/login", status_code=303)
+        args = sessions.cookie_args(request)
+        answer.delete_cookie(COOKIE, path=PREFIX, secure=bool(args["secure"]), httponly=True, samesite="strict")
+        return answer
+
+    return app
+
+
+def mount(app: FastAPI, queries: Queries, sessions_factory: sessionmaker[Session],
+          authenticate: Callable[[str | None], Identity | None], settings: Dashboard | None = None) -> None:
+    """Add the dashboard to ``app`` (the API: its gate must let ``OPEN_PREFIXES`` through)."""
+    settings = settings or Dashboard()
+    render = Renderer()
+    sessions = Sessions(authenticate, settings.session_hours)
+    mlflow = MlflowLinks(settings.mlflow_tracking_uri,
+                         None if settings.mlflow_ui_url is None else str(settings.mlflow_ui_url))
+
+    def operations(identity: Identity) -> Operations:
+        return Operations(sessions_factory, identity.actor)
+
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        return RedirectResponse(sessions.login_url(exc.next_path), status_code=303, headers=HEADERS)
+
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        viewer = await run_in_threadpool(sessions.viewer, request)
+        await run_in_threadpool(record, sessions_factory, viewer.identity.actor, exc.action, exc.target,
+                                f"refused: {exc.why}")
+        return render.page(request, "error.html", status=403, who=viewer, title="Refused", message=exc.why)
+
+    app.add_exception_handler(LoginRequired, login_required)  # type: ignore[arg-type]
+    app.add_exception_handler(Forbidden, forbidden)  # type: ignore[arg-type]
+    app.mount(PREFIX + "/static", StaticFiles(directory=STATIC), name="dashboard-static")
+    app.include_router(_session_routes(sessions, render))
+    app.include_router(read_pages(queries, render, sessions.viewer, mlflow))
+    app.include_router(rollout_pages(queries, render, sessions, sessions.viewer, operations))
