@@ -11,26 +11,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from agent.errors import AgentError
+from coldchain.compile_tables import front_table, steps_table, summary_table
 from coldchain.console import console, err_console, fail, user_errors
 from compiler.errors import CompilerError, first_line
 from contract.errors import ContractError
 
 app = typer.Typer(help="Compile a model into signed per-target bundles, with proof that accuracy survived.")
-
-
-def _steps_table(title: str, steps: list) -> Table:  # type: ignore[type-arg]
-    table = Table(title=title)
-    for col in ("step", "size", "params", "GFLOPs", "fidelity", "accuracy", "p50 ms", "p95 ms", "budget", "note"):
-        table.add_column(col, justify="left" if col in ("step", "note", "budget") else "right")
-    for s in steps:
-        table.add_row(s.name, f"{s.stats.size_bytes / 1024:.0f} KiB", f"{s.stats.parameters:,}",
-                      f"{s.stats.flops / 1e9:.3f}", f"{s.fidelity:.4f}",
-                      "-" if s.accuracy is None else f"{s.accuracy:.4f}", f"{s.latency_p50:.2f}",
-                      f"{s.latency_p95:.2f}", "[green]ok[/]" if s.within_budget else "[red]over[/]", s.note)
-    return table
 
 
 @app.command()
@@ -53,6 +41,9 @@ def compile(
     min_fidelity: Annotated[float | None, typer.Option(min=0.0, max=1.0,
                                                        help="Override the budget's fidelity.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the calibration/evaluation split.")] = 0,
+    max_evaluations: Annotated[int, typer.Option(min=1, help="Most evaluations (whole evaluation-set runs) per "
+                                                             "target: caps the search when int8 misses the budget "
+                                                             "(cached results and screenings do not count).")] = 24,
 ) -> None:
     """Quantize, prune and convert for each target; measure every step; sign and bundle.
 
@@ -76,10 +67,13 @@ def compile(
 
             sequence = next_sequence(stream, mlflow_uri, time.time())
         console.print(f"stream [bold]{escape(stream)}[/], sequence {sequence}")
+    from compiler.evalcache import EvaluationCache
+
+    cache = EvaluationCache()  # shared by the targets: the float model is evaluated once
     # each target on its own: one that fails is reported and the others go on
-    outcomes = [compile_one(src, profile, cal, ev, signing_key, out, sequence, stream, mlflow_uri)
-                for profile in profiles]
-    console.print(_summary(outcomes))
+    outcomes = [compile_one(src, profile, cal, ev, signing_key, out, sequence, stream, mlflow_uri, cache,
+                            max_evaluations) for profile in profiles]
+    console.print(summary_table(outcomes))
     failed = [o for o in outcomes if o.failure is not None]
     if failed:
         raise fail(f"{len(failed)} of {len(outcomes)} targets failed: "
@@ -111,32 +105,14 @@ class Outcome:
     result: Any = None  # CompileResult when it succeeded
     bundle: Any = None
     failure: Failure | None = None
-
-
-def _summary(outcomes: list[Outcome]) -> Table:
-    summary = Table(title="Bundles")
-    for col in ("target", "outcome", "bundle", "model", "model vs float", "bundle .tar.gz", "bundle vs float",
-                "fidelity", "latency vs float", "kept in float"):
-        summary.add_column(col)
-    for o in outcomes:
-        if o.failure is not None:
-            summary.add_row(o.profile.name, f"[red]FAILED[/] at {escape(o.failure.stage)}: {escape(o.failure.reason)}",
-                            str(o.failure.log), *[""] * 7)
-            continue
-        first, last = o.result.float_step, o.result.final
-        packed = o.bundle.tarball.stat().st_size
-        summary.add_row(o.profile.name, "[green]ok[/]", str(o.bundle.tarball),
-                        f"{last.stats.size_bytes / 1024:.0f} KiB",
-                        f"{last.stats.size_bytes / first.stats.size_bytes:.2f}x", f"{packed / 1024:.0f} KiB",
-                        f"{packed / first.stats.size_bytes:.2f}x", f"{last.fidelity:.4f}",
-                        f"{last.latency_p50 / first.latency_p50:.2f}x", str(len(o.result.kept_in_float)))
-    return summary
+    counts: Any = None  # the pipeline's evaluation counts
 
 
 def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  # type: ignore[no-untyped-def]
-                stream: str, mlflow_uri: str | None) -> Outcome:
+                stream: str, mlflow_uri: str | None, cache: Any = None, max_evaluations: int | None = None) -> Outcome:
     """One target: pipeline, signed bundle, MLflow run. A failure is caught, logged in full on disk,
     recorded as a FAILED MLflow run, and returned: the other targets go on."""
+    from compiler import latency
     from compiler.bundle import write_bundle
     from compiler.pipeline import Pipeline
 
@@ -154,7 +130,8 @@ def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  #
             log.flush()
             progress.update(task, description=message)
 
-        pipeline = Pipeline(src.description, profile, cal, ev, workdir, progress=report)
+        pipeline = Pipeline(src.description, profile, cal, ev, workdir, progress=report, cache=cache,
+                            max_evaluations=max_evaluations)
         bundle_name = f"{src.info.name}--{profile.name}"
         best = None  # a BudgetError's best attempt, shown in the failed target's step table
         failure: Failure | None = None
@@ -173,27 +150,28 @@ def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  #
             failure = Failure(pipeline.stage, reason, log_path)
             best = getattr(exc, "best", None)
     seconds = time.perf_counter() - started
-    steps = list(pipeline.steps)
-    if best is not None and best not in steps:
-        steps.append(best)
+    rows = list(pipeline.rows)
+    if best is not None and best not in rows:
+        rows.append(best)
     title = f"{src.info.name} -> {profile.name} ({seconds:.0f} s)" + (" [red]FAILED[/]" if failure else "")
-    if steps:
-        console.print(_steps_table(title, steps))
+    latency_title = latency.title(profile, rounds=9)
+    if rows:
+        console.print(steps_table(title, rows, latency_title, pipeline.counts))
+    for record in pipeline.searches:
+        console.print(front_table(profile.name, record, latency_title))
     if failure is not None:
         err_console.print(f"[bold red]error:[/] {escape(profile.name)}: failed at {escape(failure.stage)}: "
                           f"{escape(failure.reason)} (full log: {failure.log})", highlight=False)
         if mlflow_uri:
-            _record_failure(mlflow_uri, out, src, profile, steps, failure)
-        return Outcome(profile, failure=failure)
-    if result.kept_in_float:
-        console.print("kept in float: " + ", ".join(
-            f"{name} (error {err:.4f})" for name, err in result.kept_in_float))
-    return Outcome(profile, result, bundle)
+            _record_failure(mlflow_uri, out, src, profile, [r for r in rows if r.kept], failure)
+        return Outcome(profile, failure=failure, counts=pipeline.counts)
+    return Outcome(profile, result, bundle, counts=pipeline.counts)
 
 
 def _step_metrics(steps: list) -> list[dict[str, float]]:  # type: ignore[type-arg]
     return [{"size_bytes": s.stats.size_bytes, "parameters": s.stats.parameters, "flops": s.stats.flops,
              "fidelity": s.fidelity, "latency_p50_ms": s.latency_p50, "latency_p95_ms": s.latency_p95,
+             "latency_vs_float": s.latency.ratio,
              **({"accuracy": s.accuracy} if s.accuracy is not None else {})} for s in steps]
 
 
@@ -218,7 +196,8 @@ def _record(uri: str, out: Path, src, profile, result, bundle, bundle_name: str)
 
     steps = _step_metrics(result.steps)
     params = {"target": profile.name, "passes": ",".join(s.name for s in result.steps[1:]),
-              "source": src.info.source_uri, "sequence": bundle.manifest.sequence}
+              "source": src.info.source_uri, "sequence": bundle.manifest.sequence,
+              "evaluations": result.counts.evaluations}
     tags = {"coldchain.source_model": src.info.name, "coldchain.source_version": src.info.version,
             "coldchain.sequence": str(bundle.manifest.sequence), "coldchain.target": profile.name,
             "coldchain.stream": bundle.manifest.stream_name,

@@ -7,7 +7,9 @@ CompilerError                 anything the compiler refuses or cannot do
 ├── UnsupportedOpsError       ops the target runtime cannot run (named in the message)
 ├── CalibrationError          too few or unreadable calibration / evaluation images
 ├── PassError                 a pass that failed or was configured wrongly
-└── BudgetError               no configuration meets the accuracy budget (``best`` holds the best found)
+└── BudgetError               no configuration meets the accuracy budget (``best`` holds the best found,
+    │                         ``front`` the candidates a search tried)
+    └── EvaluationCapReached  the compile used its ``--max-evaluations`` before anything met the budget
 
 Bundles that fail verification raise ``contract.errors.BundleError`` (shared with the agent).
 """
@@ -54,6 +56,11 @@ def first_line(exc: BaseException) -> str:
 class BudgetError(CompilerError):
     """No configuration met the accuracy budget; ``best`` describes the best one found."""
 
-    def __init__(self, message: str, best: Any = None) -> None:
+    def __init__(self, message: str, best: Any = None, front: Any = None) -> None:
         self.best = best
+        self.front = front
         super().__init__(message)
+
+
+class EvaluationCapReached(BudgetError):
+    """The compile's evaluation cap (``--max-evaluations``) was reached."""
