@@ -154,7 +154,7 @@ def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  #
     if best is not None and best not in rows:
         rows.append(best)
     title = f"{src.info.name} -> {profile.name} ({seconds:.0f} s)" + (" [red]FAILED[/]" if failure else "")
-    latency_title = latency.title(profile, rounds=9)
+    latency_title = latency.title(profile, rounds=latency.ROUNDS)
     if rows:
         console.print(steps_table(title, rows, latency_title, pipeline.counts))
     for record in pipeline.searches:

@@ -25,6 +25,8 @@ import numpy as np
 from compiler.target import TargetProfile
 from contract.common import Runtime
 
+ROUNDS = 11
+
 
 class Timed(Protocol):
     def time_runs(self, x: Any = None, warmup: int = 5, iterations: int = 40) -> list[float]: ...
@@ -44,8 +46,8 @@ class Latency:
         return f"{self.ratio:.2f}x ({self.ratio_low:.2f}-{self.ratio_high:.2f})"
 
 
-def interleaved(candidate: Timed, reference: Timed, x_candidate: Any, x_reference: Any, rounds: int = 9,
-                warmup: int = 3, block_ms: float = 25.0) -> Latency:
+def interleaved(candidate: Timed, reference: Timed, x_candidate: Any, x_reference: Any, rounds: int = ROUNDS,
+                warmup: int = 3, block_ms: float = 40.0) -> Latency:
     """Time ``candidate`` and ``reference`` in ``rounds`` alternating blocks (at least ``block_ms``
     of runs each, so a sub-millisecond model is not judged on timer noise)."""
     first = max(candidate.time_runs(x_candidate, warmup, 2) + reference.time_runs(x_reference, warmup, 2))
@@ -66,7 +68,7 @@ def interleaved(candidate: Timed, reference: Timed, x_candidate: Any, x_referenc
                    float(high), rounds)
 
 
-def alone(model: Timed, x: Any, rounds: int = 9, warmup: int = 3, block_ms: float = 25.0) -> Latency:
+def alone(model: Timed, x: Any, rounds: int = ROUNDS, warmup: int = 3, block_ms: float = 40.0) -> Latency:
     """The float reference itself: its own run times, ratio 1 by definition."""
     first = max(model.time_runs(x, warmup, 2))
     runs = max(1, min(100, int(block_ms / max(first, 1e-3))))

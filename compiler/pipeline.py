@@ -182,8 +182,9 @@ class Pipeline:
             or float_accuracy - accuracy <= self.target.budget.max_accuracy_drop)
 
     def measure(self, name: str, model: Path, config: dict[str, Any], reference: Evaluation | None,
-                float_accuracy: float | None) -> tuple[Step, Evaluation, IOSpec]:
-        """``reference`` None: ``model`` is the float model, and becomes the latency reference."""
+                float_accuracy: float | None, timed: Latency | None = None) -> tuple[Step, Evaluation, IOSpec]:
+        """``reference`` None: ``model`` is the float model, and becomes the latency reference.
+        ``timed``: the model's latency, measured already (it is not timed again)."""
         io = io_for(model, self.description)
         evaluation = self.evaluate(model, io)
         if reference is None:
@@ -192,7 +193,7 @@ class Pipeline:
             self._float = (loaded, loaded.blank())
             latency = alone(*self._float)
         else:
-            latency = self.time(model, io)
+            latency = timed or self.time(model, io)
         fidelity = 1.0 if reference is None else self.fidelity(reference, evaluation, io)
         accuracy = self.accuracy(evaluation)
         step = Step(name, model, config, stats(model), fidelity, accuracy, latency,
@@ -204,7 +205,8 @@ class Pipeline:
         stride = max(1, len(self.calibration.frames) // count)
         return self.calibration.frames[::stride][:count]
 
-    def check_exact(self, name: str, model: Path, config: dict[str, Any], before: Step) -> Step | None:
+    def check_exact(self, name: str, model: Path, config: dict[str, Any], before: Step,
+                    timed: Latency | None = None) -> Step | None:
         """The step of a pass that is exact in float, if its outputs match ``before``'s on a few
         calibration frames (None: they moved, and the step must be evaluated)."""
         frames = self.frames()
@@ -215,19 +217,19 @@ class Pipeline:
         if difference > EXACT_TOLERANCE:
             self.report(f"pass {name}: outputs moved by {difference:.2g} of their range: evaluating it")
             return None
-        return Step(name, model, config, stats(model), before.fidelity, before.accuracy, self.time(model),
+        return Step(name, model, config, stats(model), before.fidelity, before.accuracy, timed or self.time(model),
                     before.within_budget, describe(model).label, evaluated=False,
                     note=f"exact in float: outputs within {difference:.1g} of the step before on {len(frames)} "
                          "calibration frames (not re-evaluated)")
 
     def step(self, spec_name: str, model: Path, config: dict[str, Any], before: Step, reference: Evaluation,
-             float_accuracy: float | None) -> Step:
+             float_accuracy: float | None, timed: Latency | None = None) -> Step:
         """A pass's output measured: checked if the pass is exact in float, else evaluated."""
         if get_pass(spec_name).exact:
-            checked = self.check_exact(spec_name, model, config, before)
+            checked = self.check_exact(spec_name, model, config, before, timed)
             if checked is not None:
                 return checked
-        return self.measure(spec_name, model, config, reference, float_accuracy)[0]
+        return self.measure(spec_name, model, config, reference, float_accuracy, timed)[0]
 
     def close(self) -> None:
         if self._float is not None:

@@ -39,12 +39,12 @@ from compiler.passes import get_pass
 from compiler.pipeline import Pipeline, Step
 from compiler.precision import describe
 from compiler.sensitivity import Screen, node_sensitivity
-from compiler.target import Alternative, PassSpec
+from compiler.target import PassSpec
 
 SLOWER = 1.05  # a median latency ratio above this, with the whole interquartile range above 1, is slower
 FAMILY_EVALUATIONS = 3  # evaluations the float-node family may spend
 SCREEN_FRAMES = 16
-TOP_K = (1, 2, 4, 8, 16, 32)
+TOP_K = (1, 4, 16)
 STEM_K = (4, 8, 16, 32)
 MAX_RECORDED = 32  # candidates recorded in the manifest
 
@@ -113,6 +113,7 @@ def choose(record: SearchRecord) -> Candidate | None:
 
 def widen(pipeline: Pipeline, spec: PassSpec, current: Step, failed: Step, reference: Evaluation,
           float_accuracy: float | None, tag: str) -> Step:
+    failed.kept = False  # a row of the table; the front says what became of it
     record = SearchRecord(spec.name, pipeline.steps[0].stats.size_bytes, pipeline.min_fidelity)
     record.candidates.append(Candidate(f"{spec.name} as configured", failed.model, failed.stats.size_bytes,
                                        failed.precision, spec.name, failed.config, failed, failed.latency,
@@ -121,10 +122,7 @@ def widen(pipeline: Pipeline, spec: PassSpec, current: Step, failed: Step, refer
     try:
         if "exclude_nodes" in get_pass(spec.name).Config.model_fields and spec.max_float_nodes > 0:
             _keep_in_float(pipeline, spec, current, record, reference, float_accuracy, tag)
-        # an alternative of the spec's own pass inherits its config (e.g. another LiteRT variant of one conversion)
-        alternatives = [a.model_copy(update={"config": {**spec.config, **a.config}}) if a.name == spec.name else a
-                        for a in spec.alternatives]
-        _alternatives(pipeline, alternatives, current, record, reference, float_accuracy, tag)
+        _alternatives(pipeline, spec, current, record, reference, float_accuracy, tag)
     except EvaluationCapReached as exc:
         record.stopped = str(exc)
     for c in record.candidates:
@@ -230,11 +228,14 @@ def _keep_in_float(pipeline: Pipeline, spec: PassSpec, current: Step, record: Se
             c.status = f"screened only: predicted fidelity {c.predicted:.3f}"
 
 
-def _alternatives(pipeline: Pipeline, alternatives: list[Alternative], current: Step, record: SearchRecord,
-                  reference: Evaluation, float_accuracy: float | None, tag: str) -> None:
+def _alternatives(pipeline: Pipeline, spec: PassSpec, current: Step, record: SearchRecord, reference: Evaluation,
+                  float_accuracy: float | None, tag: str) -> None:
     built: list[Candidate] = []
-    for index, alternative in enumerate(alternatives):
-        label = alternative.name + "".join(f" {k}={v}" for k, v in alternative.config.items())
+    for index, given in enumerate(spec.alternatives):
+        label = given.name + "".join(f" {k}={v}" for k, v in given.config.items())
+        # another configuration of the spec's own pass inherits the spec's config
+        alternative = given.model_copy(update={"config": {**spec.config, **given.config}}) \
+            if given.name == spec.name else given
         pipeline.report(f"{record.pass_name} over budget: building {label}")
         out, config = pipeline.apply_pass(alternative, current.model, {}, f"{tag}-alt{index}-{alternative.name}")
         if out == current.model:
@@ -271,6 +272,6 @@ def _evaluate(pipeline: Pipeline, candidate: Candidate, current: Step, reference
     assert candidate.model is not None
     pipeline.report(f"evaluating {candidate.label}")
     candidate.step = pipeline.step(candidate.pass_name, candidate.model, candidate.config, current, reference,
-                                   float_accuracy)
+                                   float_accuracy, candidate.latency)  # timed once: what decided is what is shown
     candidate.latency = candidate.step.latency
     candidate.status = "within budget" if candidate.step.within_budget else "over budget"

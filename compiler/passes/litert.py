@@ -35,6 +35,7 @@ from compiler.passes.calibration import load_samples
 DEFAULT_VENV = Path(__file__).resolve().parents[2] / ".venv-onnx2tf"  # a source checkout's
 VENV_NAME = ".venv-onnx2tf"
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+INPUT_STEM = "model"  # onnx2tf names its outputs <input stem>_<variant>.tflite
 # variant -> the suffix of onnx2tf's output file (model_<suffix>.tflite)
 VARIANTS = {
     "full_integer": "full_integer_quant",  # int8 everywhere, int8 input
@@ -99,7 +100,7 @@ class ConvertLiteRT(Pass[ConvertLiteRTConfig]):
                 for tflite in produced.glob("*.tflite"):
                     shutil.copy(tflite, partial / tflite.name)
                 partial.rename(converted)
-        chosen = converted / f"{model.stem}_{VARIANTS[config.variant]}.tflite"
+        chosen = converted / f"{INPUT_STEM}_{VARIANTS[config.variant]}.tflite"
         if not chosen.exists():
             raise PassError(f"onnx2tf wrote no {config.variant} model ({chosen.name} is not in {converted})")
         out = workdir / "model.tflite"
@@ -119,7 +120,10 @@ class ConvertLiteRT(Pass[ConvertLiteRTConfig]):
         neutral = "[[[[" + ",".join(["0.0"] * nhwc.shape[-1]) + "]]]]"  # our data is normalized already
         one = neutral.replace("0.0", "1.0")
         out_dir = workdir / "tf"
-        cmd = [str(exe), "-i", str(model.resolve()), "-o", str(out_dir), "-oiqt", "-qt", config.quant_type,
+        # onnx2tf rewrites its input file (onnxsim): it gets a copy, the pipeline's model stays as it was
+        source = workdir / f"{INPUT_STEM}.onnx"
+        shutil.copy(model, source)
+        cmd = [str(exe), "-i", str(source), "-o", str(out_dir), "-oiqt", "-qt", config.quant_type,
                "-iqd", config.input_type, "-oqd", config.output_type,
                "-cind", name, str(calib), neutral, one, "-n"]
         try:
