@@ -31,9 +31,10 @@ def steps_table(title: str, rows: list[Any], latency_title: str, counts: Any) ->
 
 def front_table(target: str, record: Any, latency_title: str) -> Table:
     """The candidates a search tried: size, fidelity, latency, and what became of each."""
+    caption = [f"gave up: {record.gave_up}"] if record.chosen is not None else []
+    caption += [latency_title] + ([f"search stopped: {record.stopped}"] if record.stopped else [])
     table = Table(title=f"{target}: {record.pass_name} over budget (fidelity >= {record.budget:.4f}): candidates",
-                  caption=escape(latency_title + (f"\nsearch stopped: {record.stopped}" if record.stopped else "")),
-                  caption_justify="left")
+                  caption=escape("\n".join(caption)), caption_justify="left")
     for col in ("", "candidate", "precision", "size", "vs float", "fidelity", "latency vs float", "status"):
         table.add_column(col, justify="right" if col in ("size", "vs float", "fidelity") else "left")
     for c in record.candidates:
@@ -48,9 +49,6 @@ def front_table(target: str, record: Any, latency_title: str) -> Table:
         table.add_row("*" if chosen else "", escape(c.label), escape(c.precision), f"{c.size_bytes / 1024:.0f} KiB",
                       f"{c.size_bytes / max(1, record.float_size):.2f}x", fidelity,
                       "-" if c.latency is None else c.latency.text, escape(c.status), style=style)
-    if record.chosen is not None:
-        table.add_section()
-        table.add_row("", f"gave up: {escape(record.gave_up)}", *[""] * 6)
     return table
 
 

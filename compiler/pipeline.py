@@ -351,7 +351,8 @@ class Pipeline:
                 step, _, _ = self.measure(spec.name, out, record, reference, float_accuracy)
                 tried.append(value)
                 if step.within_budget and step.fidelity >= (spec.min_fidelity or 0.0):
-                    step.note = f"{key}={value}: first value within budget of {values}"
+                    step.note = (f"{key}={value}: first value within budget of {values}; parameters "
+                                 f"{current.stats.parameters:,} -> {step.stats.parameters:,}")
                     return step
                 best = step if best is None or step.fidelity > best.fidelity else best
             stop = ""
