@@ -12,30 +12,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from agent.errors import AgentError
+from coldchain.compile_tables import front_table, steps_table, summary_table
 from coldchain.console import console, err_console, fail, user_errors
 from compiler.errors import CompilerError, first_line
 from contract.errors import ContractError
 
 app = typer.Typer(help="Compile a model into signed per-target bundles, with proof that accuracy survived.")
-
-
-def _steps_table(title: str, steps: list, memory: list | None = None) -> Table:  # type: ignore[type-arg]
-    table = Table(title=title)
-    for col in ("step", "size", "params", "GFLOPs", "weights in memory", "peak memory", "fidelity", "accuracy",
-                "p50 ms", "p95 ms", "budget", "note"):
-        table.add_column(col, justify="left" if col in ("step", "note", "budget") else "right")
-    memory = memory or []
-    for i, s in enumerate(steps):
-        mem = [f"{memory[i].weights_bytes / 1024:.0f} KiB", f"{memory[i].peak_bytes / 2**20:.1f} MiB"] \
-            if i < len(memory) else ["-", "-"]
-        table.add_row(s.name, f"{s.stats.size_bytes / 1024:.0f} KiB", f"{s.stats.parameters:,}",
-                      f"{s.stats.flops / 1e9:.3f}", *mem, f"{s.fidelity:.4f}",
-                      "-" if s.accuracy is None else f"{s.accuracy:.4f}", f"{s.latency_p50:.2f}",
-                      f"{s.latency_p95:.2f}", "[green]ok[/]" if s.within_budget else "[red]over[/]", s.note)
-    return table
 
 
 @app.command()
@@ -65,6 +49,9 @@ def compile(
         help="Ship even when the bundle is less accurate than the champion by more than the budget.")] = False,
     keep_work: Annotated[bool, typer.Option(help="Keep <out>/.work (every step's model) after a successful "
                                                  "compile.")] = False,
+    max_evaluations: Annotated[int, typer.Option(min=1, help="Most evaluations (whole evaluation-set runs) per "
+                                                             "target: caps the search when int8 misses the budget "
+                                                             "(cached results and screenings do not count).")] = 24,
 ) -> None:
     """Quantize, prune and convert for each target; measure every step; sign and bundle.
 
@@ -89,10 +76,13 @@ def compile(
             sequence = next_sequence(stream, mlflow_uri, time.time())
         console.print(f"stream [bold]{escape(stream)}[/], sequence {sequence}")
         best = _champion(champion, src, ev, out, mlflow_uri, profiles)
+    from compiler.evalcache import EvaluationCache
+
+    cache = EvaluationCache()  # shared by the targets: the float model is evaluated once
     # each target on its own: one that fails is reported and the others go on
     outcomes = [compile_one(src, profile, cal, ev, signing_key, out, sequence, stream, mlflow_uri, best,
-                            allow_regression) for profile in profiles]
-    console.print(_summary(outcomes))
+                            allow_regression, cache, max_evaluations) for profile in profiles]
+    console.print(summary_table(outcomes))
     failed = [o for o in outcomes if o.failure is not None]
     if not failed and not keep_work:
         shutil.rmtree(out / ".work", ignore_errors=True)  # every step's model: ~220 MB per NanoDet target
@@ -151,38 +141,12 @@ class Outcome:
     bundle: Any = None
     failure: Failure | None = None
     review: Any = None  # compiler.review.Review when it succeeded
-
-
-def _summary(outcomes: list[Outcome]) -> Table:
-    summary = Table(title="Bundles")
-    for col in ("target", "outcome", "bundle", "model", "model vs float", "bundle .tar.gz", "bundle vs float",
-                "in memory vs float", "peak memory vs float", "fidelity", "latency vs float", "kept in float",
-                "vs champion"):
-        summary.add_column(col)
-    for o in outcomes:
-        if o.failure is not None:
-            summary.add_row(o.profile.name, f"[red]FAILED[/] at {escape(o.failure.stage)}: {escape(o.failure.reason)}",
-                            str(o.failure.log), *[""] * 10)
-            continue
-        first, last = o.result.float_step, o.result.final
-        packed = o.bundle.tarball.stat().st_size
-        mem_first, mem_last = o.review.memory[0], o.review.memory[-1]
-        comparison = o.review.champion
-        summary.add_row(o.profile.name, "[green]ok[/]", str(o.bundle.tarball),
-                        f"{last.stats.size_bytes / 1024:.0f} KiB",
-                        f"{last.stats.size_bytes / first.stats.size_bytes:.2f}x", f"{packed / 1024:.0f} KiB",
-                        f"{packed / first.stats.size_bytes:.2f}x",
-                        f"{mem_last.weights_bytes / max(mem_first.weights_bytes, 1):.2f}x",
-                        f"{mem_last.peak_bytes / max(mem_first.peak_bytes, 1):.2f}x "
-                        f"({mem_last.peak_bytes / 2**20:.1f} MiB)",
-                        f"{last.fidelity:.4f}", f"{last.latency_p50 / first.latency_p50:.2f}x",
-                        str(len(o.result.kept_in_float)),
-                        "-" if comparison is None else f"{-comparison.drop:+.4f} ({comparison.champion.resolved})")
-    return summary
+    counts: Any = None  # the pipeline's evaluation counts
 
 
 def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  # type: ignore[no-untyped-def]
-                stream: str, mlflow_uri: str | None, champion: Any = None, allow_regression: bool = False) -> Outcome:
+                stream: str, mlflow_uri: str | None, champion: Any = None, allow_regression: bool = False,
+                cache: Any = None, max_evaluations: int | None = None) -> Outcome:
     """One target: pipeline, signed bundle, MLflow run. A failure is caught, logged in full on disk,
     recorded as a FAILED MLflow run, and returned: the other targets go on."""
     from compiler.bundle import write_bundle
@@ -203,7 +167,8 @@ def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  #
             log.flush()
             progress.update(task, description=message)
 
-        pipeline = Pipeline(src.description, profile, cal, ev, workdir, progress=report)
+        pipeline = Pipeline(src.description, profile, cal, ev, workdir, progress=report, cache=cache,
+                            max_evaluations=max_evaluations)
         bundle_name = f"{src.info.name}--{profile.name}"
         best = None  # a BudgetError's best attempt, shown in the failed target's step table
         failure: Failure | None = None
@@ -228,27 +193,36 @@ def compile_one(src, profile, cal, ev, signing_key, out: Path, sequence: int,  #
             failure = Failure(pipeline.stage, reason, log_path)
             best = getattr(exc, "best", None)
     seconds = time.perf_counter() - started
-    steps = list(pipeline.steps)
-    if best is not None and best not in steps:
-        steps.append(best)
+    rows = list(pipeline.rows)
+    if best is not None and best not in rows:
+        rows.append(best)
     title = f"{src.info.name} -> {profile.name} ({seconds:.0f} s)" + (" [red]FAILED[/]" if failure else "")
-    _print_steps(title, steps, found, profile.name)
+    _print_target(title, rows, profile, pipeline, result.steps if found is not None else [], found)
     if failure is not None:
         err_console.print(f"[bold red]error:[/] {escape(profile.name)}: failed at {escape(failure.stage)}: "
                           f"{escape(failure.reason)} (full log: {failure.log})", highlight=False)
         if mlflow_uri:
-            _record_failure(mlflow_uri, src, profile, steps, failure)
-        return Outcome(profile, failure=failure)
+            _record_failure(mlflow_uri, src, profile, [r for r in rows if r.kept], failure)
+        return Outcome(profile, failure=failure, counts=pipeline.counts)
     if result.kept_in_float:
         console.print("kept in float: " + ", ".join(
             f"{name} (error {err:.4f})" for name, err in result.kept_in_float))
-    return Outcome(profile, result, bundle, review=found)
+    return Outcome(profile, result, bundle, review=found, counts=pipeline.counts)
 
 
-def _print_steps(title: str, steps: list, found: Any, target: str) -> None:  # type: ignore[type-arg]
-    """The step table, the comparison with the champion and the warnings of one target."""
-    if steps:
-        console.print(_steps_table(title, steps, found.memory if found is not None else None))
+def _print_target(title: str, rows: list, profile: Any, pipeline: Any,  # type: ignore[type-arg]
+                  steps: list, found: Any) -> None:  # type: ignore[type-arg]
+    """One target's step table (with memory per kept step), its searches' fronts, the comparison with
+    the champion and the warnings."""
+    from compiler import latency
+
+    latency_title = latency.title(profile, rounds=latency.ROUNDS)
+    memory = {id(step): m for step, m in zip(steps, found.memory, strict=False)} if found is not None else {}
+    if rows:
+        console.print(steps_table(title, rows, latency_title, pipeline.counts, memory))
+    for record in pipeline.searches:
+        console.print(front_table(profile.name, record, latency_title))
+    target = profile.name
     if found is not None and found.champion is not None:
         console.print(f"{target}: {found.champion.line()}")
     for warning in found.warnings if found is not None else []:
@@ -259,6 +233,7 @@ def _step_metrics(steps: list, memory: list | None = None) -> list[dict[str, flo
     memory = memory or []
     return [{"size_bytes": s.stats.size_bytes, "parameters": s.stats.parameters, "flops": s.stats.flops,
              "fidelity": s.fidelity, "latency_p50_ms": s.latency_p50, "latency_p95_ms": s.latency_p95,
+             "latency_vs_float": s.latency.ratio,
              **({"accuracy": s.accuracy} if s.accuracy is not None else {}),
              **({"weights_bytes": memory[i].weights_bytes, "peak_memory_bytes": memory[i].peak_bytes}
                 if i < len(memory) else {})} for i, s in enumerate(steps)]
@@ -285,7 +260,8 @@ def _record(uri: str, src, profile, result, bundle, bundle_name: str,  # type: i
 
     steps = _step_metrics(result.steps, found.memory)
     params = {"target": profile.name, "passes": ",".join(s.name for s in result.steps[1:]),
-              "source": src.info.source_uri, "sequence": bundle.manifest.sequence}
+              "source": src.info.source_uri, "sequence": bundle.manifest.sequence,
+              "evaluations": result.counts.evaluations}
     tags = {"coldchain.source_model": src.info.name, "coldchain.source_version": src.info.version,
             "coldchain.sequence": str(bundle.manifest.sequence), "coldchain.target": profile.name,
             "coldchain.stream": bundle.manifest.stream_name,

@@ -20,10 +20,12 @@ from agent.model import LoadedModel
 from agent.preprocess import seen
 from agent.runtimes.tensorrt import ENGINE_CONFIG
 from agent.selftest import output_stride, run_golden
+from compiler import latency
 from compiler.evaluate import ImageSet, run_model
 from compiler.memory import Memory
 from compiler.passes.tensorrt import EXTRAS
 from compiler.pipeline import CompileResult, evaluation_runtime
+from compiler.precision import describe
 from compiler.target import TargetProfile
 from contract.bundle import file_entry, manifest_sha256, pack
 from contract.common import BundleRef
@@ -119,7 +121,8 @@ def _reference(result: CompileResult, target: TargetProfile, calibration: ImageS
 
 
 def _metrics(result: CompileResult, target: TargetProfile, memory: Sequence[Memory] = ()) -> Metrics:
-    host = f"{platform.machine()} {platform.processor() or platform.system()}".strip()
+    proxy = latency.proxy_note(target)
+    host = latency.host() + (f"; {proxy}" if proxy else "")
 
     def measures(step_fidelity: float, accuracy: float | None, mem: Memory | None) -> dict[str, float]:
         out = {"fidelity": round(step_fidelity, 6)}
@@ -136,7 +139,9 @@ def _metrics(result: CompileResult, target: TargetProfile, memory: Sequence[Memo
                                                                               "flops": first.stats.flops},
         compiled_metrics=measures(last.fidelity, last.accuracy, last_mem) | {
             "parameters": last.stats.parameters, "flops": last.stats.flops,
-            "sparsity": round(last.stats.sparsity, 6)},
+            "sparsity": round(last.stats.sparsity, 6), "latency_vs_float": round(last.latency.ratio, 4),
+            "int8_compute_fraction": round(describe(last.model).int8_fraction, 4),
+            "evaluations": result.counts.evaluations},
         float_size_bytes=first.stats.size_bytes, compiled_size_bytes=last.stats.size_bytes,
         float_latency=LatencyMeasure(p50_ms=first.latency_p50, p95_ms=first.latency_p95, host=host,
                                      threads=target.host_threads),

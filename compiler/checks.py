@@ -20,6 +20,7 @@ import onnx
 from compiler import onnxio
 from compiler.description import ModelDescription
 from compiler.errors import DescriptionError
+from compiler.evalcache import Evaluation
 from compiler.evaluate import Run
 from compiler.iospec import onnx_dtype
 from contract.manifest import Layout, Task
@@ -90,7 +91,7 @@ def _answer(prediction_labels: set[str], task: Task, top: str) -> str:
     return "{" + ", ".join(sorted(prediction_labels)) + "}"
 
 
-def degenerate(reference: Run, task: Task, labels: Sequence[str], truth: np.ndarray | None) -> str | None:
+def degenerate(reference: Run | Evaluation, task: Task, labels: Sequence[str], truth: np.ndarray | None) -> str | None:
     """A warning when one answer covers most evaluation images, unless the labels say the same."""
     predictions = reference.predictions
     if len(predictions) < DEGENERATE_MIN_IMAGES:

@@ -7,7 +7,9 @@ CompilerError                 anything the compiler refuses or cannot do
 ├── UnsupportedOpsError       ops the target runtime cannot run (named in the message)
 ├── CalibrationError          too few or unreadable calibration / evaluation images
 ├── PassError                 a pass that failed or was configured wrongly
-├── BudgetError               no configuration meets the accuracy budget (``best`` holds the best found)
+├── BudgetError               no configuration meets the accuracy budget (``best`` holds the best found,
+│   │                         ``front`` the candidates a search tried)
+│   └── EvaluationCapReached  the compile used its ``--max-evaluations`` before anything met the budget
 └── RegressionError           the bundle is less accurate than the production model (champion) by more
                               than the target's budget
 
@@ -56,10 +58,15 @@ def first_line(exc: BaseException) -> str:
 class BudgetError(CompilerError):
     """No configuration met the accuracy budget; ``best`` describes the best one found."""
 
-    def __init__(self, message: str, best: Any = None) -> None:
+    def __init__(self, message: str, best: Any = None, front: Any = None) -> None:
         self.best = best
+        self.front = front
         super().__init__(message)
 
 
 class RegressionError(CompilerError):
     """The compiled model is further below the registry's production model than the budget allows."""
+
+
+class EvaluationCapReached(BudgetError):
+    """The compile's evaluation cap (``--max-evaluations``) was reached."""

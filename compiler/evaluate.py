@@ -37,12 +37,15 @@ class ImageSet:
     truth: np.ndarray | None = None  # multilabel: [N, labels] 0/1; classification: [N] label index
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why it was not usable
     _inputs: dict[str, tuple[list[dict[str, np.ndarray]], list[Letterbox]]] = field(default_factory=dict)
+    _sha256: list[str] = field(default_factory=list)  # computed once
 
     @property
     def sha256(self) -> str:
         """Identity of the set: sha256 over the sorted sha256 of each file."""
-        digests = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in self.paths)
-        return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+        if not self._sha256:
+            digests = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in self.paths)
+            self._sha256.append(hashlib.sha256("\n".join(digests).encode()).hexdigest())
+        return self._sha256[0]
 
     def inputs(self, spec: Preprocessing, input_name: str) -> tuple[list[dict[str, np.ndarray]], list[Letterbox]]:
         key = spec.model_dump_json() + input_name

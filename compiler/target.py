@@ -55,12 +55,24 @@ class Memory(ContractModel):
     max_arena_mb: Annotated[float, Field(gt=0)]
 
 
+class Alternative(ContractModel):
+    """A configuration the search may ship instead of a pass that misses the budget (e.g. int8
+    weights with float activations instead of full int8). ``gives_up``: what it costs, said in the
+    summary and the manifest when it is chosen."""
+
+    name: Name
+    config: dict[str, Any] = {}
+    gives_up: Text
+
+
 class PassSpec(ContractModel):
     """One pass of a target, with its config.
 
     ``search``: one config field and the values to try in order (e.g. pruning ratios, largest
     first); the first within budget is kept. ``optional``: skip the pass when no value fits.
     ``max_float_nodes``: for quantization, how many sensitive nodes may be kept in float.
+    ``alternatives``: when the pass (with nodes kept in float) misses the budget, these are tried,
+    smallest model first, and the smallest that meets the budget is shipped.
     """
 
     name: Name
@@ -69,6 +81,7 @@ class PassSpec(ContractModel):
     optional: bool = False
     min_fidelity: Fraction | None = None  # stricter than the budget: leave room for later passes
     max_float_nodes: Annotated[int, Field(ge=0, le=1024)] = 32
+    alternatives: Annotated[list[Alternative], Field(max_length=16)] = []
 
 
 class TargetProfile(ContractModel):
@@ -94,6 +107,7 @@ class TargetProfile(ContractModel):
         from compiler.passes import PASSES
 
         unknown = [p.name for p in passes if p.name not in PASSES]
+        unknown += [a.name for p in passes for a in p.alternatives if a.name not in PASSES]
         if unknown:
             raise ValueError(f"unknown passes {unknown}; known: {sorted(PASSES)}")
         return passes

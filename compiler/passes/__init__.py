@@ -10,16 +10,18 @@ from compiler.passes.equalize import Equalize
 from compiler.passes.fold_normalize import FoldNormalize
 from compiler.passes.fp16 import Float16
 from compiler.passes.litert import ConvertLiteRT
+from compiler.passes.optimize_graph import OptimizeGraph
 from compiler.passes.prune_magnitude import PruneMagnitude
 from compiler.passes.prune_structured import PruneStructured
 from compiler.passes.quantize_dynamic import QuantizeDynamic
 from compiler.passes.quantize_static import QuantizeStatic
+from compiler.passes.quantize_weights import QuantizeWeights
 from compiler.passes.tensorrt import TensorRTPrepare
 
 PASSES: dict[str, type[Pass[PassConfig]]] = {
     p.name: p  # type: ignore[misc]
     for p in (Cleanup, ChannelShuffle, Equalize, PruneStructured, PruneMagnitude, QuantizeStatic, QuantizeDynamic,
-              Float16, ConvertLiteRT, TensorRTPrepare, FoldNormalize)
+              QuantizeWeights, Float16, OptimizeGraph, ConvertLiteRT, TensorRTPrepare, FoldNormalize)
 }
 
 

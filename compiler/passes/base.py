@@ -33,6 +33,9 @@ class Pass(Generic[C]):
     name: ClassVar[str]
     Config: ClassVar[type[PassConfig]]
     summary: ClassVar[str] = ""
+    # exact in float: the output model computes what its input did (up to float rounding). The
+    # pipeline then checks the outputs on a few calibration frames instead of re-evaluating.
+    exact: ClassVar[bool] = False
 
     def run(self, model: Path, config: C, workdir: Path) -> Path:
         raise NotImplementedError

@@ -340,6 +340,7 @@ class ChannelShuffle(Pass[ChannelShuffleConfig]):
     name = "fold.channel_shuffle"
     Config = ChannelShuffleConfig
     summary = "ShuffleNet channel shuffles as Split/Concat + permuted Conv weights (one int8 layout)"
+    exact = True
 
     def run(self, model: Path, config: ChannelShuffleConfig, workdir: Path) -> Path:
         proto = onnxio.load(model)

@@ -50,6 +50,7 @@ class Cleanup(Pass[CleanupConfig]):
     name = "cleanup"
     Config = CleanupConfig
     summary = "initializers out of inputs, opset upgrade, static batch, onnxslim, shape inference"
+    exact = True
 
     def run(self, model: Path, config: CleanupConfig, workdir: Path) -> Path:
         proto = onnxio.load(model)

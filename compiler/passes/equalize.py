@@ -37,6 +37,7 @@ class Equalize(Pass[EqualizeConfig]):
     name = "equalize"
     Config = EqualizeConfig
     summary = "cross-layer activation equalization (exact in float, better int8 activations)"
+    exact = True
 
     def run(self, model: Path, config: EqualizeConfig, workdir: Path) -> Path:
         proto = onnxio.load(model)

@@ -5,14 +5,20 @@ weights (needs opset >= 13: run ``cleanup`` with the target opset first); MinMax
 or Percentile calibration on the pipeline's calibration tensors; op types to quantize and
 nodes to keep in float (the pipeline fills ``exclude_nodes`` from per-node sensitivity);
 optionally one range for the tensors each Concat joins (``qdq_scales``).
+Calibration ranges depend on the model, the calibration data and the calibration settings,
+not on which nodes are kept in float: with ``cache_dir`` (filled by the pipeline) they are
+computed once and reused by every candidate of a float-fallback search.
 On x86 and ARM, U8S8 (uint8 activations, int8 symmetric weights) is the fast combination.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
+import onnxruntime
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from pydantic import Field
 
@@ -48,6 +54,21 @@ class QuantizeStaticConfig(PassConfig):
     op_types: list[str] | None = None  # None: every op type onnxruntime can quantize
     exclude_nodes: list[str] = []
     calibration: Path | None = None  # filled by the pipeline: .npz of calibration inputs
+    cache_dir: Path | None = None  # filled by the pipeline: where calibration ranges are kept
+
+
+def ranges_file(model: Path, config: QuantizeStaticConfig) -> Path | None:
+    """Where the calibration ranges of ``model`` under ``config`` are cached, or None without a cache."""
+    if config.cache_dir is None or config.calibration is None:
+        return None
+    digest = hashlib.sha256()
+    for path in (model, config.calibration):
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    settings = config.model_dump(mode="json", include={"calibration_method", "percentile", "moving_average",
+                                                       "symmetric_activations", "op_types"})
+    digest.update(json.dumps([settings, onnxruntime.__version__], sort_keys=True).encode())
+    config.cache_dir.mkdir(parents=True, exist_ok=True)
+    return config.cache_dir / f"ranges-{digest.hexdigest()[:32]}.json"
 
 
 class QuantizeStatic(Pass[QuantizeStaticConfig]):
@@ -79,6 +100,7 @@ class QuantizeStatic(Pass[QuantizeStaticConfig]):
                     activation_type=_TYPES[config.activation_type], weight_type=_TYPES[config.weight_type],
                     nodes_to_exclude=list(config.exclude_nodes),
                     calibrate_method=_METHODS[config.calibration_method], extra_options=extra,
+                    calibration_cache_path=ranges_file(model, config),
                 )
         except Exception as exc:  # onnxruntime.quantization raises bare exceptions of many kinds
             raise PassError(f"static quantization failed: {type(exc).__name__}: {exc}") from exc

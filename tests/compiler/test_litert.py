@@ -54,3 +54,34 @@ def test_a_missing_onnx2tf_says_where_it_looked_and_how_to_create_it(tmp_path: P
     with pytest.raises(PassError, match=r"setup-onnx2tf\.sh") as info:
         onnx2tf_executable(ConvertLiteRTConfig(venv=tmp_path / "nowhere"))
     assert str(tmp_path / "nowhere") in str(info.value)
+
+
+def test_one_conversion_gives_every_variant_and_leaves_its_input_alone(tmp_path: Path) -> None:
+    """The search tries other LiteRT variants (dynamic range, 16x8, float16, float32) of one onnx2tf
+    run. Before: onnx2tf rewrote the file it was given (onnxsim), the pipeline's cleanup model, so
+    the conversion's cache key changed under it and every variant converted again (minutes each)."""
+    import hashlib
+
+    import numpy as np
+
+    from compiler.passes.litert import ConvertLiteRT
+    from compiler.precision import describe
+
+    pytest.importorskip("ai_edge_litert", reason="the litert extra is not installed")
+    model = tmp_path / "model.onnx"
+    model.write_bytes(MODEL_FILE.read_bytes())
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, image=np.random.default_rng(0).normal(0, 1, (8, 3, 128, 128)).astype(np.float32))
+    # dynamic range keeps weights under 1024 elements (the fridge head) in float32: said so
+    expected = {"full_integer": "int8", "dynamic_range": "mixed: 7 int8 weights, 1 float32 of 8 compute nodes",
+                "integer_16x8": "int8 weights, int16 activations", "float16": "fp16 weights, float32 compute",
+                "float32": "float32"}
+    for i, (variant, label) in enumerate(expected.items()):
+        config = ConvertLiteRTConfig(variant=variant, calibration=calibration, cache_dir=tmp_path / "cache")
+        workdir = tmp_path / f"w{i}"
+        workdir.mkdir()
+        out = ConvertLiteRT().run(model, config, workdir)
+        assert describe(out).label == label, variant
+        assert (workdir / "tf").is_dir() == (i == 0)  # onnx2tf ran for the first variant only
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == before
