@@ -53,7 +53,7 @@ def test_a_search_that_kept_no_value_leaves_a_row(fridge_images: tuple[Path, Pat
     cal, ev, _ = image_sets(fridge_images[0], fridge_images[1], 40, 0, description)
     pipeline = Pipeline(description, load_target(path), cal, ev, tmp_path / "work")
     result = pipeline.run(MODEL_FILE)
-    assert [s.name for s in result.steps] == ["float", "cleanup", "quantize.static"]
+    assert [s.name for s in result.steps] == ["float", "cleanup", "quantize.static", "fold.normalize"]
     (row,) = [r for r in result.rows if not r.kept]
     assert row.name == "prune.structured" and not row.within_budget
     assert "not kept: no ratio in [0.5, 0.4] reached fidelity 1.0000" in row.note and "skipped" in row.note
