@@ -192,7 +192,7 @@ def evaluate(subject: Subject, targets: list[str], key: Path, work: Path, thread
             row.extra = {"outcome": "ok", "kept": kept_note(out)}
         except Exception as exc:  # the baseline failing is a finding too
             row = Row(subject.name, variant, 0, float("nan"), None, float("nan"),
-                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+                      f"{type(exc).__name__}: {' '.join(str(exc).split())}")
             row.extra = {"outcome": "error"}
         row.extra["seconds"] = time.perf_counter() - started
         rows.append(row)
@@ -233,12 +233,28 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
+def outcome_text(outcome: str, reason: str) -> str:
+    """The outcome in a few words: an over-budget compile's best attempt against its budget (and the
+    pass, or how many nodes it tried in float), an error's beginning and end (the full text is in
+    ``<work>/runs/<model>/<target>/compile.out``)."""
+    if outcome == "over budget":
+        best = re.search(r"fidelity ([0-9.]+) \(budget ([0-9.]+)\)", reason)
+        if best:
+            floats = re.search(r"up to (\d+) nodes kept in float", reason)
+            where = re.match(r"pass ([\w.]+)", reason)
+            return (f"over budget: best {best.group(1)} < {best.group(2)}"
+                    + (f" with up to {floats.group(1)} nodes in float" if floats else "")
+                    + (f" ({where.group(1)})" if where and not floats else ""))
+    text = f"{outcome}: {reason}"
+    return text if len(text) <= 160 else f"{text[:70]} … {text[-85:]}"
+
+
 def cells(row: Row, float_size: int) -> list[str]:
     outcome = row.extra.get("outcome", "ok")
     if row.path is None:
         best = row.extra.get("best")
-        return [row.model, row.variant, f"{outcome}: {row.note}", "-", f"({best:.4f})" if best else "-", "-", "-",
-                "-", fmt(row.extra.get("seconds"), ".0f")]
+        return [row.model, row.variant, outcome_text(outcome, row.note), "-", f"({best:.4f})" if best else "-", "-",
+                "-", "-", fmt(row.extra.get("seconds"), ".0f")]
     latency = "-" if row.ratio != row.ratio else f"{row.ratio:.2f}x ({row.spread[0]:.2f}-{row.spread[1]:.2f})"
     note = f" ({row.note})" if row.note and row.variant != "float32 (source)" else ""
     return [row.model, row.variant, outcome + note, f"{row.size / float_size:.2f}x ({row.size:,} B)",

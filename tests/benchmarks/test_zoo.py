@@ -11,7 +11,7 @@ import onnx
 import pytest
 import yaml
 
-from benchmarks.generality import Subject, compile_target, signing_key
+from benchmarks.generality import Subject, compile_target, outcome_text, signing_key
 from benchmarks.zoo import photos
 from benchmarks.zoo.store import TrainConfig, Trained, cached
 
@@ -87,3 +87,18 @@ def test_a_failed_compile_is_a_row_with_the_compilers_reason(work: Path, tmp_pat
     got = compile_target(subject, "arm64-cortex-a72-ort", signing_key(work), tmp_path / "out", timeout=120)
     assert got.outcome == "error" and got.model is None
     assert "pixels" in got.reason and "image" in got.reason, got.reason
+
+
+def test_an_outcome_reads_as_the_best_attempt_against_the_budget_or_the_errors_ends() -> None:
+    fallback = ("int8 over budget: keeping the first 32 nodes (input stem) in float: int8 stays over budget with up to "
+                "32 nodes kept in float; best found: tensorrt.prepare with fidelity 0.9612 (budget 0.9900), accuracy "
+                "0.6602, 745135 bytes; relax the budget (--min-fidelity) or change the target's passes")
+    assert outcome_text("over budget", fallback) == "over budget: best 0.9612 < 0.9900 with up to 32 nodes in float"
+    litert = ("pass convert.litert: convert.litert is over budget; best found: convert.litert with fidelity 0.8353 "
+              "(budget 0.8500), 1263008 bytes; relax the budget (--min-fidelity) or change the target's passes")
+    assert outcome_text("over budget", litert) == "over budget: best 0.8353 < 0.8500 (convert.litert)"
+    long = "ModelLoadFailed: cannot load x.onnx: " + "detail " * 40 + "Unrecognized attribute: axis"
+    short = outcome_text("error", long)
+    assert short.startswith("error: ModelLoadFailed") and short.endswith("Unrecognized attribute: axis")
+    assert len(short) < 170
+    assert outcome_text("error", "timed out after 60 s") == "error: timed out after 60 s"
