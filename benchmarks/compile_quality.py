@@ -14,18 +14,16 @@ import contextlib
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from agent.runtimes import open_runtime, time_runs
+from benchmarks.variants import Row, interleaved_latency, measure, plain_ort
 from compiler.description import ModelDescription, load_description
 from compiler.evaluate import ImageSet, image_sets
-from compiler.passes.calibration import NpzReader, load_samples
-from compiler.pipeline import Pipeline, Step
+from compiler.passes.calibration import load_samples
+from compiler.pipeline import Pipeline
 from compiler.target import PassSpec, load_target
 from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
 from examples.fridge.synth import write_dataset
@@ -33,43 +31,6 @@ from examples.fridge.synth import write_dataset
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 console = Console(width=160)
-
-
-@dataclass
-class Row:
-    model: str
-    variant: str
-    size: int
-    fidelity: float
-    accuracy: float | None
-    p50: float
-    note: str = ""
-    path: Path | None = None
-
-
-def interleaved_latency(rows: list[Row], feed: dict[str, np.ndarray], threads: int, rounds: int = 7) -> None:
-    """p50 of every variant, measured round-robin (all variants once per round, median over rounds),
-    so the drift of a shared 2-core host hits every variant alike."""
-    runtimes = [open_runtime("onnxruntime", r.path, threads) if r.path else None for r in rows]
-    samples: list[list[float]] = [[] for _ in rows]
-    for _ in range(rounds):
-        for i, runtime in enumerate(runtimes):
-            if runtime is not None:
-                samples[i].append(float(np.percentile(time_runs(runtime, feed, warmup=5, iterations=40), 50)))
-    for row, values in zip(rows, samples, strict=True):
-        row.p50 = float(np.median(values)) if values else float("nan")
-
-
-def measure(p: Pipeline, ref, name: str, variant: str, model: Path, float_acc, note: str = "") -> Row:  # type: ignore[no-untyped-def]
-    step: Step = p.measure(variant, model, {}, ref, float_acc)[0]
-    return Row(name, variant, step.stats.size_bytes, step.fidelity, step.accuracy, float("nan"), note, model)
-
-
-def plain_ort_defaults(source: Path, calibration: Path, out: Path) -> Path:
-    from onnxruntime.quantization import quantize_static
-
-    quantize_static(str(source), str(out), NpzReader(load_samples(calibration, "baseline")))
-    return out
 
 
 def optimum_arm64(source: Path, calibration: Path, out_dir: Path) -> Path | None:
@@ -120,7 +81,7 @@ def compare(name: str, source: Path, description: ModelDescription, cal: ImageSe
     corrected, _ = p.apply_pass(corrected_spec, before_int8, {}, "corrected")
     rows.append(measure(p, ref, name, "coldchain int8 + layer-wise bias correction, no fallback", corrected,
                         float_step.accuracy))
-    baseline = plain_ort_defaults(source, calibration, work / "ort-defaults.onnx")
+    baseline = plain_ort(source, calibration, work / "ort-defaults.onnx")
     rows.append(measure(p, ref, name, "onnxruntime quantize_static, defaults", baseline, float_step.accuracy))
     if publisher is not None:
         rows.append(measure(p, ref, name, "publisher's int8", publisher, float_step.accuracy))
