@@ -51,6 +51,8 @@ class SourceConfig(_Section):
 class LimitsConfig(_Section):
     threads: Annotated[int, Field(ge=1, le=64)] = 2
     spool_max_windows: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    # unsent windows older than this are dropped (counted, reported): 10 days, like the cloud's raw windows
+    spool_max_age_s: Annotated[float, Field(ge=60, le=365 * 86_400)] = 10 * 86_400
     telemetry_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 50  # windows sent and not yet acked by the cloud
     telemetry_resend_s: Annotated[float, Field(ge=1, le=86_400)] = 30.0  # unacked this long: sent again
     max_frame_pixels: Annotated[int, Field(ge=64 * 64, le=8192 * 8192)] = 4096 * 4096

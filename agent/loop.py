@@ -72,7 +72,8 @@ class Agent:
                                  activation=self.activation)
         self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
         self.gate = CommandGate(config.device_id, self.trust, self.commands, self.deployer.jobs, clock)
-        self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows)
+        self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows,
+                           max_age_s=config.limits.spool_max_age_s)
         self.uplink = Uplink(self.spool, transport, config.device_id, config.limits.telemetry_in_flight,
                              config.limits.telemetry_resend_s)
         self.window = Window()

@@ -8,7 +8,10 @@ Each spool has an epoch, made when it is created: ``seq`` counts from 1 within i
 rebuilt after damage (a new epoch) never collides with windows the cloud already stored.
 
 The spool is bounded: when full, the oldest windows are evicted and the eviction is counted,
-and the count travels in the next windows (``Telemetry.spool.evicted``), never silently.
+and the count travels in the next windows (``Telemetry.spool.evicted``), never silently. It also
+has a time to live (``limits.spool_max_age_s``, 10 days by default, like the cloud's raw windows):
+a window older than that is deleted on the next write (or ``expire()``), counted as evicted too and,
+on its own, as expired.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 from agent.errors import SpoolError
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS windows (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS windows (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL, stored_at REAL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -44,10 +47,15 @@ class Pending:
 
 
 class Spool:
-    def __init__(self, path: Path, max_windows: int, repair: bool = True) -> None:
+    def __init__(self, path: Path, max_windows: int, repair: bool = True, max_age_s: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         if max_windows < 1:
             raise SpoolError("the spool must hold at least one window")
+        if max_age_s is not None and max_age_s <= 0:
+            raise SpoolError(f"the spool's time to live must be positive, not {max_age_s} s")
         self.max_windows = max_windows
+        self.max_age_s = max_age_s
+        self.clock = clock
         self.recovered: str | None = None  # what was repaired at open, for the agent to report once
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -68,6 +76,15 @@ class Spool:
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open the telemetry spool {path}: {exc}") from exc
         self.epoch, self.legacy_upto = self._epoch()
+        self._stamp_legacy()
+
+    def _stamp_legacy(self) -> None:
+        """A spool from before the TTL: its windows get a time now (their age counts from this open)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(windows)")}
+        with self._tx() as db:
+            if "stored_at" not in columns:
+                db.execute("ALTER TABLE windows ADD COLUMN stored_at REAL")
+            db.execute("UPDATE windows SET stored_at = ? WHERE stored_at IS NULL", (self.clock(),))
 
     def _epoch(self) -> tuple[str, int]:
         """This spool's epoch, made on first open. A spool from before epochs keeps its windows:
@@ -136,13 +153,32 @@ class Spool:
             return self._insert(db, seq, payload)
 
     def _insert(self, db: sqlite3.Connection, seq: int, payload: bytes) -> int:
-        db.execute("INSERT OR REPLACE INTO windows VALUES (?, ?)", (seq, payload))
+        expired = self._expire(db)
+        db.execute("INSERT OR REPLACE INTO windows (seq, payload, stored_at) VALUES (?, ?, ?)",
+                   (seq, payload, self.clock()))
         (count,) = db.execute("SELECT COUNT(*) FROM windows").fetchone()
         evict = max(0, int(count) - self.max_windows)
         if evict:
             db.execute("DELETE FROM windows WHERE seq IN (SELECT seq FROM windows ORDER BY seq LIMIT ?)", (evict,))
-            db.execute("INSERT OR REPLACE INTO counters VALUES ('evicted', ?)", (self._counter("evicted") + evict,))
-        return evict
+            self._add(db, "evicted", evict)
+        return evict + expired
+
+    def _add(self, db: sqlite3.Connection, counter: str, count: int) -> None:
+        db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (counter, self._counter(counter) + count))
+
+    def _expire(self, db: sqlite3.Connection) -> int:
+        if self.max_age_s is None:
+            return 0
+        gone = int(db.execute("DELETE FROM windows WHERE stored_at < ?", (self.clock() - self.max_age_s,)).rowcount)
+        if gone:
+            self._add(db, "evicted", gone)
+            self._add(db, "expired", gone)
+        return gone
+
+    def expire(self) -> int:
+        """Delete the windows older than the spool's time to live; returns how many (counted)."""
+        with self._tx() as db:
+            return self._expire(db)
 
     def pending(self, limit: int = 100, after: int = 0) -> list[Pending]:
         """The oldest ``limit`` windows with a seq above ``after``."""
@@ -171,7 +207,13 @@ class Spool:
 
     @property
     def evicted(self) -> int:
+        """Windows dropped unsent: evicted for room or expired."""
         return self._counter("evicted")
+
+    @property
+    def expired(self) -> int:
+        """Windows dropped unsent because they outlived the spool's time to live."""
+        return self._counter("expired")
 
     def close(self) -> None:
         self._db.close()

@@ -92,7 +92,8 @@ def data_dir_status(data_dir: Path) -> dict[str, object]:
         return {"active": pointer.active, "active_sequence": pointer.active_sequence, "previous": pointer.previous,
                 "slots": slots,
                 "jobs": [(j.job_id, j.state.value, j.reason) for j in jobs], "spool_pending": spool.size,
-                "spool_evicted": spool.evicted, "spool_epoch": spool.epoch, "trust": trust_status(data_dir),
+                "spool_evicted": spool.evicted, "spool_expired": spool.expired,
+                "spool_epoch": spool.epoch, "trust": trust_status(data_dir),
                 "health": read_health(data_dir) or {}}
     finally:
         spool.close()

@@ -101,3 +101,36 @@ def test_a_window_that_cannot_be_built_leaves_no_gap_in_the_seqs(tmp_path: Path)
     assert spool.append(lambda seq: b"w%d" % seq) == (2, 0)  # not 3: no seq was taken by the failed one
     assert [p.seq for p in spool.pending()] == [1, 2]
     spool.close()
+
+
+def test_windows_older_than_the_spools_ttl_are_deleted_and_counted(tmp_path: Path) -> None:
+    """Issue 16: the device's spool honours its own TTL (a household's telemetry is not kept on the
+    device for ever while the cloud is unreachable); what expired is counted like an eviction, so the
+    cloud hears of it in the next windows."""
+    now = [1_000.0]
+    spool = Spool(tmp_path / "spool.db", max_windows=100, max_age_s=600, clock=lambda: now[0])
+    fill(spool, 3)  # stored at t = 1000
+    now[0] = 1_300.0
+    fill(spool, 2)  # stored at t = 1300
+    now[0] = 1_601.0  # the first three are past 600 s, the last two are not
+    assert spool.expire() == 3
+    assert [p.seq for p in spool.pending()] == [4, 5]
+    assert spool.evicted == 3 and spool.expired == 3
+    now[0] = 1_950.0
+    seq, dropped = spool.append(lambda seq: b"late")  # every write also drops what expired
+    assert (seq, dropped) == (6, 2) and [p.seq for p in spool.pending()] == [6]
+    spool.close()
+    reopened = Spool(tmp_path / "spool.db", max_windows=100, max_age_s=600, clock=lambda: now[0])
+    assert reopened.expired == 5 and [p.seq for p in reopened.pending()] == [6]
+
+
+def test_a_spool_from_before_the_ttl_keeps_its_windows_from_when_it_is_opened(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "spool.db")
+    db.executescript("CREATE TABLE windows (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);"
+                     "INSERT INTO windows VALUES (1, x'00');")
+    db.close()
+    now = [5_000.0]
+    spool = Spool(tmp_path / "spool.db", max_windows=100, max_age_s=600, clock=lambda: now[0])
+    assert spool.expire() == 0 and spool.size == 1  # its age counts from this open
+    now[0] = 5_601.0
+    assert spool.expire() == 1
