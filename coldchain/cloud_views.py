@@ -3,7 +3,7 @@ options every cloud command shares (``--db``, ``--broker``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -39,6 +39,13 @@ DEFAULT_DB = "sqlite:///coldchain.db"
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+clock: Callable[[], datetime] = _utcnow  # "N s ago" is counted from this (a test fixes it)
+
+
 def open_sessions(db: str) -> sessionmaker[Session]:
     """The store behind ``--db`` (imported here, lazily, so ``coldchain --help`` stays light)."""
     from cloud.store import open_store
@@ -71,7 +78,7 @@ def shown(page: Page[Any], what: str) -> str:
 def _age(when: datetime | None) -> str:
     if when is None:
         return "-"
-    seconds = (datetime.now(UTC) - when).total_seconds()
+    seconds = (clock() - when).total_seconds()
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
 
 
