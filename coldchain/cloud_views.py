@@ -1,5 +1,6 @@
 """Tables the cloud commands and the demo print: fleet, rollouts, monitoring, alerts. Plus the
-options every cloud command shares (``--db``, ``--broker``)."""
+options of the commands that run on the cloud's host (``--db`` with a default, ``--broker``); the
+commands that also work over the API take ``coldchain.sources``' options instead."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from cloud.operations import Operations
-    from cloud.queries import Queries
     from cloud.queries.models import (
         AlertView,
         AuditView,
@@ -51,13 +51,6 @@ def open_sessions(db: str) -> sessionmaker[Session]:
     from cloud.store import open_store
 
     return open_store(db)
-
-
-def open_queries(db: str) -> Queries:
-    """The query layer over the store behind ``--db``."""
-    from cloud.queries import Queries
-
-    return Queries(open_sessions(db))
 
 
 def operations(db: str) -> Operations:

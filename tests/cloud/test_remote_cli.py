@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
@@ -190,6 +191,8 @@ def test_rollout_writes_need_an_operate_token(live: Live) -> None:
         assert done.output == live.local("rollout", "status", "r-remote").output
     again = live.run("rollout", "resume", "r-remote", token=live.operate)  # refused by the cloud: 409
     assert again.exit_code == 1 and "Traceback" not in again.output and again.output.startswith("error:"), again.output
+    short = live.run("rollout", "start", "ff", token=live.operate)  # the API's 422 names the field
+    assert short.exit_code == 1 and "body field 'bundle'" in short.output, short.output
     aborted = live.run("rollout", "abort", "r-remote", "--reason", "wrong fridge", token=live.operate)
     assert aborted.exit_code == 0 and "ABORTING" in aborted.output and "wrong fridge" in aborted.output
     rolled = live.run("rollout", "rollback", "r-seed", "--yes", "--reason", "test", token=live.operate)
@@ -256,11 +259,25 @@ def test_remote_export_is_the_clouds_pseudonymised_csv(live: Live, tmp_path: Pat
     assert raw.exit_code == 3 and "admin" in raw.output, raw.output
 
 
+async def _not_the_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Some other web server: an HTML page at /devices, an HTML 404 elsewhere."""
+    if scope["type"] != "http":
+        return
+    status = 200 if scope["path"] == "/devices" else 404
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/html")]})
+    await send({"type": "http.response.body", "body": b"<html><body>hello</body></html>"})
+
+
 def test_wrong_url_dead_port_and_revoked_token_are_clear_errors(live: Live) -> None:
     dead = live.run("fleet", "list", token=live.read, url=f"http://127.0.0.1:{free_port()}")
     assert dead.exit_code == 4 and "cannot reach" in dead.output and "Traceback" not in dead.output, dead.output
     prefixed = live.run("rollout", "status", token=live.read, url=live.url + "/api")
     assert prefixed.exit_code == 1 and "no route" in prefixed.output, prefixed.output
+    with serving(_not_the_api) as port:
+        other = live.run("fleet", "list", token=live.read, url=f"http://127.0.0.1:{port}")
+        assert other.exit_code == 1 and "does not understand" in other.output, other.output
+        missing = live.run("rollout", "status", token=live.read, url=f"http://127.0.0.1:{port}/nothing")
+        assert missing.exit_code == 1 and "not like the coldchain cloud API" in missing.output, missing.output
     both = live.runner.invoke(cli, ["fleet", "list", "--db", live.db, "--url", live.url])
     assert both.exit_code == 2 and "not both" in both.output, both.output
     revoke(open_store(live.db), "viewer", "test")
