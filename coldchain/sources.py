@@ -67,18 +67,20 @@ def remote(url: str | None, token: str | None) -> Source:
     from coldchain import login
     from coldchain.remote import Api, RemoteOperations, RemoteQueries
 
-    stored = login.load()
-    if url is None and stored is None:
+    stored = login.load() if url is None or token is None else None  # --url and --token need no file
+    if url is not None:
+        address = login.normalised(url)
+    elif stored is not None:
+        address = stored.url
+    else:
         raise TargetError("no cloud given: read the store itself with --db sqlite:///PATH (or postgresql://...), or "
                           "use the cloud's API: `coldchain login URL` once (or --url and --token, "
                           "COLDCHAIN_URL and COLDCHAIN_TOKEN)")
-    address = login.normalised(url) if url is not None else stored.url  # type: ignore[union-attr]
-    same = stored is not None and stored.url == address  # the stored token never goes to another URL
-    token = token or (stored.token if same and stored else None)
+    own = stored if stored is not None and stored.url == address else None  # its token goes to its URL only
+    token = token or (own.token if own is not None else None)
     if not token:
         raise TargetError(f"no token for {address}: `coldchain login {address}`, or --token / COLDCHAIN_TOKEN")
-    login.check_transport(address, (same and stored is not None and stored.insecure)
-                          or os.environ.get(login.INSECURE_ENV) == "1")
+    login.check_transport(address, (own is not None and own.insecure) or os.environ.get(login.INSECURE_ENV) == "1")
     api = Api(address, token)
     return Source(RemoteQueries(api), RemoteOperations(api), api=api)
 
@@ -93,7 +95,8 @@ def connected(db: str | None, url: str | None, token: str | None, *errors: type[
 
     with user_errors(CloudError, ValidationError, *errors):
         if db is not None and url is not None:
-            raise TargetError("give --db (the store itself) or --url (the cloud's API), not both")
+            raise TargetError("give --db (the store itself; COLDCHAIN_DB) or --url (the cloud's API; COLDCHAIN_URL), "
+                              "not both")
         source = local(db) if db is not None else remote(url, token)
         try:
             yield source

@@ -7,6 +7,7 @@ one-line error with its own exit code, never a traceback."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,6 +143,30 @@ def test_plain_http_is_only_for_loopback_unless_insecure() -> None:
                 "https://cloud.example.com/?x=1"):
         with pytest.raises(TargetError):
             normalised(bad)
+
+
+def test_which_token_goes_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolution only (no request is made): the stored token goes to its own URL only, and a stored
+    --insecure login is honoured for that URL alone."""
+    from coldchain import login
+    from coldchain.errors import TargetError
+    from coldchain.sources import remote
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.delenv(login.INSECURE_ENV, raising=False)
+    login.save(login.Login("http://cloud.invalid:8000", "cct_stored", insecure=True))
+    source = remote(None, None)
+    assert source.api is not None and source.api.url == "http://cloud.invalid:8000"
+    assert source.api.client.headers["Authorization"] == "Bearer cct_stored"
+    source.api.close()
+    with pytest.raises(TargetError, match=re.escape("no token for http://127.0.0.1:9")):
+        remote("http://127.0.0.1:9", None)  # another URL never gets the stored token
+    with pytest.raises(TargetError, match="--insecure"):
+        remote("http://cloud.invalid:9000", "cct_given")  # plain http elsewhere, not accepted for this URL
+    monkeypatch.setenv(login.INSECURE_ENV, "1")
+    accepted = remote("http://cloud.invalid:9000", "cct_given")
+    assert accepted.api is not None and accepted.api.client.headers["Authorization"] == "Bearer cct_given"
+    accepted.api.close()
 
 
 COMMANDS = {  # command: what its output must show (the seeded data, or the error)
