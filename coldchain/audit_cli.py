@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from coldchain.cloud_views import DEFAULT_DB, Db, audit_table, open_queries, shown
+from coldchain.cloud_views import audit_table, shown
+from coldchain.sources import Db, Token, Url, connected
 
 app = typer.Typer(help="Who changed what, when, and how it ended.", invoke_without_command=True)
 
 
 @app.callback()
-def audit(db: Db = DEFAULT_DB,
+def audit(db: Db = None, url: Url = None, token: Token = None,
           action: Annotated[str | None, typer.Option(help="Only this action, e.g. rollout.pause or retention.")]
           = None,
           offset: Annotated[int, typer.Option(min=0, help="Entries to skip.")] = 0,
@@ -22,5 +23,6 @@ def audit(db: Db = DEFAULT_DB,
     from cloud.queries import Paging
     from coldchain.console import console
 
-    page = open_queries(db).audit(Paging(offset=offset, limit=limit), action)
+    with connected(db, url, token) as source:
+        page = source.reads.audit(Paging(offset=offset, limit=limit), action)
     console.print(audit_table(page.items, f"Audit log: {shown(page, 'entries')}"))

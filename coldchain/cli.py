@@ -30,6 +30,8 @@ SUBAPPS: dict[str, tuple[str, str]] = {
     "cloud": ("coldchain.cloud_cli:app", "Run the cloud; manage bundles, dead letters and alerts."),
     "token": ("coldchain.token_cli:app", "Create, list and revoke API tokens (read, operate, admin)."),
     "audit": ("coldchain.audit_cli:app", "The audit log: who changed what, when, and how it ended."),
+    "login": ("coldchain.login_cli:login_app", "Use a cloud's HTTP API: store its URL and a token (0600)."),
+    "logout": ("coldchain.login_cli:logout_app", "Forget the stored URL and token."),
     "broker": ("coldchain.broker_cli:app", "Run the embedded MQTT broker; write a Mosquitto configuration."),
     "keys": ("coldchain.keys_cli:app", "Signing keys: generate, sign and verify manifests."),
     "demo": ("coldchain.demo_cli:app", "Run the end-to-end demo on embedded defaults."),
@@ -41,7 +43,7 @@ NEEDS: dict[str, tuple[str, str]] = {
     "agent": ("agent", "paho"),
     **{name: ("compiler", "onnxslim") for name in ("compile", "targets", "model", "keys")},
     **{name: ("cloud", "sqlalchemy") for name in ("fleet", "rollout", "monitor", "cloud", "broker", "demo",
-                                                                 "token", "audit")},
+                                                                 "token", "audit", "login", "logout")},
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -18,11 +18,16 @@ from coldchain.cloud_views import (
     alerts_table,
     bundles_table,
     dead_letters_table,
-    open_queries,
-    operations,
     shown,
 )
-from coldchain.console import console, user_errors
+from coldchain.console import console, err_console, fail, user_errors
+from coldchain.sources import Db as Target
+from coldchain.sources import Token, Url, connected
+
+if TYPE_CHECKING:
+    from cloud.queries.models import BundleView
+    from coldchain.remote import Api
+    from contract.signing import TrustStore
 
 app = typer.Typer(help="Run the cloud and manage its bundle catalogue.", no_args_is_help=True)
 
@@ -91,42 +96,83 @@ Offset = Annotated[int, typer.Option(min=0, help="Rows to skip (paging).")]
 
 @app.command("add-bundle")
 def add_bundle(tarball: Annotated[Path, typer.Argument(help="A signed bundle (.tar.gz).")],
-               trusted_key: Annotated[list[Path], typer.Option(help="Public key(s) the bundle must verify against.")],
-               db: Db = DEFAULT_DB) -> None:
-    """Verify a bundle and add it to the catalogue rollouts deploy from."""
-    from cloud.errors import CloudError
+               trusted_key: Annotated[list[Path], typer.Option(
+                   help="Public key(s) the bundle must verify against (with --db; remotely the cloud verifies "
+                        "against its bundles.trusted_keys, and these are checked here first).")] = [],  # noqa: B006
+               db: Target = None, url: Url = None, token: Token = None) -> None:
+    """Verify a bundle and add it to the catalogue rollouts deploy from (remotely: upload it, an
+    operate token; the cloud verifies it)."""
     from contract.signing import TrustStore
 
-    with user_errors(CloudError):
-        b = operations(db).add_bundle(tarball, TrustStore.from_paths(trusted_key))
+    with connected(db, url, token, OSError) as source:
+        trust = TrustStore.from_paths(trusted_key) if trusted_key else None
+        if source.api is None:
+            if trust is None:
+                raise fail("give --trusted-key: the bundle is verified against it before it enters the catalogue", 2)
+            b = source.operations("cloud add-bundle").add_bundle(tarball, trust)
+        else:
+            if trust is not None:
+                _verify(tarball, trust)
+            b = _upload(source.api, tarball)
     console.print(f"bundle {b.sha256} ({b.model} v{b.version} #{b.sequence}, {b.target}, "
                   f"{b.size:,} bytes) is in the catalogue")
 
 
+def _verify(tarball: Path, trust: TrustStore) -> None:
+    """The whole check `bundle verify` makes, before a byte is uploaded."""
+    import tempfile
+
+    from contract.bundle import unpack, verify_dir
+
+    with tempfile.TemporaryDirectory() as scratch:
+        verify_dir(unpack(tarball, Path(scratch), trust), trust)
+
+
+def _upload(api: Api, tarball: Path) -> BundleView:
+    """Stream the tarball to the cloud with a progress bar on a terminal (for 1 MiB and more)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    size = tarball.stat().st_size if tarball.is_file() else 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=err_console, transient=True, disable=size < 1024 * 1024) as bar:
+        task = bar.add_task(f"uploading {tarball.name}", total=size)
+
+        def sent(n: int) -> None:
+            bar.advance(task, n)
+            if bar.tasks[0].completed >= size:
+                bar.update(task, description="the cloud verifies it")
+
+        return api.upload(tarball, sent)
+
+
 @app.command()
-def bundles(db: Db = DEFAULT_DB, offset: Offset = 0,
+def bundles(db: Target = None, url: Url = None, token: Token = None, offset: Offset = 0,
             limit: Annotated[int, typer.Option(min=1, max=500)] = 100) -> None:
     """The bundle catalogue."""
     from cloud.queries import Paging
 
-    page = open_queries(db).bundles(Paging(offset=offset, limit=limit))
+    with connected(db, url, token) as source:
+        page = source.reads.bundles(Paging(offset=offset, limit=limit))
     console.print(bundles_table(page.items, f"Bundles: {shown(page, 'bundles')}"))
 
 
 @app.command("dead-letters")
-def dead_letters(db: Db = DEFAULT_DB, offset: Offset = 0,
+def dead_letters(db: Target = None, url: Url = None, token: Token = None, offset: Offset = 0,
                  limit: Annotated[int, typer.Option(min=1, max=500)] = 20) -> None:
     """Payloads ingestion refused, with the reason."""
     from cloud.queries import Paging
 
-    page = open_queries(db).dead_letters(Paging(offset=offset, limit=limit))
+    with connected(db, url, token) as source:
+        page = source.reads.dead_letters(Paging(offset=offset, limit=limit))
     console.print(dead_letters_table(page.items, f"Dead letters: {shown(page, 'dead letters')}"))
 
 
 @app.command()
-def alerts(db: Db = DEFAULT_DB, offset: Offset = 0, limit: Annotated[int, typer.Option(min=1, max=500)] = 20) -> None:
+def alerts(db: Target = None, url: Url = None, token: Token = None, offset: Offset = 0,
+           limit: Annotated[int, typer.Option(min=1, max=500)] = 20) -> None:
     """Alerts raised by gates and monitoring."""
     from cloud.queries import Paging
 
-    page = open_queries(db).alerts(Paging(offset=offset, limit=limit))
+    with connected(db, url, token) as source:
+        page = source.reads.alerts(Paging(offset=offset, limit=limit))
     console.print(alerts_table(page.items, f"Alerts: {shown(page, 'alerts')}"))

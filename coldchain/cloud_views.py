@@ -1,9 +1,10 @@
 """Tables the cloud commands and the demo print: fleet, rollouts, monitoring, alerts. Plus the
-options every cloud command shares (``--db``, ``--broker``)."""
+options of the commands that run on the cloud's host (``--db`` with a default, ``--broker``); the
+commands that also work over the API take ``coldchain.sources``' options instead."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from cloud.operations import Operations
-    from cloud.queries import Queries
     from cloud.queries.models import (
         AlertView,
         AuditView,
@@ -39,18 +39,18 @@ DEFAULT_DB = "sqlite:///coldchain.db"
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+clock: Callable[[], datetime] = _utcnow  # "N s ago" is counted from this (a test fixes it)
+
+
 def open_sessions(db: str) -> sessionmaker[Session]:
     """The store behind ``--db`` (imported here, lazily, so ``coldchain --help`` stays light)."""
     from cloud.store import open_store
 
     return open_store(db)
-
-
-def open_queries(db: str) -> Queries:
-    """The query layer over the store behind ``--db``."""
-    from cloud.queries import Queries
-
-    return Queries(open_sessions(db))
 
 
 def operations(db: str) -> Operations:
@@ -71,7 +71,7 @@ def shown(page: Page[Any], what: str) -> str:
 def _age(when: datetime | None) -> str:
     if when is None:
         return "-"
-    seconds = (datetime.now(UTC) - when).total_seconds()
+    seconds = (clock() - when).total_seconds()
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
 
 

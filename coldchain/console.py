@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from coldchain.errors import CliError
 from contract.errors import ContractError
 
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
@@ -25,11 +26,12 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 @contextmanager
 def user_errors(*extra: type[Exception]) -> Iterator[None]:
-    """Turn the project's own errors (and ``extra`` ones) into a one-line message and exit code 1."""
-    expected: tuple[type[Exception], ...] = (ContractError, *extra)
+    """Turn the project's own errors (and ``extra`` ones) into a one-line message and an exit code:
+    the error's ``exit_code`` (``coldchain.errors``), else 1."""
+    expected: tuple[type[Exception], ...] = (ContractError, CliError, *extra)
     try:
         yield
     except Exception as exc:
         if isinstance(exc, expected):
-            raise fail(str(exc)) from exc
+            raise fail(str(exc), getattr(exc, "exit_code", 1)) from exc
         raise

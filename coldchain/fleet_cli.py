@@ -9,8 +9,10 @@ import typer
 from rich.table import Table
 
 from coldchain.broker_cli import DEFAULT_FLEET, Fleet
-from coldchain.cloud_views import DEFAULT_DB, Db, fleet_table, open_queries, open_sessions, operations, shown
+from coldchain.cloud_views import DEFAULT_DB, Db, fleet_table, open_sessions, operations, shown
 from coldchain.console import console, fail, user_errors
+from coldchain.sources import Db as Store
+from coldchain.sources import Token, Url, connected
 
 app = typer.Typer(help="List, show, tag, provision and revoke devices.", no_args_is_help=True)
 
@@ -20,7 +22,7 @@ Limit = Annotated[int, typer.Option(min=1, max=500, help="Rows to show at most."
 
 
 @app.command("list")
-def list_(db: Db = DEFAULT_DB,
+def list_(db: Store = None, url: Url = None, token: Token = None,
           group: Annotated[str | None, typer.Option(help="Only devices of this group.")] = None,
           board: Annotated[str | None, typer.Option(help="Only devices of this board.")] = None,
           bundle: Annotated[str | None, typer.Option(help="Only devices running this bundle (sha256 prefix).")]
@@ -31,25 +33,21 @@ def list_(db: Db = DEFAULT_DB,
           offset: Offset = 0, limit: Limit = 100) -> None:
     """Devices, online ones first, filtered and paged by the store; an agent too old for the cloud's
     commands says "needs a new agent"; "last seen" moves with any message from the device."""
-    from pydantic import ValidationError
-
-    from cloud.errors import CloudError
     from cloud.queries import DeviceFilter
 
-    with user_errors(CloudError, ValidationError):
-        page = open_queries(db).devices(DeviceFilter(group=group, board=board, bundle=bundle,
+    with connected(db, url, token) as source:
+        page = source.reads.devices(DeviceFilter(group=group, board=board, bundle=bundle,
                                                      online=True if online else None, text=text,
                                                      offset=offset, limit=limit))
         console.print(fleet_table(page.items, f"Fleet: {shown(page, 'devices')}"))
 
 
 @app.command()
-def show(device: Annotated[str, typer.Argument(help="Device id.")], db: Db = DEFAULT_DB) -> None:
+def show(device: Annotated[str, typer.Argument(help="Device id.")], db: Store = None, url: Url = None,
+         token: Token = None) -> None:
     """One device: what it reports, what operators assigned, its recent jobs."""
-    from cloud.errors import CloudError
-
-    with user_errors(CloudError):
-        detail = open_queries(db).device(device)
+    with connected(db, url, token) as source:
+        detail = source.reads.device(device)
     console.print(fleet_table([detail.device]))
     if detail.device.needs_new_agent:
         console.print(f"{device} {detail.device.needs_new_agent}; rollouts skip it until then", style="bold red")
@@ -80,14 +78,13 @@ def tag(devices: Annotated[list[str], typer.Argument(help="Device ids.")],
         unset: Annotated[list[str], typer.Option(help="Tag key to remove (repeatable).")] = [],  # noqa: B006
         add_group: Annotated[list[str], typer.Option(help="Assign a group (repeatable).")] = [],  # noqa: B006
         remove_group: Annotated[list[str], typer.Option(help="Unassign a group (repeatable).")] = [],  # noqa: B006
-        db: Db = DEFAULT_DB) -> None:
-    """Set or remove tags and assign groups; rollouts select devices by both."""
-    from cloud.errors import CloudError
+        db: Store = None, url: Url = None, token: Token = None) -> None:
+    """Set or remove tags and assign groups; rollouts select devices by both (on the store: --db)."""
     from contract.errors import TopicError
 
     changes: dict[str, str | None] = {**_pairs(set_), **dict.fromkeys(unset)}
-    with user_errors(CloudError, TopicError):
-        changed = operations(db).tag(devices, changes, add_group, remove_group)
+    with connected(db, url, token, TopicError) as source:
+        changed = source.operations("fleet tag").tag(devices, changes, add_group, remove_group)
     console.print(fleet_table(changed))
 
 
@@ -143,12 +140,10 @@ def config(device: Annotated[str, typer.Argument(help="Device id.")],
                                                                       help="Seconds between inferences.")] = None,
            telemetry_window_s: Annotated[float | None, typer.Option(min=1, max=86400,
                                                                     help="Seconds per telemetry window.")] = None,
-           db: Db = DEFAULT_DB) -> None:
-    """Change a device's settings (a set_config command). Queued in the store: the running cloud signs
-    it with its operator key and sends it until the device answers (it takes effect at once)."""
-    from cloud.errors import CloudError
-
-    with user_errors(CloudError, ValueError):
-        job = operations(db).set_config(device, inference_interval_s, telemetry_window_s)
+           db: Store = None, url: Url = None, token: Token = None) -> None:
+    """Change a device's settings (a set_config command). Queued in the store (--db): the running cloud
+    signs it with its operator key and sends it until the device answers (it takes effect at once)."""
+    with connected(db, url, token, ValueError) as source:
+        job = source.operations("fleet config").set_config(device, inference_interval_s, telemetry_window_s)
     console.print(f"queued {job} for {device}: the cloud sends it signed; its answer shows in "
                   f"`coldchain fleet show {device}`")

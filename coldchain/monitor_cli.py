@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from coldchain.cloud_views import DEFAULT_DB, Db, alerts_table, monitor_table, open_queries, operations
-from coldchain.console import console, user_errors
+from coldchain.cloud_views import alerts_table, monitor_table, operations
+from coldchain.console import console
+from coldchain.sources import Db, Source, Token, Url, connected
 
 if TYPE_CHECKING:
     from cloud.queries.models import MonitorView
@@ -24,27 +25,28 @@ def monitor(by: Annotated[str, typer.Option(help="device, group or bundle.")] = 
                                                         "keyed pseudonyms (docs/cloud.md).")] = None,
             raw_ids: Annotated[bool, typer.Option("--raw-ids", help="Keep raw device ids in the export.")] = False,
             config: Annotated[Path | None, typer.Option("--config", envvar="COLDCHAIN_CLOUD_CONFIG",
-                                                        help="The cloud's configuration (the pseudonym key).")]
+                                                        help="The cloud's configuration (the pseudonym key; "
+                                                             "with --db only: remotely the cloud's own).")]
             = None,
-            db: Db = DEFAULT_DB) -> None:
+            db: Db = None, url: Url = None, token: Token = None) -> None:
     """A table per scope; alerts below it."""
-    from cloud.errors import CloudError
-
     if by not in ("device", "group", "bundle"):
         raise typer.BadParameter("--by is device, group or bundle")
     scope: Literal["device", "group", "bundle"] = by  # type: ignore[assignment]
-    with user_errors(CloudError):
-        queries = open_queries(db)
-        rows = queries.telemetry(scope, minutes)
+    with connected(db, url, token, OSError) as source:
+        rows = source.reads.telemetry(scope, minutes)
         console.print(monitor_table(rows, f"Telemetry per {by}, last {minutes:g} min"))
-        alerts = queries.alerts().items[:10]
+        alerts = source.reads.alerts().items[:10]
         if alerts:
             console.print(alerts_table(alerts))
         if plot is not None:
             write_plot(rows, plot)
             console.print(f"plot written to {plot}")
         if export is not None:
-            _export(db, rows, export, raw_ids, config)
+            if source.db is None:
+                _fetch_export(source, scope, minutes, export, raw_ids)
+            else:
+                _export(source.db, rows, export, raw_ids, config)
             console.print(f"CSV written to {export}" + (" (raw device ids)" if raw_ids else
                                                         " (device ids as keyed pseudonyms)"))
 
@@ -58,6 +60,16 @@ def _export(db: str, rows: list[MonitorView], path: Path, raw: bool, config: Pat
     detail = {"by": rows[0].scope if rows else None, "ids": "raw" if raw else "pseudonyms", "path": str(path)}
     text = operator.audited("telemetry.export", str(path), detail, lambda: to_csv(
         rows, None if raw else pseudonym_key(operator.sessions, settings)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _fetch_export(source: Source, by: Literal["device", "group", "bundle"], minutes: float, path: Path,
+                  raw: bool) -> None:
+    """The cloud's own export (``GET /telemetry/export``, audited there; raw ids need an admin token)."""
+    from coldchain.remote import RemoteQueries
+
+    text = RemoteQueries(source.remote()).export(by, minutes, raw)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 

@@ -1,38 +1,22 @@
 """``coldchain rollout``: start, watch, pause, resume, abort and roll back staged rollouts.
 
-These commands write the store; the running cloud (``coldchain cloud serve``) acts on them.
+These commands write the store (``--db``) or ask the cloud's API to (an ``operate`` token); the
+running cloud (``coldchain cloud serve``) acts on them.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from typing import Annotated, Literal
 
 import typer
 
-from coldchain.cloud_views import (
-    DEFAULT_DB,
-    Db,
-    open_queries,
-    operations,
-    rollback_plan_table,
-    rollout_table,
-    rollouts_table,
-    shown,
-)
-from coldchain.console import console, fail, user_errors
+from coldchain.cloud_views import rollback_plan_table, rollout_table, rollouts_table, shown
+from coldchain.console import console, fail
+from coldchain.sources import Db, Token, Url, connected
 
 app = typer.Typer(help="Staged rollouts with health gates and automatic rollback.", no_args_is_help=True)
 Id = Annotated[str, typer.Argument(help="Rollout id (see `coldchain rollout status`).")]
 Reason = Annotated[str | None, typer.Option(help="Why (recorded and sent to the devices).")]
-
-
-def _errors() -> AbstractContextManager[None]:
-    from pydantic import ValidationError
-
-    from cloud.errors import CloudError
-
-    return user_errors(CloudError, ValidationError)
 
 
 @app.command()
@@ -59,7 +43,7 @@ def start(
     supersede: Annotated[bool, typer.Option(
         "--supersede", help="Take over devices an unfinished rollout holds (it stops for them: SUPERSEDED); "
                             "without it such a start is refused.")] = False,
-    db: Db = DEFAULT_DB,
+    db: Db = None, url: Url = None, token: Token = None,
 ) -> None:
     """Create a rollout; the running cloud sends wave 1 at its next step."""
     from cloud.plan import Gates, RolloutPlan, Selector, Timeouts
@@ -70,7 +54,7 @@ def start(
         if not sep:
             raise fail(f"--tag takes key=value, got {pair!r}")
         tags[key] = value
-    with _errors():
+    with connected(db, url, token) as source:
         plan = RolloutPlan(
             selector=Selector(groups=group, boards=board, tags=tags), waves=waves,
             gates=Gates(min_success_ratio=min_success, max_error_rate=max_error_rate,
@@ -79,64 +63,62 @@ def start(
                         min_shadow_agreement=min_shadow_agreement or None),
             timeouts=Timeouts(observe_s=observe_s, wave_s=wave_timeout_s), probation_s=probation_s,
             shadow_s=shadow_s or None)
-        new_id = operations(db).start_rollout(bundle, plan, rollout_id, supersede=supersede)
-        console.print(rollout_table(open_queries(db).rollout(new_id)))
+        new_id = source.writes.start_rollout(bundle, plan, rollout_id, supersede=supersede)
+        console.print(rollout_table(source.reads.rollout(new_id)))
 
 
 @app.command()
 def status(rollout: Annotated[str | None, typer.Argument(help="A rollout id; none: the recent ones.")] = None,
-           db: Db = DEFAULT_DB, offset: Annotated[int, typer.Option(min=0, help="Rollouts to skip.")] = 0,
+           db: Db = None, url: Url = None, token: Token = None,
+           offset: Annotated[int, typer.Option(min=0, help="Rollouts to skip.")] = 0,
            limit: Annotated[int, typer.Option(min=1, max=500, help="Rollouts to show.")] = 20) -> None:
     """Recent rollouts, or one rollout wave by wave with its gate results."""
     from cloud.queries import Paging
 
-    with _errors():
-        queries = open_queries(db)
+    with connected(db, url, token) as source:
         if rollout is None:
-            page = queries.rollouts(Paging(offset=offset, limit=limit))
+            page = source.reads.rollouts(Paging(offset=offset, limit=limit))
             table = rollouts_table(page.items)
             table.caption = shown(page, "rollouts")
             console.print(table)
         else:
-            console.print(rollout_table(queries.rollout(rollout)))
+            console.print(rollout_table(source.reads.rollout(rollout)))
 
 
-def _act(action: Literal["pause", "resume", "abort", "rollback"], rollout: str, db: str,
-         reason: str | None = None) -> None:
-    with _errors():
-        operations(db).rollout(action, rollout, reason)
-        console.print(rollout_table(open_queries(db).rollout(rollout)))
+def _act(action: Literal["pause", "resume", "abort", "rollback"], rollout: str, db: str | None, url: str | None,
+         token: str | None, reason: str | None = None, confirm: bool = False) -> None:
+    with connected(db, url, token) as source:
+        if confirm:
+            console.print(rollback_plan_table(rollout, source.reads.rollback_plan(rollout)))
+            if not typer.confirm("Roll back as shown?", default=False):
+                raise fail("nothing was changed", code=1)
+        source.writes.rollout(action, rollout, reason)
+        console.print(rollout_table(source.reads.rollout(rollout)))
 
 
 @app.command()
-def pause(rollout: Id, db: Db = DEFAULT_DB) -> None:
+def pause(rollout: Id, db: Db = None, url: Url = None, token: Token = None) -> None:
     """No new wave starts; jobs already sent continue."""
-    _act("pause", rollout, db)
+    _act("pause", rollout, db, url, token)
 
 
 @app.command()
-def resume(rollout: Id, db: Db = DEFAULT_DB) -> None:
+def resume(rollout: Id, db: Db = None, url: Url = None, token: Token = None) -> None:
     """Continue a paused rollout."""
-    _act("resume", rollout, db)
+    _act("resume", rollout, db, url, token)
 
 
 @app.command()
-def abort(rollout: Id, reason: Reason = None, db: Db = DEFAULT_DB) -> None:
+def abort(rollout: Id, reason: Reason = None, db: Db = None, url: Url = None, token: Token = None) -> None:
     """Stop: cancel jobs not yet activated; devices already on the new bundle keep it."""
-    _act("abort", rollout, db, reason)
+    _act("abort", rollout, db, url, token, reason)
 
 
 @app.command()
-def rollback(rollout: Id, reason: Reason = None, db: Db = DEFAULT_DB,
+def rollback(rollout: Id, reason: Reason = None, db: Db = None, url: Url = None, token: Token = None,
              yes: Annotated[bool, typer.Option("--yes", "-y", help="Act without showing the plan first.")] = False,
              ) -> None:
     """Put every device the rollout touched back on its own last known-good bundle (operator-signed).
 
     Shows first which device goes to which bundle (from what each device reported), then asks."""
-    if not yes:
-        with _errors():
-            plan = open_queries(db).rollback_plan(rollout)
-        console.print(rollback_plan_table(rollout, plan))
-        if not typer.confirm("Roll back as shown?", default=False):
-            raise fail("nothing was changed", code=1)
-    _act("rollback", rollout, db, reason)
+    _act("rollback", rollout, db, url, token, reason, confirm=not yes)
