@@ -18,7 +18,7 @@ from starlette.routing import Mount
 
 from cloud import rollouts, tokens
 from cloud.api import create_app
-from cloud.config import Dashboard
+from cloud.config import CloudConfig, Dashboard
 from cloud.fleet import add_bundle
 from cloud.ingest import ingest
 from cloud.plan import RolloutPlan
@@ -156,13 +156,13 @@ def test_a_bundle_page_links_its_compile_run_with_each_step_measured(
              {"size_bytes": 1171000.0, "fidelity": 1.0, "latency_p50_ms": 0.48, "latency_p95_ms": 0.58},
              {"size_bytes": 309750.0, "fidelity": 0.998, "latency_p50_ms": 0.29, "latency_p95_ms": 0.35}]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    record_compile(uri, tmp_path / "mlartifacts", "fridge", "arm64-cortex-a72-ort", steps, {"target": "t"},
+    record_compile(uri, "fridge", "arm64-cortex-a72-ort", steps, {"target": "t"},
                    bundle.tarball, "fridge-bundles", {"coldchain.manifest_sha256": sha})  # type: ignore[attr-defined]
     plain = TestClient(create_app(sessions))
     signed_in_as(plain, token)
     assert "not recorded" in plain.get(f"/ui/bundles/{sha}").text
-    linked = TestClient(create_app(sessions, dashboard=Dashboard(mlflow_tracking_uri=uri,
-                                                                 mlflow_ui_url="http://mlflow.example:5000")))
+    dashboard = Dashboard(mlflow_tracking_uri=uri, mlflow_ui_url="http://mlflow.example:5000")
+    linked = TestClient(create_app(sessions, config=CloudConfig(dashboard=dashboard)))
     signed_in_as(linked, token)
     page = linked.get(f"/ui/bundles/{sha}").text
     found = re.search(r'href="(http://mlflow\.example:5000/#/experiments/\d+/runs/[0-9a-f]{32})"', page)
