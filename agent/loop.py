@@ -226,7 +226,7 @@ class Agent:
         except AgentError as exc:
             self.window.error(type(exc).__name__)
             return f"inference failed: {exc}"
-        if not all(np.all(np.isfinite(np.asarray(o, np.float32))) for o in result.outputs):
+        if not result.finite():
             self.window.non_finite += 1
         self.window.inferred(frame, result.prediction, result.total_ms, result.model_ms, result.seen)
         for run in self.shadows.values():  # candidates in SHADOW see the same frame (not timed)

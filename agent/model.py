@@ -10,6 +10,7 @@ when it is opened, closed when it is no longer active (``close()`` or ``with``).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,11 @@ class Inference:
     model_ms: float  # the runtime alone
     total_ms: float  # preprocessing, runtime and postprocessing
     seen: npt.NDArray[np.uint8] | None = None  # the frame as the model saw it (Letterbox.seen), for input statistics
+
+    def finite(self) -> bool:
+        """Whether every output is free of NaN and infinity: one float64 sum per output (it cannot
+        overflow from float32 values, and NaN or an infinity carries through it), not an elementwise test."""
+        return all(math.isfinite(np.asarray(o).sum(dtype=np.float64)) for o in self.outputs)
 
 
 class LoadedModel:
@@ -79,12 +85,15 @@ class LoadedModel:
         return Inference(prediction, outputs, model_ms, (time.perf_counter() - started) * 1000)
 
     def predict(self, frame: npt.NDArray[np.uint8]) -> Inference:
-        """A frame (BGR uint8, any size) to a prediction."""
+        """A frame (BGR uint8, any size) to a prediction: :meth:`prepare`, :meth:`run`, :meth:`decide`
+        (written out, not through :meth:`infer`: one result object per frame)."""
         started = time.perf_counter()
         x, place = self.prepare(frame)
-        result = self.infer(x, place)
-        return Inference(result.prediction, result.outputs, result.model_ms, (time.perf_counter() - started) * 1000,
-                         place.seen)
+        ran = time.perf_counter()
+        outputs = self.run(x)
+        model_ms = (time.perf_counter() - ran) * 1000
+        prediction = self.decide(outputs, place)
+        return Inference(prediction, outputs, model_ms, (time.perf_counter() - started) * 1000, place.seen)
 
     # ---- timing -----------------------------------------------------------------------------
     def blank(self) -> npt.NDArray[Any]:

@@ -6,6 +6,7 @@ detectors) plus an inventory, the count per label, which is what an appliance sh
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,9 @@ def _scores(outputs: Outputs, labels: Sequence[str]) -> npt.NDArray[np.float32]:
     scores = np.asarray(outputs[0], np.float32).reshape(-1)
     if scores.size != len(labels):
         raise ProcessingError(f"the model gave {scores.size} scores for {len(labels)} labels")
-    if not np.all(np.isfinite(scores)):
+    # one reduction instead of an elementwise test: a float64 sum of float32 values cannot overflow,
+    # so it is finite exactly when every score is (NaN and infinities carry through the sum)
+    if not math.isfinite(scores.sum(dtype=np.float64)):
         raise ProcessingError("the model output contains NaN or infinity")
     return scores
 
@@ -100,20 +103,34 @@ def topk(outputs: Outputs, labels: Sequence[str], params: Mapping[str, JsonValue
     return Prediction(tuple(Detection(labels[i], float(scores[i])) for i in order if scores[i] >= floor), scores)
 
 
-@register("multilabel")
-def multilabel(outputs: Outputs, labels: Sequence[str], params: Mapping[str, JsonValue], _: Letterbox) -> Prediction:
-    """Independent per-label scores (already sigmoid-ed), each with its own threshold."""
-    scores = _scores(outputs, labels)
+_THRESHOLDS: dict[int, tuple[object, object, npt.NDArray[np.float32]]] = {}
+
+
+def _thresholds(labels: Sequence[str], params: Mapping[str, JsonValue]) -> npt.NDArray[np.float32]:
+    """Each label's threshold as float32 (numpy compares a float32 score with a Python float in float32),
+    checked and built once per parameter set: the same ``params`` and ``labels`` objects (a model's,
+    on every frame) find it again by identity; the cache holds them, so an identity is never reused."""
+    known = _THRESHOLDS.get(id(params))
+    if known is not None and known[0] is params and known[1] is labels:
+        return known[2]
     default = number(params, "threshold", 0.5)
     per_label = params.get("thresholds", {})
     if not isinstance(per_label, dict):
         raise ProcessingError("postprocessor parameter 'thresholds' must map label -> threshold")
-    found = []
-    for i, label in enumerate(labels):
-        threshold = number(per_label, label, default)
-        if scores[i] >= threshold:
-            found.append(Detection(label, float(scores[i])))
-    return Prediction(tuple(found), scores)
+    values = np.asarray([number(per_label, label, default) for label in labels], np.float32)
+    if len(_THRESHOLDS) >= 16:  # a few models at a time (active, shadow, self-test): forget the oldest
+        del _THRESHOLDS[next(iter(_THRESHOLDS))]
+    _THRESHOLDS[id(params)] = (params, labels, values)
+    return values
+
+
+@register("multilabel")
+def multilabel(outputs: Outputs, labels: Sequence[str], params: Mapping[str, JsonValue], _: Letterbox) -> Prediction:
+    """Independent per-label scores (already sigmoid-ed), each with its own threshold."""
+    scores = _scores(outputs, labels)
+    hits = (scores >= _thresholds(labels, params)).nonzero()[0].tolist()
+    values = scores.tolist()
+    return Prediction(tuple(Detection(labels[i], values[i]) for i in hits), scores)
 
 
 def _load_builtin() -> None:

@@ -120,16 +120,17 @@ def seen(frame: npt.NDArray[Any], spec: Preprocessing) -> npt.NDArray[np.uint8]:
 
 def _planes(image: npt.NDArray[np.uint8], spec: Preprocessing, dtype: type[np.generic]) -> npt.NDArray[Any]:
     """NCHW from the interleaved image, plane by plane in the model's colour order: 20x faster than
-    transposing the interleaved array (0.13 ms instead of 2.6 ms at 416x416 in float32)."""
-    planes = cv2.split(image)  # B, G, R
-    if spec.color == "RGB":
-        planes = planes[::-1]
+    transposing the interleaved array (0.13 ms instead of 2.6 ms at 416x416 in float32). uint8 planes
+    (``fold.normalize``) are split straight into the input tensor (2 us instead of 7 at 128x128)."""
     out = np.empty((1, 3, image.shape[0], image.shape[1]), dtype)
-    for c, plane in enumerate(planes):
+    order = (2, 1, 0) if spec.color == "RGB" else (0, 1, 2)  # the tensor's plane of B, G and R
+    if dtype is np.uint8:
+        cv2.split(image, [out[0, c] for c in order])
+        return out
+    for c, plane in zip(order, cv2.split(image), strict=True):  # B, G, R
         out[0, c] = plane
-        if dtype is np.float32:
-            out[0, c] -= spec.mean[c]
-            out[0, c] *= 1.0 / spec.std[c]
+        out[0, c] -= spec.mean[c]
+        out[0, c] *= 1.0 / spec.std[c]
     return out
 
 

@@ -15,7 +15,7 @@ profiles of older bundles stay comparable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from contract.common import Histogram
@@ -49,12 +49,17 @@ def thumbnail(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return np.asarray(cv2.resize(image, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA), np.uint8)
 
 
-def frame_stats(seen: npt.NDArray[np.uint8]) -> dict[str, float]:
-    """Brightness, contrast and saturation of an image as the model sees it (``Letterbox.seen``)."""
+def frame_values(seen: npt.NDArray[np.uint8]) -> tuple[float, float, float]:
+    """Brightness, contrast and saturation (``INPUT_STATISTICS``' order) of an image as the model sees it
+    (``Letterbox.seen``): what a telemetry window records per frame, as three floats, no dict."""
     small = thumbnail(seen)
     mean, std = cv2.meanStdDev(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
-    saturation = cv2.mean(cv2.cvtColor(small, cv2.COLOR_BGR2HSV))[1]
-    return {"brightness": float(mean[0, 0]), "contrast": float(std[0, 0]), "saturation": float(saturation)}
+    return float(mean[0, 0]), float(std[0, 0]), float(cv2.mean(cv2.cvtColor(small, cv2.COLOR_BGR2HSV))[1])
+
+
+def frame_stats(seen: npt.NDArray[np.uint8]) -> dict[str, float]:
+    """:func:`frame_values` by name."""
+    return dict(zip(INPUT_STATISTICS, frame_values(seen), strict=True))
 
 
 def histogram(values: Iterable[float], edges: list[float]) -> Histogram:
@@ -63,5 +68,11 @@ def histogram(values: Iterable[float], edges: list[float]) -> Histogram:
     return Histogram(edges=edges, counts=[int(c) for c in counts])
 
 
-def input_histograms(stats: list[dict[str, float]]) -> dict[str, Histogram]:
-    return {name: histogram((s[name] for s in stats), EDGES[name]) for name in INPUT_STATISTICS}
+def input_histograms(stats: Sequence[Mapping[str, float]]) -> dict[str, Histogram]:
+    """The histograms of per-frame statistics given frame by frame (the compiler's reference profile)."""
+    return column_histograms({name: [s[name] for s in stats] for name in INPUT_STATISTICS})
+
+
+def column_histograms(columns: Mapping[str, Iterable[float]]) -> dict[str, Histogram]:
+    """The histograms of per-frame statistics given statistic by statistic (a telemetry window's)."""
+    return {name: histogram(columns[name], EDGES[name]) for name in INPUT_STATISTICS}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 from agent import stats
 from agent.postprocess import Prediction
 from contract.common import BundleRef, LatencyStats
-from contract.telemetry import InputStats, Resources, SpoolStats, Telemetry
+from contract.telemetry import INPUT_STATISTICS, InputStats, Resources, SpoolStats, Telemetry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,7 +32,7 @@ def _resources() -> Resources | None:
     return Resources(cpu_percent=process.cpu_percent(interval=None), rss_bytes=process.memory_info().rss)
 
 
-def _stats(values_ms: list[float]) -> LatencyStats | None:
+def _stats(values_ms: array[float]) -> LatencyStats | None:
     if not values_ms:
         return None
     values = np.asarray(values_ms)
@@ -39,19 +40,26 @@ def _stats(values_ms: list[float]) -> LatencyStats | None:
                         p99=float(np.percentile(values, 99)), mean=float(values.mean()), max=float(values.max()))
 
 
+def _column() -> array[float]:
+    return array("d")
+
+
 @dataclass
 class Window:
+    """Per frame it appends a few floats to preallocated columns (C doubles, ``array``) and counts the
+    labels: no Python object per frame outlives the frame. Everything else is folded when it closes."""
+
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     inferences: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     non_finite: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    model_ms: list[float] = field(default_factory=list)  # the runtime call alone
+    latencies_ms: array[float] = field(default_factory=_column)
+    model_ms: array[float] = field(default_factory=_column)  # the runtime call alone
     predictions: Counter[str] = field(default_factory=Counter)
-    inventory: dict[str, int] = field(default_factory=dict)
-    frames: list[dict[str, float]] = field(default_factory=list)
-    top_scores: list[float] = field(default_factory=list)
+    last: Prediction | None = None  # the window's inventory is the last prediction's
+    inputs: tuple[array[float], ...] = field(default_factory=lambda: tuple(_column() for _ in INPUT_STATISTICS))
+    top_scores: array[float] = field(default_factory=_column)
 
     def frame_skipped(self, kind: str) -> None:
         self.skipped[kind] += 1
@@ -67,10 +75,19 @@ class Window:
         self.latencies_ms.append(latency_ms)
         if model_ms is not None:
             self.model_ms.append(model_ms)
-        self.predictions.update(prediction.labels)
-        self.inventory = prediction.inventory
-        self.frames.append(stats.frame_stats(frame if seen is None else seen))
-        self.top_scores.append(float(np.max(prediction.scores)) if prediction.scores.size else 0.0)
+        self.predictions.update({d.label for d in prediction.detections})
+        self.last = prediction
+        for column, value in zip(self.inputs, stats.frame_values(frame if seen is None else seen), strict=True):
+            column.append(value)
+        self.top_scores.append(float(prediction.scores.max()) if prediction.scores.size else 0.0)
+
+    @property
+    def inventory(self) -> dict[str, int]:
+        return {} if self.last is None else self.last.inventory
+
+    def frame(self, i: int) -> dict[str, float]:
+        """The input statistics of the window's ``i``-th frame, by name."""
+        return {name: column[i] for name, column in zip(INPUT_STATISTICS, self.inputs, strict=True)}
 
     def p95(self) -> float | None:
         """p95 of the model alone (what the manifest's compiled latency measures), else of the frame."""
@@ -79,14 +96,16 @@ class Window:
 
     def close(self, device_id: str, seq: int, epoch: str, bundle: BundleRef | None, pending: int,
               evicted: int) -> Telemetry:
-        means = {k: float(np.mean([f[k] for f in self.frames])) for k in stats.EDGES} if self.frames else {}
+        columns = dict(zip(INPUT_STATISTICS, self.inputs, strict=True))
+        framed = bool(self.inputs[0])
+        means = {k: float(np.mean(v)) for k, v in columns.items()} if framed else {}
         return Telemetry(
             device_id=device_id, seq=seq, epoch=epoch, window_start=self.started, window_end=datetime.now(timezone.utc),
             bundle=bundle,
             inferences=self.inferences, frames_skipped=dict(self.skipped), errors=dict(self.errors),
             latency_ms=_stats(self.latencies_ms), model_latency_ms=_stats(self.model_ms),
             predictions=dict(self.predictions), inventory=self.inventory,
-            input_stats=InputStats(histograms=stats.input_histograms(self.frames) if self.frames else {}, means=means),
+            input_stats=InputStats(histograms=stats.column_histograms(columns) if framed else {}, means=means),
             score_histogram=stats.histogram(self.top_scores, stats.SCORE_EDGES) if self.top_scores else None,
             resources=_resources(), spool=SpoolStats(pending=pending, evicted=evicted),
         )

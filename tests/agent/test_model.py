@@ -60,3 +60,18 @@ def test_loop_compiler_and_infer_see_the_same_thing(world: dict[str, object]) ->
     for direct, compiled in zip(by_frame, by_compiler.predictions, strict=True):
         assert direct.prediction.labels == compiled.labels
         assert np.allclose(direct.prediction.scores, compiled.scores)
+
+
+def test_an_inference_knows_whether_its_outputs_are_finite() -> None:
+    """The loop counts non-finite outputs by one float64 sum per output: large finite float32 values do
+    not overflow it, a NaN or an infinity (of either sign, or both) is found in any output."""
+    from agent.model import Inference
+    from agent.postprocess import Prediction
+
+    def finite(*outputs: np.ndarray) -> bool:
+        return Inference(Prediction((), np.zeros(1, np.float32)), list(outputs), 0.0, 0.0).finite()
+
+    big = np.full(1000, 3e38, np.float32)
+    assert finite(big, np.arange(4, dtype=np.int64)) and finite()
+    assert not finite(big, np.array([0.0, np.nan], np.float32))
+    assert not finite(np.array([np.inf, -np.inf], np.float32)) and not finite(np.array([-np.inf], np.float16))

@@ -158,3 +158,23 @@ def test_cubic_interpolation_overshoots_a_step_where_linear_does_not() -> None:
 def test_inconsistent_resize_and_crop_are_refused(fields: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Preprocessing.model_validate({"width": 30, "height": 30, "color": "BGR", **fields})
+
+
+@pytest.mark.parametrize("color", ["RGB", "BGR"])
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("resize", ["resize", "short_side", "letterbox"])
+def test_nchw_planes_are_the_transposed_image(color: str, dtype: str, resize: str) -> None:
+    """uint8 planes are split straight into the input tensor; float planes normalised plane by plane:
+    both equal the interleaved image transposed (a centre crop's view, a letterbox's canvas too)."""
+    frame = np.random.default_rng(5).integers(0, 255, (30, 44, 3), np.uint8)
+    fields: dict[str, object] = {"resize": resize, "width": 16, "height": 12}
+    if resize == "short_side":
+        fields.update(short_side=20, crop="center")
+    mean, std = ([10.0, 20.0, 30.0], [2.0, 4.0, 8.0]) if dtype == "float32" else ([0.0] * 3, [1.0] * 3)
+    spec = Preprocessing(**fields, color=color, layout=Layout.NCHW, dtype=dtype, mean=mean, std=std)  # type: ignore[arg-type]
+    x, _ = preprocess(frame, spec)
+    nhwc = Preprocessing(**fields, color=color, layout=Layout.NHWC, dtype="uint8")  # type: ignore[arg-type]
+    image = preprocess(frame, nhwc)[0][0].astype(np.float32)
+    want = ((image - np.asarray(mean, np.float32)) * (1.0 / np.asarray(std, np.float32))).transpose(2, 0, 1)[None]
+    assert x.dtype == np.dtype(dtype) and x.shape == (1, 3, 12, 16) and x.flags.c_contiguous
+    np.testing.assert_allclose(x.astype(np.float32), want, rtol=1e-6, atol=1e-5)

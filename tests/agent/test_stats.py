@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agent import stats
-from agent.postprocess import Prediction
+from agent.postprocess import Detection, Prediction
 from agent.preprocess import preprocess, seen
 from agent.telemetry import Window
 from benchmarks.faults.device import deliver
@@ -46,7 +46,7 @@ def test_statistics_describe_what_the_model_sees() -> None:
     assert place.seen is not None and place.seen.shape == (20, 20, 3)
     window = Window()
     window.inferred(frame, Prediction((), np.zeros(1, np.float32)), 1.0, seen=place.seen)
-    assert window.frames[0]["brightness"] == 100.0 and window.frames[0]["contrast"] == 0.0
+    assert window.frame(0)["brightness"] == 100.0 and window.frame(0)["contrast"] == 0.0
     letterbox = Preprocessing(resize="letterbox", width=64, height=64, color="BGR", pad_value=0)
     assert stats.frame_stats(seen(frame[20:60, 10:70], letterbox))["brightness"] > 100  # white sides, no black pad
 
@@ -66,13 +66,59 @@ def test_the_agent_reports_the_statistics_of_its_models_input(tmp_path: Path, wo
     a = Agent(config, MemoryTransport(), FolderSource(tmp_path / "frames"))
     deliver(a, world["bundles"][5], 5, "j5")  # type: ignore[index]
     described: list[np.ndarray] = []
-    measure = stats.frame_stats
-    monkeypatch.setattr(stats, "frame_stats", lambda image: described.append(image) or measure(image))
+    measure = stats.frame_values
+    monkeypatch.setattr(stats, "frame_values", lambda image: described.append(image) or measure(image))
     frame = np.zeros((300, 400, 3), np.uint8)
     frame[:, :200] = 240
     result = a.infer_frame(frame)
     assert not isinstance(result, str) and result.seen is not None and result.seen.shape == (128, 128, 3)
     assert len(described) == 1 and described[0] is result.seen
     spec = a.active_model().io.preprocessing  # type: ignore[union-attr]
-    assert a.window.frames[-1] == measure(seen(frame, spec))
+    assert a.window.frame(-1) == stats.frame_stats(seen(frame, spec))
     a.spool.close()
+
+
+def _window_of(frames: list[np.ndarray], predictions: list[Prediction]) -> Window:
+    window = Window()
+    for i, (frame, prediction) in enumerate(zip(frames, predictions, strict=True)):
+        window.inferred(frame, prediction, 1.0 + i, 0.5 + i / 7, seen=frame)
+    return window
+
+
+def test_a_window_keeps_no_python_object_per_frame() -> None:
+    """Per frame the window appends a few C doubles: no dict of statistics, no boxed floats (issue 14:
+    the telemetry bookkeeping was 15 us of the fridge model's frame, and memory grew per frame)."""
+    import tracemalloc
+
+    seen_image = np.random.default_rng(3).integers(0, 255, (128, 128, 3), np.uint8)
+    prediction = Prediction((Detection("apple", 0.9),), np.asarray([0.9, 0.1], np.float32))
+    window = Window()
+    for _ in range(64):
+        window.inferred(seen_image, prediction, 1.25, 0.75, seen=seen_image)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(2000):
+        window.inferred(seen_image, prediction, 1.25, 0.75, seen=seen_image)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown / 2000 < 64, f"{grown / 2000:.0f} bytes kept per frame"  # 6 doubles = 48 bytes, + growth slack
+
+
+def test_the_closed_window_is_what_the_frames_say() -> None:
+    """Means, histograms, scores, counts and inventory of a closed window, against the per-frame
+    statistics computed one by one (``frame_stats``) and folded as a reference."""
+    frames = [np.random.default_rng(i).integers(0, 255, (32 + i, 48, 3), np.uint8) // (1 + i % 4) for i in range(40)]
+    predictions = [Prediction(tuple(Detection(label, 0.8) for label in (["a", "b"] if i % 3 else ["a"])),
+                              np.asarray([0.8, 0.7 if i % 3 else 0.1, i / 40], np.float32)) for i in range(40)]
+    closed = _window_of(frames, predictions).close("d", 1, "e", None, 0, 0)
+    per_frame = [stats.frame_stats(f) for f in frames]
+    assert closed.inferences == 40 and closed.predictions == {"a": 40, "b": 26}
+    assert closed.inventory == {"a": 1}  # the last frame's
+    assert closed.input_stats.means == {k: float(np.mean([s[k] for s in per_frame])) for k in stats.EDGES}
+    assert closed.input_stats.histograms == stats.input_histograms(per_frame)
+    assert sum(closed.input_stats.histograms["brightness"].counts) == 40
+    tops = [float(np.max(p.scores)) for p in predictions]
+    assert closed.score_histogram == stats.histogram(tops, stats.SCORE_EDGES)
+    assert closed.latency_ms is not None and closed.latency_ms.max == 40.0
+    model_ms = [0.5 + i / 7 for i in range(40)]
+    assert closed.model_latency_ms is not None and closed.model_latency_ms.p50 == float(np.median(model_ms))
