@@ -25,6 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud import web
+from cloud.api_devices import device_routes
 from cloud.api_docs import docs_routes
 from cloud.api_gate import MAX_BODY_BYTES, Gate
 from cloud.api_live import live_routes
@@ -123,6 +124,7 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     app.include_router(export_routes(queries, config.exports, operations), dependencies=[Depends(needs("read"))])
     app.include_router(live_routes(queries), dependencies=[Depends(needs("read"))])
     app.include_router(operate_routes(queries, operations), dependencies=[Depends(needs("operate"))])
+    app.include_router(device_routes(operations), dependencies=[Depends(needs("operate"))])
     app.include_router(scoped(upload_routes(config.bundles, operations), "operate"),
                        dependencies=[Depends(needs("operate"))])
     app.include_router(docs_routes())  # the gate lets only authenticated requests reach it

@@ -57,6 +57,16 @@ class TokenView(View):
     last_used_at: datetime | None
 
 
+class WhoAmI(View):
+    """What ``GET /whoami`` tells a token about itself (never the token or its digest)."""
+
+    name: str
+    scope: str
+    created_at: datetime | None  # None: the bootstrap token (COLDCHAIN_API_TOKEN), not in the store
+    created_by: str | None
+    last_used_at: datetime | None
+
+
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -85,6 +95,15 @@ def listed(sessions: sessionmaker[Session]) -> list[TokenView]:
         return [TokenView(name=t.name, scope=t.scope, created_at=t.created_at, created_by=t.created_by,
                           revoked_at=t.revoked_at, last_used_at=t.last_used_at)
                 for t in session.scalars(select(ApiToken).order_by(ApiToken.created_at, ApiToken.name)).all()]
+
+
+def whoami(sessions: sessionmaker[Session], identity: Identity) -> WhoAmI:
+    with sessions() as session:
+        row = session.get(ApiToken, identity.name) if identity.name != Authenticator.BOOTSTRAP else None
+    if row is None:
+        return WhoAmI(name=identity.name, scope=identity.scope, created_at=None, created_by=None, last_used_at=None)
+    return WhoAmI(name=row.name, scope=row.scope, created_at=row.created_at, created_by=row.created_by,
+                  last_used_at=row.last_used_at)
 
 
 def revoke(sessions: sessionmaker[Session], name: str, actor: str) -> None:
