@@ -25,6 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud import web
+from cloud.api_devices import device_routes
 from cloud.api_docs import docs_routes
 from cloud.api_gate import MAX_BODY_BYTES, Gate
 from cloud.api_live import live_routes
@@ -71,7 +72,7 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     ``runtime`` (the running cloud's counters) ``/metrics``; ``config`` says where uploads go and holds the
     web dashboard's (``cloud.web``, under ``/ui``) settings."""
     config = config or CloudConfig()
-    authenticate = Authenticator(sessions, token)  # a short bootstrap token is refused here
+    authenticator = Authenticator(sessions, token)  # a short bootstrap token is refused here
     app = FastAPI(title="coldchain cloud", version="1", docs_url=None, redoc_url=None,
                   description="Fleet, rollouts, telemetry and alerts of a coldchain cloud. Every route but "
                               f"{', '.join(PROBES)} needs 'Authorization: Bearer <token>' of the scope its "
@@ -79,6 +80,15 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
                               f"most {MAX_BODY_BYTES} bytes.")
     app.state.sessions = sessions  # for audit records made outside the routes
     metrics = ApiMetrics(sessions, runtime)
+
+    def authenticate(authorization: str | None) -> Identity | None:
+        """The gate's check; a refused token is counted by reason (never its text)."""
+        found = authenticator.verify(authorization)
+        if isinstance(found, Identity):
+            return found
+        metrics.auth_refused("api", found)
+        return None
+
     bearer = HTTPBearer(auto_error=False, description="An API token (`coldchain token create`)")
 
     def needs(scope: ScopeName) -> Callable[..., Identity]:
@@ -91,6 +101,7 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
             if not identity.allows(scope):
                 why = f"this route needs a token of scope {scope}; token {identity.name!r} has scope {identity.scope}"
                 refused_write(request, why)
+                metrics.auth_refused("api", "scope")
                 raise HTTPException(403, why)
             return identity
 
@@ -113,10 +124,12 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     app.include_router(export_routes(queries, config.exports, operations), dependencies=[Depends(needs("read"))])
     app.include_router(live_routes(queries), dependencies=[Depends(needs("read"))])
     app.include_router(operate_routes(queries, operations), dependencies=[Depends(needs("operate"))])
+    app.include_router(device_routes(operations), dependencies=[Depends(needs("operate"))])
     app.include_router(scoped(upload_routes(config.bundles, operations), "operate"),
                        dependencies=[Depends(needs("operate"))])
     app.include_router(docs_routes())  # the gate lets only authenticated requests reach it
-    web.mount(app, queries, sessions, authenticate, config.dashboard)
+    web.mount(app, queries, sessions, authenticator.verify, config.dashboard,
+              refused=lambda reason: metrics.auth_refused("dashboard", reason))
     app.add_middleware(Gate, authenticate=authenticate, open_paths=(*PROBES, *web.OPEN_PATHS), count=metrics.refuse,
                        answered=metrics.answered, open_prefixes=web.OPEN_PREFIXES,
                        max_bodies={"/bundles": config.bundles.max_upload_bytes})

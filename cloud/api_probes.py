@@ -31,6 +31,9 @@ class ApiMetrics:
                                ["reason"], registry=self.registry)
         self.unexpected = Counter("coldchain_api_unexpected_errors", "Routes that failed unexpectedly (500)",
                                   ["route"], registry=self.registry)
+        self.auth = Counter("coldchain_auth_refused", "Tokens refused, by surface (api, dashboard sign-in and "
+                            "writes) and reason (missing, unknown, revoked, scope)", ["surface", "reason"],
+                            registry=self.registry)
         self.registry.register(StoreMetrics(sessions))
         if runtime is not None:  # inside the running cloud: ingestion, egress, deliveries
             self.registry.register(RuntimeMetrics(runtime))
@@ -40,6 +43,9 @@ class ApiMetrics:
 
     def refuse(self, reason: str) -> None:
         self.refused.labels(reason).inc()
+
+    def auth_refused(self, surface: str, reason: str) -> None:
+        self.auth.labels(surface, reason).inc()
 
 
 def probes(sessions: sessionmaker[Session], metrics: ApiMetrics,

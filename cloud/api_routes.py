@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, StringConstraints
 
+from cloud import tokens
 from cloud.config import Exports
 from cloud.errors import CloudError, NotFoundError
 from cloud.exports import pseudonym_key, to_csv
@@ -38,6 +39,7 @@ from cloud.queries.models import (
     RolloutSummary,
     SeriesPoint,
 )
+from cloud.tokens import WhoAmI
 from contract.errors import ContractError
 
 ROLLOUT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,47}$"  # the same alphabet; the store keeps 48
@@ -149,6 +151,11 @@ def read_routes(queries: Queries) -> APIRouter:
     @app.get("/dead-letters")
     def dead_letters(offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[DeadLetterView]:
         return queries.dead_letters(Paging(offset=offset, limit=min(limit, 500)))
+
+    @app.get("/whoami")
+    def whoami(request: Request) -> WhoAmI:
+        """The token this request carries: its name, scope, creation and last use (never the token)."""
+        return tokens.whoami(queries.sessions, request.state.identity)
 
     @app.get("/audit")
     def audit(offset: Offset = 0, limit: Limit = 100,

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cloud.errors import BundleImportError, NotFoundError
+from cloud.errors import BundleImportError, CloudError, NotFoundError
 from cloud.plan import Selector
 from cloud.store import BundleRow, Device, now
 from contract.bundle import manifest_sha256, unpack
@@ -96,6 +96,9 @@ def get_device(session: Session, device_id: str) -> Device:
     return device
 
 
+MAX_TAG_VALUE = 256  # characters
+
+
 def tag(session: Session, device_ids: Sequence[str], tags: dict[str, str | None], add_groups: Sequence[str] = (),
         remove_groups: Sequence[str] = ()) -> list[Device]:
     """Set (value) or remove (None) tags and assign or unassign groups on devices."""
@@ -106,6 +109,9 @@ def tag(session: Session, device_ids: Sequence[str], tags: dict[str, str | None]
         for key, value in tags.items():
             if value is None:
                 new_tags.pop(key, None)
+            elif len(value) > MAX_TAG_VALUE:
+                raise CloudError(f"tag {key[:64]!r}: a value is at most {MAX_TAG_VALUE} characters, "
+                                 f"got {len(value)}")
             else:
                 new_tags[check_id(key, "tag name")] = value
         device.tags = new_tags

@@ -7,7 +7,6 @@ rollout ids, never a device id."""
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -17,7 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.store import Alert, DeadLetter, Device, Rollout
+from cloud.queries import overview
+from cloud.store import Alert, DeadLetter, Rollout
 
 log = logging.getLogger("coldchain.cloud.metrics")
 WATCHED = ("RUNNING", "PAUSED", "ROLLING_BACK", "ABORTING")  # rollouts whose gate values are exported
@@ -70,14 +70,14 @@ class StoreMetrics(Collector):
         yield from families
 
     def _read(self, session: Session) -> Iterator[Metric]:
-        online: dict[tuple[str, ...], float] = defaultdict(float)
-        by_group: dict[tuple[str, ...], float] = defaultdict(float)
-        for is_online, groups, reported in session.execute(select(Device.online, Device.groups,
-                                                                  Device.reported_groups)):
-            state = "true" if is_online else "false"
-            online[(state,)] += 1
-            for group in sorted({*groups, *reported}) or ["(none)"]:
-                by_group[(group, state)] += 1
+        by_board = overview.boards(session)  # counted by the store (GROUP BY), as on the dashboard
+        total, up = sum(f.devices for f in by_board), sum(f.online for f in by_board)
+        online: dict[tuple[str, ...], float] = {("true",): float(up), ("false",): float(total - up)}
+        by_group: dict[tuple[str, ...], float] = {}
+        for facet in overview.groups(session, total, up):
+            for state, n in (("true", facet.online), ("false", facet.devices - facet.online)):
+                if n:
+                    by_group[(facet.value or "(none)", state)] = n
         yield _gauge("coldchain_devices", "Devices known to the cloud", ["online"], online)
         yield _gauge("coldchain_group_devices", "Devices per group (assigned or reported)", ["group", "online"],
                      by_group)

@@ -86,6 +86,9 @@ class Operations:
     def set_config(self, device_id: str, inference_interval_s: float | None,
                    telemetry_window_s: float | None) -> str:
         def act() -> str:
+            if inference_interval_s is None and telemetry_window_s is None:
+                raise CloudError("nothing to change: give inference_interval_s or telemetry_window_s "
+                                 "(--inference-interval-s, --telemetry-window-s)")
             with self.sessions.begin() as session:
                 if session.get(Device, device_id) is None:
                     raise NotFoundError(f"device {device_id} is not in the store (see `coldchain fleet list`)")

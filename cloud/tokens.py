@@ -22,6 +22,7 @@ from cloud.queries.models import View
 from cloud.store import ApiToken, now
 
 ScopeName = Literal["read", "operate", "admin"]
+Refusal = Literal["missing", "unknown", "revoked"]  # why a token was not accepted (never the token)
 SCOPES: tuple[ScopeName, ...] = ("read", "operate", "admin")  # each includes the ones before it
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 PREFIX = "cct_"  # recognisable in a leaked log or a secret scanner
@@ -56,6 +57,16 @@ class TokenView(View):
     last_used_at: datetime | None
 
 
+class WhoAmI(View):
+    """What ``GET /whoami`` tells a token about itself (never the token or its digest)."""
+
+    name: str
+    scope: str
+    created_at: datetime | None  # None: the bootstrap token (COLDCHAIN_API_TOKEN), not in the store
+    created_by: str | None
+    last_used_at: datetime | None
+
+
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -86,6 +97,15 @@ def listed(sessions: sessionmaker[Session]) -> list[TokenView]:
                 for t in session.scalars(select(ApiToken).order_by(ApiToken.created_at, ApiToken.name)).all()]
 
 
+def whoami(sessions: sessionmaker[Session], identity: Identity) -> WhoAmI:
+    with sessions() as session:
+        row = session.get(ApiToken, identity.name) if identity.name != Authenticator.BOOTSTRAP else None
+    if row is None:
+        return WhoAmI(name=identity.name, scope=identity.scope, created_at=None, created_by=None, last_used_at=None)
+    return WhoAmI(name=row.name, scope=row.scope, created_at=row.created_at, created_by=row.created_by,
+                  last_used_at=row.last_used_at)
+
+
 def revoke(sessions: sessionmaker[Session], name: str, actor: str) -> None:
     with sessions.begin() as session:
         row = session.get(ApiToken, name)
@@ -109,18 +129,27 @@ class Authenticator:
         self.sessions, self.bootstrap = sessions, bootstrap
 
     def __call__(self, authorization: str | None) -> Identity | None:
+        found = self.verify(authorization)
+        return found if isinstance(found, Identity) else None
+
+    def verify(self, authorization: str | None) -> Identity | Refusal:
+        """The identity, or why there is none: no header (``missing``), a token the store does not
+        have or a header that is no bearer token (``unknown``), a revoked token (``revoked``)."""
+        if not (authorization or "").strip():
+            return "missing"
         scheme, _, given = (authorization or "").strip().partition(" ")
         given = given.strip()
         if scheme.lower() != "bearer" or not given or len(given) > 512:
-            return None
+            return "unknown"
         if self.bootstrap is not None and hmac.compare_digest(digest(given), digest(self.bootstrap)):
             return Identity(self.BOOTSTRAP, "admin")
         clock = now()
         with self.sessions.begin() as session:
-            row = session.scalar(select(ApiToken).where(ApiToken.digest == digest(given),
-                                                        ApiToken.revoked_at.is_(None)))
+            row = session.scalar(select(ApiToken).where(ApiToken.digest == digest(given)))
             if row is None or row.scope not in SCOPES:
-                return None
+                return "unknown"
+            if row.revoked_at is not None:
+                return "revoked"
             if row.last_used_at is None or clock - row.last_used_at > USED_EVERY:
                 session.execute(update(ApiToken).where(ApiToken.name == row.name).values(last_used_at=clock))
             return Identity(row.name, row.scope)

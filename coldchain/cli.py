@@ -32,6 +32,7 @@ SUBAPPS: dict[str, tuple[str, str]] = {
     "audit": ("coldchain.audit_cli:app", "The audit log: who changed what, when, and how it ended."),
     "login": ("coldchain.login_cli:login_app", "Use a cloud's HTTP API: store its URL and a token (0600)."),
     "logout": ("coldchain.login_cli:logout_app", "Forget the stored URL and token."),
+    "whoami": ("coldchain.login_cli:whoami_app", "The API token in use: its name and scope."),
     "broker": ("coldchain.broker_cli:app", "Run the embedded MQTT broker; write a Mosquitto configuration."),
     "keys": ("coldchain.keys_cli:app", "Signing keys: generate, sign and verify manifests."),
     "demo": ("coldchain.demo_cli:app", "Run the end-to-end demo on embedded defaults."),
@@ -43,7 +44,8 @@ NEEDS: dict[str, tuple[str, str]] = {
     "agent": ("agent", "paho"),
     **{name: ("compiler", "onnxslim") for name in ("compile", "targets", "model", "keys")},
     **{name: ("cloud", "sqlalchemy") for name in ("fleet", "rollout", "monitor", "cloud", "broker", "demo",
-                                                                 "token", "audit", "login", "logout")},
+                                                                 "token", "audit", "login", "logout",
+                                                                 "whoami")},
 }
 
 

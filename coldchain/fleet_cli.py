@@ -79,12 +79,12 @@ def tag(devices: Annotated[list[str], typer.Argument(help="Device ids.")],
         add_group: Annotated[list[str], typer.Option(help="Assign a group (repeatable).")] = [],  # noqa: B006
         remove_group: Annotated[list[str], typer.Option(help="Unassign a group (repeatable).")] = [],  # noqa: B006
         db: Store = None, url: Url = None, token: Token = None) -> None:
-    """Set or remove tags and assign groups; rollouts select devices by both (on the store: --db)."""
+    """Set or remove tags and assign groups; rollouts select devices by both (an operate token remotely)."""
     from contract.errors import TopicError
 
     changes: dict[str, str | None] = {**_pairs(set_), **dict.fromkeys(unset)}
     with connected(db, url, token, TopicError) as source:
-        changed = source.operations("fleet tag").tag(devices, changes, add_group, remove_group)
+        changed = source.writes.tag(devices, changes, add_group, remove_group)
     console.print(fleet_table(changed))
 
 
@@ -141,9 +141,10 @@ def config(device: Annotated[str, typer.Argument(help="Device id.")],
            telemetry_window_s: Annotated[float | None, typer.Option(min=1, max=86400,
                                                                     help="Seconds per telemetry window.")] = None,
            db: Store = None, url: Url = None, token: Token = None) -> None:
-    """Change a device's settings (a set_config command). Queued in the store (--db): the running cloud
-    signs it with its operator key and sends it until the device answers (it takes effect at once)."""
+    """Change a device's settings (a set_config command). Queued in the store (or through the API, with an
+    operate token): the running cloud signs it with its operator key and sends it until the device answers
+    (it takes effect at once)."""
     with connected(db, url, token, ValueError) as source:
-        job = source.operations("fleet config").set_config(device, inference_interval_s, telemetry_window_s)
+        job = source.writes.set_config(device, inference_interval_s, telemetry_window_s)
     console.print(f"queued {job} for {device}: the cloud sends it signed; its answer shows in "
                   f"`coldchain fleet show {device}`")

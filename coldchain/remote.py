@@ -1,14 +1,14 @@
 """The cloud's HTTP API from the CLI (httpx): :class:`RemoteQueries` has the methods of
 ``cloud.queries.Queries`` that the commands call (:class:`Reads`), each over its route, and returns
 the very pydantic views the query layer returns (the API's JSON is those views);
-:class:`RemoteOperations` has the rollout writes of ``cloud.operations.Operations`` (:class:`Writes`);
+:class:`RemoteOperations` has the rollout and device writes of ``cloud.operations.Operations`` (:class:`Writes`);
 :meth:`Api.upload` streams a bundle to ``POST /bundles``. Every failure becomes a
 ``coldchain.errors.RemoteError`` whose message says what to do (a wrong URL, a dead port, a refused
 token or scope), never an httpx traceback."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
+from cloud.api_devices import ConfigQueued
 from cloud.operations import Action
 from cloud.plan import RolloutPlan
 from cloud.queries.models import (
@@ -35,6 +36,7 @@ from cloud.queries.models import (
     RolloutSummary,
     Scope,
 )
+from cloud.tokens import WhoAmI
 from coldchain import __version__
 from coldchain.errors import AccessError, RemoteError, UnreachableError
 
@@ -60,11 +62,15 @@ class Reads(Protocol):
 
 
 class Writes(Protocol):
-    """The rollout writes: ``cloud.operations.Operations`` or :class:`RemoteOperations`."""
+    """The rollout and device writes: ``cloud.operations.Operations`` or :class:`RemoteOperations`."""
 
     def start_rollout(self, bundle: str, plan: RolloutPlan, rollout_id: str | None = None,
                       supersede: bool = False) -> str: ...
     def rollout(self, action: Action, rollout_id: str, reason: str | None = None) -> None: ...
+    def tag(self, device_ids: Sequence[str], tags: dict[str, str | None], add_groups: Sequence[str] = (),
+            remove_groups: Sequence[str] = ()) -> list[DeviceView]: ...
+    def set_config(self, device_id: str, inference_interval_s: float | None,
+                   telemetry_window_s: float | None) -> str: ...
 
 
 def _segment(value: str) -> str:
@@ -199,6 +205,10 @@ class RemoteQueries:
         params = (paging or Paging(limit=50)).model_dump() | ({"action": action} if action else {})
         return self.api.call("GET", "/audit", Page[AuditView], params=params)
 
+    def whoami(self) -> WhoAmI:
+        """``GET /whoami``: the token's name, scope, creation and last use."""
+        return self.api.call("GET", "/whoami", WhoAmI)
+
     def export(self, by: Scope, minutes: float, raw_ids: bool) -> str:
         """``GET /telemetry/export``: the cloud's CSV (keyed pseudonyms unless ``raw_ids`` and an admin token)."""
         return self.api.text("/telemetry/export", params={"by": by, "minutes": minutes,
@@ -206,7 +216,7 @@ class RemoteQueries:
 
 
 class RemoteOperations:
-    """The rollout writes of ``cloud.operations.Operations`` over the API (an ``operate`` token);
+    """The rollout and device writes of ``cloud.operations.Operations`` over the API (an ``operate`` token);
     the cloud audits them under the token's name."""
 
     def __init__(self, api: Api) -> None:
@@ -221,3 +231,14 @@ class RemoteOperations:
     def rollout(self, action: Action, rollout_id: str, reason: str | None = None) -> None:
         self.api.call("POST", f"/rollouts/{_segment(rollout_id)}/{action}", RolloutDetail,
                       json={"reason": reason} if reason else None)
+
+    def tag(self, device_ids: Sequence[str], tags: dict[str, str | None], add_groups: Sequence[str] = (),
+            remove_groups: Sequence[str] = ()) -> list[DeviceView]:
+        body = {"devices": list(device_ids), "tags": tags, "add_groups": list(add_groups),
+                "remove_groups": list(remove_groups)}
+        return self.api.call("POST", "/devices/tags", list[DeviceView], json=body)
+
+    def set_config(self, device_id: str, inference_interval_s: float | None,
+                   telemetry_window_s: float | None) -> str:
+        body = {"inference_interval_s": inference_interval_s, "telemetry_window_s": telemetry_window_s}
+        return self.api.call("POST", f"/devices/{_segment(device_id)}/config", ConfigQueued, json=body).job_id

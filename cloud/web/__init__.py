@@ -23,7 +23,7 @@ from cloud.audit import record
 from cloud.config import Dashboard
 from cloud.operations import Operations
 from cloud.queries import Queries
-from cloud.tokens import Identity
+from cloud.tokens import Identity, Refusal
 from cloud.web.mlflow_link import MlflowLinks
 from cloud.web.pages import read_pages
 from cloud.web.render import HEADERS, Renderer
@@ -64,7 +64,7 @@ def _session_routes(sessions: Sessions, render: Renderer) -> APIRouter:
             return render.page(request, "login.html", status=403, who=None, next=target,
                                problem="The sign-in form was sent from another site.")
         token = fields.get("token", "").strip()
-        if await run_in_threadpool(sessions.identify, token) is None:
+        if await run_in_threadpool(sessions.sign_in, token) is None:
             return render.page(request, "login.html", status=401, who=None, next=target,
                                problem="That token is not valid (unknown, revoked or mistyped).")
         answer = RedirectResponse(target, status_code=303)
@@ -85,11 +85,14 @@ def _session_routes(sessions: Sessions, render: Renderer) -> APIRouter:
 
 
 def mount(app: FastAPI, queries: Queries, sessions_factory: sessionmaker[Session],
-          authenticate: Callable[[str | None], Identity | None], settings: Dashboard | None = None) -> None:
-    """Add the dashboard to ``app`` (the API: its gate must let ``OPEN_PREFIXES`` through)."""
+          verify: Callable[[str | None], Identity | Refusal], settings: Dashboard | None = None,
+          refused: Callable[[str], None] = lambda reason: None) -> None:
+    """Add the dashboard to ``app`` (the API: its gate must let ``OPEN_PREFIXES`` through);
+    ``verify`` is the API's token check, ``refused(reason)`` is told of each failed sign-in
+    (unknown, revoked) and each write refused for its scope."""
     settings = settings or Dashboard()
     render = Renderer()
-    sessions = Sessions(authenticate, settings.session_hours)
+    sessions = Sessions(verify, settings.session_hours, refused=refused)
     mlflow = MlflowLinks(settings.mlflow_tracking_uri,
                          None if settings.mlflow_ui_url is None else str(settings.mlflow_ui_url))
 

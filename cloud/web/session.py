@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import Request
 
-from cloud.tokens import Identity, ScopeName
+from cloud.tokens import Identity, Refusal, ScopeName
 
 COOKIE = "coldchain_session"
 MAX_FORM_BYTES = 16 * 1024
@@ -80,9 +80,10 @@ async def form(request: Request) -> dict[str, str]:
 
 
 class Sessions:
-    def __init__(self, authenticate: Callable[[str | None], Identity | None], hours: float = 12.0,
-                 key: bytes | None = None) -> None:
-        self.authenticate = authenticate  # the API's: "Bearer <token>" -> Identity | None
+    def __init__(self, verify: Callable[[str | None], Identity | Refusal], hours: float = 12.0,
+                 key: bytes | None = None, refused: Callable[[str], None] = lambda reason: None) -> None:
+        self.verify = verify  # the API's: "Bearer <token>" -> Identity, or why not
+        self.refused = refused  # told of failed sign-ins and scope refusals (metrics)
         self.max_age = int(timedelta(hours=hours).total_seconds())
         self.key = key or secrets.token_bytes(32)
 
@@ -91,9 +92,21 @@ class Sessions:
         return hmac.new(self.key, b"csrf:" + digest, hashlib.sha256).hexdigest()[:40]
 
     def identify(self, token: str | None) -> Identity | None:
-        if not token or len(token) > 512:
-            return None
-        return self.authenticate(f"Bearer {token}")
+        found = self._check(token)
+        return found if isinstance(found, Identity) else None
+
+    def sign_in(self, token: str) -> Identity | None:
+        """The sign-in form's check: a refused token is counted (unknown or revoked)."""
+        found = self._check(token)
+        if isinstance(found, Identity):
+            return found
+        self.refused(found)
+        return None
+
+    def _check(self, token: str | None) -> Identity | Refusal:
+        if not token:
+            return "missing"
+        return self.verify(f"Bearer {token}") if len(token) <= 512 else "unknown"
 
     def viewer(self, request: Request) -> Viewer:
         """A page's dependency (FastAPI runs it in a worker thread: it reads the store)."""
@@ -114,6 +127,7 @@ class Sessions:
         if not hmac.compare_digest(fields.get("csrf", ""), viewer.csrf):
             raise Forbidden("the form's CSRF token is missing or stale: reload the page and try again", action, target)
         if not viewer.allows(scope):
+            self.refused("scope")
             raise Forbidden(f"this needs a token of scope {scope}; token {viewer.identity.name!r} has scope "
                             f"{viewer.identity.scope}", action, target)
 

@@ -87,3 +87,42 @@ def test_metrics_parse_with_the_prometheus_parser(sessions: sessionmaker[Session
     assert value("coldchain_publisher_sent_bytes", stream="group") == 800
     assert value("coldchain_publisher_sent_bytes", stream="repair") == 200
     assert value("coldchain_api_refused", reason="unauthorized") == 1
+
+
+def test_refused_tokens_and_failed_sign_ins_are_counted_by_reason(sessions: sessionmaker[Session]) -> None:
+    """API requests and dashboard sign-ins with an unknown or revoked token, and writes with a token
+    of too low a scope, are counted by surface and reason; no token (nor a piece of one) is exposed."""
+    import re
+
+    from cloud import tokens
+
+    read = tokens.create(sessions, "viewer", "read", "test")
+    gone = tokens.create(sessions, "old", "operate", "test")
+    tokens.revoke(sessions, "old", "test")
+    unknown = "cct_" + "u" * 43
+    client = TestClient(create_app(sessions))
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    assert client.get("/devices").status_code == 401
+    assert client.get("/devices", headers=bearer(unknown)).status_code == 401
+    for _ in range(2):
+        assert client.get("/alerts", headers=bearer(gone)).status_code == 401
+    assert client.post("/rollouts/r-x/pause", headers=bearer(read)).status_code == 403
+    assert client.get("/devices", headers=bearer(read)).status_code == 200  # accepted: not counted
+    for token in (unknown, gone):
+        assert client.post("/ui/login", data={"token": token, "next": "/ui/"}).status_code == 401
+    assert client.post("/ui/login", data={"token": read, "next": "/ui/"}, follow_redirects=False).status_code == 303
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', client.get("/ui/").text)
+    assert csrf is not None
+    assert client.post("/ui/rollouts/r-x/pause", data={"csrf": csrf.group(1)}).status_code == 403
+    text = client.get("/metrics").text
+    for token in (read, gone, unknown):
+        assert token not in text and token[4:14] not in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    family = families["coldchain_auth_refused"]
+    assert family.type == "counter"
+    counted = {(s.labels["surface"], s.labels["reason"]): s.value for s in family.samples if s.name.endswith("_total")}
+    assert counted == {("api", "missing"): 1, ("api", "unknown"): 1, ("api", "revoked"): 2, ("api", "scope"): 1,
+                       ("dashboard", "unknown"): 1, ("dashboard", "revoked"): 1, ("dashboard", "scope"): 1}

@@ -101,6 +101,7 @@ def test_login_stores_the_token_0600_and_logout_forgets_it(live: Live) -> None:
     assert stat.S_IMODE(live.config.parent.stat().st_mode) == 0o700
     assert json.loads(live.config.read_text()) == {"url": live.url, "token": live.read, "insecure": False}
     assert live.read not in done.output
+    assert "as token 'viewer' (scope read;" in done.output, done.output
     listed = live.run("fleet", "list")  # no option: the stored login
     assert listed.exit_code == 0 and "fridge-3" in listed.output, listed.output
     assert listed.output == live.local("fleet", "list").output
@@ -228,8 +229,75 @@ def test_rollout_writes_need_an_operate_token(live: Live) -> None:
     assert ("token:viewer", "POST /rollouts", "refused") in entries
     assert not [e for e in entries if e[0] == "token:viewer" and e[2] == "ok"]
 
-    tag = live.run("fleet", "tag", "fridge-1", "--set", "ring=canary", token=live.operate)
-    assert tag.exit_code == 2 and "--db" in tag.output, tag.output  # the API has no route for it
+
+
+def test_fleet_tag_and_config_work_remotely_as_locally(live: Live) -> None:
+    """The same table (or queued job, or error) whether the store or the API did it; an operate
+    token is needed and each write is audited under the token's name."""
+    tag = ("fleet", "tag", "fridge-1", "fridge-2", "--set", "ring=canary", "--add-group", "pilots")
+    refused = live.run(*tag, token=live.read)
+    assert refused.exit_code == 3 and "needs a token of scope operate" in refused.output, refused.output
+    assert Queries(open_store(live.db)).device("fridge-1").device.tags == {}  # nothing was changed
+    tagged = live.run(*tag, token=live.operate)
+    assert tagged.exit_code == 0, tagged.output
+    assert tagged.output == live.local(*tag).output and "ring=canary" in tagged.output
+    untag = ("fleet", "tag", "fridge-1", "--unset", "ring", "--remove-group", "pilots")
+    untagged = live.run(*untag, token=live.operate)
+    assert untagged.exit_code == 0 and untagged.output == live.local(*untag).output
+    for bad in (("fleet", "tag", "ghost", "--set", "a=b"), ("fleet", "tag", "fridge-1", "--set", "bad key=x"),
+                ("fleet", "tag", "fridge-1", "--set", "k=" + "v" * 300)):
+        remote, local = live.run(*bad, token=live.operate), live.local(*bad)
+        assert remote.exit_code == local.exit_code == 1 and remote.output == local.output, (remote.output,
+                                                                                           local.output)
+    store = Queries(open_store(live.db))
+    assert store.device("fridge-1").device.tags == {} and "pilots" not in store.device("fridge-1").device.groups
+    assert store.device("fridge-2").device.tags == {"ring": "canary"}
+    assert "pilots" in store.device("fridge-2").device.groups
+
+    config = ("fleet", "config", "fridge-3", "--inference-interval-s", "2.5")
+    assert live.run(*config, token=live.read).exit_code == 3
+    queued, local = live.run(*config, token=live.operate), live.local(*config)
+    job = r"config-[0-9a-f]{12}"
+    assert queued.exit_code == 0 and re.search(job, queued.output), queued.output
+    assert re.sub(job, "JOB", queued.output) == re.sub(job, "JOB", local.output)
+    from cloud.store import CommandRow
+    with open_store(live.db)() as session:
+        sent = {r.job_id: r.payload for r in session.query(CommandRow).filter_by(device_id="fridge-3")}
+    job_id = re.search(job, queued.output).group(0)  # type: ignore[union-attr]
+    assert sent[job_id]["inference_interval_s"] == 2.5
+    for bad in (("fleet", "config", "ghost", "--telemetry-window-s", "30"), ("fleet", "config", "fridge-3")):
+        remote, local = live.run(*bad, token=live.operate), live.local(*bad)
+        assert remote.exit_code == local.exit_code == 1 and remote.output == local.output, (remote.output,
+                                                                                           local.output)
+
+    entries = [(e.actor, e.action, e.result.split(":")[0]) for e in Queries(open_store(live.db)).audit().items]
+    for entry in (("token:alice", "device.tag", "ok"), ("token:alice", "device.config", "ok"),
+                  ("token:alice", "device.tag", "refused"), ("token:viewer", "POST /devices/tags", "refused"),
+                  ("token:viewer", "POST /devices/{device_id}/config", "refused")):
+        assert entry in entries, entries
+
+
+def test_whoami_names_the_token_and_its_scope_never_the_token(live: Live) -> None:
+    import httpx
+
+    assert live.run("login", live.url, "--token", live.operate).exit_code == 0
+    who = live.run("whoami")
+    assert who.exit_code == 0, who.output
+    assert "alice" in who.output and "operate" in who.output and live.url in who.output, who.output
+    assert "created" in who.output and "last used" in who.output and live.operate not in who.output
+    answer = httpx.get(f"{live.url}/whoami", headers={"Authorization": f"Bearer {live.read}"}).json()
+    assert set(answer) == {"name", "scope", "created_at", "created_by", "last_used_at"}, answer
+    assert answer["name"] == "viewer" and answer["scope"] == "read" and answer["created_by"] == "test"
+    assert answer["created_at"] and answer["last_used_at"]  # this very request used it
+    assert live.read not in json.dumps(answer)
+    bootstrap = "b" * 24
+    with serving(create_app(open_store(live.db), token=bootstrap)) as port:
+        admin = httpx.get(f"http://127.0.0.1:{port}/whoami", headers={"Authorization": f"Bearer {bootstrap}"}).json()
+    assert admin == {"name": "COLDCHAIN_API_TOKEN", "scope": "admin", "created_at": None, "created_by": None,
+                     "last_used_at": None}
+    revoke(open_store(live.db), "alice", "test")
+    gone = live.run("whoami")
+    assert gone.exit_code == 3 and "unknown or revoked" in gone.output, gone.output
 
 
 def test_add_bundle_uploads_and_the_cloud_verifies(live: Live, fault_world: World, tmp_path: Path) -> None:
