@@ -78,7 +78,7 @@ class FirmwareLink:
                 server.start()
             except LocalApiError as exc:  # the agent still runs for the cloud: say why the firmware cannot reach it
                 log.error("%s", exc)
-                self.agent._error("local_api_unavailable", str(exc))
+                self.agent.report_error("local_api_unavailable", str(exc))
                 return
             self.server = server
 

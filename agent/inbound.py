@@ -50,13 +50,13 @@ def on_message(agent: Agent, topic: str, payload: bytes) -> None:
     except (ContractError, AgentError) as exc:
         agent.malformed += 1
         log.warning("refused a message on %s: %s", topic, exc)
-        agent._error("malformed_message", str(exc), topic)
+        agent.report_error("malformed_message", str(exc), topic)
 
 
 def on_command(agent: Agent, payload: bytes, topic: str) -> None:
     verdict = agent.gate.check(payload)
     if isinstance(verdict, Refused):  # a replay, an expired or foreign command, a bad signature: never acted on
-        agent._error(f"command_refused.{verdict.reason}", verdict.message, topic, verdict.job_id)
+        agent.report_error(f"command_refused.{verdict.reason}", verdict.message, topic, verdict.job_id)
         return
     if isinstance(verdict, Answer):  # re-sent: answered with its state, never acted on twice
         agent._emit(verdict.job_id, *verdict.outcome, None)
@@ -73,7 +73,7 @@ def on_command(agent: Agent, payload: bytes, topic: str) -> None:
     elif isinstance(command, RollbackCommand):
         state, reason = roll_back(agent.deployer, command)
         if state is JobState.FAILED:
-            agent._error("rollback_refused", reason or "", topic)
+            agent.report_error("rollback_refused", reason or "", topic)
         agent._emit(command.job_id, state, reason, None)
     elif isinstance(command, SetConfigCommand):
         agent.config, agent.next_inference, applied = set_config(agent.config, agent.next_inference, command)
@@ -83,14 +83,15 @@ def on_command(agent: Agent, payload: bytes, topic: str) -> None:
     elif isinstance(command, TrustUpdateCommand):
         agent.keeper.on_update(command, agent._emit)
     else:
-        agent._error("unsupported_command", f"{command.type} is not supported by this agent yet", topic)
+        agent.report_error("unsupported_command", f"{command.type} is not supported by this agent yet", topic)
 
 
 def on_profile(agent: Agent, command: ProfileCommand, topic: str) -> None:
     """Time the active model on this device (model only, after warm-up) and report it."""
     loaded = agent.active_model()
     if loaded is None:
-        agent._error("no_active_model", "profile needs an active bundle; none is installed", topic, command.job_id)
+        agent.report_error("no_active_model", "profile needs an active bundle; none is installed", topic,
+                           command.job_id)
         return
     agent.event_seq += 1
     event = profile(loaded, agent.available, command, agent.config.device_id, agent.event_seq)

@@ -92,7 +92,7 @@ class Agent:
         self.firmware = FirmwareLink(self)  # the local API (docs/firmware.md); its socket opens in run()
         self.health = Health(config.data_dir, config.broker.url, config.device_id)  # broker and source faults
         self.models = ActiveModel(self.deployer, self.trust, config.limits.threads, share_models,
-                                  lambda what: self._error("active_bundle_damaged", what))
+                                  lambda what: self.report_error("active_bundle_damaged", what))
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
                     ("commands_recovered", self.commands.damaged),
                     ("trust_recovered", self.keeper.recovered),
@@ -100,7 +100,7 @@ class Agent:
         for code, message in repaired:  # the data directory was repaired at start: say what was done, once
             if message:
                 log.warning("%s", message)
-                self._error(code, message)
+                self.report_error(code, message)
 
     # ---- outbound ---------------------------------------------------------------------
     def _emit(self, job_id: str, state: JobState, reason: str | None, progress: float | None) -> None:
@@ -114,7 +114,7 @@ class Agent:
             self.publish_state()
         self.firmware.job(job_id, state, reason)
 
-    def _error(self, code: str, message: str, topic: str | None = None, job_id: str | None = None) -> None:
+    def report_error(self, code: str, message: str, topic: str | None = None, job_id: str | None = None) -> None:
         """An error event, through a bucket per code (a burst of ``ERROR_BURST``, then one every
         ``ERROR_EVERY_S``): a repeating fault or a flood of bad messages is reported with the count
         of those held back, never as a flood of its own."""
@@ -170,7 +170,7 @@ class Agent:
         elif isinstance(item, Connected):
             self.connected = True
             if (cause := self.health.connected()) is not None:  # the cloud hears what kept the device away
-                self._error("broker_unreachable", f"the broker was unreachable until now: {cause}")
+                self.report_error("broker_unreachable", f"the broker was unreachable until now: {cause}")
             self.transport.subscribe(self.subscriptions())
             self.publish_state()
             waiting, self.outbox = self.outbox, []
@@ -204,7 +204,7 @@ class Agent:
             frame = self.source.read()
         except SourceUnavailable as exc:  # reported when it starts or its cause changes, retried with backoff
             if self.health.source_fault(exc):
-                self._error("source_unavailable", str(exc))
+                self.report_error("source_unavailable", str(exc))
             return f"the frame source is unavailable: {exc}"
         except FrameError as exc:
             self.window.frame_skipped(exc.kind)
@@ -212,7 +212,7 @@ class Agent:
         except SourceEnded as exc:  # a state, reported once: the agent stays up for commands and telemetry
             self.source_ended = True
             log.info("%s", exc)
-            self._error("source_ended", str(exc))
+            self.report_error("source_ended", str(exc))
             return str(exc)
         self.health.source_ok(self.source.name)
         return self.infer_frame(frame)
@@ -286,7 +286,7 @@ class Agent:
                     kind = f"agent_error.{type(exc).__name__}"
                     if self.budget.allowed(f"log.{kind}"):  # the traceback as rarely as the event
                         log.exception("agent step failed")
-                    self._error(kind, f"{type(exc).__name__}: {exc}")
+                    self.report_error(kind, f"{type(exc).__name__}: {exc}")
         finally:
             self.transport.publish(topics.state(self.config.device_id), offline(self.config.device_id).to_json(),
                                    retain=True)
