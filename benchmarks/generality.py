@@ -39,6 +39,7 @@ from rich.table import Table
 from benchmarks.variants import Row, float_compute, interleaved_latency, measure, plain_ort
 from benchmarks.zoo import photos as grocery
 from benchmarks.zoo.store import DEFAULT_WORK, TrainConfig, cached
+from compiler import onnxio
 from compiler.description import load_description
 from compiler.evaluate import image_sets
 from compiler.pipeline import Pipeline
@@ -156,7 +157,7 @@ def evaluate(subject: Subject, targets: list[str], key: Path, work: Path, thread
     shutil.rmtree(scratch, ignore_errors=True)
     p = Pipeline(desc, load_target(TARGETS[0]), cal, ev, scratch / "measure")  # measures only, compiles nothing
     (p.workdir / "float").mkdir(parents=True)
-    shutil.copy(subject.source, p.workdir / "float" / "model.onnx")
+    onnxio.copy(subject.source, p.workdir / "float" / "model.onnx")  # with its external data, if any
     say(f"{subject.name}: measuring the float model on {len(ev.paths)} held-out photos")
     float_step, ref, io = p.measure("float", p.workdir / "float" / "model.onnx", {}, None, None)
     feeds, _ = ev.inputs(io.preprocessing, io.inputs[0].name)
@@ -225,7 +226,8 @@ def zoo_subjects(work: Path, nets: list[str], config: TrainConfig, threads: int,
         m = trained.metrics
         about = (f"{m['parameters']:,} params, {m['exporter']} export; trained on {m['train_photos']} photos, "
                  f"held-out top-1 {m['held_out_top1']:.3f} (largest class {m['majority_class_share']:.3f})")
-        subjects.append(Subject(net, trained.model, trained.description, calibration, evaluation, about))
+        source = trained.as_exported(work)  # torch's default export: weights in model.onnx.data
+        subjects.append(Subject(net, source, trained.description, calibration, evaluation, about))
     return subjects
 
 

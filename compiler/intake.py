@@ -1,14 +1,15 @@
-"""Where a compile starts: a model file or an MLflow URI, resolved to a local ONNX file, its
-identity (name, version, URI, sha256) and its description."""
+"""Where a compile starts: a model file or an MLflow URI, resolved to a local, self-contained ONNX
+file (external data read in, see ``compiler.onnxio``), its identity (name, version, URI, sha256
+of the model with its weights) and its description."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from compiler import onnxio
 from compiler.checks import check_description
 from compiler.description import ModelDescription, load_description, parse_description
 from compiler.errors import DescriptionError, ModelLoadError
@@ -25,8 +26,9 @@ class Source:
     description: ModelDescription
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _intake(path: Path, workdir: Path) -> Path:
+    """The model as one file: weights stored beside it are read in (from inside its folder only)."""
+    return onnxio.self_contained(path, workdir / "source" / "self-contained")
 
 
 def resolve(source: str, description: Path | None, workdir: Path, tracking_uri: str | None, opset: int) -> Source:
@@ -51,10 +53,11 @@ def resolve(source: str, description: Path | None, workdir: Path, tracking_uri: 
             nchw = desc.input.layout.value == "NCHW"
             shape = [1, 3, pre.height, pre.width] if nchw else [1, pre.height, pre.width, 3]
             path = export_pytorch(got.path, workdir / "source" / "exported.onnx", desc.input.name, shape, opset)
+        path = _intake(path, workdir)
         check_description(path, desc)
         # the version an alias resolved to, not the alias: models:/name@champion moves on
         info = ModelSource(name=got.name, version=got.version, source_uri=got.resolved_uri or source,
-                           sha256=_sha256(path))
+                           sha256=onnxio.sha256(path))
         return Source(path, info, desc)
     path = Path(source)
     if is_hf_model(path):
@@ -65,7 +68,9 @@ def resolve(source: str, description: Path | None, workdir: Path, tracking_uri: 
     if description is None:
         raise DescriptionError(f"{source} needs a model description: pass --description model.yaml")
     desc = load_description(description)
+    given = path
+    path = _intake(path, workdir)
     check_description(path, desc)
-    digest = _sha256(path)
-    info = ModelSource(name=path.stem, version=digest[:12], source_uri=path.resolve().as_uri(), sha256=digest)
+    digest = onnxio.sha256(path)
+    info = ModelSource(name=given.stem, version=digest[:12], source_uri=given.resolve().as_uri(), sha256=digest)
     return Source(path, info, desc)

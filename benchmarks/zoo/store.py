@@ -49,6 +49,20 @@ class Trained:
     def description(self) -> Path:
         return self.directory / "model.yaml"
 
+    def as_exported(self, work: Path) -> Path:
+        """The model as its exporter writes it today: torch's default export (``dynamo``) keeps the
+        weights in ``model.onnx.data``. A cache from when the zoo exported it as one file is re-saved
+        that way under ``<work>/sources/<net>/`` (the cache itself is left as it is)."""
+        if self.metrics.get("exporter") != "dynamo" or (self.directory / "model.onnx.data").exists():
+            return self.model
+        import onnx
+
+        out = work / "sources" / self.net / "model.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(onnx.load(str(self.model)), str(out), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="model.onnx.data")
+        return out
+
 
 def directory(work: Path, net: str, config: TrainConfig, labels: list[str]) -> Path:
     return work / "zoo" / f"{net}-{config.key(net, labels)}"

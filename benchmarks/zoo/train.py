@@ -9,10 +9,10 @@ brightness/contrast/saturation jitter). The held-out photos are preprocessed by 
 onnxruntime: the accuracy printed is the float model's as the compiler will see it. Each model is
 cached under the work directory (``benchmarks.zoo.store``); nothing is written in the repository.
 
-Exporters: the ``shared`` network goes through torch's default exporter (``dynamo=True``, its
-default opset, static batch; one file: ``external_data=False``, because ``coldchain compile``
-copies only the ``.onnx`` file and loses the default ``model.onnx.data``), the others through the
-TorchScript exporter with a dynamic batch (opset 17), as the project's fridge example does.
+Exporters: the ``shared`` network goes through torch's default exporter with its defaults
+(``dynamo=True``, its default opset, static batch, weights in ``model.onnx.data`` beside the
+graph), the others through the TorchScript exporter with a dynamic batch (opset 17), as the
+project's fridge example does.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def export(model: torch.nn.Module, net: str, path: Path, size: int) -> None:
     dummy = torch.zeros(1, 3, size, size)
     if net in DYNAMO:
         torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=["logits"],
-                          dynamo=True, external_data=False, verbose=False)
+                          dynamo=True, verbose=False)
     else:
         torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=["logits"],
                           opset_version=17, dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}},

@@ -5,6 +5,7 @@
 - the opset is raised to the target's (per-channel QDQ needs >= 13);
 - a dynamic batch dimension is fixed (static shapes quantize and build engines better);
 - onnxslim folds constants and removes dead or redundant nodes;
+- identical initializers are stored once (an exporter's copies of a tied weight; ``dedupe``);
 - shape inference fills in value info for every tensor.
 """
 
@@ -20,6 +21,7 @@ from pydantic import Field
 from compiler import onnxio
 from compiler.errors import PassError
 from compiler.passes.base import Pass, PassConfig
+from compiler.passes.dedupe import dedupe_initializers
 
 
 class CleanupConfig(PassConfig):
@@ -49,7 +51,8 @@ def fix_batch(model: onnx.ModelProto, batch: int) -> None:
 class Cleanup(Pass[CleanupConfig]):
     name = "cleanup"
     Config = CleanupConfig
-    summary = "initializers out of inputs, opset upgrade, static batch, onnxslim, shape inference"
+    summary = "initializers out of inputs, opset upgrade, static batch, onnxslim, identical initializers once, " \
+              "shape inference"
     exact = True
 
     def run(self, model: Path, config: CleanupConfig, workdir: Path) -> Path:
@@ -69,6 +72,7 @@ class Cleanup(Pass[CleanupConfig]):
             import onnxslim
 
             proto = onnxslim.slim(proto)
+        dedupe_initializers(proto)
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
         try:
             onnx.checker.check_model(proto)

@@ -18,6 +18,7 @@ from pydantic import Field
 from compiler import onnxio
 from compiler.errors import PassError
 from compiler.passes.base import Pass, PassConfig
+from compiler.passes.dedupe import dedupe_initializers
 
 
 class Float16Config(PassConfig):
@@ -60,6 +61,7 @@ class Float16(Pass[Float16Config]):
         if config.weights_only:
             if not weights_to_float16(proto, config.min_elements):
                 return model
+            dedupe_initializers(proto)  # float16 can make near-identical copies identical
             return onnxio.save(proto, workdir / "model.fp16-weights.onnx")
         try:
             half = convert_float_to_float16(
@@ -69,4 +71,5 @@ class Float16(Pass[Float16Config]):
             )
         except Exception as exc:
             raise PassError(f"float16 conversion failed: {type(exc).__name__}: {exc}") from exc
+        dedupe_initializers(half)
         return onnxio.save(half, workdir / "model.fp16.onnx")

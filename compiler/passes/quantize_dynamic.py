@@ -9,6 +9,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from compiler.errors import PassError
 from compiler.passes.base import Pass, PassConfig
+from compiler.passes.dedupe import dedupe_file
 
 
 class QuantizeDynamicConfig(PassConfig):
@@ -33,4 +34,5 @@ class QuantizeDynamic(Pass[QuantizeDynamicConfig]):
             )
         except Exception as exc:
             raise PassError(f"dynamic quantization failed: {type(exc).__name__}: {exc}") from exc
+        dedupe_file(out)
         return out

@@ -4,7 +4,8 @@ QDQ (default; what TensorRT and the ORT ARM/x86 kernels want) or QOperator; per-
 weights (needs opset >= 13: run ``cleanup`` with the target opset first); MinMax, Entropy
 or Percentile calibration on the pipeline's calibration tensors; op types to quantize and
 nodes to keep in float (the pipeline fills ``exclude_nodes`` from per-node sensitivity);
-optionally one range for the tensors each Concat joins (``qdq_scales``).
+optionally one range for the tensors each Concat joins (``qdq_scales``). Identical int8 weights
+(a tied weight whose copies differed by their folded BatchNorm scale) are stored once (``dedupe``).
 Calibration ranges depend on the model, the calibration data and the calibration settings,
 not on which nodes are kept in float: with ``cache_dir`` (filled by the pipeline) they are
 computed once and reused by every candidate of a float-fallback search.
@@ -26,6 +27,7 @@ from compiler import onnxio
 from compiler.errors import PassError
 from compiler.passes.base import Pass, PassConfig, quiet_root_logger
 from compiler.passes.calibration import NpzReader, load_samples
+from compiler.passes.dedupe import dedupe_file
 from compiler.passes.qdq_scales import share_concat_scales
 
 _TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -112,4 +114,5 @@ class QuantizeStatic(Pass[QuantizeStaticConfig]):
             from compiler.passes.bias_correction import correct
 
             correct(model, out, config.calibration, config.correction_samples, config.correct_scale)  # type: ignore[arg-type]
+        dedupe_file(out)
         return out

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from compiler import onnxio
 from compiler.passes.base import Pass, PassConfig
+from compiler.passes.dedupe import dedupe_initializers
 
 # op type -> index of the weight input
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
@@ -69,18 +70,26 @@ class QuantizeWeights(Pass[QuantizeWeightsConfig]):
         inits = {i.name: i for i in graph.initializer}
         readers: Counter[str] = Counter(x for n in graph.node for x in n.input)
         readers.update(o.name for o in graph.output)
-        chosen: dict[str, int | None] = {}  # weight -> axis
+        axes: dict[str, set[int | None]] = {}  # weight -> the channel axis each of its weight readers wants
+        excluded: set[str] = set()
         for node in graph.node:
             index = WEIGHT_INPUT.get(node.op_type)
-            if index is None or node.name in config.exclude_nodes or len(node.input) <= index:
+            if index is None or len(node.input) <= index:
                 continue
             name = node.input[index]
             init = inits.get(name)
-            if init is None or init.data_type != onnx.TensorProto.FLOAT or readers[name] != 1:
-                continue  # not a float initializer, or shared with another reader: left as is
-            if int(np.prod(init.dims)) < config.min_elements:
+            small = init is not None and int(np.prod(init.dims)) < config.min_elements
+            if init is None or init.data_type != onnx.TensorProto.FLOAT or small:
                 continue
-            chosen[name] = _channel_axis(node, len(init.dims))
+            if node.name in config.exclude_nodes:
+                excluded.add(name)
+            axes.setdefault(name, set()).add(_channel_axis(node, len(init.dims)))
+        # a tied weight (several Convs, one initializer) is quantized once, if every reader is a
+        # weight input wanting the same axis; read by anything else, kept in float, or left as is
+        weight_reads = Counter(node.input[WEIGHT_INPUT[node.op_type]] for node in graph.node
+                               if node.op_type in WEIGHT_INPUT and len(node.input) > WEIGHT_INPUT[node.op_type])
+        chosen = {name: next(iter(wanted)) for name, wanted in axes.items()
+                  if len(wanted) == 1 and name not in excluded and weight_reads[name] == readers[name]}
         if not chosen:
             return model
         dequantize = []
@@ -99,4 +108,5 @@ class QuantizeWeights(Pass[QuantizeWeightsConfig]):
         nodes = dequantize + list(graph.node)
         del graph.node[:]
         graph.node.extend(nodes)
+        dedupe_initializers(proto)  # near-identical float copies can round to one int8 tensor
         return onnxio.save(proto, workdir / "model.weights-int8.onnx")

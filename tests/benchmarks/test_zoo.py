@@ -66,7 +66,7 @@ def test_mobilenetv3_export_has_hardswish_and_squeeze_excitation(work: Path) -> 
 def test_weight_tied_export_reads_one_initializer_from_several_convs(work: Path) -> None:
     trained = tiny("shared", work)
     model = onnx.load(str(trained.model))
-    assert not list(trained.directory.glob("*.data")), "one file: coldchain compile copies only the .onnx"
+    assert (trained.directory / "model.onnx.data").exists()  # torch's default: weights beside the graph
     weights = Counter(n.input[1] for n in model.graph.node if n.op_type == "Conv")
     initializers = {i.name for i in model.graph.initializer}
     tied = {name: uses for name, uses in weights.items() if name in initializers and uses > 1}
@@ -102,3 +102,18 @@ def test_an_outcome_reads_as_the_best_attempt_against_the_budget_or_the_errors_e
     assert short.startswith("error: ModelLoadFailed") and short.endswith("Unrecognized attribute: axis")
     assert len(short) < 170
     assert outcome_text("error", "timed out after 60 s") == "error: timed out after 60 s"
+
+
+def test_a_cached_one_file_dynamo_export_is_compiled_as_torch_writes_it_today(tmp_path: Path) -> None:
+    from tests.compiler.graphs import small_cnn
+
+    folder = tmp_path / "zoo" / "shared-0"
+    folder.mkdir(parents=True)
+    small_cnn(folder / "model.onnx")
+    one_file = Trained("shared", folder, {"exporter": "dynamo"})
+    source = one_file.as_exported(tmp_path)
+    assert source != one_file.model and (source.parent / "model.onnx.data").stat().st_size > 1000
+    assert not list(folder.glob("*.data"))  # the cache is left as it is
+    same = [onnx.numpy_helper.to_array(i).tobytes() for i in onnx.load(str(source)).graph.initializer]
+    assert same == [onnx.numpy_helper.to_array(i).tobytes() for i in onnx.load(str(one_file.model)).graph.initializer]
+    assert Trained("resnet", folder, {"exporter": "torchscript"}).as_exported(tmp_path) == one_file.model

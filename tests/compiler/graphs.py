@@ -153,12 +153,18 @@ def shared_params_cnn(path: Path, share: bool = True, seed: int = 0) -> Path:
         helper.make_node("Relu", ["n2"], ["r2"], name="relu2"),
         helper.make_node("Conv", ["r2", "w3", shared("bias", bias, "c3")], ["c3"], name="conv3"),
         helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
-        helper.make_node("GlobalAveragePool", ["r3"], ["g"], name="gap"),
-        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "wf", "bf"], ["scores"], name="fc", transB=1),
     ]
+    return _classifier(path, "shared_params_cnn", nodes, "r3", arrays)
+
+
+def _classifier(path: Path, name: str, nodes: list[onnx.NodeProto], features: str,
+                arrays: dict[str, np.ndarray]) -> Path:
+    """``nodes`` from image [N,3,16,16] to ``features``, then GAP -> Flatten -> Gemm(wf, bf) -> scores [N,4]."""
+    nodes = [*nodes, helper.make_node("GlobalAveragePool", [features], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["scores"], name="fc", transB=1)]
     inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items()]
-    graph = helper.make_graph(nodes, "shared_params_cnn",
+    graph = helper.make_graph(nodes, name,
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
                               [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -166,3 +172,35 @@ def shared_params_cnn(path: Path, share: bool = True, seed: int = 0) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def tied_convs(path: Path, batchnorm: bool = True, repeats: int = 3, seed: int = 0) -> Path:
+    """image [N,3,16,16] -> Conv(16, stride 2) -> Relu -> ``repeats`` x (Conv(16) -> [BN] -> Relu) -> GAP -> Gemm(4).
+
+    The repeated Conv is one weight applied ``repeats`` times (weight tying, as the zoo's
+    ``shared`` model): with ``batchnorm``, one initializer read by every application, each with
+    its own BatchNorm (``cleanup`` folds them into per-application copies); without, the
+    exporter's habit of storing one identical copy per application.
+    """
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {"w0": rng.normal(0, 0.5, (16, 3, 3, 3)), "wf": rng.normal(0, 0.5, (4, 16)),
+                                     "bf": rng.normal(0, 0.1, 4)}
+    tied = rng.normal(0, 0.2, (16, 16, 3, 3))
+    nodes = [helper.make_node("Conv", ["image", "w0"], ["x0"], name="stem", pads=[1] * 4, strides=[2, 2]),
+             helper.make_node("Relu", ["x0"], ["r0"], name="stem_relu")]
+    x = "r0"
+    for i in range(repeats):
+        weight = "tied" if batchnorm else f"tied_copy{i}"
+        arrays[weight] = tied
+        nodes.append(helper.make_node("Conv", [x, weight], [f"c{i}"], name=f"conv{i}", pads=[1] * 4))
+        y = f"c{i}"
+        if batchnorm:
+            names = [f"bn{i}_{k}" for k in ("scale", "shift", "mean", "var")]
+            for name, value in zip(names, (rng.uniform(0.5, 1.5, 16), rng.normal(0, 0.1, 16),
+                                           rng.normal(0, 0.1, 16), rng.uniform(0.5, 1.5, 16)), strict=True):
+                arrays[name] = value
+            nodes.append(helper.make_node("BatchNormalization", [y, *names], [f"n{i}"], name=f"bn{i}"))
+            y = f"n{i}"
+        nodes.append(helper.make_node("Relu", [y], [f"r{i + 1}"], name=f"relu{i}"))
+        x = f"r{i + 1}"
+    return _classifier(path, "tied_convs", nodes, x, arrays)

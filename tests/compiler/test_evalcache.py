@@ -80,3 +80,16 @@ def test_an_exact_pass_is_checked_and_one_that_moved_is_evaluated(sets: tuple[ob
     onnx.save(model, str(moved))
     step = pipeline.step("cleanup", moved, {}, float_step, reference, None)
     assert step.evaluated and pipeline.counts.evaluations == 2
+
+
+def test_fold_normalize_is_checked_not_re_evaluated(sets: tuple[object, object], tmp_path: Path) -> None:
+    """The pass is bit-identical by construction (the agent's own arithmetic in the graph): it used to
+    cost the NanoDet a72 compile a fourth whole evaluation."""
+    pipeline = _pipeline(sets, tmp_path)
+    float_step, reference, _ = pipeline.measure("float", MODEL_FILE, {}, None, None)
+    spec = next(s for s in pipeline.target.passes if s.name == "fold.normalize")
+    folded, record = pipeline.apply_pass(spec, MODEL_FILE, {}, "fold")
+    assert folded != MODEL_FILE
+    step = pipeline.step("fold.normalize", folded, record, float_step, reference, None)
+    assert not step.evaluated and step.fidelity == 1.0 and "within 0 " in step.note
+    assert pipeline.counts.evaluations == 1 and pipeline.counts.screenings == 1
