@@ -36,12 +36,13 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
     """Register, compile, verify and run the demo fridge model; take inventory of fridge photos."""
     import cv2
     import numpy as np
+    from mlflow import MlflowClient
 
     from agent.errors import AgentError
     from agent.model import LoadedBundle
     from agent.selftest import run_golden
     from cloud.errors import CloudError
-    from coldchain.compile_cli import compile_one
+    from coldchain.compile_cli import _champion, compile_one
     from coldchain.demo_fleet import run_fleet, summary_table
     from compiler import intake
     from compiler.errors import CompilerError
@@ -75,7 +76,7 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
         key = signing.load_private_key(pair.private)
         sets: list[object] = []
 
-        def register_and_compile(model: Path, what: str):  # type: ignore[no-untyped-def]
+        def register_and_compile(model: Path, what: str, against_champion: bool = False):  # type: ignore[no-untyped-def]
             with console.status(f"registering {what} in MLflow"):
                 registered = register_model(uri, model, "fridge", DESCRIPTION_FILE.read_text(),
                                             workspace / "mlartifacts")
@@ -85,14 +86,20 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
                 sets.extend(image_sets(workspace / "calibration", workspace / "evaluation", 100, seed,
                                        source.description)[:2])
             sequence = next_sequence(source.info.name, uri, time.time())  # above the stream's registered ones
-            outcome = compile_one(source, load_target(TARGET), sets[0], sets[1], key, out, sequence,
-                                  source.info.name, uri)
+            target = load_target(TARGET)
+            # v2 is compared with the production model (v1, alias @champion) on the labelled photos; the
+            # demo ships it anyway (--allow-regression) so that the fleet's gates can show what they catch
+            best = _champion(None, source, sets[1], out, uri, [target]) if against_champion else None
+            outcome = compile_one(source, target, sets[0], sets[1], key, out, sequence, source.info.name, uri,
+                                  best, allow_regression=against_champion)
             if outcome.failure is not None:
                 raise fail(f"compiling {what} failed at {outcome.failure.stage}: {outcome.failure.reason} "
                            f"(full log: {outcome.failure.log})")
             return outcome.bundle
 
         bundle = register_and_compile(MODEL_FILE, "the fridge model")
+        MlflowClient(uri).set_registered_model_alias("fridge", "champion", bundle.manifest.model.version)
+        console.print("[bold]models:/fridge@champion[/] = the fridge model just compiled (the production version)")
         trust = signing.TrustStore.from_paths([pair.public])
         installed = unpack(bundle.tarball, workspace / "device" / bundle.tarball.name.removesuffix(".tar.gz"), trust)
         loaded = LoadedBundle.open_bundle(installed, trust, threads=2)
@@ -105,9 +112,10 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
             raise fail("the bundle's golden self-test failed on this machine")
         with loaded:
             _inventory(workspace / "frames", loaded, cv2, np)
-        console.rule("[bold]v2: a faulty model (broken classifier head) that passes every compile-time check")
+        console.rule("[bold]v2: a faulty model (broken classifier head): the champion check flags it, "
+                     "--allow-regression ships it for the fleet's gates")
         broken = write_faulty_model(MODEL_FILE, workspace / "models" / "fridge-v2-broken-head.onnx")
-        faulty = register_and_compile(broken, "v2")
+        faulty = register_and_compile(broken, "v2", against_champion=True)
         console.rule("[bold]the fleet: broker, cloud, simulated fridges, staged rollouts")
         results = run_fleet(workspace, [bundle.tarball, faulty.tarball], (pair.private, pair.public),
                             workspace / "frames", fridges)
