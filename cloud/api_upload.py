@@ -46,10 +46,16 @@ async def _receive(request: Request, config: Bundles, operator: Operations) -> B
     folder = config.dir
     if folder is None:
         raise HTTPException(409, "bundle uploads are not configured")
+    try:  # before the body is read: nothing is kept that could not be verified
+        trust = TrustStore.from_paths(config.trusted_keys)
+    except ContractError as exc:
+        operator.refused("bundle.upload", None, f"the trusted keys cannot be read: {exc}")
+        raise HTTPException(503, f"the cloud's bundles.trusted_keys cannot be read: {exc}") from exc
     await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
     partial = folder / f".upload-{secrets.token_hex(8)}.tar.gz"
     digest, size = hashlib.sha256(), 0
-    try:
+    created = False  # whether this request put the file at its final name (an upload of bytes already
+    try:             # stored must never delete the stored bundle, whatever its verification says now)
         with partial.open("wb") as out:
             async for chunk in request.stream():
                 size += len(chunk)
@@ -63,16 +69,14 @@ async def _receive(request: Request, config: Bundles, operator: Operations) -> B
             operator.refused("bundle.upload", None, "empty body")
             raise HTTPException(400, "send the bundle tarball (.tar.gz) as the request body")
         final = folder / f"{digest.hexdigest()}.tar.gz"  # the same bytes, the same name: idempotent
-        os.replace(partial, final)
+        if not final.exists():
+            os.replace(partial, final)
+            created = True
     finally:
         partial.unlink(missing_ok=True)
     try:
-        trust = TrustStore.from_paths(config.trusted_keys)
-    except ContractError as exc:
-        operator.refused("bundle.upload", None, f"the trusted keys cannot be read: {exc}")
-        raise HTTPException(503, f"the cloud's bundles.trusted_keys cannot be read: {exc}") from exc
-    try:
         return await anyio.to_thread.run_sync(lambda: operator.add_bundle(final, trust))
     except BundleImportError as exc:
-        final.unlink(missing_ok=True)  # a valid bundle of these bytes would have verified
+        if created:
+            final.unlink(missing_ok=True)  # a valid bundle of these bytes would have verified
         raise HTTPException(422, str(exc).replace(str(final.name), "the upload")) from exc

@@ -17,6 +17,7 @@ from cloud.config import Bundles, CloudConfig
 from cloud.queries import Queries
 from cloud.store import open_store, sqlite_url
 from cloud.tokens import create
+from contract import signing
 
 
 def test_upload_verifies_server_side(tmp_path: Path, fault_world: World) -> None:
@@ -53,6 +54,29 @@ def test_upload_verifies_server_side(tmp_path: Path, fault_world: World) -> None
     assert small.post("/bundles", content=data, headers=operate).status_code == 413
     unconfigured = TestClient(create_app(sessions)).post("/bundles", content=data, headers=operate)
     assert unconfigured.status_code == 409 and "bundles.dir" in unconfigured.json()["detail"]
+
+
+def test_a_refused_upload_never_deletes_a_stored_bundle_nor_keeps_an_unverified_one(tmp_path: Path,
+                                                                                     fault_world: World) -> None:
+    """Found by review: the same bytes uploaded again after a key rotation (now refused) deleted the
+    stored bundle its catalogue row points at; with unreadable trusted keys every upload stayed on disk."""
+    sessions = open_store(sqlite_url(tmp_path / "cloud.db"))
+    folder = tmp_path / "bundles"
+    operate = {"Authorization": f"Bearer {create(sessions, 'ci', 'operate', 'test')}"}
+    data = fault_world.bundles[5].tarball.read_bytes()
+    trusted = TestClient(create_app(sessions, config=CloudConfig(bundles=Bundles(
+        dir=folder, trusted_keys=[fault_world.public_key]))))
+    assert trusted.post("/bundles", content=data, headers=operate).status_code == 201
+    (stored,) = folder.iterdir()
+    other_key = signing.write_keypair(tmp_path / "keys", "other").public
+    rotated = TestClient(create_app(sessions, config=CloudConfig(bundles=Bundles(dir=folder,
+                                                                                 trusted_keys=[other_key]))))
+    assert rotated.post("/bundles", content=data, headers=operate).status_code == 422
+    assert stored.exists() and stored.read_bytes() == data  # the catalogued bundle is still there
+    broken = TestClient(create_app(sessions, config=CloudConfig(bundles=Bundles(
+        dir=tmp_path / "other", trusted_keys=[tmp_path / "missing.pub"]))))
+    assert broken.post("/bundles", content=b"junk" * 100, headers=operate).status_code == 503
+    assert not (tmp_path / "other").exists() or not list((tmp_path / "other").iterdir())
 
 
 def test_docs_are_served_offline(tmp_path: Path) -> None:
