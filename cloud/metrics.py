@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloud.queries import overview
 from cloud.store import Alert, DeadLetter, Rollout
 
+MAX_GROUP_SERIES = 50  # groups with a series of their own in /metrics; the rest are summed as '(other)'
 log = logging.getLogger("coldchain.cloud.metrics")
 WATCHED = ("RUNNING", "PAUSED", "ROLLING_BACK", "ABORTING")  # rollouts whose gate values are exported
 
@@ -74,10 +75,13 @@ class StoreMetrics(Collector):
         total, up = sum(f.devices for f in by_board), sum(f.online for f in by_board)
         online: dict[tuple[str, ...], float] = {("true",): float(up), ("false",): float(total - up)}
         by_group: dict[tuple[str, ...], float] = {}
-        for facet in overview.groups(session, total, up):
+        for rank, facet in enumerate(overview.groups(session, total, up)):  # most devices first
+            # served without a token, and devices report groups of their own: the largest groups get a
+            # series each, the rest are summed, so neither the series nor the names published are unbounded
+            name = (facet.value or "(none)") if rank < MAX_GROUP_SERIES else "(other)"
             for state, n in (("true", facet.online), ("false", facet.devices - facet.online)):
                 if n:
-                    by_group[(facet.value or "(none)", state)] = n
+                    by_group[(name, state)] = by_group.get((name, state), 0) + n
         yield _gauge("coldchain_devices", "Devices known to the cloud", ["online"], online)
         yield _gauge("coldchain_group_devices", "Devices per group (assigned or reported)", ["group", "online"],
                      by_group)

@@ -126,3 +126,23 @@ def test_refused_tokens_and_failed_sign_ins_are_counted_by_reason(sessions: sess
     counted = {(s.labels["surface"], s.labels["reason"]): s.value for s in family.samples if s.name.endswith("_total")}
     assert counted == {("api", "missing"): 1, ("api", "unknown"): 1, ("api", "revoked"): 2, ("api", "scope"): 1,
                        ("dashboard", "unknown"): 1, ("dashboard", "revoked"): 1, ("dashboard", "scope"): 1}
+
+
+def test_group_series_are_bounded_whatever_groups_devices_report(sessions: sessionmaker[Session]) -> None:
+    """Found by review: /metrics (served without a token) had one series per group any device
+    reported, so a fleet could make its cardinality (and the names it publishes) unbounded. The
+    largest groups get a series each; the rest are summed under '(other)'."""
+    from cloud.metrics import MAX_GROUP_SERIES
+
+    count = MAX_GROUP_SERIES + 10
+    with sessions.begin() as session:
+        for i in range(count):
+            device = f"fridge-{i}"
+            groups = ["kitchen"] + ([f"own-{i}"] if i else [])
+            ingest(session, topics.state(device), DeviceState(device_id=device, online=True, groups=groups).to_json())
+    text = TestClient(create_app(sessions)).get("/metrics").text
+    series = {s.labels["group"]: s.value for f in text_string_to_metric_families(text)
+              if f.name == "coldchain_group_devices" for s in f.samples if s.labels["online"] == "true"}
+    assert len(series) <= MAX_GROUP_SERIES + 1 and series["kitchen"] == count
+    assert sum(series.values()) == count + count - 1  # every membership counted once, in a series or in '(other)'
+    assert series["(other)"] >= 10
