@@ -76,14 +76,22 @@ class Spool:
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open the telemetry spool {path}: {exc}") from exc
         self.epoch, self.legacy_upto = self._epoch()
-        self._stamp_legacy()
+        self._add_ttl()
 
-    def _stamp_legacy(self) -> None:
-        """A spool from before the TTL: its windows get a time now (their age counts from this open)."""
+    def _add_ttl(self) -> None:
+        """A spool from before the TTL gets its column and index, and its windows a time now (their age
+        counts from this open); a spool that has them is not written to."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(windows)")}
+        indexed = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' "
+                                   "AND name = 'windows_stored_at'").fetchone() is not None
+        if "stored_at" in columns and indexed and self._db.execute(
+                "SELECT 1 FROM windows WHERE stored_at IS NULL LIMIT 1").fetchone() is None:
+            return
         with self._tx() as db:
             if "stored_at" not in columns:
                 db.execute("ALTER TABLE windows ADD COLUMN stored_at REAL")
+            # every write deletes what expired: by the index, not by reading the whole spool
+            db.execute("CREATE INDEX IF NOT EXISTS windows_stored_at ON windows (stored_at)")
             db.execute("UPDATE windows SET stored_at = ? WHERE stored_at IS NULL", (self.clock(),))
 
     def _epoch(self) -> tuple[str, int]:
