@@ -75,7 +75,7 @@ def compile(
 
             sequence = next_sequence(stream, mlflow_uri, time.time())
         console.print(f"stream [bold]{escape(stream)}[/], sequence {sequence}")
-        best = _champion(champion, src, ev, out, mlflow_uri, profiles)
+        best = find_champion(champion, src, ev, out, mlflow_uri, profiles)
     from compiler.evalcache import EvaluationCache
 
     cache = EvaluationCache()  # shared by the targets: the float model is evaluated once
@@ -93,7 +93,7 @@ def compile(
                    + "; ".join(f"{o.profile.name} ({o.failure.log})" for o in failed))  # type: ignore[union-attr]
 
 
-def _champion(uri: str | None, src, ev, out: Path, mlflow_uri: str | None,  # type: ignore[no-untyped-def]
+def find_champion(uri: str | None, src, ev, out: Path, mlflow_uri: str | None,  # type: ignore[no-untyped-def]
               profiles: list) -> Any:  # type: ignore[type-arg]
     """The production model measured on the evaluation images, or None (and a line saying why)."""
     from compiler import champion

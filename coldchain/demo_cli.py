@@ -42,7 +42,7 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
     from agent.model import LoadedBundle
     from agent.selftest import run_golden
     from cloud.errors import CloudError
-    from coldchain.compile_cli import _champion, compile_one
+    from coldchain.compile_cli import compile_one, find_champion
     from coldchain.demo_fleet import run_fleet, summary_table
     from compiler import intake
     from compiler.errors import CompilerError
@@ -89,7 +89,7 @@ def demo(  # noqa: PLR0915 (a linear script of demo steps, read top to bottom)
             target = load_target(TARGET)
             # v2 is compared with the production model (v1, alias @champion) on the labelled photos; the
             # demo ships it anyway (--allow-regression) so that the fleet's gates can show what they catch
-            best = _champion(None, source, sets[1], out, uri, [target]) if against_champion else None
+            best = find_champion(None, source, sets[1], out, uri, [target]) if against_champion else None
             outcome = compile_one(source, target, sets[0], sets[1], key, out, sequence, source.info.name, uri,
                                   best, allow_regression=against_champion)
             if outcome.failure is not None:
