@@ -99,7 +99,8 @@ def fault_counts(session: Session) -> dict[str, int]:
     code = func.json_extract(elements.c.value, "$.code") if sqlite else elements.c.value.op("->>")("code")
     counted = session.execute(select(code, func.count(Device.id.distinct())).select_from(Device)
                               .join(elements, true()).group_by(code)).all()
-    return {str(c): 0 for c in FaultCode} | {str(c): int(n) for c, n in counted if c in set(FaultCode)}
+    every = {str(c): 0 for c in FaultCode}
+    return every | {str(c): int(n) for c, n in counted if c in every}
 
 
 def online_count(session: Session, prefix: str = "") -> int:
