@@ -3,8 +3,9 @@
 The agent never exits for a missing broker or camera. The transport keeps trying and tells the
 loop why each attempt failed (``ConnectFailed``); the frame source is reopened with backoff
 (:class:`ReopeningSource`). ``Health`` logs each cause with the next retry time, keeps the last
-errors, and persists a small summary (``health.json`` in the data directory) that
-``coldchain agent status`` reads without a running agent.
+errors and the faults going on now (:class:`Faults`, which the retained state reports), and persists
+a small summary (``health.json`` in the data directory) that ``coldchain agent status`` reads without
+a running agent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 from agent.errors import FrameError
 from agent.frames import FrameSource, check_source, open_source
 from agent.slots import atomic_write
+from contract.state import MAX_FAULT_MESSAGE, Fault, FaultCode
 
 log = logging.getLogger("coldchain.agent")
 HEALTH_FILE = "health.json"
@@ -40,12 +42,18 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 class SourceUnavailable(FrameError):
     """The frame source cannot be opened now; the next attempt is at ``retry_at`` (monotonic)."""
 
-    def __init__(self, message: str, cause: str, changed: bool) -> None:
+    def __init__(self, message: str, cause: str, changed: bool, source: str = "") -> None:
         super().__init__("unavailable", message)
-        self.cause = cause
+        self.cause, self.source = cause, source
         self.changed = changed  # it just became unavailable (or its cause changed): report it
 
 
@@ -85,7 +93,7 @@ class ReopeningSource:
         be checked without opening it, a stream URL)."""
         now = self.clock()
         if self.cause is not None and now < self.next_attempt:
-            raise SourceUnavailable(self._message(self.next_attempt - now), self.cause, changed=False)
+            raise SourceUnavailable(self._message(self.next_attempt - now), self.cause, False, self.name)
         try:
             if self.check is not None:
                 checked = self.check()
@@ -104,7 +112,7 @@ class ReopeningSource:
     def _open(self) -> FrameSource:
         now = self.clock()
         if now < self.next_attempt:
-            raise SourceUnavailable(self._message(self.next_attempt - now), self.cause or "", changed=False)
+            raise SourceUnavailable(self._message(self.next_attempt - now), self.cause or "", False, self.name)
         try:
             self.inner = self.opener()
         except FrameError as exc:
@@ -118,7 +126,7 @@ class ReopeningSource:
         wait = self.delay
         self.next_attempt = self.clock() + wait
         self.delay = min(self.delay * 2, self.max_s)
-        return SourceUnavailable(self._message(wait), cause, changed)
+        return SourceUnavailable(self._message(wait), cause, changed, self.name)
 
     def _message(self, wait: float) -> str:
         return f"frame source {self.name} is unavailable: {self.cause}; next attempt in {_seconds(wait)} at {_at(wait)}"
@@ -149,14 +157,42 @@ class ErrorBudget:
         return True
 
 
-class Health:
-    """Connection and source faults, logged with their cause and next retry, persisted for ``status``."""
+class Faults:
+    """The faults going on now, one per code, as the retained state reports them (``DeviceState.faults``).
+    ``start`` and ``clear`` say whether anything changed: the agent publishes its state only then, so a
+    fault retried every interval is published when it begins, when its cause changes and when it ends."""
 
-    def __init__(self, data_dir: Path, broker: str, device_id: str = "") -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.current: dict[FaultCode, Fault] = {}
+
+    def start(self, code: FaultCode, message: str) -> bool:
+        known, message = self.current.get(code), message[:MAX_FAULT_MESSAGE]
+        if known is not None and known.message == message:
+            return False
+        since = known.since if known is not None else datetime.fromtimestamp(self.clock(), timezone.utc)
+        self.current[code] = Fault(code=code, since=since, message=message)
+        return True
+
+    def clear(self, code: FaultCode) -> bool:
+        return self.current.pop(code, None) is not None
+
+    def now(self) -> list[Fault]:
+        return [self.current[code] for code in FaultCode if code in self.current]
+
+
+class Health:
+    """Connection and source faults, logged with their cause and next retry, persisted for ``status``.
+    ``clock`` (wall time) dates the faults and measures how long the broker was away."""
+
+    def __init__(self, data_dir: Path, broker: str, device_id: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = data_dir / HEALTH_FILE
-        self.broker, self.device_id = broker, device_id
+        self.broker, self.device_id, self.clock = broker, device_id, clock
         self.connection = "connecting"
         self.connection_cause: str | None = None
+        self.away: tuple[float, str] | None = None  # since when and why the broker is unreachable
+        self.faults = Faults(clock)
         self.source = "not opened yet"
         self.last_errors: list[tuple[str, str, str]] = []  # (UTC time, code, message), newest last
         self._save()
@@ -174,15 +210,23 @@ class Health:
         log.warning("lost the broker %s: %s%s", self.broker, reason, then)
 
     def connected(self) -> str | None:
-        """Connected; returns what kept the agent from the broker before, if anything (for an event)."""
-        was = None if self.connection in ("connected", "connecting") else self.connection_cause
-        before = self.connection
+        """Connected; returns how long the broker was away and why, if it was (for an event: nothing
+        about it could be published while it lasted)."""
+        was = None
+        if self.away is not None:
+            since, why = self.away
+            last = "" if self.connection_cause in (None, why) else f"; the last attempt: {self.connection_cause}"
+            was = (f"the broker was unreachable for {_duration(self.clock() - since)} (since "
+                   f"{datetime.fromtimestamp(since, timezone.utc).isoformat(timespec='seconds')}): {why}{last}")
+        before, self.away = self.connection, None
         self._connection("connected", None)
         if before != "connected":
             log.info("connected to the broker %s", self.broker)
         return was
 
     def _connection(self, state: str, cause: str | None) -> None:
+        if cause is not None and self.away is None:
+            self.away = (self.clock(), cause)
         if (state, cause) != (self.connection, self.connection_cause):
             self.connection, self.connection_cause = state, cause
             if cause is not None:
@@ -190,19 +234,37 @@ class Health:
             self._save()
 
     def source_fault(self, exc: SourceUnavailable) -> bool:
-        """A source fault; True when it is new (the agent then sends an error event)."""
+        """A source fault; True when it is new or its cause changed (the agent then sends an error event
+        and its state): the fault's message is the cause, without the retry time that the state would keep."""
         if exc.changed:
             self.source = f"unavailable: {exc.cause}"
+            self.faults.start(FaultCode.SOURCE_UNAVAILABLE, f"frame source {exc.source}: {exc.cause}")
             self._remember("source_unavailable", str(exc))
             self._save()
             log.warning("%s", exc)
         return exc.changed
 
-    def source_ok(self, name: str) -> None:
+    def source_ok(self, name: str) -> bool:
+        """The source gave a frame or passed its check; True when that ended a fault (publish the state)."""
+        cleared = self.faults.clear(FaultCode.SOURCE_UNAVAILABLE)
         if self.source != "ok":
             self.source = "ok"
             self._save()
             log.info("frame source %s is available", name)
+        return cleared
+
+    def spool(self, size: int, limit: int, evicted: int) -> bool:
+        """The spool after a window was stored: full from the first window evicted to make room until it
+        holds fewer than ``limit`` (the cloud confirmed some); True when that changed (publish the state)."""
+        if size < limit:
+            changed = self.faults.clear(FaultCode.SPOOL_FULL)
+        else:
+            changed = bool(evicted) and FaultCode.SPOOL_FULL not in self.faults.current and self.faults.start(
+                FaultCode.SPOOL_FULL, f"the telemetry spool holds its limit of {limit} windows unconfirmed by the "
+                                      "cloud: the oldest are dropped to make room")
+        if changed:
+            self._save()
+        return changed
 
     def _remember(self, code: str, message: str) -> None:
         self.last_errors.append((datetime.now(timezone.utc).isoformat(timespec="seconds"), code, message))
@@ -211,7 +273,8 @@ class Health:
     def _save(self) -> None:
         data = {"device_id": self.device_id, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "connection": self.connection, "connection_cause": self.connection_cause, "broker": self.broker,
-                "source": self.source, "last_errors": self.last_errors}
+                "source": self.source, "last_errors": self.last_errors,
+                "faults": [f.model_dump(mode="json") for f in self.faults.now()]}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path, json.dumps(data).encode())

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from agent import inbound, runtimes, windows
+from agent import inbound, reported, runtimes, windows
 from agent.activation import Activation
 from agent.active import ActiveModel
 from agent.commands import CommandLog
@@ -34,11 +34,11 @@ from agent.telemetry import Window
 from agent.trust import TrustKeeper
 from agent.uplink import Uplink
 from contract import topics
-from contract.common import BundleRef, RuntimeInfo
+from contract.common import BundleRef
 from contract.errors import ContractError
 from contract.events import ErrorEvent, JobEvent
 from contract.jobs import JobState
-from contract.state import DeviceState, JobSummary, offline
+from contract.state import DeviceState, offline
 from transport.client import Connected, ConnectFailed, Disconnected, Inbound, Received, Transport
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ else:
     np = lazy("numpy")
 
 log = logging.getLogger("coldchain.agent")
-AGENT_VERSION = "0.1.0"
 
 ERROR_BURST = 10  # error events of one kind sent at once at most ...
 ERROR_EVERY_S = 6.0  # ... then one every this many seconds (tracebacks in the log alike)
@@ -90,7 +89,7 @@ class Agent:
         self.budget = ErrorBudget(ERROR_BURST, ERROR_EVERY_S)  # error events (and tracebacks) per code
         self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
         self.firmware = FirmwareLink(self)  # the local API (docs/firmware.md); its socket opens in run()
-        self.health = Health(config.data_dir, config.broker.url, config.device_id)  # broker and source faults
+        self.health = Health(config.data_dir, config.broker.url, config.device_id, clock)  # broker, source, spool
         self.models = ActiveModel(self.deployer, self.trust, config.limits.threads, share_models,
                                   lambda what: self.report_error("active_bundle_damaged", what))
         repaired = [("slots_recovered", self.deployer.recovered), ("spool_recovered", self.spool.recovered),
@@ -141,14 +140,7 @@ class Agent:
         return None if loaded is None else loaded.ref
 
     def state(self) -> DeviceState:
-        # the job that moved last (history times are ISO 8601 UTC, so they sort as text)
-        current = max(self.deployer.jobs.all(), key=lambda r: r.history[-1][2] if r.history else "", default=None)
-        pointer = self.deployer.slots.pointer()
-        return DeviceState(
-            device_id=self.config.device_id, online=True, board=self.config.board, agent_version=AGENT_VERSION,
-            runtimes=[RuntimeInfo(name=k, version=v) for k, v in self.available.items()],
-            active=self.bundle_ref(), previous=pointer.previous_bundle, slots=pointer.slots, groups=self.config.groups,
-            job=None if current is None else JobSummary(job_id=current.job_id, state=current.state))
+        return reported.device_state(self)  # faults included: published when one starts or clears
 
     def publish_state(self) -> None:
         self.transport.publish(topics.state(self.config.device_id), self.state().to_json(), retain=True)
@@ -169,8 +161,8 @@ class Agent:
             self.health.connect_failed(item.cause, item.retry_in_s)
         elif isinstance(item, Connected):
             self.connected = True
-            if (cause := self.health.connected()) is not None:  # the cloud hears what kept the device away
-                self.report_error("broker_unreachable", f"the broker was unreachable until now: {cause}")
+            if (away := self.health.connected()) is not None:  # the cloud hears how long and why it was away
+                self.report_error("broker_unreachable", away)
             self.transport.subscribe(self.subscriptions())
             self.publish_state()
             waiting, self.outbox = self.outbox, []
@@ -198,13 +190,14 @@ class Agent:
             return "no frame source" if self.source is None else "the frame source has ended"
         try:
             if self.active_model() is None:  # no frame is read (nor decoded) without a model: its health only
-                if self.source.probe():
-                    self.health.source_ok(self.source.name)
+                if self.source.probe() and self.health.source_ok(self.source.name):
+                    self.publish_state()  # the fault cleared
                 return "no active bundle"
             frame = self.source.read()
         except SourceUnavailable as exc:  # reported when it starts or its cause changes, retried with backoff
             if self.health.source_fault(exc):
                 self.report_error("source_unavailable", str(exc))
+                self.publish_state()  # the state carries the fault until it clears
             return f"the frame source is unavailable: {exc}"
         except FrameError as exc:
             self.window.frame_skipped(exc.kind)
@@ -214,7 +207,8 @@ class Agent:
             log.info("%s", exc)
             self.report_error("source_ended", str(exc))
             return str(exc)
-        self.health.source_ok(self.source.name)
+        if self.health.source_ok(self.source.name):
+            self.publish_state()
         return self.infer_frame(frame)
 
     def infer_frame(self, frame: np.typing.NDArray[np.uint8]) -> Inference | str:

@@ -22,9 +22,11 @@ if TYPE_CHECKING:
 
 
 def close_window(agent: Agent) -> None:
-    agent.spool.append(lambda seq: agent.window.close(agent.config.device_id, seq, agent.spool.epoch,
-                                                      agent.bundle_ref(), agent.spool.size,
-                                                      agent.spool.evicted).to_json())
+    _, evicted = agent.spool.append(lambda seq: agent.window.close(agent.config.device_id, seq, agent.spool.epoch,
+                                                                   agent.bundle_ref(), agent.spool.size,
+                                                                   agent.spool.evicted).to_json())
+    if agent.health.spool(agent.spool.size, agent.spool.max_windows, evicted):  # a fault started or cleared
+        agent.publish_state()
     for job_id in list(agent.shadows):  # a shadow candidate whose job was cancelled: close it
         record = agent.deployer.jobs.get(job_id)
         if record is None or record.state is not JobState.SHADOW:

@@ -88,9 +88,10 @@ def read_routes(queries: Queries) -> APIRouter:
                 board: Annotated[str | None, Query(max_length=128)] = None,
                 bundle: Annotated[str | None, Query(pattern=r"^[0-9a-fA-F]{1,64}$")] = None,
                 online: bool | None = None, text: Annotated[str | None, Query(max_length=64)] = None,
-                offset: Offset = 0, limit: Limit = 100) -> Page[DeviceView]:
+                faulty: bool | None = None, offset: Offset = 0, limit: Limit = 100) -> Page[DeviceView]:
+        """Devices, online first; ``faulty``: only those whose last state reports a fault (or none)."""
         return queries.devices(DeviceFilter(group=group, board=board, bundle=bundle, online=online, text=text,
-                                            offset=offset, limit=limit))
+                                            faulty=faulty, offset=offset, limit=limit))
 
     @app.get("/devices/{device_id}")
     def device(device_id: DeviceId) -> DeviceDetail:

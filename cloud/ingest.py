@@ -124,6 +124,7 @@ def _state(session: Session, state: DeviceState, device_id: str | None) -> Outco
         row.state_ts = ts
         row.board, row.agent_version = state.board, state.agent_version
         row.protocol, row.state_version = state.protocol, state.schema_version  # version 1: protocol 1
+        row.faults = [f.model_dump(mode="json") for f in state.faults]  # before version 5: none reported
         row.reported_groups = list(state.groups)
         row.active = None if state.active is None else state.active.model_dump(mode="json")
         row.active_sha256 = None if state.active is None else state.active.sha256

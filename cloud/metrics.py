@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.queries import overview
+from cloud.queries import fleet, overview
 from cloud.store import Alert, DeadLetter, Rollout
 
 MAX_GROUP_SERIES = 50  # groups with a series of their own in /metrics; the rest are summed as '(other)'
@@ -85,6 +85,8 @@ class StoreMetrics(Collector):
         yield _gauge("coldchain_devices", "Devices known to the cloud", ["online"], online)
         yield _gauge("coldchain_group_devices", "Devices per group (assigned or reported)", ["group", "online"],
                      by_group)
+        yield _gauge("coldchain_device_faults", "Devices whose last state reports a fault, by code (a closed set)",
+                     ["code"], {(code,): n for code, n in fleet.fault_counts(session).items()})
         states = session.execute(select(Rollout.status, func.count()).group_by(Rollout.status)).all()
         yield _gauge("coldchain_rollouts", "Rollouts by status", ["status"], {(s,): n for s, n in states})
         yield from self._gates(session)

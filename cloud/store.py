@@ -78,6 +78,7 @@ class Device(Base):
     state_ts: Mapped[datetime | None] = mapped_column()  # the device's time of the state applied last
     protocol: Mapped[int | None] = mapped_column(Integer)  # agent protocol it speaks (contract.versions); None: unknown
     state_version: Mapped[int | None] = mapped_column(Integer)  # schema_version of its last online state
+    faults: Mapped[list[Any] | None] = mapped_column()  # contract.state.Fault of its last online state (JSON)
     first_seen: Mapped[datetime] = mapped_column(default=now)
     last_seen: Mapped[datetime] = mapped_column(default=now)
 

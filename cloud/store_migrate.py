@@ -44,6 +44,7 @@ def _added_columns(engine: Engine) -> None:
     """Columns added to existing tables since they were created (nullable: old rows keep NULL)."""
     tables = inspect(engine).get_table_names()
     for table, column in (("devices", "state_ts"), ("devices", "protocol"), ("devices", "state_version"),
+                          ("devices", "faults"),
                           ("commands", "give_up_at"), ("dead_letters", "kind"),
                           ("alerts", "dispatched")):
         if table not in tables or any(c["name"] == column for c in inspect(engine).get_columns(table)):

@@ -113,6 +113,9 @@ def status(
     table.add_row("rollback goes to", "-" if info["previous"] is None else f"slot {info['previous']}")
     table.add_row("telemetry spool", f"{info['spool_pending']} windows waiting, {info['spool_evicted']} evicted")
     table.add_row("trust", escape(str(info["trust"])))
+    faults = [f for f in health.get("faults", []) if isinstance(f, dict)]  # what its state reports (health.json)
+    table.add_row("faults now", escape("; ".join(f"{f.get('code')} since {f.get('since')}: {f.get('message')}"
+                                                 for f in faults) or "none"))
     console.print(table)
     if live is not None:
         slot_rows = [(name + (" (live, active)" if s.bundle is not None and live.active is not None

@@ -85,13 +85,15 @@ def agent_cell(d: DeviceView) -> str:
 
 def fleet_table(devices: Sequence[DeviceView], title: str | None = None) -> Table:
     table = Table(title=title or f"Fleet ({len(devices)} devices)")
-    for column in ("device", "online", "board", "agent", "groups", "tags", "active bundle", "job", "last seen"):
+    for column in ("device", "online", "board", "agent", "groups", "tags", "active bundle", "job", "faults",
+                   "last seen"):
         table.add_column(column)
     for d in devices:
         active = "-" if not d.active else f"{d.active['model_name']} #{d.active['sequence']}"
+        faults = ",".join(f.code for f in d.faults)
         table.add_row(d.id, "[green]yes[/]" if d.online else "[red]no[/]", d.board or "-", agent_cell(d),
                       ",".join(d.groups) or "-", ",".join(f"{k}={v}" for k, v in d.tags.items()) or "-",
-                      active, f"{d.job_state or '-'}", _age(d.last_seen))
+                      active, f"{d.job_state or '-'}", f"[bold red]{faults}[/]" if faults else "-", _age(d.last_seen))
     return table
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from coldchain.broker_cli import DEFAULT_FLEET, Fleet
@@ -28,16 +29,20 @@ def list_(db: Store = None, url: Url = None, token: Token = None,
           bundle: Annotated[str | None, typer.Option(help="Only devices running this bundle (sha256 prefix).")]
           = None,
           online: Annotated[bool, typer.Option("--online", help="Only devices online now.")] = False,
+          faulty: Annotated[bool, typer.Option("--faulty", help="Only devices whose last state reports a fault "
+                                               "(camera gone, spool full).")] = False,
           text: Annotated[str | None, typer.Option(help="Only devices whose id, board or agent version "
                                                    "contains this.")] = None,
           offset: Offset = 0, limit: Limit = 100) -> None:
     """Devices, online ones first, filtered and paged by the store; an agent too old for the cloud's
-    commands says "needs a new agent"; "last seen" moves with any message from the device."""
+    commands says "needs a new agent"; "faults" are those its last state reports; "last seen" moves
+    with any message from the device."""
     from cloud.queries import DeviceFilter
 
     with connected(db, url, token) as source:
         page = source.reads.devices(DeviceFilter(group=group, board=board, bundle=bundle,
                                                      online=True if online else None, text=text,
+                                                     faulty=True if faulty else None,
                                                      offset=offset, limit=limit))
         console.print(fleet_table(page.items, f"Fleet: {shown(page, 'devices')}"))
 
@@ -51,6 +56,9 @@ def show(device: Annotated[str, typer.Argument(help="Device id.")], db: Store = 
     console.print(fleet_table([detail.device]))
     if detail.device.needs_new_agent:
         console.print(f"{device} {detail.device.needs_new_agent}; rollouts skip it until then", style="bold red")
+    for fault in detail.device.faults:  # what its last state reports wrong now
+        console.print(escape(f"fault: {fault.code} since {fault.since:%Y-%m-%d %H:%M:%S %Z}: {fault.message}"),
+                      style="bold red")
     dropped = detail.dropped_windows
     console.print(f"telemetry windows dropped on the device unsent (its spool was full): {dropped}",
                   style="bold red" if dropped else None)

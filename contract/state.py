@@ -1,8 +1,11 @@
 """Reported device state: retained on ``devices/{id}/state``; the last will sets ``online`` false.
 
 Version 2 adds ``protocol``, the agent protocol the device speaks; the cloud still reads version 1
-(agents before issue 13), whose protocol is 1. Version 3 lets a job be READY; version 4
-(``contract.versions.STATE_SCHEMA_VERSION``) is what agents of protocol 3 send (the same fields).
+(agents before issue 13), whose protocol is 1. Version 3 lets a job be READY; version 4 is what agents
+of protocol 3 send (the same fields). Version 5 (``contract.versions.STATE_SCHEMA_VERSION``) adds
+``faults``: what is wrong on the device now (its camera is gone, its spool is full), so the fleet
+does not show such a device as healthy once the error event has scrolled away. The agent publishes a
+new state when a fault starts and when it clears, never on each failed retry.
 """
 
 from __future__ import annotations
@@ -10,7 +13,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from contract.base import ContractModel, Identifier, JobId, Message, Name, utc_now
 from contract.common import BundleRef, RuntimeInfo
@@ -39,6 +49,28 @@ class JobSummary(ContractModel):
     state: JobState
 
 
+class FaultCode(StrEnum):
+    """What can be wrong on a device, as its state reports it (a closed set: a new code is a new state version)."""
+
+    SOURCE_UNAVAILABLE = "source_unavailable"  # the frame source cannot be opened (camera gone, folder unreadable)
+    SPOOL_FULL = "spool_full"  # the telemetry spool is at its limit: the oldest unsent windows are being dropped
+
+
+MAX_FAULT_MESSAGE = 512
+
+
+class Fault(ContractModel):
+    """A fault going on now: since when (the device's clock) and what the agent last said about it."""
+
+    code: FaultCode
+    since: datetime
+    message: Annotated[str, StringConstraints(max_length=MAX_FAULT_MESSAGE)] = ""
+
+
+ADDED_IN = {"protocol": 2, "faults": 5}
+"""The state's fields that older versions do not have, and the version that added each."""
+
+
 class DeviceState(Message):
     schema_version: int = STATE_SCHEMA_VERSION
     device_id: Identifier
@@ -54,6 +86,7 @@ class DeviceState(Message):
     tags: Annotated[dict[Identifier, Name], Field(max_length=64)] = {}
     job: JobSummary | None = None
     protocol: Annotated[int, Field(ge=1, le=1000)] = AGENT_PROTOCOL  # contract.versions; not on the wire in v1
+    faults: Annotated[list[Fault], Field(max_length=len(FaultCode))] = []  # the current ones; from version 5
 
     @field_validator("schema_version")
     @classmethod
@@ -63,24 +96,35 @@ class DeviceState(Message):
                              f"versions {', '.join(map(str, STATE_VERSIONS))}; upgrade the older side")
         return value
 
+    @field_validator("faults")
+    @classmethod
+    def _one_per_code(cls, value: list[Fault]) -> list[Fault]:
+        codes = [f.code for f in value]
+        for code in codes:
+            if codes.count(code) > 1:
+                raise ValueError(f"{code} is reported twice: a device has each fault at most once")
+        return value
+
     @model_validator(mode="before")
     @classmethod
-    def _version_1_protocol(cls, data: Any) -> Any:
-        """A version 1 state names no protocol: it is from an agent of protocol 1."""
-        if isinstance(data, dict) and data.get("schema_version") == 1:
-            if "protocol" in data:
-                raise ValueError("a version 1 state has no protocol field (it came with version 2)")
-            return {**data, "protocol": LEGACY_AGENT_PROTOCOL}
-        return data
+    def _older_versions(cls, data: Any) -> Any:
+        """An older state has none of the fields added after its version (a version 1 state names no
+        protocol: it is from an agent of protocol 1; before version 5 no state reports faults)."""
+        if not isinstance(data, dict) or not isinstance(version := data.get("schema_version"), int):
+            return data
+        for name, added in ADDED_IN.items():
+            if version < added and name in data:
+                raise ValueError(f"a version {version} state has no {name} field (it came with version {added})")
+        return {**data, "protocol": LEGACY_AGENT_PROTOCOL} if version == 1 else data
 
     @model_serializer(mode="wrap")
     def _as_its_version(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A version 1 state dumps as an agent of protocol 1 wrote it: without ``protocol``."""
+        """An older state dumps as its agent wrote it: without the fields added after its version."""
         data: dict[str, Any] = handler(self)
-        if self.schema_version == 1:
-            data.pop("protocol", None)
+        for name, added in ADDED_IN.items():
+            if self.schema_version < added:
+                data.pop(name, None)
         return data
-
 
 def offline(device_id: str) -> DeviceState:
     """The last-will payload: only identity and ``online=False``."""

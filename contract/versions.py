@@ -36,12 +36,12 @@ PROTOCOLS: Final = {
 }
 """What each protocol consists of, for the messages that name it."""
 
-STATE_SCHEMA_VERSION: Final = 4
+STATE_SCHEMA_VERSION: Final = 5
 """Version of ``DeviceState``: 2 adds ``protocol``; 3 lets ``job.state`` be ``READY`` (issue 14); 4 is
-sent by agents of protocol 3 (the same fields; its ``protocol`` defaults to 3)."""
-STATE_VERSIONS: Final = (1, 2, 3, STATE_SCHEMA_VERSION)
+sent by agents of protocol 3 (the same fields; its ``protocol`` defaults to 3); 5 adds ``faults``."""
+STATE_VERSIONS: Final = (1, 2, 3, 4, STATE_SCHEMA_VERSION)
 """Versions of a device's state the cloud reads (1: agents before issue 13, 2: before issue 14, 3: before
-manifest v4)."""
+manifest v4, 4: before faults)."""
 
 
 MANIFEST_PROTOCOLS: Final = {"coldchain.manifest/v4": 3}

@@ -54,6 +54,11 @@ class Queries:
         with self.sessions() as session:
             return fleet.device(session, device_id)
 
+    def fault_counts(self) -> dict[str, int]:
+        """Devices with each fault now, by code (no device ids: what /metrics exports)."""
+        with self.sessions() as session:
+            return fleet.fault_counts(session)
+
     def online(self, prefix: str = "") -> int:
         with self.sessions() as session:
             return fleet.online_count(session, prefix)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from cloud.errors import NotFoundError
@@ -18,10 +18,12 @@ from cloud.queries.models import (
     DeviceFilter,
     DeviceView,
     EventView,
+    FaultView,
     Page,
     Paging,
 )
 from cloud.store import BundleRow, Device, EventRow
+from contract.state import FaultCode
 from contract.versions import needs_new_agent
 
 
@@ -29,7 +31,8 @@ def device_view(d: Device) -> DeviceView:
     return DeviceView(id=d.id, online=d.online, board=d.board, agent_version=d.agent_version, protocol=d.protocol,
                       needs_new_agent=needs_new_agent(d.protocol), groups=d.all_groups(), tags=dict(d.tags),
                       active=d.active, previous=d.previous, job_id=d.job_id, job_state=d.job_state,
-                      first_seen=d.first_seen, last_seen=d.last_seen)
+                      first_seen=d.first_seen, last_seen=d.last_seen,
+                      faults=[FaultView.model_validate(f) for f in d.faults or []])
 
 
 def _in_list(session: Session, column: Any, value: str) -> ColumnElement[bool]:
@@ -57,6 +60,9 @@ def _filtered(session: Session, where: DeviceFilter) -> Select[Any]:
         query = query.where(func.substr(Device.active_sha256, 1, len(prefix)) == prefix)
     if where.online is not None:
         query = query.where(Device.online.is_(where.online))
+    if where.faulty is not None:
+        has = func.coalesce(func.json_array_length(Device.faults), 0) > 0
+        query = query.where(has if where.faulty else ~has)
     if where.text:
         pattern = f"%{_literal(where.text)}%"
         query = query.where(or_(*(func.lower(c).like(pattern, escape="\\")
@@ -83,6 +89,18 @@ def device(session: Session, device_id: str, events: int = 15) -> DeviceDetail:
     return DeviceDetail(device=device_view(row), dropped_windows=dropped,
                         events=[EventView(ts=e.ts, type=e.type, job_id=e.job_id, state=e.state, reason=e.reason)
                                 for e in reversed(latest)])
+
+
+def fault_counts(session: Session) -> dict[str, int]:
+    """Devices with each fault in their last state, by code (every code of the contract, 0 included),
+    counted by the store: SQLite's json_each, PostgreSQL's json_array_elements."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    elements = (func.json_each if sqlite else func.json_array_elements)(Device.faults).table_valued("value")
+    code = func.json_extract(elements.c.value, "$.code") if sqlite else elements.c.value.op("->>")("code")
+    counted = session.execute(select(code, func.count(Device.id.distinct())).select_from(Device)
+                              .join(elements, true()).group_by(code)).all()
+    every = {str(c): 0 for c in FaultCode}
+    return every | {str(c): int(n) for c, n in counted if c in every}
 
 
 def online_count(session: Session, prefix: str = "") -> int:

@@ -42,6 +42,15 @@ class DeviceFilter(Paging):
     bundle: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{1,64}$")] | None = None  # active sha256 prefix
     online: bool | None = None
     text: Annotated[str, StringConstraints(max_length=64)] | None = None
+    faulty: bool | None = None  # with (True) or without (False) a fault in its last state
+
+
+class FaultView(View):
+    """A fault the device reported in its last state (``contract.state.Fault``)."""
+
+    code: str
+    since: datetime  # the device's clock
+    message: str
 
 
 class DeviceView(View):
@@ -59,6 +68,7 @@ class DeviceView(View):
     job_state: str | None
     first_seen: datetime
     last_seen: datetime  # any message from the device: state, telemetry or events
+    faults: list[FaultView] = []  # what is wrong on it now, as its last state said
 
 
 class EventView(View):

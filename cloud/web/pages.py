@@ -21,7 +21,7 @@ from cloud.web.report import compile_report
 from cloud.web.session import Viewer
 
 PAGE_SIZES = (25, 50, 100, 200)
-FILTERS = ("group", "board", "bundle", "online", "text", "limit")
+FILTERS = ("group", "board", "bundle", "online", "faulty", "text", "limit")
 SERIES_HOURS = {"15m": 0.25, "1h": 1.0, "6h": 6.0, "24h": 24.0, "7d": 168.0}
 DEFAULT_SPAN = "1h"
 
@@ -60,12 +60,12 @@ def read_pages(queries: Queries, render: Renderer, viewer: Callable[..., Viewer]
     @app.get("/ui/", response_class=HTMLResponse)
     def fleet(request: Request, who: Reader) -> HTMLResponse:
         q = request.query_params
-        online = {"yes": True, "no": False}.get(q.get("online", ""))
+        online, faulty = ({"yes": True, "no": False}.get(q.get(name, "")) for name in ("online", "faulty"))
         problem, page = None, None
         try:
             where = DeviceFilter(group=q.get("group") or None, board=q.get("board") or None,
                                  bundle=q.get("bundle") or None, online=online, text=q.get("text") or None,
-                                 offset=number(q.get("offset"), 0, 0, 10_000_000),
+                                 faulty=faulty, offset=number(q.get("offset"), 0, 0, 10_000_000),
                                  limit=number(q.get("limit"), 50, 1, max(PAGE_SIZES)))
             page = queries.devices(where)
         except ValidationError as exc:

@@ -173,6 +173,7 @@ def test_which_token_goes_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 COMMANDS = {  # command: what its output must show (the seeded data, or the error)
     ("fleet", "list"): "Fleet: 4 devices", ("fleet", "list", "--group", "eu", "--limit", "2"): "devices 1-2 of 3",
     ("fleet", "list", "--online", "--text", "GE-3"): "fridge-3", ("fleet", "show", "fridge-1"): "Recent events",
+    ("fleet", "list", "--faulty"): "Fleet: 0 devices",  # the filter travels: none of the seeded devices has a fault
     ("fleet", "show", "ghost"): "no device 'ghost'", ("rollout", "status"): "r-seed",
     ("rollout", "status", "r-seed"): "Rollout r-seed", ("rollout", "status", "nope"): "nope",
     ("monitor", "--by", "device"): "fridge-2", ("monitor", "--by", "group"): "prediction drift 0.31",

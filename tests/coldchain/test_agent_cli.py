@@ -75,6 +75,7 @@ def test_status_takes_the_config_and_shows_connection_slots_and_last_errors(tmp_
     config.write_text(f'device_id = "fridge-42"\ndata_dir = "{tmp_path / "data"}"\ntrusted_keys = ["{keys}"]\n')
     health = Health(tmp_path / "data", "mqtt://127.0.0.1:1", "fridge-42")  # what a running agent records
     health.connect_failed("ConnectionRefusedError: [Errno 111] Connection refused", 4.0)
+    health.spool(2, 2, 1)  # a full spool: a fault the agent's state reports
     bundle = world["bundles"][5]  # type: ignore[index]
     assert runner.invoke(app, ["agent", "install", str(bundle.tarball), "--config", str(config)]).exit_code == 0
     result = runner.invoke(app, ["agent", "status", "--config", str(config)], env={"COLUMNS": "100"})
@@ -83,6 +84,7 @@ def test_status_takes_the_config_and_shows_connection_slots_and_last_errors(tmp_
     assert "fridge-42" in text and "failingtomqtt://127.0.0.1:1:ConnectionRefusedError" in text
     assert bundle.ref.sha256 in text  # the whole sha, folded over lines
     assert "broker_unreachable" in text and "PROBATION" in text
+    assert "faultsnow│spool_fullsince" in text
 
 
 def test_status_asks_the_running_agent_over_its_socket(tmp_path: Path, world: dict[str, object]) -> None:

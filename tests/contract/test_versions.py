@@ -59,6 +59,8 @@ SHAPES: dict[tuple[str, str], str] = {
     ("state", "v3"): "9e938d1c47ebd91cd64386f8bc44fc07baf4777c4192f94961bdcb9b482aa6a7",
     # sent by agents of protocol 3, which read coldchain.manifest/v4 (issue 15, branch w-overhead)
     ("state", "v4"): "480bc6cffab94b47f932601a4342e3c00f688da6443f55643c7356f30feb9202",
+    # faults: what is wrong on the device now (issue 14, branch w-faults)
+    ("state", "v5"): "218e375a4afdf0ea273df8d37822ad019c67be5b1e813d694198fa01a0da8e49",
     ("telemetry", "v1"): "fb47fca12834a19a1b0ee7feded032173a5f880a60f81ad081015362ac8f3e14",
     ("event", "v1"): "882475e7f6607b105b2311581e69d98b25ba3ee6d655cdab04fee9b9491b1204",
     ("event", "v2"): "536099c39ed9935dd4d088e878d26a0e01b260c6e2feb3c3ee6bcea8dc7b7416",  # job state READY (issue 14)
@@ -157,3 +159,33 @@ def test_the_state_window_and_protocols_are_consistent() -> None:
     for version in STATE_VERSIONS:
         golden = GOLDEN / ("state.json" if version == STATE_SCHEMA_VERSION else f"state_v{version}.json")
         assert DeviceState.from_json(golden.read_bytes()).schema_version == version
+
+
+def test_state_v5_carries_the_current_faults_and_older_states_none() -> None:
+    """Version 5 adds ``faults``: what is wrong on the device now (a closed set of codes, since when, a
+    bounded message). Older states have no such field (the cloud reads them as fault-free) and dump
+    without it, as their agents wrote them."""
+    from contract.errors import PayloadError
+    from contract.state import Fault, FaultCode
+
+    golden = json.loads((GOLDEN / "state.json").read_text())
+    state = DeviceState.from_json(json.dumps(golden))
+    assert state.schema_version == 5 and [f.code for f in state.faults] == [FaultCode.SOURCE_UNAVAILABLE]
+    assert json.loads(state.to_json())["faults"] == golden["faults"]
+    since = datetime(2026, 11, 26, 11, 58, tzinfo=UTC)
+    both = DeviceState(device_id="d1", online=True, faults=[
+        Fault(code=FaultCode.SOURCE_UNAVAILABLE, since=since, message="x" * 512),
+        Fault(code=FaultCode.SPOOL_FULL, since=since, message="")])
+    assert DeviceState.from_json(both.to_json()) == both
+    for bad, why in ((golden["faults"] * 2, "source_unavailable is reported twice"),
+                     ([{**golden["faults"][0], "code": "gremlins"}], "faults.0.code"),
+                     ([{**golden["faults"][0], "message": "x" * 513}], "faults.0.message"),
+                     ([golden["faults"][0]] * 9, "faults")):
+        with pytest.raises(PayloadError, match=why):
+            DeviceState.from_json(json.dumps({**golden, "faults": bad}))
+    for version in (1, 2, 3, 4):
+        old = json.loads((GOLDEN / f"state_v{version}.json").read_text())
+        assert "faults" not in old and DeviceState.from_json(json.dumps(old)).faults == []
+        assert "faults" not in json.loads(DeviceState.from_json(json.dumps(old)).to_json())
+        with pytest.raises(PayloadError, match=f"a version {version} state has no faults"):
+            DeviceState.from_json(json.dumps({**old, "faults": golden["faults"]}))

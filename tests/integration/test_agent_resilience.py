@@ -135,12 +135,14 @@ def test_missing_camera_and_wrong_broker_port(tmp_path: Path, world: dict[str, o
                 event = decode_event(payload) if topic == topics.events(device) else None
                 if isinstance(event, ErrorEvent):
                     codes[event.code] = event.message
-                if topic == topics.state(device) and DeviceState.from_json(payload).online:
-                    codes["online"] = ""
+                state = DeviceState.from_json(payload) if topic == topics.state(device) else None
+                if state is not None and state.online:  # the fault began offline: the state says it on connect
+                    codes["online"] = ",".join(f.code for f in state.faults)
                 return True if {"online", "source_unavailable", "broker_unreachable"} <= codes.keys() else None
 
             assert wait_for(inbox, online_and_faults), f"not online, or faults not reported: {codes}"
             assert "does not exist" in codes["source_unavailable"] and "refused" in codes["broker_unreachable"]
+            assert codes["online"] == "source_unavailable" and "unreachable for " in codes["broker_unreachable"]
 
             bundle = world["bundles"][5]  # type: ignore[index]
             command, chunks = deploy_command(bundle.tarball, bundle.ref.sha256, 5, "job-late")
@@ -160,6 +162,9 @@ def test_missing_camera_and_wrong_broker_port(tmp_path: Path, world: dict[str, o
 
             write_dataset(folder, 6, seed=4)  # the camera appears
             records.wait("frame source", "is available")
+            cleared = wait_for(inbox, lambda t, p: True if t == topics.state(device) and not DeviceState.from_json(
+                p).faults else None)
+            assert cleared, "no state without the fault once the frames appeared"
 
             def inferring(topic: str, payload: bytes) -> Telemetry | None:
                 telemetry = Telemetry.from_json(payload) if topic == topics.telemetry(device) else None
