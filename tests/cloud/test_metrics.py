@@ -27,7 +27,7 @@ EXPECTED = {  # name (as the parser gives it: counters without _total) -> type
     "coldchain_ingest_lag_seconds": "gauge", "coldchain_publisher_sent_bytes": "counter",
     "coldchain_alert_deliveries": "counter", "coldchain_part_failures": "counter",
     "coldchain_api_requests": "counter", "coldchain_api_refused": "counter",
-    "coldchain_api_unexpected_errors": "counter",
+    "coldchain_api_unexpected_errors": "counter", "coldchain_device_faults": "gauge",
 }
 
 
