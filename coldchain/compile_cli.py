@@ -242,11 +242,11 @@ def _step_metrics(steps: list, memory: list | None = None) -> list[dict[str, flo
 def _record_failure(uri: str, src, profile, steps: list,  # type: ignore[no-untyped-def,type-arg]
                     failure: Failure) -> None:
     """A failed target is an MLflow run too: status FAILED, the reason as a tag, the log as an artifact."""
-    from compiler.registry import record_failed_compile
+    from compiler.registry import record_failed_compile, without_host_paths
 
     tags = {"coldchain.source_model": src.info.name, "coldchain.source_version": src.info.version,
-            "coldchain.target": profile.name, "coldchain.failed_at": failure.stage[:250],
-            "coldchain.failure": failure.reason[:5000]}
+            "coldchain.target": profile.name, "coldchain.failed_at": without_host_paths(failure.stage)[:250],
+            "coldchain.failure": without_host_paths(failure.reason)[:5000]}
     params = {"target": profile.name, "source": src.info.source_uri}
     try:
         record_failed_compile(uri, src.info.name, profile.name, _step_metrics(steps), params, tags, failure.log)
