@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from agent import selftest
 from coldchain.cli import app
-from compiler import bundle as bundle_module
 from contract import signing
 from contract.bundle import unpack
 from examples.fridge import DESCRIPTION_FILE, MODEL_FILE
@@ -106,12 +106,12 @@ def test_a_bundle_that_fails_to_be_written_leaves_no_bundle_behind(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: the golden self-test failing on the build host left ``<out>/<bundle>/`` with a model
     and golden I/O but no manifest, beside the good bundles, for ``add-bundle`` to trip on."""
-    real = bundle_module.run_golden
+    real = selftest.run_golden
 
     def broken_runtime(*args: Any, **kwargs: Any) -> Any:  # the build host's runtime disagrees with golden
         return dataclasses.replace(real(*args, **kwargs), passed=False, max_abs_error=1.0)
 
-    monkeypatch.setattr(bundle_module, "run_golden", broken_runtime)
+    monkeypatch.setattr("compiler.bundle.run_golden", broken_runtime)
     out = tmp_path / "bundles"
     result = _compile(MODEL_FILE, out, fridge_images, keys)
     assert result.exit_code == 1
