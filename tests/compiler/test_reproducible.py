@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 from typer.testing import CliRunner
 
@@ -141,3 +142,29 @@ def test_a_failed_compiles_mlflow_run_names_no_host_folder(tmp_path: Path, fridg
     assert "onnx2tf is not installed (looked in …/no-onnx2tf-here)" in failure
     texts = [*run.data.params.values(), *run.data.tags.values()]
     assert _host_paths(texts, tmp_path, fridge_images[0].parent) == [], run.data.tags
+
+
+def test_a_compile_refused_before_any_target_leaves_no_work_folder(tmp_path: Path, fridge_images: tuple[Path, Path],
+                                                                   keys: signing.KeyPairPaths) -> None:
+    """Before: intake had saved the model (its external data read in) under ``<out>/.work/source``
+    when the calibration folder was refused; no target ran, no log was written, and the copy stayed.
+    A work folder that was there before (an earlier failed compile's logs) is left as it was."""
+    model = tmp_path / "exported" / "fridge.onnx"  # weights beside the graph, as torch's exporter writes
+    model.parent.mkdir()
+    onnx.save_model(onnx.load(str(MODEL_FILE)), str(model), save_as_external_data=True, location="fridge.onnx.data",
+                    size_threshold=0)
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(fridge_images[0].glob("*.jpg"))[:3]:
+        shutil.copy(path, few / path.name)
+    out = tmp_path / "bundles"
+    result = _compile(model, out, (few, fridge_images[1]), keys, targets=("x86-64-avx512-ort",))
+    assert result.exit_code == 1 and "at least 8 readable images" in result.output
+    assert not (out / ".work").exists()
+    earlier = out / ".work" / "fridge-x86-64-avx512-ort" / "compile.log"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("an earlier compile's log")
+    result = _compile(model, out, (few, fridge_images[1]), keys, targets=("x86-64-avx512-ort",))
+    assert result.exit_code == 1
+    assert earlier.read_text() == "an earlier compile's log"
+    assert sorted(p.name for p in (out / ".work").iterdir()) == ["fridge-x86-64-avx512-ort"]
