@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,7 +64,7 @@ def compile(
     from compiler.target import load_target, with_min_fidelity
     from contract.signing import load_private_key
 
-    with user_errors(CompilerError, AgentError):
+    with user_errors(CompilerError, AgentError), _intake_work(out / ".work", keep_work):
         profiles = [with_min_fidelity(load_target(t), min_fidelity) for t in target]
         signing_key = load_private_key(key)
         src = intake.resolve(source, description, out / ".work", mlflow_uri, max(p.opset for p in profiles))
@@ -91,6 +93,25 @@ def compile(
     if failed:
         raise fail(f"{len(failed)} of {len(outcomes)} targets failed: "
                    + "; ".join(f"{o.profile.name} ({o.failure.log})" for o in failed))  # type: ignore[union-attr]
+
+
+INTAKE_WORK = ("source", "champion")  # what a compile writes under <out>/.work before any target
+
+
+@contextmanager
+def _intake_work(work: Path, keep: bool) -> Iterator[None]:
+    """A compile refused before any target ran (calibration images, champion, sequence) leaves none
+    of the intake's files (a registry download, the model with its external data read in): there
+    is no log to keep with them. What an earlier compile left (its targets' logs) stays."""
+    try:
+        yield
+    except BaseException:
+        if not keep:
+            for name in INTAKE_WORK:
+                shutil.rmtree(work / name, ignore_errors=True)
+            with suppress(OSError):
+                work.rmdir()  # only if empty
+        raise
 
 
 def find_champion(uri: str | None, src, ev, out: Path, mlflow_uri: str | None,  # type: ignore[no-untyped-def]
@@ -242,11 +263,11 @@ def _step_metrics(steps: list, memory: list | None = None) -> list[dict[str, flo
 def _record_failure(uri: str, src, profile, steps: list,  # type: ignore[no-untyped-def,type-arg]
                     failure: Failure) -> None:
     """A failed target is an MLflow run too: status FAILED, the reason as a tag, the log as an artifact."""
-    from compiler.registry import record_failed_compile
+    from compiler.registry import record_failed_compile, without_host_paths
 
     tags = {"coldchain.source_model": src.info.name, "coldchain.source_version": src.info.version,
-            "coldchain.target": profile.name, "coldchain.failed_at": failure.stage[:250],
-            "coldchain.failure": failure.reason[:5000]}
+            "coldchain.target": profile.name, "coldchain.failed_at": without_host_paths(failure.stage)[:250],
+            "coldchain.failure": without_host_paths(failure.reason)[:5000]}
     params = {"target": profile.name, "source": src.info.source_uri}
     try:
         record_failed_compile(uri, src.info.name, profile.name, _step_metrics(steps), params, tags, failure.log)

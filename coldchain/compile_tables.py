@@ -37,7 +37,7 @@ def steps_table(title: str, rows: list[Any], latency_title: str, counts: Any,
 
 def front_table(target: str, record: Any, latency_title: str) -> Table:
     """The candidates a search tried: size, fidelity, latency, and what became of each."""
-    caption = [f"gave up: {record.gave_up}"] if record.chosen is not None else []
+    caption = [f"chosen: {record.reason}", f"gave up: {record.gave_up}"] if record.chosen is not None else []
     caption += [latency_title] + ([f"search stopped: {record.stopped}"] if record.stopped else [])
     table = Table(title=f"{target}: {record.pass_name} over budget (fidelity >= {record.budget:.4f}): candidates",
                   caption=escape("\n".join(caption)), caption_justify="left")

