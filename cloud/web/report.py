@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MEASURES = ("size_bytes", "fidelity", "accuracy", "latency_p50_ms", "latency_p95_ms", "parameters", "flops")
-HIDDEN_CONFIG = ("exclude_nodes", "calibration")  # shown apart, or a path of the build host
+HIDDEN_CONFIG = ("exclude_nodes", "calibration")  # shown apart, or an older bundle's build-host path
+
+
+def _calibration(value: Any) -> str | None:
+    """The calibration set a pass used, as its fingerprint says (``{"file", "sha256", "samples"}``); None for
+    older bundles, whose manifests recorded the build host's path instead."""
+    if isinstance(value, dict) and isinstance(value.get("sha256"), str):
+        return f"{value.get('samples', '?')} samples, sha256 {value['sha256'][:12]}"
+    return None
 
 
 @dataclass
@@ -50,8 +58,11 @@ def compile_report(manifest: dict[str, Any], per_step: list[dict[str, float]] | 
     for record in manifest.get("passes") or []:
         config = dict(record.get("config") or {})
         kept = [str(n) for n in config.get("exclude_nodes") or []]
-        steps.append(Step(str(record.get("name")), "pass",
-                          config={k: v for k, v in config.items() if k not in HIDDEN_CONFIG}, kept_in_float=kept))
+        shown = {k: v for k, v in config.items() if k not in HIDDEN_CONFIG}
+        calibration = _calibration(config.get("calibration"))
+        if calibration is not None:
+            shown["calibration"] = calibration
+        steps.append(Step(str(record.get("name")), "pass", config=shown, kept_in_float=kept))
     for index, measured in enumerate(per_step or []):
         if index < len(steps):
             steps[index].measured = {**_pick(measured), **steps[index].measured}
