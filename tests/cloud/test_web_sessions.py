@@ -212,3 +212,16 @@ def test_the_sessions_table_is_added_to_an_older_store(sessions: sessionmaker[Se
     tokens.revoke(reopened, "t-web", "test")
     assert signed_out(client) and session_rows(reopened) == []
     reopened.kw["bind"].dispose()
+
+
+def test_a_token_keeps_at_most_its_newest_sessions(web_store: Store) -> None:
+    """Signing in again and again (a script with a valid token) cannot grow the table without bound."""
+    from cloud.web.session_store import MAX_PER_TOKEN
+
+    sessions, made = web_store
+    app = create_app(sessions)
+    browsers = [TestClient(app) for _ in range(MAX_PER_TOKEN + 5)]
+    for client in browsers:
+        sign_in(client, made["read"])
+    assert len(session_rows(sessions)) == MAX_PER_TOKEN
+    assert [signed_out(client) for client in browsers] == [True] * 5 + [False] * MAX_PER_TOKEN
