@@ -1,7 +1,8 @@
 """The HTTP API (FastAPI): read the fleet, rollouts, telemetry aggregates, alerts and dead letters;
 start, pause, resume, abort and roll back rollouts. Every route needs ``Authorization: Bearer
-<token>`` except the probes ``/health``, ``/ready`` and ``/metrics`` (``cloud.api_probes``) and the
-web dashboard under ``/ui`` (``cloud.web``, which authenticates its own session cookie): the
+<token>`` except the probes ``/health`` and ``/ready`` (``cloud.api_probes``; ``/metrics`` too when
+configured ``metrics.public``) and the web dashboard under ``/ui`` (``cloud.web``, which
+authenticates its own session cookie): the
 gate (``cloud.api_gate``) authenticates it before a body is read, and each router's dependency
 checks the identity again together with the scope its routes need (``read`` < ``operate`` <
 ``admin``, ``cloud.tokens``), so a route is protected by default; writes are audited under the
@@ -16,6 +17,7 @@ validated (a bad one is a 400, or 422 in a body, naming it); an unexpected failu
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -29,7 +31,7 @@ from cloud.api_devices import device_routes
 from cloud.api_docs import docs_routes
 from cloud.api_gate import MAX_BODY_BYTES, Gate
 from cloud.api_live import live_routes
-from cloud.api_probes import PROBES, ApiMetrics, probes
+from cloud.api_probes import METRICS, PROBES, ApiMetrics, metrics_route, probes
 from cloud.api_routes import export_routes, operate_routes, read_routes, scoped
 from cloud.api_upload import upload_routes
 from cloud.audit import record
@@ -37,9 +39,10 @@ from cloud.config import CloudConfig
 from cloud.metrics import Runtime
 from cloud.operations import Operations
 from cloud.queries import Queries
+from cloud.store import now
 from cloud.tokens import Authenticator, Identity, ScopeName
 
-__all__ = ["MAX_BODY_BYTES", "PROBES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "METRICS", "PROBES", "create_app"]
 log = logging.getLogger("coldchain.cloud.api")
 
 def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -66,18 +69,18 @@ def refused_write(request: Request, why: str) -> None:
 
 def create_app(sessions: sessionmaker[Session], token: str | None = None,
                broker_connected: Callable[[], bool] | None = None, runtime: Runtime | None = None,
-               config: CloudConfig | None = None) -> FastAPI:
+               config: CloudConfig | None = None, clock: Callable[[], datetime] = now) -> FastAPI:
     """The API over ``sessions``: tokens from the store (``coldchain token create``) and, if given,
     the bootstrap ``token`` (scope admin); ``broker_connected`` (the cloud's MQTT client) feeds ``/ready``,
     ``runtime`` (the running cloud's counters) ``/metrics``; ``config`` says where uploads go and holds the
-    web dashboard's (``cloud.web``, under ``/ui``) settings."""
+    web dashboard's (``cloud.web``, under ``/ui``) settings; ``clock`` is the dashboard sessions' (tests)."""
     config = config or CloudConfig()
     authenticator = Authenticator(sessions, token)  # a short bootstrap token is refused here
     app = FastAPI(title="coldchain cloud", version="1", docs_url=None, redoc_url=None,
                   description="Fleet, rollouts, telemetry and alerts of a coldchain cloud. Every route but "
-                              f"{', '.join(PROBES)} needs 'Authorization: Bearer <token>' of the scope its "
-                              "operation names (x-scope: read < operate < admin); request bodies are at "
-                              f"most {MAX_BODY_BYTES} bytes.")
+                              f"{', '.join(PROBES)} (and {METRICS} if configured public) needs "
+                              "'Authorization: Bearer <token>' of the scope its operation names (x-scope: read < "
+                              f"operate < admin); request bodies are at most {MAX_BODY_BYTES} bytes.")
     app.state.sessions = sessions  # for audit records made outside the routes
     metrics = ApiMetrics(sessions, runtime)
 
@@ -119,6 +122,11 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected)
     app.include_router(probes(sessions, metrics, broker_connected))
+    if config.metrics.public:  # configured so: served to whoever reaches the port
+        app.include_router(metrics_route(metrics))
+    else:
+        app.include_router(scoped(metrics_route(metrics), "read"), dependencies=[Depends(needs("read"))])
+    open_paths = (*PROBES, METRICS) if config.metrics.public else PROBES
     queries = Queries(sessions)
     app.include_router(read_routes(queries), dependencies=[Depends(needs("read"))])
     app.include_router(export_routes(queries, config.exports, operations), dependencies=[Depends(needs("read"))])
@@ -128,9 +136,9 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     app.include_router(scoped(upload_routes(config.bundles, operations), "operate"),
                        dependencies=[Depends(needs("operate"))])
     app.include_router(docs_routes())  # the gate lets only authenticated requests reach it
-    web.mount(app, queries, sessions, authenticator.verify, config.dashboard,
-              refused=lambda reason: metrics.auth_refused("dashboard", reason))
-    app.add_middleware(Gate, authenticate=authenticate, open_paths=(*PROBES, *web.OPEN_PATHS), count=metrics.refuse,
+    web.mount(app, queries, sessions, authenticator, config.dashboard,
+              refused=lambda reason: metrics.auth_refused("dashboard", reason), clock=clock)
+    app.add_middleware(Gate, authenticate=authenticate, open_paths=(*open_paths, *web.OPEN_PATHS), count=metrics.refuse,
                        answered=metrics.answered, open_prefixes=web.OPEN_PREFIXES,
                        max_bodies={"/bundles": config.bundles.max_upload_bytes})
     return app

@@ -1,7 +1,8 @@
-"""The three routes served without a token: ``/health`` (the process answers), ``/ready`` (the store
-answers and, when the API runs inside the cloud, the broker is connected) and ``/metrics``
+"""The probes, served without a token: ``/health`` (the process answers) and ``/ready`` (the store
+answers and, when the API runs inside the cloud, the broker is connected); and ``/metrics``
 (Prometheus text exposition, ``cloud.metrics``, plus the API's own requests, refusals and
-unexpected errors; never a device id)."""
+unexpected errors; never a device id), which needs a token of scope read unless the configuration
+says ``metrics.public: true`` (it names groups, which devices report themselves)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.metrics import Runtime, RuntimeMetrics, StoreMetrics
 
-PROBES = ("/health", "/ready", "/metrics")
+PROBES = ("/health", "/ready")
+METRICS = "/metrics"
 
 
 class ApiMetrics:
@@ -68,7 +70,14 @@ def probes(sessions: sessionmaker[Session], metrics: ApiMetrics,
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503)
 
-    @router.get("/metrics", response_class=Response)
+    return router
+
+
+def metrics_route(metrics: ApiMetrics) -> APIRouter:
+    """``/metrics``, for the API to include behind a token or, configured public, without."""
+    router = APIRouter(tags=["probes"])
+
+    @router.get(METRICS, response_class=Response)
     def exposition() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

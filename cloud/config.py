@@ -1,7 +1,7 @@
 """The cloud's configuration file (``coldchain cloud serve --config cloud.yaml``): alert webhooks,
 server-side bundle verification for uploads, retention per data kind, inventory per group, the
-key of export pseudonyms and the web dashboard. Every field is typed, bounded and has a default, so an empty file (or
-none) is a working configuration."""
+key of export pseudonyms, the web dashboard and who may read ``/metrics``. Every field is typed,
+bounded and has a default, so an empty file (or none) is a working configuration."""
 
 from __future__ import annotations
 
@@ -89,13 +89,21 @@ class Exports(_Frozen):
 
 
 class Dashboard(_Frozen):
-    """The web dashboard (``/ui``): how long a sign-in lasts, and the MLflow tracking server whose
-    compile runs the bundle pages link to (``mlflow_ui_url``: its UI, when the tracking URI is not
-    an http(s) server that is its own UI)."""
+    """The web dashboard (``/ui``): how long a sign-in lasts at most (``session_hours``) and without
+    a page (``session_idle_minutes``), and the MLflow tracking server whose compile runs the bundle
+    pages link to (``mlflow_ui_url``: its UI, when the tracking URI is not an http(s) server that is
+    its own UI)."""
 
     session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
+    session_idle_minutes: Annotated[float, Field(ge=1, le=24 * 60)] = 30.0
     mlflow_tracking_uri: Annotated[str, Field(max_length=2000)] | None = None
     mlflow_ui_url: AnyHttpUrl | None = None
+
+
+class Metrics(_Frozen):
+    """``/metrics`` needs a token (any scope) unless ``public``: it names groups, which devices report."""
+
+    public: bool = False
 
 
 class CloudConfig(_Frozen):
@@ -105,6 +113,7 @@ class CloudConfig(_Frozen):
     telemetry: Telemetry = Telemetry()
     exports: Exports = Exports()
     dashboard: Dashboard = Dashboard()
+    metrics: Metrics = Metrics()
 
 
 def load_config(path: Path | None) -> CloudConfig:

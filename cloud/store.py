@@ -315,6 +315,18 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column()
 
 
+
+class WebSession(Base):
+    """A dashboard sign-in (``cloud.web.sessions``): the cookie holds a random id, the store only its
+    sha256, bound to the sha256 of the token it was made from (``ApiToken.digest``)."""
+
+    __tablename__ = "web_sessions"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the session id
+    token_digest: Mapped[str] = mapped_column(String(64), index=True)
+    token_name: Mapped[str] = mapped_column(String(64), index=True)  # revoking the token deletes its sessions
+    created_at: Mapped[datetime] = mapped_column()  # the absolute expiry counts from here
+    seen_at: Mapped[datetime] = mapped_column()  # the idle expiry from here (written at most every minute)
+
 DEFAULT_URL = "sqlite:///coldchain.db"
 
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.audit import record
 from cloud.errors import CloudError, NotFoundError
 from cloud.queries.models import View
-from cloud.store import ApiToken, now
+from cloud.store import ApiToken, WebSession, now
 
 ScopeName = Literal["read", "operate", "admin"]
 Refusal = Literal["missing", "unknown", "revoked"]  # why a token was not accepted (never the token)
@@ -107,14 +107,18 @@ def whoami(sessions: sessionmaker[Session], identity: Identity) -> WhoAmI:
 
 
 def revoke(sessions: sessionmaker[Session], name: str, actor: str) -> None:
+    """Revoke the token and, in the same transaction, end the dashboard sessions signed in with it."""
+    ended = 0
     with sessions.begin() as session:
         row = session.get(ApiToken, name)
         if row is not None:
             row.revoked_at = row.revoked_at or now()
+            ended = session.scalar(select(func.count()).where(WebSession.token_name == name)) or 0
+            session.execute(delete(WebSession).where(WebSession.token_name == name))
     if row is None:
         record(sessions, actor, "token.revoke", name[:64], "refused: no such token")
         raise NotFoundError(f"no token named {name[:80]!r} (see `coldchain token list`)")
-    record(sessions, actor, "token.revoke", name, "ok")
+    record(sessions, actor, "token.revoke", name, "ok", {"sessions_ended": ended})
 
 
 class Authenticator:
@@ -141,11 +145,15 @@ class Authenticator:
         given = given.strip()
         if scheme.lower() != "bearer" or not given or len(given) > 512:
             return "unknown"
-        if self.bootstrap is not None and hmac.compare_digest(digest(given), digest(self.bootstrap)):
+        return self.verify_digest(digest(given))
+
+    def verify_digest(self, hashed: str) -> Identity | Refusal:
+        """As ``verify``, for the token whose sha256 is ``hashed`` (a dashboard session's token)."""
+        if self.bootstrap is not None and hmac.compare_digest(hashed, digest(self.bootstrap)):
             return Identity(self.BOOTSTRAP, "admin")
         clock = now()
         with self.sessions.begin() as session:
-            row = session.scalar(select(ApiToken).where(ApiToken.digest == digest(given)))
+            row = session.scalar(select(ApiToken).where(ApiToken.digest == hashed))
             if row is None or row.scope not in SCOPES:
                 return "unknown"
             if row.revoked_at is not None:

@@ -86,7 +86,8 @@ def serve(
 def _serve_api(cloud: object, port: int, host: str = "127.0.0.1") -> None:
     """The HTTP API beside the cloud, supervised by it (restarted if it fails)."""
     cloud.serve_api(port, os.environ.get("COLDCHAIN_API_TOKEN") or None, host)  # type: ignore[attr-defined]
-    console.print(f"HTTP API on http://{host}:{port}: every route but /health, /ready and /metrics needs "
+    console.print(f"HTTP API on http://{host}:{port}: every route but /health and /ready (and /metrics if "
+                  "configured metrics.public) needs "
                   "'Authorization: Bearer TOKEN' of the route's scope (`coldchain token create NAME --scope "
                   "read|operate|admin`; COLDCHAIN_API_TOKEN, if set, is an admin token); docs at /docs")
 

@@ -22,7 +22,7 @@ from cloud.queries import Queries
 from cloud.queries.models import RolloutDetail, RolloutDeviceView
 from cloud.tokens import Identity
 from cloud.web.pages import pager, paging_of
-from cloud.web.render import Renderer
+from cloud.web.render import HEADERS, Renderer
 from cloud.web.session import Forbidden, Sessions, Viewer, form
 from contract.errors import ContractError
 
@@ -93,6 +93,6 @@ def rollout_pages(queries: Queries, render: Renderer, sessions: Sessions, viewer
             return render.page(request, "error.html", status=404, who=who, title="No such rollout", message=str(exc))
         except (CloudError, ContractError, ValueError) as exc:  # refused (and audited) by the operation
             return await run_in_threadpool(detail_page, request, who, rollout_id, 409, str(exc))
-        return RedirectResponse(f"/ui/rollouts/{rollout_id}?done={action}", status_code=303)
+        return RedirectResponse(f"/ui/rollouts/{rollout_id}?done={action}", status_code=303, headers=HEADERS)
 
     return app

@@ -11,13 +11,16 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud import rollouts, tokens
 from cloud.broker import free_port
 from cloud.fleet import add_bundle
 from cloud.ingest import ingest
+from cloud.plan import RolloutPlan
 from cloud.store import open_store, sqlite_url
 from contract import topics
 from contract.state import DeviceState
@@ -93,3 +96,18 @@ def api_store(tmp_path: Path, world: dict[str, object]) -> tuple[str, str]:
             ingest(session, topics.state(device), state.to_json())
         sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
     return url, sha
+
+
+@pytest.fixture
+def web_store(tmp_path: Path, world: dict[str, Any]) -> tuple[sessionmaker[Session], dict[str, str]]:
+    """The dashboard's tests: three devices in eu, a bundle, the running rollout r-web and a read and an
+    operate token (scope -> token)."""
+    sessions = open_store(sqlite_url(tmp_path / "cloud.db"))
+    with sessions.begin() as session:
+        for i in range(3):
+            state = DeviceState(device_id=f"fridge-{i}", online=True, board="rpi4", groups=["eu"])
+            ingest(session, topics.state(f"fridge-{i}"), state.to_json())
+        sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256
+    rollouts.start(sessions, sha, RolloutPlan(waves="100%"), "r-web")
+    made = {scope: tokens.create(sessions, f"t-{scope}", scope, "test") for scope in ("read", "operate")}
+    return sessions, made

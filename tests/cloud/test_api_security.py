@@ -1,4 +1,4 @@
-"""The HTTP API as an attacker on the network tries it (issue 13): every route but the three probes
+"""The HTTP API as an attacker on the network tries it (issue 13): every route but the two probes
 needs the token (checked by walking the OpenAPI schema), a body is read only after the token and
 only up to its limit (over a real socket), bad query input is a 4xx naming the parameter, never a
 500, and a bundle prefix is matched literally."""
@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.api import MAX_BODY_BYTES, PROBES, create_app
+from cloud.config import load_config
 from cloud.errors import NotFoundError
 from cloud.fleet import add_bundle, find_bundle
 from cloud.queries import Paging, Queries
@@ -115,13 +116,13 @@ def test_probes_expose_no_device_ids(api_store: tuple[str, str], tmp_path: Path)
     connected[0] = False
     not_ready = client.get("/ready")
     assert not_ready.status_code == 503 and "broker" in not_ready.text
-    metrics = client.get("/metrics")
+    metrics = client.get("/metrics", headers=AUTH)
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     assert 'coldchain_devices{online="true"} 4.0' in metrics.text, metrics.text
     assert "fridge" not in metrics.text
     client.get("/devices/fridge-1", headers=AUTH)
-    assert 'route="/devices/{device_id}"' in client.get("/metrics").text
-    assert "fridge" not in client.get("/metrics").text
+    assert 'route="/devices/{device_id}"' in client.get("/metrics", headers=AUTH).text
+    assert "fridge" not in client.get("/metrics", headers=AUTH).text
     unreachable = TestClient(create_app(sessionmaker(create_engine(sqlite_url(tmp_path / "no" / "such.db"))), TOKEN))
     down = unreachable.get("/ready")
     assert down.status_code == 503 and "store" in down.text
@@ -210,7 +211,7 @@ def test_an_unexpected_error_is_a_generic_500_logged_and_counted(tmp_path: Path,
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error; the cloud's log has the details"}
     assert "alerts" in caplog.text and "no such table" in caplog.text
-    assert 'coldchain_api_unexpected_errors_total{route="/alerts"} 1.0' in client.get("/metrics").text
+    assert 'coldchain_api_unexpected_errors_total{route="/alerts"} 1.0' in client.get("/metrics", headers=AUTH).text
 
 
 GET_TEXT = st.one_of(st.text(max_size=80), st.sampled_from(["'", '"', "%", "_", "%25", "\\", "\x00", "-1",
@@ -234,3 +235,24 @@ def test_fuzzed_get_parameters_never_give_a_500(api_store: tuple[str, str], data
                 query[parameter["name"]] = value
         response = client.get(url, params=query, headers=AUTH)
         assert response.status_code < 500, (url, query, response.status_code, response.text[:300])
+
+
+def test_metrics_need_a_read_token_unless_configured_public(api_store: tuple[str, str], tmp_path: Path) -> None:
+    """Found by review: ``/metrics`` was served to anyone and named up to 50 groups (devices report
+    their own). Now it needs a token (any scope: read is the lowest) unless ``metrics.public: true``."""
+    sessions = open_store(api_store[0])
+    reader = create(sessions, "prometheus", "read", "test")
+    client = client_for(api_store[0])
+    for headers in ({}, {"Authorization": "Bearer cct_wrong"}, {"Authorization": f"Basic {reader}"}):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 401 and "coldchain_" not in refused.text, headers
+    scrape = client.get("/metrics", headers={"Authorization": f"Bearer {reader}"})
+    assert scrape.status_code == 200 and 'coldchain_group_devices{group="eu",online="true"} 3.0' in scrape.text
+    assert 'coldchain_auth_refused_total{reason="missing",surface="api"} 1.0' in scrape.text
+    revoke(sessions, "prometheus", "test")
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {reader}"}).status_code == 401
+    config = tmp_path / "cloud.yaml"
+    config.write_text("metrics:\n  public: true\n")
+    public = client_for(api_store[0], config=load_config(config))
+    assert public.get("/metrics").status_code == 200 and "coldchain_devices" in public.get("/metrics").text
+    assert public.get("/devices").status_code == 401  # only /metrics is opened

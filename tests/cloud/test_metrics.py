@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud import rollouts
+from cloud import rollouts, tokens
 from cloud.api import create_app
 from cloud.fleet import add_bundle
 from cloud.ingest import ingest
@@ -55,7 +55,7 @@ def test_metrics_parse_with_the_prometheus_parser(sessions: sessionmaker[Session
                       deliveries=lambda: {"delivered": 2, "retried": 1}, failures=lambda: {"alerts": 1})
     client = TestClient(create_app(sessions, runtime=runtime))
     client.get("/devices")  # refused: counted
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {tokens.create(sessions, 'p', 'read', 't')}"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     assert "fridge-" not in response.text
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
@@ -94,13 +94,11 @@ def test_refused_tokens_and_failed_sign_ins_are_counted_by_reason(sessions: sess
     of too low a scope, are counted by surface and reason; no token (nor a piece of one) is exposed."""
     import re
 
-    from cloud import tokens
-
     read = tokens.create(sessions, "viewer", "read", "test")
     gone = tokens.create(sessions, "old", "operate", "test")
     tokens.revoke(sessions, "old", "test")
     unknown = "cct_" + "u" * 43
-    client = TestClient(create_app(sessions))
+    client = TestClient(create_app(sessions), headers={"Origin": "http://testserver"})  # as a browser posts forms
 
     def bearer(token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
@@ -117,7 +115,7 @@ def test_refused_tokens_and_failed_sign_ins_are_counted_by_reason(sessions: sess
     csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', client.get("/ui/").text)
     assert csrf is not None
     assert client.post("/ui/rollouts/r-x/pause", data={"csrf": csrf.group(1)}).status_code == 403
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=bearer(read)).text
     for token in (read, gone, unknown):
         assert token not in text and token[4:14] not in text
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -129,7 +127,7 @@ def test_refused_tokens_and_failed_sign_ins_are_counted_by_reason(sessions: sess
 
 
 def test_group_series_are_bounded_whatever_groups_devices_report(sessions: sessionmaker[Session]) -> None:
-    """Found by review: /metrics (served without a token) had one series per group any device
+    """Found by review: /metrics (then served without a token) had one series per group any device
     reported, so a fleet could make its cardinality (and the names it publishes) unbounded. The
     largest groups get a series each; the rest are summed under '(other)'."""
     from cloud.metrics import MAX_GROUP_SERIES
@@ -140,7 +138,8 @@ def test_group_series_are_bounded_whatever_groups_devices_report(sessions: sessi
             device = f"fridge-{i}"
             groups = ["kitchen"] + ([f"own-{i}"] if i else [])
             ingest(session, topics.state(device), DeviceState(device_id=device, online=True, groups=groups).to_json())
-    text = TestClient(create_app(sessions)).get("/metrics").text
+    scraper = tokens.create(sessions, "prometheus", "read", "test")
+    text = TestClient(create_app(sessions)).get("/metrics", headers={"Authorization": f"Bearer {scraper}"}).text
     series = {s.labels["group"]: s.value for f in text_string_to_metric_families(text)
               if f.name == "coldchain_group_devices" for s in f.samples if s.labels["online"] == "true"}
     assert len(series) <= MAX_GROUP_SERIES + 1 and series["kitchen"] == count

@@ -106,7 +106,7 @@ def test_the_fleet_page_reads_no_whole_fleet(sessions: sessionmaker[Session], wo
         sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256  # type: ignore[index,arg-type]
     rows = seed(sessions, sha)
     token = tokens.create(sessions, "t-read", "read", "test")
-    client = TestClient(create_app(sessions))
+    client = TestClient(create_app(sessions), headers={"Origin": "http://testserver"})  # as a browser posts forms
     assert client.post("/ui/login", data={"token": token, "next": "/ui/"}, follow_redirects=False).status_code == 303
     for query in ("", "?group=eu&online=yes", f"?offset={DEVICES - 50}"):
         with statements(sessions) as seen:

@@ -1,7 +1,8 @@
 """The dashboard's doors (tests/integration/test_dashboard_browser.py drives it in Chromium): every
-page needs a session, the session is one HttpOnly SameSite=Strict cookie holding the token, a
-revoked token is signed out at its next page, and a write needs the session's CSRF token, a
-same-site origin and scope operate; each refused write is audited."""
+page needs a session, the session is one HttpOnly SameSite=Strict cookie holding a session id
+(tests/cloud/test_web_sessions.py: its storage, expiry and the Origin check), a revoked token is
+signed out at its next page, and a write needs the session's CSRF token, a same-site origin and
+scope operate; each refused write is audited."""
 
 from __future__ import annotations
 
@@ -11,36 +12,23 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Mount
 
-from cloud import rollouts, tokens
+from cloud import tokens
 from cloud.api import create_app
 from cloud.config import CloudConfig, Dashboard
 from cloud.fleet import add_bundle
-from cloud.ingest import ingest
-from cloud.plan import RolloutPlan
 from cloud.queries import Paging, Queries
 from cloud.store import open_store, sqlite_url
-from contract import topics
-from contract.state import DeviceState
 
 SAMPLES = {"device_id": "fridge-1", "rollout_id": "r-web", "sha256": "0" * 12, "action": "pause"}
+ORIGIN = {"Origin": "http://testserver"}  # what a browser sends with the site's own forms
 
 
-@pytest.fixture
-def store(tmp_path, world) -> tuple[sessionmaker[Session], dict[str, str]]:  # type: ignore[no-untyped-def]
-    sessions = open_store(sqlite_url(tmp_path / "cloud.db"))
-    with sessions.begin() as session:
-        for i in range(3):
-            state = DeviceState(device_id=f"fridge-{i}", online=True, board="rpi4", groups=["eu"])
-            ingest(session, topics.state(f"fridge-{i}"), state.to_json())
-        sha = add_bundle(session, world["bundles"][5].tarball, world["trust"]).sha256
-    rollouts.start(sessions, sha, RolloutPlan(waves="100%"), "r-web")
-    made = {scope: tokens.create(sessions, f"t-{scope}", scope, "test") for scope in ("read", "operate")}
-    return sessions, made
+def browser(app: Any) -> TestClient:
+    return TestClient(app, headers=ORIGIN)
 
 
 def flat(routes: list[Any]) -> Iterator[Any]:
@@ -63,16 +51,18 @@ def signed_in(client: TestClient, token: str) -> str:
     return found.group(1)
 
 
-def test_every_dashboard_page_needs_a_valid_session(store: tuple[sessionmaker[Session], dict[str, str]]) -> None:
-    sessions, made = store
+def test_every_dashboard_page_needs_a_valid_session(web_store: tuple[sessionmaker[Session], dict[str, str]]) -> None:
+    sessions, made = web_store
     app = create_app(sessions)
-    client = TestClient(app)
+    client = browser(app)
+    signed_in(client, made["read"])
+    session = client.cookies["coldchain_session"]
     paths = [(sorted(getattr(r, "methods", None) or ["GET"])[0], r.path) for r in flat(app.routes)
              if not isinstance(r, Mount) and r.path.startswith("/ui/") and r.path != "/ui/login"]
     assert len(paths) >= 10 and any(m == "POST" for m, _ in paths)
     assert any(isinstance(r, Mount) and r.path == "/ui/static" for r in app.routes)
-    for cookie in (None, "cct_not-a-token", made["read"]):
-        if cookie == made["read"]:
+    for cookie in (None, "not-a-session", made["operate"], session):
+        if cookie == session:
             tokens.revoke(sessions, "t-read", "test")  # revoked: signed out at its next page
         client.cookies.clear()
         if cookie:
@@ -87,9 +77,9 @@ def test_every_dashboard_page_needs_a_valid_session(store: tuple[sessionmaker[Se
     assert client.get("/", follow_redirects=False).headers["location"] == "/ui/"
 
 
-def test_the_session_cookie_holds_only_the_token(store: tuple[sessionmaker[Session], dict[str, str]]) -> None:
-    sessions, made = store
-    client = TestClient(create_app(sessions))
+def test_the_sign_in_sets_one_session_cookie(web_store: tuple[sessionmaker[Session], dict[str, str]]) -> None:
+    sessions, made = web_store
+    client = browser(create_app(sessions))
     refused = client.post("/ui/login", data={"token": "cct_wrong", "next": "/ui/"}, follow_redirects=False)
     assert refused.status_code == 401 and "not valid" in refused.text and "set-cookie" not in refused.headers
     answer = client.post("/ui/login", data={"token": made["read"], "next": "//evil.example/x"}, follow_redirects=False)
@@ -97,7 +87,7 @@ def test_the_session_cookie_holds_only_the_token(store: tuple[sessionmaker[Sessi
     raw = answer.headers.get_list("set-cookie")
     assert len(raw) == 1
     cookie = SimpleCookie(raw[0])["coldchain_session"]
-    assert cookie.value == made["read"]
+    assert cookie.value != made["read"]  # a session id, never the token
     assert cookie["httponly"] and cookie["samesite"].lower() == "strict" and cookie["path"] == "/ui"
     assert not cookie["secure"]  # plain http on 127.0.0.1; set under https
     page = client.get("/ui/")
@@ -110,9 +100,9 @@ def test_the_session_cookie_holds_only_the_token(store: tuple[sessionmaker[Sessi
 
 
 def test_a_write_needs_csrf_same_origin_and_scope_operate(
-        store: tuple[sessionmaker[Session], dict[str, str]]) -> None:
-    sessions, made = store
-    reader, operator = TestClient(create_app(sessions)), TestClient(create_app(sessions))
+        web_store: tuple[sessionmaker[Session], dict[str, str]]) -> None:
+    sessions, made = web_store
+    reader, operator = browser(create_app(sessions)), browser(create_app(sessions))
     read_csrf, csrf = signed_in(reader, made["read"]), signed_in(operator, made["operate"])
     assert 'id="read-only"' in reader.get("/ui/rollouts/r-web").text
     tries = [(operator, {}, {}, "CSRF"), (operator, {"csrf": read_csrf}, {}, "CSRF"),
@@ -158,11 +148,11 @@ def test_a_bundle_page_links_its_compile_run_with_each_step_measured(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     record_compile(uri, "fridge", "arm64-cortex-a72-ort", steps, {"target": "t"},
                    bundle.tarball, "fridge-bundles", {"coldchain.manifest_sha256": sha})  # type: ignore[attr-defined]
-    plain = TestClient(create_app(sessions))
+    plain = browser(create_app(sessions))
     signed_in_as(plain, token)
     assert "not recorded" in plain.get(f"/ui/bundles/{sha}").text
     dashboard = Dashboard(mlflow_tracking_uri=uri, mlflow_ui_url="http://mlflow.example:5000")
-    linked = TestClient(create_app(sessions, config=CloudConfig(dashboard=dashboard)))
+    linked = browser(create_app(sessions, config=CloudConfig(dashboard=dashboard)))
     signed_in_as(linked, token)
     page = linked.get(f"/ui/bundles/{sha}").text
     found = re.search(r'href="(http://mlflow\.example:5000/#/experiments/\d+/runs/[0-9a-f]{32})"', page)

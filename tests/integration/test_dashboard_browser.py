@@ -35,7 +35,7 @@ from contract import topics
 from contract.signing import TrustStore
 from contract.state import DeviceState
 from examples.fridge.synth import write_dataset
-from tests.integration.browser import Screens, chromium, sign_in
+from tests.integration.browser import VIEWPORT, Screens, chromium, sign_in
 from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -241,6 +241,30 @@ def test_an_operator_pauses_and_resumes_a_rollout_a_reader_is_refused(running: R
         ("token:web-reader", "rollout.pause", "refused"), ("token:web-operator", "rollout.resume", "ok"),
         ("token:web-operator", "rollout.pause", "ok")]
 
+
+def test_a_hostile_page_cannot_sign_the_operator_in_as_the_attacker(running: Running) -> None:
+    """Login CSRF (found by review): a page of another site posts the sign-in form with the
+    attacker's token; the operator's browser was signed in as the attacker. Chromium sends the
+    hostile page's Origin, and the dashboard refuses it."""
+    attack = (f'<form id="f" method="post" action="{running.base}/ui/login"><input name="token" '
+              f'value="{running.reader}"><input name="next" value="/ui/"></form>'
+              '<script>document.getElementById("f").submit()</script>')
+    with chromium() as browser:
+        context = browser.new_context(viewport=VIEWPORT)
+        context.route("http://evil.example/**", lambda route: route.fulfill(status=200, content_type="text/html",
+                                                                            body=attack))
+        page = context.new_page()
+        with page.expect_navigation(url=f"{running.base}/ui/**"):
+            page.goto("http://evil.example/attack")
+        page.goto(running.base + "/ui/")
+        assert "/ui/login" in page.url, page.url  # not signed in as the attacker's token
+        assert not [c for c in context.cookies() if c["name"] == "coldchain_session"]
+        page.fill("input[name=token]", running.operator)  # the operator's own sign-in still works
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{running.base}/ui/")
+        assert page.locator("header .who").inner_text().startswith("web-operator")
+    scrape = httpx.get(running.base + "/metrics", headers={"Authorization": f"Bearer {running.reader}"}, timeout=30)
+    assert 'coldchain_auth_refused_total{reason="cross_origin",surface="dashboard"} 1.0' in scrape.text
 
 def test_the_gate_values_shown_are_the_apis(running: Running) -> None:
     running.quiet()  # the live wave's evidence stops growing
