@@ -85,7 +85,7 @@ def test_the_cli_the_api_and_metrics_show_the_faults(tmp_path: Path) -> None:
     assert [(d["id"], [f["code"] for f in d["faults"]]) for d in page["items"]] == [
         ("cam-gone", ["source_unavailable"])]
     assert client.get("/devices/cam-gone", headers=auth).json()["device"]["faults"][0]["message"] == CAMERA.message
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=auth).text
     assert "cam-gone" not in metrics
     family = {f.name: f for f in text_string_to_metric_families(metrics)}["coldchain_device_faults"]
     assert family.type == "gauge"
@@ -114,7 +114,7 @@ def test_the_dashboard_shows_and_filters_the_faults(tmp_path: Path) -> None:
         ingest(session, topics.state("healthy"), _state("healthy"))
     client = TestClient(create_app(sessions))
     signed = client.post("/ui/login", data={"token": tokens.create(sessions, "viewer", "read", "test"), "next": "/ui/"},
-                         follow_redirects=False)
+                         headers={"Origin": "http://testserver"}, follow_redirects=False)
     assert signed.status_code == 303, signed.text
     fleet = client.get("/ui/").text
     assert "<th>Faults</th>" in fleet and '<span class="badge fail"' in fleet and "source_unavailable" in fleet
