@@ -79,12 +79,17 @@ class Activation:
         log.info("activation held by the firmware for at most %.0f s: %s", limit, self.hold_.reason)
         return self.hold_.until
 
-    def release(self) -> None:
-        """End the hold: a candidate waiting in READY activates now."""
+    def release(self) -> bool:
+        """End the hold: a candidate waiting in READY activates now. Without a hold (never held, already
+        released, or past its limit) nothing changes and it returns False: a release is not a way
+        around the window or idleness."""
+        if self.current_hold() is None:
+            return False
         self.hold_ = None
         self.released_at = self.clock()
         self._save()
         log.info("activation released by the firmware")
+        return True
 
     def current_hold(self) -> Hold | None:
         if self.hold_ is not None and self.clock() >= self.hold_.until:

@@ -2,6 +2,7 @@
 
 AgentError                  anything the agent refuses or cannot do
 ├── FrameError              a frame that cannot be used (``kind`` says why: empty, truncated, ...)
+├── ImagePathRefused        a local API ``image_path`` the agent will not open (outside image_dirs, not a file)
 ├── SourceEnded             a finite frame source (a folder with ``loop = false``) has no frames left
 ├── ProcessingError         pre/post-processing cannot follow the manifest (bad spec or output)
 ├── RuntimeUnavailableError the runtime a bundle needs is not installed here
@@ -25,6 +26,10 @@ class FrameError(AgentError, ValueError):
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
         super().__init__(message)
+
+
+class ImagePathRefused(AgentError):
+    """The firmware named an image file the agent will not read (``agent/image_files.py``)."""
 
 
 class SourceEnded(AgentError):
