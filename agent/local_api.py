@@ -237,18 +237,23 @@ class LocalServer:
             self._drop(client)
 
     def _accept(self) -> None:
-        if self._listener is None:
-            return
-        try:
-            sock, _ = self._listener.accept()
-        except BlockingIOError:
-            return
-        except OSError as exc:  # no file descriptor left in the process (EMFILE): stop listening for a second
-            log.error("local API cannot accept a client: %s", exc.strerror)
-            self.refused["accept_failed"] += 1
-            self._selector.unregister(self._listener)
-            self._accept_after = time.monotonic() + 1.0
-            return
+        """Accept every client waiting (a burst of connections is answered, not left in the backlog)."""
+        for _ in range(256):
+            if self._listener is None:
+                return
+            try:
+                sock, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # no file descriptor left in the process (EMFILE): stop listening a second
+                log.error("local API cannot accept a client: %s", exc.strerror)
+                self.refused["accept_failed"] += 1
+                self._selector.unregister(self._listener)
+                self._accept_after = time.monotonic() + 1.0
+                return
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._numbers += 1
         client = Client(self._numbers, sock, self.client_queue)
