@@ -247,6 +247,22 @@ def test_image_paths_that_are_no_plain_file_are_refused_without_reading(running:
     assert running.agent.firmware.server.refused["image_path_refused"] == 5
 
 
+def test_a_folder_swapped_for_a_symlink_after_the_check_leads_nowhere(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race: shelf/sub passed the check as a folder, then became a symlink out of the shelf
+    (whoever writes the image folder can do it). Opening the whole path followed it."""
+    import agent.image_files as image_files
+
+    shelf, outside = tmp_path / "shelf", tmp_path / "outside"
+    shelf.mkdir()
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"the agent's secret")
+    (shelf / "sub").symlink_to(outside)
+    monkeypatch.setattr(image_files.os.path, "realpath", str)  # the check saw shelf/sub as a plain folder
+    with pytest.raises(image_files.ImagePathRefused, match="changed while it was opened"):
+        image_files.read_image_file(str(shelf / "sub" / "secret.jpg"), [shelf], 1000)
+
+
 def test_release_without_a_hold_is_refused_and_opens_no_window(tmp_path: Path, world: dict[str, object]) -> None:
     """A release with no hold answered ok and let a READY candidate activate outside its window."""
     a, _ = _agent(tmp_path, world)
