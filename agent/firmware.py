@@ -148,7 +148,9 @@ class FirmwareLink:
             self.activation(client, request.id, "release_activation")
 
     def infer(self, client: Client, request: InferRequest) -> None:
-        if request.mode == "next_frame":  # the schedule's next read answers it
+        if request.mode == "next_frame":  # the schedule's next read answers it; clients gone wait no more
+            server = self.server
+            self.next_frame = [(c, i) for c, i in self.next_frame if server is not None and server.connected(c)]
             self.next_frame.append((client, request.id))
             if self.agent.config.source.trigger == "on_request":  # no schedule: read at the loop's next turn
                 self.agent.next_inference = 0.0

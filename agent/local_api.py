@@ -202,6 +202,9 @@ class LocalServer:
             self.send(client, message)
         return len(subscribers)
 
+    def connected(self, client: Client) -> bool:
+        return client.number in self.clients
+
     def subscribe(self, client: Client, topics: frozenset[Topic]) -> None:
         with self._lock:
             client.topics = topics

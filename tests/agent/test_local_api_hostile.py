@@ -263,6 +263,27 @@ def test_a_folder_swapped_for_a_symlink_after_the_check_leads_nowhere(tmp_path: 
         image_files.read_image_file(str(shelf / "sub" / "secret.jpg"), [shelf], 1000)
 
 
+def test_next_frame_waiters_of_clients_gone_are_forgotten(tmp_path: Path, world: dict[str, object]) -> None:
+    """With an interval source, next_frame requests wait for the schedule's next read: clients that
+    connect, ask and leave piled up in that list until then, without bound."""
+    a, _ = _agent(tmp_path, world)
+    a.next_inference = float("inf")  # the schedule's next read is far away
+    a.firmware.start()
+    try:
+        server = a.firmware.server
+        assert server is not None
+        for i in range(50):
+            client = LineClient(a.config.socket_path)
+            client.send(type="infer", id=f"n{i}", mode="next_frame")
+            until(lambda: server.requests.qsize() == 1, "the request to be queued")
+            client.close()
+            until(lambda: not server.clients, "the client to be gone")
+            a.firmware.serve()
+        assert len(a.firmware.next_frame) <= 1
+    finally:
+        a.firmware.stop()
+
+
 def test_release_without_a_hold_is_refused_and_opens_no_window(tmp_path: Path, world: dict[str, object]) -> None:
     """A release with no hold answered ok and let a READY candidate activate outside its window."""
     a, _ = _agent(tmp_path, world)
