@@ -5,6 +5,7 @@ nothing makes the agent read without bound, block, decode a bomb or lose an answ
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import struct
 import threading
@@ -81,6 +82,32 @@ def test_a_pipelining_client_is_paused_and_loses_no_answer_nor_starves_another(s
     assert polite.read()["id"] == "p1"
     assert "p1" in taken and taken.index("p1") < 20  # served among the first, not after the greedy 300
     assert all(c.dropped == 0 for c in server.clients.values())
+
+
+def test_running_out_of_file_descriptors_pauses_accepting_and_kills_nothing(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """accept() failing with EMFILE (the process has no descriptor left) escaped the selector
+    thread: the local API died for good, silently."""
+    import socket
+
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+
+    class Exhausted(socket.socket):
+        def accept(self) -> tuple[socket.socket, Any]:
+            if failures:
+                raise failures.pop()
+            return super().accept()
+
+    monkeypatch.setattr(socket, "socket", Exhausted)
+    s = LocalServer(tmp_path / "api.sock")
+    s.start()
+    try:
+        client = LineClient(s.path)  # its connection waits in the backlog while accept fails
+        client.send(type="status", id="later")
+        _, request = s.requests.get(timeout=20)  # accepted once the server listens again (1 s)
+        assert request.id == "later" and s.refused["accept_failed"] == 1 and not failures
+    finally:
+        s.stop()
 
 
 def test_stop_never_deletes_a_file_that_took_the_sockets_place(tmp_path: Path) -> None:
