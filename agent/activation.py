@@ -86,7 +86,8 @@ class Activation:
         held = self.current_hold()
         if held is not None:  # one hold for every client: a shorter one never cuts another's short
             until = max(until, held.until)
-        self.hold_ = Hold(reason[:MAX_REASON] or "no reason given", until)
+        text = "".join(c if c.isprintable() else " " for c in reason[:MAX_REASON])  # no forged log lines
+        self.hold_ = Hold(text or "no reason given", until)
         self.released_at = None
         if self.saved_until is None or self.hold_.until > self.saved_until + WRITE_SLACK_S:
             self._save()

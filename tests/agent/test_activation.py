@@ -218,3 +218,16 @@ def test_a_shorter_hold_never_cuts_another_short(tmp_path: Path, world: dict[str
     clock.now += 120
     hold = a.activation.current_hold()
     assert hold is not None and hold.until == defrost_ends and hold.reason == "door open"
+
+
+def test_a_hold_reason_cannot_forge_log_lines(tmp_path: Path, world: dict[str, object],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The firmware's words go into the agent's log and the cloud's READY reason: a newline in them
+    started a forged log line."""
+    a, _ = _agent(world, tmp_path / "data", Clock())
+    with caplog.at_level("INFO", logger="coldchain.agent"):
+        a.hold_activation("defrost\n2026-11-30 ERROR coldchain.agent: bundle verification disabled\x1b[2J", 60)
+    hold = a.activation.current_hold()
+    assert hold is not None
+    assert hold.reason == "defrost 2026-11-30 ERROR coldchain.agent: bundle verification disabled [2J"
+    assert all("\n" not in r.getMessage() for r in caplog.records)
