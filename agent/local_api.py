@@ -9,9 +9,9 @@ Memory is bounded per client, and no client can crowd out another: a client has 
 ``PIPELINE`` requests waiting for their answer and ``MAX_IMAGE_BYTES`` of request lines waiting
 for the loop; past either, or while its outgoing queue is full, the server stops reading from it
 (the kernel's buffer then holds what it writes, and its writes block) until the loop catches up.
-Answers to requests are never dropped. Events (``publish``) go to a bounded outgoing queue: when a
-subscriber reads too slowly, what does not fit is dropped and counted (``Client.dropped``), so a
-slow client never stalls inference or the other clients.
+Answers to requests are never dropped. Events (``publish``) go to an outgoing queue bounded in lines
+(``client_queue``) and bytes (``OUT_BYTES``): when a subscriber reads too slowly, what does not fit
+is dropped and counted (``Client.dropped``), so a slow client never stalls inference or the others.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from contract.local import MAX_IMAGE_BYTES, MAX_LINE_BYTES, ErrorAnswer, Request
 log = logging.getLogger("coldchain.agent.local_api")
 MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
 PIPELINE = 8  # requests of one client waiting for their answers before the server stops reading it
+OUT_BYTES = 1024 * 1024  # event bytes queued for one client before further events are dropped
 
 
 class LocalApiError(AgentError):
@@ -56,11 +57,13 @@ class Client:
     discarding: bool = False  # inside an overlong line: skip to its end
     inflight: int = 0  # requests queued for the loop or waiting there (next_frame), not answered yet
     queued_bytes: int = 0  # size of this client's request lines in ``requests``
+    out_bytes: int = 0  # size of the lines in ``out``
 
     @property
     def paused(self) -> bool:
         """Not read until the loop catches up (its requests) or the client does (its answers)."""
-        return self.inflight >= PIPELINE or self.queued_bytes >= MAX_IMAGE_BYTES or len(self.out) >= self.limit
+        return (self.inflight >= PIPELINE or self.queued_bytes >= MAX_IMAGE_BYTES or len(self.out) >= self.limit
+                or self.out_bytes >= OUT_BYTES)
 
 
 Incoming = tuple[Client, Request]
@@ -188,10 +191,12 @@ class LocalServer:
                 client.inflight = max(client.inflight - 1, 0)
             if client.number not in self.clients:
                 return
-            if not answer and len(client.out) >= client.limit:
+            if not answer and client.out and (len(client.out) >= client.limit
+                                              or client.out_bytes + len(line) > OUT_BYTES):
                 client.dropped += 1
                 return
             client.out.append(line)
+            client.out_bytes += len(line)
         self._wake()
 
     def publish(self, topic: Topic, message: Message) -> int:
@@ -340,6 +345,7 @@ class LocalServer:
                     if not client.out:
                         return
                     client.sending = memoryview(client.out.popleft())
+                    client.out_bytes -= len(client.sending)
             try:
                 sent = client.sock.send(client.sending)
             except BlockingIOError:

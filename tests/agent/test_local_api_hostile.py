@@ -21,7 +21,7 @@ from agent.frames import FolderSource, decode
 from agent.local_api import LocalApiError, LocalServer
 from agent.loop import Agent
 from benchmarks.faults.device import errors
-from contract.local import OkAnswer
+from contract.local import InferResult, Item, OkAnswer
 from examples.fridge.synth import write_dataset
 from tests.agent.conftest import MemoryTransport
 from tests.agent.test_local_api import LineClient
@@ -106,6 +106,29 @@ def test_running_out_of_file_descriptors_pauses_accepting_and_kills_nothing(tmp_
         client.send(type="status", id="later")
         _, request = s.requests.get(timeout=20)  # accepted once the server listens again (1 s)
         assert request.id == "later" and s.refused["accept_failed"] == 1 and not failures
+    finally:
+        s.stop()
+
+
+def test_a_subscriber_that_never_reads_holds_a_bounded_number_of_bytes(tmp_path: Path) -> None:
+    """The outgoing queue was bounded in lines only: 256 results of a detector with 1000 boxes
+    (~70 kB each) held 17 MB per silent subscriber."""
+    from agent.local_api import OUT_BYTES
+
+    s = LocalServer(tmp_path / "api.sock")  # client_queue 256 lines, the default
+    s.start()
+    try:
+        silent = LineClient(s.path)
+        silent.send(type="subscribe", id="s", topics=["results"])
+        client, request = s.requests.get(timeout=10)
+        s.subscribe(client, frozenset(request.topics))  # type: ignore[union-attr]
+        s.answer(client, OkAnswer(id="s"))
+        items = [Item(label=f"label-{i}", score=0.5, box=[12.5, 40.0, 88.0, 210.25]) for i in range(1000)]
+        result = InferResult(source="main", bundle=None, items=items, inventory={}, model_ms=1.0, total_ms=2.0)
+        for _ in range(256):  # ~70 kB each
+            s.publish("results", result)
+        queued = sum(len(line) for line in client.out)
+        assert queued <= OUT_BYTES + 4096 and client.dropped > 0, (queued, client.dropped)
     finally:
         s.stop()
 
