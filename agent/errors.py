@@ -3,6 +3,7 @@
 AgentError                  anything the agent refuses or cannot do
 ├── FrameError              a frame that cannot be used (``kind`` says why: empty, truncated, ...)
 ├── ImagePathRefused        a local API ``image_path`` the agent will not open (outside image_dirs, not a file)
+├── LocalApiError           the local API's socket cannot be opened (path too long, unsafe folder, in use)
 ├── SourceEnded             a finite frame source (a folder with ``loop = false``) has no frames left
 ├── ProcessingError         pre/post-processing cannot follow the manifest (bad spec or output)
 ├── RuntimeUnavailableError the runtime a bundle needs is not installed here
@@ -30,6 +31,11 @@ class FrameError(AgentError, ValueError):
 
 class ImagePathRefused(AgentError):
     """The firmware named an image file the agent will not read (``agent/image_files.py``)."""
+
+
+class LocalApiError(AgentError):
+    """The local API's socket cannot be opened (a path too long, a folder others may write, another
+    agent already serving it, another file in its place)."""
 
 
 class SourceEnded(AgentError):

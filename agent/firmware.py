@@ -18,11 +18,11 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-from agent.errors import AgentError, FrameError, ImagePathRefused
+from agent.errors import AgentError, FrameError, ImagePathRefused, LocalApiError
 from agent.frames import decode
 from agent.image_files import read_image_file
 from agent.inventory import Change, InventoryTracker
-from agent.local_api import Client, LocalApiError, LocalServer
+from agent.local_api import Client, LocalServer
 from agent.model import Inference
 from contract.base import Message
 from contract.errors import ContractError
@@ -115,9 +115,9 @@ class FirmwareLink:
     def report_refusals(self) -> None:
         """Errors the local API answered since the last report, as one error event (the agent's error
         budget holds back a flood; each event carries the running totals by code)."""
-        if self.server is None or sum(self.server.refused.values()) == sum(self.reported.values()):
+        totals = {} if self.server is None else self.server.refusals()
+        if sum(totals.values()) == sum(self.reported.values()):
             return
-        totals = dict(self.server.refused)
         new = {code: n - self.reported.get(code, 0) for code, n in totals.items() if n > self.reported.get(code, 0)}
         self.reported = totals
         self.agent.report_error("local_api_refused", "the local API answered errors: "
@@ -207,7 +207,7 @@ class FirmwareLink:
         return StatusAnswer(id=request_id, device_id=state.device_id, connected=self.agent.connected,
                             active=state.active, slots=state.slots, job=state.job,
                             trigger=self.agent.config.source.trigger, last_error=self.last_error,
-                            dropped=client.dropped, refused=dict(self.server.refused) if self.server else {})
+                            dropped=client.dropped, refused=self.server.refusals() if self.server else {})
 
     def activation(self, client: Client, request_id: str, what: str, *args: Any) -> None:
         """Hold or release activation (``Agent.hold_activation`` / ``release_activation``)."""

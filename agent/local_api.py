@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import selectors
 import socket
-import stat
 import threading
 import time
 from collections import Counter, deque
@@ -30,18 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import AgentError
+from agent import socket_file
 from contract.base import Message
 from contract.local import MAX_IMAGE_BYTES, MAX_LINE_BYTES, ErrorAnswer, Request, RequestError, Topic, decode_request
 
 log = logging.getLogger("coldchain.agent.local_api")
-MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
 PIPELINE = 8  # requests of one client waiting for their answers before the server stops reading it
 OUT_BYTES = 1024 * 1024  # event bytes queued for one client before further events are dropped
-
-
-class LocalApiError(AgentError):
-    """The local API's socket cannot be opened (a path too long, another agent already serving it)."""
 
 
 @dataclass(eq=False)
@@ -74,9 +67,7 @@ class LocalServer:
 
     def __init__(self, path: Path, mode: int = 0o660, client_queue: int = 256, max_clients: int = 16,
                  line_limit: int = MAX_LINE_BYTES, on_request: Callable[[], None] = lambda: None) -> None:
-        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-            raise LocalApiError(f"local API socket path {path} is longer than {MAX_SOCKET_PATH} bytes: "
-                                "set local_api.socket to a shorter path")
+        socket_file.check_length(path)
         self.path, self.mode, self.client_queue, self.max_clients = path, mode, client_queue, max_clients
         self.line_limit, self.on_request = line_limit, on_request  # on_request: wakes whoever drains requests
         self.requests: queue.Queue[Incoming] = queue.Queue(max_clients * PIPELINE)  # bounded by the pauses
@@ -94,25 +85,7 @@ class LocalServer:
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            folder = self.path.parent.stat().st_mode
-        except OSError as exc:
-            raise LocalApiError(f"cannot create the folder of the local API socket {self.path}: {exc}") from exc
-        if folder & stat.S_IWOTH and not folder & stat.S_ISVTX:  # anyone could replace the socket, or a symlink
-            raise LocalApiError(f"{self.path.parent} is a folder others may write (mode {stat.S_IMODE(folder):o}, "
-                                "no sticky bit): put local_api.socket in a folder of the agent's own")
-        self._remove_stale()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(str(self.path))
-            os.chmod(self.path, self.mode)
-            info = os.lstat(self.path)
-            self._inode = (info.st_dev, info.st_ino)
-            listener.listen(64)
-        except OSError as exc:
-            listener.close()
-            raise LocalApiError(f"cannot serve the local API on {self.path}: {exc.strerror or exc}") from exc
+        listener, self._inode = socket_file.bind(self.path, self.mode)
         listener.setblocking(False)
         self._listener = listener
         self._selector.register(listener, selectors.EVENT_READ)
@@ -121,26 +94,6 @@ class LocalServer:
         self._thread = threading.Thread(target=self._serve, name="local-api", daemon=True)
         self._thread.start()
         log.info("local API listening on %s", self.path)
-
-    def _remove_stale(self) -> None:
-        """A socket file left by an agent that died is removed; one another agent serves is not."""
-        try:
-            if not stat.S_ISSOCK(self.path.lstat().st_mode):
-                raise LocalApiError(f"{self.path} exists and is not a socket: refusing to replace it")
-        except FileNotFoundError:
-            return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(self.path))
-        except OSError:
-            try:
-                self.path.unlink(missing_ok=True)  # nobody listens: stale
-            except OSError as exc:
-                raise LocalApiError(f"cannot remove the stale local API socket {self.path}: {exc.strerror}") from exc
-            return
-        finally:
-            probe.close()
-        raise LocalApiError(f"another process already serves the local API on {self.path}")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -153,17 +106,10 @@ class LocalServer:
             self.clients.clear()
         if self._listener is not None:
             self._listener.close()
-            self._remove_own_socket()
+            socket_file.remove_own(self.path, self._inode)
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
-
-    def _remove_own_socket(self) -> None:
-        """The socket file goes with the server, only if it is still the one bound (never another file)."""
-        with contextlib.suppress(OSError):
-            info = os.lstat(self.path)
-            if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == self._inode:
-                self.path.unlink()
 
     # ---- what the agent calls (any thread) ---------------------------------------------------
     def take(self) -> Incoming:
@@ -206,6 +152,11 @@ class LocalServer:
         for client in subscribers:
             self.send(client, message)
         return len(subscribers)
+
+    def refusals(self) -> dict[str, int]:
+        """A copy of ``refused`` (the socket thread adds to it under the lock)."""
+        with self._lock:
+            return dict(self.refused)
 
     def connected(self, client: Client) -> bool:
         return client.number in self.clients
@@ -255,7 +206,8 @@ class LocalServer:
                 return
             except OSError as exc:  # no file descriptor left in the process (EMFILE): stop listening a second
                 log.error("local API cannot accept a client: %s", exc.strerror)
-                self.refused["accept_failed"] += 1
+                with self._lock:
+                    self.refused["accept_failed"] += 1
                 self._selector.unregister(self._listener)
                 self._accept_after = time.monotonic() + 1.0
                 return

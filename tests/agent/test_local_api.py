@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from agent.config import AgentConfig
+from agent.errors import LocalApiError
 from agent.frames import FolderSource
-from agent.local_api import LocalApiError, LocalServer
+from agent.local_api import LocalServer
 from agent.loop import Agent
 from benchmarks.faults.device import errors
 from contract import topics

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from agent.config import AgentConfig
-from agent.errors import FrameError
+from agent.errors import FrameError, LocalApiError
 from agent.frames import FolderSource, decode
-from agent.local_api import LocalApiError, LocalServer
+from agent.local_api import LocalServer
 from agent.loop import Agent
 from benchmarks.faults.device import errors
 from contract.local import InferResult, Item, OkAnswer
