@@ -6,7 +6,8 @@ device out for it, see docs/cloud.md). The rules, in order:
 
 1. a candidate never waits in READY longer than ``max_hold_s`` (default 24 h): then it activates;
 2. a hold by the firmware (``hold``) keeps it until released or until the hold's own limit
-   (``max_s``, at most ``max_hold_s``); a release after the candidate became READY lets it go now;
+   (``max_s``, at most ``max_hold_s``; a later, shorter hold never shortens it); a release after
+   the candidate became READY lets it go now (a release without a hold changes nothing);
 3. without a hold: with neither ``window`` nor ``when_idle_s`` configured it goes at once, otherwise
    when the window is open (local time) or no firmware request came for ``when_idle_s``.
 
@@ -29,6 +30,7 @@ from agent.slots import atomic_write
 log = logging.getLogger("coldchain.agent")
 HOLD_FILE = "activation.json"
 MAX_REASON = 200
+WRITE_SLACK_S = 60.0  # a hold extended by less than this is not written again (a firmware re-asserting it)
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,11 @@ class Activation:
         self.last_request = clock()  # idle is counted from the agent's start until the firmware asks
         self.released_at: float | None = None
         self.hold_: Hold | None = None
+        self.saved_until: float | None = None  # the end of the hold on disk, if one is
         try:
             data = json.loads(self.path.read_text())
             self.hold_ = Hold(str(data["reason"])[:MAX_REASON], float(data["until"]))
+            self.saved_until = self.hold_.until
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged: no hold (max_hold bounds it anyway)
@@ -71,20 +75,36 @@ class Activation:
 
     def hold(self, reason: str, max_s: float | None = None) -> float:
         """Keep candidates in READY until :meth:`release` or ``max_s`` (at most ``max_hold_s``) from now;
-        returns when the hold ends by itself."""
+        returns when the hold ends by itself.
+
+        Written to disk when there was none there or when it ends ``WRITE_SLACK_S`` later than the one
+        there: a firmware re-asserting its hold on every request costs no fsync each (nor flash wear).
+        A restarted agent may so end a hold up to that much early. Holds of several clients are one
+        hold: it lasts until the latest end asked, with the latest reason; a release ends it."""
         limit = self.config.max_hold_s if max_s is None else min(max(max_s, 0.0), self.config.max_hold_s)
-        self.hold_ = Hold(reason[:MAX_REASON] or "no reason given", self.clock() + limit)
+        until = self.clock() + limit
+        held = self.current_hold()
+        if held is not None:  # one hold for every client: a shorter one never cuts another's short
+            until = max(until, held.until)
+        text = "".join(c if c.isprintable() else " " for c in reason[:MAX_REASON])  # no forged log lines
+        self.hold_ = Hold(text or "no reason given", until)
         self.released_at = None
-        self._save()
-        log.info("activation held by the firmware for at most %.0f s: %s", limit, self.hold_.reason)
+        if self.saved_until is None or self.hold_.until > self.saved_until + WRITE_SLACK_S:
+            self._save()
+            log.info("activation held by the firmware for at most %.0f s: %s", limit, self.hold_.reason)
         return self.hold_.until
 
-    def release(self) -> None:
-        """End the hold: a candidate waiting in READY activates now."""
+    def release(self) -> bool:
+        """End the hold: a candidate waiting in READY activates now. Without a hold (never held, already
+        released, or past its limit) nothing changes and it returns False: a release is not a way
+        around the window or idleness."""
+        if self.current_hold() is None:
+            return False
         self.hold_ = None
         self.released_at = self.clock()
         self._save()
         log.info("activation released by the firmware")
+        return True
 
     def current_hold(self) -> Hold | None:
         if self.hold_ is not None and self.clock() >= self.hold_.until:
@@ -118,7 +138,9 @@ class Activation:
         try:
             if self.hold_ is None:
                 self.path.unlink(missing_ok=True)
+                self.saved_until = None
             else:
                 atomic_write(self.path, json.dumps({"reason": self.hold_.reason, "until": self.hold_.until}).encode())
+                self.saved_until = self.hold_.until
         except OSError as exc:  # the hold still applies in memory
             log.warning("cannot persist the activation hold in %s: %s", self.path, exc.strerror)

@@ -66,6 +66,8 @@ class LocalApiConfig(_Section):
     mode: Annotated[int, Field(ge=0, le=0o777)] = 0o660
     client_queue: Annotated[int, Field(ge=1, le=100_000)] = 256  # lines queued per client before drops
     max_clients: Annotated[int, Field(ge=1, le=256)] = 16
+    # folders whose images infer's image_path may name (symlinks resolved); none: image_path is refused
+    image_dirs: Annotated[list[Path], Field(max_length=64)] = []
 
     @field_validator("mode", mode="before")
     @classmethod

@@ -47,6 +47,9 @@ def disk_error(exc: OSError) -> str:
     return f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".strip(": ")
 
 
+READY_REASON_EVERY_S = 10.0  # READY's reason is re-sent at most this often (a firmware changing it per request)
+
+
 class Deployer:
     def __init__(self, data_dir: Path, trust: TrustStore, runtimes: dict[Runtime, str], emit: Emit,
                  threads: int = 1, limits: ProbationLimits = DEFAULT_LIMITS,
@@ -66,6 +69,7 @@ class Deployer:
         self.engine_cache = data_dir / "engines"  # TensorRT plans, keyed by model, TensorRT version and GPU
         self.jobs = JobStore(data_dir)
         self._downloads: dict[str, Download] = {}  # by artifact sha: open downloads, bitmaps in memory
+        self._ready_sent: dict[str, float] = {}  # job id -> when READY's reason was last re-sent
 
     # ---- messages ---------------------------------------------------------------------
     def on_deploy(self, command: DeployCommand) -> JobRecord:
@@ -229,7 +233,8 @@ class Deployer:
             return False
         if record.state is not JobState.READY:
             self._move(record, JobState.READY, reason)
-        elif reason != record.reason:  # e.g. the window's wait became the firmware's hold: the cloud hears it
+        elif reason != record.reason and self.clock() >= self._ready_sent.get(record.job_id, 0) + READY_REASON_EVERY_S:
+            self._ready_sent[record.job_id] = self.clock()  # e.g. the window's wait became the firmware's hold
             record.reason = reason
             self.jobs.save(record)
             self.emit(record.job_id, JobState.READY, reason, None)

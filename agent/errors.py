@@ -2,6 +2,8 @@
 
 AgentError                  anything the agent refuses or cannot do
 ├── FrameError              a frame that cannot be used (``kind`` says why: empty, truncated, ...)
+├── ImagePathRefused        a local API ``image_path`` the agent will not open (outside image_dirs, not a file)
+├── LocalApiError           the local API's socket cannot be opened (path too long, unsafe folder, in use)
 ├── SourceEnded             a finite frame source (a folder with ``loop = false``) has no frames left
 ├── ProcessingError         pre/post-processing cannot follow the manifest (bad spec or output)
 ├── RuntimeUnavailableError the runtime a bundle needs is not installed here
@@ -25,6 +27,15 @@ class FrameError(AgentError, ValueError):
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
         super().__init__(message)
+
+
+class ImagePathRefused(AgentError):
+    """The firmware named an image file the agent will not read (``agent/image_files.py``)."""
+
+
+class LocalApiError(AgentError):
+    """The local API's socket cannot be opened (a path too long, a folder others may write, another
+    agent already serving it, another file in its place)."""
 
 
 class SourceEnded(AgentError):

@@ -12,17 +12,17 @@ import base64
 import binascii
 import logging
 import queue
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-from agent.errors import AgentError, FrameError
+from agent.errors import AgentError, FrameError, ImagePathRefused, LocalApiError
 from agent.frames import decode
+from agent.image_files import read_image_file
 from agent.inventory import Change, InventoryTracker
-from agent.local_api import Client, LocalApiError, LocalServer
+from agent.local_api import Client, LocalServer
 from agent.model import Inference
 from contract.base import Message
 from contract.errors import ContractError
@@ -66,6 +66,7 @@ class FirmwareLink:
         self.next_frame: list[Waiting] = []  # infer next_frame requests: answered by the next frame read
         self.active_sha: str | None = agent.deployer.slots.pointer().active_sha256
         self.last_error: str | None = None
+        self.reported: dict[str, int] = {}  # the server's refusals by code when last reported to the cloud
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -100,15 +101,29 @@ class FirmwareLink:
         if self.server is not None:
             for _ in range(REQUESTS_PER_STEP):
                 try:
-                    client, request = self.server.requests.get_nowait()
+                    client, request = self.server.take()
                 except queue.Empty:
                     break
                 self.handle(client, request)
+            self.report_refusals()
         sha = self.agent.deployer.slots.pointer().active_sha256
         if sha != self.active_sha:
             previous, self.active_sha = self.active_sha, sha
             self.inventory.reset()  # another model's scores are not comparable with this one's
             self.publish("model", ModelEvent(active=self.agent.bundle_ref(), previous_sha256=previous))
+
+    def report_refusals(self) -> None:
+        """Errors the local API answered since the last report, as one error event (the agent's error
+        budget holds back a flood; each event carries the running totals by code)."""
+        totals = {} if self.server is None else self.server.refusals()
+        if sum(totals.values()) == sum(self.reported.values()):
+            return
+        new = {code: n - self.reported.get(code, 0) for code, n in totals.items() if n > self.reported.get(code, 0)}
+        self.reported = totals
+        self.agent.report_error("local_api_refused", "the local API answered errors: "
+                                + ", ".join(f"{code} {n}" for code, n in sorted(new.items()))
+                                + " (totals since start: "
+                                + ", ".join(f"{code} {n}" for code, n in sorted(totals.items())) + ")")
 
     def job(self, job_id: str, state: JobState, reason: str | None) -> None:
         self.publish("jobs", JobStateEvent(job_id=job_id, state=state, reason=reason and reason[:2048]))
@@ -133,7 +148,9 @@ class FirmwareLink:
             self.activation(client, request.id, "release_activation")
 
     def infer(self, client: Client, request: InferRequest) -> None:
-        if request.mode == "next_frame":  # the schedule's next read answers it
+        if request.mode == "next_frame":  # the schedule's next read answers it; clients gone wait no more
+            server = self.server
+            self.next_frame = [(c, i) for c, i in self.next_frame if server is not None and server.connected(c)]
             self.next_frame.append((client, request.id))
             if self.agent.config.source.trigger == "on_request":  # no schedule: read at the loop's next turn
                 self.agent.next_inference = 0.0
@@ -142,6 +159,10 @@ class FirmwareLink:
         else:
             try:
                 frame = self._image(request)
+            except ImagePathRefused as exc:
+                self.reply(client, ErrorAnswer(id=request.id, code="image_path_refused", field="image_path",
+                                               message=str(exc)[:2048]))
+                return
             except FrameError as exc:
                 self.reply(client, ErrorAnswer(id=request.id, code=f"frame_{exc.kind}",
                                                field="image_path" if request.image_path else "image_b64",
@@ -151,14 +172,7 @@ class FirmwareLink:
 
     def _image(self, request: InferRequest) -> npt.NDArray[np.uint8]:
         if request.image_path is not None:
-            path = Path(request.image_path)
-            try:
-                size = path.stat().st_size
-                if size > MAX_IMAGE_BYTES:
-                    raise FrameError("too_large", f"{path} is {size} bytes, above the {MAX_IMAGE_BYTES} allowed")
-                data = path.read_bytes()
-            except OSError as exc:
-                raise FrameError("capture", f"cannot read {path}: {exc.strerror}") from exc
+            data = read_image_file(request.image_path, self.agent.config.local_api.image_dirs, MAX_IMAGE_BYTES)
         else:
             try:
                 data = base64.b64decode(request.image_b64 or "", validate=True)
@@ -193,7 +207,7 @@ class FirmwareLink:
         return StatusAnswer(id=request_id, device_id=state.device_id, connected=self.agent.connected,
                             active=state.active, slots=state.slots, job=state.job,
                             trigger=self.agent.config.source.trigger, last_error=self.last_error,
-                            dropped=client.dropped)
+                            dropped=client.dropped, refused=self.server.refusals() if self.server else {})
 
     def activation(self, client: Client, request_id: str, what: str, *args: Any) -> None:
         """Hold or release activation (``Agent.hold_activation`` / ``release_activation``)."""
@@ -206,8 +220,9 @@ class FirmwareLink:
 
     # ---- out -------------------------------------------------------------------------------------
     def reply(self, client: Client, message: Message) -> None:
+        """The answer to one of ``client``'s requests (never dropped)."""
         if self.server is not None:
-            self.server.send(client, message)
+            self.server.answer(client, message)
 
     def publish(self, topic: Topic, message: Message) -> None:
         if self.server is not None:

@@ -1,6 +1,6 @@
 """Frame sources: a camera (``/dev/videoN`` or an index), a folder of images (looping), a file, or
 an RTSP/HTTP URL. A bad frame raises FrameError with a kind (``empty``, ``truncated``,
-``corrupt``, ``too_large``, ``channels``, ``depth``, ``capture``) that the loop counts and
+``corrupt``, ``format``, ``too_large``, ``channels``, ``depth``, ``capture``) that the loop counts and
 skips; a source never stops the loop because of one frame. A finite source that has given every
 frame raises SourceEnded: the agent reports that once and goes on serving commands.
 
@@ -33,39 +33,89 @@ else:
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# OpenCV's own ceiling on what it allocates for one image (read once, when cv2 is first imported):
+# the largest frame the agent's configuration allows, instead of OpenCV's default of 2^30 pixels
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(8192 * 8192))
+
+
+_MAGIC = (b"\x89PNG", b"\xff\xd8", b"BM", b"RIFF")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The first frame header's size, walking the markers as libjpeg does: bytes that are not a
+    marker are skipped, and so are fill bytes (0xFF before a marker)."""
+    i = 2
+    while i + 1 < len(data):
+        if data[i] != 0xFF or data[i + 1] == 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in _SOF:
+            if i + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        if marker in (0xD8, 0x01, 0x00) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA) or i + 4 > len(data):  # the image ends or its data starts before any size
+            return None
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        i += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8 " and len(data) >= 30:
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
 def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header, without decoding the pixels."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+    """(width, height) from a PNG, JPEG, BMP or WebP header, without decoding the pixels; None for
+    any other format, or a header it cannot be read from."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24 and data[12:16] == b"IHDR":
         width, height = struct.unpack(">II", data[16:24])
         return width, height
     if data.startswith(b"\xff\xd8"):
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-                return width, height
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-            i += 2 + length
+        return _jpeg_size(data)
+    if data.startswith(b"BM") and len(data) >= 26:
+        if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+            width, height = struct.unpack("<HH", data[18:22])
+            return width, height
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return _webp_size(data)
     return None
 
 
 def decode(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """Bytes of an image file -> BGR uint8, or FrameError naming what is wrong."""
+    """Bytes of an image file -> BGR uint8, or FrameError naming what is wrong. Only formats whose
+    size is read from the header before decoding are accepted (JPEG, PNG, BMP, WebP): a small file
+    declaring a huge image is refused without allocating it."""
     if not data:
         raise FrameError("empty", "the frame has zero bytes")
     size = _header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
+    if size is None and data.startswith(_MAGIC):
+        raise FrameError("corrupt", "the image's header gives no size (it is damaged)")
+    if size is None:
+        raise FrameError("format", "the frame is not a JPEG, PNG, BMP or WebP image")
+    if size[0] * size[1] > max_pixels:
         raise FrameError("too_large", f"the frame claims {size[0]}x{size[1]} pixels, above the limit of {max_pixels}")
     if data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-64:]:
         raise FrameError("truncated", "the JPEG has no end-of-image marker: the file was cut short")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV's own pixel ceiling (OPENCV_IO_MAX_IMAGE_PIXELS)
+        raise FrameError("too_large", f"the frame was refused by the decoder: {str(exc).strip()[-200:]}") from exc
     if image is None:
         raise FrameError("corrupt", "the frame is not a decodable image")
     if image.shape[0] * image.shape[1] > max_pixels:

@@ -2,38 +2,39 @@
 
 One selector thread accepts clients, reads their lines and writes what is queued for them. It
 never runs the model: a valid request goes into ``requests`` (a thread-safe queue the agent loop
-drains each step, ``agent/firmware.py``); a bad line is answered at once with an error naming the
-field, and the connection stays up. Each client has a bounded outgoing queue: when a client reads
-too slowly, what does not fit is dropped and counted (``Client.dropped``), so a slow client never
-stalls inference or the other clients.
+takes from each step, ``agent/firmware.py``); a bad line is answered at once with an error naming
+the field, and the connection stays up. Every error answered is counted by code (``refused``).
+
+Memory is bounded per client, and no client can crowd out another: a client has at most
+``PIPELINE`` requests waiting for their answer and ``MAX_IMAGE_BYTES`` of request lines waiting
+for the loop; past either, or while its outgoing queue is full, the server stops reading from it
+(the kernel's buffer then holds what it writes, and its writes block) until the loop catches up.
+Answers to requests are never dropped. Events (``publish``) go to an outgoing queue bounded in lines
+(``client_queue``) and bytes (``OUT_BYTES``): when a subscriber reads too slowly, what does not fit
+is dropped and counted (``Client.dropped``), so a slow client never stalls inference or the others.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import selectors
 import socket
-import stat
 import threading
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import AgentError
+from agent import socket_file
 from contract.base import Message
-from contract.local import MAX_LINE_BYTES, ErrorAnswer, Request, RequestError, Topic, decode_request
+from contract.local import MAX_IMAGE_BYTES, MAX_LINE_BYTES, ErrorAnswer, Request, RequestError, Topic, decode_request
 
 log = logging.getLogger("coldchain.agent.local_api")
-MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
-REQUESTS_LIMIT = 256  # requests waiting for the agent loop, from every client together
-
-
-class LocalApiError(AgentError):
-    """The local API's socket cannot be opened (a path too long, another agent already serving it)."""
+PIPELINE = 8  # requests of one client waiting for their answers before the server stops reading it
+OUT_BYTES = 1024 * 1024  # event bytes queued for one client before further events are dropped
 
 
 @dataclass(eq=False)
@@ -45,8 +46,17 @@ class Client:
     out: deque[bytes] = field(default_factory=deque)
     sending: memoryview | None = None  # the part of the line being written that the socket did not take yet
     topics: frozenset[Topic] = frozenset()
-    dropped: int = 0  # lines that did not fit in ``out``
+    dropped: int = 0  # event lines that did not fit in ``out``
     discarding: bool = False  # inside an overlong line: skip to its end
+    inflight: int = 0  # requests queued for the loop or waiting there (next_frame), not answered yet
+    queued_bytes: int = 0  # size of this client's request lines in ``requests``
+    out_bytes: int = 0  # size of the lines in ``out``
+
+    @property
+    def paused(self) -> bool:
+        """Not read until the loop catches up (its requests) or the client does (its answers)."""
+        return (self.inflight >= PIPELINE or self.queued_bytes >= MAX_IMAGE_BYTES or len(self.out) >= self.limit
+                or self.out_bytes >= OUT_BYTES)
 
 
 Incoming = tuple[Client, Request]
@@ -57,14 +67,12 @@ class LocalServer:
 
     def __init__(self, path: Path, mode: int = 0o660, client_queue: int = 256, max_clients: int = 16,
                  line_limit: int = MAX_LINE_BYTES, on_request: Callable[[], None] = lambda: None) -> None:
-        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-            raise LocalApiError(f"local API socket path {path} is longer than {MAX_SOCKET_PATH} bytes: "
-                                "set local_api.socket to a shorter path")
+        socket_file.check_length(path)
         self.path, self.mode, self.client_queue, self.max_clients = path, mode, client_queue, max_clients
         self.line_limit, self.on_request = line_limit, on_request  # on_request: wakes whoever drains requests
-        self.requests: queue.Queue[Incoming] = queue.Queue(REQUESTS_LIMIT)
+        self.requests: queue.Queue[Incoming] = queue.Queue(max_clients * PIPELINE)  # bounded by the pauses
         self.clients: dict[int, Client] = {}
-        self.refused = 0  # bad lines answered with an error
+        self.refused: Counter[str] = Counter()  # errors answered (bad lines, refused requests) by code
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -72,19 +80,12 @@ class LocalServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._numbers = 0
+        self._inode: tuple[int, int] | None = None  # the socket file this server bound
+        self._accept_after = 0.0  # accept() failed (no file descriptor left): listen again after this
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_stale()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(str(self.path))
-            os.chmod(self.path, self.mode)
-            listener.listen(8)
-        except OSError as exc:
-            listener.close()
-            raise LocalApiError(f"cannot serve the local API on {self.path}: {exc.strerror or exc}") from exc
+        listener, self._inode = socket_file.bind(self.path, self.mode)
         listener.setblocking(False)
         self._listener = listener
         self._selector.register(listener, selectors.EVENT_READ)
@@ -93,23 +94,6 @@ class LocalServer:
         self._thread = threading.Thread(target=self._serve, name="local-api", daemon=True)
         self._thread.start()
         log.info("local API listening on %s", self.path)
-
-    def _remove_stale(self) -> None:
-        """A socket file left by an agent that died is removed; one another agent serves is not."""
-        try:
-            if not stat.S_ISSOCK(self.path.lstat().st_mode):
-                raise LocalApiError(f"{self.path} exists and is not a socket: refusing to replace it")
-        except FileNotFoundError:
-            return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(self.path))
-        except OSError:
-            self.path.unlink(missing_ok=True)  # nobody listens: stale
-            return
-        finally:
-            probe.close()
-        raise LocalApiError(f"another process already serves the local API on {self.path}")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -122,22 +106,43 @@ class LocalServer:
             self.clients.clear()
         if self._listener is not None:
             self._listener.close()
-            self.path.unlink(missing_ok=True)
+            socket_file.remove_own(self.path, self._inode)
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
 
     # ---- what the agent calls (any thread) ---------------------------------------------------
+    def take(self) -> Incoming:
+        """The next request for the loop (``queue.Empty`` if none); its client may be read again."""
+        client, request = self.requests.get_nowait()
+        with self._lock:
+            client.queued_bytes = max(client.queued_bytes - request_size(request), 0)
+        self._wake()
+        return client, request
+
+    def answer(self, client: Client, message: Message) -> None:
+        """Queue the answer to one of ``client``'s requests: never dropped (at most ``PIPELINE`` wait)."""
+        self._queue(client, message, answer=True)
+
     def send(self, client: Client, message: Message) -> None:
-        """Queue one line for ``client``; dropped (and counted) when its queue is full."""
+        """Queue an event line for ``client``; dropped (and counted) when its queue is full."""
+        self._queue(client, message, answer=False)
+
+    def _queue(self, client: Client, message: Message, answer: bool) -> None:
         line = message.to_json() + b"\n"
         with self._lock:
+            if isinstance(message, ErrorAnswer) and message.code != "no_result":
+                self.refused[message.code] += 1
+            if answer:
+                client.inflight = max(client.inflight - 1, 0)
             if client.number not in self.clients:
                 return
-            if len(client.out) >= client.limit:
+            if not answer and client.out and (len(client.out) >= client.limit
+                                              or client.out_bytes + len(line) > OUT_BYTES):
                 client.dropped += 1
                 return
             client.out.append(line)
+            client.out_bytes += len(line)
         self._wake()
 
     def publish(self, topic: Topic, message: Message) -> int:
@@ -147,6 +152,14 @@ class LocalServer:
         for client in subscribers:
             self.send(client, message)
         return len(subscribers)
+
+    def refusals(self) -> dict[str, int]:
+        """A copy of ``refused`` (the socket thread adds to it under the lock)."""
+        with self._lock:
+            return dict(self.refused)
+
+    def connected(self, client: Client) -> bool:
+        return client.number in self.clients
 
     def subscribe(self, client: Client, topics: frozenset[Topic]) -> None:
         with self._lock:
@@ -183,12 +196,24 @@ class LocalServer:
             self._drop(client)
 
     def _accept(self) -> None:
-        if self._listener is None:
-            return
-        try:
-            sock, _ = self._listener.accept()
-        except BlockingIOError:
-            return
+        """Accept every client waiting (a burst of connections is answered, not left in the backlog)."""
+        for _ in range(256):
+            if self._listener is None:
+                return
+            try:
+                sock, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # no file descriptor left in the process (EMFILE): stop listening a second
+                log.error("local API cannot accept a client: %s", exc.strerror)
+                with self._lock:
+                    self.refused["accept_failed"] += 1
+                self._selector.unregister(self._listener)
+                self._accept_after = time.monotonic() + 1.0
+                return
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._numbers += 1
         client = Client(self._numbers, sock, self.client_queue)
@@ -196,6 +221,8 @@ class LocalServer:
             full = len(self.clients) >= self.max_clients
             if not full:
                 self.clients[client.number] = client
+            else:
+                self.refused["too_many_clients"] += 1
         if full:
             refusal = ErrorAnswer(code="too_many_clients", message=f"the agent serves at most {self.max_clients} "
                                   "local API clients at once").to_json() + b"\n"
@@ -216,7 +243,11 @@ class LocalServer:
             self._drop(client)
             return
         client.inbuf += data
-        while True:
+        self._lines(client)
+
+    def _lines(self, client: Client) -> None:
+        """Handle the complete lines read, until the client must wait (``paused``)."""
+        while not client.paused:
             end = client.inbuf.find(b"\n")
             if end < 0:
                 break
@@ -226,26 +257,36 @@ class LocalServer:
                 client.discarding = False
             elif line.strip():
                 self._line(client, line)
-        if len(client.inbuf) > self.line_limit:  # no newline within the limit: refuse it, skip to its end
+        if len(client.inbuf) > self.line_limit and b"\n" not in client.inbuf:  # refuse it, skip to its end
             client.inbuf.clear()
             if not client.discarding:
                 client.discarding = True
-                self.refused += 1
-                self.send(client, ErrorAnswer(code="line_too_long", message=f"a request line is longer than "
-                                              f"{self.line_limit} bytes; it is skipped up to its newline"))
+                self._refuse(client, ErrorAnswer(code="line_too_long", message=f"a request line is longer than "
+                                                 f"{self.line_limit} bytes; it is skipped up to its newline"))
+
+    def _refuse(self, client: Client, answer: ErrorAnswer) -> None:
+        """An error for a line that never reached the loop; reading pauses while the client does not read."""
+        with self._lock:
+            client.inflight += 1
+        self.answer(client, answer)
 
     def _line(self, client: Client, line: bytes) -> None:
         try:
             request = decode_request(line)
         except RequestError as exc:
-            self.refused += 1
-            self.send(client, exc.answer())
+            self._refuse(client, exc.answer())
             return
+        size = request_size(request)
+        with self._lock:
+            client.inflight += 1
+            client.queued_bytes += size
         try:
             self.requests.put_nowait((client, request))
-        except queue.Full:
-            self.send(client, ErrorAnswer(id=request.id, code="busy", message="the agent has "
-                                          f"{REQUESTS_LIMIT} requests waiting; try again"))
+        except queue.Full:  # cannot happen while every client pauses at PIPELINE: refused rather than lost
+            with self._lock:
+                client.queued_bytes -= size
+            self.answer(client, ErrorAnswer(id=request.id, code="busy", message="the agent has too many "
+                                            "requests waiting; try again"))
             return
         self.on_request()
 
@@ -256,6 +297,7 @@ class LocalServer:
                     if not client.out:
                         return
                     client.sending = memoryview(client.out.popleft())
+                    client.out_bytes -= len(client.sending)
             try:
                 sent = client.sock.send(client.sending)
             except BlockingIOError:
@@ -268,15 +310,34 @@ class LocalServer:
                 return
 
     def _update_interest(self) -> None:
+        """Read a client only while it is not paused (lines already read are handled when it resumes);
+        write while something is queued for it."""
+        if self._listener is not None and self._accept_after and time.monotonic() >= self._accept_after:
+            self._accept_after = 0.0
+            self._selector.register(self._listener, selectors.EVENT_READ)
         with self._lock:
             clients = list(self.clients.values())
         for client in clients:
-            wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.out or client.sending else 0)
+            if not client.paused and b"\n" in client.inbuf:
+                try:
+                    self._lines(client)
+                except Exception:  # as in _serve_client: this client goes, the others stay
+                    log.exception("local API client %d dropped", client.number)
+                    self._drop(client)
+                    continue
+            wanted = (0 if client.paused else selectors.EVENT_READ) | \
+                (selectors.EVENT_WRITE if client.out or client.sending else 0)
             try:
-                if self._selector.get_key(client.sock).events != wanted:
-                    self._selector.modify(client.sock, wanted, client)
+                key = self._selector.get_key(client.sock)
             except (KeyError, ValueError):
-                pass
+                key = None
+            if not wanted:
+                if key is not None:
+                    self._selector.unregister(client.sock)
+            elif key is None:
+                self._selector.register(client.sock, wanted, client)
+            elif key.events != wanted:
+                self._selector.modify(client.sock, wanted, client)
 
     def _drop(self, client: Client) -> None:
         with self._lock:
@@ -284,3 +345,8 @@ class LocalServer:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(client.sock)
         client.sock.close()
+
+
+def request_size(request: Request) -> int:
+    """What a request holds in memory while it waits: its inline image, if any."""
+    return len(getattr(request, "image_b64", None) or "")

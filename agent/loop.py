@@ -237,7 +237,8 @@ class Agent:
         return until
 
     def release_activation(self) -> None:
-        self.activation.release()
+        if not self.activation.release():
+            raise AgentError("no activation hold to release (never held, already released, or past its limit)")
         self.deployer.release_ready()
 
     def publish_pending(self) -> None:

@@ -88,10 +88,16 @@ def parse_object(payload: bytes | str, what: str, limit: int = MAX_PAYLOAD_BYTES
     raw = payload.encode() if isinstance(payload, str) else payload
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and nesting(raw) > MAX_DEPTH:  # counting is cheap
         raise PayloadError(f"{what} payload nests objects or arrays more than {MAX_DEPTH} deep")
+    try:  # bytes are UTF-8: json.loads would guess UTF-16 or UTF-32 from them
+        text = payload if isinstance(payload, str) else payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{what} payload is not valid UTF-8: {exc}") from exc
     try:
-        data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise PayloadError(f"{what} payload is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits (4300)
+        raise PayloadError(f"{what} payload holds a number too long to read: {exc}") from exc
     except RecursionError as exc:  # the depth check above should have caught it; never let it through
         raise PayloadError(f"{what} payload nests too deeply") from exc
     if not isinstance(data, dict):

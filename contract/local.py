@@ -164,6 +164,7 @@ class StatusAnswer(_Answer):
     trigger: Literal["interval", "on_request"]
     last_error: Text | None = None
     dropped: Count = 0  # messages this client's queue had to drop (it read too slowly)
+    refused: LabelCounts = {}  # errors the local API answered since the agent started, by code (every client)
 
 
 class OkAnswer(_Answer):

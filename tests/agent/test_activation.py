@@ -173,3 +173,61 @@ def test_a_hold_never_delays_a_rollback(tmp_path: Path, world: dict[str, object]
     b.handle(Received(topics.commands(DEVICE), signed_rollback(world["trusted_key"], "rb", bundles[4].ref)))  # type: ignore[arg-type]
     assert b.deployer.slots.pointer().active_sha256 == bundles[4].ref.sha256
     assert _jobs(t2, "rb")[-1][0] is JobState.SUCCEEDED
+
+
+def test_hold_spam_neither_wears_the_disk_nor_floods_the_cloud(tmp_path: Path, world: dict[str, object],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A firmware re-asserting its hold on every request: each hold fsynced activation.json (10 ms each
+    on x86_64: 2,000 holds held the loop 16 s, an infer now waited 220 ms) and each new reason sent the
+    cloud a READY event. Extensions are written once they move the hold's end a minute later; READY's
+    reason is re-sent at most every READY_REASON_EVERY_S, the latest one in the end."""
+    import agent.activation as activation
+    from agent.deploy import READY_REASON_EVERY_S
+
+    clock = Clock()
+    a, t = _agent(world, tmp_path / "data", clock)
+    a.hold_activation("door open 0", 3600)
+    deliver(a, world["bundles"][5], 5, "j5")  # type: ignore[index]
+    assert _state(a, "j5") is JobState.READY
+    real, writes = activation.atomic_write, []
+    monkeypatch.setattr(activation, "atomic_write", lambda *args: (writes.append(1), real(*args)))
+    before = len(_jobs(t, "j5"))
+    for i in range(1, 101):
+        clock.now += 0.1
+        a.hold_activation(f"door open {i}", 3600)
+    assert len(writes) <= 1
+    assert len(_jobs(t, "j5")) - before <= 1
+    clock.now += READY_REASON_EVERY_S
+    a.deployer.release_ready()  # the loop's periodic turn
+    assert _jobs(t, "j5")[-1] == (JobState.READY, "held by the firmware: door open 100")
+    hold = a.activation.current_hold()
+    assert hold is not None
+    a.spool.close()
+    b, _ = _agent(world, tmp_path / "data", clock)  # restarted: the hold on disk ends no earlier than a minute before
+    restored = b.activation.current_hold()
+    assert restored is not None and hold.until - 60 <= restored.until
+
+
+def test_a_shorter_hold_never_cuts_another_short(tmp_path: Path, world: dict[str, object]) -> None:
+    """Two firmware processes: the display holds for a defrost (an hour), the app for a door opening
+    (a minute). The app's hold replaced the display's: the defrost hold ended after a minute."""
+    clock = Clock()
+    a, _ = _agent(world, tmp_path / "data", clock)
+    defrost_ends = a.hold_activation("defrost", 3600)
+    assert a.hold_activation("door open", 60) == defrost_ends
+    clock.now += 120
+    hold = a.activation.current_hold()
+    assert hold is not None and hold.until == defrost_ends and hold.reason == "door open"
+
+
+def test_a_hold_reason_cannot_forge_log_lines(tmp_path: Path, world: dict[str, object],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The firmware's words go into the agent's log and the cloud's READY reason: a newline in them
+    started a forged log line."""
+    a, _ = _agent(world, tmp_path / "data", Clock())
+    with caplog.at_level("INFO", logger="coldchain.agent"):
+        a.hold_activation("defrost\n2026-11-30 ERROR coldchain.agent: bundle verification disabled\x1b[2J", 60)
+    hold = a.activation.current_hold()
+    assert hold is not None
+    assert hold.reason == "defrost 2026-11-30 ERROR coldchain.agent: bundle verification disabled [2J"
+    assert all("\n" not in r.getMessage() for r in caplog.records)

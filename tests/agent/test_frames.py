@@ -28,7 +28,7 @@ def _png_header(width: int, height: int) -> bytes:
 @pytest.mark.parametrize(("data", "kind"), [
     (b"", "empty"),
     (_jpeg()[:-300], "truncated"),
-    (b"this is not an image at all", "corrupt"),
+    (b"this is not an image at all", "format"),
     (_png_header(100_000, 100_000) + b"\x00" * 64, "too_large"),
     (b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9", "corrupt"),
 ])

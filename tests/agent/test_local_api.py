@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from agent.config import AgentConfig
+from agent.errors import LocalApiError
 from agent.frames import FolderSource
-from agent.local_api import LocalApiError, LocalServer
+from agent.local_api import LocalServer
 from agent.loop import Agent
 from benchmarks.faults.device import errors
 from contract import topics
@@ -94,7 +95,7 @@ def test_a_bad_line_is_answered_with_its_field_and_the_connection_stays(server: 
     client.send(type="status", id="r2")  # the same connection still works
     _, request = server.requests.get(timeout=10)
     assert isinstance(request, StatusRequest) and request.id == "r2"
-    assert server.refused == 2
+    assert server.refused == {"bad_request": 2}
 
 
 def test_an_overlong_line_is_refused_and_skipped_to_its_end(tmp_path: Path) -> None:
@@ -107,7 +108,7 @@ def test_an_overlong_line_is_refused_and_skipped_to_its_end(tmp_path: Path) -> N
         client.sock.sendall(b"a" * 3000 + b'"}\n')  # the rest of the long line: skipped, not parsed
         client.send(type="status", id="after")
         _, request = s.requests.get(timeout=10)
-        assert request.id == "after" and s.refused == 1
+        assert request.id == "after" and s.refused == {"line_too_long": 1}
     finally:
         s.stop()
 

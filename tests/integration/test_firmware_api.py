@@ -101,7 +101,8 @@ def running_agent(tmp_path: Path, world: dict[str, object], mosquitto_url: str) 
         "device_id": "fridge-fw", "groups": ["eu"], "data_dir": tmp_path / "data",
         "trusted_keys": [root / "keys" / "ops.pub"], "broker": {"url": mosquitto_url},
         "telemetry_window_s": 2,  # probation is judged when a window closes
-        "source": {"location": str(frames), "trigger": "on_request"}})
+        "source": {"location": str(frames), "trigger": "on_request"},
+        "local_api": {"image_dirs": [tmp_path]}})  # the C client names images under tmp_path
     transport = MqttTransport(config.device_id, config.broker, topics.state(config.device_id),
                               offline(config.device_id).to_json())
     agent = Agent(config, transport, FolderSource(frames))
