@@ -8,6 +8,7 @@ times the stride, is the distance from the grid point ``(x * stride, y * stride)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -41,46 +42,55 @@ def _levels(outputs: Outputs, classes: int, bins: int) -> list[tuple[npt.NDArray
 
 def decode_nanodet(outputs: Outputs, classes: int, strides: Sequence[int], reg_max: int, input_width: int,
                    threshold: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """Boxes (x0, y0, x1, y1 in model-input pixels), scores and class ids above ``threshold``."""
+    """Boxes (x0, y0, x1, y1 in model-input pixels), scores and class ids above ``threshold``.
+
+    Per level only the search for candidates; the decoding then runs once over the candidates of all
+    levels, row by row and in the same dtypes as it did level by level, so the numbers are the same.
+    Right after an inference every numpy call starts with cold caches (10-15 us each on the project's
+    host instead of about 1), so the fewer calls the better: ~30 instead of ~75 for three levels."""
     bins = reg_max + 1
     levels = _levels(outputs, classes, bins)
     if len(levels) != len(strides):
         raise ProcessingError(f"nanodet has {len(levels)} output levels but {len(strides)} strides are configured")
-    all_boxes, all_scores, all_classes = [], [], []
-    project = np.arange(bins, dtype=np.float32)
+    rows, regs = [], []
+    centres: list[tuple[int, int]] = []
+    scales: list[int] = []
     for (cls, reg), stride in zip(levels, strides, strict=True):
         # grid points with any class above the threshold: one vectorised comparison over all scores
         # and the few hits' rows, instead of a max over 80 classes for each of thousands of points
         hits = np.flatnonzero(cls.ravel() > threshold)
         if hits.size == 0:
             continue
-        idx = np.unique(hits // classes)
-        candidates = cls[idx]
-        logits = reg[idx].reshape(-1, 4, bins)
-        logits = np.exp(logits - logits.max(axis=2, keepdims=True))
-        dist = (logits / logits.sum(axis=2, keepdims=True)) @ project * stride
-        grid_w = int(np.ceil(input_width / stride))
-        cy, cx = np.divmod(idx, grid_w)
-        cx, cy = cx * stride, cy * stride
-        all_boxes.append(np.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], axis=1))
-        all_scores.append(candidates.max(axis=1))
-        all_classes.append(candidates.argmax(axis=1))
-    if not all_boxes:
+        points = list(dict.fromkeys((hits // classes).tolist()))  # ascending (hits are), each once
+        rows.append(cls[points])
+        regs.append(reg[points])
+        grid_w = math.ceil(input_width / stride)
+        centres += [(p % grid_w * stride, p // grid_w * stride) for p in points]
+        scales += [stride] * len(points)
+    if not rows:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    return (np.concatenate(all_boxes).astype(np.float32), np.concatenate(all_scores).astype(np.float32),
-            np.concatenate(all_classes).astype(np.int64))
+    candidates = np.concatenate(rows) if len(rows) > 1 else rows[0]
+    logits = (np.concatenate(regs) if len(regs) > 1 else regs[0]).reshape(-1, 4, bins)
+    logits = np.exp(logits - logits.max(axis=2, keepdims=True))
+    # float32 throughout, the stride a float32 factor per row (level by level it was a Python int: the same)
+    dist = (logits / logits.sum(axis=2, keepdims=True)) @ np.arange(bins, dtype=np.float32) \
+        * np.asarray(scales, np.float32)[:, None]
+    centre = np.asarray(centres, np.float64)  # grid point x, y; the box sides in float64, then float32, as before
+    boxes = np.concatenate([centre - dist[:, :2], centre + dist[:, 2:]], axis=1)
+    return boxes.astype(np.float32), candidates.max(axis=1), candidates.argmax(axis=1).astype(np.int64)
 
 
 def nms(boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], classes: npt.NDArray[np.int64],
         iou: float, limit: int) -> npt.NDArray[np.int64]:
-    """Class-wise non-maximum suppression; indices of the kept boxes, best first."""
+    """Class-wise non-maximum suppression; indices of the kept boxes, best first (ties in OpenCV's order)."""
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    found = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), 0.0, iou)
-    keep = np.asarray(found, np.int64).reshape(-1)
-    best_first: npt.NDArray[np.int64] = keep[np.argsort(-scores[keep], kind="stable")][:limit]
-    return best_first
+    xywh = boxes.copy()
+    xywh[:, 2:] -= boxes[:, :2]  # width and height in float32
+    values = scores.tolist()
+    found = cv2.dnn.NMSBoxesBatched(xywh.tolist(), values, classes.tolist(), 0.0, iou)
+    # Python's sort is stable, and -score orders Python floats (exact copies of the float32 scores) as numpy would
+    return np.asarray(sorted(np.asarray(found).ravel().tolist(), key=lambda k: -values[k])[:limit], np.int64)
 
 
 def _ints(params: Mapping[str, JsonValue], key: str, default: list[int]) -> list[int]:
@@ -98,14 +108,13 @@ def nanodet(outputs: Outputs, labels: Sequence[str], params: Mapping[str, JsonVa
                                             number(params, "score_threshold", 0.35))
     keep = nms(boxes, scores, classes, number(params, "iou_threshold", 0.6), int(number(params, "max_detections", 100)))
     pad = np.array([place.pad_x, place.pad_y, place.pad_x, place.pad_y], np.float32)
-    boxes = ((boxes[keep] - pad) / np.float32(place.scale)).astype(np.float32)
+    boxes = (boxes[keep] - pad) / np.float32(place.scale)  # float32 throughout
     if place.frame_width and place.frame_height:
-        limit = np.array([place.frame_width, place.frame_height] * 2, np.float32)
-        boxes = np.clip(boxes, np.float32(0), limit).astype(np.float32)
+        boxes = np.clip(boxes, np.float32(0), np.array([place.frame_width, place.frame_height] * 2, np.float32))
     per_label = np.zeros(len(labels), np.float32)
-    detections = []
-    for box, score, cls in zip(boxes, scores[keep], classes[keep], strict=True):
-        per_label[cls] = max(per_label[cls], score)
-        detections.append(Detection(labels[cls], float(score), (float(box[0]), float(box[1]), float(box[2]),
-                                                                  float(box[3]))))
-    return Prediction(tuple(detections), per_label)
+    kept_scores, kept_classes = scores[keep], classes[keep]
+    np.maximum.at(per_label, kept_classes, kept_scores)
+    # Python floats once for all (float(np.float32) is exact): no numpy scalar per detection
+    detections = tuple(Detection(labels[c], s, (b[0], b[1], b[2], b[3])) for b, s, c in
+                       zip(boxes.tolist(), kept_scores.tolist(), kept_classes.tolist(), strict=True))
+    return Prediction(detections, per_label)
