@@ -8,6 +8,7 @@ times the stride, is the distance from the grid point ``(x * stride, y * stride)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -29,15 +30,43 @@ else:
     np = lazy("numpy")
 
 
-def _levels(outputs: Outputs, classes: int, bins: int) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
-    scores = [np.asarray(o, np.float32).reshape(-1, classes) for o in outputs if o.shape[-1] == classes]
-    boxes = [np.asarray(o, np.float32).reshape(-1, 4 * bins) for o in outputs if o.shape[-1] == 4 * bins]
+_PLANS: dict[tuple[object, ...], tuple[tuple[int, int], ...]] = {}
+
+
+def _plan(shapes: list[tuple[int, ...]], classes: int, bins: int) -> tuple[tuple[int, int], ...]:
+    """Which outputs are each level's scores and boxes, the largest level first."""
+    scores = [i for i, shape in enumerate(shapes) if shape and shape[-1] == classes]
+    boxes = [i for i, shape in enumerate(shapes) if shape and shape[-1] == 4 * bins]
     if not scores or len(scores) != len(boxes):
         raise ProcessingError(f"nanodet expects pairs of [*, {classes}] score and [*, {4 * bins}] box outputs, "
-                              f"got shapes {[tuple(o.shape) for o in outputs]}")
-    scores.sort(key=len, reverse=True)
-    boxes.sort(key=len, reverse=True)
-    return list(zip(scores, boxes, strict=True))
+                              f"got shapes {shapes}")
+    scores.sort(key=lambda i: math.prod(shapes[i]) // classes, reverse=True)  # stable, as sorting by len was
+    boxes.sort(key=lambda i: math.prod(shapes[i]) // (4 * bins), reverse=True)
+    return tuple(zip(scores, boxes, strict=True))
+
+
+def _levels(outputs: Outputs, classes: int, bins: int) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
+    """Each level's scores [points, classes] and box logits [points, 4 * bins], the largest level first; which
+    output is which is worked out once per model (output shapes), not per frame."""
+    key = (classes, bins, *(tuple(o.shape) for o in outputs))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _plan([tuple(o.shape) for o in outputs], classes, bins)
+        if len(_PLANS) >= 16:  # a few models at a time: forget the oldest
+            del _PLANS[next(iter(_PLANS))]
+        _PLANS[key] = plan
+
+    def f32(o: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+        return o if o.dtype == np.float32 else np.asarray(o, np.float32)  # type: ignore[return-value]
+
+    return [(f32(outputs[s]).reshape(-1, classes), f32(outputs[b]).reshape(-1, 4 * bins)) for s, b in plan]
+
+
+@functools.cache
+def _project(bins: int) -> npt.NDArray[np.float32]:
+    project = np.arange(bins, dtype=np.float32)  # the bins' distances, 0..reg_max
+    project.flags.writeable = False  # shared by every frame
+    return project
 
 
 def decode_nanodet(outputs: Outputs, classes: int, strides: Sequence[int], reg_max: int, input_width: int,
@@ -73,8 +102,7 @@ def decode_nanodet(outputs: Outputs, classes: int, strides: Sequence[int], reg_m
     logits = (np.concatenate(regs) if len(regs) > 1 else regs[0]).reshape(-1, 4, bins)
     logits = np.exp(logits - logits.max(axis=2, keepdims=True))
     # float32 throughout, the stride a float32 factor per row (level by level it was a Python int: the same)
-    dist = (logits / logits.sum(axis=2, keepdims=True)) @ np.arange(bins, dtype=np.float32) \
-        * np.asarray(scales, np.float32)[:, None]
+    dist = (logits / logits.sum(axis=2, keepdims=True)) @ _project(bins) * np.asarray(scales, np.float32)[:, None]
     centre = np.asarray(centres, np.float64)  # grid point x, y; the box sides in float64, then float32, as before
     boxes = np.concatenate([centre - dist[:, :2], centre + dist[:, 2:]], axis=1)
     return boxes.astype(np.float32), candidates.max(axis=1), candidates.argmax(axis=1).astype(np.int64)

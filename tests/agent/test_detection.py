@@ -56,6 +56,22 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
 def test_wrong_outputs_are_named() -> None:
     with pytest.raises(ProcessingError, match="pairs of"):
         postprocess.get("nanodet")([np.zeros((1, 4, 3))], LABELS, {}, Letterbox(1.0, 0.0, 0.0))
+    with pytest.raises(ProcessingError, match="pairs of"):  # a scalar output: named, not an IndexError
+        postprocess.get("nanodet")([np.zeros(()), np.zeros((1, 4, 2))], LABELS, {}, Letterbox(1.0, 0.0, 0.0))
+
+
+def test_which_output_is_which_is_worked_out_per_set_of_shapes() -> None:
+    """The plan of outputs is kept per model (shapes): outputs given in another order, or in float16, decode
+    as the same outputs in float32 in the usual order do."""
+    post = postprocess.get("nanodet")
+    params = {"strides": [8, 16], "input_width": 32, "score_threshold": 0.3}
+    outputs = _outputs({(8, 5): 0.75, (16, 2): 0.625}, (1, 2, 3, 1))  # exact in float16
+    expected = post(outputs, LABELS, params, Letterbox(1.0, 0.0, 0.0))
+    assert len(expected.detections) == 2
+    for _ in range(2):  # the second time from the kept plan
+        assert _same(post(outputs[::-1], LABELS, params, Letterbox(1.0, 0.0, 0.0)), expected)
+        half = [o.astype(np.float16) for o in outputs]
+        assert _same(post(half, LABELS, params, Letterbox(1.0, 0.0, 0.0)), expected)
 
 
 @pytest.mark.parametrize(("photo", "label", "low", "high"), [
