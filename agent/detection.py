@@ -108,17 +108,16 @@ def decode_nanodet(outputs: Outputs, classes: int, strides: Sequence[int], reg_m
     return boxes.astype(np.float32), candidates.max(axis=1), candidates.argmax(axis=1).astype(np.int64)
 
 
-def nms(boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], classes: npt.NDArray[np.int64],
-        iou: float, limit: int) -> npt.NDArray[np.int64]:
-    """Class-wise non-maximum suppression; indices of the kept boxes, best first (ties in OpenCV's order)."""
+def nms(boxes: npt.NDArray[np.float32], values: list[float], ids: list[int], iou: float, limit: int) -> list[int]:
+    """Class-wise non-maximum suppression of ``boxes`` (x0, y0, x1, y1) with their scores and class ids as Python
+    lists (exact copies of the float32 scores); indices of the kept boxes, best first (ties in OpenCV's order)."""
     if len(boxes) == 0:
-        return np.zeros(0, np.int64)
+        return []
     xywh = boxes.copy()
     xywh[:, 2:] -= boxes[:, :2]  # width and height in float32
-    values = scores.tolist()
-    found = cv2.dnn.NMSBoxesBatched(xywh.tolist(), values, classes.tolist(), 0.0, iou)
+    found = cv2.dnn.NMSBoxesBatched(xywh.tolist(), values, ids, 0.0, iou)
     # Python's sort is stable, and -score orders Python floats (exact copies of the float32 scores) as numpy would
-    return np.asarray(sorted(np.asarray(found).ravel().tolist(), key=lambda k: -values[k])[:limit], np.int64)
+    return sorted(np.asarray(found).ravel().tolist(), key=lambda k: -values[k])[:limit]
 
 
 def _ints(params: Mapping[str, JsonValue], key: str, default: list[int]) -> list[int]:
@@ -134,15 +133,20 @@ def nanodet(outputs: Outputs, labels: Sequence[str], params: Mapping[str, JsonVa
     width = int(number(params, "input_width", 416))
     boxes, scores, classes = decode_nanodet(outputs, len(labels), strides, int(number(params, "reg_max", 7)), width,
                                             number(params, "score_threshold", 0.35))
-    keep = nms(boxes, scores, classes, number(params, "iou_threshold", 0.6), int(number(params, "max_detections", 100)))
+    values, ids = scores.tolist(), classes.tolist()
+    keep = nms(boxes, values, ids, number(params, "iou_threshold", 0.6), int(number(params, "max_detections", 100)))
     pad = np.array([place.pad_x, place.pad_y, place.pad_x, place.pad_y], np.float32)
-    boxes = (boxes[keep] - pad) / np.float32(place.scale)  # float32 throughout
+    mapped = ((boxes[keep] - pad) / np.float32(place.scale)).tolist()  # float32 arithmetic, then exact Python floats
     if place.frame_width and place.frame_height:
-        boxes = np.clip(boxes, np.float32(0), np.array([place.frame_width, place.frame_height] * 2, np.float32))
-    per_label = np.zeros(len(labels), np.float32)
-    kept_scores, kept_classes = scores[keep], classes[keep]
-    np.maximum.at(per_label, kept_classes, kept_scores)
-    # Python floats once for all (float(np.float32) is exact): no numpy scalar per detection
+        # clipping is exact: in Python floats it gives np.clip's float32 values (the limits as float32 would be)
+        w, h = np.array([place.frame_width, place.frame_height], np.float32).tolist()
+        mapped = [[min(max(b[0], 0.0), w), min(max(b[1], 0.0), h), min(max(b[2], 0.0), w), min(max(b[3], 0.0), h)]
+                  for b in mapped]
+    kept_scores, kept_classes = [values[k] for k in keep], [ids[k] for k in keep]
+    best = [0.0] * len(labels)  # each label's top score; exact in Python floats, float32 again below
+    for score, cls in zip(kept_scores, kept_classes, strict=True):
+        best[cls] = max(best[cls], score)
+    # Python floats, no numpy scalar per detection and no numpy call that only a few frames' paths would warm
     detections = tuple(Detection(labels[c], s, (b[0], b[1], b[2], b[3])) for b, s, c in
-                       zip(boxes.tolist(), kept_scores.tolist(), kept_classes.tolist(), strict=True))
-    return Prediction(detections, per_label)
+                       zip(mapped, kept_scores, kept_classes, strict=True))
+    return Prediction(detections, np.asarray(best, np.float32))
