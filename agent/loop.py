@@ -216,13 +216,14 @@ class Agent:
         if loaded is None:
             return "no active bundle"
         try:
-            result = loaded.predict(frame)
+            result = loaded.predict(frame, statistics=True)  # taken while the image is in cache
         except AgentError as exc:
             self.window.error(type(exc).__name__)
             return f"inference failed: {exc}"
         if not result.finite():
             self.window.non_finite += 1
-        self.window.inferred(frame, result.prediction, result.total_ms, result.model_ms, result.seen)
+        self.window.inferred(frame, result.prediction, result.total_ms, result.model_ms, result.seen,
+                             result.input_values)
         for run in self.shadows.values():  # candidates in SHADOW see the same frame (not timed)
             run.compare(frame, result.prediction)
         return result

@@ -68,16 +68,19 @@ class Window:
         self.errors[kind] += 1
 
     def inferred(self, frame: npt.NDArray[np.uint8], prediction: Prediction, latency_ms: float,
-                 model_ms: float | None = None, seen: npt.NDArray[np.uint8] | None = None) -> None:
-        """One inference; input statistics from ``seen`` (what the model saw: ``Inference.seen``), else
-        from the frame itself."""
+                 model_ms: float | None = None, seen: npt.NDArray[np.uint8] | None = None,
+                 input_values: tuple[float, float, float] | None = None) -> None:
+        """One inference; input statistics as given (``Inference.input_values``: taken by ``predict`` while the
+        image was in cache), else from ``seen`` (what the model saw: ``Inference.seen``), else from the frame."""
         self.inferences += 1
         self.latencies_ms.append(latency_ms)
         if model_ms is not None:
             self.model_ms.append(model_ms)
         self.predictions.update({d.label for d in prediction.detections})
         self.last = prediction
-        for column, value in zip(self.inputs, stats.frame_values(frame if seen is None else seen), strict=True):
+        if input_values is None:
+            input_values = stats.frame_values(frame if seen is None else seen)
+        for column, value in zip(self.inputs, input_values, strict=True):
             column.append(value)
         self.top_scores.append(float(prediction.scores.max()) if prediction.scores.size else 0.0)
 

@@ -53,7 +53,9 @@ def test_statistics_describe_what_the_model_sees() -> None:
 
 def test_the_agent_reports_the_statistics_of_its_models_input(tmp_path: Path, world: dict[str, object],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loop hands the image the model saw to its telemetry window (no second resize of the frame)."""
+    """The loop hands the image the model saw to its telemetry window (no second resize of the frame); its
+    statistics are taken once, before the inference (while that image is in the CPU's caches: after it,
+    every cache is cold and they cost twice as much), and they are the statistics of that image."""
     from agent.config import AgentConfig
     from agent.frames import FolderSource
     from agent.loop import Agent
@@ -65,17 +67,33 @@ def test_the_agent_reports_the_statistics_of_its_models_input(tmp_path: Path, wo
                          trusted_keys=[root / "keys" / "ops.pub"])
     a = Agent(config, MemoryTransport(), FolderSource(tmp_path / "frames"))
     deliver(a, world["bundles"][5], 5, "j5")  # type: ignore[index]
-    described: list[np.ndarray] = []
+    calls: list[object] = []
     measure = stats.frame_values
-    monkeypatch.setattr(stats, "frame_values", lambda image: described.append(image) or measure(image))
+    monkeypatch.setattr(stats, "frame_values", lambda image: calls.append(image) or measure(image))
+    runtime = a.active_model().runtime  # type: ignore[union-attr]
+    run = runtime.run
+    monkeypatch.setattr(runtime, "run", lambda feed: calls.append("run") or run(feed))
     frame = np.zeros((300, 400, 3), np.uint8)
     frame[:, :200] = 240
     result = a.infer_frame(frame)
     assert not isinstance(result, str) and result.seen is not None and result.seen.shape == (128, 128, 3)
-    assert len(described) == 1 and described[0] is result.seen
+    assert len(calls) == 2 and calls[0] is result.seen and calls[1] == "run"  # once, before the inference
     spec = a.active_model().io.preprocessing  # type: ignore[union-attr]
+    assert result.input_values == tuple(stats.frame_stats(seen(frame, spec)).values())
     assert a.window.frame(-1) == stats.frame_stats(seen(frame, spec))
     a.spool.close()
+
+
+def test_statistics_given_to_the_window_are_those_it_would_take() -> None:
+    """``Window.inferred`` with the values ``predict`` took records what it records from the image itself."""
+    frames = [np.random.default_rng(i).integers(0, 255, (40 + i, 56, 3), np.uint8) for i in range(6)]
+    prediction = Prediction((Detection("a", 0.8),), np.asarray([0.8], np.float32))
+    given, taken = Window(), Window()
+    for frame in frames:
+        given.inferred(frame, prediction, 1.0, 0.5, seen=frame, input_values=stats.frame_values(frame))
+        taken.inferred(frame, prediction, 1.0, 0.5, seen=frame)
+    assert [given.frame(i) for i in range(6)] == [taken.frame(i) for i in range(6)]
+    assert given.close("d", 1, "e", None, 0, 0).input_stats == taken.close("d", 1, "e", None, 0, 0).input_stats
 
 
 def _window_of(frames: list[np.ndarray], predictions: list[Prediction]) -> Window:
