@@ -1,6 +1,6 @@
 """Telemetry summed in the database: one :class:`Part` per (device, bundle) over a time range,
-from the rollups (``store.TelemetryRollup``: sums per device, bundle and minute of reception,
-kept past the raw windows' retention; ``cloud.rollup`` writes them). Numbers are ``GROUP BY``
+from the rollups (``store.TelemetryRollup``: sums per device, bundle and minute of reception, or
+hour once compacted, kept past the raw windows' retention; ``cloud.rollup`` writes them). Numbers are ``GROUP BY``
 sums; label counts and histogram bins are summed with ``json_each`` on SQLite and
 ``json_each`` / ``json_each_text`` / ``json_array_elements_text`` on PostgreSQL; the latest
 inventory comes from a window function. No row becomes a Python object: memory grows with the
@@ -8,7 +8,9 @@ fleet (devices x bundles x labels and bins), never with the number of windows or
 Parts add up into the ``Summary`` of a device, group or bundle (``cloud.monitor.summarize_parts``);
 latency figures stay inference-weighted sums until then.
 
-A range starts at the minute ``since`` falls in. Histograms with other bins than the rest of a
+A range starts at the bucket ``since`` falls in, counted whole: its minute, or its hour where the
+rollups were compacted (``cloud.compaction``: an hour's minutes cannot be told apart any more), so a
+range of whole hours gives the same figures before and after compaction. Histograms with other bins than the rest of a
 subject's are summed apart; the summary keeps, per statistic, the bins with the most mass."""
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Float, bindparam, cast, func, select, text
+from sqlalchemy import ColumnElement, Float, bindparam, cast, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from cloud.rollup import bucket_of
+from cloud.rollup import bucket_of, hour_of
 from cloud.store import TelemetryRollup, UTCDateTime
 from contract.base import MAX_INT
 
@@ -77,14 +79,15 @@ class Part:
 
 @dataclass(frozen=True)
 class Range:
-    """Which rollups: from the minute of ``since`` on, of these devices and bundles (None: all)."""
+    """Which rollups: from the bucket of ``since`` on, of these devices and bundles (None: all)."""
 
     since: datetime = EPOCH
     devices: Sequence[str] | None = None
     bundles: Sequence[str | None] | None = None
 
     def where(self) -> str:
-        where = "r.bucket >= :since"
+        """As SQL text over ``telemetry_rollups r`` (``params`` binds it): the buckets ``clauses`` counts."""
+        where = "r.bucket >= :hour AND (r.bucket >= :since OR r.minutes > 1)"
         if self.devices is not None:
             where += " AND r.device_id IN :devices"
         if self.bundles is not None:
@@ -92,41 +95,52 @@ class Range:
         return where
 
     def params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"since": bucket_of(self.since)}
+        params: dict[str, Any] = {"since": bucket_of(self.since), "hour": hour_of(self.since)}
         if self.devices is not None:
             params["devices"] = list(self.devices) or ["\x00"]  # an empty IN matches nothing
         if self.bundles is not None:
             params["bundles"] = [b or "" for b in self.bundles] or ["\x00"]
         return params
 
+    def clauses(self) -> list[ColumnElement[bool]]:
+        """The rows counted: every bucket ``since`` falls in or that follows it, whole (the minute
+        of ``since``, or its hour where that was compacted), of the devices and bundles."""
+        r = TelemetryRollup
+        out = [r.bucket >= hour_of(self.since), or_(r.bucket >= bucket_of(self.since), r.minutes > 1)]
+        if self.devices is not None:
+            out.append(r.device_id.in_(list(self.devices)))
+        if self.bundles is not None:
+            out.append(r.bundle_sha256.in_([b or "" for b in self.bundles]))
+        return out
 
-def _query(session: Session, name: str, scope: Range) -> Any:
+
+def run(session: Session, sql: dict[str, str], scope: Range, **columns: Any) -> Any:
+    """One of the dialect's ``sql`` (``{where}`` for ``scope.where()``), bound to ``scope``."""
     dialect = session.get_bind().dialect.name
-    if dialect not in _SQL:
+    if dialect not in sql:
         raise NotImplementedError(f"the store speaks SQLite and PostgreSQL, not {dialect}")
     params = scope.params()
-    statement = text(_SQL[dialect][name].format(where=scope.where())).bindparams(
-        bindparam("since", type_=UTCDateTime()),
+    statement = text(sql[dialect].format(where=scope.where())).bindparams(
+        bindparam("since", type_=UTCDateTime()), bindparam("hour", type_=UTCDateTime()),
         *(bindparam(name, expanding=True) for name in ("devices", "bundles") if name in params))
-    if name == "inventory":
-        statement = statement.columns(inventory_at=UTCDateTime())  # type: ignore[assignment]
-    return session.execute(statement, params)
+    return session.execute(statement.columns(**columns) if columns else statement, params)
+
+
+def _query(session: Session, name: str, scope: Range) -> Any:
+    types = {"inventory_at": UTCDateTime()} if name == "inventory" else {}
+    return run(session, {dialect: queries[name] for dialect, queries in _SQL.items()}, scope, **types)
 
 
 def parts(session: Session, since: datetime | None = None, devices: Sequence[str] | None = None,
           bundles: Sequence[str | None] | None = None) -> list[Part]:
-    """The telemetry received since ``since`` (from its minute on), summed per (device, bundle) in
-    the database; only ``devices`` and ``bundles`` when given."""
+    """The telemetry received since ``since`` (from its bucket on: ``Range.clauses``), summed per
+    (device, bundle) in the database; only ``devices`` and ``bundles`` when given."""
     scope = Range(since or EPOCH, devices, bundles)
     r = TelemetryRollup
     counts = (func.sum(cast(c, Float)) for c in (r.windows, r.inferences, r.errors, r.frames_skipped))  # no overflow
     query = select(r.device_id, r.bundle_sha256, *counts, func.sum(r.latency_p50_sum), func.sum(r.latency_p95_sum),
                    func.sum(r.latency_n), func.sum(r.model_p95_sum), func.sum(r.model_n)).where(
-        r.bucket >= bucket_of(scope.since)).group_by(r.device_id, r.bundle_sha256)
-    if devices is not None:
-        query = query.where(r.device_id.in_(list(devices)))
-    if bundles is not None:
-        query = query.where(r.bundle_sha256.in_([b or "" for b in bundles]))
+        *scope.clauses()).group_by(r.device_id, r.bundle_sha256)
     out: dict[Key, Part] = {}
     for device, sha, *sums, l50, l95, ln, m95, mn in session.execute(query):
         windows, inferences, errors, skipped = (min(int(x or 0), MAX_INT) for x in sums)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cloud.errors import CloudError
 from contract.errors import ContractError
@@ -57,15 +57,27 @@ class Bundles(_Frozen):
 
 
 class Retention(_Frozen):
-    """Days each kind of row is kept (None: for ever); enforced every ``every_s`` in batches."""
+    """Days each kind of row is kept (None: for ever); enforced every ``every_s`` in batches. The
+    telemetry rollups are kept per minute for ``rollup_minutes_days``, then merged into hourly rows
+    (None: never), which are kept ``rollup_hours_days`` (``cloud.compaction``)."""
 
     telemetry_days: Annotated[float, Field(gt=0)] | None = 10.0  # raw telemetry windows
     events_days: Annotated[float, Field(gt=0)] | None = 10.0
     dead_letters_days: Annotated[float, Field(gt=0)] | None = 30.0
     alerts_days: Annotated[float, Field(gt=0)] | None = 90.0
     audit_days: Annotated[float, Field(gt=0)] | None = 365.0
+    rollup_minutes_days: Annotated[float, Field(gt=0)] | None = 10.0
+    rollup_hours_days: Annotated[float, Field(gt=0)] | None = 400.0
     every_s: Annotated[float, Field(gt=0, le=86400)] = 3600.0
     batch: Annotated[int, Field(ge=1, le=100_000)] = 5000
+
+    @model_validator(mode="after")
+    def _hours_outlive_minutes(self) -> Retention:
+        minutes, hours = self.rollup_minutes_days, self.rollup_hours_days
+        if hours is not None and minutes is not None and hours < minutes:
+            raise ValueError(f"rollup_hours_days ({hours:g}) deletes rollups before they are merged into hours "
+                             f"(rollup_minutes_days: {minutes}); make it at least as long, or null")
+        return self
 
 
 class Telemetry(_Frozen):

@@ -2,8 +2,9 @@
 deleted by a scheduled job, in batches of ``batch`` rows (one short transaction each, so
 ingestion is never locked out for long), and the counts are recorded in the audit log (actor
 ``cloud``, action ``retention``). Raw telemetry windows and events default to 10 days; the
-rollups (``store.TelemetryRollup``) that monitoring, drift and the gates read are kept, so
-deleting raw rows changes no figure and no verdict."""
+rollups (``store.TelemetryRollup``) that monitoring, drift and the gates read outlive them, so
+deleting raw rows changes no figure and no verdict. The rollups' minutes are merged into hours
+after ``rollup_minutes_days`` and those deleted after ``rollup_hours_days`` (``cloud.compaction``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.audit import record
+from cloud.compaction import compact, purge
 from cloud.config import Retention
 from cloud.store import Alert, AlertDelivery, AuditEntry, DeadLetter, EventRow, TelemetryRow, now
 
@@ -47,14 +49,23 @@ class Retainer:
         self.sessions, self.config, self.clock = sessions, config, clock
 
     def step(self) -> dict[str, int]:
-        """Delete what is past its TTL; returns (and audits) the count per kind."""
+        """Delete what is past its TTL and compact the rollups; returns (and audits) the count per
+        kind (``rollup_minutes``: minute rows merged into hourly ones; ``rollup_hours``: rollup rows
+        deleted)."""
         clock, counts = self.clock(), {}
         for kind in KINDS:
             days = kind.days(self.config)
             if days is not None:
                 counts[kind.name] = self._purge(kind, clock - timedelta(days=days))
-        cutoffs = {k.name: k.days(self.config) for k in KINDS}
-        record(self.sessions, "cloud", "retention", None, "ok", {"deleted": counts, "days": cutoffs})
+        made, minutes, hours = 0, self.config.rollup_minutes_days, self.config.rollup_hours_days
+        if hours is not None:  # first: what is past both is deleted, not merged first
+            counts["rollup_hours"] = purge(self.sessions, clock - timedelta(days=hours), self.config.batch)
+        if minutes is not None:
+            counts["rollup_minutes"], made = compact(self.sessions, clock - timedelta(days=minutes),
+                                                     self.config.batch)
+        cutoffs = {k.name: k.days(self.config) for k in KINDS} | {"rollup_minutes": minutes, "rollup_hours": hours}
+        record(self.sessions, "cloud", "retention", None, "ok",
+               {"deleted": counts, "merged_into_hours": made, "days": cutoffs})
         if any(counts.values()):
             log.info("retention deleted %s", ", ".join(f"{n} {k}" for k, n in counts.items() if n))
         return counts

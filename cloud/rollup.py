@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import event, select, tuple_
+from sqlalchemy import Row, event, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,6 +32,11 @@ Key = tuple[str, str, datetime]  # device, bundle sha256 ("" for none), minute
 def bucket_of(when: datetime) -> datetime:
     """The minute ``when`` falls in (UTC)."""
     return when.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def hour_of(when: datetime) -> datetime:
+    """The hour ``when`` falls in (UTC): the bucket of a compacted row (``cloud.compaction``)."""
+    return when.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _cap(value: int) -> int:
@@ -68,6 +73,21 @@ class Sums:
         end = window.window_end if window.window_end.tzinfo is not None else window.window_end.replace(tzinfo=UTC)
         if window.inventory and (self.inventory_at is None or end >= self.inventory_at):
             self.inventory, self.inventory_at = dict(window.inventory), end
+
+
+    def merge(self, other: Sums) -> None:
+        """Add ``other``: counts, latency sums, labels and bins added (saturating at ``MAX_INT``),
+        the inventory the later of the two (``other``'s on a tie)."""
+        self.windows, self.inferences = _cap(self.windows + other.windows), _cap(self.inferences + other.inferences)
+        self.errors = _cap(self.errors + other.errors)
+        self.frames_skipped = _cap(self.frames_skipped + other.frames_skipped)
+        self.floats = [a + b for a, b in zip(self.floats, other.floats, strict=True)]
+        self.predictions = _added(self.predictions, other.predictions)
+        for stat, by_edges in other.histograms.items():
+            for edges, counts in by_edges.items():
+                self.histograms = _binned(self.histograms, stat, edges, counts)
+        if other.inventory_at is not None and (self.inventory_at is None or other.inventory_at >= self.inventory_at):
+            self.inventory, self.inventory_at = other.inventory, other.inventory_at
 
 
 def _added(counts: dict[str, Any], more: dict[str, int]) -> dict[str, Any]:
@@ -108,33 +128,43 @@ def _rows(session: Session, keys: list[Key]) -> dict[Key, TelemetryRollup]:
     return {(row.device_id, row.bundle_sha256, bucket_of(row.bucket)): row for row in rows}
 
 
+def locked_rows(session: Session, keys: list[Key]) -> dict[Key, TelemetryRollup]:
+    """The rows of ``keys`` (sorted), made (zero, a minute's) if absent, locked; 500 keys a statement."""
+    rows: dict[Key, TelemetryRollup] = {}
+    for start in range(0, len(keys), 500):
+        rows.update(_rows(session, keys[start:start + 500]))
+    return rows
+
+
 def write(session: Session) -> None:
     """Add the session's pending sums to their rows (called before it commits)."""
     pending: dict[Key, Sums] = session.info.pop(PENDING, {})
     keys = sorted(pending)  # a fixed order: two workers lock rows alike, no deadlock
-    rows: dict[Key, TelemetryRollup] = {}
-    for start in range(0, len(keys), 500):  # bounded statements
-        rows.update(_rows(session, keys[start:start + 500]))
+    rows = locked_rows(session, keys)
     for key in keys:
-        row, sums = rows[key], pending[key]
-        row.windows, row.inferences = _cap(row.windows + sums.windows), _cap(row.inferences + sums.inferences)
-        row.errors, row.frames_skipped = _cap(row.errors + sums.errors), _cap(row.frames_skipped + sums.frames_skipped)
-        row.latency_p50_sum += sums.floats[0]
-        row.latency_p95_sum += sums.floats[1]
-        row.latency_n += sums.floats[2]
-        row.model_p95_sum += sums.floats[3]
-        row.model_n += sums.floats[4]
-        if sums.predictions:
-            row.predictions = _added(row.predictions, sums.predictions)
-        if sums.histograms:
-            histograms = row.histograms
-            for stat, by_edges in sums.histograms.items():
-                for edges, counts in by_edges.items():
-                    histograms = _binned(histograms, stat, edges, counts)
-            row.histograms = histograms
-        if sums.inventory_at is not None and (row.inventory_at is None or sums.inventory_at >= row.inventory_at):
-            row.inventory, row.inventory_at = sums.inventory, sums.inventory_at
+        fold(rows[key], pending[key])
     session.flush()
+
+
+def sums_of(row: TelemetryRollup | Row[Any]) -> Sums:
+    """A row's sums (an ORM row or a selected one), to add to another (``cloud.compaction``)."""
+    return Sums(row.windows, row.inferences, row.errors, row.frames_skipped,
+                [row.latency_p50_sum, row.latency_p95_sum, row.latency_n, row.model_p95_sum, row.model_n],
+                dict(row.predictions), dict(row.histograms), row.inventory, row.inventory_at)
+
+
+def fold(row: TelemetryRollup, sums: Sums) -> None:
+    """Add ``sums`` to ``row`` (``Sums.merge``)."""
+    total = sums_of(row)
+    total.merge(sums)
+    row.windows, row.inferences, row.errors, row.frames_skipped = (total.windows, total.inferences, total.errors,
+                                                                   total.frames_skipped)
+    row.latency_p50_sum, row.latency_p95_sum, row.latency_n, row.model_p95_sum, row.model_n = total.floats
+    if sums.predictions:
+        row.predictions = total.predictions
+    if sums.histograms:
+        row.histograms = total.histograms
+    row.inventory, row.inventory_at = total.inventory, total.inventory_at
 
 
 @event.listens_for(Session, "before_commit")

@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -181,12 +182,16 @@ class TelemetryRow(Base):
 class TelemetryRollup(Base):
     """Telemetry summed per device, bundle ("" for none) and minute of reception (``cloud.rollup``):
     what monitoring, drift and the rollout gates read. It outlives the raw windows (retention
-    deletes those), so deleting raw rows never changes a figure or a gate's verdict."""
+    deletes those), so deleting raw rows never changes a figure or a gate's verdict. Past
+    ``retention.rollup_minutes_days`` a device's and bundle's minutes are merged into one row per
+    hour (``cloud.compaction``): ``bucket`` the hour's start, ``minutes`` 60."""
 
     __tablename__ = "telemetry_rollups"
+    __table_args__ = (Index("ix_telemetry_rollups_minutes_bucket", "minutes", "bucket"),)  # compaction's scan
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     bundle_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    bucket: Mapped[datetime] = mapped_column(primary_key=True, index=True)  # received_at, to the minute
+    bucket: Mapped[datetime] = mapped_column(primary_key=True, index=True)  # received_at, to the minute (or hour)
+    minutes: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # the bucket's span: 1 or 60
     windows: Mapped[int] = mapped_column(BigInteger, default=0)
     inferences: Mapped[int] = mapped_column(BigInteger, default=0)
     errors: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -41,7 +41,8 @@ def _telemetry_epochs(engine: Engine) -> None:
 
 
 def _added_columns(engine: Engine) -> None:
-    """Columns added to existing tables since they were created (nullable: old rows keep NULL)."""
+    """Columns added to existing tables since they were created (nullable: old rows keep NULL; the
+    rollups' span: 1, a minute)."""
     tables = inspect(engine).get_table_names()
     for table, column in (("devices", "state_ts"), ("devices", "protocol"), ("devices", "state_version"),
                           ("devices", "faults"),
@@ -52,6 +53,12 @@ def _added_columns(engine: Engine) -> None:
         kind = Base.metadata.tables[table].c[column].type.compile(dialect=engine.dialect)
         with engine.begin() as db:
             db.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    if "telemetry_rollups" in tables and not any(c["name"] == "minutes" for c in
+                                                 inspect(engine).get_columns("telemetry_rollups")):
+        with engine.begin() as db:  # rollups from before compaction: all minute rows
+            db.exec_driver_sql("ALTER TABLE telemetry_rollups ADD COLUMN minutes INTEGER NOT NULL DEFAULT 1")
+            db.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_telemetry_rollups_minutes_bucket "
+                               "ON telemetry_rollups (minutes, bucket)")
 
 
 def _widened_columns(engine: Engine) -> None:

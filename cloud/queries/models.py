@@ -179,6 +179,7 @@ class SeriesPoint(View):
     """One step of a device's or bundle's telemetry over time (``cloud.queries.series``)."""
 
     at: datetime  # the step's start
+    minutes: int  # what it spans: the step, or whole hours over compacted rollups (cloud.compaction)
     bundle: str | None
     windows: int
     inferences: int

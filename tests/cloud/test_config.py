@@ -14,6 +14,7 @@ from cloud.errors import CloudError
 def test_config_file(tmp_path: Path) -> None:
     assert load_config(None) == CloudConfig()
     assert CloudConfig().retention.telemetry_days == 10 and CloudConfig().retention.events_days == 10
+    assert (CloudConfig().retention.rollup_minutes_days, CloudConfig().retention.rollup_hours_days) == (10, 400)
     path = tmp_path / "etc" / "cloud.yaml"
     path.parent.mkdir()
     path.write_text("alerts:\n  webhooks:\n    - {name: ops, url: 'http://127.0.0.1:9/hook', kinds: [gate_failed]}\n"
@@ -31,6 +32,7 @@ def test_config_file(tmp_path: Path) -> None:
     assert config.telemetry.inventory_for(["kitchen-eu", "x"]) == "off"
     assert config.telemetry.inventory_for(["x"]) == "counts"
     for bad, said in (("alerts: {webhoks: []}\n", "webhoks"), ("retention: {telemetry_days: -1}\n", "telemetry_days"),
+                      ("retention: {rollup_minutes_days: 30, rollup_hours_days: 20}\n", "rollup_hours_days"),
                       ("telemetry: {groups: {'a/b': 'off'}}\n", "telemetry.groups"),
                       ("alerts: {webhooks: [{name: x, url: 'ftp://h'}]}\n", "url"), (": : :\n", "not valid")):
         path.write_text(bad)

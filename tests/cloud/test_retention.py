@@ -102,7 +102,7 @@ def test_deleting_raw_rows_changes_no_verdict(sessions: sessionmaker[Session], w
     clock = [datetime.now(UTC) + timedelta(days=5)]
     retainer = Retainer(sessions, Retention(batch=7), clock=lambda: clock[0])
     assert retainer.step() == {"telemetry": 0, "events": 0, "dead_letters": 0, "alert_deliveries": 0, "alerts": 0,
-                               "audit": 0}
+                               "audit": 0, "rollup_hours": 0, "rollup_minutes": 0}
     assert count(sessions, TelemetryRow) == 60  # inside their 10 days: kept
     clock[0] = datetime.now(UTC) + timedelta(days=11)
     deleted = retainer.step()
