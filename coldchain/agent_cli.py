@@ -46,7 +46,7 @@ def install(
 ) -> None:
     """Put a bundle on this device without a broker (a factory default), with the same checks as a
     deploy over MQTT: signature with the device's trust, hashes, board, runtime, self-test.
-    Stop the agent first; it judges the bundle (probation) on live frames when it runs."""
+    Refused while the agent runs (stop it first); it judges the bundle (probation) on live frames when it runs."""
     from agent.config import load_config
     from agent.errors import AgentError
     from agent.install import install_offline

@@ -187,3 +187,47 @@ def test_infer_table_never_cuts_a_long_path(tmp_path: Path, world: dict[str, obj
     assert result.exit_code == 0, result.output
     cells = "".join(line.split("│")[1].strip() for line in result.output.splitlines() if line.count("│") > 2)
     assert str(image) in cells, result.output  # folded over lines, whole
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_second_agent_or_an_install_on_a_running_agents_data_directory_is_refused(
+        tmp_path: Path, world: dict[str, object]) -> None:
+    """Found following docs/firmware.md: "if another agent still serves [the socket], the agent refuses to
+    start". It did not: the second agent logged that it could not serve the local API and ran on, on the
+    same data directory and MQTT client id as the first; `agent install` wrote the running agent's slots."""
+    import os
+
+    from tests.waiting import until
+
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    write_dataset(tmp_path / "frames", 1, seed=9)
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "fridge-twice"\ndata_dir = "{tmp_path / "data"}"\ntrusted_keys = ["{keys}"]\n'
+                      f'[broker]\nurl = "mqtt://127.0.0.1:{_free_port()}"\n'
+                      f'[source]\nkind = "folder"\nlocation = "{tmp_path / "frames"}"\ntrigger = "on_request"\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-c", "from coldchain.cli import main; main()", "agent", "run", "--config", str(config)]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        until(lambda: (tmp_path / "data" / "agent.sock").exists(), "the first agent's socket")
+        second = subprocess.run([*command, "--seconds", "5"], env=env, capture_output=True, text=True, timeout=60)
+        words = " ".join((second.stdout + second.stderr).split())
+        assert second.returncode == 1, words
+        assert f"another agent (pid {first.pid}) runs on the data directory {tmp_path / 'data'}" in words, words
+        bundle = world["bundles"][5]  # type: ignore[index]
+        install = runner.invoke(app, ["agent", "install", str(bundle.tarball), "--config", str(config)])
+        assert install.exit_code == 1, install.output
+        assert f"another agent (pid {first.pid}) runs on the data directory" in " ".join(install.output.split())
+        assert first.poll() is None  # the first agent was left alone
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+    after = runner.invoke(app, ["agent", "install", str(world["bundles"][5].tarball), "--config", str(config)])  # type: ignore[index]
+    assert after.exit_code == 0, after.output  # the lock went with the agent
