@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 from agent.errors import AgentError, FrameError
 from agent.frames import decode
+from agent.health import SourceUnavailable
 from agent.inventory import Change, InventoryTracker
 from agent.local_api import Client, LocalApiError, LocalServer
 from agent.model import Inference
@@ -94,6 +95,23 @@ class FirmwareLink:
         if self.agent.config.source.trigger == "interval" or self.next_frame:
             waiting, self.next_frame = self.next_frame, []
             self._answer(self.agent.infer_once(), MAIN_SOURCE, waiting)
+        else:
+            self.check_source()
+
+    def check_source(self) -> None:
+        """On request no frame is read on the schedule's turn, but a camera that is missing (or comes
+        back) is found then, on the source's backoff, and reported as when a frame is read."""
+        agent, source = self.agent, self.agent.source
+        if source is None or agent.source_ended:
+            return
+        try:
+            if source.probe():
+                agent.health.source_ok(source.name)
+        except SourceUnavailable as exc:
+            if agent.health.source_fault(exc):
+                agent.report_error("source_unavailable", str(exc))
+        except FrameError as exc:  # a source without backoff (tests, simulations): its next read says it
+            log.debug("frame source check: %s", exc)
 
     def serve(self) -> None:
         """Answer the requests waiting (a bounded number per step), then report a model change."""

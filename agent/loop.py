@@ -167,6 +167,7 @@ class Agent:
     def handle(self, item: Inbound) -> None:
         if isinstance(item, ConnectFailed):
             self.health.connect_failed(item.cause, item.retry_in_s)
+            self.firmware.error("broker_unreachable", item.cause)  # the local API's status says why, too
         elif isinstance(item, Connected):
             self.connected = True
             if (cause := self.health.connected()) is not None:  # the cloud hears what kept the device away

@@ -92,13 +92,15 @@ def status(
     device = settings.device_id if settings is not None else health.get("device_id") or "(unknown: pass --config)"
     table = Table(title=f"agent data in {directory}" if live is None else f"agent {live.device_id} (live via {sock})",
                   show_header=False)
-    if live is not None:
-        table.add_row("connection", "connected to the broker" if live.connected else "not connected to the broker")
+    if live is not None:  # why the broker or the camera is missing: what the running agent recorded in health.json
+        cause = health.get("connection_cause") if health.get("connection") != "connected" else None
+        table.add_row("connection", "connected to the broker" if live.connected else
+                      escape("not connected to the broker" + (f": {cause}" if cause else "")))
         table.add_row("active bundle", "-" if live.active is None else escape(
             f"{live.active.model_name} v{live.active.model_version} (sequence {live.active.sequence}) "
             f"{live.active.sha256}"))
         table.add_row("job in progress", "-" if live.job is None else f"{live.job.job_id}: {live.job.state.value}")
-        table.add_row("frames", f"trigger {live.trigger}")
+        table.add_row("frames", escape(f"trigger {live.trigger}, source {health.get('source', 'not recorded')}"))
         table.add_row("last error", escape(live.last_error or "-"))
     else:
         table.add_row("device", escape(str(device)))

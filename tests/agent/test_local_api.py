@@ -311,3 +311,36 @@ def test_an_agent_whose_socket_path_is_too_long_runs_on_and_says_why(tmp_path: P
     assert "longer than" in event.message
     a.step()
     a.firmware.stop()
+
+
+def test_status_names_why_the_broker_is_unreachable(served: tuple[Agent, MemoryTransport]) -> None:
+    """Found running the agent on a wrong broker port: `status` over the socket said `connected: false`
+    and `last_error: null` while the agent logged the refused connection every few seconds."""
+    from transport.client import ConnectFailed, Disconnected
+
+    a, _ = served
+    a.handle(Disconnected("keepalive timeout", 1.0))
+    a.handle(ConnectFailed("ConnectionRefusedError: [Errno 111] Connection refused (127.0.0.1:1884)", 2.0))
+    client = LineClient(a.config.socket_path)
+    client.send(type="status", id="st")
+    status = client.read_until(lambda m: m.get("id") == "st", a.step)
+    assert status["connected"] is False
+    assert status["last_error"].startswith("broker_unreachable: ConnectionRefusedError"), status
+
+
+def test_on_request_reports_a_missing_camera_before_the_firmware_asks(tmp_path: Path,
+                                                                      world: dict[str, object]) -> None:
+    """Found running `agent run` with `trigger = "on_request"` and no camera: nothing was reported (no log
+    line, no event, health.json "not opened yet") until the firmware's first infer request."""
+    from agent.health import reopening
+
+    a, t = _agent(tmp_path, world, trigger="on_request")
+    deliver(a, world["bundles"][5], 5, "job-9")  # type: ignore[index]
+    a.source = reopening("folder", str(tmp_path / "not-mounted"), True, 10_000_000)
+    for _ in range(3):
+        a.next_inference = 0.0  # the schedule's turn: nothing is read, but the source is checked
+        a.step()
+    assert a.window.inferences == 0
+    (event,) = [e for e in errors(t, "fridge-7") if e.code == "source_unavailable"]
+    assert "not-mounted" in event.message
+    assert json.loads((a.config.data_dir / "health.json").read_text())["source"].startswith("unavailable")

@@ -231,3 +231,35 @@ def test_a_second_agent_or_an_install_on_a_running_agents_data_directory_is_refu
         first.wait(timeout=30)
     after = runner.invoke(app, ["agent", "install", str(world["bundles"][5].tarball), "--config", str(config)])  # type: ignore[index]
     assert after.exit_code == 0, after.output  # the lock went with the agent
+
+
+def test_live_status_says_why_the_broker_and_the_camera_are_missing(tmp_path: Path, world: dict[str, object],
+                                                                    monkeypatch: object) -> None:
+    """Found running `agent status` against a live agent with a wrong broker port and no camera: the
+    live table said `not connected to the broker` and `trigger on_request`, and nothing of why (the
+    data-directory view shows both causes, the live one dropped them)."""
+    import pytest
+
+    from agent import status as agent_status
+    from agent.errors import FrameError
+    from agent.health import Health, SourceUnavailable
+    from contract.local import StatusAnswer
+
+    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "fridge-43"\ndata_dir = "{tmp_path / "data"}"\ntrusted_keys = ["{keys}"]\n')
+    health = Health(tmp_path / "data", "mqtt://127.0.0.1:1884", "fridge-43")  # what the running agent records
+    health.connect_failed("ConnectionRefusedError: [Errno 111] Connection refused (127.0.0.1:1884)", 4.0)
+    health.source_fault(SourceUnavailable("frame source /dev/video0 is unavailable", "camera /dev/video0 is not "
+                                          "present", True))
+    assert isinstance(SourceUnavailable("", "", True), FrameError)
+    answer = StatusAnswer(id="cli-status", device_id="fridge-43", connected=False, active=None, trigger="on_request")
+    mp.setattr(agent_status, "live_status", lambda path, timeout_s=3.0: (answer, "live"))
+    result = runner.invoke(app, ["agent", "status", "--config", str(config)], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "(live via" in text
+    words = "".join(result.output.split())
+    assert "notconnectedtothebroker:ConnectionRefusedError" in words, result.output
+    assert "unavailable:camera/dev/video0isnotpresent" in words, result.output
