@@ -5,6 +5,7 @@ hint, not a connection "lost"."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -41,7 +42,7 @@ def test_the_announced_next_attempt_is_when_paho_tries_again() -> None:
             announced.append(item.retry_in_s)
     finally:
         transport.stop()
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(abs(gap - said) < 0.6 for gap, said in zip(gaps, announced, strict=False)), (gaps, announced)
 
 
