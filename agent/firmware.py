@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 import queue
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -220,6 +221,9 @@ class FirmwareLink:
         except (AgentError, ContractError, ValueError) as exc:
             self.reply(client, ErrorAnswer(id=request_id, code=f"{what}_refused", message=str(exc)[:2048]))
             return
+        if isinstance(detail, float):  # hold_activation: the Unix time at which the hold ends by itself
+            ends = datetime.fromtimestamp(detail, timezone.utc).isoformat(timespec="seconds")
+            detail = f"activation held until {ends} (or release_activation)"
         self.reply(client, OkAnswer(id=request_id, detail=None if detail is None else str(detail)[:2048]))
 
     # ---- out -------------------------------------------------------------------------------------

@@ -344,3 +344,19 @@ def test_on_request_reports_a_missing_camera_before_the_firmware_asks(tmp_path: 
     (event,) = [e for e in errors(t, "fridge-7") if e.code == "source_unavailable"]
     assert "not-mounted" in event.message
     assert json.loads((a.config.data_dir / "health.json").read_text())["source"].startswith("unavailable")
+
+
+def test_a_hold_is_answered_with_when_it_ends_in_words(served: tuple[Agent, MemoryTransport]) -> None:
+    """Found holding activation over the socket: the `ok` answer's detail was `1796158545.9805079`, a Unix
+    time as a string that a firmware engineer had to guess the meaning of."""
+    from datetime import datetime
+
+    a, _ = served
+    client = LineClient(a.config.socket_path)
+    client.send(type="hold_activation", id="h", reason="defrost", max_s=3600)
+    answer = client.read_until(lambda m: m.get("id") == "h", a.step)
+    assert answer["type"] == "ok" and answer["detail"].startswith("activation held until "), answer
+    hold = a.activation.current_hold()
+    assert hold is not None
+    until_text = answer["detail"].removeprefix("activation held until ").split(" ")[0]
+    assert abs(datetime.fromisoformat(until_text).timestamp() - hold.until) < 1, answer
