@@ -77,7 +77,7 @@ def status(
     the agent last recorded there; it need not be running). The spool and trust come from the directory."""
     from agent.config import load_config
     from agent.errors import AgentError
-    from agent.status import data_dir_status, live_status
+    from agent.status import check_data_dir, data_dir_status, live_status
 
     with user_errors(AgentError):
         settings = load_config(config) if config is not None else None
@@ -85,6 +85,7 @@ def status(
         sock = settings.socket_path if settings is not None and data_dir is None else directory / "agent.sock"
         live, why = live_status(sock)
         if live is None:
+            check_data_dir(directory, config if data_dir is None else None)  # refused before "showing" it
             console.print(f"{escape(why)}: showing what the agent recorded in {escape(str(directory))}",
                           highlight=False)
         info = data_dir_status(directory)

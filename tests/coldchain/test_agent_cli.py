@@ -264,3 +264,22 @@ def test_live_status_says_why_the_broker_and_the_camera_are_missing(tmp_path: Pa
     words = "".join(result.output.split())
     assert "notconnectedtothebroker:ConnectionRefusedError" in words, result.output
     assert "unavailable:camera/dev/video0isnotpresent" in words, result.output
+
+
+def test_status_before_the_agent_ever_ran_says_so(tmp_path: Path) -> None:
+    """Found running `agent status --config agent.toml` on a new device: `no agent socket ...: showing what
+    the agent recorded in DIR`, then `error: DIR does not exist ...: pass the agent's --config` (it had been
+    passed). A directory that is not an agent's was also announced as "showing" before being refused."""
+    from contract.signing import write_keypair
+
+    keys = write_keypair(tmp_path / "keys", "ops")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "fridge-new"\ndata_dir = "{tmp_path / "data"}"\ntrusted_keys = ["{keys.public}"]\n')
+    result = runner.invoke(app, ["agent", "status", "--config", str(config)], env={"COLUMNS": "200"})
+    words = " ".join(result.output.split())
+    assert result.exit_code == 1, words
+    assert f"{tmp_path / 'data'} (data_dir in {config}) does not exist: no agent has run" in words, words
+    assert "pass the agent's --config" not in words and "showing what the agent recorded" not in words, words
+    (tmp_path / "photos").mkdir()
+    other = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path / "photos")], env={"COLUMNS": "200"})
+    assert other.exit_code == 1 and "showing what the agent recorded" not in other.output, other.output
