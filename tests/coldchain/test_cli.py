@@ -112,3 +112,12 @@ def test_a_command_whose_extra_is_missing_names_the_extra() -> None:
         assert "Traceback" not in result.stderr + result.stdout
     result = _cli_without(("paho",), "agent", "run", "--config", "x.toml")
     assert "pip install 'coldchain[agent]'" in result.stderr
+
+
+def test_python_dash_m_coldchain_runs_the_cli() -> None:
+    """Found on a board without the entry point on PATH: `python -m coldchain agent status` answered
+    `No module named coldchain.__main__`."""
+    result = subprocess.run([sys.executable, "-m", "coldchain", "--version"], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"coldchain {__version__}"
