@@ -26,7 +26,14 @@ def run(
     broker: Annotated[str | None, typer.Option(help="Broker URL, over the file and COLDCHAIN_BROKER__URL.")] = None,
 ) -> None:
     """Connect to the broker, install bundles, infer on frames, report telemetry."""
+    import logging
     import os
+
+    # stderr, one line per event (journald stamps the time): the agent's INFO lines say what came back
+    # (connected, the frame source available, the local API listening), not only what failed
+    logging.basicConfig(format="%(message)s")
+    for name in ("coldchain", "agent", "transport"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
     from agent.config import load_config
     from agent.errors import AgentError

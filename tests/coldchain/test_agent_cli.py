@@ -283,3 +283,24 @@ def test_status_before_the_agent_ever_ran_says_so(tmp_path: Path) -> None:
     (tmp_path / "photos").mkdir()
     other = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path / "photos")], env={"COLUMNS": "200"})
     assert other.exit_code == 1 and "showing what the agent recorded" not in other.output, other.output
+
+
+def test_agent_run_logs_what_came_back_not_only_what_failed(tmp_path: Path, world: dict[str, object]) -> None:
+    """Found running `agent run` on a wrong port, then starting the broker: the log showed every failed
+    attempt and then `lost the broker`, never `connected to the broker` (INFO lines were not shown at
+    all: no logging configuration, so only Python's last-resort WARNING handler printed)."""
+    import os
+
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    write_dataset(tmp_path / "frames", 1, seed=10)
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "fridge-log"\ndata_dir = "{tmp_path / "data"}"\ntrusted_keys = ["{keys}"]\n'
+                      f'inference_interval_s = 0.2\n[broker]\nurl = "mqtt://127.0.0.1:{_free_port()}"\n'
+                      f'[source]\nkind = "folder"\nlocation = "{tmp_path / "frames"}"\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run([sys.executable, "-m", "coldchain", "agent", "run", "--config", str(config),
+                             "--seconds", "2"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"local API listening on {tmp_path / 'data' / 'agent.sock'}" in result.stderr, result.stderr
+    assert f"frame source {tmp_path / 'frames'} is available" in result.stderr, result.stderr
+    assert "cannot connect to the broker" in result.stderr  # the warnings are still there
