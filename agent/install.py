@@ -81,6 +81,13 @@ def _install(config: AgentConfig, tarball: Path, emit: Emit) -> JobRecord:
         raise AgentError(f"cannot read {tarball}: {exc.strerror}") from exc
     except ContractError as exc:  # not a bundle at all: nothing was written
         raise AgentError(f"{tarball} is refused: {exc}") from exc
+    # a known job id is only re-reported (as a re-sent command is); a failed install is tried again, under
+    # a job id of its own, since the device may have been fixed since (its board, its trusted keys, space)
+    attempt, job_id = 1, command.job_id
+    while (previous := deployer.jobs.get(job_id)) is not None and previous.state is JobState.FAILED:
+        attempt += 1
+        job_id = f"{command.job_id}.{attempt}"
+    command = command.model_copy(update={"job_id": job_id})
     record = deployer.on_deploy(command)  # the same job id for the same tarball: installed once
     count = command.artifact.chunk_count
     for index, piece in enumerate(_pieces(tarball, command.artifact.chunk_size)):
