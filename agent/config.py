@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -185,3 +186,39 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         where = f" in {path}" if path else ""
         problems = "".join(f"\n  - {p}" for p in problems_of(exc))
         raise ConfigError(f"invalid agent configuration{where}:{problems}") from exc
+
+
+class _ApiWhere(BaseModel):
+    socket: Path | None = None
+
+
+class _Where(BaseModel):  # the few settings `agent status` needs; everything else is ignored
+    device_id: Identifier | None = None
+    data_dir: Path = Path("/var/lib/coldchain")
+    local_api: _ApiWhere = _ApiWhere()
+
+
+@dataclass(frozen=True)
+class Whereabouts:
+    """Where an agent keeps its state: what ``coldchain agent status`` reads."""
+
+    device_id: str | None
+    data_dir: Path
+    socket_path: Path
+
+
+def whereabouts(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Whereabouts, str | None]:
+    """The device id, data directory and socket a configuration names, and why ``agent run`` would refuse
+    the configuration (``None``: it is valid). A configuration ``run`` refuses (a key file gone, a CA file
+    missing) still names them: status is what one runs to see what went wrong."""
+    try:
+        config = load_config(path, environ)
+        return Whereabouts(config.device_id, config.data_dir, config.socket_path), None
+    except ConfigError as refused:
+        data = _overlay(_read(path), os.environ if environ is None else environ)
+        try:
+            where = _Where.model_validate(data)
+        except ValidationError:
+            raise refused from None
+        socket = where.local_api.socket or where.data_dir / "agent.sock"
+        return Whereabouts(where.device_id, where.data_dir, socket), str(refused)

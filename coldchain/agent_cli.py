@@ -82,12 +82,15 @@ def status(
     """Device id, connection, bundles per slot, the job in progress and the last errors: asked of the
     running agent over its local API socket when it answers, else read from its data directory (what
     the agent last recorded there; it need not be running). The spool and trust come from the directory."""
-    from agent.config import load_config
+    from agent.config import whereabouts
     from agent.errors import AgentError
     from agent.status import check_data_dir, data_dir_status, live_status
 
     with user_errors(AgentError):
-        settings = load_config(config) if config is not None else None
+        settings, refused = whereabouts(config) if config is not None else (None, None)
+        if refused:
+            err_console.print(f"warning: {escape(refused)}\n(agent run would refuse it; status reads its device_id, "
+                              "data_dir and local_api.socket anyway)", highlight=False)
         directory = data_dir or (settings.data_dir if settings is not None else Path("/var/lib/coldchain"))
         sock = settings.socket_path if settings is not None and data_dir is None else directory / "agent.sock"
         live, why = live_status(sock)
@@ -97,7 +100,8 @@ def status(
                           highlight=False)
         info = data_dir_status(directory)
     health: dict[str, Any] = info["health"]  # type: ignore[assignment]
-    device = settings.device_id if settings is not None else health.get("device_id") or "(unknown: pass --config)"
+    device = (settings.device_id if settings is not None else None) or health.get("device_id") \
+        or "(unknown: pass --config)"
     table = Table(title=f"agent data in {directory}" if live is None else f"agent {live.device_id} (live via {sock})",
                   show_header=False)
     if live is not None:  # why the broker or the camera is missing: what the running agent recorded in health.json

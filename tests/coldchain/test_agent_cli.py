@@ -304,3 +304,19 @@ def test_agent_run_logs_what_came_back_not_only_what_failed(tmp_path: Path, worl
     assert f"local API listening on {tmp_path / 'data' / 'agent.sock'}" in result.stderr, result.stderr
     assert f"frame source {tmp_path / 'frames'} is available" in result.stderr, result.stderr
     assert "cannot connect to the broker" in result.stderr  # the warnings are still there
+
+
+def test_status_reads_the_data_directory_of_a_configuration_run_would_refuse(tmp_path: Path,
+                                                                             world: dict[str, object]) -> None:
+    """Found running `agent status --config` with the example configuration on a device whose key file had
+    gone: `invalid agent configuration ... trusted key file(s) not found` and nothing else, when status
+    needs only the device id, data_dir and the socket (and is what one runs to see why `run` failed)."""
+    test_status_reads_the_data_directory(tmp_path, world)  # a data directory with a job in PROBATION
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "fridge-broken"\ndata_dir = "{tmp_path}"\n'
+                      f'trusted_keys = ["{tmp_path / "gone.pub"}"]\n')
+    result = runner.invoke(app, ["agent", "status", "--config", str(config)], env={"COLUMNS": "200"})
+    words = " ".join(result.output.split())
+    assert result.exit_code == 0, words
+    assert "trusted key file(s) not found" in words and "agent run would refuse it" in words, words
+    assert "fridge-broken" in words and "PROBATION" in words, words
