@@ -51,9 +51,11 @@ def install(
     bundle: Annotated[Path, typer.Argument(help="Signed bundle tarball (.tar.gz) to install as the active bundle.")],
     config: Annotated[Path, typer.Option(help="Agent configuration (TOML or YAML); COLDCHAIN_* overrides.")],
 ) -> None:
-    """Put a bundle on this device without a broker (a factory default), with the same checks as a
-    deploy over MQTT: signature with the device's trust, hashes, board, runtime, self-test.
-    Refused while the agent runs (stop it first); it judges the bundle (probation) on live frames when it runs."""
+    """Put a bundle on this device without a broker (a factory default).
+
+    The same checks as a deploy over MQTT: signature with the device's trust, hashes, board, runtime,
+    self-test. Refused while the agent runs (stop it first); it judges the bundle (probation) on live
+    frames when it runs."""
     from agent.config import load_config
     from agent.errors import AgentError
     from agent.install import install_offline
@@ -79,9 +81,11 @@ def status(
     data_dir: Annotated[Path | None, typer.Option(help="The agent's data directory (default: from --config, "
                                                         "else /var/lib/coldchain).")] = None,
 ) -> None:
-    """Device id, connection, bundles per slot, the job in progress and the last errors: asked of the
-    running agent over its local API socket when it answers, else read from its data directory (what
-    the agent last recorded there; it need not be running). The spool and trust come from the directory."""
+    """Device id, connection, bundles per slot, the job in progress and the last errors.
+
+    Asked of the running agent over its local API socket when it answers, else read from its data
+    directory (what the agent last recorded there; it need not be running). The spool and trust come
+    from the directory."""
     from agent.config import whereabouts
     from agent.errors import AgentError
     from agent.status import check_data_dir, data_dir_status, live_status

@@ -320,3 +320,22 @@ def test_status_reads_the_data_directory_of_a_configuration_run_would_refuse(tmp
     assert result.exit_code == 0, words
     assert "trusted key file(s) not found" in words and "agent run would refuse it" in words, words
     assert "fridge-broken" in words and "PROBATION" in words, words
+
+
+def test_agent_help_lists_each_command_in_one_sentence() -> None:
+    """Found reading `coldchain agent --help` on a device: `install` and `status` listed their whole
+    docstrings, broken mid-sentence where the source lines ended ("with the same checks as a" / "deploy
+    over MQTT: ..."), five lines each."""
+    result = runner.invoke(app, ["agent", "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    listing = result.output.split("Commands")[1]
+    rows: dict[str, list[str]] = {}
+    for line in listing.splitlines():
+        cells = line.strip("│ ").split(None, 1)
+        if line.startswith("│ ") and not line.startswith("│  ") and cells:
+            rows[cells[0]] = [cells[1] if len(cells) > 1 else ""]
+        elif line.startswith("│  ") and rows:
+            rows[list(rows)[-1]].append(line.strip("│ "))
+    assert set(rows) == {"run", "install", "status", "infer", "simulate"}, listing
+    for name, text in rows.items():
+        assert " ".join(text).rstrip().endswith((".", ")")) and len(text) <= 2, (name, text)
