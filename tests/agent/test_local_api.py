@@ -375,8 +375,7 @@ def test_next_frame_on_request_is_answered_in_the_turn_the_request_wakes(tmp_pat
         client = LineClient(a.config.socket_path)
         client.send(type="infer", id="door", mode="next_frame")
         until(lambda: not t.inbox.empty(), "the request's wake")
-        a.step()  # one turn answers it
-        client.sock.settimeout(0.0)
+        a.step()  # one turn answers it (no other turn runs while the client waits for the line)
         answer = client.read()
         assert answer["id"] == "door" and answer["type"] == "result", answer
     finally:
