@@ -108,6 +108,8 @@ def status(
         or "(unknown: pass --config)"
     table = Table(title=f"agent data in {directory}" if live is None else f"agent {live.device_id} (live via {sock})",
                   show_header=False)
+    table.add_column(overflow="fold")
+    table.add_column(overflow="fold")  # a sha, a path or a cause is shown whole, folded, never cut
     if live is not None:  # why the broker or the camera is missing: what the running agent recorded in health.json
         cause = health.get("connection_cause") if health.get("connection") != "connected" else None
         table.add_row("connection", "connected to the broker" if live.connected else

@@ -339,3 +339,27 @@ def test_agent_help_lists_each_command_in_one_sentence() -> None:
     assert set(rows) == {"run", "install", "status", "infer", "simulate"}, listing
     for name, text in rows.items():
         assert " ".join(text).rstrip().endswith((".", ")")) and len(text) <= 2, (name, text)
+
+
+def test_live_status_never_cuts_the_bundle_sha_in_a_narrow_terminal(tmp_path: Path, world: dict[str, object],
+                                                                    monkeypatch: object) -> None:
+    """Found running `agent status` live in a 70-column terminal: `active bundle ... 6eae4466...efad…`, the
+    sha cut with an ellipsis (the first table's cells were cropped; only the slot tables folded)."""
+    import pytest
+
+    from agent import status as agent_status
+    from coldchain import console as console_module
+    from contract.local import StatusAnswer
+
+    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    test_status_reads_the_data_directory(tmp_path, world)  # a data directory with bundle 5 in slot a
+    bundle = world["bundles"][5]  # type: ignore[index]
+    answer = StatusAnswer(id="cli-status", device_id="fridge-narrow", connected=True, active=bundle.ref,
+                          trigger="interval")
+    mp.setattr(agent_status, "live_status", lambda path, timeout_s=3.0: (answer, "live"))
+    mp.setattr(console_module.console, "width", 70)
+    result = runner.invoke(app, ["agent", "status", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    first_table = result.output.split("slots")[0]
+    cells = "".join(line.split("│")[2].strip() for line in first_table.splitlines() if line.count("│") == 3)
+    assert bundle.ref.sha256 in cells and "…" not in first_table, result.output
