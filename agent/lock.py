@@ -23,8 +23,9 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         handle = (data_dir / LOCK_FILE).open("a+")
-    except OSError as exc:
-        raise AgentError(f"cannot open {data_dir / LOCK_FILE}: {exc.strerror}") from exc
+    except OSError as exc:  # a path under a file, a read-only or foreign directory: said, not a traceback
+        raise AgentError(f"cannot use the data directory {data_dir}: {exc.strerror} (data_dir in the agent's "
+                         "configuration; the agent's user must be able to create and write it)") from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

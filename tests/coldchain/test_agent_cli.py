@@ -363,3 +363,19 @@ def test_live_status_never_cuts_the_bundle_sha_in_a_narrow_terminal(tmp_path: Pa
     first_table = result.output.split("slots")[0]
     cells = "".join(line.split("│")[2].strip() for line in first_table.splitlines() if line.count("│") == 3)
     assert bundle.ref.sha256 in cells and "…" not in first_table, result.output
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_clear_line(tmp_path: Path, world: dict[str, object]) -> None:
+    """Found with `data_dir` under a path that is a file (a mount point not mounted, a typo): `agent run`
+    ended in a NotADirectoryError traceback from creating data_dir/slots."""
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    (tmp_path / "afile").write_text("")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "fridge-nodir"\ndata_dir = "{tmp_path / "afile" / "data"}"\n'
+                      f'trusted_keys = ["{keys}"]\n[local_api]\nenabled = false\n')
+    for command in (["agent", "run", "--config", str(config), "--seconds", "1"],
+                    ["agent", "install", str(world["bundles"][5].tarball), "--config", str(config)]):  # type: ignore[index]
+        result = runner.invoke(app, command)
+        words = " ".join(result.output.split())
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (words, result.exception)
+        assert f"cannot use the data directory {tmp_path / 'afile' / 'data'}: Not a directory" in words, words
