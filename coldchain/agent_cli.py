@@ -208,6 +208,8 @@ def infer(
         err_console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
     with tempfile.TemporaryDirectory() as tmp, user_errors(AgentError, OSError):
         trust = TrustStore.from_paths(trusted)
+        if not bundle.exists():
+            raise AgentError(f"{bundle}: no such bundle (a signed .tar.gz or its unpacked directory)")
         directory = unpack(bundle, Path(tmp), trust) if bundle.is_file() else bundle
         loaded = LoadedBundle.open_bundle(directory, trust, threads)
         manifest = loaded.manifest

@@ -379,3 +379,16 @@ def test_a_data_directory_that_cannot_be_made_is_one_clear_line(tmp_path: Path, 
         words = " ".join(result.output.split())
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (words, result.exception)
         assert f"cannot use the data directory {tmp_path / 'afile' / 'data'}: Not a directory" in words, words
+
+
+def test_infer_with_a_bundle_that_is_not_there_says_so(tmp_path: Path, world: dict[str, object]) -> None:
+    """Found mistyping the bundle's name: `error: fridge.tar.gz is not a bundle: No such file or directory:
+    fridge.tar.gz/manifest.json`, as if a tarball were a directory that lacked a manifest."""
+    write_dataset(tmp_path / "photos", 1, seed=11)
+    keys: Path = world["root"] / "keys" / "ops.pub"  # type: ignore[operator]
+    missing = tmp_path / "fridge.tar.gz"
+    result = runner.invoke(app, ["agent", "infer", str(missing), str(tmp_path / "photos"), "--trusted", str(keys)])
+    words = " ".join(result.output.split())
+    assert result.exit_code == 1, words
+    assert f"{missing}: no such bundle (a signed .tar.gz or its unpacked directory)" in words, words
+    assert "manifest.json" not in words, words
