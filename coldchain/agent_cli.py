@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from coldchain.console import console, err_console, user_errors
+from coldchain.console import console, err_console, existing_bundle, user_errors
 
 app = typer.Typer(help="Run the device agent and inspect it.", no_args_is_help=True)
 
@@ -207,9 +207,8 @@ def infer(
     for problem in problems:
         err_console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
     with tempfile.TemporaryDirectory() as tmp, user_errors(AgentError, OSError):
+        existing_bundle(bundle)
         trust = TrustStore.from_paths(trusted)
-        if not bundle.exists():
-            raise AgentError(f"{bundle}: no such bundle (a signed .tar.gz or its unpacked directory)")
         directory = unpack(bundle, Path(tmp), trust) if bundle.is_file() else bundle
         loaded = LoadedBundle.open_bundle(directory, trust, threads)
         manifest = loaded.manifest

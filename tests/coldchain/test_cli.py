@@ -129,3 +129,16 @@ def test_python_dash_m_coldchain_runs_the_cli() -> None:
                             check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"coldchain {__version__}"
+
+
+def test_bundle_commands_name_a_missing_bundle(tmp_path: Path) -> None:
+    """Found on a device: `bundle inspect missing.tar.gz` answered `[Errno 2] No such file or directory:
+    'missing.tar.gz/manifest.json'` and `bundle verify` `is not a bundle: ... missing.tar.gz/manifest.json`."""
+    missing = tmp_path / "missing.tar.gz"
+    (tmp_path / "k.pub").write_text("")
+    for command in (["bundle", "inspect", str(missing)],
+                    ["bundle", "verify", str(missing), "--trusted", str(tmp_path / "k.pub")]):
+        result = runner.invoke(app, command)
+        words = " ".join(result.output.split())
+        assert result.exit_code == 1, words
+        assert f"{missing}: no such bundle (a signed .tar.gz or its unpacked directory)" in words, words
