@@ -8,6 +8,7 @@ Anything invalid fails at start with the field and the reason (:class:`ConfigErr
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -100,9 +101,19 @@ class ActivationConfig(_Section):
     request for that long) each let a waiting candidate activate; with neither, it activates at once
     unless the firmware holds it. A hold, and any wait in READY, lasts at most ``max_hold_s``."""
 
-    window: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    window: str | None = None
     when_idle_s: Annotated[float, Field(gt=0, le=7 * 86_400)] | None = None
     max_hold_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 86_400.0
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        form = 'HH:MM-HH:MM, local time, 24 h (e.g. "02:00-05:00", or "23:00-01:00" across midnight)'
+        if value is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"must be {form}")
+        if value is not None and value[:5] == value[6:]:
+            raise ValueError(f"starts where it ends, so it would never open: give {form}")
+        return value
 
 
 class AgentConfig(_Section):
