@@ -8,8 +8,10 @@ Anything invalid fails at start with the field and the reason (:class:`ConfigErr
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -101,9 +103,19 @@ class ActivationConfig(_Section):
     request for that long) each let a waiting candidate activate; with neither, it activates at once
     unless the firmware holds it. A hold, and any wait in READY, lasts at most ``max_hold_s``."""
 
-    window: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    window: str | None = None
     when_idle_s: Annotated[float, Field(gt=0, le=7 * 86_400)] | None = None
     max_hold_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 86_400.0
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        form = 'HH:MM-HH:MM, local time, 24 h (e.g. "02:00-05:00", or "23:00-01:00" across midnight)'
+        if value is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"must be {form}")
+        if value is not None and value[:5] == value[6:]:
+            raise ValueError(f"starts where it ends, so it would never open: give {form}")
+        return value
 
 
 class AgentConfig(_Section):
@@ -187,3 +199,39 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         where = f" in {path}" if path else ""
         problems = "".join(f"\n  - {p}" for p in problems_of(exc))
         raise ConfigError(f"invalid agent configuration{where}:{problems}") from exc
+
+
+class _ApiWhere(BaseModel):
+    socket: Path | None = None
+
+
+class _Where(BaseModel):  # the few settings `agent status` needs; everything else is ignored
+    device_id: Identifier | None = None
+    data_dir: Path = Path("/var/lib/coldchain")
+    local_api: _ApiWhere = _ApiWhere()
+
+
+@dataclass(frozen=True)
+class Whereabouts:
+    """Where an agent keeps its state: what ``coldchain agent status`` reads."""
+
+    device_id: str | None
+    data_dir: Path
+    socket_path: Path
+
+
+def whereabouts(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Whereabouts, str | None]:
+    """The device id, data directory and socket a configuration names, and why ``agent run`` would refuse
+    the configuration (``None``: it is valid). A configuration ``run`` refuses (a key file gone, a CA file
+    missing) still names them: status is what one runs to see what went wrong."""
+    try:
+        config = load_config(path, environ)
+        return Whereabouts(config.device_id, config.data_dir, config.socket_path), None
+    except ConfigError as refused:
+        data = _overlay(_read(path), os.environ if environ is None else environ)
+        try:
+            where = _Where.model_validate(data)
+        except ValidationError:
+            raise refused from None
+        socket = where.local_api.socket or where.data_dir / "agent.sock"
+        return Whereabouts(where.device_id, where.data_dir, socket), str(refused)

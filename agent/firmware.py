@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 import queue
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 from agent.errors import AgentError, FrameError, ImagePathRefused, LocalApiError
 from agent.frames import decode
+from agent.health import SourceUnavailable
 from agent.image_files import read_image_file
 from agent.inventory import Change, InventoryTracker
 from agent.local_api import Client, LocalServer
@@ -95,6 +97,24 @@ class FirmwareLink:
         if self.agent.config.source.trigger == "interval" or self.next_frame:
             waiting, self.next_frame = self.next_frame, []
             self._answer(self.agent.infer_once(), MAIN_SOURCE, waiting)
+        else:  # ready for the door: the active bundle loaded (a first request paid 0.1-1.1 s), the source checked
+            self.agent.active_model()
+            self.check_source()
+
+    def check_source(self) -> None:
+        """On request no frame is read on the schedule's turn, but a camera that is missing (or comes
+        back) is found then, on the source's backoff, and reported as when a frame is read."""
+        agent, source = self.agent, self.agent.source
+        if source is None or agent.source_ended:
+            return
+        try:
+            if source.probe():
+                agent.health.source_ok(source.name)
+        except SourceUnavailable as exc:
+            if agent.health.source_fault(exc):
+                agent.report_error("source_unavailable", str(exc))
+        except FrameError as exc:  # a source without backoff (tests, simulations): its next read says it
+            log.debug("frame source check: %s", exc)
 
     def serve(self) -> None:
         """Answer the requests waiting (a bounded number per step), then report a model change."""
@@ -216,6 +236,9 @@ class FirmwareLink:
         except (AgentError, ContractError, ValueError) as exc:
             self.reply(client, ErrorAnswer(id=request_id, code=f"{what}_refused", message=str(exc)[:2048]))
             return
+        if isinstance(detail, float):  # hold_activation: the Unix time at which the hold ends by itself
+            ends = datetime.fromtimestamp(detail, timezone.utc).isoformat(timespec="seconds")
+            detail = f"activation held until {ends} (or release_activation)"
         self.reply(client, OkAnswer(id=request_id, detail=None if detail is None else str(detail)[:2048]))
 
     # ---- out -------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ file instead of the broker and handed to :meth:`Deployer.on_chunk`, so the bundl
 the checks it would over MQTT: the signature with the device's trust, every hash, the board, the
 runtime, the anti-rollback sequence, the golden self-test and, with an active bundle, the timing
 against it. It activates at once (nobody holds activation offline) and is left in PROBATION: the
-agent judges it on live frames when it runs and marks it known-good then. Stop the agent first: the
-install writes the same data directory.
+agent judges it on live frames when it runs and marks it known-good then. Refused while the agent
+runs: the install writes the same data directory (``agent/lock.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from agent.config import AgentConfig
 from agent.deploy import Deployer, Emit
 from agent.errors import AgentError
 from agent.jobs import JobRecord
+from agent.lock import lock_data_dir
 from agent.trust import TrustKeeper
 from contract.bundle import manifest_sha256, unpack
 from contract.commands import ArtifactRef, DeployCommand
@@ -64,7 +65,13 @@ def local_command(tarball: Path) -> DeployCommand:
 
 def install_offline(config: AgentConfig, tarball: Path, emit: Emit) -> JobRecord:
     """Install ``tarball`` into ``config.data_dir`` as the deployer would over MQTT; returns the job
-    (PROBATION when it became active, FAILED with the reason otherwise). ``emit`` hears each state."""
+    (PROBATION when it became active, FAILED with the reason otherwise). ``emit`` hears each state.
+    Refused while an agent runs on the same data directory (``agent/lock.py``)."""
+    with lock_data_dir(config.data_dir):
+        return _install(config, tarball, emit)
+
+
+def _install(config: AgentConfig, tarball: Path, emit: Emit) -> JobRecord:
     keeper = TrustKeeper(config)
     deployer = Deployer(config.data_dir, keeper.store, runtimes.available(), emit, config.limits.threads,
                         board=config.board)
@@ -74,6 +81,13 @@ def install_offline(config: AgentConfig, tarball: Path, emit: Emit) -> JobRecord
         raise AgentError(f"cannot read {tarball}: {exc.strerror}") from exc
     except ContractError as exc:  # not a bundle at all: nothing was written
         raise AgentError(f"{tarball} is refused: {exc}") from exc
+    # a known job id is only re-reported (as a re-sent command is); a failed install is tried again, under
+    # a job id of its own, since the device may have been fixed since (its board, its trusted keys, space)
+    attempt, job_id = 1, command.job_id
+    while (previous := deployer.jobs.get(job_id)) is not None and previous.state is JobState.FAILED:
+        attempt += 1
+        job_id = f"{command.job_id}.{attempt}"
+    command = command.model_copy(update={"job_id": job_id})
     record = deployer.on_deploy(command)  # the same job id for the same tarball: installed once
     count = command.artifact.chunk_count
     for index, piece in enumerate(_pieces(tarball, command.artifact.chunk_size)):

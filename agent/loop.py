@@ -39,7 +39,7 @@ from contract.errors import ContractError
 from contract.events import ErrorEvent, JobEvent
 from contract.jobs import JobState
 from contract.state import DeviceState, offline
-from transport.client import Connected, ConnectFailed, Disconnected, Inbound, Received, Transport
+from transport.client import Connected, ConnectFailed, Disconnected, Inbound, Received, Transport, Wake
 
 if TYPE_CHECKING:
     import numpy as np
@@ -159,6 +159,7 @@ class Agent:
     def handle(self, item: Inbound) -> None:
         if isinstance(item, ConnectFailed):
             self.health.connect_failed(item.cause, item.retry_in_s)
+            self.firmware.error("broker_unreachable", item.cause)  # the local API's status says why, too
         elif isinstance(item, Connected):
             self.connected = True
             if (away := self.health.connected()) is not None:  # the cloud hears how long and why it was away
@@ -253,8 +254,11 @@ class Agent:
         """One turn of the loop: a queued message if there is one, else whatever is due."""
         self.firmware.serve()  # the local API's requests (the socket thread only queues them)
         try:
-            self.handle(self.transport.inbox.get(timeout=0.05))
-            return
+            item = self.transport.inbox.get(timeout=0.05)
+            if not isinstance(item, Wake):
+                self.handle(item)
+                return
+            self.firmware.serve()  # woken by a request: answer it, then what it made due (a next_frame read)
         except queue.Empty:
             pass
         now = time.monotonic()

@@ -9,6 +9,7 @@ import time
 from agent.config import AgentConfig
 from agent.frames import FrameSource
 from agent.health import reopening
+from agent.lock import lock_data_dir
 from agent.loop import Agent
 from contract import topics
 from contract.state import offline
@@ -16,7 +17,13 @@ from contract.state import offline
 
 def run_agent(config: AgentConfig, source: FrameSource | None = None, seconds: float | None = None) -> Agent:
     """The agent as ``coldchain agent run`` starts it: the configured source (default) is opened when first
-    read and reopened with backoff, so a missing camera or broker is reported, never a reason to exit."""
+    read and reopened with backoff, so a missing camera or broker is reported, never a reason to exit.
+    Refuses to start while another agent runs on the same data directory (``agent/lock.py``)."""
+    with lock_data_dir(config.data_dir):
+        return _run(config, source, seconds)
+
+
+def _run(config: AgentConfig, source: FrameSource | None, seconds: float | None) -> Agent:
     from transport.client import MqttTransport
 
     if source is None:

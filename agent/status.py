@@ -66,8 +66,12 @@ def _ask_status(path: Path, timeout_s: float) -> StatusAnswer:
         sock.close()
 
 
-def check_data_dir(data_dir: Path) -> None:
-    """Refuse, saying why, a path that is not an agent's data directory (nothing is created in it)."""
+def check_data_dir(data_dir: Path, config: Path | None = None) -> None:
+    """Refuse, saying why, a path that is not an agent's data directory (nothing is created in it);
+    ``config``: the configuration that named it (then the agent has simply not run yet)."""
+    if not data_dir.exists() and config is not None:
+        raise AgentError(f"{data_dir} (data_dir in {config}) does not exist: no agent has run, and no bundle "
+                         f"was installed, with this configuration yet (coldchain agent run --config {config})")
     if not data_dir.is_dir():
         raise AgentError(f"{data_dir} does not exist or is not a directory: pass the agent's --config, or the "
                          "--data-dir it uses (data_dir in its configuration)")

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from coldchain.console import console, err_console, user_errors
+from coldchain.console import console, err_console, existing_bundle, user_errors
 
 app = typer.Typer(help="Run the device agent and inspect it.", no_args_is_help=True)
 
@@ -26,7 +26,14 @@ def run(
     broker: Annotated[str | None, typer.Option(help="Broker URL, over the file and COLDCHAIN_BROKER__URL.")] = None,
 ) -> None:
     """Connect to the broker, install bundles, infer on frames, report telemetry."""
+    import logging
     import os
+
+    # stderr, one line per event (journald stamps the time): the agent's INFO lines say what came back
+    # (connected, the frame source available, the local API listening), not only what failed
+    logging.basicConfig(format="%(message)s")
+    for name in ("coldchain", "agent", "transport"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
     from agent.config import load_config
     from agent.errors import AgentError
@@ -44,9 +51,11 @@ def install(
     bundle: Annotated[Path, typer.Argument(help="Signed bundle tarball (.tar.gz) to install as the active bundle.")],
     config: Annotated[Path, typer.Option(help="Agent configuration (TOML or YAML); COLDCHAIN_* overrides.")],
 ) -> None:
-    """Put a bundle on this device without a broker (a factory default), with the same checks as a
-    deploy over MQTT: signature with the device's trust, hashes, board, runtime, self-test.
-    Stop the agent first; it judges the bundle (probation) on live frames when it runs."""
+    """Put a bundle on this device without a broker (a factory default).
+
+    The same checks as a deploy over MQTT: signature with the device's trust, hashes, board, runtime,
+    self-test. Refused while the agent runs (stop it first); it judges the bundle (probation) on live
+    frames when it runs."""
     from agent.config import load_config
     from agent.errors import AgentError
     from agent.install import install_offline
@@ -72,33 +81,44 @@ def status(
     data_dir: Annotated[Path | None, typer.Option(help="The agent's data directory (default: from --config, "
                                                         "else /var/lib/coldchain).")] = None,
 ) -> None:
-    """Device id, connection, bundles per slot, the job in progress and the last errors: asked of the
-    running agent over its local API socket when it answers, else read from its data directory (what
-    the agent last recorded there; it need not be running). The spool and trust come from the directory."""
-    from agent.config import load_config
+    """Device id, connection, bundles per slot, the job in progress and the last errors.
+
+    Asked of the running agent over its local API socket when it answers, else read from its data
+    directory (what the agent last recorded there; it need not be running). The spool and trust come
+    from the directory."""
+    from agent.config import whereabouts
     from agent.errors import AgentError
-    from agent.status import data_dir_status, live_status
+    from agent.status import check_data_dir, data_dir_status, live_status
 
     with user_errors(AgentError):
-        settings = load_config(config) if config is not None else None
+        settings, refused = whereabouts(config) if config is not None else (None, None)
+        if refused:
+            err_console.print(f"warning: {escape(refused)}\n(agent run would refuse it; status reads its device_id, "
+                              "data_dir and local_api.socket anyway)", highlight=False)
         directory = data_dir or (settings.data_dir if settings is not None else Path("/var/lib/coldchain"))
         sock = settings.socket_path if settings is not None and data_dir is None else directory / "agent.sock"
         live, why = live_status(sock)
         if live is None:
+            check_data_dir(directory, config if data_dir is None else None)  # refused before "showing" it
             console.print(f"{escape(why)}: showing what the agent recorded in {escape(str(directory))}",
                           highlight=False)
         info = data_dir_status(directory)
     health: dict[str, Any] = info["health"]  # type: ignore[assignment]
-    device = settings.device_id if settings is not None else health.get("device_id") or "(unknown: pass --config)"
+    device = (settings.device_id if settings is not None else None) or health.get("device_id") \
+        or "(unknown: pass --config)"
     table = Table(title=f"agent data in {directory}" if live is None else f"agent {live.device_id} (live via {sock})",
                   show_header=False)
-    if live is not None:
-        table.add_row("connection", "connected to the broker" if live.connected else "not connected to the broker")
+    table.add_column(overflow="fold")
+    table.add_column(overflow="fold")  # a sha, a path or a cause is shown whole, folded, never cut
+    if live is not None:  # why the broker or the camera is missing: what the running agent recorded in health.json
+        cause = health.get("connection_cause") if health.get("connection") != "connected" else None
+        table.add_row("connection", "connected to the broker" if live.connected else
+                      escape("not connected to the broker" + (f": {cause}" if cause else "")))
         table.add_row("active bundle", "-" if live.active is None else escape(
             f"{live.active.model_name} v{live.active.model_version} (sequence {live.active.sequence}) "
             f"{live.active.sha256}"))
         table.add_row("job in progress", "-" if live.job is None else f"{live.job.job_id}: {live.job.state.value}")
-        table.add_row("frames", f"trigger {live.trigger}")
+        table.add_row("frames", escape(f"trigger {live.trigger}, source {health.get('source', 'not recorded')}"))
         table.add_row("last error", escape(live.last_error or "-"))
     else:
         table.add_row("device", escape(str(device)))
@@ -190,6 +210,7 @@ def infer(
     for problem in problems:
         err_console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
     with tempfile.TemporaryDirectory() as tmp, user_errors(AgentError, OSError):
+        existing_bundle(bundle)
         trust = TrustStore.from_paths(trusted)
         directory = unpack(bundle, Path(tmp), trust) if bundle.is_file() else bundle
         loaded = LoadedBundle.open_bundle(directory, trust, threads)

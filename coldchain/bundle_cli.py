@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from coldchain.console import console, user_errors
+from coldchain.console import console, existing_bundle, user_errors
 from contract.manifest import MANIFEST_FILE, Manifest, load_manifest
 from contract.signing import TrustStore
 
@@ -55,7 +55,7 @@ def _open(path: Path, scratch: Path, trust: TrustStore | None = None) -> Path:
 def inspect(path: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz.")]) -> None:
     """Show what a bundle holds (without verifying it)."""
     with tempfile.TemporaryDirectory() as tmp, user_errors(OSError):
-        manifest = load_manifest((_open(path, Path(tmp)) / MANIFEST_FILE).read_bytes())
+        manifest = load_manifest((_open(existing_bundle(path), Path(tmp)) / MANIFEST_FILE).read_bytes())
     console.print(_manifest_table(manifest))
 
 
@@ -69,6 +69,7 @@ def verify(
     from contract.signing import TrustStore
 
     with tempfile.TemporaryDirectory() as tmp, user_errors(OSError):
+        existing_bundle(path)
         trust = TrustStore.from_paths(trusted)
         manifest = verify_dir(_open(path, Path(tmp), trust), trust)
     console.print(f"[green]valid[/]: {manifest.model.name} v{manifest.model.version} for {manifest.target.name}, "

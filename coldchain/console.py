@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -35,3 +36,10 @@ def user_errors(*extra: type[Exception]) -> Iterator[None]:
         if isinstance(exc, expected):
             raise fail(str(exc), getattr(exc, "exit_code", 1)) from exc
         raise
+
+
+def existing_bundle(path: Path) -> Path:
+    """``path`` if something is there; else a CliError naming it (not a missing ``path/manifest.json``)."""
+    if not path.exists():
+        raise CliError(f"{path}: no such bundle (a signed .tar.gz or its unpacked directory)")
+    return path

@@ -31,7 +31,7 @@ echo "== mypy (strict for contract/, transport/ and agent/)"
 .venv/bin/mypy
 echo "== Python 3.10 for coldchain[agent] (ruff: per-file-target-version py310 in pyproject.toml; mypy here)"
 .venv/bin/mypy --python-version 3.10 agent contract transport coldchain/__init__.py coldchain/cli.py \
-    coldchain/agent_cli.py coldchain/console.py
+    coldchain/agent_cli.py coldchain/console.py coldchain/__main__.py
 echo "== import contracts"
 .venv/bin/lint-imports
 echo "== pytest"

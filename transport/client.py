@@ -111,6 +111,9 @@ class MqttTransport:
         low = broker.reconnect_min_s * random.uniform(1.0, 1.5)
         self._delays = (max(1, int(low)), max(int(low) + 1, int(broker.reconnect_max_s)))
         self._delay: float | None = None  # paho's reconnect delay, mirrored (it doubles after each wait)
+        self._first_attempt = True  # paho's loop waits twice after a failed first connect (see _on_connect_fail)
+        self._up = False  # a CONNACK accepted this connection: a disconnect now loses it
+        self._refusal: str | None = None  # the broker's CONNACK refused the attempt: why (said at the disconnect)
         self.client.reconnect_delay_set(*self._delays)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
@@ -127,23 +130,41 @@ class MqttTransport:
 
     # callbacks: enqueue only
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        self._first_attempt = False
         if not reason.is_failure:
-            self._delay = None
+            self._delay, self._up = None, True
             self.inbox.put(Connected())
         else:  # the broker answered and refused (credentials, protocol version, ...): it closes next
-            self.inbox.put(ConnectFailed(f"the broker refused the connection: {reason}", float(self._delays[0])))
+            self._refusal = f"the broker refused the connection: {reason}"
+            if self.loop is not None:  # the shared loop's disconnect does not know the next attempt: say it now
+                self.inbox.put(ConnectFailed(self._refusal, float(self._delays[0])))
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         # paho calls this inside its ``except OSError``: the exception is the cause
         exc = sys.exc_info()[1]
         cause = f"{type(exc).__name__}: {exc}" if exc is not None else "the connection attempt failed"
-        self.connect_failed(f"{cause} ({self.broker.host}:{self.broker.port})", self._next_delay())
+        if self._first_attempt:  # after connect_async's attempt paho's loop waits the minimum, then twice it
+            self._first_attempt = False
+            retry = self._next_delay() + self._next_delay()
+        else:
+            retry = self._next_delay()
+        self.connect_failed(f"{cause} ({self.broker.host}:{self.broker.port})", retry)
 
     def connect_failed(self, cause: str, retry_in_s: float) -> None:
         self.inbox.put(ConnectFailed(cause, retry_in_s))
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
-        self.inbox.put(Disconnected(str(reason), None if self.loop is not None else self._next_delay()))
+        self._first_attempt = False
+        retry = None if self.loop is not None else self._next_delay()
+        if not self._up and retry is not None:  # an attempt that failed after the TCP connection came
+            version = "5" if self.v5 else "3.1.1"
+            refusal, self._refusal = self._refusal, None
+            self.inbox.put(ConnectFailed(refusal or (
+                f"the broker took the connection but never answered the MQTT {version} CONNECT ({reason}; "
+                f"{self.broker.host}:{self.broker.port}): a broker of another protocol version stays silent"), retry))
+            return
+        self._up = False
+        self.inbox.put(Disconnected(str(reason), retry))
 
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self.inbox.put(Received(message.topic, bytes(message.payload), message.mid, message.qos, bool(message.dup)))

@@ -69,3 +69,17 @@ def test_local_api_trigger_and_inventory_settings(tmp_path: Path, key: Path) -> 
         load_config(path, {"COLDCHAIN_INVENTORY__EXIT": "0.7", "COLDCHAIN_SOURCE__TRIGGER": "door"})
     assert "inventory.exit" in str(info.value) or "inventory:" in str(info.value)
     assert "source.trigger" in str(info.value)
+
+
+def test_an_activation_window_is_explained_in_words(tmp_path: Path, key: Path) -> None:
+    """Found writing `window = "2:00-5:00"`: the agent answered with its regular expression
+    (`String should match pattern '^([01]\\d|2[0-3]):...'`); and `"02:00-02:00"` (a window that never
+    opens, or always is: which?) was taken silently."""
+    path = tmp_path / "agent.toml"
+    for window in ("2:00-5:00", "02:00-02:00"):
+        path.write_text(f'device_id = "f"\ntrusted_keys = ["{key}"]\n[activation]\nwindow = "{window}"\n')
+        with pytest.raises(ConfigError) as refused:
+            load_config(path, {})
+        message = str(refused.value)
+        assert "activation.window" in message and "pattern" not in message, message
+        assert 'HH:MM-HH:MM, local time, 24 h (e.g. "02:00-05:00"' in message, message

@@ -61,3 +61,19 @@ def test_a_bundle_for_another_board_is_refused(tmp_path: Path, world: dict[str, 
     code, output = _install(bundle.tarball, _config(tmp_path, world, board="jetson-orin-nano"))
     assert code == 1 and "the bundle is for boards" in output, output
     assert data_dir_status(tmp_path / "data")["active"] is None
+
+
+def test_an_install_that_failed_is_tried_again_once_the_device_is_fixed(tmp_path: Path,
+                                                                        world: dict[str, object]) -> None:
+    """Found installing with a wrong `board` in agent.toml, fixing it and installing again: the second run
+    replayed the first verdict (`this device is a jetson-orin-nano`) without checking anything, since the
+    job id is the tarball's hash and a known job id is only re-reported, as a re-sent MQTT command is."""
+    bundle = world["bundles"][5]  # type: ignore[index]
+    code, output = _install(bundle.tarball, _config(tmp_path, world, board="jetson-orin-nano"))
+    assert code == 1 and "this device is a jetson-orin-nano" in output, output
+    code, output = _install(bundle.tarball, _config(tmp_path, world, board="rpi4"))
+    assert code == 0 and ": PROBATION" in output and "jetson-orin-nano" not in output, output
+    status = data_dir_status(tmp_path / "data")
+    assert status["slots"][status["active"]]["sha256"] == bundle.ref.sha256  # type: ignore[index]
+    code, output = _install(bundle.tarball, _config(tmp_path, world, board="rpi4"))
+    assert code == 0 and "VERIFYING" not in output, output  # installed: a repeat is only re-reported

@@ -312,3 +312,88 @@ def test_an_agent_whose_socket_path_is_too_long_runs_on_and_says_why(tmp_path: P
     assert "longer than" in event.message
     a.step()
     a.firmware.stop()
+
+
+def test_status_names_why_the_broker_is_unreachable(served: tuple[Agent, MemoryTransport]) -> None:
+    """Found running the agent on a wrong broker port: `status` over the socket said `connected: false`
+    and `last_error: null` while the agent logged the refused connection every few seconds."""
+    from transport.client import ConnectFailed, Disconnected
+
+    a, _ = served
+    a.handle(Disconnected("keepalive timeout", 1.0))
+    a.handle(ConnectFailed("ConnectionRefusedError: [Errno 111] Connection refused (127.0.0.1:1884)", 2.0))
+    client = LineClient(a.config.socket_path)
+    client.send(type="status", id="st")
+    status = client.read_until(lambda m: m.get("id") == "st", a.step)
+    assert status["connected"] is False
+    assert status["last_error"].startswith("broker_unreachable: ConnectionRefusedError"), status
+
+
+def test_on_request_reports_a_missing_camera_before_the_firmware_asks(tmp_path: Path,
+                                                                      world: dict[str, object]) -> None:
+    """Found running `agent run` with `trigger = "on_request"` and no camera: nothing was reported (no log
+    line, no event, health.json "not opened yet") until the firmware's first infer request."""
+    from agent.health import reopening
+
+    a, t = _agent(tmp_path, world, trigger="on_request")
+    deliver(a, world["bundles"][5], 5, "job-9")  # type: ignore[index]
+    a.source = reopening("folder", str(tmp_path / "not-mounted"), True, 10_000_000)
+    for _ in range(3):
+        a.next_inference = 0.0  # the schedule's turn: nothing is read, but the source is checked
+        a.step()
+    assert a.window.inferences == 0
+    (event,) = [e for e in errors(t, "fridge-7") if e.code == "source_unavailable"]
+    assert "not-mounted" in event.message
+    assert json.loads((a.config.data_dir / "health.json").read_text())["source"].startswith("unavailable")
+
+
+def test_a_hold_is_answered_with_when_it_ends_in_words(served: tuple[Agent, MemoryTransport]) -> None:
+    """Found holding activation over the socket: the `ok` answer's detail was `1796158545.9805079`, a Unix
+    time as a string that a firmware engineer had to guess the meaning of."""
+    from datetime import datetime
+
+    a, _ = served
+    client = LineClient(a.config.socket_path)
+    client.send(type="hold_activation", id="h", reason="defrost", max_s=3600)
+    answer = client.read_until(lambda m: m.get("id") == "h", a.step)
+    assert answer["type"] == "ok" and answer["detail"].startswith("activation held until "), answer
+    hold = a.activation.current_hold()
+    assert hold is not None
+    until_text = answer["detail"].removeprefix("activation held until ").split(" ")[0]
+    assert abs(datetime.fromisoformat(until_text).timestamp() - hold.until) < 1, answer
+
+
+def test_next_frame_on_request_is_answered_in_the_turn_the_request_wakes(tmp_path: Path,
+                                                                          world: dict[str, object]) -> None:
+    """Found timing `infer next_frame` with `trigger = "on_request"`: 53 ms every time against 1.5 ms for
+    `now`. The request's Wake ended the loop's turn, and the frame was read only after the next turn's
+    50 ms wait for MQTT traffic."""
+    a, t = _agent(tmp_path, world, trigger="on_request")
+    deliver(a, world["bundles"][5], 5, "job-9")  # type: ignore[index]
+    a.firmware.start()
+    try:
+        a.step()  # nothing due is left over from the delivery
+        client = LineClient(a.config.socket_path)
+        client.send(type="infer", id="door", mode="next_frame")
+        until(lambda: not t.inbox.empty(), "the request's wake")
+        a.step()  # one turn answers it (no other turn runs while the client waits for the line)
+        answer = client.read()
+        assert answer["id"] == "door" and answer["type"] == "result", answer
+    finally:
+        a.firmware.stop()
+
+
+def test_on_request_loads_the_active_bundle_before_the_first_request(tmp_path: Path,
+                                                                     world: dict[str, object]) -> None:
+    """Found timing the first `infer` after `agent run` with `trigger = "on_request"`: 118-1104 ms against
+    2 ms for the next ones, the first door-close paying for the runtime's import and the model's load."""
+    installed, _ = _agent(tmp_path, world, trigger="on_request")
+    deliver(installed, world["bundles"][5], 5, "job-9")  # type: ignore[index]
+    installed.spool.close()
+    a = Agent(installed.config, MemoryTransport(), FolderSource(tmp_path / "frames"))  # restarted, no broker yet
+    assert a.models.loaded is None  # starting loads no model
+    a.next_inference = 0.0
+    a.step()  # the schedule's turn reads no frame, but has the active bundle ready
+    assert a.window.inferences == 0
+    loaded = a.models.loaded
+    assert loaded is not None and loaded.sha256 == world["bundles"][5].ref.sha256  # type: ignore[index]

@@ -97,11 +97,19 @@ def _cli_without(blocked: tuple[str, ...], *args: str) -> subprocess.CompletedPr
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
 
 
+# what only the compiler, cloud, train and hf extras install: absent on a device's `coldchain[agent]`
+NOT_ON_A_DEVICE = ("onnx", "onnxslim", "mlflow", "sqlalchemy", "psycopg", "fastapi", "uvicorn", "httpx",
+                   "prometheus_client", "amqtt", "jinja2", "torch", "onnxscript", "optimum", "transformers")
+
+
 def test_agent_only_install_lists_only_what_it_can_run() -> None:
-    result = _cli_without(("onnxslim", "sqlalchemy"), "--help")
+    result = _cli_without(NOT_ON_A_DEVICE, "--help")
     assert result.returncode == 0, result.stderr
     listed = set(re.findall(r"^│ (\w+)\s{2,}", result.stdout, flags=re.MULTILINE))
     assert listed == {"agent", "bundle"}
+    for command in (("bundle", "--help"), ("agent", "status", "--help"), ("agent", "install", "--help")):
+        result = _cli_without(NOT_ON_A_DEVICE, *command)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (command, result.stderr)
 
 
 def test_a_command_whose_extra_is_missing_names_the_extra() -> None:
@@ -112,3 +120,25 @@ def test_a_command_whose_extra_is_missing_names_the_extra() -> None:
         assert "Traceback" not in result.stderr + result.stdout
     result = _cli_without(("paho",), "agent", "run", "--config", "x.toml")
     assert "pip install 'coldchain[agent]'" in result.stderr
+
+
+def test_python_dash_m_coldchain_runs_the_cli() -> None:
+    """Found on a board without the entry point on PATH: `python -m coldchain agent status` answered
+    `No module named coldchain.__main__`."""
+    result = subprocess.run([sys.executable, "-m", "coldchain", "--version"], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"coldchain {__version__}"
+
+
+def test_bundle_commands_name_a_missing_bundle(tmp_path: Path) -> None:
+    """Found on a device: `bundle inspect missing.tar.gz` answered `[Errno 2] No such file or directory:
+    'missing.tar.gz/manifest.json'` and `bundle verify` `is not a bundle: ... missing.tar.gz/manifest.json`."""
+    missing = tmp_path / "missing.tar.gz"
+    (tmp_path / "k.pub").write_text("")
+    for command in (["bundle", "inspect", str(missing)],
+                    ["bundle", "verify", str(missing), "--trusted", str(tmp_path / "k.pub")]):
+        result = runner.invoke(app, command)
+        words = " ".join(result.output.split())
+        assert result.exit_code == 1, words
+        assert f"{missing}: no such bundle (a signed .tar.gz or its unpacked directory)" in words, words
