@@ -28,6 +28,7 @@ from agent.frames import FrameSource
 from agent.gate import CommandGate
 from agent.health import ErrorBudget, Health, SourceUnavailable
 from agent.model import Inference, LoadedBundle
+from agent.probation import ProbationLimits
 from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
@@ -67,8 +68,9 @@ class Agent:
         self.available = runtimes.available()
         self.activation = Activation(config.activation, config.data_dir, clock)  # the firmware's hold, the window
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
-                                 clock=clock, board=config.board,
-                                 activation=self.activation)
+                                 clock=clock, board=config.board, activation=self.activation,
+                                 limits=ProbationLimits(min_inferences=config.probation.min_inferences,
+                                                        max_s=config.probation.max_s))
         self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
         self.gate = CommandGate(config.device_id, self.trust, self.commands, self.deployer.jobs, clock)
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows,

@@ -40,7 +40,8 @@ def close_window(agent: Agent) -> None:
         if record.state is JobState.PROBATION:
             baseline = agent.live_p95.get(record.predecessor_sha256 or "")
             agent.deployer.probation(record, agent.window.inferences, sum(agent.window.errors.values()),
-                                     agent.window.non_finite, agent.window.p95(), baseline_p95_ms=baseline)
+                                     agent.window.non_finite, agent.window.p95(), baseline_p95_ms=baseline,
+                                     latencies_ms=agent.window.model_ms or agent.window.latencies_ms)
         elif record.state is JobState.SHADOW:
             shadow_step(agent, record)
     agent.window = Window()
