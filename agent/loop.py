@@ -28,7 +28,7 @@ from agent.frames import FrameSource
 from agent.gate import CommandGate
 from agent.health import ErrorBudget, Health, SourceUnavailable
 from agent.model import Inference, LoadedBundle
-from agent.probation import ProbationLimits
+from agent.probation import Baselines, ProbationLimits
 from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
@@ -89,7 +89,7 @@ class Agent:
         self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
         self.source_ended = False  # a finite source gave every frame: no more inference, the rest goes on
         self.budget = ErrorBudget(ERROR_BURST, ERROR_EVERY_S)  # error events (and tracebacks) per code
-        self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
+        self.live_p95 = Baselines(config.probation.min_inferences)  # each bundle's live model p95 here
         self.firmware = FirmwareLink(self)  # the local API (docs/firmware.md); its socket opens in run()
         self.health = Health(config.data_dir, config.broker.url, config.device_id, clock)  # broker, source, spool
         self.models = ActiveModel(self.deployer, self.trust, config.limits.threads, share_models,

@@ -12,7 +12,7 @@ inference has attempts, not inferences (the cloud's error rate counts the same w
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,37 @@ class Evidence:
                        int((data or {}).get("non_finite", 0)), latency)
         except (TypeError, ValueError, AttributeError):
             return cls()
+
+
+class Baselines:
+    """The live model p95 each of the 8 most recent bundles had on this device: the next bundle's probation
+    is judged against it. Taken from one window when it has ``min_inferences`` (exact), else from the
+    windows since the last figure, accumulated until they have (a device inferring a few times a window)."""
+
+    def __init__(self, min_inferences: int, keep: int = 8) -> None:
+        self.min_inferences, self.keep = min_inferences, keep
+        self.p95: dict[str, float] = {}
+        self._gathering: tuple[str, Evidence] | None = None  # (bundle sha, its latencies since its last figure)
+
+    def window(self, sha256: str, latencies_ms: Sequence[float], window_p95: float | None) -> None:
+        if self._gathering is None or self._gathering[0] != sha256:
+            self._gathering = (sha256, Evidence())
+        evidence = self._gathering[1]
+        if len(latencies_ms) >= self.min_inferences and window_p95 is not None:
+            figure: float | None = window_p95
+        else:
+            evidence.add(len(latencies_ms), 0, 0, latencies_ms)
+            figure = evidence.p95() if evidence.inferences >= self.min_inferences else None
+        if figure is None:
+            return
+        self._gathering = None
+        self.p95.pop(sha256, None)
+        self.p95[sha256] = figure
+        for old in list(self.p95)[:-self.keep]:
+            del self.p95[old]
+
+    def get(self, sha256: str | None) -> float | None:
+        return self.p95.get(sha256 or "")
 
 
 def failure(limits: ProbationLimits, latency_limit: float, inferences: int, errors: int, non_finite: int,

@@ -139,3 +139,35 @@ def test_at_the_maximum_a_live_error_among_too_few_inferences_rolls_back(
     assert record.state is JobState.ROLLED_BACK, record.reason
     assert "only 3 live inferences" in (record.reason or "") and "1 failed" in (record.reason or "")
     assert deployer.slots.pointer().active_sequence == 5
+
+
+def _windows(a: Agent, clock: Clock, count: int, latencies_ms: list[float]) -> None:
+    """``count`` 60 s windows of a few timed inferences each (as ``Window.inferred`` records them)."""
+    for _ in range(count):
+        a.window.inferences += len(latencies_ms)
+        a.window.model_ms.extend(latencies_ms)
+        clock.now += 60
+        a.close_window()
+
+
+def test_a_low_rate_device_judges_latency_against_its_predecessor_timed_over_several_windows(
+        tmp_path: Path, world: dict[str, object]) -> None:
+    """The bundle it replaces was timed 3 times a window: its live p95 is taken once 20 accumulated, and
+    a candidate 3x slower is rolled back once 20 of its own accumulated (no window ever had 20)."""
+    clock = Clock()
+    config = agent_config(World(**world), tmp_path / "data", source={"trigger": "on_request"})  # type: ignore[arg-type]
+    a = Agent(config, MemoryTransport(), None, clock=clock)
+    a.handle(Connected())
+    deliver(a, world["bundles"][5], 5, "j5")  # type: ignore[index]
+    _windows(a, clock, 7, [9.0, 10.0, 11.0])  # 21 inferences: probation passed, and bundle 5 is timed
+    five = a.deployer.jobs.get("j5")
+    assert five is not None and five.state is JobState.SUCCEEDED, five.reason
+    baseline = a.live_p95.get(five.manifest_sha256)
+    assert baseline is not None and 10.0 < baseline <= 11.0, baseline
+    deliver(a, world["bundles"][6], 6, "j6")  # type: ignore[index]
+    _windows(a, clock, 6, [29.0, 30.0, 31.0])
+    six = a.deployer.jobs.get("j6")
+    assert six is not None and six.state is JobState.PROBATION, six.reason
+    _windows(a, clock, 1, [29.0, 30.0, 31.0])
+    assert six.state is JobState.ROLLED_BACK and "latency p95" in (six.reason or ""), six.reason
+    assert a.deployer.slots.pointer().active_sequence == 5
