@@ -310,6 +310,7 @@ class Deployer:
         if first or (reason != record.reason and due):
             self._evidence_sent[record.job_id] = now
             record.reason = reason
+            log.info("%s: %s", record.job_id, reason)
             self.emit(record.job_id, JobState.PROBATION, reason, None)
 
     # ---- steps --------------------------------------------------------------------------
