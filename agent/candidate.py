@@ -57,3 +57,10 @@ def time_against(directory: Path, active: Path, trust: TrustStore, threads: int,
             if ms[0] / max(ms[1], 1e-6) <= limit:
                 break
     return install_ms, predecessor_ms
+
+
+def prune_engines(cache: Path, keep: int = 4) -> None:
+    """Built TensorRT engines in ``cache`` beyond the ``keep`` newest are deleted (two slots need two)."""
+    plans = sorted(cache.glob("*.plan"), key=lambda p: p.stat().st_mtime) if cache.is_dir() else []
+    for old in plans[:-keep]:
+        old.unlink(missing_ok=True)

@@ -118,6 +118,15 @@ class ActivationConfig(_Section):
         return value
 
 
+class ProbationConfig(_Section):
+    """How long a new bundle's probation may wait for live evidence (docs/agent.md "Probation"): past the
+    deploy command's ``probation_s`` with fewer than ``min_inferences`` live inferences (an idle
+    ``on_request`` device), probation goes on until there are, or until ``max_s`` after it began."""
+
+    min_inferences: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    max_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = 86_400.0
+
+
 class AgentConfig(_Section):
     device_id: Identifier
     board: str = "unknown"
@@ -138,6 +147,7 @@ class AgentConfig(_Section):
     limits: LimitsConfig = LimitsConfig()
     local_api: LocalApiConfig = LocalApiConfig()
     activation: ActivationConfig = ActivationConfig()
+    probation: ProbationConfig = ProbationConfig()
     inventory: InventoryConfig = InventoryConfig()
 
     @property

@@ -14,15 +14,16 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 from agent.activation import Activation
-from agent.candidate import check_manifest, self_test, time_against
-from agent.errors import AgentError, TransferError
+from agent.candidate import check_manifest, prune_engines, self_test, time_against
+from agent.errors import AgentError, TransferError, disk_error
 from agent.faults import fault
 from agent.jobs import JobRecord, JobStore
-from agent.probation import DEFAULT_LIMITS, ProbationLimits, failure
+from agent.probation import DEFAULT_LIMITS, Evidence, ProbationLimits, judge
 from agent.receiver import Download
 from agent.recovery import check_slots
 from agent.slots import SlotName, SlotStore, signed_ref
@@ -30,7 +31,7 @@ from contract.bundle import manifest_sha256, unpack
 from contract.commands import DeployCommand
 from contract.common import Runtime
 from contract.errors import ContractError
-from contract.jobs import JobState
+from contract.jobs import JobState, probation_wait, waits_for_evidence
 from contract.manifest import MANIFEST_FILE, Manifest, load_manifest
 from contract.signing import TrustStore
 from contract.state import SlotStatus
@@ -40,14 +41,8 @@ log = logging.getLogger(__name__)
 Emit = Callable[[str, JobState, str | None, float | None], None]  # job id, state, reason, progress
 
 
-def disk_error(exc: OSError) -> str:
-    """What a failing disk said, for a job's reason: "No space left on device: <file>"."""
-    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
-        return str(exc.args[0][0][-1])  # copytree gathers each file's error as (src, dst, text)
-    return f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".strip(": ")
-
-
 READY_REASON_EVERY_S = 10.0  # READY's reason is re-sent at most this often (a firmware changing it per request)
+EVIDENCE_REASON_EVERY_S = 600.0  # an extended probation's count of live inferences is re-sent at most this often
 
 
 class Deployer:
@@ -70,6 +65,7 @@ class Deployer:
         self.jobs = JobStore(data_dir)
         self._downloads: dict[str, Download] = {}  # by artifact sha: open downloads, bitmaps in memory
         self._ready_sent: dict[str, float] = {}  # job id -> when READY's reason was last re-sent
+        self._evidence_sent: dict[str, float] = {}  # job id -> when an extended probation's reason was last sent
 
     # ---- messages ---------------------------------------------------------------------
     def on_deploy(self, command: DeployCommand) -> JobRecord:
@@ -275,23 +271,47 @@ class Deployer:
         return ratio if ratio is not None else self.limits.max_latency_ratio
 
     def probation(self, record: JobRecord, inferences: int, errors: int, non_finite: int, p95_ms: float | None,
-                  now: float | None = None, baseline_p95_ms: float | None = None) -> JobRecord:
-        """Judge the new bundle on live frames; roll back by itself when it misbehaves.
-
-        ``baseline_p95_ms``: the live model p95 the bundle it replaced had on this device (the
-        agent keeps it per bundle); without one, latency was judged at install (paired timing)."""
+                  now: float | None = None, baseline_p95_ms: float | None = None,
+                  latencies_ms: Sequence[float] | None = None) -> JobRecord:
+        """Judge the new bundle on one more telemetry window; roll back by itself when it misbehaves, extend
+        probation while live evidence is short (``agent.probation.judge``). ``baseline_p95_ms``: the live
+        model p95 of the bundle it replaced on this device (none: latency was judged at install);
+        ``latencies_ms``: the window's model latencies (without them, ``p95_ms`` stands for each)."""
         if record.state is not JobState.PROBATION:
             return record
-        reason = failure(self.limits, self.latency_limit(record), inferences, errors, non_finite, p95_ms,
-                         baseline_p95_ms)
-        if reason is not None:
-            return self._move(record, JobState.ROLLED_BACK, f"probation failed: {reason}; {self._restore()}")
-        command = DeployCommand.model_validate(record.command)
-        if (now or self.clock()) - (record.probation_started or 0) >= command.probation_s:
-            self._cleanup(command)
-            self.slots.mark(self._slot(record), SlotStatus.GOOD)  # known-good on this device from now on
-            return self._move(record, JobState.SUCCEEDED)
+        now = self.clock() if now is None else now
+        evidence = Evidence.from_json(record.evidence)
+        evidence.add(inferences, errors, non_finite, latencies_ms, p95_ms)
+        record.evidence = evidence.to_json()
+        started = record.probation_started or 0
+        verdict = judge(self.limits, self.latency_limit(record), evidence, (inferences, errors, non_finite), p95_ms,
+                        baseline_p95_ms, now - started, DeployCommand.model_validate(record.command).probation_s,
+                        started)
+        if verdict.outcome == "rolled_back":
+            return self._move(record, JobState.ROLLED_BACK, f"{verdict.reason}; {self._restore()}")
+        if verdict.outcome == "passed":
+            return self._known_good(record, verdict.reason)
+        if verdict.outcome == "waiting":
+            self._wait_for_evidence(record, evidence.attempts, verdict.until or now, now)
+        self.jobs.save(record)
         return record
+
+    def _known_good(self, record: JobRecord, reason: str | None) -> JobRecord:
+        self.slots.mark(self._slot(record), SlotStatus.GOOD)  # known-good on this device from now on
+        self._evidence_sent.pop(record.job_id, None)
+        return self._move(record, JobState.SUCCEEDED, reason)
+
+    def _wait_for_evidence(self, record: JobRecord, seen: int, until: float, now: float) -> None:
+        """Probation extended for want of live evidence: said at once, then when the count changed, at
+        most every ``EVIDENCE_REASON_EVERY_S`` (the cloud then gives the job ``evidence_s``)."""
+        reason = probation_wait(seen, self.limits.min_inferences, datetime.fromtimestamp(until, timezone.utc))
+        first = not waits_for_evidence(record.state.value, record.reason)
+        due = now >= self._evidence_sent.get(record.job_id, 0) + EVIDENCE_REASON_EVERY_S
+        if first or (reason != record.reason and due):
+            self._evidence_sent[record.job_id] = now
+            record.reason = reason
+            log.info("%s: %s", record.job_id, reason)
+            self.emit(record.job_id, JobState.PROBATION, reason, None)
 
     # ---- steps --------------------------------------------------------------------------
     def _download(self, command: DeployCommand) -> Download:
@@ -354,13 +374,6 @@ class Deployer:
                              f"{ratio:.2f}x the {record.predecessor_ms or 0:.2f} ms of the active bundle "
                              f"(limit {limit:g}x)")
 
-    def _prune_engines(self, keep: int = 4) -> None:
-        """Built TensorRT engines beyond the ``keep`` newest are deleted (two slots need two)."""
-        plans = sorted(self.engine_cache.glob("*.plan"), key=lambda p: p.stat().st_mtime) \
-            if self.engine_cache.is_dir() else []
-        for old in plans[:-keep]:
-            old.unlink(missing_ok=True)
-
     def _cleanup(self, command: DeployCommand) -> None:
         self._downloads.pop(command.artifact.sha256, None)
         Download.remove(self.data_dir, command.artifact)
@@ -369,7 +382,7 @@ class Deployer:
     def _move(self, record: JobRecord, state: JobState, reason: str | None = None) -> JobRecord:
         if state.terminal:  # every way a job ends leaves no download or staging copy behind
             self._cleanup(DeployCommand.model_validate(record.command))
-            self._prune_engines()
+            prune_engines(self.engine_cache)
         self.jobs.move(record, state, reason)
         self.emit(record.job_id, state, reason, None)
         return record

@@ -16,6 +16,8 @@ AgentError                  anything the agent refuses or cannot do
 
 from __future__ import annotations
 
+import shutil
+
 
 class AgentError(Exception):
     """Base of the agent's errors."""
@@ -68,3 +70,10 @@ class TransferError(AgentError):
 
 class SpoolError(AgentError):
     """The telemetry spool cannot be opened or written."""
+
+
+def disk_error(exc: OSError) -> str:
+    """What a failing disk said, for a job's reason: "No space left on device: <file>"."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        return str(exc.args[0][0][-1])  # copytree gathers each file's error as (src, dst, text)
+    return f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".strip(": ")

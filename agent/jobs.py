@@ -30,6 +30,7 @@ class JobRecord:
     predecessor_sha256: str | None = None  # the bundle that was active when this one was installed
     install_ms: float | None = None  # the candidate's model latency at install, paired with
     predecessor_ms: float | None = None  # ... the predecessor's, timed on this device in the same rounds
+    evidence: dict[str, Any] | None = None  # what probation saw so far (``agent.probation.Evidence``)
     history: list[tuple[str, str | None, str]] = field(default_factory=list)  # (state, reason, UTC time)
 
     @property

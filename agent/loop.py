@@ -28,6 +28,7 @@ from agent.frames import FrameSource
 from agent.gate import CommandGate
 from agent.health import ErrorBudget, Health, SourceUnavailable
 from agent.model import Inference, LoadedBundle
+from agent.probation import Baselines, ProbationLimits
 from agent.shadow import ShadowRun
 from agent.spool import Spool
 from agent.telemetry import Window
@@ -67,8 +68,9 @@ class Agent:
         self.available = runtimes.available()
         self.activation = Activation(config.activation, config.data_dir, clock)  # the firmware's hold, the window
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
-                                 clock=clock, board=config.board,
-                                 activation=self.activation)
+                                 clock=clock, board=config.board, activation=self.activation,
+                                 limits=ProbationLimits(min_inferences=config.probation.min_inferences,
+                                                        max_s=config.probation.max_s))
         self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
         self.gate = CommandGate(config.device_id, self.trust, self.commands, self.deployer.jobs, clock)
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows,
@@ -87,7 +89,7 @@ class Agent:
         self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
         self.source_ended = False  # a finite source gave every frame: no more inference, the rest goes on
         self.budget = ErrorBudget(ERROR_BURST, ERROR_EVERY_S)  # error events (and tracebacks) per code
-        self.live_p95: dict[str, float | None] = {}  # bundle sha -> its last window's model p95 on this device
+        self.live_p95 = Baselines(config.probation.min_inferences)  # each bundle's live model p95 here
         self.firmware = FirmwareLink(self)  # the local API (docs/firmware.md); its socket opens in run()
         self.health = Health(config.data_dir, config.broker.url, config.device_id, clock)  # broker, source, spool
         self.models = ActiveModel(self.deployer, self.trust, config.limits.threads, share_models,

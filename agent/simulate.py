@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.config import AgentConfig, LocalApiConfig
+from agent.config import AgentConfig, LocalApiConfig, ProbationConfig
 from agent.frames import FolderSource
 from agent.loop import Agent
 from contract import topics
@@ -23,10 +23,12 @@ def simulated_agents(count: int, broker: BrokerConfig, data_root: Path, trusted_
                      groups: list[str], frames: Path | None, prefix: str = "sim",
                      inference_interval_s: float = 1.0, telemetry_window_s: float = 10.0,
                      trust_file: Path | None = None,
-                     credentials: Callable[[str], BrokerConfig] | None = None) -> list[Agent]:
+                     credentials: Callable[[str], BrokerConfig] | None = None,
+                     probation: ProbationConfig | None = None) -> list[Agent]:
     """``trusted_keys``: key files (both roles); or ``trust_file``: a root-signed trust document.
     ``credentials(device_id)``: each device's own broker login (e.g. the embedded broker's
-    ``device_credentials``); without it every device uses ``broker``."""
+    ``device_credentials``); without it every device uses ``broker``. ``probation``: without frames
+    there is no live evidence, so probation lasts its ``max_s`` (24 h by default) unless this sets less."""
     agents = []
     network = SharedLoop()  # one epoll thread for every connection: paho's select() stops at fd 1024
     for i in range(count):
@@ -35,7 +37,8 @@ def simulated_agents(count: int, broker: BrokerConfig, data_root: Path, trusted_
         config = AgentConfig(device_id=device, groups=groups, data_dir=data_root / device, trusted_keys=trusted_keys,
                              trust_file=trust_file, broker=login, inference_interval_s=inference_interval_s,
                              telemetry_window_s=telemetry_window_s,
-                             local_api=LocalApiConfig(enabled=False))  # no firmware beside a simulated fridge
+                             local_api=LocalApiConfig(enabled=False),  # no firmware beside a simulated fridge
+                             probation=probation or ProbationConfig())
         transport = MqttTransport(device, login, topics.state(device), offline(device).to_json(), loop=network)
         source = FolderSource(frames, start=i * 7919) if frames is not None else None
         agents.append(Agent(config, transport, source, share_models=True))

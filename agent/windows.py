@@ -32,15 +32,15 @@ def close_window(agent: Agent) -> None:
         if record is None or record.state is not JobState.SHADOW:
             agent.shadows.pop(job_id).close()
     active = agent.deployer.slots.pointer().active_sha256
-    if active is not None and agent.window.inferences >= agent.deployer.limits.min_inferences:
-        agent.live_p95[active] = agent.window.p95()  # what each bundle did here: the next one is judged on it
-        for old in list(agent.live_p95)[:-8]:  # the 8 newest bundles
-            del agent.live_p95[old]
+    latencies = agent.window.model_ms or agent.window.latencies_ms  # what p95() measures
+    if active is not None:  # what each bundle did here: the next one is judged on it
+        agent.live_p95.window(active, latencies, agent.window.p95())
     for record in agent.deployer.jobs.unfinished():
         if record.state is JobState.PROBATION:
-            baseline = agent.live_p95.get(record.predecessor_sha256 or "")
             agent.deployer.probation(record, agent.window.inferences, sum(agent.window.errors.values()),
-                                     agent.window.non_finite, agent.window.p95(), baseline_p95_ms=baseline)
+                                     agent.window.non_finite, agent.window.p95(),
+                                     baseline_p95_ms=agent.live_p95.get(record.predecessor_sha256),
+                                     latencies_ms=latencies)
         elif record.state is JobState.SHADOW:
             shadow_step(agent, record)
     agent.window = Window()

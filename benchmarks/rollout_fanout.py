@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 
 from agent.simulate import simulated_agents
 from benchmarks.faults.broker import mosquitto
+from benchmarks.faults.device import NO_FRAMES
 from benchmarks.faults.world import build_world, padded_bundle
 from cloud import rollouts
 from cloud.fleet import add_bundle
@@ -42,7 +43,7 @@ console = Console()
 def coldchain_rollout(url: str, tarball: Path, key_dir: Path, work: Path, agents: int) -> dict[str, float]:
     broker = BrokerConfig(url=url, protocol="5", reconnect_min_s=1)
     fleet = simulated_agents(agents, broker, work / "devices", [key_dir / "ops.pub"], ["bench"], None,
-                             telemetry_window_s=2)  # probation is judged per window
+                             telemetry_window_s=2, probation=NO_FRAMES)  # probation is judged per window
     stop = threading.Event()
     threads = [threading.Thread(target=a.run, kwargs={"stop": stop}, daemon=True) for a in fleet]
     cloud = Cloud(sqlite_url(work / "cloud.db"), broker, signing.load_private_key(key_dir / "ops.key")).start()

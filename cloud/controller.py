@@ -42,7 +42,7 @@ from cloud.rollouts import (
 from cloud.store import BundleRow, CommandRow, Device, EventRow, Rollout, RolloutDevice, now
 from contract.commands import DeployCommand, RollbackCommand
 from contract.common import BundleRef
-from contract.jobs import JobState
+from contract.jobs import JobState, waits_for_evidence
 from contract.manifest import Manifest
 from transport.client import Transport
 
@@ -130,8 +130,8 @@ class Controller:
                 self._stream(rollout, bundle, plan)  # another controller's stream, cut short: once more, in full
             elapsed = clock - rollout.wave_started_at
             if elapsed > timedelta(seconds=plan.timeouts.wave_s):
-                for device in wave:  # READY waits for its firmware or activation window: ready_s, not wave_s
-                    limit = plan.timeouts.ready_s if device.state == JobState.READY.value else plan.timeouts.wave_s
+                for device in wave:  # a device that says it waits (READY, PROBATION for evidence): its own limit
+                    limit = _limit(plan, device)
                     if device.state not in TERMINAL and elapsed > timedelta(seconds=limit):
                         device.reason = f"no result within {limit:g} s (was {device.state})"
                         if device.state == "PENDING":
@@ -314,3 +314,14 @@ def _wave_group(rollout: Rollout) -> str:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
+
+
+def _limit(plan: RolloutPlan, device: RolloutDevice) -> float:
+    """How long after its wave started a device's job may run: ``ready_s`` in READY (its firmware holds
+    activation, or its window is closed), ``evidence_s`` in a probation extended for want of live
+    inferences (an idle door-triggered device), else ``wave_s``."""
+    if device.state == JobState.READY.value:
+        return plan.timeouts.ready_s
+    if waits_for_evidence(device.state, device.reason):
+        return plan.timeouts.evidence_s
+    return plan.timeouts.wave_s

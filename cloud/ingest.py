@@ -228,8 +228,8 @@ def move_job(session: Session, device_id: str, job_id: str, new: JobState, reaso
         row.state, row.reason = new.value, reason
         if new in ACTIVE_STATES:  # late, after a halted rollout ended: it rolls back again
             activated_late(session, row)
-    elif current is new and reason and (not row.reason or new is JobState.READY):
-        row.reason = reason  # the state said it first without the reason, or why READY waits changed
+    elif current is new and reason and (not row.reason or new in (JobState.READY, JobState.PROBATION)):
+        row.reason = reason  # the state said it first without the reason, or why READY / PROBATION waits changed
     if new in ACTIVE_STATES:
         row.activated = True
     session.execute(update(Device).where(Device.id == device_id).values(job_id=job_id, job_state=row.state))

@@ -87,6 +87,10 @@ class Timeouts(_Frozen):
     # ... except a device in READY (its firmware holds activation, or it waits for its activation window):
     # it has until ready_s after the wave started (the agent's activation.max_hold_s is 24 h by default)
     ready_s: Annotated[float, Field(gt=0)] = 25 * 3600.0
+    # ... and a device in PROBATION that says it waits for live evidence (an idle door-triggered device:
+    # contract.jobs.PROBATION_WAIT) has until evidence_s after the wave started: READY's 24 h at most,
+    # then the agent's probation.max_s (24 h by default) after activation, plus an hour
+    evidence_s: Annotated[float, Field(gt=0)] = 49 * 3600.0
     observe_s: Annotated[float, Field(ge=0)] = 120.0  # telemetry gathered after a wave's jobs end
     rollback_s: Annotated[float, Field(gt=0)] = 300.0  # a device that does not confirm is reported
 

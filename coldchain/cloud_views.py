@@ -14,6 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from contract.jobs import waits_for_evidence
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
@@ -130,13 +132,19 @@ def rollout_table(r: RolloutDetail) -> Table | Group:
     if r.reason:
         table.caption = r.reason
     reasons = r.failure_reasons
-    if not reasons:
-        return table
-    lines = ["The devices' reasons for their failed jobs:",
-             *(f"  {x['devices']} × {x['reason']}" for x in reasons[:10])]
+    lines = []
+    if reasons:
+        lines += ["The devices' reasons for their failed jobs:",
+                  *(f"  {x['devices']} × {x['reason']}" for x in reasons[:10])]
     if len(reasons) > 10:
         lines.append(f"  ... and {len(reasons) - 10} other reasons")
-    return Group(table, Text("\n".join(lines)))  # not wrapped to the table's width
+    waiting = [d for d in r.devices if d.state == "READY" or waits_for_evidence(d.state, d.reason)]
+    if waiting:  # healthy and waiting: the wave's timeout gives them ready_s / evidence_s instead
+        lines += ["Devices waiting (not timed out by the wave):",
+                  *(f"  {d.device} {d.state}: {d.reason or 'no reason given'}" for d in waiting[:10])]
+    if len(waiting) > 10:
+        lines.append(f"  ... and {len(waiting) - 10} more")
+    return Group(table, Text("\n".join(lines))) if lines else table  # not wrapped to the table's width
 
 
 def rollback_plan_table(rollout_id: str, plan: Sequence[RollbackStepView]) -> Table:

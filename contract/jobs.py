@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from contract.compat import StrEnum
 from contract.errors import ContractError
 
@@ -54,6 +56,23 @@ def allowed(current: JobState, new: JobState) -> bool:
     if new is JobState.ROLLED_BACK:
         return current in (JobState.ACTIVATING, JobState.PROBATION, JobState.SUCCEEDED)
     return new in _FORWARD.get(current, frozenset())
+
+
+PROBATION_WAIT = "probation: waiting for live inferences"
+"""How a job in PROBATION says it is extended for want of live evidence (too few inferences when its
+``probation_s`` ended, e.g. an idle door-triggered device): the cloud then gives it ``evidence_s``
+instead of the wave's timeout, as it gives READY ``ready_s``. A reason, not a field: no version changes
+(an older cloud shows it; an older agent never sends it)."""
+
+
+def probation_wait(seen: int, needed: int, until: datetime) -> str:
+    """``probation: waiting for live inferences: 3 of 20 seen, up to 2026-12-01 21:40 UTC``."""
+    return f"{PROBATION_WAIT}: {seen} of {needed} seen, up to {until:%Y-%m-%d %H:%M} UTC"
+
+
+def waits_for_evidence(state: str | None, reason: str | None) -> bool:
+    """Whether a job reported (``state``, ``reason``) is in PROBATION, extended for want of evidence."""
+    return state == JobState.PROBATION.value and (reason or "").startswith(PROBATION_WAIT)
 
 
 def check_transition(current: JobState, new: JobState) -> JobState:

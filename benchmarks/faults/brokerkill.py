@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from agent.loop import Agent
 from agent.simulate import simulated_agents
 from benchmarks.faults.broker import Restartable
+from benchmarks.faults.device import NO_FRAMES
 from benchmarks.faults.report import Row
 from benchmarks.faults.world import World
 from cloud import rollouts
@@ -63,7 +64,7 @@ def _round(world: World, index: int, count: int, delay: float, work: Path, row: 
     broker = Restartable(work).start()
     config = BrokerConfig(url=broker.url, protocol="5", reconnect_min_s=0.5, reconnect_max_s=2)
     fleet = simulated_agents(count, config, work / "devices", [world.public_key], ["lab"], None,
-                             prefix=f"k{index}", telemetry_window_s=1)
+                             prefix=f"k{index}", telemetry_window_s=1, probation=NO_FRAMES)
     stop, threads = start_agents(fleet)
     cloud = Cloud(sqlite_url(work / "cloud.db"), config, world.trusted_key, client_id=f"cloud-{index}").start()
     try:

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ProbationConfig
 from agent.deploy import Deployer
 from agent.frames import FrameSource
 from agent.loop import Agent
@@ -31,6 +31,9 @@ from contract.transfer import decode_chunk
 from transport.client import Inbound, Received
 
 T = TypeVar("T")
+NO_FRAMES = ProbationConfig(max_s=1)
+"""A fleet without frames has no live evidence: its probation ends, explicitly, at 1 s (SUCCEEDED with the
+reason "only 0 live inferences ..."), where it would otherwise wait up to 24 h (docs/agent.md "Probation")."""
 
 
 class MemoryTransport:

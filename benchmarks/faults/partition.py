@@ -133,7 +133,8 @@ def _round(world: World, index: int, when: str, wave_s: float, count: int, rng: 
         device = f"p{index}-{i}"
         shutil.copytree(template, work / device)
         link = network.link(device, will=(topics.state(device), offline(device).to_json()))
-        config = agent_config(world, work / device, device, telemetry_window_s=WINDOW_S)
+        config = agent_config(world, work / device, device, telemetry_window_s=WINDOW_S,
+                              probation={"max_s": 60})  # no frames, no live evidence: it ends, explicitly, at 60 s
         agent = Agent(config, link, None, clock=clock.time)
         agent.uplink.clock = clock.time  # re-sends of unconfirmed windows on the simulated clock too
         state.agents[device] = agent

@@ -28,6 +28,7 @@ from agent.simulate import simulated_agents
 from benchmarks.faults.broker import Restartable
 from benchmarks.faults.brokerkill import check_agents, check_succeeded, start_agents, stop_agents
 from benchmarks.faults.cloudproc import CloudProcess
+from benchmarks.faults.device import NO_FRAMES
 from benchmarks.faults.report import Row
 from benchmarks.faults.world import World
 from cloud import rollouts
@@ -122,7 +123,7 @@ def _round(world: World, number: int, slots: list[tuple[int, int]], rng: random.
                               key=world.public_key.with_suffix(".key"))
     config = BrokerConfig(url=broker.url, protocol="5", reconnect_min_s=0.5, reconnect_max_s=2)
     fleet = simulated_agents(AGENTS, config, work / "devices", [world.public_key], ["lab"], None,
-                             prefix=f"ck{number}", telemetry_window_s=1)
+                             prefix=f"ck{number}", telemetry_window_s=1, probation=NO_FRAMES)
     stop, threads = threading.Event(), []
     timeline: Timeline | None = None
     started = time.monotonic()

@@ -132,7 +132,7 @@ def test_failing_probation_rolls_back_by_itself(tmp_path: Path, world: dict[str,
     _deploy(deployer, world, 6, "job-b")
     second = deployer.jobs.get("job-b")
     assert second is not None and deployer.slots.pointer().active_sequence == 6
-    rolled = deployer.probation(second, inferences=100, errors=30, non_finite=0, p95_ms=0.5)
+    rolled = deployer.probation(second, inferences=70, errors=30, non_finite=0, p95_ms=0.5)  # 30 of 100 attempts
     assert rolled.state is JobState.ROLLED_BACK and "error rate 30.0%" in (rolled.reason or "")
     assert deployer.slots.pointer().active_sequence == 5
 

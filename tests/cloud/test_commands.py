@@ -453,3 +453,43 @@ def test_a_device_waiting_in_ready_is_not_timed_out_by_the_wave(fleet: tuple[ses
     c.step()
     d1 = entry(sessions, "r1", "d1")
     assert d1.state == "TIMED_OUT" and "no result within 300 s (was READY)" in (d1.reason or "")
+
+
+WAITING = "probation: waiting for live inferences: {} of 20 seen, up to 2026-11-27 12:00 UTC"
+
+
+def test_a_device_waiting_for_live_evidence_in_probation_is_not_timed_out_by_the_wave(
+        fleet: tuple[sessionmaker[Session], str, Path]) -> None:
+    """An idle door-triggered device reports PROBATION with how much live evidence it has seen: the wave's
+    timeout leaves it alone until ``evidence_s`` (like READY), and ``rollout status`` shows why it waits;
+    a device in PROBATION that says nothing of the kind is timed out by the wave as before."""
+    from rich.console import Console
+
+    from cloud.queries.rollouts import detail
+    from coldchain.cloud_views import rollout_table
+
+    sessions, sha, tarball = fleet
+    broker, clock = Broker(), Clock()
+    c = controller(sessions, broker, clock, tarball)
+    rollouts.start(sessions, sha, plan(wave_s=40, evidence_s=300), "r1")
+    c.step()
+    report(sessions, "d1", "r1.d1", JobState.PROBATION, seq=1)
+    report(sessions, "d1", "r1.d1", JobState.PROBATION, WAITING.format(3), seq=2)
+    report(sessions, "d1", "r1.d1", JobState.PROBATION, WAITING.format(5), seq=3)
+    report(sessions, "d3", "r1.d3", JobState.PROBATION, seq=1)  # in probation, silent since
+    for _ in range(60):
+        c.step()
+        clock.advance(1)
+    d1, d3 = entry(sessions, "r1", "d1"), entry(sessions, "r1", "d3")
+    assert (d1.state, d1.reason) == ("PROBATION", WAITING.format(5))  # the latest count shows
+    assert d3.state == "TIMED_OUT" and "(was PROBATION)" in (d3.reason or "")
+    with sessions() as session:
+        shown = detail(session, "r1")
+    console = Console(width=200, record=True)
+    console.print(rollout_table(shown))
+    text = console.export_text()
+    assert f"d1 PROBATION: {WAITING.format(5)}" in text, text
+    clock.advance(300)
+    c.step()
+    d1 = entry(sessions, "r1", "d1")
+    assert d1.state == "TIMED_OUT" and "no result within 300 s (was PROBATION)" in (d1.reason or "")

@@ -102,6 +102,7 @@ def running_agent(tmp_path: Path, world: dict[str, object], mosquitto_url: str) 
         "trusted_keys": [root / "keys" / "ops.pub"], "broker": {"url": mosquitto_url},
         "telemetry_window_s": 2,  # probation is judged when a window closes
         "source": {"location": str(frames), "trigger": "on_request"},
+        "probation": {"max_s": 2},  # idle between requests: a bundle with no live error is kept after 2 s
         "local_api": {"image_dirs": [tmp_path]}})  # the C client names images under tmp_path
     transport = MqttTransport(config.device_id, config.broker, topics.state(config.device_id),
                               offline(config.device_id).to_json())
