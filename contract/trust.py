@@ -16,7 +16,6 @@ bundle-signing key is replaced without trusting it. At most two keys per role ar
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -177,7 +176,7 @@ def verify_update(current: TrustDocument, signed: SignedTrust) -> TrustDocument:
 def _valid(public: Ed25519PublicKey, signature: str, data: bytes) -> bool:
     try:
         public.verify(base64.b64decode(signature, validate=True), data)
-    except (InvalidSignature, binascii.Error):
+    except (InvalidSignature, ValueError):  # ValueError: not base64 (binascii.Error), or not ASCII at all
         return False
     return True
 

@@ -1,0 +1,190 @@
+"""Property-based fuzzing of every contract entry point that reads outside bytes: arbitrary bytes
+and hostile mutations of each golden example (tests/hostile.py) raise only the contract's own
+errors (contract/errors.py), never a ValueError, OverflowError, RecursionError or UnicodeError
+of the standard library or pydantic, and whatever decodes can be encoded and used again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contract.acks import TelemetryAck
+from contract.base import Message, decode
+from contract.commands import Authorization, Command, declared_version, decode_command, signed_bytes, verify_command
+from contract.errors import ContractError, SignatureError, TrustUpdateError
+from contract.events import decode_event
+from contract.local import decode_answer, decode_request
+from contract.manifest import Manifest, dump_manifest, load_manifest
+from contract.signing import (
+    Role,
+    SignatureFile,
+    TrustStore,
+    generate_private_key,
+    key_id,
+    sign,
+    sign_detached,
+    verify,
+)
+from contract.state import DeviceState
+from contract.telemetry import Telemetry
+from contract.transfer import ChunkHeader, MissingChunks, decode_chunk, encode_chunk
+from contract.trust import TrustDocument, TrustedKey, load_signed, sign_trust, verify_initial
+from tests.hostile import EXAMPLES, GOLDEN, golden, payloads, render
+
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                        HealthCheck.data_too_large])
+KEY = generate_private_key()
+TRUST = TrustStore.from_keys([KEY.public_key()])
+
+
+def _used(decoded: Any) -> None:
+    """What decoded is used as the readers use it: dumped (JSON and canonical bytes), compared."""
+    if isinstance(decoded, Message):
+        decoded.to_json()
+        decoded.model_dump(mode="json")
+    if isinstance(decoded, Manifest):
+        dump_manifest(decoded)
+    if isinstance(decoded, DeviceState | Telemetry):
+        for stamp in (getattr(decoded, "ts", None), getattr(decoded, "window_end", None)):
+            if stamp is not None:  # what the cloud does with a device's time (compare, subtract)
+                aware = stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+                _ = aware < datetime.now(UTC), (datetime.now(UTC) - aware).total_seconds()
+
+
+def _command(payload: bytes) -> Command:
+    command = decode_command(payload)
+    verify_command(command, TRUST)  # an unsigned or forged one: SignatureError
+    return command
+
+
+def _signed_command(payload: bytes) -> Command:
+    """A hostile command that a trusted operator key signed anyway (a cloud bug, a stolen key):
+    verified, then its times compared as the agent's gate compares them."""
+    command = decode_command(payload)
+    kid, signature = sign_detached(signed_bytes(command), KEY)
+    command = command.model_copy(update={"authorization": Authorization(key_id=kid, signature=signature)})
+    verify_command(command, TRUST)
+    now = datetime.now(UTC)
+    _ = command.expires_at is None or command.expires_at <= now, now.timestamp() - command.issued_at.timestamp()
+    return command
+
+
+def _trust(payload: bytes) -> TrustDocument:
+    """A provisioned trust document, verified, turned into a store and asked about a key now."""
+    document = verify_initial(load_signed(payload))
+    store = document.store()
+    store.trusted_now()
+    for key in document.keys:
+        with contextlib.suppress(ContractError):
+            store.check(key.key_id, key.role)
+    return document
+
+
+DECODERS: dict[str, Callable[[bytes], Any]] = {
+    "state": lambda b: decode(DeviceState, b),
+    "telemetry": lambda b: decode(Telemetry, b),
+    "event": decode_event,
+    "command": _command,
+    "chunk": lambda b: decode(ChunkHeader, b),
+    "missing": lambda b: decode(MissingChunks, b),
+    "ack": lambda b: decode(TelemetryAck, b),
+    "signature": lambda b: verify(b"data", b, TRUST, Role.BUNDLE_SIGNER),
+    "manifest": load_manifest,
+    "request": decode_request,
+    "answer": decode_answer,
+}
+EXAMPLES = sorted(p.name for p in GOLDEN.glob("*.json"))
+GOLDEN_KEY_ID = "0123456789abcdef"
+
+
+def example(name: str) -> Any:
+    """A golden example, its signature (if any) made by a key trusted here, so mutations reach past the key id."""
+    return json.loads((GOLDEN / name).read_text().replace(GOLDEN_KEY_ID, key_id(KEY.public_key())))
+
+
+def check(decoder: Callable[[bytes], Any], payload: bytes) -> None:
+    with contextlib.suppress(ContractError):  # the contract's own refusal: what every caller catches
+        _used(decoder(payload))
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_mutated_golden_examples_raise_only_contract_errors(name: str) -> None:
+    decoder = DECODERS[name.removesuffix(".json").split("_")[0]]
+    check(decoder, (GOLDEN / name).read_bytes())  # the example itself decodes (its signer is not trusted here)
+
+    @FUZZ
+    @given(payload=payloads(example(name)))
+    def fuzz(payload: bytes) -> None:
+        check(decoder, payload)
+        if name.startswith("command_"):
+            check(_signed_command, payload)
+
+    fuzz()
+
+
+@FUZZ
+@given(payload=st.one_of(st.binary(max_size=200), payloads(golden("chunk_header.json")).map(
+    lambda head: b"CCK1" + len(head).to_bytes(4, "big") + head + b"data")))
+def test_chunk_frames_raise_only_contract_errors(payload: bytes) -> None:
+    check(decode_chunk, payload)
+    frame = encode_chunk("a" * 64, 0, 1, b"data")
+    check(decode_chunk, frame[: len(payload) % len(frame)] + payload)
+
+
+def _trust_payloads() -> st.SearchStrategy[bytes]:
+    key = generate_private_key()
+    document = TrustDocument(version=1, issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+                             keys=[TrustedKey.of(key.public_key(), Role.ROOT)], revoked=[])
+    signed = sign_trust(document, [key])
+    inner = document.model_dump(mode="json", by_alias=True)
+    outer = signed.model_dump(mode="json")
+    return st.one_of(payloads(outer), payloads(inner).map(
+        lambda text: render({**outer, "signed": text.decode("utf-8", "replace")})))
+
+
+@FUZZ
+@given(payload=_trust_payloads())
+def test_trust_documents_raise_only_contract_errors(payload: bytes) -> None:
+    check(_trust, payload)
+
+
+@FUZZ
+@given(payload=st.one_of(st.binary(max_size=200), payloads(golden("command_deploy.json"))))
+def test_declared_version_never_raises(payload: bytes) -> None:
+    version = declared_version(payload)
+    assert version is None or isinstance(version, int)
+
+
+def test_a_signature_file_over_fuzzed_bytes_still_verifies_only_its_own() -> None:
+    """A sanity check that the fuzzing above reaches verification: a good signature verifies."""
+    assert verify(b"data", sign(b"data", KEY), TRUST) == SignatureFile.model_validate_json(sign(b"data", KEY)).key_id
+
+
+def test_a_signature_that_is_not_ascii_is_a_signature_error() -> None:
+    """Found by the fuzzing above: a signature of non-ASCII text by a trusted key id raised a plain
+    ValueError out of ``base64.b64decode`` (past every ``except ContractError`` of the agent)."""
+    for signature in ("\U0001f600", "é" * 88, "\x00"):
+        forged = SignatureFile(key_id=key_id(KEY.public_key()), signature=signature).to_json()
+        with pytest.raises(SignatureError, match="does not match"):
+            verify(b"data", forged, TRUST)
+        command = decode_command((GOLDEN / "command_cancel.json").read_bytes()).model_copy(
+            update={"authorization": Authorization(key_id=key_id(KEY.public_key()), signature=signature)})
+        with pytest.raises(SignatureError):
+            verify_command(command, TRUST)
+
+
+def test_a_trust_document_signature_that_is_not_ascii_is_refused_by_name() -> None:
+    root = generate_private_key()
+    document = TrustDocument(version=1, issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+                             keys=[TrustedKey.of(root.public_key(), Role.ROOT)], revoked=[])
+    signed = sign_trust(document, [root]).model_dump(mode="json")
+    signed["signatures"][0]["signature"] = "\U0001f600"
+    with pytest.raises(TrustUpdateError, match="no valid signature"):
+        verify_initial(load_signed(render(signed)))
