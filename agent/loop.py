@@ -34,6 +34,7 @@ from agent.telemetry import Window
 from agent.trust import TrustKeeper
 from agent.uplink import Uplink
 from contract import topics
+from contract.base import text
 from contract.common import BundleRef
 from contract.errors import ContractError
 from contract.events import ErrorEvent, JobEvent
@@ -67,8 +68,7 @@ class Agent:
         self.available = runtimes.available()
         self.activation = Activation(config.activation, config.data_dir, clock)  # the firmware's hold, the window
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
-                                 clock=clock, board=config.board,
-                                 activation=self.activation)
+                                 clock=clock, board=config.board, activation=self.activation)
         self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
         self.gate = CommandGate(config.device_id, self.trust, self.commands, self.deployer.jobs, clock)
         self.spool = Spool(config.data_dir / "telemetry.db", config.limits.spool_max_windows,
@@ -124,8 +124,8 @@ class Agent:
         if held:
             message = f"{message} ({held} more like it were held back)"
         self.event_seq += 1
-        event = ErrorEvent(device_id=self.config.device_id, seq=self.event_seq, code=code, message=message[:2000],
-                           topic=topic, job_id=job_id)
+        event = ErrorEvent(device_id=self.config.device_id, seq=self.event_seq, code=code, message=text(message),
+                           topic=None if topic is None else text(topic), job_id=job_id)  # a hostile topic too
         self.send(topics.events(self.config.device_id), event.to_json())
 
     def send(self, topic: str, payload: bytes) -> None:

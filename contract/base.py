@@ -19,7 +19,8 @@ MAX_DEPTH = 32
 """Deepest nesting of objects and arrays accepted: no contract message needs more than a few."""
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Text = Annotated[str, StringConstraints(max_length=2048)]
+MAX_TEXT = 2048
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
@@ -31,6 +32,14 @@ MAX_INT = 2**63 - 1
 Count = Annotated[int, Field(ge=0, le=MAX_INT)]
 LabelCounts = Annotated[dict[Label, Count], Field(max_length=4096)]
 Scalar = str | int | float | bool | None
+
+
+def text(value: str, limit: int = MAX_TEXT) -> str:
+    """Any string as a ``Text`` field takes it: what cannot be encoded as UTF-8 (a lone surrogate from
+    a hostile topic or file name) escaped as ``\\udXXX``, cut to ``limit`` characters with a mark. For
+    reporting outside input (a topic, an error message) without the report itself being refused."""
+    shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return shown if len(shown) <= limit else shown[: limit - 20] + f"... ({len(shown)} chars)"
 
 
 def utc_now() -> datetime:

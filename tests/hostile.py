@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 GOLDEN = Path(__file__).parent / "contract" / "golden"
 _RAW = "\x00raw:{}\x00"
+_PLACEHOLDER = re.compile(r'"\\u0000raw:((?:[^"\\]|\\.)*?)\\u0000"')
 EXAMPLES = int(os.environ.get("COLDCHAIN_FUZZ_EXAMPLES", "25"))
 """Examples per property: small by default (the suite runs on a loaded host); raise it to hunt."""
 
@@ -44,12 +46,7 @@ def raw(text: str) -> str:
 
 def render(value: Any) -> bytes:
     """``value`` as JSON text, with each ``raw`` placeholder put back as the text it stands for."""
-    text = json.dumps(value, ensure_ascii=True)
-    while "\\u0000raw:" in text:
-        start = text.index('"\\u0000raw:')
-        end = text.index('\\u0000"', start) + len('\\u0000"')
-        inner = json.loads(text[start:end])[len("\x00raw:"):-1]
-        text = text[:start] + inner + text[end:]
+    text = _PLACEHOLDER.sub(lambda m: json.loads(f'"{m.group(1)}"'), json.dumps(value, ensure_ascii=True))
     return text.encode("utf-8", "surrogatepass")
 
 
@@ -66,6 +63,24 @@ LEAVES: st.SearchStrategy[Any] = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
 )
+
+
+def edges(value: Any) -> st.SearchStrategy[Any]:
+    """Values of ``value``'s own type at and past the usual bounds: what may still validate, so the
+    code after validation sees them (the largest integer, a tiny or huge float, a string at 128 and
+    2,048 characters, unicode of the same length)."""
+    if isinstance(value, str) and _PLACEHOLDER.fullmatch(json.dumps(value)):
+        return st.just(value)  # already hostile raw text
+    if isinstance(value, bool) or value is None:
+        return st.sampled_from([True, False, None])
+    if isinstance(value, int):
+        return st.sampled_from([0, 1, -1, value + 1, value - 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, 10**18])
+    if isinstance(value, float):
+        return st.sampled_from([0.0, -0.0, 5e-324, 1e-9, value * 1000, 1e15, 1.7e308, raw("NaN"), raw("Infinity")])
+    if isinstance(value, str):
+        return st.sampled_from([value + "\u202e", value.upper(), value + "x", "\u00e9" * len(value), "x" * 128,
+                                "x" * 2048, "x" * 2049, value[:1], value + "\x00"])
+    return st.just(value)
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -99,14 +114,21 @@ def _replace(value: Any, path: tuple[Any, ...], new: Any, drop: bool = False) ->
 
 
 @st.composite
-def mutated(draw: st.DrawFn, example: Any) -> bytes:
-    """``example`` (a decoded golden JSON) with one to three hostile changes, as payload bytes."""
+def mutated(draw: st.DrawFn, example: Any, gentle: bool = False) -> bytes:
+    """``example`` (a decoded golden JSON) with one to three hostile changes, as payload bytes;
+    ``gentle``: only values of the same type at the edges (``edges``), so most still validate."""
     value = example
-    for _ in range(draw(st.integers(1, 3))):
+    for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
         paths = _paths(value)
         path = draw(st.sampled_from(paths))
-        action = draw(st.sampled_from(["replace", "replace", "replace", "drop", "add", "wrap"]))
-        if action == "drop" and path:
+        action = "edge" if gentle else draw(st.sampled_from(["edge"] * 3 + ["replace", "replace", "drop", "add",
+                                                                              "wrap"]))
+        if action == "edge":
+            old = value
+            for part in path:
+                old = old[part]
+            value = _replace(value, path, draw(edges(old)))
+        elif action == "drop" and path:
             value = _replace(value, path, None, drop=True)
         elif action == "add":
             parent = path[:-1] if path else ()
@@ -124,7 +146,9 @@ def mutated(draw: st.DrawFn, example: Any) -> bytes:
         else:
             value = _replace(value, path, draw(LEAVES))
     payload = render(value)
-    damage = draw(st.sampled_from(["none", "none", "none", "duplicate", "cut", "flip", "encode", "prefix"]))
+    if gentle:
+        return payload
+    damage = draw(st.sampled_from(["none"] * 6 + ["duplicate", "cut", "flip", "encode", "prefix"]))
     if damage == "duplicate" and isinstance(value, dict) and value:  # a key twice: the last one wins in json
         key = draw(st.sampled_from(sorted(value, key=str)))
         payload = payload[:-1] + b"," + render({key: draw(LEAVES)})[1:]
