@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, TypeVar
@@ -35,11 +36,12 @@ Scalar = str | int | float | bool | None
 
 
 def text(value: str, limit: int = MAX_TEXT) -> str:
-    """Any string as a ``Text`` field takes it: what cannot be encoded as UTF-8 (a lone surrogate from
-    a hostile topic or file name) escaped as ``\\udXXX``, cut to ``limit`` characters with a mark. For
-    reporting outside input (a topic, an error message) without the report itself being refused."""
-    shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return shown if len(shown) <= limit else shown[: limit - 20] + f"... ({len(shown)} chars)"
+    """Any string as a ``Text`` field, or a database's text column, takes it: what cannot be encoded
+    as UTF-8 (a lone surrogate from a hostile topic) escaped as ``\\udXXX``, NUL (which PostgreSQL text
+    refuses) as ``\\x00``, cut to ``limit`` characters with a mark. For reporting and recording outside
+    input (a topic, an error message) without the report itself being refused."""
+    shown = value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return shown if len(shown) <= limit else shown[: limit - 32] + f"... ({len(shown)} chars)"
 
 
 def utc_now() -> datetime:
@@ -102,9 +104,11 @@ def parse_object(payload: bytes | str, what: str, limit: int = MAX_PAYLOAD_BYTES
     except UnicodeDecodeError as exc:
         raise PayloadError(f"{what} payload is not valid UTF-8: {exc}") from exc
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"{what} payload is not valid JSON: {exc}") from exc
+    except _NotFinite as exc:
+        raise PayloadError(f"{what} payload is not valid JSON: it holds {exc}, and JSON numbers are finite") from exc
     except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits (4300)
         raise PayloadError(f"{what} payload holds a number too long to read: {exc}") from exc
     except RecursionError as exc:  # the depth check above should have caught it; never let it through
@@ -113,7 +117,40 @@ def parse_object(payload: bytes | str, what: str, limit: int = MAX_PAYLOAD_BYTES
         raise PayloadError(f"{what} payload must be a JSON object, got {type(data).__name__}")
     if "schema_version" not in data:
         raise PayloadError(f"{what} payload has no schema_version: every coldchain payload must carry one")
+    if b"\\u0000" in raw and _holds_nul(data):  # PostgreSQL's text and JSONB cannot hold it; no message needs it
+        raise PayloadError(f"{what} payload holds a NUL character (\\u0000) in a string: refused")
     return data
+
+
+class _NotFinite(ValueError):
+    """``NaN``, ``Infinity`` or a number too large for a float (``1e309``): not JSON, and no store keeps it."""
+
+
+def _not_a_number(name: str) -> float:
+    raise _NotFinite(name)
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _NotFinite(f"{literal[:40]} (too large for a number)")
+    return value
+
+
+def _holds_nul(data: Any) -> bool:
+    """Whether a NUL is in any key or string of decoded JSON (walked without recursion)."""
+    todo = [data]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            todo.extend(item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
 
 
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')

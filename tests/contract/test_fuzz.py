@@ -172,7 +172,7 @@ def test_a_signature_that_is_not_ascii_is_a_signature_error() -> None:
     ValueError out of ``base64.b64decode`` (past every ``except ContractError`` of the agent)."""
     for signature in ("\U0001f600", "é" * 88, "\x00"):
         forged = SignatureFile(key_id=key_id(KEY.public_key()), signature=signature).to_json()
-        with pytest.raises(SignatureError, match="does not match"):
+        with pytest.raises(SignatureError, match=r"does not match|NUL"):
             verify(b"data", forged, TRUST)
         command = decode_command((GOLDEN / "command_cancel.json").read_bytes()).model_copy(
             update={"authorization": Authorization(key_id=key_id(KEY.public_key()), signature=signature)})
