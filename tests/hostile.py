@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 GOLDEN = Path(__file__).parent / "contract" / "golden"
 _RAW = "\x00raw:{}\x00"
 _PLACEHOLDER = re.compile(r'"\\u0000raw:((?:[^"\\]|\\.)*?)\\u0000"')
-EXAMPLES = int(os.environ.get("COLDCHAIN_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 """Examples per property: small by default (the suite runs on a loaded host); raise it to hunt."""
 
 NUMBERS = [
