@@ -5,10 +5,15 @@ of the standard library or pydantic, and whatever decodes can be encoded and use
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import json
+import lzma
+import tarfile
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +22,7 @@ from hypothesis import strategies as st
 
 from contract.acks import TelemetryAck
 from contract.base import Message, decode
+from contract.bundle import pack, unpack, verify_dir
 from contract.commands import Authorization, Command, declared_version, decode_command, signed_bytes, verify_command
 from contract.errors import ContractError, SignatureError, TrustUpdateError
 from contract.events import decode_event
@@ -188,3 +194,52 @@ def test_a_trust_document_signature_that_is_not_ascii_is_refused_by_name() -> No
     signed["signatures"][0]["signature"] = "\U0001f600"
     with pytest.raises(TrustUpdateError, match="no valid signature"):
         verify_initial(load_signed(render(signed)))
+
+
+def _compressed(tar: bytes, how: str) -> bytes:
+    return {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, "none": bytes}[how](tar)
+
+
+@st.composite
+def _tarballs(draw: st.DrawFn, good: bytes) -> bytes:
+    """A real signed bundle's tar, damaged (cut, bytes flipped, a PAX header added), in every
+    compression ``tarfile`` reads (``r|*``); or bytes that only start like one."""
+    raw = gzip.decompress(good)
+    kind = draw(st.sampled_from(["cut", "flip", "pax", "garbage"]))
+    if kind == "cut":
+        raw = raw[: draw(st.integers(0, len(raw)))]
+    elif kind == "flip":
+        for _ in range(draw(st.integers(1, 8))):
+            at = draw(st.integers(0, len(raw) - 1))
+            raw = raw[:at] + bytes([draw(st.integers(0, 255))]) + raw[at + 1:]
+    elif kind == "pax":
+        header = tarfile.TarInfo("manifest.json")
+        header.pax_headers = {draw(st.sampled_from(["size", "path", "mtime", "uid", "hdrcharset", "linkpath"])):
+                              draw(st.sampled_from(["-1", "1e309", "\x00", "../../x", "9" * 50, "", "BINARY"]))}
+        with contextlib.suppress(ValueError, tarfile.TarError, UnicodeError):
+            raw = header.tobuf(tarfile.PAX_FORMAT) + raw
+    else:
+        raw = draw(st.sampled_from([b"\x1f\x8b", b"BZh9", b"\xfd7zXZ\x00", b"ustar"])) + draw(st.binary(max_size=600))
+        return raw if draw(st.booleans()) else _compressed(raw, draw(st.sampled_from(["gz", "bz2", "xz"])))
+    compressed = _compressed(raw, draw(st.sampled_from(["gz", "bz2", "xz", "none"])))
+    return compressed[: draw(st.integers(0, len(compressed)))] if draw(st.booleans()) else compressed
+
+
+def test_damaged_bundle_tarballs_raise_only_bundle_errors(bundle: tuple[Path, TrustStore],
+                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory, trust = bundle
+    good = pack(directory, tmp_path_factory.mktemp("packed") / "b.tar.gz").read_bytes()
+    assert unpack(good, tmp_path_factory.mktemp("ok") / "out", trust).is_dir()
+
+    @FUZZ
+    @given(tarball=_tarballs(good))
+    def fuzz(tarball: bytes) -> None:
+        out = tmp_path_factory.mktemp("out") / "b"
+        try:
+            unpack(tarball, out, trust)
+        except ContractError:
+            assert not (out.parent / "escape").exists()
+        else:  # whatever unpacks is the signed bundle, whole
+            verify_dir(out, trust)
+
+    fuzz()
