@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.faults.hostile import signed_head, special, tar_gz, zeros
 from contract.acks import TelemetryAck
 from contract.base import Message, decode
 from contract.bundle import pack, unpack, verify_dir
@@ -241,5 +242,43 @@ def test_damaged_bundle_tarballs_raise_only_bundle_errors(bundle: tuple[Path, Tr
             assert not (out.parent / "escape").exists()
         else:  # whatever unpacks is the signed bundle, whole
             verify_dir(out, trust)
+
+    fuzz()
+
+
+def _entries(directory: Path) -> st.SearchStrategy[list[Any]]:
+    """Tar entries in any order: the signed head and files, special members under a listed name,
+    escaping, absolute, dotted and repeated names, a file bigger than declared, a 100 MB manifest
+    (each drawn as a maker: a zero-filled entry is read once)."""
+    head = signed_head(directory)
+    files = [(name, (directory / name).read_bytes()) for name in ("model.onnx", "golden.npz")]
+    plain = [*head, *files, ("../escape", b"x"), ("/tmp/escape", b"x"), ("./model.onnx", files[0][1]),
+             ("model.onnx/", b"x"), ("model.onnx", files[0][1] + b"x"), ("golden.npz/../model.onnx", b"x"), ("", b"x")]
+    makers: list[Callable[[], Any]] = [
+        *[lambda entry=entry: entry for entry in plain],
+        *[lambda kind=kind: special("model.onnx", kind, "/etc/passwd") for kind in (
+            tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE, tarfile.DIRTYPE)],
+        lambda: zeros("manifest.json", 100 * 1024**2),  # (gzip bombs: tests/contract/test_bundle.py)
+    ]
+    return st.lists(st.sampled_from(makers), max_size=7).map(lambda rest: [*head, *(make() for make in rest)])
+
+
+def test_hostile_bundle_members_raise_only_bundle_errors(bundle: tuple[Path, TrustStore],
+                                                         tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory, trust = bundle
+
+    @FUZZ
+    @given(entries=st.one_of(_entries(directory), _entries(directory).map(lambda e: e[2:])))
+    def fuzz(entries: list[Any]) -> None:
+        out = tmp_path_factory.mktemp("out") / "b"
+        try:
+            unpack(tar_gz(entries), out, trust)
+        except ContractError:
+            pass
+        else:  # whatever unpacks is the signed bundle, whole, and nothing else
+            verify_dir(out, trust)
+        assert not (out.parent / "escape").exists() and not Path("/tmp/escape").exists()
+        written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.exists() else 0
+        assert written <= sum(p.stat().st_size for p in directory.iterdir())
 
     fuzz()
