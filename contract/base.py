@@ -8,7 +8,16 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from contract import SCHEMA_VERSION
 from contract.compat import Self
@@ -46,6 +55,15 @@ def text(value: str, limit: int = MAX_TEXT) -> str:
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A time without a zone read as UTC: what is compared with a clock (a naive one against an aware one
+raises TypeError)."""
 
 
 class ContractModel(BaseModel):

@@ -282,3 +282,17 @@ def test_hostile_bundle_members_raise_only_bundle_errors(bundle: tuple[Path, Tru
         assert written <= sum(p.stat().st_size for p in directory.iterdir())
 
     fuzz()
+
+
+def test_a_trust_document_with_times_without_a_zone_is_read_as_utc() -> None:
+    """Found by reading what the fuzzing reached: a root-signed document whose ``issued_at`` or
+    ``not_after`` has no zone made every key check raise TypeError (naive against aware times),
+    so an agent holding it could verify no command and no bundle. Such times are UTC."""
+    root, operator = generate_private_key(), generate_private_key()
+    document = TrustDocument(version=1, issued_at=datetime(2026, 1, 1),
+                             keys=[TrustedKey.of(root.public_key(), Role.ROOT),
+                                   TrustedKey.of(operator.public_key(), Role.OPERATOR, not_after=datetime(2099, 1, 1))])
+    store = verify_initial(load_signed(sign_trust(document, [root]).to_json())).store()
+    assert store.trusted_now().tzinfo is not None
+    store.check(key_id(operator.public_key()), Role.OPERATOR)
+    assert document.issued_at == datetime(2026, 1, 1, tzinfo=UTC)
