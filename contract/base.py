@@ -58,12 +58,18 @@ def utc_now() -> datetime:
 
 
 def _as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    try:  # year 1 at +14:00 is before year 1 in UTC: no store and no comparison can take it
+        aware.astimezone(timezone.utc)
+    except OverflowError as exc:
+        raise ValueError(f"{value.isoformat()} has no UTC equivalent within years 1-9999") from exc
+    return aware
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
-"""A time without a zone read as UTC: what is compared with a clock (a naive one against an aware one
-raises TypeError)."""
+"""A time without a zone read as UTC (a naive time against an aware one raises TypeError, and the
+store refuses it), and one whose UTC equivalent is outside the calendar refused; an offset is kept as
+sent, so what was signed or stored before dumps the same."""
 
 
 class ContractModel(BaseModel):

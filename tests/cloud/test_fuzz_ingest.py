@@ -150,3 +150,27 @@ def test_nul_and_non_finite_numbers_are_refused_by_the_contract_on_every_store(
         reasons = [r.reason for r in session.scalars(select(DeadLetter).order_by(DeadLetter.id))]
     for reason, (_, _, named) in zip(reasons, cases, strict=True):
         assert reason.startswith("PayloadError") and named in reason, reason
+
+
+def test_times_without_a_zone_or_past_the_calendar_are_stored_or_refused_by_the_contract(
+        sessions: sessionmaker[Session]) -> None:
+    """Found by the fuzzing above: a window or an event whose times had no zone was refused by the
+    store ("naive datetime given to the store", a poison dead letter), and one at year 1 with a
+    +14:00 offset (before year 1 in UTC) failed PostgreSQL's insert (timestamp too small). Times
+    without a zone are UTC (as ingestion already read a state's), and a time that has no UTC
+    equivalent in the calendar is refused by the contract, naming the field."""
+    transport = MemoryTransport()
+    worker = IngestWorker(transport, sessions)
+    cases = []
+    for seq, ts in enumerate(["2026-11-26T12:00:00", "0001-01-01T00:00:00+14:00"], start=1):
+        cases += [(topics.events(DEVICE), render({**golden("event_job.json"), "ts": ts})),
+                  (topics.telemetry(DEVICE), render({**golden("telemetry.json"), "seq": seq, "window_start": ts,
+                                                     "window_end": ts}))]
+    for mid, (topic, payload) in enumerate(cases, start=1):
+        transport.inbox.put(Received(topic, payload, mid=mid, qos=1))
+    assert worker.drain(timeout=0) == len(cases)
+    assert worker.counts["poison"] == 0, _poison(sessions)
+    assert worker.counts["stored"] == 2 and worker.counts["dead"] == 2
+    with sessions() as session:
+        reasons = [r.reason for r in session.scalars(select(DeadLetter))]
+    assert all("PayloadError" in r and "UTC" in r for r in reasons), reasons
