@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import ActivationConfig
-from agent.slots import atomic_write
+from agent.slots import atomic_write, read_json
 
 log = logging.getLogger("coldchain.agent")
 HOLD_FILE = "activation.json"
@@ -61,7 +61,7 @@ class Activation:
         self.hold_: Hold | None = None
         self.saved_until: float | None = None  # the end of the hold on disk, if one is
         try:
-            data = json.loads(self.path.read_text())
+            data = read_json(self.path)
             self.hold_ = Hold(str(data["reason"])[:MAX_REASON], float(data["until"]))
             self.saved_until = self.hold_.until
         except FileNotFoundError:

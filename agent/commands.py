@@ -19,7 +19,7 @@ from agent.config import AgentConfig
 from agent.deploy import Deployer
 from agent.errors import SlotError
 from agent.model import LoadedBundle
-from agent.slots import atomic_write
+from agent.slots import atomic_write, read_json
 from contract.commands import CancelCommand, ProfileCommand, RollbackCommand, SetConfigCommand
 from contract.events import ProfileEvent
 from contract.jobs import JobState
@@ -48,7 +48,7 @@ class CommandLog:
         self.newest_issued: datetime | None = None
         if self.path.exists():
             try:
-                self._entries, self.newest_issued = _parse(json.loads(self.path.read_text()))
+                self._entries, self.newest_issued = _parse(read_json(self.path))
             except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
                 moved = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
                 self.path.replace(moved)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 from agent.errors import FrameError
 from agent.frames import FrameSource, check_source, open_source
-from agent.slots import atomic_write
+from agent.slots import atomic_write, read_json
 from contract.state import MAX_FAULT_MESSAGE, Fault, FaultCode
 
 log = logging.getLogger("coldchain.agent")
@@ -293,7 +293,7 @@ def reopening(kind: str, location: str, loop: bool, max_pixels: int,
 def read_health(data_dir: Path) -> dict[str, Any] | None:
     """The last persisted health summary, or None when the agent never wrote one (or it is unreadable)."""
     try:
-        data = json.loads((data_dir / HEALTH_FILE).read_text())
+        data = read_json(data_dir / HEALTH_FILE)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -22,7 +22,7 @@ from contract.commands import (
     SetConfigCommand,
     TrustUpdateCommand,
 )
-from contract.errors import ContractError
+from contract.errors import ContractError, TopicError
 from contract.jobs import JobState
 from contract.transfer import decode_chunk
 
@@ -47,6 +47,8 @@ def on_message(agent: Agent, topic: str, payload: bytes) -> None:
                     agent.highest_chunk[record.job_id] = max(chunk.header.index,
                                                              agent.highest_chunk.get(record.job_id, -1))
                     agent.deployer.on_chunk(record.job_id, chunk)
+        else:  # a device's own state, telemetry, ...: never subscribed to, so a broker's mistake or worse
+            raise TopicError(f"topic {topic!r} carries {parsed.kind.value}, which an agent does not read")
     except (ContractError, AgentError) as exc:
         agent.malformed += 1
         log.warning("refused a message on %s: %s", topic, exc)

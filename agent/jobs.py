@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from agent.slots import atomic_write
+from agent.slots import atomic_write, read_json
 from contract import COMMAND_SCHEMA_VERSION
 from contract.jobs import JobState, check_transition
 
@@ -59,7 +59,7 @@ class JobStore:
 
     def _load(self, path: Path) -> JobRecord | None:
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)
             data["state"] = JobState(data["state"])
             data["history"] = [tuple(h) for h in data.get("history", [])]
             if data["command"].get("schema_version") == 1:  # accepted before signed commands: still this job's

@@ -35,6 +35,7 @@ from agent.telemetry import Window
 from agent.trust import TrustKeeper
 from agent.uplink import Uplink
 from contract import topics
+from contract.base import text
 from contract.common import BundleRef
 from contract.errors import ContractError
 from contract.events import ErrorEvent, JobEvent
@@ -126,8 +127,8 @@ class Agent:
         if held:
             message = f"{message} ({held} more like it were held back)"
         self.event_seq += 1
-        event = ErrorEvent(device_id=self.config.device_id, seq=self.event_seq, code=code, message=message[:2000],
-                           topic=topic, job_id=job_id)
+        event = ErrorEvent(device_id=self.config.device_id, seq=self.event_seq, code=code, message=text(message),
+                           topic=None if topic is None else text(topic), job_id=job_id)  # a hostile topic too
         self.send(topics.events(self.config.device_id), event.to_json())
 
     def send(self, topic: str, payload: bytes) -> None:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from agent.errors import SlotError
 from agent.faults import fault
+from contract.base import MAX_DEPTH, nesting
 from contract.bundle import RESERVE_BYTES, free_bytes
 from contract.common import BundleRef
 from contract.manifest import MANIFEST_FILE, load_manifest
@@ -168,6 +169,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def read_json(path: Path) -> Any:
+    """A state file the agent wrote, parsed; ValueError (as for bad JSON) for one nested too deep to
+    parse (``json`` recurses: a file of 100,000 ``[`` raised RecursionError), OSError if unreadable."""
+    text = path.read_text(encoding="utf-8")
+    if nesting(text) > MAX_DEPTH:
+        raise ValueError(f"{path.name} nests more than {MAX_DEPTH} levels deep: not a file the agent wrote")
+    return json.loads(text)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new content, never a mix."""
     tmp = path.with_name(path.name + ".tmp")
@@ -230,10 +240,10 @@ class SlotStore:
         path = self.root / POINTER
         if not path.exists():
             return Pointer()
-        try:
-            data = json.loads(path.read_text())
+        try:  # OSError: a directory in its place; the others: JSON of another shape than a pointer's
+            data = read_json(path)
             return Pointer.from_json(data) if isinstance(data, dict) else Pointer.from_json({})
-        except (ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             raise SlotError(f"slot pointer {path} is unreadable ({exc}); this cannot result from a crash, "
                             "only from outside tampering or a damaged disk") from exc
 

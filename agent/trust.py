@@ -22,6 +22,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.errors import AgentError
+from agent.recovery import quarantine
 from contract.base import utc_now
 from contract.commands import TrustUpdateCommand
 from contract.errors import ContractError
@@ -65,6 +66,9 @@ class TrustKeeper:
                 bad = self.path.with_name(f"{TRUST_FILE}.damaged")
                 self.path.replace(bad)
                 self.recovered = f"the device's trust document was unusable ({exc}); kept as {bad.name}"
+        elif self.path.exists():  # a directory (or another non-file) where the document belongs
+            bad = quarantine(self.path)
+            self.recovered = f"the device's trust document {self.path} was not a file; moved aside as {bad.name}"
         if self.seed is None:
             if current is None and self.recovered:
                 raise AgentError(f"{self.recovered}, and no trust_file is configured to start again from")

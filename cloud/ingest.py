@@ -35,7 +35,7 @@ from cloud.rollouts import activated_late
 from cloud.store import DeadLetter, Device, EventRow, RolloutDevice, SpoolDrops, TelemetryRow, now
 from contract import topics
 from contract.acks import TelemetryAck
-from contract.base import MAX_INT
+from contract.base import MAX_INT, text
 from contract.errors import ContractError
 from contract.events import JobEvent, decode_event
 from contract.jobs import JobState
@@ -72,7 +72,7 @@ def _insert(session: Session, table: Any, values: dict[str, Any], keys: list[str
 
 
 def dead_letter(session: Session, topic: str, payload: bytes, reason: str, kind: str | None = None) -> Outcome:
-    session.add(DeadLetter(topic=topic[:1000], payload=payload[:DEAD_LETTER_BYTES], reason=reason[:4000],
+    session.add(DeadLetter(topic=text(topic, 1000), payload=payload[:DEAD_LETTER_BYTES], reason=text(reason, 4000),
                            kind=(kind or reason_kind(reason))[:48], received_at=now()))
     log.info("dead letter on %s: %s", topic, reason)
     return Outcome("dead", reason)

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from contract import SCHEMA_VERSION
 from contract.compat import Self
@@ -19,7 +29,8 @@ MAX_DEPTH = 32
 """Deepest nesting of objects and arrays accepted: no contract message needs more than a few."""
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Text = Annotated[str, StringConstraints(max_length=2048)]
+MAX_TEXT = 2048
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
@@ -33,8 +44,32 @@ LabelCounts = Annotated[dict[Label, Count], Field(max_length=4096)]
 Scalar = str | int | float | bool | None
 
 
+def text(value: str, limit: int = MAX_TEXT) -> str:
+    """Any string as a ``Text`` field, or a database's text column, takes it: what cannot be encoded
+    as UTF-8 (a lone surrogate from a hostile topic) escaped as ``\\udXXX``, NUL (which PostgreSQL text
+    refuses) as ``\\x00``, cut to ``limit`` characters with a mark. For reporting and recording outside
+    input (a topic, an error message) without the report itself being refused."""
+    shown = value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return shown if len(shown) <= limit else shown[: limit - 32] + f"... ({len(shown)} chars)"
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _as_utc(value: datetime) -> datetime:
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    try:  # year 1 at +14:00 is before year 1 in UTC: no store and no comparison can take it
+        aware.astimezone(timezone.utc)
+    except OverflowError as exc:
+        raise ValueError(f"{value.isoformat()} has no UTC equivalent within years 1-9999") from exc
+    return aware
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A time without a zone read as UTC (a naive time against an aware one raises TypeError, and the
+store refuses it), and one whose UTC equivalent is outside the calendar refused; an offset is kept as
+sent, so what was signed or stored before dumps the same."""
 
 
 class ContractModel(BaseModel):
@@ -93,9 +128,11 @@ def parse_object(payload: bytes | str, what: str, limit: int = MAX_PAYLOAD_BYTES
     except UnicodeDecodeError as exc:
         raise PayloadError(f"{what} payload is not valid UTF-8: {exc}") from exc
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"{what} payload is not valid JSON: {exc}") from exc
+    except _NotFinite as exc:
+        raise PayloadError(f"{what} payload is not valid JSON: it holds {exc}, and JSON numbers are finite") from exc
     except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits (4300)
         raise PayloadError(f"{what} payload holds a number too long to read: {exc}") from exc
     except RecursionError as exc:  # the depth check above should have caught it; never let it through
@@ -104,7 +141,40 @@ def parse_object(payload: bytes | str, what: str, limit: int = MAX_PAYLOAD_BYTES
         raise PayloadError(f"{what} payload must be a JSON object, got {type(data).__name__}")
     if "schema_version" not in data:
         raise PayloadError(f"{what} payload has no schema_version: every coldchain payload must carry one")
+    if b"\\u0000" in raw and _holds_nul(data):  # PostgreSQL's text and JSONB cannot hold it; no message needs it
+        raise PayloadError(f"{what} payload holds a NUL character (\\u0000) in a string: refused")
     return data
+
+
+class _NotFinite(ValueError):
+    """``NaN``, ``Infinity`` or a number too large for a float (``1e309``): not JSON, and no store keeps it."""
+
+
+def _not_a_number(name: str) -> float:
+    raise _NotFinite(name)
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _NotFinite(f"{literal[:40]} (too large for a number)")
+    return value
+
+
+def _holds_nul(data: Any) -> bool:
+    """Whether a NUL is in any key or string of decoded JSON (walked without recursion)."""
+    todo = [data]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            todo.extend(item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
 
 
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from contract import EVENT_SCHEMA_VERSION, EVENT_VERSIONS
-from contract.base import MAX_INT, Count, Identifier, JobId, Message, Name, Text, decode_union, utc_now
+from contract.base import MAX_INT, Count, Identifier, JobId, Message, Name, Text, UtcDatetime, decode_union, utc_now
 from contract.jobs import JobState
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -17,7 +16,7 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 class _Event(Message):
     schema_version: int = EVENT_SCHEMA_VERSION
     device_id: Identifier
-    ts: datetime = Field(default_factory=utc_now)
+    ts: UtcDatetime = Field(default_factory=utc_now)
     seq: Count = 0
 
     @field_validator("schema_version")

@@ -14,7 +14,6 @@ key is revoked (root-signed trust documents: ``contract.trust``).
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -261,9 +260,9 @@ def verify(data: bytes, signature_file: bytes, trust: TrustStore, role: Role = R
     except PayloadError as exc:
         raise SignatureError(f"signature file is malformed: {exc}") from exc
     public = trust.check(sig.key_id, role)
-    try:
+    try:  # ValueError: not base64 (binascii.Error), or not ASCII at all (b64decode of a str)
         public.verify(base64.b64decode(sig.signature, validate=True), data)
-    except (InvalidSignature, binascii.Error) as exc:
+    except (InvalidSignature, ValueError) as exc:
         raise SignatureError(
             f"signature by key {sig.key_id} does not match the signed bytes: the manifest or the signature "
             "was changed after signing; do not install it"

@@ -10,7 +10,6 @@ new state when a fault starts and when it clears, never on each failed retry.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from contract.base import ContractModel, Identifier, JobId, Message, Name, utc_now
+from contract.base import ContractModel, Identifier, JobId, Message, Name, UtcDatetime, utc_now
 from contract.common import BundleRef, RuntimeInfo
 from contract.compat import StrEnum
 from contract.jobs import JobState
@@ -63,7 +62,7 @@ class Fault(ContractModel):
     """A fault going on now: since when (the device's clock) and what the agent last said about it."""
 
     code: FaultCode
-    since: datetime
+    since: UtcDatetime
     message: Annotated[str, StringConstraints(max_length=MAX_FAULT_MESSAGE)] = ""
 
 
@@ -75,7 +74,7 @@ class DeviceState(Message):
     schema_version: int = STATE_SCHEMA_VERSION
     device_id: Identifier
     online: bool
-    ts: datetime = Field(default_factory=utc_now)
+    ts: UtcDatetime = Field(default_factory=utc_now)
     board: Name | None = None
     agent_version: Name | None = None
     runtimes: Annotated[list[RuntimeInfo], Field(max_length=8)] = []

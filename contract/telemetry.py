@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from contract.base import ContractModel, Count, Epoch, Identifier, LabelCounts, Message
+from contract.base import ContractModel, Count, Epoch, Identifier, LabelCounts, Message, UtcDatetime
 from contract.common import BundleRef, Histogram, LatencyStats
 
 INPUT_STATISTICS = ("brightness", "contrast", "saturation")
@@ -38,8 +37,8 @@ class Telemetry(Message):
     device_id: Identifier
     seq: Count  # per (device, spool epoch), strictly increasing; the receiver de-duplicates on all three
     epoch: Epoch | None = None  # the spool's epoch; None from agents that predate epochs
-    window_start: datetime
-    window_end: datetime
+    window_start: UtcDatetime
+    window_end: UtcDatetime
     bundle: BundleRef | None = None
     inferences: Count = 0
     frames_skipped: LabelCounts = {}  # bad frames by kind: truncated, empty, depth, too_large, ...

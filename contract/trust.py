@@ -16,7 +16,6 @@ bundle-signing key is replaced without trusting it. At most two keys per role ar
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import Field, ValidationError, model_validator
 
-from contract.base import MAX_INT, ContractModel, Message, decode, utc_now
+from contract.base import MAX_INT, ContractModel, Message, UtcDatetime, decode, utc_now
 from contract.errors import ContractError, PayloadError, TrustUpdateError
 from contract.signing import KeyId, Role, TrustEntry, TrustStore, key_id, sign_detached
 
@@ -41,7 +40,7 @@ class TrustedKey(ContractModel):
     key_id: KeyId
     role: Role
     public_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]  # base64 of the raw 32 bytes
-    not_after: datetime | None = None  # not for root: root keys change only by a trust document
+    not_after: UtcDatetime | None = None  # not for root: root keys change only by a trust document
 
     @model_validator(mode="after")
     def _consistent(self) -> TrustedKey:
@@ -63,7 +62,7 @@ class TrustedKey(ContractModel):
 class TrustDocument(Message):
     schema_: Literal["coldchain.trust/v1"] = Field(TRUST_SCHEMA, alias="schema")
     version: Annotated[int, Field(ge=1, le=MAX_INT)]
-    issued_at: datetime = Field(default_factory=utc_now)
+    issued_at: UtcDatetime = Field(default_factory=utc_now)
     keys: Annotated[list[TrustedKey], Field(min_length=1, max_length=3 * MAX_KEYS_PER_ROLE)]
     revoked: Annotated[list[KeyId], Field(max_length=1024)] = []
 
@@ -177,7 +176,7 @@ def verify_update(current: TrustDocument, signed: SignedTrust) -> TrustDocument:
 def _valid(public: Ed25519PublicKey, signature: str, data: bytes) -> bool:
     try:
         public.verify(base64.b64decode(signature, validate=True), data)
-    except (InvalidSignature, binascii.Error):
+    except (InvalidSignature, ValueError):  # ValueError: not base64 (binascii.Error), or not ASCII at all
         return False
     return True
 
