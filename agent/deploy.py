@@ -49,7 +49,9 @@ class Deployer:
     def __init__(self, data_dir: Path, trust: TrustStore, runtimes: dict[Runtime, str], emit: Emit,
                  threads: int = 1, limits: ProbationLimits = DEFAULT_LIMITS,
                  clock: Callable[[], float] = time.time, board: str | None = None,
-                 activation: Activation | None = None) -> None:
+                 activation: Activation | None = None,
+                 internal: Callable[[str, Exception], str] | None = None) -> None:
+        self.internal = internal  # a bug met by a deploy step fails its job with this reason (agent/guard.py)
         self.activation = activation  # None: a verified candidate activates at once
         self.board = board  # this device's board (agent config): a bundle for another is refused
         self.clock = clock  # wall-clock seconds: shadow and probation periods (injected by tests)
@@ -216,6 +218,10 @@ class Deployer:
             return self._fail(record, str(exc))
         except OSError as exc:  # a full or failing disk: the job fails with the reason, its files are removed
             return self._fail(record, disk_error(exc))
+        except Exception as exc:  # a bug: the job fails with it rather than stays stuck (without a guard: raised)
+            if self.internal is None:
+                raise
+            return self._fail(record, self.internal(f"job {record.job_id}'s {record.state.value} step", exc))
         return record
 
     def _waits(self, record: JobRecord) -> bool:
