@@ -131,3 +131,18 @@ def test_a_deploy_step_that_raises_unexpectedly_fails_its_job_with_the_reason(
     record = a.deployer.jobs.get("job-9")
     assert record is not None and record.state is JobState.FAILED
     assert a.guard.count == 1
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_and_system_exit_still_stop_the_loop(agent: tuple[Agent, MemoryTransport],
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 stop: type[BaseException]) -> None:
+    a, _ = agent
+
+    def stopped() -> NoReturn:
+        raise stop()
+
+    monkeypatch.setattr(a, "publish_pending", stopped)
+    with pytest.raises(stop):
+        a.run(until=float("inf"))
+    assert a.guard.count == 0
