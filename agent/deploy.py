@@ -21,6 +21,7 @@ from pathlib import Path
 from agent.activation import Activation
 from agent.candidate import check_manifest, prune_engines, self_test, time_against
 from agent.errors import AgentError, TransferError, disk_error
+from agent.fallback import forget_unusable, restore, restored
 from agent.faults import fault
 from agent.jobs import JobRecord, JobStore
 from agent.probation import DEFAULT_LIMITS, Evidence, ProbationLimits, judge
@@ -49,7 +50,9 @@ class Deployer:
     def __init__(self, data_dir: Path, trust: TrustStore, runtimes: dict[Runtime, str], emit: Emit,
                  threads: int = 1, limits: ProbationLimits = DEFAULT_LIMITS,
                  clock: Callable[[], float] = time.time, board: str | None = None,
-                 activation: Activation | None = None) -> None:
+                 activation: Activation | None = None,
+                 internal: Callable[[str, Exception], str] | None = None) -> None:
+        self.internal = internal  # a bug met by a deploy step fails its job with this reason (agent/guard.py)
         self.activation = activation  # None: a verified candidate activates at once
         self.board = board  # this device's board (agent config): a bundle for another is refused
         self.clock = clock  # wall-clock seconds: shadow and probation periods (injected by tests)
@@ -148,8 +151,7 @@ class Deployer:
         if active is not None and to_sha256 == active:
             return "already active: nothing to do"
         slot = self.slots.known_good(to_sha256)  # refuses before anything changes
-        target = pointer.slots[slot].bundle
-        done = f"known-good bundle #{target.sequence if target else '?'} restored"
+        done = restored(pointer, slot)
         if pointer.active is not None:
             self.slots.fall_back(pointer.active, SlotStatus.BAD, slot)
         else:
@@ -160,18 +162,8 @@ class Deployer:
         return done
 
     def active_unusable(self, reason: str) -> str:
-        """The active bundle no longer verifies or loads (damaged on disk): forget its slot and fall
-        back to the known-good bundle in the other slot, if there is one. Returns what was done."""
-        pointer = self.slots.pointer()
-        if pointer.active is None:
-            return f"no bundle is active ({reason})"
-        seq = pointer.active_sequence
-        good = pointer.previous
-        self.slots.fall_back(pointer.active, SlotStatus.EMPTY, good)  # forgotten and replaced in one write
-        if good is None:
-            return f"the active bundle #{seq} is unusable ({reason}); no known-good bundle is left: no model is active"
-        return (f"the active bundle #{seq} is unusable ({reason}); known-good bundle "
-                f"#{self.slots.pointer().active_sequence} in slot {good} activated instead")
+        """The active bundle is damaged on disk: its slot forgotten (``agent/fallback.py``)."""
+        return forget_unusable(self.slots, reason)
 
     # ---- the state machine -----------------------------------------------------------
     def advance(self, record: JobRecord) -> JobRecord:  # noqa: PLR0911, PLR0912 (one return per state it can stop in)
@@ -216,6 +208,10 @@ class Deployer:
             return self._fail(record, str(exc))
         except OSError as exc:  # a full or failing disk: the job fails with the reason, its files are removed
             return self._fail(record, disk_error(exc))
+        except Exception as exc:  # a bug: the job fails with it rather than stays stuck (without a guard: raised)
+            if self.internal is None:
+                raise
+            return self._fail(record, self.internal(f"job {record.job_id}'s {record.state.value} step", exc))
         return record
 
     def _waits(self, record: JobRecord) -> bool:
@@ -288,7 +284,7 @@ class Deployer:
                         baseline_p95_ms, now - started, DeployCommand.model_validate(record.command).probation_s,
                         started)
         if verdict.outcome == "rolled_back":
-            return self._move(record, JobState.ROLLED_BACK, f"{verdict.reason}; {self._restore()}")
+            return self._move(record, JobState.ROLLED_BACK, f"{verdict.reason}; {restore(self.slots)}")
         if verdict.outcome == "passed":
             return self._known_good(record, verdict.reason)
         if verdict.outcome == "waiting":
@@ -387,27 +383,13 @@ class Deployer:
         self.emit(record.job_id, state, reason, None)
         return record
 
-    def _restore(self) -> str:
-        """The active bundle failed here: mark it bad and go back to the known-good bundle in the
-        other slot, or to no model at all when there is none (a first bundle)."""
-        pointer = self.slots.pointer()
-        good = pointer.previous
-        if pointer.active is not None:
-            self.slots.fall_back(pointer.active, SlotStatus.BAD, good)  # marked and replaced in one write
-        elif good is not None:
-            self.slots.activate(good)
-        if good is None:
-            return "there is no known-good bundle on this device, so no model is active"
-        target = pointer.slots[good].bundle
-        return f"known-good bundle #{target.sequence if target else '?'} restored"
-
     def _fail(self, record: JobRecord, reason: str) -> JobRecord:
         """FAILED, with the active bundle untouched; ROLLED_BACK if the new bundle had become active.
         A bundle installed here that failed (self-test) is marked bad in its slot."""
         pointer = self.slots.pointer()
         activated = record.state in (JobState.ACTIVATING, JobState.PROBATION)  # not: the same bundle, already active
         if activated and record.manifest_sha256 is not None and pointer.active_sha256 == record.manifest_sha256:
-            return self._move(record, JobState.ROLLED_BACK, f"{reason}; {self._restore()}")
+            return self._move(record, JobState.ROLLED_BACK, f"{reason}; {restore(self.slots)}")
         if (record.slot in ("a", "b") and record.manifest_sha256 is not None
                 and pointer.holding(record.manifest_sha256) == record.slot):
             self.slots.mark(self._slot(record), SlotStatus.BAD)

@@ -96,7 +96,11 @@ class FirmwareLink:
         firmware asked for the next frame."""
         if self.agent.config.source.trigger == "interval" or self.next_frame:
             waiting, self.next_frame = self.next_frame, []
-            self._answer(self.agent.infer_once(), MAIN_SOURCE, waiting)
+            try:
+                outcome: Inference | str = self.agent.infer_once()
+            except Exception as exc:  # a bug met by this frame: its waiters hear why, the next tick runs
+                outcome = self.agent.guard.caught("an inference", exc)
+            self._answer(outcome, MAIN_SOURCE, waiting)
         else:  # ready for the door: the active bundle loaded (a first request paid 0.1-1.1 s), the source checked
             self.agent.active_model()
             self.check_source()
@@ -124,7 +128,11 @@ class FirmwareLink:
                     client, request = self.server.take()
                 except queue.Empty:
                     break
-                self.handle(client, request)
+                try:
+                    self.handle(client, request)
+                except Exception as exc:  # a bug met by this request (agent/guard.py): answered, the next served
+                    reason = self.agent.guard.caught(f"a local API {request.type} request", exc)
+                    self.reply(client, ErrorAnswer(id=request.id, code="internal_error", message=reason[:2048]))
             self.report_refusals()
         sha = self.agent.deployer.slots.pointer().active_sha256
         if sha != self.active_sha:

@@ -1,7 +1,9 @@
 """What the cloud sends a device, decided on: the cloud's acks of telemetry, commands (each checked by
 the gate before it is acted on) and the chunks of the artifacts being downloaded; ``request_missing``
 reports what a download still lacks once its chunks stopped arriving. Functions of the agent (its
-state stays on ``Agent``); ``Agent.on_message`` and ``Agent.request_missing`` call them."""
+state stays on ``Agent``); ``Agent.on_message`` and ``Agent.request_missing`` call them, and the agent
+subscribes to ``subscriptions`` at each connection. A bug met by one message drops it like a malformed
+one (``agent/guard.py``)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("coldchain.agent")
 
 
+def subscriptions(agent: Agent) -> list[str]:
+    """The topics an agent reads: its commands and artifacts, its telemetry acks, its groups' artifacts."""
+    device = agent.config.device_id
+    groups = set(agent.config.groups)
+    for record in agent.deployer.jobs.unfinished():  # rollout waves publish on a group of their own
+        group = record.command.get("artifact", {}).get("group")
+        if group:
+            groups.add(group)
+    return [topics.commands(device), topics.device_artifacts(device), agent.uplink.subscription,
+            *[topics.group_artifacts(g) for g in sorted(groups)]]
+
+
 def on_message(agent: Agent, topic: str, payload: bytes) -> None:
     try:
         parsed = topics.parse(topic)
@@ -53,6 +67,9 @@ def on_message(agent: Agent, topic: str, payload: bytes) -> None:
         agent.malformed += 1
         log.warning("refused a message on %s: %s", topic, exc)
         agent.report_error("malformed_message", str(exc), topic)
+    except Exception as exc:  # a bug met by this message (agent/guard.py): dropped like a malformed one
+        agent.malformed += 1
+        agent.guard.caught(f"a message on {topic[:200]!r}", exc)
 
 
 def on_command(agent: Agent, payload: bytes, topic: str) -> None:

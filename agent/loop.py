@@ -26,6 +26,7 @@ from agent.errors import AgentError, FrameError, SourceEnded
 from agent.firmware import FirmwareLink
 from agent.frames import FrameSource
 from agent.gate import CommandGate
+from agent.guard import Guard
 from agent.health import ErrorBudget, Health, SourceUnavailable
 from agent.model import Inference, LoadedBundle
 from agent.probation import Baselines, ProbationLimits
@@ -37,7 +38,6 @@ from agent.uplink import Uplink
 from contract import topics
 from contract.base import text
 from contract.common import BundleRef
-from contract.errors import ContractError
 from contract.events import ErrorEvent, JobEvent
 from contract.jobs import JobState
 from contract.state import DeviceState, offline
@@ -68,8 +68,11 @@ class Agent:
         self.trust = self.keeper.store
         self.available = runtimes.available()
         self.activation = Activation(config.activation, config.data_dir, clock)  # the firmware's hold, the window
+        self.budget = ErrorBudget(ERROR_BURST, ERROR_EVERY_S)  # error events (and tracebacks) per code
+        self.guard = Guard(self.report_error, self.budget.allowed)  # each unit of work isolated (agent/guard.py)
         self.deployer = Deployer(config.data_dir, self.trust, self.available, self._emit, config.limits.threads,
                                  clock=clock, board=config.board, activation=self.activation,
+                                 internal=self.guard.caught,
                                  limits=ProbationLimits(min_inferences=config.probation.min_inferences,
                                                         max_s=config.probation.max_s))
         self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
@@ -89,7 +92,6 @@ class Agent:
         self.highest_chunk: dict[str, int] = {}  # job id -> highest chunk index received
         self.shadows: dict[str, ShadowRun] = {}  # job id -> candidate running beside the active model
         self.source_ended = False  # a finite source gave every frame: no more inference, the rest goes on
-        self.budget = ErrorBudget(ERROR_BURST, ERROR_EVERY_S)  # error events (and tracebacks) per code
         self.live_p95 = Baselines(config.probation.min_inferences)  # each bundle's live model p95 here
         self.firmware = FirmwareLink(self)  # the local API (docs/firmware.md); its socket opens in run()
         self.health = Health(config.data_dir, config.broker.url, config.device_id, clock)  # broker, source, spool
@@ -148,16 +150,6 @@ class Agent:
     def publish_state(self) -> None:
         self.transport.publish(topics.state(self.config.device_id), self.state().to_json(), retain=True)
 
-    def subscriptions(self) -> list[str]:
-        device = self.config.device_id
-        groups = set(self.config.groups)
-        for record in self.deployer.jobs.unfinished():  # rollout waves publish on a group of their own
-            group = record.command.get("artifact", {}).get("group")
-            if group:
-                groups.add(group)
-        return [topics.commands(device), topics.device_artifacts(device), self.uplink.subscription,
-                *[topics.group_artifacts(g) for g in sorted(groups)]]
-
     # ---- inbound ----------------------------------------------------------------------
     def handle(self, item: Inbound) -> None:
         if isinstance(item, ConnectFailed):
@@ -167,7 +159,7 @@ class Agent:
             self.connected = True
             if (away := self.health.connected()) is not None:  # the cloud hears how long and why it was away
                 self.report_error("broker_unreachable", away)
-            self.transport.subscribe(self.subscriptions())
+            self.transport.subscribe(inbound.subscriptions(self))
             self.publish_state()
             waiting, self.outbox = self.outbox, []
             for topic, payload in waiting:
@@ -254,27 +246,38 @@ class Agent:
 
     # ---- the loop -----------------------------------------------------------------------
     def step(self, repair_every_s: float = 5.0) -> None:
-        """One turn of the loop: a queued message if there is one, else whatever is due."""
-        self.firmware.serve()  # the local API's requests (the socket thread only queues them)
+        """One turn of the loop: a queued message if there is one, else whatever is due. Each unit of
+        work is isolated (``agent/guard.py``): what one raises is reported and the others still run."""
+        unit = self.guard.unit
+        with unit("the local API"):
+            self.firmware.serve()  # the local API's requests (the socket thread only queues them)
         try:
             item = self.transport.inbox.get(timeout=0.05)
-            if not isinstance(item, Wake):
-                self.handle(item)
-                return
-            self.firmware.serve()  # woken by a request: answer it, then what it made due (a next_frame read)
         except queue.Empty:
-            pass
+            item = None
+        if item is not None and not isinstance(item, Wake):
+            with unit("an inbound message"):  # auto-acknowledged QoS 1 (no manual_ack): never redelivered
+                self.handle(item)
+            return
+        if item is not None:
+            with unit("the local API"):
+                self.firmware.serve()  # woken by a request: answer it, then what it made due (a next_frame read)
         now = time.monotonic()
         if now >= self.next_inference:
             self.next_inference = now + self.config.inference_interval_s
-            self.firmware.scheduled()  # infers on an interval source, or for the firmware's next_frame
+            with unit("an inference"):
+                self.firmware.scheduled()  # infers on an interval source, or for the firmware's next_frame
         if now - self.window_started >= self.config.telemetry_window_s:
-            self.close_window()
+            with unit("a telemetry window"):
+                self.close_window()
         if now >= self.next_repair:
             self.next_repair = now + repair_every_s
-            self.request_missing()
-            self.deployer.release_ready()  # the window opened, the device went idle, a hold ran out
-        self.publish_pending()
+            with unit("a download's repair"):
+                self.request_missing()
+            with unit("a deploy step"):
+                self.deployer.release_ready()  # the window opened, the device went idle, a hold ran out
+        with unit("the telemetry uplink"):
+            self.publish_pending()
 
     def run(self, until: float | None = None, repair_every_s: float = 5.0,
             stop: threading.Event | None = None) -> None:
@@ -283,13 +286,8 @@ class Agent:
         self.firmware.start()
         try:
             while (until is None or time.monotonic() < until) and not (stop is not None and stop.is_set()):
-                try:
+                with self.guard.unit("a step"):  # the loop never dies on one bad step
                     self.step(repair_every_s)
-                except (AgentError, ContractError, OSError) as exc:  # the loop never dies on one bad step
-                    kind = f"agent_error.{type(exc).__name__}"
-                    if self.budget.allowed(f"log.{kind}"):  # the traceback as rarely as the event
-                        log.exception("agent step failed")
-                    self.report_error(kind, f"{type(exc).__name__}: {exc}")
         finally:
             self.transport.publish(topics.state(self.config.device_id), offline(self.config.device_id).to_json(),
                                    retain=True)

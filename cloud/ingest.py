@@ -282,15 +282,15 @@ class IngestWorker:
         lags = [o.lag_s for o in outcomes if o.lag_s is not None]
         if lags:
             self.lag_s = max(lags)
+        ack = getattr(self.transport, "ack", None)
+        if ack is not None:  # stored (committed) first, acknowledged after: a crash in between redelivers;
+            for item in received:  # acknowledged before the rest, so a bug in it cannot hand the batch back forever
+                ack(item.mid, item.qos)
         reports = [o.missing for o in outcomes if o.missing is not None]
         for confirmation in acks(outcomes):  # committed: the devices may delete these windows now
             # not sent (offline): the device sends the windows again after its timeout, and they are acked then
             if self.transport.publish(topics.acks(confirmation.device_id), confirmation.to_json()) is not None:
                 self.counts["acks"] += 1
-        ack = getattr(self.transport, "ack", None)
-        if ack is not None:  # stored (committed) first, acknowledged after: a crash in between redelivers
-            for item in received:
-                ack(item.mid, item.qos)
         if self.on_missing is not None:
             for report in reports:
                 self.on_missing(report)
