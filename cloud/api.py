@@ -35,6 +35,7 @@ from cloud.api_probes import METRICS, PROBES, ApiMetrics, metrics_route, probes
 from cloud.api_routes import export_routes, operate_routes, read_routes, scoped
 from cloud.api_upload import upload_routes
 from cloud.audit import record
+from cloud.auth_limit import FailureLimiter
 from cloud.config import CloudConfig
 from cloud.metrics import Runtime
 from cloud.operations import Operations
@@ -73,7 +74,8 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     """The API over ``sessions``: tokens from the store (``coldchain token create``) and, if given,
     the bootstrap ``token`` (scope admin); ``broker_connected`` (the cloud's MQTT client) feeds ``/ready``,
     ``runtime`` (the running cloud's counters) ``/metrics``; ``config`` says where uploads go and holds the
-    web dashboard's (``cloud.web``, under ``/ui``) settings; ``clock`` is the dashboard sessions' (tests)."""
+    web dashboard's (``cloud.web``, under ``/ui``) settings; ``clock`` is the dashboard sessions' and the
+    token-guessing limiter's (``cloud.auth_limit``; tests)."""
     config = config or CloudConfig()
     authenticator = Authenticator(sessions, token)  # a short bootstrap token is refused here
     app = FastAPI(title="coldchain cloud", version="1", docs_url=None, redoc_url=None,
@@ -83,14 +85,14 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
                               f"operate < admin); request bodies are at most {MAX_BODY_BYTES} bytes.")
     app.state.sessions = sessions  # for audit records made outside the routes
     metrics = ApiMetrics(sessions, runtime)
+    limiter = FailureLimiter(config.auth_limit, clock)  # shared with the dashboard's sign-in
 
-    def authenticate(authorization: str | None) -> Identity | None:
-        """The gate's check; a refused token is counted by reason (never its text)."""
-        found = authenticator.verify(authorization)
-        if isinstance(found, Identity):
-            return found
-        metrics.auth_refused("api", found)
-        return None
+    def authenticate(authorization: str | None, address: str) -> Identity | None:
+        """The gate's check; a refused token is counted by reason (never its text) and as a failure
+        of its address; a locked-out address is refused unchecked (RateLimited, a 429)."""
+        found = limiter.verify(address, lambda: authenticator.verify(authorization),
+                               lambda reason: metrics.auth_refused("api", reason))
+        return found if isinstance(found, Identity) else None
 
     bearer = HTTPBearer(auto_error=False, description="An API token (`coldchain token create`)")
 
@@ -136,7 +138,7 @@ def create_app(sessions: sessionmaker[Session], token: str | None = None,
     app.include_router(scoped(upload_routes(config.bundles, operations), "operate"),
                        dependencies=[Depends(needs("operate"))])
     app.include_router(docs_routes())  # the gate lets only authenticated requests reach it
-    web.mount(app, queries, sessions, authenticator, config.dashboard,
+    web.mount(app, queries, sessions, authenticator, config.dashboard, limiter,
               refused=lambda reason: metrics.auth_refused("dashboard", reason), clock=clock)
     app.add_middleware(Gate, authenticate=authenticate, open_paths=(*open_paths, *web.OPEN_PATHS), count=metrics.refuse,
                        answered=metrics.answered, open_prefixes=web.OPEN_PREFIXES,

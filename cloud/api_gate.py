@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from cloud.auth_limit import RateLimited
 from cloud.tokens import Identity
 
 log = logging.getLogger("coldchain.cloud.api")
@@ -57,14 +58,16 @@ UNAUTHORIZED = Refused(401, "this route needs 'Authorization: Bearer <token>' (a
 
 
 class Gate:
-    """ASGI middleware; ``authenticate(authorization header)`` gives the identity or None (it may
-    read the store: it runs in a worker thread); ``count(reason)`` is told about each refusal
+    """ASGI middleware; ``authenticate(authorization header, client address)`` gives the identity
+    or None, or raises RateLimited (a 429 with Retry-After; it may read the store: it runs in a
+    worker thread); ``count(reason)`` is told about each refusal
     (``unauthorized``, ``too_large``, ...) and ``answered(method, route, status)`` about each response.
     ``max_bodies`` raises the body limit of some paths (a bundle upload). Paths under
     ``open_prefixes`` (the dashboard, which checks its own session cookie) go without a bearer token."""
 
-    def __init__(self, app: Asgi, authenticate: Callable[[str | None], Identity | None], open_paths: Collection[str],
-                 max_body: int = MAX_BODY_BYTES, count: Callable[[str], None] = lambda reason: None,
+    def __init__(self, app: Asgi, authenticate: Callable[[str | None, str], Identity | None],
+                 open_paths: Collection[str], max_body: int = MAX_BODY_BYTES,
+                 count: Callable[[str], None] = lambda reason: None,
                  answered: Callable[[str, str, int], None] = lambda method, route, status: None,
                  max_bodies: dict[str, int] | None = None, open_prefixes: tuple[str, ...] = ()) -> None:
         self.app, self.authenticate, self.open_paths = app, authenticate, frozenset(open_paths)
@@ -87,7 +90,11 @@ class Gate:
             path = scope["path"]
             if path not in self.open_paths and not path.startswith(self.open_prefixes):  # the token first
                 header = _header(scope, b"authorization")
-                identity = await anyio.to_thread.run_sync(self.authenticate, header)
+                client = scope.get("client")
+                try:
+                    identity = await anyio.to_thread.run_sync(self.authenticate, header, client[0] if client else "")
+                except RateLimited as limited:
+                    raise Refused(429, str(limited), {"Retry-After": str(limited.retry_after)}) from limited
                 if identity is None:
                     raise UNAUTHORIZED
                 scope.setdefault("state", {})["identity"] = identity
@@ -130,7 +137,8 @@ class Gate:
             # already answered (a 500 the application's handler logged, or the 413): nothing to add
 
     async def _refuse(self, send: Asgi, refused: Refused, close: bool) -> None:
-        self.count({401: "unauthorized", 413: "too_large", 414: "url_too_long"}.get(refused.status, "bad_request"))
+        self.count({401: "unauthorized", 413: "too_large", 414: "url_too_long",
+                    429: "rate_limited"}.get(refused.status, "bad_request"))
         body = json.dumps({"detail": refused.detail}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in refused.headers.items()]

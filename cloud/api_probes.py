@@ -34,8 +34,8 @@ class ApiMetrics:
         self.unexpected = Counter("coldchain_api_unexpected_errors", "Routes that failed unexpectedly (500)",
                                   ["route"], registry=self.registry)
         self.auth = Counter("coldchain_auth_refused", "Tokens refused, by surface (api, dashboard sign-in and "
-                            "writes) and reason (missing, unknown, revoked, scope)", ["surface", "reason"],
-                            registry=self.registry)
+                            "writes) and reason (missing, unknown, revoked, scope, rate_limited...)",
+                            ["surface", "reason"], registry=self.registry)
         self.registry.register(StoreMetrics(sessions))
         if runtime is not None:  # inside the running cloud: ingestion, egress, deliveries
             self.registry.register(RuntimeMetrics(runtime))

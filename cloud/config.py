@@ -1,7 +1,7 @@
 """The cloud's configuration file (``coldchain cloud serve --config cloud.yaml``): alert webhooks,
 server-side bundle verification for uploads, retention per data kind, inventory per group, the
-key of export pseudonyms, the web dashboard and who may read ``/metrics``. Every field is typed,
-bounded and has a default, so an empty file (or none) is a working configuration."""
+key of export pseudonyms, the web dashboard, who may read ``/metrics`` and how fast tokens may be
+guessed. Every field is typed, bounded and has a default, so an empty file (or none) is a working configuration."""
 
 from __future__ import annotations
 
@@ -118,6 +118,26 @@ class Metrics(_Frozen):
     public: bool = False
 
 
+class AuthLimit(_Frozen):
+    """Token guessing (``cloud.auth_limit``): after ``failures`` refused tokens (API bearer or
+    dashboard sign-in) within ``window_s`` from one client address, that address is answered 429
+    for ``backoff_s``, doubling at each further lock-out up to ``backoff_max_s``; at most
+    ``max_clients`` addresses are tracked (the oldest is forgotten). To relax it (many users behind
+    one NAT or proxy), raise ``failures`` or shorten ``backoff_s``."""
+
+    failures: Annotated[int, Field(ge=1, le=1_000_000)] = 10
+    window_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    backoff_s: Annotated[float, Field(ge=1, le=86400)] = 60.0
+    backoff_max_s: Annotated[float, Field(ge=1, le=7 * 86400)] = 3600.0
+    max_clients: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+
+    @model_validator(mode="after")
+    def _cap_above_backoff(self) -> AuthLimit:
+        if self.backoff_max_s < self.backoff_s:
+            raise ValueError(f"backoff_max_s ({self.backoff_max_s:g}) is below backoff_s ({self.backoff_s:g})")
+        return self
+
+
 class CloudConfig(_Frozen):
     alerts: Alerts = Alerts()
     bundles: Bundles = Bundles()
@@ -126,6 +146,7 @@ class CloudConfig(_Frozen):
     exports: Exports = Exports()
     dashboard: Dashboard = Dashboard()
     metrics: Metrics = Metrics()
+    auth_limit: AuthLimit = AuthLimit()
 
 
 def load_config(path: Path | None) -> CloudConfig:

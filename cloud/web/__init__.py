@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from cloud.audit import record
+from cloud.auth_limit import FailureLimiter, RateLimited
 from cloud.config import Dashboard
 from cloud.operations import Operations
 from cloud.queries import Queries
@@ -48,6 +49,11 @@ STATIC = Path(__file__).parent / "static"
 OPEN_PREFIXES = (PREFIX + "/",)  # the API's gate lets these through: the dashboard checks its own cookie
 ROOT = "/"
 OPEN_PATHS = (ROOT, PREFIX)  # redirects to the dashboard
+
+
+def address(request: Request) -> str:
+    """The client's address (the proxy's, unless uvicorn runs with --proxy-headers)."""
+    return request.client.host if request.client else ""
 
 
 def _session_routes(sessions: Sessions, render: Renderer) -> APIRouter:
@@ -78,7 +84,14 @@ def _session_routes(sessions: Sessions, render: Renderer) -> APIRouter:
             return render.page(request, "login.html", status=403, who=None, next=target,
                                problem=f"Refused: {refusal[1]}. Sign in from this site's own form.")
         token = fields.get("token", "").strip()
-        made = await run_in_threadpool(sessions.sign_in, token, request.cookies.get(COOKIE))
+        try:
+            made = await run_in_threadpool(sessions.sign_in, token, request.cookies.get(COOKIE), address(request))
+        except RateLimited as limited:
+            page = render.page(request, "login.html", status=429, who=None, next=target,
+                               problem=f"Too many refused tokens from your address: try again in "
+                                       f"{limited.retry_after} s.")
+            page.headers["Retry-After"] = str(limited.retry_after)
+            return page
         if made is None:
             return render.page(request, "login.html", status=401, who=None, next=target,
                                problem="That token is not valid (unknown, revoked or mistyped).")
@@ -91,7 +104,7 @@ def _session_routes(sessions: Sessions, render: Renderer) -> APIRouter:
         fields = await form(request)
         viewer = await run_in_threadpool(sessions.viewer, request)
         sessions.check_write(request, viewer, fields, "dashboard.logout", None, scope="read")
-        await run_in_threadpool(sessions.sign_out, viewer)
+        await run_in_threadpool(sessions.sign_out, viewer, address(request))
         answer = RedirectResponse(PREFIX + "/login", status_code=303, headers=HEADERS)
         args = sessions.cookie_args(request)
         answer.delete_cookie(COOKIE, path=PREFIX, secure=bool(args["secure"]), httponly=True, samesite="strict")
@@ -101,17 +114,18 @@ def _session_routes(sessions: Sessions, render: Renderer) -> APIRouter:
 
 
 def mount(app: FastAPI, queries: Queries, sessions_factory: sessionmaker[Session], authenticator: Authenticator,
-          settings: Dashboard | None = None, refused: Callable[[str], None] = lambda reason: None,
-          clock: Callable[[], datetime] = now) -> None:
+          settings: Dashboard | None = None, limiter: FailureLimiter | None = None,
+          refused: Callable[[str], None] = lambda reason: None, clock: Callable[[], datetime] = now) -> None:
     """Add the dashboard to ``app`` (the API: its gate must let ``OPEN_PREFIXES`` through);
-    ``authenticator`` is the API's token check, ``refused(reason)`` is told of each failed sign-in
-    (unknown, revoked), session (session_unknown, session_expired, session_revoked), POST from
+    ``authenticator`` is the API's token check, ``limiter`` its token-guessing limit (shared: one
+    count per address), ``refused(reason)`` is told of each failed sign-in (unknown, revoked,
+    rate_limited), session (session_unknown, session_expired, session_revoked), POST from
     another site (no_origin, cross_origin), bad CSRF token (csrf) and write refused for its scope."""
     settings = settings or Dashboard()
     render = Renderer()
     idle, absolute = timedelta(minutes=settings.session_idle_minutes), timedelta(hours=settings.session_hours)
     store = SessionStore(sessions_factory, authenticator.verify_digest, idle, absolute, clock)
-    sessions = Sessions(authenticator, store, refused=refused)
+    sessions = Sessions(authenticator, store, limiter or FailureLimiter(clock=clock), refused=refused)
     mlflow = MlflowLinks(settings.mlflow_tracking_uri,
                          None if settings.mlflow_ui_url is None else str(settings.mlflow_ui_url))
 

@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import Request
 
+from cloud.audit import record
+from cloud.auth_limit import FailureLimiter
 from cloud.tokens import Authenticator, Identity, ScopeName, digest
 from cloud.web.session_store import SessionStore
 
@@ -110,9 +112,9 @@ def cross_site(request: Request) -> tuple[str, str] | None:
 
 
 class Sessions:
-    def __init__(self, authenticator: Authenticator, store: SessionStore,
+    def __init__(self, authenticator: Authenticator, store: SessionStore, limiter: FailureLimiter,
                  refused: Callable[[str], None] = lambda reason: None) -> None:
-        self.authenticator, self.store = authenticator, store
+        self.authenticator, self.store, self.limiter = authenticator, store, limiter
         self.refused = refused  # told of refused sign-ins, sessions, origins, CSRF tokens and scopes (metrics)
         self.max_age = int(store.absolute.total_seconds())
 
@@ -124,17 +126,24 @@ class Sessions:
         found = self.store.identify(session_id)
         return found if isinstance(found, Identity) else None
 
-    def sign_in(self, token: str, previous: str | None) -> str | None:
+    def sign_in(self, token: str, previous: str | None, address: str) -> str | None:
         """The sign-in form's check: a new session's id, or None for a refused token (counted:
-        unknown or revoked). The browser's previous session is ended."""
-        found = self.authenticator.verify(f"Bearer {token}") if token else "missing"
+        unknown or revoked, and as a failure of ``address``). RateLimited while ``address`` is
+        locked out (counted, not audited: the lock-out bounds the audit rows). The browser's
+        previous session is ended. Audited either way, with the address, never the token."""
+        found = self.limiter.verify(address, lambda: self.authenticator.verify(f"Bearer {token}" if token else None),
+                                    self.refused)
         if not isinstance(found, Identity):
-            self.refused(found)
+            record(self.store.sessions, f"address:{address}", "dashboard.sign_in", None, f"refused: {found}",
+                   {"address": address})
             return None
-        return self.store.create(found, digest(token), previous)
+        made = self.store.create(found, digest(token), previous)
+        record(self.store.sessions, found.actor, "dashboard.sign_in", None, "ok", {"address": address})
+        return made
 
-    def sign_out(self, viewer: Viewer) -> None:
+    def sign_out(self, viewer: Viewer, address: str) -> None:
         self.store.end(viewer.session_id)
+        record(self.store.sessions, viewer.identity.actor, "dashboard.sign_out", None, "ok", {"address": address})
 
     def viewer(self, request: Request) -> Viewer:
         """A page's dependency (FastAPI runs it in a worker thread: it reads the store)."""
