@@ -124,6 +124,7 @@ class ProbationConfig(_Section):
     ``on_request`` device), probation goes on until there are, or until ``max_s`` after it began."""
 
     min_inferences: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    min_latency_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 100  # live latencies to judge a p95 on
     max_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = 86_400.0
 
 

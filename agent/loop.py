@@ -74,6 +74,7 @@ class Agent:
                                  clock=clock, board=config.board, activation=self.activation,
                                  internal=self.guard.caught,
                                  limits=ProbationLimits(min_inferences=config.probation.min_inferences,
+                                                        min_latency_samples=config.probation.min_latency_samples,
                                                         max_s=config.probation.max_s))
         self.commands = CommandLog(config.data_dir)  # what each finished job, cancel and rollback came to
         self.gate = CommandGate(config.device_id, self.trust, self.commands, self.deployer.jobs, clock)

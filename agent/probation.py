@@ -26,6 +26,10 @@ class ProbationLimits:
     max_latency_ratio: float = 1.5  # candidate / predecessor model latency (a deploy command may set its own)
     latency_slack_ms: float = 2.0  # plus this much live: a sub-millisecond model is otherwise judged on noise
     min_inferences: int = 20  # live attempts needed before probation may end with SUCCEEDED
+    # live latencies needed to judge a p95: of fewer it is about their maximum, and one stall of a busy device
+    # rolls a healthy bundle back (seen: 3.6 ms against a 3.2 ms ceiling on a loaded 2-core host); below it,
+    # latency stands judged by the install-time paired timing
+    min_latency_samples: int = 100
     timing_rounds: int = 15  # paired rounds of the install-time timing
     max_s: float = 86_400.0  # probation extended for want of evidence ends this long after it started
 
@@ -148,7 +152,8 @@ def failure(limits: ProbationLimits, latency_limit: float, inferences: int, erro
     if attempts >= limits.min_inferences and errors / attempts > limits.max_error_rate:
         return (f"error rate {errors / attempts:.1%} above {limits.max_error_rate:.0%} "
                 f"({errors} of {attempts} inferences)")
-    if p95_ms is not None and baseline_p95_ms is not None and inferences >= limits.min_inferences:
+    if p95_ms is not None and baseline_p95_ms is not None and inferences >= max(limits.min_inferences,
+                                                                                limits.min_latency_samples):
         ceiling = baseline_p95_ms * latency_limit + limits.latency_slack_ms
         if p95_ms > ceiling:
             return (f"model latency p95 {p95_ms:.1f} ms on this device, above {ceiling:.1f} ms "
