@@ -14,12 +14,17 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 GOLDEN = Path(__file__).parent / "contract" / "golden"
 _RAW = "\x00raw:{}\x00"
 _PLACEHOLDER = re.compile(r'"\\u0000raw:((?:[^"\\]|\\.)*?)\\u0000"')
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.data_too_large])
+"""The fuzz files' hypothesis settings: EXAMPLES each, no deadline (a loaded 2-core host), large hostile inputs."""
 """Examples per property: small by default (the suite runs on a loaded host); raise it to hunt."""
 
 NUMBERS = [

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.config import load_config
@@ -27,12 +27,10 @@ from contract.jobs import JobState
 from contract.signing import Role, generate_private_key
 from contract.trust import TrustDocument, TrustedKey, sign_trust
 from tests.agent.conftest import MemoryTransport
-from tests.hostile import EXAMPLES, mutated
+from tests.hostile import FUZZ, mutated
 from transport.client import Connected, Received
 
 DEVICE = "fridge-7"
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 ROOT, OPERATOR = generate_private_key(), generate_private_key()
 FILES = ["trust/trust.json", "commands.json", "activation.json", "health.json", "slots/ACTIVE", "telemetry.db"]
 _counter = iter(range(10**9))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.config import AgentConfig
@@ -26,14 +26,11 @@ from contract.jobs import JobState
 from contract.signing import load_private_key, sign_detached, write_keypair
 from contract.transfer import decode_chunk
 from tests.agent.conftest import MemoryTransport
-from tests.hostile import EXAMPLES, GOLDEN, STRINGS, golden, mutated, payloads
+from tests.hostile import FUZZ, GOLDEN, STRINGS, golden, mutated, payloads
 from transport.client import Received
 
 DEVICE = "fridge-7"
 SHA = "14638bffd70afcdbaf4b1b1a4181da0ed069b67ea13a9bb99fb3f9b7666da234"
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
 HOSTILE_TOPICS = [
     "", "/", "#", "+", "coldchain/v1/devices/+/commands", "coldchain/v1/devices/#", "coldchain/v1//commands",
     f"coldchain/v1/devices/{DEVICE}//commands", f"coldchain/v1/devices/{DEVICE}/commands/", "$SYS/broker/uptime",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,14 +23,11 @@ from contract.events import decode_event
 from contract.state import DeviceState
 from contract.telemetry import Telemetry
 from contract.transfer import MissingChunks
-from tests.hostile import EXAMPLES, GOLDEN, STRINGS, golden, mutated, payloads, raw, render
+from tests.hostile import FUZZ, GOLDEN, STRINGS, golden, mutated, payloads, raw, render
 from transport.client import Received
 
 DEVICE = "fridge-0001"
 SHA = "14638bffd70afcdbaf4b1b1a4181da0ed069b67ea13a9bb99fb3f9b7666da234"
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
 HOSTILE_TOPICS = [
     "", "#", "coldchain/v1/devices/+/state", "coldchain/v1/devices//telemetry", f"coldchain/v1/devices/{DEVICE}/",
     f"coldchain/v1/devices/{'d' * 70_000}/state", "coldchain/v1/devices/fr\u00efdge/events",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.faults.hostile import signed_head, special, tar_gz, zeros
@@ -43,10 +43,8 @@ from contract.state import DeviceState
 from contract.telemetry import Telemetry
 from contract.transfer import ChunkHeader, MissingChunks, decode_chunk, encode_chunk
 from contract.trust import TrustDocument, TrustedKey, load_signed, sign_trust, verify_initial
-from tests.hostile import EXAMPLES, GOLDEN, golden, payloads, render
+from tests.hostile import FUZZ, GOLDEN, golden, payloads, render
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                        HealthCheck.data_too_large])
 KEY = generate_private_key()
 TRUST = TrustStore.from_keys([KEY.public_key()])
 
