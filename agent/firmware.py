@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 from agent.errors import AgentError, FrameError, ImagePathRefused, LocalApiError
 from agent.frames import decode
-from agent.health import SourceUnavailable
 from agent.image_files import read_image_file
 from agent.inventory import Change, InventoryTracker
 from agent.local_api import Client, LocalServer
@@ -107,16 +106,9 @@ class FirmwareLink:
 
     def check_source(self) -> None:
         """On request no frame is read on the schedule's turn, but a camera that is missing (or comes
-        back) is found then, on the source's backoff, and reported as when a frame is read."""
-        agent, source = self.agent, self.agent.source
-        if source is None or agent.source_ended:
-            return
+        back) is found then, on the source's backoff, and reported as when a frame is read (``Agent.check_source``)."""
         try:
-            if source.probe():
-                agent.health.source_ok(source.name)
-        except SourceUnavailable as exc:
-            if agent.health.source_fault(exc):
-                agent.report_error("source_unavailable", str(exc))
+            self.agent.check_source()
         except FrameError as exc:  # a source without backoff (tests, simulations): its next read says it
             log.debug("frame source check: %s", exc)
 

@@ -187,15 +187,10 @@ class Agent:
             return "no frame source" if self.source is None else "the frame source has ended"
         try:
             if self.active_model() is None:  # no frame is read (nor decoded) without a model: its health only
-                if self.source.probe() and self.health.source_ok(self.source.name):
-                    self.publish_state()  # the fault cleared
-                return "no active bundle"
+                return self.check_source() or "no active bundle"
             frame = self.source.read()
-        except SourceUnavailable as exc:  # reported when it starts or its cause changes, retried with backoff
-            if self.health.source_fault(exc):
-                self.report_error("source_unavailable", str(exc))
-                self.publish_state()  # the state carries the fault until it clears
-            return f"the frame source is unavailable: {exc}"
+        except SourceUnavailable as exc:
+            return self._source_fault(exc)
         except FrameError as exc:
             self.window.frame_skipped(exc.kind)
             return f"frame skipped ({exc.kind}): {exc}"
@@ -207,6 +202,26 @@ class Agent:
         if self.health.source_ok(self.source.name):
             self.publish_state()
         return self.infer_frame(frame)
+
+    def check_source(self) -> str | None:
+        """Probe the source without reading a frame (no model yet, or frames only on request): why it is
+        unavailable, or None; a fault that starts, changes or clears goes on the retained state. A source
+        without backoff (tests, simulations) raises FrameError here, as its next read would."""
+        if self.source is None or self.source_ended:
+            return None
+        try:
+            if self.source.probe() and self.health.source_ok(self.source.name):
+                self.publish_state()  # the fault cleared
+        except SourceUnavailable as exc:
+            return self._source_fault(exc)
+        return None
+
+    def _source_fault(self, exc: SourceUnavailable) -> str:
+        """Reported when it starts or its cause changes (retried with backoff); the state carries it until it clears."""
+        if self.health.source_fault(exc):
+            self.report_error("source_unavailable", str(exc))
+            self.publish_state()
+        return f"the frame source is unavailable: {exc}"
 
     def infer_frame(self, frame: np.typing.NDArray[np.uint8]) -> Inference | str:
         loaded = self.active_model()

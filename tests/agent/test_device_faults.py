@@ -119,3 +119,19 @@ def test_a_full_spool_is_a_fault_until_the_cloud_confirms_windows(tmp_path: Path
     a.close_window()
     states = _states(t)
     assert len(states) == 3 and states[-1].faults == []
+
+
+def test_the_on_request_source_check_puts_the_fault_on_the_state_and_clears_it(tmp_path: Path,
+                                                                                world: dict[str, object]) -> None:
+    """With ``trigger = "on_request"`` the schedule's turn only checks the source (``FirmwareLink.check_source``);
+    it reported the fault as an event but never published the state (a copy of the agent's check had drifted)."""
+    source_at, wall = [0.0], [START]
+    a, t, frames = _agent(tmp_path, world, source_at, wall)
+    a.handle(Connected())
+    frames.rename(tmp_path / "away")
+    a.firmware.check_source()
+    assert [f.code for f in _states(t)[-1].faults] == [FaultCode.SOURCE_UNAVAILABLE]
+    (tmp_path / "away").rename(frames)
+    source_at[0] += 60
+    a.firmware.check_source()
+    assert _states(t)[-1].faults == []
