@@ -30,10 +30,8 @@ else:
     np = lazy("numpy")
 
 
-_PLANS: dict[tuple[object, ...], tuple[tuple[int, int], ...]] = {}
-
-
-def _plan(shapes: list[tuple[int, ...]], classes: int, bins: int) -> tuple[tuple[int, int], ...]:
+@functools.lru_cache(maxsize=16)  # a few models at a time
+def _plan(shapes: tuple[tuple[int, ...], ...], classes: int, bins: int) -> tuple[tuple[int, int], ...]:
     """Which outputs are each level's scores and boxes, the largest level first."""
     scores = [i for i, shape in enumerate(shapes) if shape and shape[-1] == classes]
     boxes = [i for i, shape in enumerate(shapes) if shape and shape[-1] == 4 * bins]
@@ -48,13 +46,7 @@ def _plan(shapes: list[tuple[int, ...]], classes: int, bins: int) -> tuple[tuple
 def _levels(outputs: Outputs, classes: int, bins: int) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
     """Each level's scores [points, classes] and box logits [points, 4 * bins], the largest level first; which
     output is which is worked out once per model (output shapes), not per frame."""
-    key = (classes, bins, *(tuple(o.shape) for o in outputs))
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _plan([tuple(o.shape) for o in outputs], classes, bins)
-        if len(_PLANS) >= 16:  # a few models at a time: forget the oldest
-            del _PLANS[next(iter(_PLANS))]
-        _PLANS[key] = plan
+    plan = _plan(tuple(tuple(o.shape) for o in outputs), classes, bins)
 
     def f32(o: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
         return o if o.dtype == np.float32 else np.asarray(o, np.float32)  # type: ignore[return-value]

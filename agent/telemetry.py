@@ -92,9 +92,14 @@ class Window:
         """The input statistics of the window's ``i``-th frame, by name."""
         return {name: column[i] for name, column in zip(INPUT_STATISTICS, self.inputs, strict=True)}
 
+    @property
+    def judged_ms(self) -> array[float]:
+        """The latencies a window is judged on: the model alone (what the manifest's compiled latency
+        measures), else the whole frame."""
+        return self.model_ms or self.latencies_ms
+
     def p95(self) -> float | None:
-        """p95 of the model alone (what the manifest's compiled latency measures), else of the frame."""
-        values = self.model_ms or self.latencies_ms
+        values = self.judged_ms
         return float(np.percentile(values, 95)) if values else None
 
     def close(self, device_id: str, seq: int, epoch: str, bundle: BundleRef | None, pending: int,

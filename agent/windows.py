@@ -32,13 +32,13 @@ def close_window(agent: Agent) -> None:
         if record is None or record.state is not JobState.SHADOW:
             agent.shadows.pop(job_id).close()
     active = agent.deployer.slots.pointer().active_sha256
-    latencies = agent.window.model_ms or agent.window.latencies_ms  # what p95() measures
+    latencies, p95 = agent.window.judged_ms, agent.window.p95()
     if active is not None:  # what each bundle did here: the next one is judged on it
-        agent.live_p95.window(active, latencies, agent.window.p95())
+        agent.live_p95.window(active, latencies, p95)
     for record in agent.deployer.jobs.unfinished():
         if record.state is JobState.PROBATION:
             agent.deployer.probation(record, agent.window.inferences, sum(agent.window.errors.values()),
-                                     agent.window.non_finite, agent.window.p95(),
+                                     agent.window.non_finite, p95,
                                      baseline_p95_ms=agent.live_p95.get(record.predecessor_sha256),
                                      latencies_ms=latencies)
         elif record.state is JobState.SHADOW:
