@@ -10,7 +10,6 @@ deletes the browser's previous session, every expired one and the token's oldest
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -20,16 +19,12 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.store import WebSession, now
-from cloud.tokens import Identity, Refusal
+from cloud.tokens import Identity, Refusal, digest
 
 Ended = Refusal | Literal["expired"]  # why a cookie is no (longer a) session
 TOUCH_EVERY = timedelta(seconds=30)  # seen_at is written at most this often per session
 MAX_PER_TOKEN = 20  # sessions kept per token; a sign-in beyond deletes the oldest
 MAX_ID_CHARS = 128
-
-
-def digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class SessionStore:
