@@ -43,14 +43,13 @@ class Latency:
     # the range that decides between candidates (compiler.search): the per-round ratios' 10th to 90th
     # percentiles (of 11 rounds: all but the lowest and the highest). Two IQRs of 11 rounds of one
     # model fall apart in 2 % of runs on a noisy host; these ranges did not in 2,000 simulated ones
-    ratio_floor: float | None = None
-    ratio_ceiling: float | None = None
+    ratio_floor: float
+    ratio_ceiling: float
 
     @property
     def decisive(self) -> tuple[float, float]:
         """(floor, ceiling) of the ratio beyond the host's noise: what a choice may rely on."""
-        return (self.ratio_low if self.ratio_floor is None else self.ratio_floor,
-                self.ratio_high if self.ratio_ceiling is None else self.ratio_ceiling)
+        return self.ratio_floor, self.ratio_ceiling
 
     @property
     def text(self) -> str:

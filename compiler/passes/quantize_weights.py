@@ -72,11 +72,13 @@ class QuantizeWeights(Pass[QuantizeWeightsConfig]):
         readers.update(o.name for o in graph.output)
         axes: dict[str, set[int | None]] = {}  # weight -> the channel axis each of its weight readers wants
         excluded: set[str] = set()
+        weight_reads: Counter[str] = Counter()  # reads of each tensor as a weight input
         for node in graph.node:
             index = WEIGHT_INPUT.get(node.op_type)
             if index is None or len(node.input) <= index:
                 continue
             name = node.input[index]
+            weight_reads[name] += 1
             init = inits.get(name)
             small = init is not None and int(np.prod(init.dims)) < config.min_elements
             if init is None or init.data_type != onnx.TensorProto.FLOAT or small:
@@ -86,8 +88,6 @@ class QuantizeWeights(Pass[QuantizeWeightsConfig]):
             axes.setdefault(name, set()).add(_channel_axis(node, len(init.dims)))
         # a tied weight (several Convs, one initializer) is quantized once, if every reader is a
         # weight input wanting the same axis; read by anything else, kept in float, or left as is
-        weight_reads = Counter(node.input[WEIGHT_INPUT[node.op_type]] for node in graph.node
-                               if node.op_type in WEIGHT_INPUT and len(node.input) > WEIGHT_INPUT[node.op_type])
         chosen = {name: next(iter(wanted)) for name, wanted in axes.items()
                   if len(wanted) == 1 and name not in excluded and weight_reads[name] == readers[name]}
         if not chosen:
